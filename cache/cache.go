@@ -1,0 +1,164 @@
+// Package cache is the node-local, content-addressed checkpoint cache. Blobs
+// are stored by digest (verified on the way in), unpacked checkpoints by
+// manifest digest, and the last resolution of every tag, so that a second
+// restore of a checkpoint downloads nothing and works with the registry
+// down. File locks make concurrent shims share one download.
+package cache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/content/oci"
+	"oras.land/oras-go/v2/errdef"
+)
+
+// Cache is one cache root. Layout:
+//
+//	blobs/sha256/HEX    verified blobs (oras-go's OCI storage layout)
+//	ingest/             downloads in progress
+//	unpacked/HEX/       unpacked checkpoints, by manifest digest: criu/, rootfs/
+//	refs/HASH.json      the descriptor a tag last resolved to
+//	locks/              lock files
+//	tmp/                unpacking in progress
+type Cache struct {
+	root  string
+	blobs *oci.Storage
+}
+
+// Open opens (creating if needed) the cache at root.
+func Open(root string) (*Cache, error) {
+	if !filepath.IsAbs(root) {
+		return nil, fmt.Errorf("cache root %q must be absolute", root)
+	}
+	for _, d := range []string{"", "blobs", "unpacked", "refs", "locks", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
+			return nil, fmt.Errorf("create cache: %w", err)
+		}
+	}
+	blobs, err := oci.NewStorage(root)
+	if err != nil {
+		return nil, fmt.Errorf("open cache blobs: %w", err)
+	}
+	return &Cache{root: root, blobs: blobs}, nil
+}
+
+// Root is the cache's directory.
+func (c *Cache) Root() string { return c.root }
+
+// BlobPath is where a verified blob is stored.
+func (c *Cache) BlobPath(d digest.Digest) string {
+	return filepath.Join(c.root, "blobs", d.Algorithm().String(), d.Encoded())
+}
+
+// HasBlob reports whether the blob is in the cache.
+func (c *Cache) HasBlob(ctx context.Context, desc ocispec.Descriptor) bool {
+	ok, err := c.blobs.Exists(ctx, desc)
+	return err == nil && ok
+}
+
+// FetchBlob makes sure the blob is in the cache, downloading it from src if
+// not, and returns its path and whether it was downloaded. Concurrent calls
+// for the same digest, from any process, share one download. The content is
+// verified against the descriptor's digest and size before it is stored.
+func (c *Cache) FetchBlob(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor) (path string, downloaded bool, err error) {
+	if err := desc.Digest.Validate(); err != nil {
+		return "", false, fmt.Errorf("blob digest: %w", err)
+	}
+	path = c.BlobPath(desc.Digest)
+	if c.HasBlob(ctx, desc) {
+		return path, false, nil
+	}
+	unlock, err := c.lock(ctx, "blob-"+desc.Digest.Encoded())
+	if err != nil {
+		return "", false, err
+	}
+	defer unlock()
+	if c.HasBlob(ctx, desc) {
+		return path, false, nil // another process downloaded it while we waited
+	}
+	rc, err := src.Fetch(ctx, desc)
+	if err != nil {
+		return "", false, fmt.Errorf("fetch %s: %w", desc.Digest, err)
+	}
+	defer rc.Close()
+	if err := c.blobs.Push(ctx, desc, rc); err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
+		return "", false, fmt.Errorf("store %s: %w", desc.Digest, err)
+	}
+	return path, true, nil
+}
+
+// ReadBlob reads a small cached blob, verifying it again.
+func (c *Cache) ReadBlob(ctx context.Context, desc ocispec.Descriptor) ([]byte, error) {
+	rc, err := c.blobs.Fetch(ctx, desc)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return content.ReadAll(rc, desc)
+}
+
+// OpenBlob opens a cached blob for reading.
+func (c *Cache) OpenBlob(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	return c.blobs.Fetch(ctx, desc)
+}
+
+type refRecord struct {
+	Reference  string             `json:"reference"`
+	Descriptor ocispec.Descriptor `json:"descriptor"`
+	Resolved   time.Time          `json:"resolved"`
+}
+
+func (c *Cache) refPath(ref string) string {
+	h := sha256.Sum256([]byte(ref))
+	return filepath.Join(c.root, "refs", hex.EncodeToString(h[:])+".json")
+}
+
+// RememberRef records what a tag resolved to.
+func (c *Cache) RememberRef(ref string, desc ocispec.Descriptor) error {
+	data, err := json.Marshal(refRecord{Reference: ref, Descriptor: desc, Resolved: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(c.refPath(ref), data)
+}
+
+// LookupRef returns what a tag last resolved to, if it was ever resolved here.
+func (c *Cache) LookupRef(ref string) (ocispec.Descriptor, time.Time, bool) {
+	data, err := os.ReadFile(c.refPath(ref))
+	if err != nil {
+		return ocispec.Descriptor{}, time.Time{}, false
+	}
+	var r refRecord
+	if json.Unmarshal(data, &r) != nil || r.Reference != ref || r.Descriptor.Digest.Validate() != nil {
+		return ocispec.Descriptor{}, time.Time{}, false
+	}
+	return r.Descriptor, r.Resolved, true
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}

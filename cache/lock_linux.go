@@ -1,0 +1,53 @@
+//go:build linux
+
+package cache
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// lock takes an exclusive lock named name, waiting until ctx is done. The
+// lock is an flock(2) on a file under locks/, so it is shared by every
+// process on the node and dies with the process that holds it.
+func (c *Cache) lock(ctx context.Context, name string) (func(), error) {
+	return c.flock(ctx, name, unix.LOCK_EX)
+}
+
+// holdShared takes a shared lock: many holders at once, none while an
+// exclusive lock (eviction) is held.
+func (c *Cache) holdShared(ctx context.Context, name string) (func(), error) {
+	return c.flock(ctx, name, unix.LOCK_SH)
+}
+
+func (c *Cache) flock(ctx context.Context, name string, how int) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(c.root, "locks", name+".lock"), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock: %w", err)
+	}
+	wait := 5 * time.Millisecond
+	for {
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if err != unix.EWOULDBLOCK {
+			f.Close()
+			return nil, fmt.Errorf("lock %s: %w", name, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("waiting for lock %s: %w", name, ctx.Err())
+		case <-time.After(wait):
+		}
+		if wait < 100*time.Millisecond {
+			wait *= 2
+		}
+	}
+}

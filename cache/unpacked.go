@@ -1,0 +1,107 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Unpacked is a checkpoint unpacked in the cache and held in use: eviction
+// leaves it alone until Release.
+type Unpacked struct {
+	Dir string // holds criu/ and, when the checkpoint has rootfs changes, rootfs/
+	// Created is true when this call unpacked it (false: it was already there).
+	Created bool
+
+	release func()
+}
+
+// CRIUDir is the directory of CRIU images.
+func (u *Unpacked) CRIUDir() string { return filepath.Join(u.Dir, "criu") }
+
+// RootfsDir is the unpacked rootfs-changes layer, usable as an overlay lowerdir.
+func (u *Unpacked) RootfsDir() string { return filepath.Join(u.Dir, "rootfs") }
+
+// Release ends this use of the unpacked checkpoint. It is safe to call twice.
+func (u *Unpacked) Release() {
+	if u != nil && u.release != nil {
+		u.release()
+		u.release = nil
+	}
+}
+
+const completeMarker = ".snapboot-complete"
+
+// Unpack returns the unpacked checkpoint with manifest digest key, calling
+// fill to unpack it into an empty directory if it is not in the cache yet.
+// fill's directory is moved into place only when fill succeeds; a failed or
+// interrupted fill leaves nothing behind in unpacked/. Concurrent callers
+// for one key, from any process, unpack it once.
+func (c *Cache) Unpack(ctx context.Context, key digest.Digest, fill func(dir string) error) (*Unpacked, error) {
+	if err := key.Validate(); err != nil {
+		return nil, err
+	}
+	final := filepath.Join(c.root, "unpacked", key.Encoded())
+	inUse, err := c.holdShared(ctx, "use-"+key.Encoded())
+	if err != nil {
+		return nil, err
+	}
+	u := &Unpacked{Dir: final, release: inUse}
+	if complete(final) {
+		touch(final)
+		return u, nil
+	}
+	unlock, err := c.lock(ctx, "unpack-"+key.Encoded())
+	if err != nil {
+		inUse()
+		return nil, err
+	}
+	defer unlock()
+	if complete(final) {
+		touch(final)
+		return u, nil
+	}
+	// A directory without the marker is a leftover of a crash: replace it.
+	if err := os.RemoveAll(final); err != nil {
+		inUse()
+		return nil, fmt.Errorf("remove incomplete unpack: %w", err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Join(c.root, "tmp"), key.Encoded()+"-")
+	if err != nil {
+		inUse()
+		return nil, err
+	}
+	defer os.RemoveAll(tmp) // no-op after the rename
+	if err := fill(tmp); err != nil {
+		inUse()
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, completeMarker), nil, 0o600); err != nil {
+		inUse()
+		return nil, err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		inUse()
+		return nil, fmt.Errorf("move unpacked checkpoint into place: %w", err)
+	}
+	u.Created = true
+	return u, nil
+}
+
+func complete(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, completeMarker))
+	return err == nil
+}
+
+// touch records a use, for least-recently-used eviction.
+func touch(dir string) {
+	now := time.Now()
+	if err := os.Chtimes(filepath.Join(dir, completeMarker), now, now); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return
+	}
+}

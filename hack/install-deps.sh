@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Installs everything snapboot's tests and demo need on a fresh Debian 12 machine,
+# at pinned versions. Idempotent: what is already there at the right version is kept.
+set -euo pipefail
+
+CONTAINERD_VERSION=v2.4.2
+RUNC_VERSION=v1.5.2
+REGISTRY_VERSION=v3.1.2
+ORAS_VERSION=v1.3.6
+CRIU_MIN_VERSION=4.2
+
+BIN=${SNAPBOOT_TOOLS_BIN:-/usr/local/bin}
+export GOBIN=$BIN
+export PATH=$BIN:/usr/local/go/bin:$PATH
+export GOFLAGS=-buildvcs=false
+
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "install-deps: must run as root (it installs packages and binaries)" >&2
+  exit 1
+fi
+
+apt_updated=
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ -z "$apt_updated" ]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# --- CRIU from Debian forky, pinned so nothing else moves --------------------
+# bookworm's CRIU 3.17 does not start on recent kernels and trixie's 4.1 cannot
+# dump TCP sockets there; forky's 4.2.x works. It needs trixie's libc6.
+install_criu() {
+  if command -v criu >/dev/null && criu --version 2>/dev/null | grep -q "Version: ${CRIU_MIN_VERSION}"; then
+    return 0
+  fi
+  local uri
+  uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$uri" ] || uri=http://deb.debian.org/debian
+  cat > /etc/apt/sources.list.d/snapboot-criu.sources <<SRC
+Types: deb
+URIs: $uri
+Suites: trixie forky
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  cat > /etc/apt/preferences.d/snapboot-criu <<PREF
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+
+Package: *
+Pin: release n=forky
+Pin-Priority: 50
+
+Package: criu libcompel1 libnet9 libnl-3-200 python3-criu crit
+Pin: release n=forky
+Pin-Priority: 990
+PREF
+  apt-get update -qq
+  apt_updated=1
+  log "apt-get install criu (forky)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -t forky criu libcompel1 libnet9 libnl-3-200 >/dev/null
+  criu --version | grep -q "Version: ${CRIU_MIN_VERSION}" || { echo "install-deps: criu is not ${CRIU_MIN_VERSION}.x" >&2; criu --version >&2; exit 1; }
+}
+
+# go_install BINARY VERSION-CHECK-CMD WANT PKG@VERSION [build flags]
+go_install() {
+  local bin=$1 want=$2 pkg=$3; shift 3
+  if [ -x "$BIN/$bin" ] && "$BIN/$bin" --version 2>/dev/null | grep -q -- "${want#v}"; then
+    return 0
+  fi
+  log "go install $pkg"
+  go install "$@" "$pkg"
+}
+
+apt_install ca-certificates iptables nftables libseccomp-dev pkg-config busybox-static iproute2 zstd tar
+install_criu
+
+go_install containerd "$CONTAINERD_VERSION" "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" &
+p1=$!
+go_install runc "$RUNC_VERSION" "github.com/opencontainers/runc@$RUNC_VERSION" -tags seccomp &
+p2=$!
+wait $p1; wait $p2
+go_install ctr "$CONTAINERD_VERSION" "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+if [ ! -x "$BIN/containerd-shim-runc-v2" ] || ! "$BIN/containerd-shim-runc-v2" -v 2>/dev/null | grep -q "${CONTAINERD_VERSION#v}"; then
+  log "go install containerd-shim-runc-v2"
+  go install "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+fi
+go_install registry "$REGISTRY_VERSION" "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
+go_install oras "$ORAS_VERSION" "oras.land/oras/cmd/oras@$ORAS_VERSION"
+
+log "ok: containerd $("$BIN/containerd" --version | awk '{print $3}'), runc $("$BIN/runc" --version | awk 'NR==1{print $3}'), criu $(criu --version | awk '/Version/{print $2}'), registry $("$BIN/registry" --version | awk '{print $3}'), oras $("$BIN/oras" version | awk '/Version/{print $2}')"

@@ -1,0 +1,172 @@
+// Package nodeconfig reads the node's snapboot configuration: which
+// registries and repositories checkpoints may be restored from, how they are
+// pulled, and where and how much of them is cached.
+package nodeconfig
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// DefaultPath is where the shim and the CLI look for the configuration.
+const DefaultPath = "/etc/snapboot/config.toml"
+
+// EnvPath overrides DefaultPath.
+const EnvPath = "SNAPBOOT_CONFIG"
+
+// Config is the node configuration. The zero value of every field is
+// replaced by its default in Load; an absent file gives the defaults, which
+// allow no restore at all (deny by default).
+type Config struct {
+	// Allow lists where restores may come from: a registry host
+	// ("registry.example.com:5000") allows every repository on it, a host and
+	// repository prefix ("registry.example.com/team/") allows that subtree,
+	// and a full repository ("registry.example.com/team/app") only that one.
+	Allow []string `toml:"allow"`
+	// RequireDigest refuses references by tag; only name@sha256:... restores.
+	RequireDigest bool `toml:"require_digest"`
+	// InsecureRegistries are reached over plain HTTP.
+	InsecureRegistries []string `toml:"insecure_registries"`
+	// DockerConfig is the docker config.json with credentials and credential
+	// helpers; empty means the default (~/.docker/config.json or $DOCKER_CONFIG).
+	DockerConfig string `toml:"docker_config"`
+
+	Cache CacheConfig `toml:"cache"`
+	Pull  PullConfig  `toml:"pull"`
+}
+
+// CacheConfig is the node-local checkpoint cache.
+type CacheConfig struct {
+	Root string `toml:"root"`
+	// MaxSize bounds the cache in bytes ("20GiB" in the file); 0 is unbounded.
+	MaxSize ByteSize `toml:"max_size"`
+	// MaxAge evicts entries not used for this long; 0 keeps them.
+	MaxAge Duration `toml:"max_age"`
+}
+
+// PullConfig bounds one pull.
+type PullConfig struct {
+	Timeout Duration `toml:"timeout"`
+	// MaxArtifactSize bounds the sum of an artifact's layers, compressed.
+	MaxArtifactSize ByteSize `toml:"max_artifact_size"`
+	// MaxUnpackedSize bounds what one artifact unpacks to.
+	MaxUnpackedSize ByteSize `toml:"max_unpacked_size"`
+}
+
+// Defaults.
+const (
+	DefaultCacheRoot       = "/var/lib/snapboot"
+	DefaultPullTimeout     = 5 * time.Minute
+	DefaultMaxArtifactSize = 16 << 30
+	DefaultMaxUnpackedSize = 64 << 30
+)
+
+// Path is the configuration file to read: $SNAPBOOT_CONFIG or DefaultPath.
+func Path() string {
+	if p := os.Getenv(EnvPath); p != "" {
+		return p
+	}
+	return DefaultPath
+}
+
+// Default is the configuration of a node without a file.
+func Default() *Config {
+	c := &Config{}
+	c.applyDefaults()
+	return c
+}
+
+// Load reads path. A missing file is not an error: it gives Default().
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return Default(), nil
+	}
+	if err != nil {
+		return Default(), fmt.Errorf("read snapboot config: %w", err)
+	}
+	return Parse(data)
+}
+
+// Parse decodes a configuration file's content. Unknown keys are errors, so
+// that a misspelt setting is not silently ignored.
+func Parse(data []byte) (*Config, error) {
+	c := &Config{}
+	dec := toml.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(c); err != nil {
+		return Default(), fmt.Errorf("parse snapboot config: %w", err)
+	}
+	if err := c.validate(); err != nil {
+		return Default(), err
+	}
+	c.applyDefaults()
+	return c, nil
+}
+
+func (c *Config) applyDefaults() {
+	if c.Cache.Root == "" {
+		c.Cache.Root = DefaultCacheRoot
+	}
+	if c.Pull.Timeout == 0 {
+		c.Pull.Timeout = Duration(DefaultPullTimeout)
+	}
+	if c.Pull.MaxArtifactSize == 0 {
+		c.Pull.MaxArtifactSize = DefaultMaxArtifactSize
+	}
+	if c.Pull.MaxUnpackedSize == 0 {
+		c.Pull.MaxUnpackedSize = DefaultMaxUnpackedSize
+	}
+}
+
+func (c *Config) validate() error {
+	for _, a := range c.Allow {
+		if a == "" || strings.ContainsAny(a, " \t@") || strings.Contains(a, "://") {
+			return fmt.Errorf("snapboot config: allow entry %q: want host[:port][/repository[/]]", a)
+		}
+	}
+	for _, h := range c.InsecureRegistries {
+		if h == "" || strings.ContainsAny(h, "/ \t") {
+			return fmt.Errorf("snapboot config: insecure_registries entry %q: want host[:port]", h)
+		}
+	}
+	if c.Cache.Root != "" && !strings.HasPrefix(c.Cache.Root, "/") {
+		return fmt.Errorf("snapboot config: cache.root %q must be an absolute path", c.Cache.Root)
+	}
+	if c.Pull.Timeout < 0 || c.Cache.MaxAge < 0 {
+		return errors.New("snapboot config: durations must not be negative")
+	}
+	return nil
+}
+
+// Allowed reports whether a checkpoint in repository repo ("host[:port]/path")
+// may be restored on this node.
+func (c *Config) Allowed(registry, repository string) bool {
+	full := registry + "/" + repository
+	for _, a := range c.Allow {
+		switch {
+		case a == registry:
+			return true
+		case strings.HasSuffix(a, "/") && strings.HasPrefix(full+"/", a):
+			return true
+		case a == full:
+			return true
+		}
+	}
+	return false
+}
+
+// Insecure reports whether registry is to be reached over plain HTTP.
+func (c *Config) Insecure(registry string) bool {
+	for _, h := range c.InsecureRegistries {
+		if h == registry {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,109 @@
+package nodeconfig
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestLoadMissingFileDeniesEverything(t *testing.T) {
+	c, err := Load(filepath.Join(t.TempDir(), "absent.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Allowed("127.0.0.1:5000", "app") || c.Allowed("docker.io", "library/busybox") {
+		t.Fatal("a node without configuration must allow no restore")
+	}
+	if c.Cache.Root != DefaultCacheRoot || time.Duration(c.Pull.Timeout) != DefaultPullTimeout {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+}
+
+func TestParse(t *testing.T) {
+	c, err := Parse([]byte(`
+allow = ["127.0.0.1:5000", "registry.example.com/team/", "registry.example.com/other/app"]
+require_digest = true
+insecure_registries = ["127.0.0.1:5000"]
+[cache]
+root = "/var/lib/snapboot-test"
+max_size = "20GiB"
+max_age = "168h"
+[pull]
+timeout = "90s"
+max_artifact_size = 1048576
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.RequireDigest || c.Cache.Root != "/var/lib/snapboot-test" || c.Cache.MaxSize != 20<<30 ||
+		time.Duration(c.Cache.MaxAge) != 168*time.Hour || time.Duration(c.Pull.Timeout) != 90*time.Second ||
+		c.Pull.MaxArtifactSize != 1<<20 {
+		t.Fatalf("parsed %+v", c)
+	}
+	allow := []struct {
+		reg, repo string
+		want      bool
+	}{
+		{"127.0.0.1:5000", "anything/at/all", true},
+		{"127.0.0.1:5001", "app", false},
+		{"registry.example.com", "team/app", true},
+		{"registry.example.com", "team", true},
+		{"registry.example.com", "teamster/app", false},
+		{"registry.example.com", "other/app", true},
+		{"registry.example.com", "other/app2", false},
+		{"registry.example.com", "other/app/sub", false},
+		{"evil.example.com", "team/app", false},
+	}
+	for _, a := range allow {
+		if got := c.Allowed(a.reg, a.repo); got != a.want {
+			t.Errorf("Allowed(%s, %s) = %v, want %v", a.reg, a.repo, got, a.want)
+		}
+	}
+	if !c.Insecure("127.0.0.1:5000") || c.Insecure("registry.example.com") {
+		t.Error("Insecure wrong")
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	for name, in := range map[string]string{
+		"unknown key":       `alow = ["x"]`,
+		"unknown section":   "[cahce]\nroot = \"/x\"",
+		"url in allow":      `allow = ["https://registry.example.com"]`,
+		"digest in allow":   `allow = ["r.example.com/app@sha256:00"]`,
+		"path in insecure":  `insecure_registries = ["r.example.com/app"]`,
+		"relative root":     "[cache]\nroot = \"var/lib\"",
+		"bad duration":      "[pull]\ntimeout = \"soon\"",
+		"bad size":          "[cache]\nmax_size = \"lots\"",
+		"negative duration": "[pull]\ntimeout = \"-1s\"",
+		"not toml":          `allow = [`,
+	} {
+		if _, err := Parse([]byte(in)); err == nil {
+			t.Errorf("%s: want an error", name)
+		}
+	}
+}
+
+func TestPathFromEnv(t *testing.T) {
+	t.Setenv(EnvPath, "/tmp/x.toml")
+	if Path() != "/tmp/x.toml" {
+		t.Fatal(Path())
+	}
+	t.Setenv(EnvPath, "")
+	if Path() != DefaultPath {
+		t.Fatal(Path())
+	}
+}
+
+func TestLoadUnreadable(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Load(dir); err == nil { // a directory is not a file
+		t.Fatal("want an error")
+	}
+	p := filepath.Join(dir, "c.toml")
+	os.WriteFile(p, []byte(`allow = ["127.0.0.1:5000"]`), 0o600)
+	c, err := Load(p)
+	if err != nil || !c.Allowed("127.0.0.1:5000", "x") {
+		t.Fatalf("Load: %v %+v", err, c)
+	}
+}

@@ -88,15 +88,30 @@ func (c *Cache) FetchBlob(ctx context.Context, src content.Fetcher, desc ocispec
 	if c.HasBlob(ctx, desc) {
 		return path, false, nil // another process downloaded it while we waited
 	}
+	// Holding the lock, any ingest file of this digest is a leftover of a
+	// process that died mid-download.
+	c.removeIngest(desc.Digest)
 	rc, err := src.Fetch(ctx, desc)
 	if err != nil {
 		return "", false, fmt.Errorf("fetch %s: %w", desc.Digest, err)
 	}
 	defer rc.Close()
 	if err := c.blobs.Push(ctx, desc, rc); err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
+		// oras-go's storage does not always remove its ingest file when
+		// verification fails; never leave a partial or corrupt download.
+		c.removeIngest(desc.Digest)
 		return "", false, fmt.Errorf("store %s: %w", desc.Digest, err)
 	}
 	return path, true, nil
+}
+
+// removeIngest removes the temporary download files of one digest. Call it
+// only while holding that digest's blob lock.
+func (c *Cache) removeIngest(d digest.Digest) {
+	matches, _ := filepath.Glob(filepath.Join(c.root, "ingest", d.Encoded()+"_*"))
+	for _, m := range matches {
+		os.Remove(m)
+	}
 }
 
 // ReadBlob reads a small cached blob, verifying it again.

@@ -1,0 +1,168 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// countingSource serves blobs from memory and counts fetches.
+type countingSource struct {
+	blobs   map[digest.Digest][]byte
+	fetches atomic.Int32
+	corrupt bool
+}
+
+func (s *countingSource) Fetch(_ context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	s.fetches.Add(1)
+	b, ok := s.blobs[d.Digest]
+	if !ok {
+		return nil, os.ErrNotExist
+	}
+	if s.corrupt {
+		b = append([]byte("x"), b[1:]...)
+	}
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+func newSource(contents ...string) (*countingSource, []ocispec.Descriptor) {
+	s := &countingSource{blobs: map[digest.Digest][]byte{}}
+	var ds []ocispec.Descriptor
+	for _, c := range contents {
+		d := ocispec.Descriptor{MediaType: "application/octet-stream", Digest: digest.FromString(c), Size: int64(len(c))}
+		s.blobs[d.Digest] = []byte(c)
+		ds = append(ds, d)
+	}
+	return s, ds
+}
+
+func TestFetchBlobOnceAndShared(t *testing.T) {
+	c, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, ds := newSource("checkpoint layer")
+	ctx := context.Background()
+
+	var wg sync.WaitGroup
+	var downloads atomic.Int32
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			path, downloaded, err := c.FetchBlob(ctx, src, ds[0])
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if downloaded {
+				downloads.Add(1)
+			}
+			if b, _ := os.ReadFile(path); string(b) != "checkpoint layer" {
+				t.Errorf("blob content %q", b)
+			}
+		}()
+	}
+	wg.Wait()
+	if downloads.Load() != 1 || src.fetches.Load() != 1 {
+		t.Fatalf("downloads=%d fetches=%d, want one of each", downloads.Load(), src.fetches.Load())
+	}
+	if _, downloaded, _ := c.FetchBlob(ctx, src, ds[0]); downloaded {
+		t.Fatal("second fetch downloaded again")
+	}
+}
+
+func TestFetchBlobRejectsCorruption(t *testing.T) {
+	root := t.TempDir()
+	c, _ := Open(root)
+	src, ds := newSource("good content")
+	src.corrupt = true
+	if _, _, err := c.FetchBlob(context.Background(), src, ds[0]); err == nil {
+		t.Fatal("corrupted blob accepted")
+	}
+	if c.HasBlob(context.Background(), ds[0]) {
+		t.Fatal("corrupted blob stored")
+	}
+	if entries, _ := os.ReadDir(filepath.Join(root, "ingest")); len(entries) != 0 {
+		t.Fatalf("ingest leftovers: %v", entries)
+	}
+}
+
+func TestUnpackOnceAtomically(t *testing.T) {
+	c, _ := Open(t.TempDir())
+	key := digest.FromString("manifest")
+	ctx := context.Background()
+
+	boom := errors.New("boom")
+	_, err := c.Unpack(ctx, key, func(dir string) error {
+		os.WriteFile(filepath.Join(dir, "partial"), []byte("x"), 0o600)
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(c.Root(), "unpacked", key.Encoded())); !os.IsNotExist(err) {
+		t.Fatal("a failed unpack left a directory in unpacked/")
+	}
+	if entries, _ := os.ReadDir(filepath.Join(c.Root(), "tmp")); len(entries) != 0 {
+		t.Fatalf("tmp leftovers: %v", entries)
+	}
+
+	var fills atomic.Int32
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			u, err := c.Unpack(ctx, key, func(dir string) error {
+				fills.Add(1)
+				return os.WriteFile(filepath.Join(dir, "criu"), []byte("images"), 0o600)
+			})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer u.Release()
+			if b, _ := os.ReadFile(filepath.Join(u.Dir, "criu")); string(b) != "images" {
+				t.Errorf("unpacked content %q", b)
+			}
+		}()
+	}
+	wg.Wait()
+	if fills.Load() != 1 {
+		t.Fatalf("filled %d times, want 1", fills.Load())
+	}
+}
+
+func TestRefs(t *testing.T) {
+	c, _ := Open(t.TempDir())
+	d := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("m"), Size: 1}
+	if _, _, ok := c.LookupRef("r/a:v1"); ok {
+		t.Fatal("unknown ref found")
+	}
+	if err := c.RememberRef("r/a:v1", d); err != nil {
+		t.Fatal(err)
+	}
+	got, _, ok := c.LookupRef("r/a:v1")
+	if !ok || got.Digest != d.Digest {
+		t.Fatalf("LookupRef = %v %v", got, ok)
+	}
+	if _, _, ok := c.LookupRef("r/a:v2"); ok {
+		t.Fatal("other tag found")
+	}
+}
+
+func TestOpenRejectsRelativeRoot(t *testing.T) {
+	if _, err := Open("relative/path"); err == nil {
+		t.Fatal("want an error")
+	}
+}

@@ -1,0 +1,71 @@
+package restore
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// The bundle's config.json is read and edited as raw JSON, so that fields
+// this code does not know survive untouched.
+
+func readAnnotations(bundle string) (map[string]string, error) {
+	doc, err := readSpecDoc(bundle)
+	if err != nil {
+		return nil, err
+	}
+	ann := map[string]string{}
+	if raw, ok := doc["annotations"]; ok && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &ann); err != nil {
+			return nil, fmt.Errorf("spec annotations: %w", err)
+		}
+	}
+	return ann, nil
+}
+
+func readSpecDoc(bundle string) (map[string]json.RawMessage, error) {
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("read spec: %w", err)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("parse spec: %w", err)
+	}
+	return doc, nil
+}
+
+// setAnnotation sets one annotation in the bundle's config.json.
+func setAnnotation(bundle, key, value string) error {
+	doc, err := readSpecDoc(bundle)
+	if err != nil {
+		return err
+	}
+	ann := map[string]string{}
+	if raw, ok := doc["annotations"]; ok && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &ann); err != nil {
+			return fmt.Errorf("spec annotations: %w", err)
+		}
+	}
+	ann[key] = value
+	raw, err := json.Marshal(ann)
+	if err != nil {
+		return err
+	}
+	doc["annotations"] = raw
+	data, err := json.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(bundle, "config.json")
+	tmp := path + ".snapboot-tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("write spec: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write spec: %w", err)
+	}
+	return nil
+}

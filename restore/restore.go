@@ -1,0 +1,370 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/errdef"
+	"oras.land/oras-go/v2/registry"
+
+	"github.com/snapboot/snapboot/cache"
+	"github.com/snapboot/snapboot/compat"
+	"github.com/snapboot/snapboot/criuconf"
+	"github.com/snapboot/snapboot/nodeconfig"
+	"github.com/snapboot/snapboot/oci"
+	"github.com/snapboot/snapboot/unpack"
+)
+
+// ErrNotRequested means the spec names no checkpoint: a plain cold start.
+var ErrNotRequested = errors.New("no checkpoint requested")
+
+// ErrDenied is wrapped when the node's policy refuses a restore.
+var ErrDenied = errors.New("denied by node policy")
+
+// Error is why a requested restore can't happen. The container cold-starts.
+type Error struct {
+	Ref string // the annotation's value
+	Err error
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// RefOf is the checkpoint reference an error is about, or "".
+func RefOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Ref
+	}
+	return ""
+}
+
+// Request is a container about to be created.
+type Request struct {
+	ContainerID string
+	Bundle      string
+	Rootfs      []*types.Mount
+}
+
+// Plan is a prepared restore: what to hand to runc's restore path.
+type Plan struct {
+	Ref    string
+	Digest digest.Digest // manifest digest
+	// ImagesDir is the directory of CRIU images (CreateTaskRequest.Checkpoint).
+	ImagesDir string
+	// Rootfs are the container's rootfs mounts with the checkpoint's rootfs
+	// changes stacked on them.
+	Rootfs      []*types.Mount
+	Cached      bool  // nothing was downloaded or unpacked
+	PulledBytes int64 // bytes downloaded from the registry
+	Timings     Timings
+
+	unpacked *cache.Unpacked
+}
+
+// Release ends the plan's hold on the unpacked checkpoint in the cache.
+// Call it when the container is deleted, or when the plan is abandoned.
+func (p *Plan) Release() {
+	if p != nil {
+		p.unpacked.Release()
+	}
+}
+
+// Timings of one restore's stages.
+type Timings struct {
+	Resolve time.Duration // reference, manifest and metadata, pre-flight
+	Pull    time.Duration // layer downloads
+	Unpack  time.Duration // decompression and extraction
+	Restore time.Duration // runc restore (filled in by the shim)
+}
+
+// Total is the sum of the stages.
+func (t Timings) Total() time.Duration { return t.Resolve + t.Pull + t.Unpack + t.Restore }
+
+// Source is where checkpoints come from: a registry repository
+// (*remote.Repository), or in tests an OCI layout or memory store.
+type Source interface {
+	Resolve(ctx context.Context, reference string) (ocispec.Descriptor, error)
+	Fetch(ctx context.Context, target ocispec.Descriptor) (io.ReadCloser, error)
+}
+
+// Restorer prepares restores according to the node configuration.
+type Restorer struct {
+	cfg    *nodeconfig.Config
+	cfgErr error
+
+	// NewSource opens the repository of a reference.
+	NewSource func(ref registry.Reference) (Source, error)
+	// DetectNode describes this node; it is called once.
+	DetectNode func() (*compat.Node, error)
+
+	nodeOnce sync.Once
+	node     *compat.Node
+	nodeErr  error
+}
+
+// New returns a Restorer for the node configuration cfg. cfgErr is the error
+// loading it, if any: then every restore is refused with that reason.
+func New(cfg *nodeconfig.Config, cfgErr error) *Restorer {
+	if cfg == nil {
+		cfg = nodeconfig.Default()
+	}
+	r := &Restorer{cfg: cfg, cfgErr: cfgErr}
+	r.NewSource = func(ref registry.Reference) (Source, error) {
+		return oci.NewRepository(ref, oci.RemoteOptions{
+			PlainHTTP:    cfg.Insecure(ref.Registry),
+			DockerConfig: cfg.DockerConfig,
+			UserAgent:    "snapboot-shim",
+		})
+	}
+	r.DetectNode = func() (*compat.Node, error) { return compat.Detect("") }
+	return r
+}
+
+func (r *Restorer) nodeInfo() (*compat.Node, error) {
+	r.nodeOnce.Do(func() { r.node, r.nodeErr = r.DetectNode() })
+	return r.node, r.nodeErr
+}
+
+// Prepare reads the request from the bundle's spec and prepares the restore.
+// It returns ErrNotRequested when the spec names no checkpoint, and an
+// *Error for every reason the restore can't happen.
+func (r *Restorer) Prepare(ctx context.Context, req Request) (*Plan, error) {
+	ann, err := readAnnotations(req.Bundle)
+	if err != nil {
+		return nil, &Error{Err: err}
+	}
+	refStr, ok := ann[AnnotationCheckpoint]
+	if !ok {
+		return nil, ErrNotRequested
+	}
+	plan, err := r.prepare(ctx, req, refStr, ann[AnnotationCRIUOptions])
+	if err != nil {
+		return nil, &Error{Ref: refStr, Err: err}
+	}
+	return plan, nil
+}
+
+func (r *Restorer) prepare(ctx context.Context, req Request, refStr, criuOptions string) (_ *Plan, retErr error) {
+	began := time.Now()
+	if r.cfgErr != nil {
+		return nil, fmt.Errorf("node configuration %s: %w", nodeconfig.Path(), r.cfgErr)
+	}
+	ref, err := oci.ParseReference(refStr)
+	if err != nil {
+		return nil, err
+	}
+	if !r.cfg.Allowed(ref.Registry, ref.Repository) {
+		return nil, fmt.Errorf("%w: %s/%s is not in the allow list of %s", ErrDenied, ref.Registry, ref.Repository, nodeconfig.Path())
+	}
+	if r.cfg.RequireDigest && !oci.Pinned(ref) {
+		return nil, fmt.Errorf("%w: the node requires checkpoints pinned by digest (REPOSITORY@sha256:...)", ErrDenied)
+	}
+	userOpts, err := criuconf.ParseUserOptions(criuOptions)
+	if err != nil {
+		return nil, fmt.Errorf("annotation %s: %w", AnnotationCRIUOptions, err)
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(r.cfg.Pull.Timeout))
+	defer cancel()
+	c, err := cache.Open(r.cfg.Cache.Root)
+	if err != nil {
+		return nil, err
+	}
+	src, err := r.NewSource(ref)
+	if err != nil {
+		return nil, err
+	}
+
+	mdesc, err := r.resolve(ctx, c, src, ref)
+	if err != nil {
+		return nil, err
+	}
+	ck, meta, err := r.readArtifact(ctx, c, src, mdesc)
+	if err != nil {
+		return nil, err
+	}
+	node, err := r.nodeInfo()
+	if err != nil {
+		return nil, fmt.Errorf("describe this node: %w", err)
+	}
+	if err := compat.Check(meta, node); err != nil {
+		return nil, err
+	}
+	if max := int64(r.cfg.Pull.MaxArtifactSize); ck.Size() > max {
+		return nil, fmt.Errorf("%w: checkpoint layers are %d bytes, the node allows %d (pull.max_artifact_size)", ErrDenied, ck.Size(), max)
+	}
+	plan := &Plan{Ref: refStr, Digest: mdesc.Digest, Cached: true}
+	plan.Timings.Resolve = time.Since(began)
+
+	u, err := c.Unpack(ctx, mdesc.Digest, func(dir string) error {
+		return r.pullAndUnpack(ctx, c, src, ck, dir, plan)
+	})
+	if err != nil {
+		return nil, err
+	}
+	plan.unpacked = u
+	defer func() {
+		if retErr != nil {
+			u.Release()
+		}
+	}()
+	plan.ImagesDir = u.CRIUDir()
+	plan.Rootfs = req.Rootfs
+	if ck.Rootfs != nil && !isEmptyDir(u.RootfsDir()) {
+		if plan.Rootfs, err = stackRootfsChanges(req.Rootfs, u.RootfsDir()); err != nil {
+			return nil, err
+		}
+	}
+
+	confPath, err := criuconf.WriteFile(req.Bundle, "restore", criuconf.RestoreOptions(userOpts))
+	if err != nil {
+		return nil, err
+	}
+	if err := setAnnotation(req.Bundle, criuconf.RuncAnnotation, confPath); err != nil {
+		return nil, err
+	}
+	return plan, nil
+}
+
+// resolve finds the manifest descriptor. A digest reference whose manifest
+// is cached needs no registry. A tag is resolved at the registry; if the
+// registry can't be reached (not: says the tag is gone), the tag's last
+// resolution on this node is used, so cached checkpoints restore with the
+// registry down.
+func (r *Restorer) resolve(ctx context.Context, c *cache.Cache, src Source, ref registry.Reference) (ocispec.Descriptor, error) {
+	if oci.Pinned(ref) {
+		d := digest.Digest(ref.Reference)
+		if fi, err := os.Stat(c.BlobPath(d)); err == nil {
+			return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: d, Size: fi.Size()}, nil
+		}
+	}
+	desc, err := src.Resolve(ctx, ref.Reference)
+	if err == nil {
+		if desc.Size > oci.MaxManifestSize {
+			return ocispec.Descriptor{}, fmt.Errorf("%w: manifest of %d bytes", oci.ErrInvalidArtifact, desc.Size)
+		}
+		if oci.Pinned(ref) && desc.Digest.String() != ref.Reference {
+			return ocispec.Descriptor{}, fmt.Errorf("registry resolved %s to %s", ref.Reference, desc.Digest)
+		}
+		if !oci.Pinned(ref) {
+			if err := c.RememberRef(ref.String(), desc); err != nil {
+				log.G(ctx).WithError(err).Warn("snapboot: could not record tag resolution in the cache")
+			}
+		}
+		return desc, nil
+	}
+	if errors.Is(err, errdef.ErrNotFound) || oci.Pinned(ref) || ctx.Err() != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, err)
+	}
+	cached, when, ok := c.LookupRef(ref.String())
+	if !ok || !c.HasBlob(ctx, cached) {
+		return ocispec.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, err)
+	}
+	log.G(ctx).WithError(err).WithFields(log.Fields{"ref": ref.String(), "digest": cached.Digest, "resolved_at": when}).
+		Warn("snapboot: registry unreachable, using the tag's cached resolution")
+	return cached, nil
+}
+
+// readArtifact reads and validates the manifest and the metadata: the small
+// documents that the pre-flight needs, before any layer is downloaded.
+func (r *Restorer) readArtifact(ctx context.Context, c *cache.Cache, src Source, mdesc ocispec.Descriptor) (*oci.Checkpoint, *oci.Metadata, error) {
+	data, err := r.readSmall(ctx, c, src, mdesc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("manifest: %w", err)
+	}
+	ck, err := oci.DecodeManifest(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err = r.readSmall(ctx, c, src, ck.Config)
+	if err != nil {
+		return nil, nil, fmt.Errorf("metadata: %w", err)
+	}
+	meta, err := oci.DecodeMetadata(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ck, meta, nil
+}
+
+func (r *Restorer) readSmall(ctx context.Context, c *cache.Cache, src Source, desc ocispec.Descriptor) ([]byte, error) {
+	if _, _, err := c.FetchBlob(ctx, src, desc); err != nil {
+		return nil, err
+	}
+	return c.ReadBlob(ctx, desc)
+}
+
+// pullAndUnpack downloads the layers into the cache and unpacks them into dir.
+func (r *Restorer) pullAndUnpack(ctx context.Context, c *cache.Cache, src Source, ck *oci.Checkpoint, dir string, plan *Plan) error {
+	plan.Cached = false
+	budget := int64(r.cfg.Pull.MaxUnpackedSize)
+	for _, l := range ck.Layers() {
+		t := time.Now()
+		_, downloaded, err := c.FetchBlob(ctx, src, l)
+		if err != nil {
+			return fmt.Errorf("pull layer %s: %w", l.Digest, err)
+		}
+		if downloaded {
+			plan.PulledBytes += l.Size
+		}
+		plan.Timings.Pull += time.Since(t)
+
+		t = time.Now()
+		mode, sub := unpack.CRIUImages, "criu"
+		if l.MediaType == oci.MediaTypeRootfsDiff {
+			mode, sub = unpack.RootfsDiff, "rootfs"
+		}
+		target := filepath.Join(dir, sub)
+		if err := os.Mkdir(target, 0o700); err != nil {
+			return err
+		}
+		rc, err := c.OpenBlob(ctx, l)
+		if err != nil {
+			return err
+		}
+		st, err := unpack.TarZstd(ctx, rc, target, unpack.Options{Mode: mode, MaxBytes: budget})
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("unpack %s layer %s: %w", sub, l.Digest, err)
+		}
+		budget -= st.Bytes
+		plan.Timings.Unpack += time.Since(t)
+	}
+	return nil
+}
+
+// ArmDump writes the dump-side CRIU config into the bundle and points runc
+// at it (org.criu.config), so that a later checkpoint of this container
+// (ctr task checkpoint, snapboot checkpoint) dumps open TCP connections and
+// file locks instead of failing on them. runc reads the file when it dumps,
+// so the same path serves the restore config first and the dump config
+// after the restore.
+func ArmDump(bundle string) error {
+	ann, err := readAnnotations(bundle)
+	if err != nil {
+		return err
+	}
+	user, err := criuconf.ParseUserOptions(ann[AnnotationCRIUOptions])
+	if err != nil {
+		user = nil // the restore path reports it; a dump keeps the defaults
+	}
+	path, err := criuconf.WriteFile(bundle, "dump", criuconf.DumpOptions(user))
+	if err != nil {
+		return err
+	}
+	if ann[criuconf.RuncAnnotation] == path {
+		return nil
+	}
+	return setAnnotation(bundle, criuconf.RuncAnnotation, path)
+}

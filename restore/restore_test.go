@@ -1,0 +1,357 @@
+package restore
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/containerd/containerd/api/types"
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content/memory"
+	"oras.land/oras-go/v2/errdef"
+	"oras.land/oras-go/v2/registry"
+
+	"github.com/snapboot/snapboot/compat"
+	"github.com/snapboot/snapboot/nodeconfig"
+	"github.com/snapboot/snapboot/oci"
+)
+
+// fakeRegistry is an in-memory repository that counts layer fetches and can
+// go offline or corrupt what it serves.
+type fakeRegistry struct {
+	store       *memory.Store
+	manifests   map[digest.Digest]ocispec.Descriptor
+	layerFetch  atomic.Int32
+	offline     bool
+	corruptWhat digest.Digest
+}
+
+var errOffline = errors.New("dial tcp 127.0.0.1:5000: connect: connection refused")
+
+func (f *fakeRegistry) Resolve(ctx context.Context, ref string) (ocispec.Descriptor, error) {
+	if f.offline {
+		return ocispec.Descriptor{}, errOffline
+	}
+	if d, err := digest.Parse(ref); err == nil {
+		if m, ok := f.manifests[d]; ok {
+			return m, nil
+		}
+	}
+	return f.store.Resolve(ctx, ref)
+}
+
+func (f *fakeRegistry) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	if f.offline {
+		return nil, errOffline
+	}
+	if d.MediaType == oci.MediaTypeCRIUImages || d.MediaType == oci.MediaTypeRootfsDiff {
+		f.layerFetch.Add(1)
+	}
+	rc, err := f.store.Fetch(ctx, d)
+	if err != nil || d.Digest != f.corruptWhat {
+		return rc, err
+	}
+	b, _ := io.ReadAll(rc)
+	b[len(b)/2] ^= 0xff
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+type entry struct {
+	name, body string
+	typ        byte
+}
+
+func tarZstd(t *testing.T, entries ...entry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw, _ := zstd.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for _, e := range entries {
+		h := &tar.Header{Name: e.name, Mode: 0o644, Size: int64(len(e.body)), Typeflag: e.typ}
+		if e.typ == tar.TypeDir {
+			h.Mode, h.Size = 0o755, 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(e.body))
+	}
+	tw.Close()
+	zw.Close()
+	return buf.Bytes()
+}
+
+func push(t *testing.T, s *memory.Store, mt string, b []byte) ocispec.Descriptor {
+	t.Helper()
+	d := ocispec.Descriptor{MediaType: mt, Digest: digest.FromBytes(b), Size: int64(len(b))}
+	if err := s.Push(context.Background(), d, bytes.NewReader(b)); err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
+		t.Fatal(err)
+	}
+	return d
+}
+
+type artifact struct {
+	arch         string
+	artifactType string
+	rootfs       bool
+}
+
+func (f *fakeRegistry) add(t *testing.T, tag string, a artifact) (manifest, criu ocispec.Descriptor) {
+	t.Helper()
+	if a.arch == "" {
+		a.arch = "amd64"
+	}
+	if a.artifactType == "" {
+		a.artifactType = oci.ArtifactType
+	}
+	meta, _ := json.Marshal(oci.Metadata{FormatVersion: 1, CRIU: oci.Version{Version: "4.2.1"}, Host: oci.Host{Architecture: a.arch}})
+	cfg := push(t, f.store, oci.MediaTypeConfig, meta)
+	criu = push(t, f.store, oci.MediaTypeCRIUImages, tarZstd(t, entry{name: "inventory.img", body: "criu inventory " + tag}))
+	layers := []ocispec.Descriptor{criu}
+	if a.rootfs {
+		layers = append(layers, push(t, f.store, oci.MediaTypeRootfsDiff, tarZstd(t,
+			entry{name: "etc/", typ: tar.TypeDir}, entry{name: "etc/app.log", body: "log line\n"}, entry{name: "etc/.wh.gone"})))
+	}
+	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: a.artifactType, Config: cfg, Layers: layers}
+	m.SchemaVersion = 2
+	mb, _ := json.Marshal(m)
+	manifest = push(t, f.store, ocispec.MediaTypeImageManifest, mb)
+	f.manifests[manifest.Digest] = manifest
+	if err := f.store.Tag(context.Background(), manifest, tag); err != nil {
+		t.Fatal(err)
+	}
+	return manifest, criu
+}
+
+type env struct {
+	reg      *fakeRegistry
+	restorer *Restorer
+	cfg      *nodeconfig.Config
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	cfg, err := nodeconfig.Parse([]byte(`allow = ["reg.test/apps/"]` + "\n[cache]\nroot = \"" + t.TempDir() + "\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := &fakeRegistry{store: memory.New(), manifests: map[digest.Digest]ocispec.Descriptor{}}
+	r := New(cfg, nil)
+	r.NewSource = func(registry.Reference) (Source, error) { return reg, nil }
+	r.DetectNode = func() (*compat.Node, error) {
+		return &compat.Node{Architecture: "amd64", CRIUVersion: 40201}, nil
+	}
+	return &env{reg: reg, restorer: r, cfg: cfg}
+}
+
+var overlayRootfs = []*types.Mount{{Type: "overlay", Source: "overlay",
+	Options: []string{"index=off", "workdir=/s/2/work", "upperdir=/s/2/fs", "lowerdir=/s/1/fs"}}}
+
+func bundle(t *testing.T, annotations map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	spec := map[string]any{"ociVersion": "1.2.0", "process": map[string]any{"args": []string{"/bin/sh"}}, "annotations": annotations, "x-unknown": 7}
+	b, _ := json.Marshal(spec)
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func (e *env) prepare(t *testing.T, ref string, rootfs []*types.Mount) (*Plan, error) {
+	t.Helper()
+	ann := map[string]string{}
+	if ref != "" {
+		ann[AnnotationCheckpoint] = ref
+	}
+	return e.restorer.Prepare(context.Background(), Request{ContainerID: "c1", Bundle: bundle(t, ann), Rootfs: rootfs})
+}
+
+func TestNotRequested(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.prepare(t, "", overlayRootfs); !errors.Is(err, ErrNotRequested) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestPrepareRestoresAndCaches(t *testing.T) {
+	e := newEnv(t)
+	_, criu := e.reg.add(t, "v1", artifact{rootfs: true})
+	ann := map[string]string{AnnotationCheckpoint: "reg.test/apps/web:v1", AnnotationCRIUOptions: "ext-unix-sk"}
+	b := bundle(t, ann)
+	plan, err := e.restorer.Prepare(context.Background(), Request{ContainerID: "c1", Bundle: b, Rootfs: overlayRootfs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.Release()
+	if plan.Cached || plan.PulledBytes < criu.Size {
+		t.Fatalf("first restore: cached=%v pulled=%d", plan.Cached, plan.PulledBytes)
+	}
+	if got, _ := os.ReadFile(filepath.Join(plan.ImagesDir, "inventory.img")); string(got) != "criu inventory v1" {
+		t.Fatalf("CRIU images not unpacked: %q", got)
+	}
+	lower := plan.Rootfs[0].Options[3]
+	rootfsDir := filepath.Join(filepath.Dir(plan.ImagesDir), "rootfs")
+	if lower != "lowerdir="+rootfsDir+":/s/1/fs" {
+		t.Fatalf("rootfs changes not stacked: %q", lower)
+	}
+	if overlayRootfs[0].Options[3] != "lowerdir=/s/1/fs" {
+		t.Fatal("the caller's mounts were modified")
+	}
+	if got, _ := os.ReadFile(filepath.Join(rootfsDir, "etc/app.log")); string(got) != "log line\n" {
+		t.Fatalf("rootfs changes not unpacked: %q", got)
+	}
+	if fi, err := os.Lstat(filepath.Join(rootfsDir, "etc/gone")); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		t.Fatalf("whiteout not converted to an overlay whiteout: %v %v", fi, err)
+	}
+
+	// The CRIU config is in the bundle and runc finds it through the spec.
+	spec, _ := os.ReadFile(filepath.Join(b, "config.json"))
+	var doc struct {
+		Annotations map[string]string `json:"annotations"`
+		Unknown     int               `json:"x-unknown"`
+	}
+	json.Unmarshal(spec, &doc)
+	conf := doc.Annotations["org.criu.config"]
+	if conf != filepath.Join(b, "snapboot-criu.conf") || doc.Unknown != 7 || doc.Annotations[AnnotationCheckpoint] == "" {
+		t.Fatalf("spec after prepare: %s", spec)
+	}
+	if c, _ := os.ReadFile(conf); !strings.Contains(string(c), "\ntcp-close\n") || !strings.Contains(string(c), "\next-unix-sk\n") {
+		t.Fatalf("CRIU config:\n%s", c)
+	}
+
+	// Second restore on the node: nothing downloaded.
+	fetches := e.reg.layerFetch.Load()
+	plan2, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan2.Release()
+	if !plan2.Cached || plan2.PulledBytes != 0 || e.reg.layerFetch.Load() != fetches {
+		t.Fatalf("second restore downloaded: cached=%v pulled=%d", plan2.Cached, plan2.PulledBytes)
+	}
+
+	// Registry down: the tag's cached resolution is used.
+	e.reg.offline = true
+	plan3, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatalf("cached checkpoint with the registry down: %v", err)
+	}
+	plan3.Release()
+	// ...but a tag never seen here can't be restored.
+	if _, err := e.prepare(t, "reg.test/apps/web:v2", overlayRootfs); err == nil {
+		t.Fatal("unknown tag restored with the registry down")
+	}
+}
+
+func TestPrepareByDigestOffline(t *testing.T) {
+	e := newEnv(t)
+	m, _ := e.reg.add(t, "v1", artifact{})
+	ref := "reg.test/apps/web@" + m.Digest.String()
+	plan, err := e.prepare(t, ref, overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.Release()
+	if len(plan.Rootfs) != 1 || plan.Rootfs[0].Options[3] != "lowerdir=/s/1/fs" {
+		t.Fatalf("rootfs mounts changed without a rootfs layer: %v", plan.Rootfs)
+	}
+	e.reg.offline = true
+	plan, err = e.prepare(t, ref, overlayRootfs)
+	if err != nil {
+		t.Fatalf("digest reference, cached, registry down: %v", err)
+	}
+	plan.Release()
+}
+
+func TestPrepareRefusals(t *testing.T) {
+	e := newEnv(t)
+	e.reg.add(t, "good", artifact{rootfs: true})
+	e.reg.add(t, "arm", artifact{arch: "arm64"})
+	e.reg.add(t, "notours", artifact{artifactType: "application/vnd.example.thing"})
+	_, corruptLayer := e.reg.add(t, "corrupt", artifact{})
+	e.reg.corruptWhat = corruptLayer.Digest
+
+	cases := []struct {
+		name, ref string
+		rootfs    []*types.Mount
+		is        error
+		want      string
+	}{
+		{"bad reference", "reg.test/apps/web", overlayRootfs, nil, "tag or a digest"},
+		{"not allowed", "other.test/apps/web:good", overlayRootfs, ErrDenied, "allow list"},
+		{"missing tag", "reg.test/apps/web:nope", overlayRootfs, nil, "resolve"},
+		{"wrong artifact type", "reg.test/apps/web:notours", overlayRootfs, oci.ErrInvalidArtifact, "artifactType"},
+		{"other architecture", "reg.test/apps/web:arm", overlayRootfs, compat.ErrIncompatible, "arm64"},
+		{"corrupted blob", "reg.test/apps/web:corrupt", overlayRootfs, nil, "digest"},
+		{"rootfs not overlay", "reg.test/apps/web:good", []*types.Mount{{Type: "bind", Source: "/x"}}, nil, "overlay"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			before := e.reg.layerFetch.Load()
+			plan, err := e.prepare(t, c.ref, c.rootfs)
+			if err == nil {
+				plan.Release()
+				t.Fatal("restore prepared, want a refusal")
+			}
+			if RefOf(err) != c.ref {
+				t.Errorf("RefOf = %q, want %q", RefOf(err), c.ref)
+			}
+			if c.is != nil && !errors.Is(err, c.is) {
+				t.Errorf("got %v, want %v", err, c.is)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q does not mention %q", err, c.want)
+			}
+			if c.name == "other architecture" && e.reg.layerFetch.Load() != before {
+				t.Error("layers downloaded for a checkpoint the pre-flight refuses")
+			}
+		})
+	}
+	entries, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "unpacked"))
+	for _, en := range entries {
+		if _, err := os.Stat(filepath.Join(e.cfg.Cache.Root, "unpacked", en.Name(), ".snapboot-complete")); err != nil {
+			t.Errorf("incomplete unpacked entry left: %s", en.Name())
+		}
+	}
+}
+
+func TestBrokenNodeConfigRefuses(t *testing.T) {
+	e := newEnv(t)
+	e.reg.add(t, "v1", artifact{})
+	e.restorer.cfgErr = errors.New("parse snapboot config: boom")
+	if _, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs); err == nil || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestArmDump(t *testing.T) {
+	b := bundle(t, map[string]string{AnnotationCRIUOptions: "ext-unix-sk"})
+	if err := ArmDump(b); err != nil {
+		t.Fatal(err)
+	}
+	ann, err := readAnnotations(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, err := os.ReadFile(ann["org.criu.config"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(conf), "\ntcp-established\n") || !strings.Contains(string(conf), "\next-unix-sk\n") || strings.Contains(string(conf), "tcp-close") {
+		t.Fatalf("dump config:\n%s", conf)
+	}
+	if err := ArmDump(filepath.Join(b, "missing")); err == nil {
+		t.Fatal("ArmDump of a bundle without config.json: want an error")
+	}
+}

@@ -1,0 +1,207 @@
+//go:build linux
+
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/snapboot/snapboot/restore"
+)
+
+// preparer turns a create request into a restore plan. *restore.Restorer is
+// the real one; tests use fakes.
+type preparer interface {
+	Prepare(ctx context.Context, req restore.Request) (*restore.Plan, error)
+}
+
+// service is the runc task service with restore-on-create in front of it.
+// Only Create, Start and Delete are overridden; every other call goes to the
+// runc task service untouched.
+type service struct {
+	taskAPI.TTRPCTaskService
+
+	publisher *filteringPublisher
+	restorer  preparer
+
+	// armDumpFn writes the dump-side CRIU config into a bundle.
+	armDumpFn func(bundle string) error
+
+	mu      sync.Mutex
+	pending map[string]*pendingRestore // container ID -> restore waiting for Start
+	running map[string]*restore.Plan   // container ID -> restored, until Delete
+}
+
+// pendingRestore is a container created from a checkpoint and not started yet.
+type pendingRestore struct {
+	original *taskAPI.CreateTaskRequest // the caller's request, for the fallback
+	plan     *restore.Plan
+}
+
+func newService(inner taskAPI.TTRPCTaskService, publisher *filteringPublisher, restorer preparer) *service {
+	return &service{
+		TTRPCTaskService: inner,
+		publisher:        publisher,
+		restorer:         restorer,
+		armDumpFn:        restore.ArmDump,
+		pending:          map[string]*pendingRestore{},
+		running:          map[string]*restore.Plan{},
+	}
+}
+
+// RegisterTTRPC registers the wrapper, not the inner service, so that
+// Create/Start/Delete go through snapboot.
+func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
+	taskAPI.RegisterTTRPCTaskService(server, s)
+	return nil
+}
+
+// Create restores the container from its checkpoint when the spec asks for
+// one, and cold-creates it otherwise or when anything about the checkpoint
+// is wrong.
+func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	if r.Checkpoint != "" {
+		// containerd's own restore (ctr c restore, CRI restore): not ours.
+		return s.TTRPCTaskService.Create(ctx, r)
+	}
+	began := time.Now()
+	plan, err := s.restorer.Prepare(ctx, restore.Request{ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs})
+	if errors.Is(err, restore.ErrNotRequested) {
+		return s.coldCreate(ctx, r)
+	}
+	if err != nil {
+		logFallback(ctx, r.ID, restore.RefOf(err), err, time.Since(began))
+		return s.coldCreate(ctx, r)
+	}
+
+	rr := proto.Clone(r).(*taskAPI.CreateTaskRequest)
+	rr.Checkpoint = plan.ImagesDir
+	rr.Rootfs = plan.Rootfs
+	resp, err := s.TTRPCTaskService.Create(ctx, rr)
+	if err != nil {
+		plan.Release()
+		logFallback(ctx, r.ID, plan.Ref, fmt.Errorf("create from checkpoint: %w", err), time.Since(began))
+		return s.coldCreate(ctx, r)
+	}
+	s.mu.Lock()
+	s.pending[r.ID] = &pendingRestore{original: r, plan: plan}
+	s.mu.Unlock()
+	return resp, nil
+}
+
+// Start runs the restore (runc restore, through the runc task service). If
+// it fails before the process runs, the half-made container is deleted and
+// the caller's original request is created and started cold instead.
+func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	if r.ExecID != "" {
+		return s.TTRPCTaskService.Start(ctx, r)
+	}
+	s.mu.Lock()
+	p := s.pending[r.ID]
+	delete(s.pending, r.ID)
+	s.mu.Unlock()
+	if p == nil {
+		return s.TTRPCTaskService.Start(ctx, r)
+	}
+	began := time.Now()
+	resp, err := s.TTRPCTaskService.Start(ctx, r)
+	if err == nil {
+		p.plan.Timings.Restore = time.Since(began)
+		logRestored(ctx, r.ID, p.plan)
+		s.armDump(ctx, p.original.Bundle)
+		s.mu.Lock()
+		s.running[r.ID] = p.plan
+		s.mu.Unlock()
+		return resp, nil
+	}
+	restoreErr := fmt.Errorf("runc restore: %w", err)
+	if detail := criuErrors(p.original.Bundle); detail != "" {
+		restoreErr = fmt.Errorf("runc restore: %w; CRIU: %s", err, detail)
+	}
+	p.plan.Release()
+
+	s.publisher.suppressRecreate(r.ID)
+	if _, derr := s.TTRPCTaskService.Delete(ctx, &taskAPI.DeleteRequest{ID: r.ID}); derr != nil {
+		s.publisher.cancelSuppress(r.ID, "delete", "create")
+		return nil, fmt.Errorf("%v; removing the failed restore also failed: %w", restoreErr, derr)
+	}
+	if _, cerr := s.coldCreate(ctx, p.original); cerr != nil {
+		s.publisher.cancelSuppress(r.ID, "create")
+		return nil, fmt.Errorf("%v; cold create after it failed: %w", restoreErr, cerr)
+	}
+	logFallback(ctx, r.ID, p.plan.Ref, restoreErr, p.plan.Timings.Total()+time.Since(began))
+	return s.TTRPCTaskService.Start(ctx, r)
+}
+
+// Delete releases the container's hold on its checkpoint in the cache (the
+// rootfs changes stay mounted as a lower layer while the container exists).
+func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	resp, err := s.TTRPCTaskService.Delete(ctx, r)
+	if err == nil && r.ExecID == "" {
+		s.mu.Lock()
+		var plan *restore.Plan
+		if p := s.pending[r.ID]; p != nil {
+			plan = p.plan
+		} else {
+			plan = s.running[r.ID]
+		}
+		delete(s.pending, r.ID)
+		delete(s.running, r.ID)
+		s.mu.Unlock()
+		plan.Release()
+	}
+	return resp, err
+}
+
+// coldCreate creates the container from the caller's request, armed for a
+// later checkpoint.
+func (s *service) coldCreate(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	s.armDump(ctx, r.Bundle)
+	return s.TTRPCTaskService.Create(ctx, r)
+}
+
+// armDump writes the dump-side CRIU config. A failure only costs a later
+// checkpoint its defaults, so it is logged, not returned.
+func (s *service) armDump(ctx context.Context, bundle string) {
+	if bundle == "" {
+		return
+	}
+	if err := s.armDumpFn(bundle); err != nil {
+		log.G(ctx).WithError(err).Warn("snapboot: could not write the dump-side CRIU config")
+	}
+}
+
+func logFallback(ctx context.Context, id, ref string, reason error, elapsed time.Duration) {
+	log.G(ctx).WithFields(log.Fields{
+		"event":     "snapboot.fallback",
+		"id":        id,
+		"ref":       ref,
+		"reason":    reason.Error(),
+		"elapsed_s": elapsed.Seconds(),
+	}).Warn("snapboot: restore not possible, cold-starting the container")
+}
+
+func logRestored(ctx context.Context, id string, plan *restore.Plan) {
+	t := plan.Timings
+	log.G(ctx).WithFields(log.Fields{
+		"event":        "snapboot.restore",
+		"id":           id,
+		"ref":          plan.Ref,
+		"digest":       plan.Digest.String(),
+		"cached":       plan.Cached,
+		"pulled_bytes": plan.PulledBytes,
+		"resolve_s":    t.Resolve.Seconds(),
+		"pull_s":       t.Pull.Seconds(),
+		"unpack_s":     t.Unpack.Seconds(),
+		"restore_s":    t.Restore.Seconds(),
+		"total_s":      t.Total().Seconds(),
+	}).Info("snapboot: container restored from checkpoint")
+}

@@ -1,0 +1,182 @@
+//go:build linux
+
+package shim
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/v2/core/events"
+
+	"github.com/snapboot/snapboot/restore"
+)
+
+// fakeTasks stands in for the runc task service: it records calls, fails
+// the first Start of a checkpointed create when told to, and sends events
+// through the publisher the way the real one does.
+type fakeTasks struct {
+	taskAPI.TTRPCTaskService
+	pub *filteringPublisher
+
+	calls            []string
+	creates          []*taskAPI.CreateTaskRequest
+	failRestoreStart bool
+	checkpointed     bool
+}
+
+func (f *fakeTasks) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	f.calls = append(f.calls, "create")
+	f.creates = append(f.creates, r)
+	f.checkpointed = r.Checkpoint != ""
+	f.pub.Publish(ctx, "/tasks/create", &eventstypes.TaskCreate{ContainerID: r.ID})
+	return &taskAPI.CreateTaskResponse{}, nil
+}
+
+func (f *fakeTasks) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
+	f.calls = append(f.calls, "start")
+	if f.checkpointed && f.failRestoreStart {
+		return nil, errors.New("OCI runtime restore failed: criu failed: type RESTORE errno 0")
+	}
+	f.pub.Publish(ctx, "/tasks/start", &eventstypes.TaskStart{ContainerID: r.ID, Pid: 42})
+	return &taskAPI.StartResponse{Pid: 42}, nil
+}
+
+func (f *fakeTasks) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	f.calls = append(f.calls, "delete")
+	f.pub.Publish(ctx, "/tasks/delete", &eventstypes.TaskDelete{ContainerID: r.ID})
+	return &taskAPI.DeleteResponse{}, nil
+}
+
+type recordingPublisher struct {
+	mu     sync.Mutex
+	topics []string
+}
+
+func (p *recordingPublisher) Publish(_ context.Context, topic string, _ events.Event) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.topics = append(p.topics, topic)
+	return nil
+}
+func (p *recordingPublisher) Close() error { return nil }
+
+type fakePreparer struct {
+	plan     *restore.Plan
+	err      error
+	released bool
+}
+
+func (f *fakePreparer) Prepare(context.Context, restore.Request) (*restore.Plan, error) {
+	return f.plan, f.err
+}
+
+func setup(prep *fakePreparer, failStart bool) (*service, *fakeTasks, *recordingPublisher) {
+	rec := &recordingPublisher{}
+	pub := newFilteringPublisher(rec)
+	inner := &fakeTasks{pub: pub, failRestoreStart: failStart}
+	s := newService(inner, pub, prep)
+	s.armDumpFn = func(bundle string) error {
+		inner.calls = append(inner.calls, "arm-dump")
+		return nil
+	}
+	return s, inner, rec
+}
+
+func join(s []string) string {
+	out := ""
+	for i, x := range s {
+		if i > 0 {
+			out += " "
+		}
+		out += x
+	}
+	return out
+}
+
+func TestRestoreSucceeds(t *testing.T) {
+	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu"}}
+	s, inner, rec := setup(prep, false)
+	ctx := context.Background()
+	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b"}); err != nil {
+		t.Fatal(err)
+	}
+	if inner.creates[0].Checkpoint != "/cache/criu" {
+		t.Fatalf("runc shim not asked to restore: %+v", inner.creates[0])
+	}
+	resp, err := s.Start(ctx, &taskAPI.StartRequest{ID: "c1"})
+	if err != nil || resp.Pid != 42 {
+		t.Fatalf("Start: %v %v", resp, err)
+	}
+	if got := join(inner.calls); got != "create start arm-dump" {
+		t.Fatalf("calls %q", got)
+	}
+	if got := join(rec.topics); got != "/tasks/create /tasks/start" {
+		t.Fatalf("events %q", got)
+	}
+}
+
+func TestFailedPrepareColdStarts(t *testing.T) {
+	prep := &fakePreparer{err: &restore.Error{Ref: "r/a:v1", Err: errors.New("resolve: not found")}}
+	s, inner, _ := setup(prep, false)
+	req := &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b"}
+	if _, err := s.Create(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	if got := join(inner.calls); got != "arm-dump create" {
+		t.Fatalf("calls %q", got)
+	}
+	if len(inner.creates) != 1 || inner.creates[0] != req || inner.creates[0].Checkpoint != "" {
+		t.Fatalf("cold create expected with the caller's request: %+v", inner.creates)
+	}
+}
+
+func TestFailedRestoreFallsBackWithoutStrayEvents(t *testing.T) {
+	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu"}}
+	s, inner, rec := setup(prep, true)
+	ctx := context.Background()
+	orig := &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b"}
+	if _, err := s.Create(ctx, orig); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Start(ctx, &taskAPI.StartRequest{ID: "c1"})
+	if err != nil || resp.Pid != 42 {
+		t.Fatalf("fallback Start: %v %v", resp, err)
+	}
+	if got := join(inner.calls); got != "create start delete arm-dump create start" {
+		t.Fatalf("calls %q", got)
+	}
+	if last := inner.creates[len(inner.creates)-1]; last != orig || last.Checkpoint != "" {
+		t.Fatalf("fallback did not create the caller's original request: %+v", last)
+	}
+	// containerd sees one create and one start, not the internal delete/create.
+	if got := join(rec.topics); got != "/tasks/create /tasks/start" {
+		t.Fatalf("events %q", got)
+	}
+	// A later, real delete is published.
+	s.Delete(ctx, &taskAPI.DeleteRequest{ID: "c1"})
+	if got := join(rec.topics); got != "/tasks/create /tasks/start /tasks/delete" {
+		t.Fatalf("events after delete %q", got)
+	}
+}
+
+func TestNotRequestedPassesThrough(t *testing.T) {
+	prep := &fakePreparer{err: restore.ErrNotRequested}
+	s, inner, _ := setup(prep, false)
+	req := &taskAPI.CreateTaskRequest{ID: "c1"}
+	s.Create(context.Background(), req)
+	if inner.creates[0] != req {
+		t.Fatal("request not passed through unchanged")
+	}
+	// containerd's own restore is never intercepted.
+	prep.err = nil
+	prep.plan = &restore.Plan{ImagesDir: "/x"}
+	req = &taskAPI.CreateTaskRequest{ID: "c2", Checkpoint: "/containerd/checkpoint"}
+	s.Create(context.Background(), req)
+	if inner.creates[1] != req {
+		t.Fatal("containerd restore intercepted")
+	}
+}

@@ -1,0 +1,217 @@
+//go:build linux
+
+package unpack
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Mode selects which kinds of entries an archive may hold and how they are
+// written.
+type Mode int
+
+const (
+	// CRIUImages: a directory of CRIU image files. Only regular files and
+	// directories are allowed; any symlink, hard link, device, fifo or
+	// whiteout is rejected. Setuid, setgid and sticky bits are dropped.
+	CRIUImages Mode = iota
+	// RootfsDiff: a container rootfs diff in containerd/OCI layer format.
+	// Regular files, dirs, symlinks and hard links are allowed; OCI
+	// whiteouts (".wh.NAME" and ".wh..wh..opq") are converted to overlayfs
+	// whiteouts (a 0/0 character device named NAME, and the xattr
+	// trusted.overlay.opaque="y" on the directory) so the result can be used
+	// directly as an overlayfs lowerdir.
+	RootfsDiff
+)
+
+// String returns the name of the mode.
+func (m Mode) String() string {
+	switch m {
+	case CRIUImages:
+		return "CRIUImages"
+	case RootfsDiff:
+		return "RootfsDiff"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// Options configure an extraction.
+type Options struct {
+	// Mode selects the entry types accepted.
+	Mode Mode
+	// MaxBytes bounds the total bytes of file content written; 0 means 64 GiB.
+	MaxBytes int64
+	// MaxEntries bounds the number of tar entries; 0 means 1,000,000.
+	MaxEntries int
+}
+
+// Stats reports what an extraction did. On error it counts what was done
+// before the error.
+type Stats struct {
+	// Entries is the number of tar entries processed, including skipped
+	// metadata entries such as PAX global headers.
+	Entries int
+	// Bytes is the number of bytes of file content written.
+	Bytes int64
+}
+
+// ErrUnsafe is wrapped by every rejection of an entry that could write
+// outside the extraction directory or that the mode does not allow.
+var ErrUnsafe = errors.New("unsafe archive entry")
+
+// ErrTooLarge is wrapped by every rejection of an archive that exceeds
+// Options.MaxBytes, Options.MaxEntries or another built-in bound.
+var ErrTooLarge = errors.New("archive exceeds limit")
+
+const (
+	defaultMaxBytes   = 64 << 30
+	defaultMaxEntries = 1_000_000
+
+	// zstdMaxWindow bounds the decoder's window and so its memory. It covers
+	// every standard compression level and "zstd --long" up to 28.
+	zstdMaxWindow = 256 << 20
+	// maxTrailing bounds the decompressed data read after the tar
+	// end-of-archive marker (tar writers pad to their record size).
+	maxTrailing = 1 << 20
+
+	copyBufSize = 1 << 20
+	blockSize   = 512
+)
+
+// Tar extracts an uncompressed tar stream into dir (which must exist and
+// should be empty). The stream must end with a tar end-of-archive marker;
+// one cut short is an error. On error dir holds a partial result that the
+// caller should remove.
+func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
+	x, err := newExtractor(dir, opts)
+	if err != nil {
+		return Stats{}, err
+	}
+	defer x.root.Close()
+
+	src := &stream{ctx: ctx, r: r}
+	tr := tar.NewReader(src)
+	for {
+		if err := ctx.Err(); err != nil {
+			return x.st, err
+		}
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return x.st, fmt.Errorf("reading tar: %w", err)
+		}
+		if x.st.Entries >= x.maxEntries {
+			return x.st, fmt.Errorf("more than %d entries: %w", x.maxEntries, ErrTooLarge)
+		}
+		if err := x.entry(hdr, tr); err != nil {
+			return x.st, err
+		}
+		x.st.Entries++
+	}
+	if !src.complete() {
+		return x.st, fmt.Errorf("reading tar: no end-of-archive marker: %w", io.ErrUnexpectedEOF)
+	}
+	return x.st, x.finishDirs()
+}
+
+// TarZstd decompresses r as zstd and extracts the tar stream inside as Tar
+// does. The whole zstd stream is read and checked, so a truncated or corrupt
+// stream is an error even when the damage lies after the tar end marker.
+func TarZstd(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
+	zr, err := zstd.NewReader(r,
+		zstd.WithDecoderConcurrency(0),
+		zstd.WithDecoderMaxWindow(zstdMaxWindow),
+		zstd.WithDecoderMaxMemory(zstdMaxWindow),
+	)
+	if err != nil {
+		return Stats{}, fmt.Errorf("zstd: %w", err)
+	}
+	defer zr.Close()
+
+	st, err := Tar(ctx, zr, dir, opts)
+	if err != nil {
+		return st, err
+	}
+	n, err := io.Copy(io.Discard, io.LimitReader(zr, maxTrailing+1))
+	if err != nil {
+		return st, fmt.Errorf("zstd: %w", err)
+	}
+	if n > maxTrailing {
+		return st, fmt.Errorf("more than %d bytes after the tar end-of-archive marker: %w", maxTrailing, ErrTooLarge)
+	}
+	return st, nil
+}
+
+// stream passes the archive to the tar reader, fails once ctx is done, and
+// remembers enough to tell whether the tar reader stopped at an
+// end-of-archive marker or at the end of the input.
+type stream struct {
+	ctx   context.Context
+	r     io.Reader
+	zeros int64 // length of the run of zero bytes that ends what was read
+	eof   bool
+}
+
+func (s *stream) Read(p []byte) (int, error) {
+	if err := s.ctx.Err(); err != nil {
+		return 0, err
+	}
+	n, err := s.r.Read(p)
+	i := n
+	for i > 0 && p[i-1] == 0 {
+		i--
+	}
+	if i == 0 {
+		s.zeros += int64(n)
+	} else {
+		s.zeros = int64(n - i)
+	}
+	if err == io.EOF {
+		s.eof = true
+	}
+	return n, err
+}
+
+// complete reports whether the archive read so far ended with the two zero
+// blocks of an end-of-archive marker. The tar reader reads nothing past the
+// marker, so if it hit the end of the input without one having been read
+// last, the input was cut short.
+func (s *stream) complete() bool {
+	return !s.eof || s.zeros >= 2*blockSize
+}
+
+func newExtractor(dir string, opts Options) (*extractor, error) {
+	if opts.Mode != CRIUImages && opts.Mode != RootfsDiff {
+		return nil, fmt.Errorf("unpack: unknown mode %v", opts.Mode)
+	}
+	if opts.MaxBytes < 0 || opts.MaxEntries < 0 {
+		return nil, errors.New("unpack: negative limit in options")
+	}
+	x := &extractor{
+		mode:       opts.Mode,
+		maxBytes:   opts.MaxBytes,
+		maxEntries: opts.MaxEntries,
+		dirIndex:   map[string]int{},
+	}
+	if x.maxBytes == 0 {
+		x.maxBytes = defaultMaxBytes
+	}
+	if x.maxEntries == 0 {
+		x.maxEntries = defaultMaxEntries
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("unpack: %w", err)
+	}
+	x.root = root
+	return x, nil
+}

@@ -105,3 +105,9 @@ func touch(dir string) {
 		return
 	}
 }
+
+// IsUnpacked reports whether the checkpoint with manifest digest key is
+// unpacked in the cache.
+func (c *Cache) IsUnpacked(key digest.Digest) bool {
+	return key.Validate() == nil && complete(filepath.Join(c.root, "unpacked", key.Encoded()))
+}

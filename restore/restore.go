@@ -156,6 +156,62 @@ func (r *Restorer) Prepare(ctx context.Context, req Request) (*Plan, error) {
 }
 
 func (r *Restorer) prepare(ctx context.Context, req Request, refStr, criuOptions string) (_ *Plan, retErr error) {
+	userOpts, err := criuconf.ParseUserOptions(criuOptions)
+	if err != nil {
+		return nil, fmt.Errorf("annotation %s: %w", AnnotationCRIUOptions, err)
+	}
+	f, err := r.Fetch(ctx, refStr)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			f.Release()
+		}
+	}()
+	plan := &Plan{Ref: refStr, Digest: f.Digest, Cached: f.Cached, PulledBytes: f.PulledBytes,
+		Timings: f.Timings, unpacked: f.unpacked}
+	plan.ImagesDir = f.unpacked.CRIUDir()
+	plan.Rootfs = req.Rootfs
+	if f.Checkpoint.Rootfs != nil && !isEmptyDir(f.unpacked.RootfsDir()) {
+		if plan.Rootfs, err = stackRootfsChanges(req.Rootfs, f.unpacked.RootfsDir()); err != nil {
+			return nil, err
+		}
+	}
+
+	confPath, err := criuconf.WriteFile(req.Bundle, "restore", criuconf.RestoreOptions(userOpts))
+	if err != nil {
+		return nil, err
+	}
+	if err := setAnnotation(req.Bundle, criuconf.RuncAnnotation, confPath); err != nil {
+		return nil, err
+	}
+	return plan, nil
+}
+
+// Fetched is a checkpoint in the node cache, unpacked and held in use until
+// Release.
+type Fetched struct {
+	Ref         string
+	Digest      digest.Digest // manifest digest
+	Checkpoint  *oci.Checkpoint
+	Metadata    *oci.Metadata
+	Dir         string // the unpacked checkpoint: criu/ and rootfs/
+	Cached      bool   // nothing was downloaded or unpacked
+	PulledBytes int64
+	Timings     Timings
+
+	unpacked *cache.Unpacked
+}
+
+// Release ends the hold on the unpacked checkpoint.
+func (f *Fetched) Release() { f.unpacked.Release() }
+
+// Fetch applies the node's policy to a reference, resolves it, runs the
+// pre-flight on its manifest and metadata, and makes sure the checkpoint is
+// downloaded and unpacked in the node cache. The shim restores from what it
+// returns; `snapboot pull` fills the cache with it.
+func (r *Restorer) Fetch(ctx context.Context, refStr string) (*Fetched, error) {
 	began := time.Now()
 	if r.cfgErr != nil {
 		return nil, fmt.Errorf("node configuration %s: %w", nodeconfig.Path(), r.cfgErr)
@@ -170,13 +226,47 @@ func (r *Restorer) prepare(ctx context.Context, req Request, refStr, criuOptions
 	if r.cfg.RequireDigest && !oci.Pinned(ref) {
 		return nil, fmt.Errorf("%w: the node requires checkpoints pinned by digest (REPOSITORY@sha256:...)", ErrDenied)
 	}
-	userOpts, err := criuconf.ParseUserOptions(criuOptions)
-	if err != nil {
-		return nil, fmt.Errorf("annotation %s: %w", AnnotationCRIUOptions, err)
-	}
 
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(r.cfg.Pull.Timeout))
 	defer cancel()
+	a, err := r.open(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	node, err := r.nodeInfo()
+	if err != nil {
+		return nil, fmt.Errorf("describe this node: %w", err)
+	}
+	if err := compat.Check(a.meta, node); err != nil {
+		return nil, err
+	}
+	if max := int64(r.cfg.Pull.MaxArtifactSize); a.ck.Size() > max {
+		return nil, fmt.Errorf("%w: checkpoint layers are %d bytes, the node allows %d (pull.max_artifact_size)", ErrDenied, a.ck.Size(), max)
+	}
+	f := &Fetched{Ref: refStr, Digest: a.desc.Digest, Checkpoint: a.ck, Metadata: a.meta, Cached: true}
+	f.Timings.Resolve = time.Since(began)
+
+	u, err := a.cache.Unpack(ctx, a.desc.Digest, func(dir string) error {
+		return r.pullAndUnpack(ctx, a, dir, f)
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.unpacked = u
+	f.Dir = u.Dir
+	return f, nil
+}
+
+// artifact is a resolved checkpoint whose manifest and metadata are read.
+type artifact struct {
+	cache *cache.Cache
+	src   Source
+	desc  ocispec.Descriptor // the manifest
+	ck    *oci.Checkpoint
+	meta  *oci.Metadata
+}
+
+func (r *Restorer) open(ctx context.Context, ref registry.Reference) (*artifact, error) {
 	c, err := cache.Open(r.cfg.Cache.Root)
 	if err != nil {
 		return nil, err
@@ -185,7 +275,6 @@ func (r *Restorer) prepare(ctx context.Context, req Request, refStr, criuOptions
 	if err != nil {
 		return nil, err
 	}
-
 	mdesc, err := r.resolve(ctx, c, src, ref)
 	if err != nil {
 		return nil, err
@@ -194,47 +283,56 @@ func (r *Restorer) prepare(ctx context.Context, req Request, refStr, criuOptions
 	if err != nil {
 		return nil, err
 	}
-	node, err := r.nodeInfo()
-	if err != nil {
-		return nil, fmt.Errorf("describe this node: %w", err)
-	}
-	if err := compat.Check(meta, node); err != nil {
-		return nil, err
-	}
-	if max := int64(r.cfg.Pull.MaxArtifactSize); ck.Size() > max {
-		return nil, fmt.Errorf("%w: checkpoint layers are %d bytes, the node allows %d (pull.max_artifact_size)", ErrDenied, ck.Size(), max)
-	}
-	plan := &Plan{Ref: refStr, Digest: mdesc.Digest, Cached: true}
-	plan.Timings.Resolve = time.Since(began)
+	return &artifact{cache: c, src: src, desc: mdesc, ck: ck, meta: meta}, nil
+}
 
-	u, err := c.Unpack(ctx, mdesc.Digest, func(dir string) error {
-		return r.pullAndUnpack(ctx, c, src, ck, dir, plan)
-	})
-	if err != nil {
-		return nil, err
-	}
-	plan.unpacked = u
-	defer func() {
-		if retErr != nil {
-			u.Release()
-		}
-	}()
-	plan.ImagesDir = u.CRIUDir()
-	plan.Rootfs = req.Rootfs
-	if ck.Rootfs != nil && !isEmptyDir(u.RootfsDir()) {
-		if plan.Rootfs, err = stackRootfsChanges(req.Rootfs, u.RootfsDir()); err != nil {
-			return nil, err
-		}
-	}
+// Inspection is what `snapboot inspect` reports: the artifact, and whether
+// this node would restore it.
+type Inspection struct {
+	Ref        string
+	Descriptor ocispec.Descriptor
+	Checkpoint *oci.Checkpoint
+	Metadata   *oci.Metadata
+	Node       *compat.Node
+	// Allowed is nil when the node's policy allows restores from the
+	// reference, and the reason otherwise.
+	Allowed error
+	// Compatible is nil when the checkpoint can run on this node.
+	Compatible error
+	// Unpacked reports whether the checkpoint is ready in the node cache.
+	Unpacked bool
+}
 
-	confPath, err := criuconf.WriteFile(req.Bundle, "restore", criuconf.RestoreOptions(userOpts))
+// Inspect reads a checkpoint's manifest and metadata (never its layers) and
+// checks it against this node.
+func (r *Restorer) Inspect(ctx context.Context, refStr string) (*Inspection, error) {
+	if r.cfgErr != nil {
+		return nil, fmt.Errorf("node configuration %s: %w", nodeconfig.Path(), r.cfgErr)
+	}
+	ref, err := oci.ParseReference(refStr)
 	if err != nil {
 		return nil, err
 	}
-	if err := setAnnotation(req.Bundle, criuconf.RuncAnnotation, confPath); err != nil {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(r.cfg.Pull.Timeout))
+	defer cancel()
+	a, err := r.open(ctx, ref)
+	if err != nil {
 		return nil, err
 	}
-	return plan, nil
+	in := &Inspection{Ref: refStr, Descriptor: a.desc, Checkpoint: a.ck, Metadata: a.meta}
+	if !r.cfg.Allowed(ref.Registry, ref.Repository) {
+		in.Allowed = fmt.Errorf("%w: %s/%s is not in the allow list of %s", ErrDenied, ref.Registry, ref.Repository, nodeconfig.Path())
+	} else if r.cfg.RequireDigest && !oci.Pinned(ref) {
+		in.Allowed = fmt.Errorf("%w: the node requires checkpoints pinned by digest", ErrDenied)
+	}
+	in.Node, err = r.nodeInfo()
+	if err != nil {
+		in.Compatible = fmt.Errorf("describe this node: %w", err)
+	} else {
+		in.Compatible = compat.Check(a.meta, in.Node)
+	}
+	in.Unpacked = a.cache.IsUnpacked(a.desc.Digest)
+	return in, nil
 }
 
 // resolve finds the manifest descriptor. A digest reference whose manifest
@@ -306,19 +404,19 @@ func (r *Restorer) readSmall(ctx context.Context, c *cache.Cache, src Source, de
 }
 
 // pullAndUnpack downloads the layers into the cache and unpacks them into dir.
-func (r *Restorer) pullAndUnpack(ctx context.Context, c *cache.Cache, src Source, ck *oci.Checkpoint, dir string, plan *Plan) error {
-	plan.Cached = false
+func (r *Restorer) pullAndUnpack(ctx context.Context, a *artifact, dir string, f *Fetched) error {
+	f.Cached = false
 	budget := int64(r.cfg.Pull.MaxUnpackedSize)
-	for _, l := range ck.Layers() {
+	for _, l := range a.ck.Layers() {
 		t := time.Now()
-		_, downloaded, err := c.FetchBlob(ctx, src, l)
+		_, downloaded, err := a.cache.FetchBlob(ctx, a.src, l)
 		if err != nil {
 			return fmt.Errorf("pull layer %s: %w", l.Digest, err)
 		}
 		if downloaded {
-			plan.PulledBytes += l.Size
+			f.PulledBytes += l.Size
 		}
-		plan.Timings.Pull += time.Since(t)
+		f.Timings.Pull += time.Since(t)
 
 		t = time.Now()
 		mode, sub := unpack.CRIUImages, "criu"
@@ -329,7 +427,7 @@ func (r *Restorer) pullAndUnpack(ctx context.Context, c *cache.Cache, src Source
 		if err := os.Mkdir(target, 0o700); err != nil {
 			return err
 		}
-		rc, err := c.OpenBlob(ctx, l)
+		rc, err := a.cache.OpenBlob(ctx, l)
 		if err != nil {
 			return err
 		}
@@ -339,11 +437,10 @@ func (r *Restorer) pullAndUnpack(ctx context.Context, c *cache.Cache, src Source
 			return fmt.Errorf("unpack %s layer %s: %w", sub, l.Digest, err)
 		}
 		budget -= st.Bytes
-		plan.Timings.Unpack += time.Since(t)
+		f.Timings.Unpack += time.Since(t)
 	}
 	return nil
 }
-
 // ArmDump writes the dump-side CRIU config into the bundle and points runc
 // at it (org.criu.config), so that a later checkpoint of this container
 // (ctr task checkpoint, snapboot checkpoint) dumps open TCP connections and

@@ -100,13 +100,13 @@ func push(t *testing.T, s *memory.Store, mt string, b []byte) ocispec.Descriptor
 	return d
 }
 
-type artifact struct {
+type testArtifact struct {
 	arch         string
 	artifactType string
 	rootfs       bool
 }
 
-func (f *fakeRegistry) add(t *testing.T, tag string, a artifact) (manifest, criu ocispec.Descriptor) {
+func (f *fakeRegistry) add(t *testing.T, tag string, a testArtifact) (manifest, criu ocispec.Descriptor) {
 	t.Helper()
 	if a.arch == "" {
 		a.arch = "amd64"
@@ -186,7 +186,7 @@ func TestNotRequested(t *testing.T) {
 
 func TestPrepareRestoresAndCaches(t *testing.T) {
 	e := newEnv(t)
-	_, criu := e.reg.add(t, "v1", artifact{rootfs: true})
+	_, criu := e.reg.add(t, "v1", testArtifact{rootfs: true})
 	ann := map[string]string{AnnotationCheckpoint: "reg.test/apps/web:v1", AnnotationCRIUOptions: "ext-unix-sk"}
 	b := bundle(t, ann)
 	plan, err := e.restorer.Prepare(context.Background(), Request{ContainerID: "c1", Bundle: b, Rootfs: overlayRootfs})
@@ -256,7 +256,7 @@ func TestPrepareRestoresAndCaches(t *testing.T) {
 
 func TestPrepareByDigestOffline(t *testing.T) {
 	e := newEnv(t)
-	m, _ := e.reg.add(t, "v1", artifact{})
+	m, _ := e.reg.add(t, "v1", testArtifact{})
 	ref := "reg.test/apps/web@" + m.Digest.String()
 	plan, err := e.prepare(t, ref, overlayRootfs)
 	if err != nil {
@@ -276,10 +276,10 @@ func TestPrepareByDigestOffline(t *testing.T) {
 
 func TestPrepareRefusals(t *testing.T) {
 	e := newEnv(t)
-	e.reg.add(t, "good", artifact{rootfs: true})
-	e.reg.add(t, "arm", artifact{arch: "arm64"})
-	e.reg.add(t, "notours", artifact{artifactType: "application/vnd.example.thing"})
-	_, corruptLayer := e.reg.add(t, "corrupt", artifact{})
+	e.reg.add(t, "good", testArtifact{rootfs: true})
+	e.reg.add(t, "arm", testArtifact{arch: "arm64"})
+	e.reg.add(t, "notours", testArtifact{artifactType: "application/vnd.example.thing"})
+	_, corruptLayer := e.reg.add(t, "corrupt", testArtifact{})
 	e.reg.corruptWhat = corruptLayer.Digest
 
 	cases := []struct {
@@ -328,7 +328,7 @@ func TestPrepareRefusals(t *testing.T) {
 
 func TestBrokenNodeConfigRefuses(t *testing.T) {
 	e := newEnv(t)
-	e.reg.add(t, "v1", artifact{})
+	e.reg.add(t, "v1", testArtifact{})
 	e.restorer.cfgErr = errors.New("parse snapboot config: boom")
 	if _, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs); err == nil || !strings.Contains(err.Error(), "boom") {
 		t.Fatalf("got %v", err)

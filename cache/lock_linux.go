@@ -51,3 +51,16 @@ func (c *Cache) flock(ctx context.Context, name string, how int) (func(), error)
 		}
 	}
 }
+
+// tryLock takes an exclusive lock without waiting.
+func (c *Cache) tryLock(_ context.Context, name string) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(c.root, "locks", name+".lock"), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", name, err)
+	}
+	return func() { f.Close() }, nil
+}

@@ -136,3 +136,14 @@ func parseCPUInfo(data []byte) oci.CPU {
 
 // goarch is runtime.GOARCH, a variable so tests can pretend.
 var goarch = runtime.GOARCH
+
+// ParseCRIUVersionOutput reads the version from `criu --version` output
+// ("Version: 4.2.1"), for callers that can't use CRIU's RPC interface.
+func ParseCRIUVersionOutput(out string) (int, error) {
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Version:"); ok {
+			return oci.ParseVersion(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("no version in criu --version output %q", out)
+}

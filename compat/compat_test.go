@@ -55,3 +55,13 @@ func TestVersionString(t *testing.T) {
 		t.Fatal(s)
 	}
 }
+
+func TestParseCRIUVersionOutput(t *testing.T) {
+	v, err := ParseCRIUVersionOutput("Version: 4.2.1\nGitID: v4.2.1\n")
+	if err != nil || v != 40201 {
+		t.Fatalf("%d %v", v, err)
+	}
+	if _, err := ParseCRIUVersionOutput("criu: command not found"); err == nil {
+		t.Fatal("want an error")
+	}
+}

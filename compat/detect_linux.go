@@ -9,8 +9,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Detect describes this node. criuPath is the CRIU binary ("" finds criu on PATH).
-func Detect(criuPath string) (*Node, error) {
+// CRIUVersionFunc returns the node's CRIU version as major*10000+minor*100+patch.
+type CRIUVersionFunc func() (int, error)
+
+// CRIUVersionRPC asks CRIU for its version over its RPC interface (go-criu),
+// the way tools outside a shim do. criuPath "" finds criu on PATH.
+func CRIUVersionRPC(criuPath string) CRIUVersionFunc {
+	return func() (int, error) {
+		c := criu.MakeCriu()
+		if criuPath != "" {
+			c.SetCriuPath(criuPath)
+		}
+		return c.GetCriuVersion()
+	}
+}
+
+// Detect describes this node, asking criuVersion for CRIU's version.
+func Detect(criuVersion CRIUVersionFunc) (*Node, error) {
 	n := &Node{Architecture: goarch}
 	var u unix.Utsname
 	if err := unix.Uname(&u); err == nil {
@@ -21,11 +36,7 @@ func Detect(criuPath string) (*Node, error) {
 		return nil, err
 	}
 	n.CPU = cpu
-	c := criu.MakeCriu()
-	if criuPath != "" {
-		c.SetCriuPath(criuPath)
-	}
-	v, err := c.GetCriuVersion()
+	v, err := criuVersion()
 	if err != nil {
 		return nil, fmt.Errorf("CRIU version: %w", err)
 	}

@@ -1,5 +1,8 @@
 package restore
 
+// RuntimeName is the containerd runtime type of the snapboot shim.
+const RuntimeName = "io.containerd.snapboot.v1"
+
 // Annotations read from the container's OCI spec.
 const (
 	// AnnotationCheckpoint names the checkpoint to restore: an OCI reference

@@ -127,7 +127,7 @@ func New(cfg *nodeconfig.Config, cfgErr error) *Restorer {
 			UserAgent:    "snapboot-shim",
 		})
 	}
-	r.DetectNode = func() (*compat.Node, error) { return compat.Detect("") }
+	r.DetectNode = func() (*compat.Node, error) { return compat.Detect(compat.CRIUVersionRPC("")) }
 	return r
 }
 
@@ -441,6 +441,7 @@ func (r *Restorer) pullAndUnpack(ctx context.Context, a *artifact, dir string, f
 	}
 	return nil
 }
+
 // ArmDump writes the dump-side CRIU config into the bundle and points runc
 // at it (org.criu.config), so that a later checkpoint of this container
 // (ctr task checkpoint, snapboot checkpoint) dumps open TCP connections and

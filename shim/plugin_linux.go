@@ -11,12 +11,13 @@ import (
 	"github.com/containerd/plugin"
 	"github.com/containerd/plugin/registry"
 
+	"github.com/snapboot/snapboot/compat"
 	"github.com/snapboot/snapboot/nodeconfig"
 	"github.com/snapboot/snapboot/restore"
 )
 
 // RuntimeName is the containerd runtime type that resolves to this shim.
-const RuntimeName = "io.containerd.snapboot.v1"
+const RuntimeName = restore.RuntimeName
 
 func init() {
 	registry.Register(&plugin.Registration{
@@ -46,7 +47,9 @@ func init() {
 				// running: restores are refused (deny by default), cold starts work.
 				log.G(ic.Context).WithError(err).Warn("snapboot: node configuration unusable; every restore will cold-start")
 			}
-			return newService(inner, publisher, restore.New(cfg, err)), nil
+			restorer := restore.New(cfg, err)
+			restorer.DetectNode = func() (*compat.Node, error) { return compat.Detect(criuVersion) }
+			return newService(inner, publisher, restorer), nil
 		},
 	})
 }

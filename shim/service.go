@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/snapboot/snapboot/criulog"
 	"github.com/snapboot/snapboot/restore"
 )
 
@@ -123,7 +125,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return resp, nil
 	}
 	restoreErr := fmt.Errorf("runc restore: %w", err)
-	if detail := criuErrors(p.original.Bundle); detail != "" {
+	if detail := criulog.Errors(filepath.Join(p.original.Bundle, "work", "restore.log")); detail != "" {
 		restoreErr = fmt.Errorf("runc restore: %w; CRIU: %s", err, detail)
 	}
 	p.plan.Release()

@@ -1,17 +1,18 @@
-package shim
+// Package criulog pulls the error lines out of a CRIU log (dump.log,
+// restore.log), so that a failed dump or restore says why CRIU failed and
+// not only that it did.
+package criulog
 
 import (
 	"bufio"
 	"os"
-	"path/filepath"
 	"strings"
 )
 
-// criuErrors returns the last error lines of CRIU's restore log in a bundle
-// (runc's work directory is <bundle>/work), so that a fallback's reason
-// says why CRIU failed and not only that it did.
-func criuErrors(bundle string) string {
-	f, err := os.Open(filepath.Join(bundle, "work", "restore.log"))
+// Errors returns the last (at most three) error lines of the CRIU log at
+// path, joined with " | ", or "" when there is no log or no error in it.
+func Errors(path string) string {
+	f, err := os.Open(path)
 	if err != nil {
 		return ""
 	}

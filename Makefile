@@ -1,0 +1,52 @@
+# snapboot — see README.md. Everything runs as root on Linux.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+export PATH := /usr/local/go/bin:/usr/local/bin:$(PATH)
+export GOFLAGS := -buildvcs=false
+
+FUZZTIME ?= 10s
+FUZZ_TARGETS := ./oci:FuzzDecodeManifest ./oci:FuzzDecodeMetadata ./oci:FuzzParseReference ./unpack:FuzzTar
+
+.PHONY: all build deps test unit integration fuzz vet install clean
+
+all: build
+
+## deps: install containerd, runc, CRIU, the registry and oras at pinned versions (idempotent)
+deps:
+	bash hack/install-deps.sh
+
+## build: build the shim into bin/
+build:
+	$(GO) build -o $(BIN)/containerd-shim-snapboot-v1 ./cmd/containerd-shim-snapboot-v1
+	$(GO) build -o $(BIN)/snapboot ./cmd/snapboot
+
+## test: the README's test command: install what is missing, then unit, fuzz and integration tests
+test: deps vet unit fuzz integration
+
+vet:
+	$(GO) vet ./...
+	$(GO) vet -tags integration ./integration/
+
+unit:
+	$(GO) test -count=1 ./...
+
+## fuzz: run every fuzz target for $(FUZZTIME)
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
+
+## integration: the real stack: private containerd + runc + CRIU + registry, started by the tests
+integration: build
+	SNAPBOOT_SHIM_BIN=$(CURDIR)/$(BIN)/containerd-shim-snapboot-v1 SNAPBOOT_CLI_BIN=$(CURDIR)/$(BIN)/snapboot \
+		$(GO) test -count=1 -tags integration -timeout 30m -v ./integration/
+
+## install: install the shim next to containerd
+install: build
+	install -m 0755 $(BIN)/containerd-shim-snapboot-v1 $(BIN)/snapboot /usr/local/bin/
+
+clean:
+	rm -rf $(BIN)

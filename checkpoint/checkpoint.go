@@ -1,0 +1,296 @@
+// Package checkpoint turns a running containerd task into a snapboot
+// checkpoint artifact: it dumps the task with CRIU through containerd
+// (tcp-established and file locks on), takes the container's rootfs changes
+// while the task is frozen, records the metadata, packs the layers and
+// pushes them to a registry.
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/api/types/runc/options"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/diff"
+	"github.com/containerd/containerd/v2/pkg/rootfs"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	gorunc "github.com/containerd/go-runc"
+	"github.com/containerd/typeurl/v2"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/snapboot/snapboot/compat"
+	"github.com/snapboot/snapboot/criuconf"
+	"github.com/snapboot/snapboot/criulog"
+	"github.com/snapboot/snapboot/oci"
+	"github.com/snapboot/snapboot/pack"
+	"github.com/snapboot/snapboot/restore"
+)
+
+// Options of one checkpoint.
+type Options struct {
+	// Exit stops the donor after the dump; by default it keeps running.
+	Exit bool
+	// Attach makes the artifact an OCI 1.1 referrer of the container's image.
+	Attach bool
+	// WorkDir is a private scratch directory for the images (they hold the
+	// donor's memory); it is removed afterwards.
+	WorkDir string
+	// Remote says how to reach the registry.
+	Remote oci.RemoteOptions
+	// Progress, when set, receives human-readable progress lines and
+	// wraps uploads for a progress display.
+	Progress Progress
+}
+
+// Progress reports what a checkpoint is doing.
+type Progress interface {
+	Stage(format string, args ...any)
+	Upload(name string, size int64, r io.Reader) io.Reader
+}
+
+// Result is what a checkpoint produced.
+type Result struct {
+	Ref        string
+	Descriptor ocispec.Descriptor
+	CRIU       pack.Sizes
+	Rootfs     pack.Sizes
+	Dump       time.Duration
+	Pack       time.Duration
+	Push       time.Duration
+}
+
+// Raw is the sum of the layers before compression.
+func (r *Result) Raw() int64 { return r.CRIU.Raw + r.Rootfs.Raw }
+
+// Compressed is the sum of the layers as pushed.
+func (r *Result) Compressed() int64 { return r.CRIU.Compressed + r.Rootfs.Compressed }
+
+// ErrNotRunning is returned for a container whose task is not running.
+var ErrNotRunning = errors.New("container is not running")
+
+// Run checkpoints container id into ref.
+func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts Options) (*Result, error) {
+	ref, err := oci.ParseReference(refStr)
+	if err != nil {
+		return nil, err
+	}
+	if oci.Pinned(ref) {
+		return nil, fmt.Errorf("checkpoint reference %s: push to a tag, not a digest", refStr)
+	}
+	progress := opts.Progress
+	if progress == nil {
+		progress = quiet{}
+	}
+	container, err := client.LoadContainer(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	task, err := container.Task(ctx, nil)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("container %s has no task: %w", id, ErrNotRunning)
+		}
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	status, err := task.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	}
+	if status.Status != containerd.Running && status.Status != containerd.Paused {
+		return nil, fmt.Errorf("container %s is %s: %w", id, status.Status, ErrNotRunning)
+	}
+	info, err := container.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	node, err := compat.Detect(compat.CRIUVersionRPC(""))
+	if err != nil {
+		return nil, fmt.Errorf("describe this node: %w", err)
+	}
+
+	work, err := os.MkdirTemp(opts.WorkDir, "checkpoint-"+id+"-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work) // the images hold the donor's memory
+	if err := os.Chmod(work, 0o700); err != nil {
+		return nil, err
+	}
+	imagesDir, criuWork := filepath.Join(work, "images"), filepath.Join(work, "criu-work")
+	for _, d := range []string{imagesDir, criuWork} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	res := &Result{Ref: refStr}
+
+	// Freeze the task for the dump and the rootfs diff, so that both
+	// describe the same moment (CRIU checks open files' sizes on restore).
+	ctx, done, err := client.WithLease(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done(context.WithoutCancel(ctx))
+	began := time.Now()
+	progress.Stage("dumping %s (CRIU through containerd)", id)
+	if status.Status == containerd.Running {
+		if err := task.Pause(ctx); err != nil {
+			return nil, fmt.Errorf("pause %s: %w", id, err)
+		}
+		if !opts.Exit {
+			defer task.Resume(context.WithoutCancel(ctx))
+		}
+	}
+	// The task service directly, not the client's Task.Checkpoint: for a
+	// runtime other than runc.v2, the client also builds a checkpoint image
+	// of the rw layer in the content store, which snapboot does not use.
+	copts, err := typeurl.MarshalAnyToProto(&options.CheckpointOptions{
+		Exit:      opts.Exit,
+		OpenTcp:   true,
+		FileLocks: true,
+		ImagePath: imagesDir,
+		WorkPath:  criuWork,
+	})
+	if err != nil {
+		return nil, err
+	}
+	_, err = client.TaskService().Checkpoint(ctx, &tasks.CheckpointTaskRequest{ContainerID: id, Options: copts})
+	err = errgrpc.ToNative(err)
+	if err != nil {
+		if detail := criulog.Errors(filepath.Join(criuWork, "dump.log")); detail != "" {
+			return nil, fmt.Errorf("dump %s: %w; CRIU: %s", id, err, detail)
+		}
+		return nil, fmt.Errorf("dump %s: %w", id, err)
+	}
+	rootfsTar := filepath.Join(work, "rootfs.tar.zst")
+	if res.Rootfs, err = rootfsChanges(ctx, client, info.Snapshotter, info.SnapshotKey, rootfsTar); err != nil {
+		return nil, err
+	}
+	if !opts.Exit && status.Status == containerd.Running {
+		if err := task.Resume(ctx); err != nil {
+			return nil, fmt.Errorf("resume %s after the dump: %w", id, err)
+		}
+	}
+	res.Dump = time.Since(began)
+
+	began = time.Now()
+	progress.Stage("packing CRIU images")
+	criuTar := filepath.Join(work, "criu.tar.zst")
+	f, err := os.OpenFile(criuTar, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	res.CRIU, err = pack.TarZstdDir(ctx, imagesDir, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Pack = time.Since(began)
+
+	meta := &oci.Metadata{
+		FormatVersion: oci.FormatVersion,
+		Created:       time.Now().UTC(),
+		CRIU:          oci.Version{Version: node.CRIUVersionString()},
+		Runc:          oci.Version{Version: runcVersion(ctx)},
+		Host:          node.Host(),
+		Source:        oci.Source{Image: info.Image, Container: id},
+		DumpOptions:   dumpOptions(ctx, container, info.Runtime.Name),
+	}
+	var subject *ocispec.Descriptor
+	if info.Image != "" {
+		if img, err := client.GetImage(ctx, info.Image); err == nil {
+			t := img.Target()
+			meta.Source.ImageDigest = t.Digest.String()
+			subject = &ocispec.Descriptor{MediaType: t.MediaType, Digest: t.Digest, Size: t.Size}
+		}
+	}
+	if opts.Attach && subject == nil {
+		return nil, fmt.Errorf("--attach: container %s has no image to attach the checkpoint to", id)
+	}
+	if !opts.Attach {
+		subject = nil
+	}
+
+	began = time.Now()
+	progress.Stage("pushing to %s", refStr)
+	repo, err := oci.NewRepository(ref, opts.Remote)
+	if err != nil {
+		return nil, err
+	}
+	layers := []oci.LayerFile{{MediaType: oci.MediaTypeCRIUImages, Path: criuTar}}
+	if res.Rootfs.Raw > 0 {
+		layers = append(layers, oci.LayerFile{MediaType: oci.MediaTypeRootfsDiff, Path: rootfsTar})
+	}
+	res.Descriptor, err = oci.Push(ctx, repo, ref.Reference, meta, layers, oci.PushOptions{Subject: subject, Progress: progress.Upload})
+	if err != nil {
+		return nil, fmt.Errorf("push %s: %w", refStr, err)
+	}
+	res.Push = time.Since(began)
+	return res, nil
+}
+
+// rootfsChanges writes the container's rootfs changes (containerd's diff of
+// its active snapshot, whiteouts included) zstd-compressed to path.
+func rootfsChanges(ctx context.Context, client *containerd.Client, snapshotter, key, path string) (pack.Sizes, error) {
+	if key == "" {
+		return pack.Sizes{}, nil
+	}
+	sn := client.SnapshotService(snapshotter)
+	desc, err := rootfs.CreateDiff(ctx, key, sn, client.DiffService(), diff.WithMediaType(ocispec.MediaTypeImageLayer))
+	if err != nil {
+		return pack.Sizes{}, fmt.Errorf("rootfs changes of snapshot %s: %w", key, err)
+	}
+	ra, err := client.ContentStore().ReaderAt(ctx, desc)
+	if err != nil {
+		return pack.Sizes{}, err
+	}
+	defer ra.Close()
+	defer client.ContentStore().Delete(context.WithoutCancel(ctx), desc.Digest)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return pack.Sizes{}, err
+	}
+	sz, err := pack.Zstd(ctx, content.NewReader(ra), f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return sz, err
+}
+
+// dumpOptions are the CRIU options of the dump, for the record: the
+// snapboot shim armed its containers with criuconf's dump config (plus the
+// allowlisted options of the container's annotation); through any other
+// runc-based runtime, only the options passed through containerd apply.
+func dumpOptions(ctx context.Context, c containerd.Container, runtime string) []string {
+	if runtime != restore.RuntimeName {
+		return []string{"tcp-established", "file-locks"}
+	}
+	var user []criuconf.Option
+	if spec, err := c.Spec(ctx); err == nil {
+		user, _ = criuconf.ParseUserOptions(spec.Annotations[restore.AnnotationCRIUOptions])
+	}
+	return criuconf.Lines(criuconf.DumpOptions(user))
+}
+
+func runcVersion(ctx context.Context) string {
+	v, err := (&gorunc.Runc{}).Version(ctx)
+	if err != nil {
+		return ""
+	}
+	return v.Runc
+}
+
+type quiet struct{}
+
+func (quiet) Stage(string, ...any)                            {}
+func (quiet) Upload(_ string, _ int64, r io.Reader) io.Reader { return r }

@@ -1,0 +1,112 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v3"
+
+	"github.com/snapboot/snapboot/restore"
+)
+
+var inspectCommand = &cli.Command{
+	Name:      "inspect",
+	Usage:     "show a checkpoint's metadata and layers, and whether this node can restore it (reads no layer)",
+	ArgsUsage: "REF",
+	Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+	Action: func(ctx context.Context, cmd *cli.Command) error {
+		a, err := args(cmd, "REF")
+		if err != nil {
+			return err
+		}
+		cfg, cfgErr := loadConfig(cmd)
+		in, err := restore.New(cfg, cfgErr).Inspect(ctx, a[0])
+		if err != nil {
+			return err
+		}
+		if cmd.Bool("json") {
+			out := map[string]any{
+				"reference": in.Ref, "digest": in.Descriptor.Digest, "manifest": in.Checkpoint.Manifest,
+				"metadata": in.Metadata, "cached": in.Unpacked,
+				"allowed": in.Allowed == nil, "compatible": in.Compatible == nil,
+			}
+			if in.Allowed != nil {
+				out["allowedReason"] = in.Allowed.Error()
+			}
+			if in.Compatible != nil {
+				out["compatibleReason"] = in.Compatible.Error()
+			}
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(out); err != nil {
+				return err
+			}
+		} else {
+			printInspection(in)
+		}
+		if in.Allowed != nil {
+			return in.Allowed
+		}
+		return in.Compatible
+	},
+}
+
+func printInspection(in *restore.Inspection) {
+	m := in.Metadata
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "reference\t%s\n", in.Ref)
+	fmt.Fprintf(w, "digest\t%s\n", in.Descriptor.Digest)
+	if !m.Created.IsZero() {
+		fmt.Fprintf(w, "created\t%s\n", m.Created.UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintf(w, "format\tv%d\n", m.FormatVersion)
+	fmt.Fprintf(w, "criu\t%s\n", m.CRIU.Version)
+	if m.Runc.Version != "" {
+		fmt.Fprintf(w, "runc\t%s\n", m.Runc.Version)
+	}
+	fmt.Fprintf(w, "architecture\t%s\n", m.Host.Architecture)
+	if m.Host.Kernel != "" {
+		fmt.Fprintf(w, "kernel\t%s\n", m.Host.Kernel)
+	}
+	if m.Host.CPU.Model != "" {
+		fmt.Fprintf(w, "cpu\t%s (%d flags)\n", m.Host.CPU.Model, len(m.Host.CPU.Flags))
+	}
+	if m.Source.Image != "" {
+		fmt.Fprintf(w, "source image\t%s %s\n", m.Source.Image, m.Source.ImageDigest)
+	}
+	if m.Source.Container != "" {
+		fmt.Fprintf(w, "source container\t%s\n", m.Source.Container)
+	}
+	if len(m.DumpOptions) > 0 {
+		fmt.Fprintf(w, "dump options\t%s\n", strings.Join(m.DumpOptions, ", "))
+	}
+	if s := in.Checkpoint.Manifest.Subject; s != nil {
+		fmt.Fprintf(w, "subject\t%s\n", s.Digest)
+	}
+	fmt.Fprintf(w, "cached on this node\t%v\n", in.Unpacked)
+	if in.Node != nil {
+		fmt.Fprintf(w, "this node\t%s, kernel %s, CRIU %s\n", in.Node.Architecture, in.Node.Kernel, in.Node.CRIUVersionString())
+	}
+	verdict := "yes"
+	switch {
+	case in.Allowed != nil:
+		verdict = "no: " + in.Allowed.Error()
+	case in.Compatible != nil:
+		verdict = "no: " + in.Compatible.Error()
+	}
+	fmt.Fprintf(w, "restorable here\t%s\n", verdict)
+	w.Flush()
+	fmt.Println("layers:")
+	w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	for _, l := range in.Checkpoint.Layers() {
+		fmt.Fprintf(w, "  %s\t%s\t%s\n", l.MediaType, human(l.Size), l.Digest)
+	}
+	w.Flush()
+}

@@ -1,0 +1,122 @@
+package oci
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/errdef"
+)
+
+// Target is where a checkpoint is pushed: a registry repository, or an OCI
+// layout in tests.
+type Target interface {
+	Exists(ctx context.Context, target ocispec.Descriptor) (bool, error)
+	Push(ctx context.Context, expected ocispec.Descriptor, content io.Reader) error
+	Tag(ctx context.Context, desc ocispec.Descriptor, reference string) error
+}
+
+// LayerFile is a packed layer on disk.
+type LayerFile struct {
+	MediaType string
+	Path      string
+}
+
+// PushOptions are the optional parts of a push.
+type PushOptions struct {
+	// Subject makes the checkpoint an OCI 1.1 referrer of this manifest
+	// (the container's image), so it can be found from the image.
+	Subject *ocispec.Descriptor
+	// Annotations are added to the manifest.
+	Annotations map[string]string
+	// Progress wraps each upload's reader, for a progress display.
+	Progress func(name string, size int64, r io.Reader) io.Reader
+}
+
+// Push uploads a checkpoint (metadata and layer files) in format v1 and
+// tags it. Blobs the target already has are not uploaded again.
+func Push(ctx context.Context, dst Target, tag string, meta *Metadata, layers []LayerFile, opts PushOptions) (ocispec.Descriptor, error) {
+	cfgData, err := json.Marshal(meta)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	cfg := ocispec.Descriptor{MediaType: MediaTypeConfig, Digest: digest.FromBytes(cfgData), Size: int64(len(cfgData))}
+	if err := pushBytes(ctx, dst, cfg, cfgData); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("push metadata: %w", err)
+	}
+	var descs []ocispec.Descriptor
+	for _, l := range layers {
+		d, err := pushFile(ctx, dst, l, opts.Progress)
+		if err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		descs = append(descs, d)
+	}
+	ann := map[string]string{ocispec.AnnotationCreated: meta.Created.UTC().Format(time.RFC3339)}
+	for k, v := range opts.Annotations {
+		ann[k] = v
+	}
+	mdesc, err := oras.PackManifest(ctx, dst, oras.PackManifestVersion1_1, ArtifactType, oras.PackManifestOptions{
+		Subject:             opts.Subject,
+		Layers:              descs,
+		ConfigDescriptor:    &cfg,
+		ManifestAnnotations: ann,
+	})
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("push manifest: %w", err)
+	}
+	if err := dst.Tag(ctx, mdesc, tag); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("tag %s: %w", tag, err)
+	}
+	return mdesc, nil
+}
+
+func pushBytes(ctx context.Context, dst Target, d ocispec.Descriptor, data []byte) error {
+	if ok, err := dst.Exists(ctx, d); err == nil && ok {
+		return nil
+	}
+	err := dst.Push(ctx, d, bytes.NewReader(data))
+	if errors.Is(err, errdef.ErrAlreadyExists) {
+		return nil
+	}
+	return err
+}
+
+func pushFile(ctx context.Context, dst Target, l LayerFile, progress func(string, int64, io.Reader) io.Reader) (ocispec.Descriptor, error) {
+	f, err := os.Open(l.Path)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	defer f.Close()
+	dg, err := digest.SHA256.FromReader(f)
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("digest %s: %w", l.Path, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	d := ocispec.Descriptor{MediaType: l.MediaType, Digest: dg, Size: fi.Size()}
+	if ok, err := dst.Exists(ctx, d); err == nil && ok {
+		return d, nil
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	var r io.Reader = f
+	if progress != nil {
+		r = progress(l.MediaType, d.Size, r)
+	}
+	if err := dst.Push(ctx, d, r); err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
+		return ocispec.Descriptor{}, fmt.Errorf("push layer %s: %w", l.MediaType, err)
+	}
+	return d, nil
+}

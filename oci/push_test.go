@@ -1,0 +1,60 @@
+package oci
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/content/memory"
+)
+
+func TestPushWritesFormatV1(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	criu := filepath.Join(dir, "criu.tar.zst")
+	rootfs := filepath.Join(dir, "rootfs.tar.zst")
+	os.WriteFile(criu, []byte("criu layer"), 0o600)
+	os.WriteFile(rootfs, []byte("rootfs layer"), 0o600)
+	store := memory.New()
+	subject := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("image"), Size: 5}
+	meta := &Metadata{FormatVersion: 1, Created: time.Now(), CRIU: Version{Version: "4.2.1"}, Host: Host{Architecture: "amd64"}}
+
+	desc, err := Push(ctx, store, "v1", meta, []LayerFile{
+		{MediaType: MediaTypeCRIUImages, Path: criu},
+		{MediaType: MediaTypeRootfsDiff, Path: rootfs},
+	}, PushOptions{Subject: &subject})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := store.Resolve(ctx, "v1")
+	if err != nil || got.Digest != desc.Digest {
+		t.Fatalf("tag: %v %v", got, err)
+	}
+	data, err := content.FetchAll(ctx, store, desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck, err := DecodeManifest(data)
+	if err != nil {
+		t.Fatalf("pushed manifest is not valid format v1: %v", err)
+	}
+	if ck.Manifest.ArtifactType != ArtifactType || ck.Rootfs == nil || ck.Manifest.Subject == nil || ck.Manifest.Subject.Digest != subject.Digest {
+		t.Fatalf("manifest %+v", ck.Manifest)
+	}
+	cfg, err := content.FetchAll(ctx, store, ck.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := DecodeMetadata(cfg); err != nil || m.CRIU.Version != "4.2.1" {
+		t.Fatalf("metadata %+v %v", m, err)
+	}
+	// Pushing the same layers again uploads nothing new and gives a valid manifest.
+	if _, err := Push(ctx, store, "v2", meta, []LayerFile{{MediaType: MediaTypeCRIUImages, Path: criu}}, PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}

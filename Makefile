@@ -8,7 +8,7 @@ export GOFLAGS := -buildvcs=false
 FUZZTIME ?= 10s
 FUZZ_TARGETS := ./oci:FuzzDecodeManifest ./oci:FuzzDecodeMetadata ./oci:FuzzParseReference ./unpack:FuzzTar
 
-.PHONY: all build deps test unit integration fuzz vet install clean
+.PHONY: all build deps demo-deps demo bench test unit integration fuzz vet install clean
 
 all: build
 
@@ -16,7 +16,22 @@ all: build
 deps:
 	bash hack/install-deps.sh
 
-## build: build the shim into bin/
+## demo-deps: what the demo needs on top of deps (PostgreSQL, debootstrap)
+demo-deps:
+	SNAPBOOT_DEMO_DEPS=1 bash hack/install-deps.sh
+
+DEMO_MODELS ?= 7000
+BENCH_RUNS ?= 5
+
+## demo: the main job: cold boot vs restored, with the table
+demo: demo-deps build
+	$(GO) run ./demo -models $(DEMO_MODELS)
+
+## bench: every measurement BENCH_RUNS times, plus the runc restore floor; writes bench/results.{json,md}
+bench: demo-deps build
+	$(GO) run ./demo -models $(DEMO_MODELS) -runs $(BENCH_RUNS) -bench bench
+
+## build: build the shim and the CLI into bin/
 build:
 	$(GO) build -o $(BIN)/containerd-shim-snapboot-v1 ./cmd/containerd-shim-snapboot-v1
 	$(GO) build -o $(BIN)/snapboot ./cmd/snapboot

@@ -100,4 +100,9 @@ fi
 go_install registry "$REGISTRY_VERSION" "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
 go_install oras "$ORAS_VERSION" "oras.land/oras/cmd/oras@$ORAS_VERSION"
 
+# The demo's extras: PostgreSQL for the app, debootstrap for its image.
+if [ "${SNAPBOOT_DEMO_DEPS:-}" = 1 ]; then
+  apt_install postgresql debootstrap curl
+fi
+
 log "ok: containerd $("$BIN/containerd" --version | awk '{print $3}'), runc $("$BIN/runc" --version | awk 'NR==1{print $3}'), criu $(criu --version | awk '/Version/{print $2}'), registry $("$BIN/registry" --version | awk '{print $3}'), oras $("$BIN/oras" version | awk '/Version/{print $2}')"

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,6 +29,7 @@ var checkpointCommand = &cli.Command{
 		&cli.StringFlag{Name: "wait-http", Usage: "first wait until this URL, as seen from inside the container, answers 200"},
 		&cli.IntFlag{Name: "warm", Usage: "with --wait-http: send N warm-up requests before the dump"},
 		&cli.DurationFlag{Name: "wait-timeout", Usage: "with --wait-http: how long to wait for the app", Value: 10 * time.Minute},
+		&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 	},
 	Action: func(ctx context.Context, cmd *cli.Command) error {
 		a, err := args(cmd, "CONTAINER", "REF")
@@ -85,6 +87,14 @@ var checkpointCommand = &cli.Command{
 		progress.Done()
 		if err != nil {
 			return err
+		}
+		if cmd.Bool("json") {
+			return json.NewEncoder(os.Stdout).Encode(map[string]any{
+				"reference": ref, "digest": res.Descriptor.Digest,
+				"rawBytes": res.Raw(), "compressedBytes": res.Compressed(),
+				"criu": res.CRIU, "rootfs": res.Rootfs,
+				"dumpSeconds": res.Dump.Seconds(), "packSeconds": res.Pack.Seconds(), "pushSeconds": res.Push.Seconds(),
+			})
 		}
 		fmt.Printf("pushed %s@%s\n", ref, res.Descriptor.Digest)
 		fmt.Printf("size: %s raw, %s compressed (CRIU images %s -> %s, rootfs changes %s -> %s)\n",

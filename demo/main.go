@@ -1,0 +1,344 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	models   int
+	runs     int
+	bench    string // directory for results.json/.md; "" for the demo
+	binDir   string
+	cacheDir string
+	keep     bool
+	port     int
+	warm     int
+	quiet    bool
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.models, "models", 7000, "size of the generated Rails app (models)")
+	flag.IntVar(&o.runs, "runs", 1, "repetitions of every measurement")
+	flag.StringVar(&o.bench, "bench", "", "write results.json and results.md into this directory, and measure the runc restore floor")
+	flag.StringVar(&o.binDir, "bin", "bin", "directory with containerd-shim-snapboot-v1 and snapboot")
+	flag.StringVar(&o.cacheDir, "cache", "/var/cache/snapboot-demo", "where the app image is built and cached")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
+	flag.IntVar(&o.warm, "warm", 20, "warm-up requests before the checkpoint")
+	flag.BoolVar(&o.quiet, "quiet", false, "no progress lines")
+	flag.Parse()
+	o.port = 3000
+
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	res, err := run(ctx, o)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		os.Exit(1)
+	}
+	if o.bench == "" {
+		printTable(os.Stdout, res)
+		return
+	}
+	if err := writeBench(o.bench, res); err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+var say = func(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "==> "+format+"\n", args...)
+}
+
+// results of a demo or bench run; durations in seconds.
+type results struct {
+	Date        time.Time `json:"date"`
+	Models      int       `json:"models"`
+	Image       string    `json:"image"`
+	Runs        int       `json:"runs"`
+	RawBytes    int64     `json:"checkpointRawBytes"`
+	Compressed  int64     `json:"checkpointCompressedBytes"`
+	RSSBytes    []int64   `json:"rssBytes"`
+	Dump        []float64 `json:"dumpSeconds"`
+	Push        []float64 `json:"pushSeconds"`
+	Cold        []float64 `json:"coldStartSeconds"`
+	RestoreCold []float64 `json:"restoredColdCacheSeconds"`
+	RestoreWarm []float64 `json:"restoredWarmCacheSeconds"`
+	Pull        []float64 `json:"pullSeconds"`   // shim's pull, cold cache
+	Unpack      []float64 `json:"unpackSeconds"` // shim's unpack, cold cache
+	CRIU        []float64 `json:"runcRestoreSeconds"`
+	Floor       []float64 `json:"floorSeconds,omitempty"` // bare runc restore from local disk
+	FirstBody   string    `json:"firstRestoredResponse"`
+}
+
+func run(ctx context.Context, o options) (*results, error) {
+	if o.quiet {
+		say = func(string, ...any) {}
+	}
+	binDir, err := filepath.Abs(o.binDir)
+	if err != nil {
+		return nil, err
+	}
+	image := fmt.Sprintf("localhost/snapboot-demo/rails:%d", o.models)
+	tarPath := filepath.Join(o.cacheDir, fmt.Sprintf("rails-%d.oci.tar", o.models))
+	say("building the app image (%d models; cached in %s)", o.models, o.cacheDir)
+	t := time.Now()
+	build := exec.CommandContext(ctx, "bash", "demo/image/build.sh", "--models", strconv.Itoa(o.models), "--out", tarPath, "--name", image, "--cache-dir", o.cacheDir)
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("build the app image: %w", err)
+	}
+	say("image ready in %.1fs", time.Since(t).Seconds())
+
+	dir, err := os.MkdirTemp("/var/tmp", "snapboot-demo-")
+	if err != nil {
+		return nil, err
+	}
+	if o.keep {
+		say("work directory %s is kept", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	say("starting PostgreSQL, a registry and containerd on this machine")
+	s, err := newStack(dir, binDir)
+	if err != nil {
+		return nil, err
+	}
+	defer s.stop()
+	if _, err := s.ctr(ctx, "images", "import", tarPath); err != nil {
+		return nil, err
+	}
+	regImage := s.registryAddr + "/demo/rails:" + strconv.Itoa(o.models)
+	if _, err := s.ctr(ctx, "images", "tag", image, regImage); err != nil {
+		return nil, err
+	}
+	say("pushing the app image to the registry as %s", regImage)
+	if _, err := s.ctr(ctx, "images", "push", "--plain-http", regImage); err != nil {
+		return nil, err
+	}
+
+	d := &demo{s: s, o: o, image: regImage, url: fmt.Sprintf("http://127.0.0.1:%d/", o.port)}
+	defer d.cleanup()
+	return d.measure(ctx)
+}
+
+type demo struct {
+	s     *stack
+	o     options
+	image string
+	url   string
+	ids   []string
+	n     int
+}
+
+func (d *demo) cleanup() {
+	for _, id := range d.ids {
+		d.s.removeContainer(context.Background(), id)
+	}
+}
+
+func (d *demo) newID(kind string) string {
+	d.n++
+	id := fmt.Sprintf("%s-%d", kind, d.n)
+	d.ids = append(d.ids, id)
+	return id
+}
+
+// runContainer starts the app in a new container and returns the time to
+// its first HTTP 200 and the body of that answer.
+func (d *demo) runContainer(ctx context.Context, id string, annotations ...string) (time.Duration, string, error) {
+	args := []string{"run", "-d", "--net-host", "--runtime", "io.containerd.snapboot.v1",
+		"--log-uri", "file://" + filepath.Join(d.s.dir, "logs", id+".log"),
+		"--env", "DATABASE_URL=" + d.s.databaseURL(), "--env", fmt.Sprintf("PORT=%d", d.o.port)}
+	for _, a := range annotations {
+		args = append(args, "--annotation", a)
+	}
+	args = append(args, d.image, id)
+	began := time.Now()
+	if _, err := d.s.ctr(ctx, args...); err != nil {
+		return 0, "", err
+	}
+	body, err := waitHTTP(ctx, d.url, 15*time.Minute)
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(d.s.dir, "logs", id+".log"))
+		return 0, "", fmt.Errorf("%s: %w\n%s", id, err, tail(string(log), 20))
+	}
+	return time.Since(began), body, nil
+}
+
+func waitHTTP(ctx context.Context, url string, timeout time.Duration) (string, error) {
+	client := &http.Client{Timeout: 30 * time.Second}
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return strings.TrimSpace(string(body)), nil
+			}
+			err = fmt.Errorf("%s answered %d: %s", url, resp.StatusCode, tail(string(body), 5))
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return "", fmt.Errorf("no 200 from %s: %v", url, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// rss sums the resident memory of the container's processes.
+func (d *demo) rss(ctx context.Context, id string) int64 {
+	out, err := d.s.ctr(ctx, "task", "ps", id)
+	if err != nil {
+		return 0
+	}
+	var total int64
+	for _, l := range strings.Split(out, "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue
+		}
+		status, err := os.ReadFile("/proc/" + f[0] + "/status")
+		if err != nil {
+			continue
+		}
+		for _, sl := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(sl, "VmRSS:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				total += kb * 1024
+			}
+		}
+	}
+	return total
+}
+
+
+// restoreTimings reads the shim's log line for a restored container.
+func (d *demo) restoreTimings(id string) (map[string]float64, error) {
+	data, err := os.ReadFile(d.s.logPath)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if !strings.Contains(l, "event=snapboot.restore") || !strings.Contains(l, "id="+id+" ") {
+			continue
+		}
+		out := map[string]float64{}
+		for _, k := range []string{"resolve_s", "pull_s", "unpack_s", "restore_s", "total_s"} {
+			if m := regexp.MustCompile(k + `=([0-9.e-]+)`).FindStringSubmatch(l); m != nil {
+				out[k], _ = strconv.ParseFloat(m[1], 64)
+			}
+		}
+		return out, nil
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.Contains(l, "event=snapboot.fallback") && strings.Contains(l, "id="+id+" ") {
+			return nil, fmt.Errorf("%s was not restored: %s", id, l)
+		}
+	}
+	return nil, fmt.Errorf("no restore log line for %s", id)
+}
+
+func (d *demo) measure(ctx context.Context) (*results, error) {
+	r := &results{Date: time.Now().UTC(), Models: d.o.models, Image: d.image, Runs: d.o.runs}
+	ref := d.s.registryAddr + "/demo/rails:checkpoint"
+	for i := 0; i < d.o.runs; i++ {
+		say("run %d/%d: cold start of the app", i+1, d.o.runs)
+		donor := d.newID("cold")
+		cold, _, err := d.runContainer(ctx, donor)
+		if err != nil {
+			return nil, err
+		}
+		r.Cold = append(r.Cold, cold.Seconds())
+		say("cold start to first 200: %.2fs", cold.Seconds())
+		if i > 0 {
+			d.s.removeContainer(ctx, donor)
+			continue
+		}
+		say("checkpointing it with snapboot checkpoint (after %d warm-up requests)", d.o.warm)
+		r.RSSBytes = append(r.RSSBytes, d.rss(ctx, donor))
+		out, err := d.s.snapboot(ctx, "checkpoint", "--exit", "--json", "--wait-http", d.url, "--warm", strconv.Itoa(d.o.warm), donor, ref)
+		if err != nil {
+			return nil, err
+		}
+		var ck struct {
+			RawBytes, CompressedBytes int64
+			DumpSeconds, PushSeconds  float64
+		}
+		if err := json.Unmarshal([]byte(out), &ck); err != nil {
+			return nil, fmt.Errorf("snapboot checkpoint output: %w: %s", err, out)
+		}
+		r.RawBytes, r.Compressed = ck.RawBytes, ck.CompressedBytes
+		r.Dump, r.Push = append(r.Dump, ck.DumpSeconds), append(r.Push, ck.PushSeconds)
+		say("checkpoint: %s raw, %s compressed; dump %.2fs, push %.2fs", human(ck.RawBytes), human(ck.CompressedBytes), ck.DumpSeconds, ck.PushSeconds)
+		d.s.removeContainer(ctx, donor)
+	}
+	for i := 0; i < d.o.runs; i++ {
+		say("run %d/%d: clean node (no donor, empty snapboot cache), restore from the registry", i+1, d.o.runs)
+		if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
+			return nil, err
+		}
+		id := d.newID("restored-cold-cache")
+		t, body, err := d.runContainer(ctx, id, "snapboot.dev/checkpoint="+ref)
+		if err != nil {
+			return nil, err
+		}
+		tm, err := d.restoreTimings(id)
+		if err != nil {
+			return nil, err
+		}
+		r.RestoreCold = append(r.RestoreCold, t.Seconds())
+		r.Pull, r.Unpack, r.CRIU = append(r.Pull, tm["pull_s"]), append(r.Unpack, tm["unpack_s"]), append(r.CRIU, tm["restore_s"])
+		r.FirstBody = body
+		say("restored (cold cache) to first 200: %.2fs (pull %.2fs, unpack %.2fs, runc restore %.2fs); it answered %q", t.Seconds(), tm["pull_s"], tm["unpack_s"], tm["restore_s"], tail(body, 1))
+		d.s.removeContainer(ctx, id)
+
+		say("run %d/%d: restore again, cache warm", i+1, d.o.runs)
+		id = d.newID("restored-warm-cache")
+		t, _, err = d.runContainer(ctx, id, "snapboot.dev/checkpoint="+ref)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := d.restoreTimings(id); err != nil {
+			return nil, err
+		}
+		r.RestoreWarm = append(r.RestoreWarm, t.Seconds())
+		say("restored (warm cache) to first 200: %.2fs", t.Seconds())
+		d.s.removeContainer(ctx, id)
+	}
+	if d.o.bench != "" {
+		for i := 0; i < d.o.runs; i++ {
+			say("run %d/%d: the floor, a bare runc restore of the same images from local disk", i+1, d.o.runs)
+			t, err := d.floor(ctx, ref)
+			if err != nil {
+				return nil, err
+			}
+			r.Floor = append(r.Floor, t.Seconds())
+			say("runc restore floor to first 200: %.2fs", t.Seconds())
+		}
+	}
+	return r, nil
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+

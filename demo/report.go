@@ -1,0 +1,97 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+func human(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+type stat struct{ Median, Min, Max float64 }
+
+func stats(v []float64) stat {
+	if len(v) == 0 {
+		return stat{}
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	med := s[len(s)/2]
+	if len(s)%2 == 0 {
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return stat{Median: med, Min: s[0], Max: s[len(s)-1]}
+}
+
+func (s stat) String() string {
+	if s.Min == s.Max {
+		return fmt.Sprintf("%.2f s", s.Median)
+	}
+	return fmt.Sprintf("%.2f s (%.2f–%.2f)", s.Median, s.Min, s.Max)
+}
+
+// printTable prints the demo's table, in the shape of the original experiment's.
+func printTable(w io.Writer, r *results) {
+	cold, rc, rw := stats(r.Cold), stats(r.RestoreCold), stats(r.RestoreWarm)
+	var rss int64
+	if len(r.RSSBytes) > 0 {
+		rss = r.RSSBytes[0]
+	}
+	fmt.Fprintf(w, "\nsnapboot demo: Rails app with %d generated models, PostgreSQL on loopback (%s)\n\n", r.Models, r.Date.Format("2006-01-02 15:04 UTC"))
+	fmt.Fprintf(w, "| figure | value |\n| --- | --- |\n")
+	fmt.Fprintf(w, "| checkpoint size, raw | %s |\n", human(r.RawBytes))
+	fmt.Fprintf(w, "| checkpoint size, compressed (zstd) | %s |\n", human(r.Compressed))
+	fmt.Fprintf(w, "| RSS of the warm app | %s |\n", human(rss))
+	fmt.Fprintf(w, "| dump (CRIU through containerd) | %s |\n", stats(r.Dump))
+	fmt.Fprintf(w, "| push time | %s |\n", stats(r.Push))
+	fmt.Fprintf(w, "| pull time (shim, empty cache) | %s |\n", stats(r.Pull))
+	fmt.Fprintf(w, "| unpack time (shim, empty cache) | %s |\n", stats(r.Unpack))
+	fmt.Fprintf(w, "| runc restore (CRIU) | %s |\n", stats(r.CRIU))
+	fmt.Fprintf(w, "| cold start to first 200 | %s |\n", cold)
+	fmt.Fprintf(w, "| restored start to first 200, empty cache | %s |\n", rc)
+	fmt.Fprintf(w, "| restored start to first 200, warm cache | %s |\n", rw)
+	fmt.Fprintf(w, "| speed-up, empty cache | %.1fx |\n", cold.Median/rc.Median)
+	fmt.Fprintf(w, "| speed-up, warm cache | %.1fx |\n", cold.Median/rw.Median)
+	if len(r.Floor) > 0 {
+		f := stats(r.Floor)
+		fmt.Fprintf(w, "| floor: bare runc restore from local disk | %s |\n", f)
+		fmt.Fprintf(w, "| snapboot over the floor, empty cache | %.2fx |\n", rc.Median/f.Median)
+		fmt.Fprintf(w, "| snapboot over the floor, warm cache | %.2fx |\n", rw.Median/f.Median)
+	}
+	fmt.Fprintf(w, "\nThe first request to the restored app answered 200: %q\n", tail(r.FirstBody, 1))
+}
+
+func writeBench(dir string, r *results) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), data, 0o644); err != nil {
+		return err
+	}
+	var md strings.Builder
+	printTable(&md, r)
+	fmt.Fprintf(&md, "\nMedian (min–max) of %d runs. Targets: restored vs cold at least 20x (empty cache) and 30x (warm cache); snapboot over the floor at most 1.5x (empty cache) and 1.15x (warm cache).\n", r.Runs)
+	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(md.String()), 0o644); err != nil {
+		return err
+	}
+	fmt.Print(md.String())
+	return nil
+}

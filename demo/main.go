@@ -226,7 +226,6 @@ func (d *demo) rss(ctx context.Context, id string) int64 {
 	return total
 }
 
-
 // restoreTimings reads the shim's log line for a restored container.
 func (d *demo) restoreTimings(id string) (map[string]float64, error) {
 	data, err := os.ReadFile(d.s.logPath)
@@ -341,4 +340,3 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-

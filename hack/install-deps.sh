@@ -100,6 +100,9 @@ fi
 go_install registry "$REGISTRY_VERSION" "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
 go_install oras "$ORAS_VERSION" "oras.land/oras/cmd/oras@$ORAS_VERSION"
 
+# CRI (Kubernetes path) test extras: CNI plugins and crictl.
+bash "$(dirname "$0")/install-cri-deps.sh"
+
 # The demo's extras: PostgreSQL for the app, debootstrap for its image.
 if [ "${SNAPBOOT_DEMO_DEPS:-}" = 1 ]; then
   apt_install postgresql debootstrap curl

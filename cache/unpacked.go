@@ -71,6 +71,12 @@ func (c *Cache) Unpack(ctx context.Context, key digest.Digest, fill func(dir str
 		inUse()
 		return nil, fmt.Errorf("remove incomplete unpack: %w", err)
 	}
+	// Holding the lock, any unpack directory of this key is a leftover of a
+	// process that died mid-unpack.
+	leftovers, _ := filepath.Glob(filepath.Join(c.root, "tmp", key.Encoded()+"-*"))
+	for _, l := range leftovers {
+		os.RemoveAll(l)
+	}
 	tmp, err := os.MkdirTemp(filepath.Join(c.root, "tmp"), key.Encoded()+"-")
 	if err != nil {
 		inUse()
@@ -110,4 +116,11 @@ func touch(dir string) {
 // unpacked in the cache.
 func (c *Cache) IsUnpacked(key digest.Digest) bool {
 	return key.Validate() == nil && complete(filepath.Join(c.root, "unpacked", key.Encoded()))
+}
+
+// TempDir makes a private directory in the cache, on the same filesystem as
+// the unpacked checkpoints (so files can be hard-linked). The caller removes
+// it; leftovers of a killed process are removed by Prune after an hour.
+func (c *Cache) TempDir(prefix string) (string, error) {
+	return os.MkdirTemp(filepath.Join(c.root, "tmp"), prefix+"-")
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // The bundle's config.json is read and edited as raw JSON, so that fields
@@ -22,6 +24,19 @@ func readAnnotations(bundle string) (map[string]string, error) {
 		}
 	}
 	return ann, nil
+}
+
+// readSpec reads the whole spec, for the checks against the checkpoint.
+func readSpec(bundle string) (*specs.Spec, error) {
+	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("read spec: %w", err)
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("parse spec: %w", err)
+	}
+	return &s, nil
 }
 
 func readSpecDoc(bundle string) (map[string]json.RawMessage, error) {

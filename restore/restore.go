@@ -19,6 +19,7 @@ import (
 
 	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/compat"
+	"github.com/snapboot/snapboot/confine"
 	"github.com/snapboot/snapboot/criuconf"
 	"github.com/snapboot/snapboot/nodeconfig"
 	"github.com/snapboot/snapboot/oci"
@@ -67,15 +68,28 @@ type Plan struct {
 	Rootfs      []*types.Mount
 	Cached      bool  // nothing was downloaded or unpacked
 	PulledBytes int64 // bytes downloaded from the registry
-	Timings     Timings
+	// NarrowedTasks counts tasks whose capabilities were cut to the spec's.
+	NarrowedTasks int
+	Timings       Timings
 
 	unpacked *cache.Unpacked
+	scratch  string // per-container files, needed until runc has restored
+}
+
+// RestoreDone removes what only runc's restore needed. Call it once Start
+// has returned.
+func (p *Plan) RestoreDone() {
+	if p != nil && p.scratch != "" {
+		os.RemoveAll(p.scratch)
+		p.scratch = ""
+	}
 }
 
 // Release ends the plan's hold on the unpacked checkpoint in the cache.
 // Call it when the container is deleted, or when the plan is abandoned.
 func (p *Plan) Release() {
 	if p != nil {
+		p.RestoreDone()
 		p.unpacked.Release()
 	}
 }
@@ -172,6 +186,28 @@ func (r *Restorer) prepare(ctx context.Context, req Request, refStr, criuOptions
 	plan := &Plan{Ref: refStr, Digest: f.Digest, Cached: f.Cached, PulledBytes: f.PulledBytes,
 		Timings: f.Timings, unpacked: f.unpacked}
 	plan.ImagesDir = f.unpacked.CRIUDir()
+
+	// The caller's spec wins: CRIU would restore the donor's credentials.
+	spec, err := readSpec(req.Bundle)
+	if err != nil {
+		return nil, err
+	}
+	scratch, err := f.scratchDir("restore-" + req.ContainerID)
+	if err != nil {
+		return nil, err
+	}
+	plan.scratch = scratch
+	defer func() {
+		if retErr != nil {
+			os.RemoveAll(scratch)
+		}
+	}()
+	confined, err := confine.Apply(plan.ImagesDir, scratch, spec)
+	if err != nil {
+		return nil, err
+	}
+	plan.ImagesDir = confined.ImagesDir
+	plan.NarrowedTasks = confined.Narrowed
 	plan.Rootfs = req.Rootfs
 	if f.Checkpoint.Rootfs != nil && !isEmptyDir(f.unpacked.RootfsDir()) {
 		if plan.Rootfs, err = stackRootfsChanges(req.Rootfs, f.unpacked.RootfsDir()); err != nil {
@@ -202,10 +238,17 @@ type Fetched struct {
 	Timings     Timings
 
 	unpacked *cache.Unpacked
+	cache    *cache.Cache
 }
 
 // Release ends the hold on the unpacked checkpoint.
 func (f *Fetched) Release() { f.unpacked.Release() }
+
+// scratchDir is a new private directory in the cache, on the same
+// filesystem as the unpacked checkpoint.
+func (f *Fetched) scratchDir(prefix string) (string, error) {
+	return f.cache.TempDir(prefix)
+}
 
 // Fetch applies the node's policy to a reference, resolves it, runs the
 // pre-flight on its manifest and metadata, and makes sure the checkpoint is
@@ -243,7 +286,7 @@ func (r *Restorer) Fetch(ctx context.Context, refStr string) (*Fetched, error) {
 	if max := int64(r.cfg.Pull.MaxArtifactSize); a.ck.Size() > max {
 		return nil, fmt.Errorf("%w: checkpoint layers are %d bytes, the node allows %d (pull.max_artifact_size)", ErrDenied, a.ck.Size(), max)
 	}
-	f := &Fetched{Ref: refStr, Digest: a.desc.Digest, Checkpoint: a.ck, Metadata: a.meta, Cached: true}
+	f := &Fetched{Ref: refStr, Digest: a.desc.Digest, Checkpoint: a.ck, Metadata: a.meta, Cached: true, cache: a.cache}
 	f.Timings.Resolve = time.Since(began)
 
 	u, err := a.cache.Unpack(ctx, a.desc.Digest, func(dir string) error {

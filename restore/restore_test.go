@@ -13,10 +13,14 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/containerd/containerd/api/types"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/protobuf/proto"
 	"oras.land/oras-go/v2/content/memory"
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry"
@@ -116,7 +120,8 @@ func (f *fakeRegistry) add(t *testing.T, tag string, a testArtifact) (manifest, 
 	}
 	meta, _ := json.Marshal(oci.Metadata{FormatVersion: 1, CRIU: oci.Version{Version: "4.2.1"}, Host: oci.Host{Architecture: a.arch}})
 	cfg := push(t, f.store, oci.MediaTypeConfig, meta)
-	criu = push(t, f.store, oci.MediaTypeCRIUImages, tarZstd(t, entry{name: "inventory.img", body: "criu inventory " + tag}))
+	criu = push(t, f.store, oci.MediaTypeCRIUImages, tarZstd(t, entry{name: "inventory.img", body: "criu inventory " + tag},
+		entry{name: "core-1.img", body: coreImage(t)}))
 	layers := []ocispec.Descriptor{criu}
 	if a.rootfs {
 		layers = append(layers, push(t, f.store, oci.MediaTypeRootfsDiff, tarZstd(t,
@@ -131,6 +136,29 @@ func (f *fakeRegistry) add(t *testing.T, tag string, a testArtifact) (manifest, 
 		t.Fatal(err)
 	}
 	return manifest, criu
+}
+
+// coreImage is a CRIU core image of a root task with CAP_SYS_ADMIN.
+func coreImage(t *testing.T) string {
+	t.Helper()
+	core := &criucore.CoreEntry{
+		Mtype: criucore.CoreEntry_X86_64.Enum(),
+		ThreadCore: &criucore.ThreadCoreEntry{FutexRla: proto.Uint64(0), FutexRlaLen: proto.Uint32(0), Creds: &creds.CredsEntry{
+			Uid: proto.Uint32(0), Gid: proto.Uint32(0), Euid: proto.Uint32(0), Egid: proto.Uint32(0), Suid: proto.Uint32(0),
+			Sgid: proto.Uint32(0), Fsuid: proto.Uint32(0), Fsgid: proto.Uint32(0), Secbits: proto.Uint32(0),
+			CapEff: []uint32{1 << 21, 0}, CapPrm: []uint32{1 << 21, 0}, CapInh: []uint32{0, 0}, CapBnd: []uint32{1 << 21, 0},
+		}},
+	}
+	f, err := os.CreateTemp(t.TempDir(), "core")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := crit.New(nil, f, "", false, false).Encode(&crit.CriuImage{Magic: "CORE", Entries: []*crit.CriuEntry{{Message: core}}}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(f.Name())
+	return string(b)
 }
 
 type env struct {
@@ -200,8 +228,18 @@ func TestPrepareRestoresAndCaches(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(plan.ImagesDir, "inventory.img")); string(got) != "criu inventory v1" {
 		t.Fatalf("CRIU images not unpacked: %q", got)
 	}
+	// The spec grants no capabilities: the donor's CAP_SYS_ADMIN is cut
+	// in a per-container copy of the images.
+	if plan.NarrowedTasks != 1 || strings.HasPrefix(plan.ImagesDir, filepath.Join(e.cfg.Cache.Root, "unpacked")) {
+		t.Fatalf("capabilities not narrowed: %d tasks, images in %s", plan.NarrowedTasks, plan.ImagesDir)
+	}
+	scratch := plan.ImagesDir
+	plan.RestoreDone()
+	if _, err := os.Stat(scratch); !os.IsNotExist(err) {
+		t.Fatalf("per-container images left after the restore: %v", err)
+	}
 	lower := plan.Rootfs[0].Options[3]
-	rootfsDir := filepath.Join(filepath.Dir(plan.ImagesDir), "rootfs")
+	rootfsDir := filepath.Join(e.cfg.Cache.Root, "unpacked", plan.Digest.Encoded(), "rootfs")
 	if lower != "lowerdir="+rootfsDir+":/s/1/fs" {
 		t.Fatalf("rootfs changes not stacked: %q", lower)
 	}

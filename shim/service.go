@@ -115,6 +115,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	}
 	began := time.Now()
 	resp, err := s.TTRPCTaskService.Start(ctx, r)
+	p.plan.RestoreDone()
 	if err == nil {
 		p.plan.Timings.Restore = time.Since(began)
 		logRestored(ctx, r.ID, p.plan)
@@ -199,6 +200,7 @@ func logRestored(ctx context.Context, id string, plan *restore.Plan) {
 		"ref":          plan.Ref,
 		"digest":       plan.Digest.String(),
 		"cached":       plan.Cached,
+		"narrowed":     plan.NarrowedTasks,
 		"pulled_bytes": plan.PulledBytes,
 		"resolve_s":    t.Resolve.Seconds(),
 		"pull_s":       t.Pull.Seconds(),

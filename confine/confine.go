@@ -1,0 +1,239 @@
+// Package confine makes a checkpoint's process tree fit the restoring
+// container's spec. runc builds the namespaces, mounts, devices and cgroups
+// from the spec, but CRIU restores every task's credentials and seccomp
+// state from the images: a donor with more capabilities than the clone's
+// spec allows would keep them. Before runc restores, confine narrows each
+// task's capability sets to the spec's, and refuses a checkpoint whose tasks
+// ran as root for a non-root spec, or without seccomp for a spec that
+// requires it.
+package confine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	containerdcap "github.com/containerd/containerd/v2/pkg/cap"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// ErrRefused is wrapped when a checkpoint can't be made to fit the spec.
+var ErrRefused = errors.New("checkpoint exceeds what the container's spec grants")
+
+// Result says what Apply did.
+type Result struct {
+	// ImagesDir is the directory runc should restore from: the original one
+	// when nothing had to change, otherwise a per-container copy (hard links
+	// to the unchanged images, rewritten core images).
+	ImagesDir string
+	Tasks     int // core images checked
+	Narrowed  int // tasks whose capabilities were narrowed
+}
+
+// masks are the spec's capability sets as bitmaps.
+type masks struct{ eff, prm, inh, bnd uint64 }
+
+func capMask(names []string) (uint64, error) {
+	known := containerdcap.Known()
+	var m uint64
+	for _, n := range names {
+		found := false
+		for i, k := range known {
+			if strings.EqualFold(k, n) {
+				m |= 1 << uint(i)
+				found = true
+				break
+			}
+		}
+		if !found {
+			return 0, fmt.Errorf("unknown capability %q in the spec", n)
+		}
+	}
+	return m, nil
+}
+
+func specMasks(spec *specs.Spec) (masks, error) {
+	var m masks
+	if spec.Process == nil || spec.Process.Capabilities == nil {
+		return m, nil // no capabilities at all
+	}
+	c := spec.Process.Capabilities
+	var err error
+	for _, x := range []struct {
+		dst   *uint64
+		names []string
+	}{{&m.eff, c.Effective}, {&m.prm, c.Permitted}, {&m.inh, c.Inheritable}, {&m.bnd, c.Bounding}} {
+		if *x.dst, err = capMask(x.names); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+func words(w []uint32) uint64 {
+	var v uint64
+	for i, x := range w {
+		if i > 1 {
+			break
+		}
+		v |= uint64(x) << (32 * uint(i))
+	}
+	return v
+}
+
+func setWords(w []uint32, v uint64) []uint32 {
+	if len(w) == 0 {
+		return w
+	}
+	out := make([]uint32, len(w))
+	out[0] = uint32(v)
+	if len(w) > 1 {
+		out[1] = uint32(v >> 32)
+	}
+	return out
+}
+
+// Apply checks every core image in imagesDir against spec. When
+// capabilities must be narrowed, it writes a per-container image directory
+// into workDir (which must exist, on the same filesystem as imagesDir for
+// the hard links) and returns it.
+func Apply(imagesDir, workDir string, spec *specs.Spec) (*Result, error) {
+	m, err := specMasks(spec)
+	if err != nil {
+		return nil, err
+	}
+	var uid, gid uint32
+	var extraGids []uint32
+	if spec.Process != nil {
+		uid, gid, extraGids = spec.Process.User.UID, spec.Process.User.GID, spec.Process.User.AdditionalGids
+	}
+	seccompRequired := spec.Linux != nil && spec.Linux.Seccomp != nil
+
+	cores, err := filepath.Glob(filepath.Join(imagesDir, "core-*.img"))
+	if err != nil {
+		return nil, err
+	}
+	if len(cores) == 0 {
+		return nil, fmt.Errorf("%w: no core images in the checkpoint", ErrRefused)
+	}
+	res := &Result{ImagesDir: imagesDir}
+	rewritten := map[string]*crit.CriuImage{}
+	for _, path := range cores {
+		img, core, err := decodeCore(path)
+		if err != nil {
+			return nil, err
+		}
+		res.Tasks++
+		name := filepath.Base(path)
+		tc := core.GetThreadCore()
+		if seccompRequired && tc.GetSeccompMode() == criucore.SeccompMode_disabled {
+			return nil, fmt.Errorf("%w: %s ran without seccomp, the spec requires a seccomp profile", ErrRefused, name)
+		}
+		cr := tc.GetCreds()
+		if cr == nil {
+			continue
+		}
+		if uid != 0 {
+			for _, id := range []uint32{cr.GetUid(), cr.GetEuid(), cr.GetSuid(), cr.GetFsuid()} {
+				if id == 0 {
+					return nil, fmt.Errorf("%w: %s ran as root, the spec's user is %d", ErrRefused, name, uid)
+				}
+			}
+		}
+		if gid != 0 && !contains(extraGids, 0) {
+			ids := append([]uint32{cr.GetGid(), cr.GetEgid(), cr.GetSgid(), cr.GetFsgid()}, cr.GetGroups()...)
+			if contains(ids, 0) {
+				return nil, fmt.Errorf("%w: %s had group root, the spec's group is %d", ErrRefused, name, gid)
+			}
+		}
+		eff, prm, inh, bnd := words(cr.CapEff), words(cr.CapPrm), words(cr.CapInh), words(cr.CapBnd)
+		if eff&^m.eff == 0 && prm&^m.prm == 0 && inh&^m.inh == 0 && bnd&^m.bnd == 0 {
+			continue
+		}
+		cr.CapEff = setWords(cr.CapEff, eff&m.eff)
+		cr.CapPrm = setWords(cr.CapPrm, prm&m.prm)
+		cr.CapInh = setWords(cr.CapInh, inh&m.inh)
+		cr.CapBnd = setWords(cr.CapBnd, bnd&m.bnd)
+		rewritten[name] = img
+		res.Narrowed++
+	}
+	if len(rewritten) == 0 {
+		return res, nil
+	}
+	dir, err := os.MkdirTemp(workDir, "images-")
+	if err != nil {
+		return nil, err
+	}
+	if err := populate(imagesDir, dir, rewritten); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	res.ImagesDir = dir
+	return res, nil
+}
+
+func contains(ids []uint32, id uint32) bool {
+	for _, x := range ids {
+		if x == id {
+			return true
+		}
+	}
+	return false
+}
+
+func decodeCore(path string) (*crit.CriuImage, *criucore.CoreEntry, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	img, err := crit.New(f, nil, "", false, false).Decode(&criucore.CoreEntry{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("decode %s: %w", filepath.Base(path), err)
+	}
+	if len(img.Entries) != 1 {
+		return nil, nil, fmt.Errorf("decode %s: %d entries, want 1", filepath.Base(path), len(img.Entries))
+	}
+	core, ok := img.Entries[0].Message.(*criucore.CoreEntry)
+	if !ok {
+		return nil, nil, fmt.Errorf("decode %s: not a core entry", filepath.Base(path))
+	}
+	return img, core, nil
+}
+
+// populate fills dir with the images of src: rewritten ones encoded anew,
+// the others hard-linked (the cache's copies are never modified).
+func populate(src, dir string, rewritten map[string]*crit.CriuImage) error {
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		name := e.Name()
+		if img, ok := rewritten[name]; ok {
+			f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+			if err != nil {
+				return err
+			}
+			err = crit.New(nil, f, "", false, false).Encode(img)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("encode %s: %w", name, err)
+			}
+			continue
+		}
+		if err := os.Link(filepath.Join(src, name), filepath.Join(dir, name)); err != nil {
+			return fmt.Errorf("link %s: %w", name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,152 @@
+package confine
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+)
+
+const (
+	capChown     = 0
+	capNetAdmin  = 12
+	capSysAdmin  = 21
+	allCapsLow32 = 0xffffffff
+)
+
+type task struct {
+	uid     uint32
+	caps    uint64
+	seccomp criucore.SeccompMode
+}
+
+// writeImages writes core images the way CRIU does, plus one other image.
+func writeImages(t *testing.T, tasks ...task) string {
+	t.Helper()
+	dir := t.TempDir()
+	for i, tk := range tasks {
+		lo, hi := uint32(tk.caps), uint32(tk.caps>>32)
+		core := &criucore.CoreEntry{
+			Mtype: criucore.CoreEntry_X86_64.Enum(),
+			ThreadCore: &criucore.ThreadCoreEntry{
+				FutexRla: proto.Uint64(0), FutexRlaLen: proto.Uint32(0),
+				SeccompMode: tk.seccomp.Enum(),
+				Creds: &creds.CredsEntry{
+					Uid: proto.Uint32(tk.uid), Gid: proto.Uint32(tk.uid), Euid: proto.Uint32(tk.uid), Egid: proto.Uint32(tk.uid),
+					Suid: proto.Uint32(tk.uid), Sgid: proto.Uint32(tk.uid), Fsuid: proto.Uint32(tk.uid), Fsgid: proto.Uint32(tk.uid),
+					CapInh: []uint32{0, 0}, CapPrm: []uint32{lo, hi}, CapEff: []uint32{lo, hi}, CapBnd: []uint32{lo, hi},
+					Secbits: proto.Uint32(0),
+				},
+			},
+		}
+		f, err := os.Create(filepath.Join(dir, "core-"+string(rune('1'+i))+".img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		img := &crit.CriuImage{Magic: "CORE", Entries: []*crit.CriuEntry{{Message: core}}}
+		if err := crit.New(nil, f, "", false, false).Encode(img); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	os.WriteFile(filepath.Join(dir, "pages-1.img"), []byte("memory"), 0o600)
+	return dir
+}
+
+func spec(uid uint32, caps []string, seccomp bool) *specs.Spec {
+	s := &specs.Spec{Process: &specs.Process{User: specs.User{UID: uid, GID: uid}}, Linux: &specs.Linux{}}
+	if caps != nil {
+		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps}
+	}
+	if seccomp {
+		s.Linux.Seccomp = &specs.LinuxSeccomp{DefaultAction: specs.ActErrno}
+	}
+	return s
+}
+
+func capsOf(t *testing.T, path string) (eff, prm, inh, bnd uint64) {
+	t.Helper()
+	_, core, err := decodeCore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := core.GetThreadCore().GetCreds()
+	return words(c.CapEff), words(c.CapPrm), words(c.CapInh), words(c.CapBnd)
+}
+
+func TestNarrowsCapabilities(t *testing.T) {
+	imgs := writeImages(t, task{caps: allCapsLow32}, task{caps: 1 << capChown})
+	work := t.TempDir()
+	res, err := Apply(imgs, work, spec(0, []string{"CAP_CHOWN"}, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ImagesDir == imgs || res.Tasks != 2 || res.Narrowed != 1 {
+		t.Fatalf("result %+v", res)
+	}
+	eff, prm, inh, bnd := capsOf(t, filepath.Join(res.ImagesDir, "core-1.img"))
+	if eff != 1<<capChown || prm != 1<<capChown || inh != 0 || bnd != 1<<capChown {
+		t.Fatalf("narrowed caps eff=%x prm=%x inh=%x bnd=%x", eff, prm, inh, bnd)
+	}
+	// The shared copy is untouched; other images are the same files.
+	if eff, _, _, _ := capsOf(t, filepath.Join(imgs, "core-1.img")); eff != allCapsLow32 {
+		t.Fatal("the original image was modified")
+	}
+	a, _ := os.Stat(filepath.Join(imgs, "pages-1.img"))
+	b, err := os.Stat(filepath.Join(res.ImagesDir, "pages-1.img"))
+	if err != nil || !os.SameFile(a, b) {
+		t.Fatalf("pages not hard-linked: %v", err)
+	}
+}
+
+func TestNoCapabilitiesSpec(t *testing.T) {
+	imgs := writeImages(t, task{caps: 1<<capSysAdmin | 1<<capNetAdmin})
+	res, err := Apply(imgs, t.TempDir(), spec(0, nil, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eff, prm, inh, bnd := capsOf(t, filepath.Join(res.ImagesDir, "core-1.img")); eff|prm|inh|bnd != 0 {
+		t.Fatalf("caps left: %x %x %x %x", eff, prm, inh, bnd)
+	}
+}
+
+func TestFittingCheckpointIsUsedAsIs(t *testing.T) {
+	imgs := writeImages(t, task{caps: 1 << capChown, seccomp: criucore.SeccompMode_filter})
+	res, err := Apply(imgs, t.TempDir(), spec(0, []string{"CAP_CHOWN", "CAP_KILL"}, true))
+	if err != nil || res.ImagesDir != imgs || res.Narrowed != 0 {
+		t.Fatalf("%+v %v", res, err)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	cases := map[string]struct {
+		task task
+		spec *specs.Spec
+	}{
+		"root donor, non-root spec": {task{uid: 0}, spec(1000, nil, false)},
+		"no seccomp, spec needs it": {task{uid: 0, seccomp: criucore.SeccompMode_disabled}, spec(0, nil, true)},
+	}
+	for name, c := range cases {
+		_, err := Apply(writeImages(t, c.task), t.TempDir(), c.spec)
+		if !errors.Is(err, ErrRefused) {
+			t.Errorf("%s: got %v, want ErrRefused", name, err)
+		}
+	}
+	if _, err := Apply(t.TempDir(), t.TempDir(), spec(0, nil, false)); !errors.Is(err, ErrRefused) {
+		t.Errorf("no core images: got %v", err)
+	}
+	if _, err := Apply(writeImages(t, task{}), t.TempDir(), spec(0, []string{"CAP_NONSENSE"}, false)); err == nil {
+		t.Error("unknown capability in the spec: want an error")
+	}
+	bad := t.TempDir()
+	os.WriteFile(filepath.Join(bad, "core-1.img"), []byte("garbage"), 0o600)
+	if _, err := Apply(bad, t.TempDir(), spec(0, nil, false)); err == nil {
+		t.Error("garbage core image: want an error")
+	}
+}

@@ -116,6 +116,8 @@ type Source interface {
 type Restorer struct {
 	cfg    *nodeconfig.Config
 	cfgErr error
+	// ConfigPath is the file cfg came from, for messages.
+	ConfigPath string
 
 	// NewSource opens the repository of a reference.
 	NewSource func(ref registry.Reference) (Source, error)
@@ -133,7 +135,7 @@ func New(cfg *nodeconfig.Config, cfgErr error) *Restorer {
 	if cfg == nil {
 		cfg = nodeconfig.Default()
 	}
-	r := &Restorer{cfg: cfg, cfgErr: cfgErr}
+	r := &Restorer{cfg: cfg, cfgErr: cfgErr, ConfigPath: nodeconfig.Path()}
 	r.NewSource = func(ref registry.Reference) (Source, error) {
 		return oci.NewRepository(ref, oci.RemoteOptions{
 			PlainHTTP:    cfg.Insecure(ref.Registry),
@@ -257,14 +259,14 @@ func (f *Fetched) scratchDir(prefix string) (string, error) {
 func (r *Restorer) Fetch(ctx context.Context, refStr string) (*Fetched, error) {
 	began := time.Now()
 	if r.cfgErr != nil {
-		return nil, fmt.Errorf("node configuration %s: %w", nodeconfig.Path(), r.cfgErr)
+		return nil, fmt.Errorf("node configuration %s: %w", r.ConfigPath, r.cfgErr)
 	}
 	ref, err := oci.ParseReference(refStr)
 	if err != nil {
 		return nil, err
 	}
 	if !r.cfg.Allowed(ref.Registry, ref.Repository) {
-		return nil, fmt.Errorf("%w: %s/%s is not in the allow list of %s", ErrDenied, ref.Registry, ref.Repository, nodeconfig.Path())
+		return nil, fmt.Errorf("%w: %s/%s is not in the allow list of %s", ErrDenied, ref.Registry, ref.Repository, r.ConfigPath)
 	}
 	if r.cfg.RequireDigest && !oci.Pinned(ref) {
 		return nil, fmt.Errorf("%w: the node requires checkpoints pinned by digest (REPOSITORY@sha256:...)", ErrDenied)
@@ -350,7 +352,7 @@ type Inspection struct {
 // checks it against this node.
 func (r *Restorer) Inspect(ctx context.Context, refStr string) (*Inspection, error) {
 	if r.cfgErr != nil {
-		return nil, fmt.Errorf("node configuration %s: %w", nodeconfig.Path(), r.cfgErr)
+		return nil, fmt.Errorf("node configuration %s: %w", r.ConfigPath, r.cfgErr)
 	}
 	ref, err := oci.ParseReference(refStr)
 	if err != nil {
@@ -364,7 +366,7 @@ func (r *Restorer) Inspect(ctx context.Context, refStr string) (*Inspection, err
 	}
 	in := &Inspection{Ref: refStr, Descriptor: a.desc, Checkpoint: a.ck, Metadata: a.meta}
 	if !r.cfg.Allowed(ref.Registry, ref.Repository) {
-		in.Allowed = fmt.Errorf("%w: %s/%s is not in the allow list of %s", ErrDenied, ref.Registry, ref.Repository, nodeconfig.Path())
+		in.Allowed = fmt.Errorf("%w: %s/%s is not in the allow list of %s", ErrDenied, ref.Registry, ref.Repository, r.ConfigPath)
 	} else if r.cfg.RequireDigest && !oci.Pinned(ref) {
 		in.Allowed = fmt.Errorf("%w: the node requires checkpoints pinned by digest", ErrDenied)
 	}
@@ -508,4 +510,18 @@ func ArmDump(bundle string) error {
 		return nil
 	}
 	return setAnnotation(bundle, criuconf.RuncAnnotation, path)
+}
+
+// EnforceCacheLimits evicts checkpoints not in use beyond the node's
+// [cache] max_size and max_age (least recently used first). It does
+// nothing when neither is set.
+func (r *Restorer) EnforceCacheLimits(ctx context.Context) ([]cache.Entry, error) {
+	if r.cfg.Cache.MaxSize == 0 && r.cfg.Cache.MaxAge == 0 {
+		return nil, nil
+	}
+	c, err := cache.Open(r.cfg.Cache.Root)
+	if err != nil {
+		return nil, err
+	}
+	return c.Prune(ctx, cache.PruneLimits{MaxSize: int64(r.cfg.Cache.MaxSize), MaxAge: time.Duration(r.cfg.Cache.MaxAge)})
 }

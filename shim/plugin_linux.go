@@ -3,6 +3,9 @@
 package shim
 
 import (
+	"context"
+	"sync"
+
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/task"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/containerd/v2/pkg/shutdown"
@@ -41,15 +44,35 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			cfg, err := nodeconfig.Load(nodeconfig.Path())
-			if err != nil {
-				// A broken node configuration must not stop containers from
-				// running: restores are refused (deny by default), cold starts work.
-				log.G(ic.Context).WithError(err).Warn("snapboot: node configuration unusable; every restore will cold-start")
-			}
-			restorer := restore.New(cfg, err)
-			restorer.DetectNode = func() (*compat.Node, error) { return compat.Detect(criuVersion) }
-			return newService(inner, publisher, restorer), nil
+			return newService(inner, publisher, restorers(ic.Context)), nil
 		},
 	})
+}
+
+// restorers returns a function that gives the Restorer of a node
+// configuration file, loading each file once per shim.
+func restorers(ctx context.Context) func(string) preparer {
+	var mu sync.Mutex
+	loaded := map[string]*restore.Restorer{}
+	return func(path string) preparer {
+		if path == "" {
+			path = nodeconfig.Path()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if r, ok := loaded[path]; ok {
+			return r
+		}
+		cfg, err := nodeconfig.Load(path)
+		if err != nil {
+			// A broken node configuration must not stop containers from
+			// running: restores are refused with the reason, cold starts work.
+			log.G(ctx).WithError(err).WithField("config", path).Warn("snapboot: node configuration unusable; restores will cold-start")
+		}
+		r := restore.New(cfg, err)
+		r.ConfigPath = path
+		r.DetectNode = func() (*compat.Node, error) { return compat.Detect(criuVersion) }
+		loaded[path] = r
+		return r
+	}
 }

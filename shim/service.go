@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/criulog"
 	"github.com/snapboot/snapboot/restore"
 )
@@ -23,6 +24,7 @@ import (
 // the real one; tests use fakes.
 type preparer interface {
 	Prepare(ctx context.Context, req restore.Request) (*restore.Plan, error)
+	EnforceCacheLimits(ctx context.Context) ([]cache.Entry, error)
 }
 
 // service is the runc task service with restore-on-create in front of it.
@@ -32,7 +34,9 @@ type service struct {
 	taskAPI.TTRPCTaskService
 
 	publisher *filteringPublisher
-	restorer  preparer
+	// restorerFor returns the preparer for a node configuration file ("" is
+	// the default one); containerd's runtime options may name another.
+	restorerFor func(configPath string) preparer
 
 	// armDumpFn writes the dump-side CRIU config into a bundle.
 	armDumpFn func(bundle string) error
@@ -48,11 +52,11 @@ type pendingRestore struct {
 	plan     *restore.Plan
 }
 
-func newService(inner taskAPI.TTRPCTaskService, publisher *filteringPublisher, restorer preparer) *service {
+func newService(inner taskAPI.TTRPCTaskService, publisher *filteringPublisher, restorerFor func(string) preparer) *service {
 	return &service{
 		TTRPCTaskService: inner,
 		publisher:        publisher,
-		restorer:         restorer,
+		restorerFor:      restorerFor,
 		armDumpFn:        restore.ArmDump,
 		pending:          map[string]*pendingRestore{},
 		running:          map[string]*restore.Plan{},
@@ -70,12 +74,17 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 // one, and cold-creates it otherwise or when anything about the checkpoint
 // is wrong.
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	r, configPath, err := translateOptions(r)
+	if err != nil {
+		return nil, err
+	}
 	if r.Checkpoint != "" {
 		// containerd's own restore (ctr c restore, CRI restore): not ours.
 		return s.TTRPCTaskService.Create(ctx, r)
 	}
 	began := time.Now()
-	plan, err := s.restorer.Prepare(ctx, restore.Request{ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs})
+	restorer := s.restorerFor(configPath)
+	plan, err := restorer.Prepare(ctx, restore.Request{ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs})
 	if errors.Is(err, restore.ErrNotRequested) {
 		return s.coldCreate(ctx, r)
 	}
@@ -96,6 +105,19 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	s.mu.Lock()
 	s.pending[r.ID] = &pendingRestore{original: r, plan: plan}
 	s.mu.Unlock()
+	if !plan.Cached {
+		// The cache grew: trim it to the node's limits, off the restore path.
+		go func() {
+			ctx := context.WithoutCancel(ctx)
+			evicted, err := restorer.EnforceCacheLimits(ctx)
+			if err != nil {
+				log.G(ctx).WithError(err).Warn("snapboot: cache eviction failed")
+			}
+			for _, e := range evicted {
+				log.G(ctx).WithFields(log.Fields{"event": "snapboot.evict", "digest": e.Digest.String(), "bytes": e.Size}).Info("snapboot: evicted a checkpoint from the node cache")
+			}
+		}()
+	}
 	return resp, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/core/events"
 
+	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/restore"
 )
 
@@ -74,11 +75,13 @@ func (f *fakePreparer) Prepare(context.Context, restore.Request) (*restore.Plan,
 	return f.plan, f.err
 }
 
+func (f *fakePreparer) EnforceCacheLimits(context.Context) ([]cache.Entry, error) { return nil, nil }
+
 func setup(prep *fakePreparer, failStart bool) (*service, *fakeTasks, *recordingPublisher) {
 	rec := &recordingPublisher{}
 	pub := newFilteringPublisher(rec)
 	inner := &fakeTasks{pub: pub, failRestoreStart: failStart}
-	s := newService(inner, pub, prep)
+	s := newService(inner, pub, func(string) preparer { return prep })
 	s.armDumpFn = func(bundle string) error {
 		inner.calls = append(inner.calls, "arm-dump")
 		return nil
@@ -98,7 +101,7 @@ func join(s []string) string {
 }
 
 func TestRestoreSucceeds(t *testing.T) {
-	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu"}}
+	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu", Cached: true}}
 	s, inner, rec := setup(prep, false)
 	ctx := context.Background()
 	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b"}); err != nil {
@@ -135,7 +138,7 @@ func TestFailedPrepareColdStarts(t *testing.T) {
 }
 
 func TestFailedRestoreFallsBackWithoutStrayEvents(t *testing.T) {
-	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu"}}
+	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu", Cached: true}}
 	s, inner, rec := setup(prep, true)
 	ctx := context.Background()
 	orig := &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b"}

@@ -21,11 +21,15 @@ var pullCommand = &cli.Command{
 			return err
 		}
 		cfg, cfgErr := loadConfig(cmd)
-		f, err := restore.New(cfg, cfgErr).Fetch(ctx, a[0])
+		r := restore.New(cfg, cfgErr)
+		f, err := r.Fetch(ctx, a[0])
 		if err != nil {
 			return err
 		}
-		defer f.Release()
+		f.Release()
+		if _, err := r.EnforceCacheLimits(ctx); err != nil {
+			return fmt.Errorf("trim the cache: %w", err)
+		}
 		state := "pulled"
 		if f.Cached {
 			state = "already cached"

@@ -126,6 +126,16 @@ func (c *Cache) manifests() []cachedManifest {
 	return out
 }
 
+// Size is what the cache's checkpoints take, in bytes.
+func (c *Cache) Size(ctx context.Context) (int64, error) {
+	entries, err := c.Entries(ctx)
+	var n int64
+	for _, e := range entries {
+		n += e.Size
+	}
+	return n, err
+}
+
 // ErrInUse is returned when removing a checkpoint a container still uses.
 var ErrInUse = errors.New("checkpoint is in use by a container")
 

@@ -124,3 +124,12 @@ func (c *Cache) IsUnpacked(key digest.Digest) bool {
 func (c *Cache) TempDir(prefix string) (string, error) {
 	return os.MkdirTemp(filepath.Join(c.root, "tmp"), prefix+"-")
 }
+
+// Hold keeps eviction away from the checkpoint with manifest digest key
+// until the returned function is called.
+func (c *Cache) Hold(ctx context.Context, key digest.Digest) (func(), error) {
+	if err := key.Validate(); err != nil {
+		return nil, err
+	}
+	return c.holdShared(ctx, "use-"+key.Encoded())
+}

@@ -72,9 +72,16 @@ type Plan struct {
 	NarrowedTasks int
 	Timings       Timings
 
-	unpacked *cache.Unpacked
-	scratch  string // per-container files, needed until runc has restored
+	unpacked    *cache.Unpacked
+	scratch     string // per-container files, needed until runc has restored
+	mountsCache bool   // the rootfs mounts a directory of the cache
 }
+
+// NeedsCache reports whether the restored container keeps using the cache
+// after the restore (its rootfs stacks the checkpoint's rootfs changes), so
+// the plan must be held until the container is deleted. Otherwise it can be
+// released as soon as runc has restored, and the cache may evict it.
+func (p *Plan) NeedsCache() bool { return p.mountsCache }
 
 // RestoreDone removes what only runc's restore needed. Call it once Start
 // has returned.
@@ -215,6 +222,7 @@ func (r *Restorer) prepare(ctx context.Context, req Request, refStr, criuOptions
 		if plan.Rootfs, err = stackRootfsChanges(req.Rootfs, f.unpacked.RootfsDir()); err != nil {
 			return nil, err
 		}
+		plan.mountsCache = true
 	}
 
 	confPath, err := criuconf.WriteFile(req.Bundle, "restore", criuconf.RestoreOptions(userOpts))
@@ -278,6 +286,7 @@ func (r *Restorer) Fetch(ctx context.Context, refStr string) (*Fetched, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer a.release() // the unpacked checkpoint holds its own
 	node, err := r.nodeInfo()
 	if err != nil {
 		return nil, fmt.Errorf("describe this node: %w", err)
@@ -309,6 +318,8 @@ type artifact struct {
 	desc  ocispec.Descriptor // the manifest
 	ck    *oci.Checkpoint
 	meta  *oci.Metadata
+	// release ends the hold that keeps eviction away while it is used.
+	release func()
 }
 
 func (r *Restorer) open(ctx context.Context, ref registry.Reference) (*artifact, error) {
@@ -324,11 +335,17 @@ func (r *Restorer) open(ctx context.Context, ref registry.Reference) (*artifact,
 	if err != nil {
 		return nil, err
 	}
-	ck, meta, err := r.readArtifact(ctx, c, src, mdesc)
+	// From here on, eviction must leave this checkpoint alone.
+	release, err := c.Hold(ctx, mdesc.Digest)
 	if err != nil {
 		return nil, err
 	}
-	return &artifact{cache: c, src: src, desc: mdesc, ck: ck, meta: meta}, nil
+	ck, meta, err := r.readArtifact(ctx, c, src, mdesc)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return &artifact{cache: c, src: src, desc: mdesc, ck: ck, meta: meta, release: release}, nil
 }
 
 // Inspection is what `snapboot inspect` reports: the artifact, and whether
@@ -364,6 +381,7 @@ func (r *Restorer) Inspect(ctx context.Context, refStr string) (*Inspection, err
 	if err != nil {
 		return nil, err
 	}
+	defer a.release()
 	in := &Inspection{Ref: refStr, Descriptor: a.desc, Checkpoint: a.ck, Metadata: a.meta}
 	if !r.cfg.Allowed(ref.Registry, ref.Repository) {
 		in.Allowed = fmt.Errorf("%w: %s/%s is not in the allow list of %s", ErrDenied, ref.Registry, ref.Repository, r.ConfigPath)
@@ -513,15 +531,21 @@ func ArmDump(bundle string) error {
 }
 
 // EnforceCacheLimits evicts checkpoints not in use beyond the node's
-// [cache] max_size and max_age (least recently used first). It does
-// nothing when neither is set.
-func (r *Restorer) EnforceCacheLimits(ctx context.Context) ([]cache.Entry, error) {
+// [cache] max_size and max_age (least recently used first), and reports
+// whether the cache is still over max_size (checkpoints in use are never
+// evicted). It does nothing when neither limit is set.
+func (r *Restorer) EnforceCacheLimits(ctx context.Context) ([]cache.Entry, bool, error) {
 	if r.cfg.Cache.MaxSize == 0 && r.cfg.Cache.MaxAge == 0 {
-		return nil, nil
+		return nil, false, nil
 	}
 	c, err := cache.Open(r.cfg.Cache.Root)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return c.Prune(ctx, cache.PruneLimits{MaxSize: int64(r.cfg.Cache.MaxSize), MaxAge: time.Duration(r.cfg.Cache.MaxAge)})
+	evicted, err := c.Prune(ctx, cache.PruneLimits{MaxSize: int64(r.cfg.Cache.MaxSize), MaxAge: time.Duration(r.cfg.Cache.MaxAge)})
+	if err != nil || r.cfg.Cache.MaxSize == 0 {
+		return evicted, false, err
+	}
+	size, err := c.Size(ctx)
+	return evicted, size > int64(r.cfg.Cache.MaxSize), err
 }

@@ -24,7 +24,7 @@ import (
 // the real one; tests use fakes.
 type preparer interface {
 	Prepare(ctx context.Context, req restore.Request) (*restore.Plan, error)
-	EnforceCacheLimits(ctx context.Context) ([]cache.Entry, error)
+	EnforceCacheLimits(ctx context.Context) (evicted []cache.Entry, overLimit bool, err error)
 }
 
 // service is the runc task service with restore-on-create in front of it.
@@ -50,6 +50,7 @@ type service struct {
 type pendingRestore struct {
 	original *taskAPI.CreateTaskRequest // the caller's request, for the fallback
 	plan     *restore.Plan
+	restorer preparer
 }
 
 func newService(inner taskAPI.TTRPCTaskService, publisher *filteringPublisher, restorerFor func(string) preparer) *service {
@@ -103,21 +104,8 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return s.coldCreate(ctx, r)
 	}
 	s.mu.Lock()
-	s.pending[r.ID] = &pendingRestore{original: r, plan: plan}
+	s.pending[r.ID] = &pendingRestore{original: r, plan: plan, restorer: restorer}
 	s.mu.Unlock()
-	if !plan.Cached {
-		// The cache grew: trim it to the node's limits, off the restore path.
-		go func() {
-			ctx := context.WithoutCancel(ctx)
-			evicted, err := restorer.EnforceCacheLimits(ctx)
-			if err != nil {
-				log.G(ctx).WithError(err).Warn("snapboot: cache eviction failed")
-			}
-			for _, e := range evicted {
-				log.G(ctx).WithFields(log.Fields{"event": "snapboot.evict", "digest": e.Digest.String(), "bytes": e.Size}).Info("snapboot: evicted a checkpoint from the node cache")
-			}
-		}()
-	}
 	return resp, nil
 }
 
@@ -142,9 +130,16 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		p.plan.Timings.Restore = time.Since(began)
 		logRestored(ctx, r.ID, p.plan)
 		s.armDump(ctx, p.original.Bundle)
-		s.mu.Lock()
-		s.running[r.ID] = p.plan
-		s.mu.Unlock()
+		if p.plan.NeedsCache() {
+			s.mu.Lock()
+			s.running[r.ID] = p.plan
+			s.mu.Unlock()
+		} else {
+			p.plan.Release()
+		}
+		if !p.plan.Cached {
+			go trimCache(context.WithoutCancel(ctx), p.restorer)
+		}
 		return resp, nil
 	}
 	restoreErr := fmt.Errorf("runc restore: %w", err)
@@ -184,6 +179,27 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		plan.Release()
 	}
 	return resp, err
+}
+
+// trimCache evicts checkpoints beyond the node's cache limits after a
+// restore made the cache grow, off the restore path. Checkpoints other
+// restores still hold are skipped, so it tries again a few times while the
+// cache stays over its limit.
+func trimCache(ctx context.Context, r preparer) {
+	for wait := time.Second; ; wait *= 2 {
+		evicted, over, err := r.EnforceCacheLimits(ctx)
+		if err != nil {
+			log.G(ctx).WithError(err).Warn("snapboot: cache eviction failed")
+			return
+		}
+		for _, e := range evicted {
+			log.G(ctx).WithFields(log.Fields{"event": "snapboot.evict", "digest": e.Digest.String(), "bytes": e.Size}).Info("snapboot: evicted a checkpoint from the node cache")
+		}
+		if !over || wait > 16*time.Second {
+			return
+		}
+		time.Sleep(wait)
+	}
 }
 
 // coldCreate creates the container from the caller's request, armed for a

@@ -75,7 +75,9 @@ func (f *fakePreparer) Prepare(context.Context, restore.Request) (*restore.Plan,
 	return f.plan, f.err
 }
 
-func (f *fakePreparer) EnforceCacheLimits(context.Context) ([]cache.Entry, error) { return nil, nil }
+func (f *fakePreparer) EnforceCacheLimits(context.Context) ([]cache.Entry, bool, error) {
+	return nil, false, nil
+}
 
 func setup(prep *fakePreparer, failStart bool) (*service, *fakeTasks, *recordingPublisher) {
 	rec := &recordingPublisher{}

@@ -27,7 +27,7 @@ var pullCommand = &cli.Command{
 			return err
 		}
 		f.Release()
-		if _, err := r.EnforceCacheLimits(ctx); err != nil {
+		if _, _, err := r.EnforceCacheLimits(ctx); err != nil {
 			return fmt.Errorf("trim the cache: %w", err)
 		}
 		state := "pulled"

@@ -301,12 +301,10 @@ module DemoGen
       require_relative "boot"
 
       require "rails"
+      # An API app: no Action Mailer, Active Job, Active Storage, Action Cable.
       require "active_model/railtie"
-      require "active_job/railtie"
       require "active_record/railtie"
       require "action_controller/railtie"
-      require "action_mailer/railtie"
-      require "action_view/railtie"
 
       require_relative "../lib/demo_settings"
       require_relative "../lib/demo_db"
@@ -355,7 +353,6 @@ module DemoGen
         config.i18n.fallbacks = true
         config.active_support.report_deprecations = false
         config.active_record.dump_schema_after_migration = false
-        config.action_mailer.perform_caching = false
       end
     RUBY
 
@@ -401,11 +398,12 @@ module DemoGen
     w.write("config/initializers/demo_database.rb", <<~'RUBY')
       # frozen_string_literal: true
 
-      # At the end of boot, open the database connection and use it, so the
-      # process holds an established connection to PostgreSQL (the
-      # checkpoint must contain one). It stays in the pool, idle.
-      Rails.application.config.after_initialize do
-        DemoDB.boot_probe!
+      # At the very end of boot (after eager loading and drawing the routes),
+      # open the database connection and use it, so the process holds an
+      # established connection to PostgreSQL: the checkpoint must contain
+      # one. The connection goes back to the pool and stays there, idle.
+      Rails.application.config.after_routes_loaded do
+        DemoDB.boot_probe! if DemoDB.boot.empty?
       end
     RUBY
 

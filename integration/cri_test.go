@@ -23,6 +23,8 @@ package integration
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -81,6 +83,7 @@ func TestCRI(t *testing.T) {
 	e := startCRIEnv(t)
 	t.Run("restore", func(t *testing.T) { testCRIRestore(t, e) })
 	t.Run("cold", func(t *testing.T) { testCRICold(t, e) })
+	t.Run("fallback", func(t *testing.T) { testCRIFallback(t, e) })
 	t.Run("cleanup", func(t *testing.T) { testCRICleanup(t, e) })
 }
 
@@ -184,6 +187,50 @@ func testCRICold(t *testing.T, e *criEnv) {
 	}
 }
 
+// testCRIFallback: a restore that runc refuses at Start (the donor had a
+// bind mount the new container lacks: CRIU finds no mapping for it) falls
+// back to a cold start within the same Start call, and the CRI plugin still
+// sees the container's exit: crictl stop and stopp work as for any pod.
+// (CRI waits for a task's exit with a Wait call made before Start; it must
+// follow the container from the failed restore to the cold one.)
+func testCRIFallback(t *testing.T, e *criEnv) {
+	coldMarker := "cold-" + runToken
+	data := filepath.Join(testDir(t), "data")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	donorPod, donorPodConf := e.runPod(t, "donor-mount", nil)
+	donor := e.startContainerOpts(t, donorPod, donorPodConf, "web", nil, serveCmd("donor-mount"),
+		[]map[string]any{{"container_path": "/data", "host_path": data}})
+	e.waitHTTP(t, e.podIP(t, donorPod), "donor-mount", 20*time.Second)
+	ref := registryAddr + "/it/cri-web-mount:v1"
+	if out, errOut, code := e.snapboot("checkpoint", "--exit", donor, ref); code != 0 {
+		t.Fatalf("snapboot checkpoint: exit %d\n%s\n%s", code, out, errOut)
+	}
+
+	offset := e.logOffset()
+	ann := map[string]string{"snapboot.dev/checkpoint": ref}
+	pod, podConf := e.runPod(t, "fallback", ann)
+	id := e.startContainer(t, pod, podConf, "web", ann, serveCmd(coldMarker))
+	line := e.waitLogLine(t, offset, "snapboot.fallback", id, 60*time.Second)
+	if !strings.Contains(line, "mountpoint") {
+		t.Errorf("fallback for another reason than the missing mount:\n%s", line)
+	}
+	e.waitHTTP(t, e.podIP(t, pod), coldMarker, 20*time.Second)
+
+	t0 := time.Now()
+	if _, errOut, err := e.crictlErrTimeout(30*time.Second, "stop", "--timeout", "2", id); err != nil {
+		t.Fatalf("crictl stop of the container that fell back: %v\n%s", err, errOut)
+	}
+	if st := e.containerStatus(t, id); st != "CONTAINER_EXITED" {
+		t.Errorf("after crictl stop the container that fell back is %s (CRI missed its exit)", st)
+	}
+	if _, errOut, err := e.crictlErrTimeout(30*time.Second, "stopp", pod); err != nil {
+		t.Fatalf("crictl stopp: %v\n%s", err, errOut)
+	}
+	t.Logf("stop + stopp after the fallback took %v", time.Since(t0).Round(time.Millisecond))
+}
+
 // testCRICleanup: crictl stop, rm, stopp and rmp leave nothing: no
 // container, task or sandbox in containerd, no shim, no pod network
 // namespace, no veth on the bridge, no IP lease, no mount. The pods of the
@@ -197,7 +244,7 @@ func testCRICleanup(t *testing.T, e *criEnv) {
 		t.Errorf("no pod network namespace under %s while a pod runs; the CRI plugin put it elsewhere", e.netnsDir)
 	}
 
-	e.crictl(t, "stop", "--timeout", "5", id)
+	e.crictl(t, "stop", "--timeout", "1", id)
 	if st := e.containerStatus(t, id); st != "CONTAINER_EXITED" {
 		t.Errorf("after crictl stop the container is %s", st)
 	}
@@ -553,6 +600,37 @@ func (e *criEnv) teardown(t *testing.T) {
 		t.Errorf("teardown: killing leftover process %d: %s", pid, strings.ReplaceAll(readFile(fmt.Sprintf("/proc/%d/cmdline", pid)), "\x00", " "))
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+	// runc state of containers whose shim was killed, the CNI result cache
+	// of sandboxes whose CNI DEL never ran, and the sockets of killed shims.
+	ids := map[string]bool{}
+	bundles, _ := os.ReadDir(filepath.Join(e.dir, "state", "io.containerd.runtime.v2.task", criNamespace))
+	for _, b := range bundles {
+		ids[b.Name()] = true
+	}
+	runcRoot := "/run/containerd/runc/" + criNamespace
+	states, _ := os.ReadDir(runcRoot)
+	for _, st := range states {
+		if strings.Contains(readFile(filepath.Join(runcRoot, st.Name(), "state.json")), e.dir) {
+			ids[st.Name()] = true
+			t.Errorf("teardown: runc state of %s left; deleting it", st.Name())
+			_ = exec.Command("runc", "--root", runcRoot, "delete", "--force", st.Name()).Run()
+			_ = os.RemoveAll(filepath.Join(runcRoot, st.Name()))
+		}
+	}
+	for id := range ids {
+		results, _ := filepath.Glob("/var/lib/cni/results/*-" + id + "-*")
+		for _, r := range results {
+			t.Errorf("teardown: CNI result cache %s left; removing it", r)
+			_ = os.Remove(r)
+		}
+		for _, suffix := range []string{"", "/debug"} {
+			sum := sha256.Sum256([]byte(filepath.Join(e.sock, criNamespace, id) + suffix))
+			sockPath := filepath.Join("/run/containerd/s", hex.EncodeToString(sum[:]))
+			if fi, err := os.Lstat(sockPath); err == nil && fi.Mode()&os.ModeSocket != 0 {
+				_ = os.Remove(sockPath)
+			}
+		}
+	}
 	for _, err := range unmountUnder(e.dir) {
 		t.Errorf("teardown: %v", err)
 	}
@@ -571,7 +649,16 @@ func (e *criEnv) teardown(t *testing.T) {
 		_ = os.Remove("/var/lib/cni")
 	}
 	for _, c := range cgroupRoots() {
-		_ = os.Remove(filepath.Join(c, e.cgParent))
+		// Pod and container cgroups of killed processes, then the parent.
+		dir := filepath.Join(c, e.cgParent)
+		subs, _ := filepath.Glob(filepath.Join(dir, "*", "*"))
+		subs2, _ := filepath.Glob(filepath.Join(dir, "*"))
+		for _, d := range append(subs, subs2...) {
+			if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+				_ = os.Remove(d)
+			}
+		}
+		_ = os.Remove(dir)
 	}
 
 	// Nothing left?
@@ -650,7 +737,15 @@ func (e *criEnv) runPod(t *testing.T, name string, annotations map[string]string
 // pod, and returns its ID (the containerd container ID too).
 func (e *criEnv) startContainer(t *testing.T, pod, podConfig, name string, annotations map[string]string, cmd []string) string {
 	t.Helper()
+	return e.startContainerOpts(t, pod, podConfig, name, annotations, cmd, nil)
+}
+
+// startContainerOpts is startContainer with CRI mounts (container_path,
+// host_path, readonly).
+func (e *criEnv) startContainerOpts(t *testing.T, pod, podConfig, name string, annotations map[string]string, cmd []string, mounts []map[string]any) string {
+	t.Helper()
 	cfg := map[string]any{
+		"mounts":      mounts,
 		"metadata":    map[string]any{"name": name},
 		"image":       map[string]any{"image": busyboxImage},
 		"command":     cmd,
@@ -677,7 +772,7 @@ func (e *criEnv) removePod(id string) error {
 		return nil
 	}
 	for _, args := range [][]string{{"stopp", id}, {"rmp", "--force", id}} {
-		if _, stderr, err := e.crictlErr(args...); err != nil && !strings.Contains(stderr, "not found") {
+		if _, stderr, err := e.crictlErrTimeout(30*time.Second, args...); err != nil && !strings.Contains(stderr, "not found") {
 			return fmt.Errorf("crictl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr))
 		}
 	}
@@ -762,15 +857,21 @@ func (e *criEnv) waitHTTP(t *testing.T, ip, marker string, timeout time.Duration
 // Tools
 
 func (e *criEnv) crictlErr(args ...string) (stdout, stderr string, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), criTimeout)
+	return e.crictlErrTimeout(criTimeout, args...)
+}
+
+// crictlErrTimeout is crictlErr with a bound of its own (crictl's request
+// timeout is a little shorter).
+func (e *criEnv) crictlErrTimeout(timeout time.Duration, args ...string) (stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+5*time.Second)
 	defer cancel()
-	full := append([]string{"--config", e.crictlConf, "--runtime-endpoint", "unix://" + e.sock, "--image-endpoint", "unix://" + e.sock, "--timeout", "60s"}, args...)
+	full := append([]string{"--config", e.crictlConf, "--runtime-endpoint", "unix://" + e.sock, "--image-endpoint", "unix://" + e.sock, "--timeout", timeout.String()}, args...)
 	cmd := exec.CommandContext(ctx, "crictl", full...)
 	var o, er strings.Builder
 	cmd.Stdout, cmd.Stderr = &o, &er
 	err = cmd.Run()
 	if ctx.Err() != nil {
-		err = fmt.Errorf("crictl %s: timed out after %v: %w", strings.Join(args, " "), criTimeout, err)
+		err = fmt.Errorf("crictl %s: timed out after %v: %w", strings.Join(args, " "), timeout, err)
 	}
 	return o.String(), er.String(), err
 }

@@ -379,4 +379,3 @@ func TestLoadManyCheckpointsWithinCacheLimit(t *testing.T) {
 	}
 	noLeftovers(t, cacheRoot)
 }
-

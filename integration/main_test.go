@@ -521,7 +521,9 @@ insecure_registries = [%q]
 root = %q
 [pull]
 timeout = "30s"
-`, registryAddr, registryAddr, snapbootCacheDir)
+[metrics]
+dir = %q
+`, registryAddr, registryAddr, snapbootCacheDir, filepath.Join(tmpDir, "metrics"))
 	return os.WriteFile(snapbootConfigPath, []byte(conf), 0o644)
 }
 

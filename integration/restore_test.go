@@ -167,11 +167,15 @@ func TestRestoreContinuesCounting(t *testing.T) {
 		}
 	}
 
+	before := restoresTotal(t)
 	t.Run("from registry", func(t *testing.T) { restoreAndCheck(t, false) })
 	t.Run("cached, registry stopped", func(t *testing.T) {
 		registryDown(t)
 		restoreAndCheck(t, true)
 	})
+	if after := restoresTotal(t); after != before+2 {
+		t.Errorf("snapboot_restores_total went from %d to %d, want +2", before, after)
+	}
 }
 
 func TestRestoredServerAnswers(t *testing.T) {
@@ -258,4 +262,21 @@ func corruptRegistryBlob(t *testing.T, packDir string) {
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// restoresTotal reads snapboot_restores_total from `snapboot metrics`.
+func restoresTotal(t *testing.T) int {
+	t.Helper()
+	out := mustSnapboot(t, "metrics")
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "snapboot_restores_total "); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no snapboot_restores_total in:\n%s", out)
+	return 0
 }

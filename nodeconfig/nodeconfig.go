@@ -36,8 +36,16 @@ type Config struct {
 	// helpers; empty means the default (~/.docker/config.json or $DOCKER_CONFIG).
 	DockerConfig string `toml:"docker_config"`
 
-	Cache CacheConfig `toml:"cache"`
-	Pull  PullConfig  `toml:"pull"`
+	Cache   CacheConfig   `toml:"cache"`
+	Pull    PullConfig    `toml:"pull"`
+	Metrics MetricsConfig `toml:"metrics"`
+}
+
+// MetricsConfig turns on the node-wide metrics file that `snapboot metrics`
+// serves in Prometheus format.
+type MetricsConfig struct {
+	// Dir holds the metrics file; "" turns metrics off.
+	Dir string `toml:"dir"`
 }
 
 // CacheConfig is the node-local checkpoint cache.
@@ -137,6 +145,9 @@ func (c *Config) validate() error {
 	}
 	if c.Cache.Root != "" && !strings.HasPrefix(c.Cache.Root, "/") {
 		return fmt.Errorf("snapboot config: cache.root %q must be an absolute path", c.Cache.Root)
+	}
+	if c.Metrics.Dir != "" && !strings.HasPrefix(c.Metrics.Dir, "/") {
+		return fmt.Errorf("snapboot config: metrics.dir %q must be an absolute path", c.Metrics.Dir)
 	}
 	if c.Pull.Timeout < 0 || c.Cache.MaxAge < 0 {
 		return errors.New("snapboot config: durations must not be negative")

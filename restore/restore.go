@@ -21,6 +21,7 @@ import (
 	"github.com/snapboot/snapboot/compat"
 	"github.com/snapboot/snapboot/confine"
 	"github.com/snapboot/snapboot/criuconf"
+	"github.com/snapboot/snapboot/metrics"
 	"github.com/snapboot/snapboot/nodeconfig"
 	"github.com/snapboot/snapboot/oci"
 	"github.com/snapboot/snapboot/unpack"
@@ -267,7 +268,7 @@ func (f *Fetched) scratchDir(prefix string) (string, error) {
 func (r *Restorer) Fetch(ctx context.Context, refStr string) (*Fetched, error) {
 	began := time.Now()
 	if r.cfgErr != nil {
-		return nil, fmt.Errorf("node configuration %s: %w", r.ConfigPath, r.cfgErr)
+		return nil, fmt.Errorf("%w: %s: %w", ErrConfig, r.ConfigPath, r.cfgErr)
 	}
 	ref, err := oci.ParseReference(refStr)
 	if err != nil {
@@ -369,7 +370,7 @@ type Inspection struct {
 // checks it against this node.
 func (r *Restorer) Inspect(ctx context.Context, refStr string) (*Inspection, error) {
 	if r.cfgErr != nil {
-		return nil, fmt.Errorf("node configuration %s: %w", r.ConfigPath, r.cfgErr)
+		return nil, fmt.Errorf("%w: %s: %w", ErrConfig, r.ConfigPath, r.cfgErr)
 	}
 	ref, err := oci.ParseReference(refStr)
 	if err != nil {
@@ -549,3 +550,46 @@ func (r *Restorer) EnforceCacheLimits(ctx context.Context) ([]cache.Entry, bool,
 	size, err := c.Size(ctx)
 	return evicted, size > int64(r.cfg.Cache.MaxSize), err
 }
+
+// Metrics is the node's metrics store, or nil when metrics are off.
+func (r *Restorer) Metrics() *metrics.Store {
+	if r.cfg.Metrics.Dir == "" {
+		return nil
+	}
+	m, err := metrics.Open(r.cfg.Metrics.Dir)
+	if err != nil {
+		return nil
+	}
+	return m
+}
+
+// ReasonKind sorts why a restore did not happen, for metrics and alerts:
+// policy, invalid, incompatible, spec, not_found, timeout, restore, config,
+// or other.
+func ReasonKind(err error) string {
+	switch {
+	case errors.Is(err, ErrDenied):
+		return "policy"
+	case errors.Is(err, oci.ErrInvalidArtifact), errors.Is(err, unpack.ErrUnsafe), errors.Is(err, unpack.ErrTooLarge):
+		return "invalid"
+	case errors.Is(err, compat.ErrIncompatible):
+		return "incompatible"
+	case errors.Is(err, confine.ErrRefused):
+		return "spec"
+	case errors.Is(err, errdef.ErrNotFound):
+		return "not_found"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, ErrRestoreFailed):
+		return "restore"
+	case errors.Is(err, ErrConfig):
+		return "config"
+	}
+	return "other"
+}
+
+// ErrRestoreFailed is wrapped by the shim when runc's restore fails.
+var ErrRestoreFailed = errors.New("runc restore failed")
+
+// ErrConfig is wrapped when the node configuration is unusable.
+var ErrConfig = errors.New("node configuration unusable")

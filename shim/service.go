@@ -17,6 +17,7 @@ import (
 
 	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/criulog"
+	"github.com/snapboot/snapboot/metrics"
 	"github.com/snapboot/snapboot/restore"
 )
 
@@ -25,6 +26,8 @@ import (
 type preparer interface {
 	Prepare(ctx context.Context, req restore.Request) (*restore.Plan, error)
 	EnforceCacheLimits(ctx context.Context) (evicted []cache.Entry, overLimit bool, err error)
+	// Metrics is the node's metrics store, nil when metrics are off.
+	Metrics() *metrics.Store
 }
 
 // service is the runc task service with restore-on-create in front of it.
@@ -90,7 +93,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return s.coldCreate(ctx, r)
 	}
 	if err != nil {
-		logFallback(ctx, r.ID, restore.RefOf(err), err, time.Since(began))
+		logFallback(ctx, restorer, r.ID, restore.RefOf(err), err, time.Since(began))
 		return s.coldCreate(ctx, r)
 	}
 
@@ -100,7 +103,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	resp, err := s.TTRPCTaskService.Create(ctx, rr)
 	if err != nil {
 		plan.Release()
-		logFallback(ctx, r.ID, plan.Ref, fmt.Errorf("create from checkpoint: %w", err), time.Since(began))
+		logFallback(ctx, restorer, r.ID, plan.Ref, fmt.Errorf("create from checkpoint: %w", err), time.Since(began))
 		return s.coldCreate(ctx, r)
 	}
 	s.mu.Lock()
@@ -128,7 +131,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	p.plan.RestoreDone()
 	if err == nil {
 		p.plan.Timings.Restore = time.Since(began)
-		logRestored(ctx, r.ID, p.plan)
+		logRestored(ctx, p.restorer, r.ID, p.plan)
 		s.armDump(ctx, p.original.Bundle)
 		if p.plan.NeedsCache() {
 			s.mu.Lock()
@@ -142,9 +145,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		}
 		return resp, nil
 	}
-	restoreErr := fmt.Errorf("runc restore: %w", err)
+	restoreErr := fmt.Errorf("%w: %w", restore.ErrRestoreFailed, err)
 	if detail := criulog.Errors(filepath.Join(p.original.Bundle, "work", "restore.log")); detail != "" {
-		restoreErr = fmt.Errorf("runc restore: %w; CRIU: %s", err, detail)
+		restoreErr = fmt.Errorf("%w: %w; CRIU: %s", restore.ErrRestoreFailed, err, detail)
 	}
 	p.plan.Release()
 
@@ -157,7 +160,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		s.publisher.cancelSuppress(r.ID, "create")
 		return nil, fmt.Errorf("%v; cold create after it failed: %w", restoreErr, cerr)
 	}
-	logFallback(ctx, r.ID, p.plan.Ref, restoreErr, p.plan.Timings.Total()+time.Since(began))
+	logFallback(ctx, p.restorer, r.ID, p.plan.Ref, restoreErr, p.plan.Timings.Total()+time.Since(began))
 	return s.TTRPCTaskService.Start(ctx, r)
 }
 
@@ -192,6 +195,9 @@ func trimCache(ctx context.Context, r preparer) {
 			log.G(ctx).WithError(err).Warn("snapboot: cache eviction failed")
 			return
 		}
+		if m := r.Metrics(); m != nil {
+			m.RecordEvictions(len(evicted))
+		}
 		for _, e := range evicted {
 			log.G(ctx).WithFields(log.Fields{"event": "snapboot.evict", "digest": e.Digest.String(), "bytes": e.Size}).Info("snapboot: evicted a checkpoint from the node cache")
 		}
@@ -220,18 +226,32 @@ func (s *service) armDump(ctx context.Context, bundle string) {
 	}
 }
 
-func logFallback(ctx context.Context, id, ref string, reason error, elapsed time.Duration) {
+func logFallback(ctx context.Context, r preparer, id, ref string, reason error, elapsed time.Duration) {
+	kind := restore.ReasonKind(reason)
 	log.G(ctx).WithFields(log.Fields{
-		"event":     "snapboot.fallback",
-		"id":        id,
-		"ref":       ref,
-		"reason":    reason.Error(),
-		"elapsed_s": elapsed.Seconds(),
+		"event":       "snapboot.fallback",
+		"id":          id,
+		"ref":         ref,
+		"reason":      reason.Error(),
+		"reason_kind": kind,
+		"elapsed_s":   elapsed.Seconds(),
 	}).Warn("snapboot: restore not possible, cold-starting the container")
+	if m := r.Metrics(); m != nil {
+		if err := m.RecordFallback(kind); err != nil {
+			log.G(ctx).WithError(err).Warn("snapboot: metrics not recorded")
+		}
+	}
 }
 
-func logRestored(ctx context.Context, id string, plan *restore.Plan) {
+func logRestored(ctx context.Context, r preparer, id string, plan *restore.Plan) {
 	t := plan.Timings
+	if m := r.Metrics(); m != nil {
+		err := m.RecordRestore(metrics.Restore{Cached: plan.Cached, PulledBytes: plan.PulledBytes,
+			Pull: t.Pull, Unpack: t.Unpack, Restore: t.Restore, Total: t.Total()})
+		if err != nil {
+			log.G(ctx).WithError(err).Warn("snapboot: metrics not recorded")
+		}
+	}
 	log.G(ctx).WithFields(log.Fields{
 		"event":        "snapboot.restore",
 		"id":           id,

@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/containerd/v2/core/events"
 
 	"github.com/snapboot/snapboot/cache"
+	"github.com/snapboot/snapboot/metrics"
 	"github.com/snapboot/snapboot/restore"
 )
 
@@ -66,14 +67,16 @@ func (p *recordingPublisher) Publish(_ context.Context, topic string, _ events.E
 func (p *recordingPublisher) Close() error { return nil }
 
 type fakePreparer struct {
-	plan     *restore.Plan
-	err      error
-	released bool
+	plan    *restore.Plan
+	err     error
+	metrics *metrics.Store
 }
 
 func (f *fakePreparer) Prepare(context.Context, restore.Request) (*restore.Plan, error) {
 	return f.plan, f.err
 }
+
+func (f *fakePreparer) Metrics() *metrics.Store { return f.metrics }
 
 func (f *fakePreparer) EnforceCacheLimits(context.Context) ([]cache.Entry, bool, error) {
 	return nil, false, nil
@@ -183,5 +186,31 @@ func TestNotRequestedPassesThrough(t *testing.T) {
 	s.Create(context.Background(), req)
 	if inner.creates[1] != req {
 		t.Fatal("containerd restore intercepted")
+	}
+}
+
+func TestMetricsRecorded(t *testing.T) {
+	m, err := metrics.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu", Cached: true}, metrics: m}
+	s, _, _ := setup(prep, true) // the restore fails at Start: one fallback
+	s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b"})
+	s.Start(ctx, &taskAPI.StartRequest{ID: "c1"})
+	prep.plan = &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu", Cached: true}
+	s2, _, _ := setup(prep, false) // this one restores
+	s2.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c2", Bundle: "/b"})
+	s2.Start(ctx, &taskAPI.StartRequest{ID: "c2"})
+	prep.plan, prep.err = nil, &restore.Error{Ref: "x", Err: restore.ErrDenied}
+	s2.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c3", Bundle: "/b"})
+
+	st, err := m.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Restores != 1 || st.Fallbacks["restore"] != 1 || st.Fallbacks["policy"] != 1 || st.CacheHits != 1 {
+		t.Fatalf("metrics %+v", st)
 	}
 }

@@ -136,10 +136,22 @@ fi
 exec 9>"$cache_dir/.lock"
 flock 9
 
+# The work dir is a private tmpfs when possible: creating files on this kind
+# of VM's ext4 costs ~1 ms each (extracting the 11,000-file base takes 12 s
+# there, 0.4 s on tmpfs). SNAPBOOT_DEMO_TMPFS=0 keeps it on disk.
 work=$(mktemp -d "$cache_dir/build.XXXXXX")
-cleanup() { rm -rf "$work"; }
+work_mounted=0
+cleanup() {
+	# debootstrap can leave /proc or /sys mounted in the target when it fails.
+	awk -v w="$work" '$2 == w || index($2, w "/") == 1 { print $2 }' /proc/self/mounts | sort -r |
+		while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+	rm -rf "$work"
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+if [ "${SNAPBOOT_DEMO_TMPFS:-1}" != 0 ] && mount -t tmpfs -o size=4g,mode=0700 snapboot-demo-build "$work" 2>/dev/null; then
+	work_mounted=1
+fi
 
 # ---------------------------------------------------------- base rootfs
 
@@ -222,7 +234,7 @@ rm -f "$root/tmp/generate.rb"
 env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 RAILS_ENV=production SECRET_KEY_BASE=x \
 	chroot "$root" /usr/bin/ruby -e 'Dir.chdir("/app"); require "/app/config/application"; exit(SnapbootDemo::MODELS == Integer(ARGV[0]))' \
 	"$models" || die "the generated app does not load (chroot $root ruby -e 'require \"/app/config/application\"')"
-log "rootfs with /app (N=$models) ready in $(elapsed "$t0") s"
+log "rootfs with /app (N=$models) ready in $(elapsed "$t0") s ($([ "$work_mounted" = 1 ] && echo tmpfs || echo disk) work dir)"
 
 # ------------------------------------------------- OCI image layout tar
 

@@ -32,7 +32,7 @@ type options struct {
 
 func main() {
 	var o options
-	flag.IntVar(&o.models, "models", 7000, "size of the generated Rails app (models)")
+	flag.IntVar(&o.models, "models", 1500, "size of the generated Rails app (models)")
 	flag.IntVar(&o.runs, "runs", 1, "repetitions of every measurement")
 	flag.StringVar(&o.bench, "bench", "", "write results.json and results.md into this directory, and measure the runc restore floor")
 	flag.StringVar(&o.binDir, "bin", "bin", "directory with containerd-shim-snapboot-v1 and snapboot")
@@ -41,7 +41,12 @@ func main() {
 	flag.IntVar(&o.warm, "warm", 20, "warm-up requests before the checkpoint")
 	flag.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	flag.Parse()
-	o.port = 3000
+	port, err := freePort()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+		os.Exit(1)
+	}
+	o.port = port
 
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()

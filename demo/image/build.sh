@@ -4,7 +4,7 @@
 # generated "fat" Rails app in /app (demo/app/generate.rb). The result is an
 # OCI image layout tar that `ctr images import` names NAME.
 #
-#   demo/image/build.sh --models N --out /path/image.oci.tar [--name NAME]
+#   demo/image/build.sh [--models N] --out /path/image.oci.tar [--name NAME]
 #                       [--cache-dir DIR] [--compression none|zstd] [--no-image-cache]
 #
 # Caches, under --cache-dir (default /var/cache/snapboot-demo):
@@ -30,7 +30,7 @@ CREATED=2025-01-01T00:00:00Z
 # Not a secret: a fixed demo value, so that restored and cold containers agree.
 SECRET_KEY_BASE=$(printf 'snapboot-demo-secret-key-base' | sha256sum | cut -c1-64)$(printf 'snapboot-demo' | sha256sum | cut -c1-64)
 
-models=""
+models=1500 # ~21 s to the first HTTP 200 on a 2-core VM; 200 boots in ~6 s
 out=""
 name=""
 cache_dir=/var/cache/snapboot-demo
@@ -42,11 +42,11 @@ die() { echo "build.sh: error: $*" >&2; exit 1; }
 log() { echo "build.sh: $*" >&2; }
 usage() {
 	cat >&2 <<EOF
-usage: $0 --models N --out PATH.oci.tar [--name NAME] [--cache-dir DIR]
+usage: $0 [--models N] --out PATH.oci.tar [--name NAME] [--cache-dir DIR]
           [--compression none|zstd] [--mirror URL] [--no-image-cache]
 
-  --models N        number of generated Rails models (1..99999); YAML settings,
-                    initializers, locales and routes scale with it
+  --models N        number of generated Rails models (1..99999, default 1500);
+                    YAML settings, initializers, locales and routes scale with it
   --out PATH        where to write the OCI image layout tar
   --name NAME       image name for 'ctr images import'
                     (default localhost/snapboot-demo/rails:N)
@@ -79,7 +79,7 @@ while [ $# -gt 0 ]; do
 	esac
 done
 
-[[ "$models" =~ ^[1-9][0-9]{0,4}$ ]] || die "--models N is required, 1..99999 (got '${models}')"
+[[ "$models" =~ ^[1-9][0-9]{0,4}$ ]] || die "--models N must be 1..99999 (got '${models}')"
 [ -n "$out" ] || die "--out PATH is required"
 [ -n "$name" ] || name="localhost/snapboot-demo/rails:$models"
 # A reference with a tag, and nothing JSON would need escaped.

@@ -205,6 +205,9 @@ image_key=$( {
 cached_image="$cache_dir/images/$image_key.oci.tar"
 
 publish() { # copy (or hard-link) the cached image to $out
+	# Already the same file (a hard link from an earlier build): nothing to do;
+	# mv would refuse to move a file onto itself.
+	[ "$out" -ef "$cached_image" ] && return 0
 	rm -f "$out.tmp.$$"
 	ln "$cached_image" "$out.tmp.$$" 2>/dev/null || cp "$cached_image" "$out.tmp.$$"
 	mv -f "$out.tmp.$$" "$out"

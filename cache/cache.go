@@ -105,6 +105,68 @@ func (c *Cache) FetchBlob(ctx context.Context, src content.Fetcher, desc ocispec
 	return path, true, nil
 }
 
+// FetchBlobTo passes the blob's content to consume while it is downloaded
+// into the cache (or, when it is cached already, from the cache), and
+// returns whether it was downloaded. A download and its consumer run at the
+// same time; the blob is stored only if it matches its digest and size, and
+// an error is returned otherwise, after consume has seen the content: the
+// consumer must write only where a failure can be thrown away.
+func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor, consume func(io.Reader) error) (downloaded bool, err error) {
+	if err := desc.Digest.Validate(); err != nil {
+		return false, fmt.Errorf("blob digest: %w", err)
+	}
+	fromCache := func() (bool, error) {
+		rc, err := c.blobs.Fetch(ctx, desc)
+		if err != nil {
+			return false, err
+		}
+		defer rc.Close()
+		return false, consume(rc)
+	}
+	if c.HasBlob(ctx, desc) {
+		return fromCache()
+	}
+	unlock, err := c.lock(ctx, "blob-"+desc.Digest.Encoded())
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	if c.HasBlob(ctx, desc) {
+		return fromCache()
+	}
+	c.removeIngest(desc.Digest)
+	rc, err := src.Fetch(ctx, desc)
+	if err != nil {
+		return false, fmt.Errorf("fetch %s: %w", desc.Digest, err)
+	}
+	defer rc.Close()
+
+	pr, pw := io.Pipe()
+	consumed := make(chan error, 1)
+	go func() {
+		err := consume(pr)
+		if err == nil {
+			_, err = io.Copy(io.Discard, pr) // let the download finish
+		}
+		pr.CloseWithError(err) // a failed consumer stops the download
+		consumed <- err
+	}()
+	err = c.blobs.Push(ctx, desc, io.TeeReader(rc, pw))
+	if err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
+		pw.CloseWithError(err)
+		c.removeIngest(desc.Digest)
+		if cerr := <-consumed; cerr != nil && !errors.Is(cerr, err) {
+			return true, fmt.Errorf("store %s: %w (while unpacking: %v)", desc.Digest, err, cerr)
+		}
+		return true, fmt.Errorf("store %s: %w", desc.Digest, err)
+	}
+	pw.Close()
+	if err := <-consumed; err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
 // removeIngest removes the temporary download files of one digest. Call it
 // only while holding that digest's blob lock.
 func (c *Cache) removeIngest(d digest.Digest) {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -164,5 +165,46 @@ func TestRefs(t *testing.T) {
 func TestOpenRejectsRelativeRoot(t *testing.T) {
 	if _, err := Open("relative/path"); err == nil {
 		t.Fatal("want an error")
+	}
+}
+
+func TestFetchBlobToStreams(t *testing.T) {
+	c, _ := Open(t.TempDir())
+	ctx := context.Background()
+	src, ds := newSource(strings.Repeat("layer bytes ", 100000))
+	var got []byte
+	consume := func(r io.Reader) error {
+		var err error
+		got, err = io.ReadAll(r)
+		return err
+	}
+	downloaded, err := c.FetchBlobTo(ctx, src, ds[0], consume)
+	if err != nil || !downloaded || string(got) != strings.Repeat("layer bytes ", 100000) || !c.HasBlob(ctx, ds[0]) {
+		t.Fatalf("download: %v %v, %d bytes", downloaded, err, len(got))
+	}
+	got = nil
+	downloaded, err = c.FetchBlobTo(ctx, src, ds[0], consume)
+	if err != nil || downloaded || len(got) != len("layer bytes ")*100000 || src.fetches.Load() != 1 {
+		t.Fatalf("from cache: %v %v, %d bytes, %d fetches", downloaded, err, len(got), src.fetches.Load())
+	}
+
+	// A corrupt download is an error after the consumer saw it, and is not stored.
+	bad, bds := newSource("other content")
+	bad.corrupt = true
+	if _, err := c.FetchBlobTo(ctx, bad, bds[0], consume); err == nil || !strings.Contains(err.Error(), "digest") {
+		t.Fatalf("corrupt blob: %v", err)
+	}
+	if c.HasBlob(ctx, bds[0]) {
+		t.Fatal("corrupt blob stored")
+	}
+	// A failing consumer fails the fetch and leaves nothing behind.
+	_, fds := newSource("third")
+	good := &countingSource{blobs: map[digest.Digest][]byte{fds[0].Digest: []byte("third")}}
+	boom := errors.New("extraction failed")
+	if _, err := c.FetchBlobTo(ctx, good, fds[0], func(io.Reader) error { return boom }); !errors.Is(err, boom) && (err == nil || !strings.Contains(err.Error(), boom.Error())) {
+		t.Fatalf("failing consumer: %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(c.Root(), "ingest")); len(entries) != 0 {
+		t.Fatalf("ingest leftovers: %v", entries)
 	}
 }

@@ -11,9 +11,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
-
-	"github.com/klauspost/compress/zstd"
 )
 
 // Sizes of one packed layer.
@@ -22,10 +19,11 @@ type Sizes struct {
 	Compressed int64
 }
 
-func newEncoder(w io.Writer) (*zstd.Encoder, error) {
-	// The fastest level compresses CRIU page images about 5:1 and keeps
-	// up with the dump on every core.
-	return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)))
+// newEncoder compresses into independent frames of FrameSize, at the
+// fastest level: it compresses CRIU page images about 5:1 and keeps up with
+// the dump on every core.
+func newEncoder(w io.Writer) (io.WriteCloser, error) {
+	return newFrameWriter(w)
 }
 
 type countingWriter struct {

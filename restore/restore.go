@@ -105,8 +105,8 @@ func (p *Plan) Release() {
 // Timings of one restore's stages.
 type Timings struct {
 	Resolve time.Duration // reference, manifest and metadata, pre-flight
-	Pull    time.Duration // layer downloads
-	Unpack  time.Duration // decompression and extraction
+	Pull    time.Duration // layer downloads, unpacked while they stream in
+	Unpack  time.Duration // unpacking of layers that were in the cache already
 	Restore time.Duration // runc restore (filled in by the shim)
 }
 
@@ -467,22 +467,14 @@ func (r *Restorer) readSmall(ctx context.Context, c *cache.Cache, src Source, de
 	return c.ReadBlob(ctx, desc)
 }
 
-// pullAndUnpack downloads the layers into the cache and unpacks them into dir.
+// pullAndUnpack unpacks the layers into dir, each while it downloads into
+// the cache (or from the cache when only the unpacked copy was missing).
+// Download, decompression and extraction overlap; the unpacked directory is
+// used only if every layer matched its digest.
 func (r *Restorer) pullAndUnpack(ctx context.Context, a *artifact, dir string, f *Fetched) error {
 	f.Cached = false
 	budget := int64(r.cfg.Pull.MaxUnpackedSize)
 	for _, l := range a.ck.Layers() {
-		t := time.Now()
-		_, downloaded, err := a.cache.FetchBlob(ctx, a.src, l)
-		if err != nil {
-			return fmt.Errorf("pull layer %s: %w", l.Digest, err)
-		}
-		if downloaded {
-			f.PulledBytes += l.Size
-		}
-		f.Timings.Pull += time.Since(t)
-
-		t = time.Now()
 		mode, sub := unpack.CRIUImages, "criu"
 		if l.MediaType == oci.MediaTypeRootfsDiff {
 			mode, sub = unpack.RootfsDiff, "rootfs"
@@ -491,17 +483,23 @@ func (r *Restorer) pullAndUnpack(ctx context.Context, a *artifact, dir string, f
 		if err := os.Mkdir(target, 0o700); err != nil {
 			return err
 		}
-		rc, err := a.cache.OpenBlob(ctx, l)
-		if err != nil {
+		t := time.Now()
+		var st unpack.Stats
+		downloaded, err := a.cache.FetchBlobTo(ctx, a.src, l, func(rd io.Reader) error {
+			var err error
+			st, err = unpack.TarZstd(ctx, rd, target, unpack.Options{Mode: mode, MaxBytes: budget})
 			return err
-		}
-		st, err := unpack.TarZstd(ctx, rc, target, unpack.Options{Mode: mode, MaxBytes: budget})
-		rc.Close()
+		})
 		if err != nil {
-			return fmt.Errorf("unpack %s layer %s: %w", sub, l.Digest, err)
+			return fmt.Errorf("pull and unpack %s layer %s: %w", sub, l.Digest, err)
 		}
 		budget -= st.Bytes
-		f.Timings.Unpack += time.Since(t)
+		if downloaded {
+			f.PulledBytes += l.Size
+			f.Timings.Pull += time.Since(t)
+		} else {
+			f.Timings.Unpack += time.Since(t)
+		}
 	}
 	return nil
 }

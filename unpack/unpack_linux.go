@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 
-	"github.com/klauspost/compress/zstd"
 )
 
 // Mode selects which kinds of entries an archive may hold and how they are
@@ -127,14 +126,7 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 // does. The whole zstd stream is read and checked, so a truncated or corrupt
 // stream is an error even when the damage lies after the tar end marker.
 func TarZstd(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
-	zr, err := zstd.NewReader(r,
-		zstd.WithDecoderConcurrency(0),
-		zstd.WithDecoderMaxWindow(zstdMaxWindow),
-		zstd.WithDecoderMaxMemory(zstdMaxWindow),
-	)
-	if err != nil {
-		return Stats{}, fmt.Errorf("zstd: %w", err)
-	}
+	zr := newFrameReader(r, 0)
 	defer zr.Close()
 
 	st, err := Tar(ctx, zr, dir, opts)

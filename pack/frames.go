@@ -1,0 +1,102 @@
+package pack
+
+import (
+	"io"
+	"runtime"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// FrameSize is how much uncompressed data each zstd frame holds. Layers are
+// written as a sequence of independent frames so that the restoring node
+// decodes them in parallel (see package unpack); the result is an ordinary
+// zstd stream that `zstd -d` reads too.
+const FrameSize = 4 << 20
+
+// frameWriter compresses what is written to it into independent frames of
+// FrameSize, several at once, and writes them to w in order.
+type frameWriter struct {
+	w       io.Writer
+	enc     *zstd.Encoder
+	buf     []byte
+	pending chan chan []byte // compressed frames, in order
+	done    chan struct{}
+	err     error
+	mu      sync.Mutex
+	slots   chan struct{}
+}
+
+func newFrameWriter(w io.Writer) (*frameWriter, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return nil, err
+	}
+	n := runtime.GOMAXPROCS(0)
+	fw := &frameWriter{w: w, enc: enc, pending: make(chan chan []byte, n*2), done: make(chan struct{}), slots: make(chan struct{}, n)}
+	go fw.drain()
+	return fw, nil
+}
+
+func (fw *frameWriter) drain() {
+	defer close(fw.done)
+	for ch := range fw.pending {
+		frame := <-ch
+		fw.mu.Lock()
+		if fw.err == nil {
+			if _, err := fw.w.Write(frame); err != nil {
+				fw.err = err
+			}
+		}
+		fw.mu.Unlock()
+	}
+}
+
+func (fw *frameWriter) failed() error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return fw.err
+}
+
+func (fw *frameWriter) Write(p []byte) (int, error) {
+	if err := fw.failed(); err != nil {
+		return 0, err
+	}
+	n := len(p)
+	for len(p) > 0 {
+		if fw.buf == nil {
+			fw.buf = make([]byte, 0, FrameSize)
+		}
+		k := min(FrameSize-len(fw.buf), len(p))
+		fw.buf = append(fw.buf, p[:k]...)
+		p = p[k:]
+		if len(fw.buf) == FrameSize {
+			fw.flush()
+		}
+	}
+	return n, nil
+}
+
+func (fw *frameWriter) flush() {
+	if len(fw.buf) == 0 {
+		return
+	}
+	chunk := fw.buf
+	fw.buf = nil
+	ch := make(chan []byte, 1)
+	fw.slots <- struct{}{}
+	fw.pending <- ch
+	go func() {
+		ch <- fw.enc.EncodeAll(chunk, make([]byte, 0, len(chunk)/4))
+		<-fw.slots
+	}()
+}
+
+// Close writes the last frame and waits for every frame to be written.
+func (fw *frameWriter) Close() error {
+	fw.flush()
+	close(fw.pending)
+	<-fw.done
+	fw.enc.Close()
+	return fw.failed()
+}

@@ -1,0 +1,237 @@
+package unpack
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// A zstd stream may hold many independent frames. snapboot writes its
+// layers as frames of a few MiB each, so that they decode in parallel on
+// every core while the download streams in. frameReader cuts the stream
+// into frames by reading their headers (RFC 8878, section 3.1) without
+// decompressing them, decodes up to `workers` frames at once, and returns
+// their output in order. A stream of few, large frames (the zstd CLI makes
+// one) is decoded by a single streaming decoder instead.
+
+const (
+	frameMagic         = 0xFD2FB528
+	skippableMagicMask = 0xFFFFFFF0
+	skippableMagic     = 0x184D2A50
+	maxBlockSize       = 128 << 10
+	// maxParallelFrame is the largest compressed frame decoded in parallel;
+	// a larger one switches to the streaming decoder.
+	maxParallelFrame = 16 << 20
+	// maxFrameOutput bounds one frame's decompressed size in parallel mode.
+	maxFrameOutput = 64 << 20
+)
+
+var errFrameTooLarge = errors.New("zstd frame too large for parallel decoding")
+
+// readFrame reads one frame (or skippable frame) from br, whole.
+// With errFrameTooLarge it returns the bytes read so far.
+func readFrame(br *bufio.Reader, limit int) (frame []byte, skippable bool, err error) {
+	var buf bytes.Buffer
+	defer func() {
+		if errors.Is(err, errFrameTooLarge) {
+			frame = buf.Bytes()
+		}
+	}()
+	take := func(n int) ([]byte, error) {
+		if buf.Len()+n > limit {
+			return nil, errFrameTooLarge
+		}
+		start := buf.Len()
+		if _, err := io.CopyN(&buf, br, int64(n)); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+		return buf.Bytes()[start:], nil
+	}
+	magicBytes, err := take(4)
+	if err != nil {
+		if err == io.ErrUnexpectedEOF && buf.Len() == 0 {
+			return nil, false, io.EOF
+		}
+		return nil, false, err
+	}
+	magic := binary.LittleEndian.Uint32(magicBytes)
+	if magic&skippableMagicMask == skippableMagic {
+		sz, err := take(4)
+		if err != nil {
+			return nil, false, err
+		}
+		n := binary.LittleEndian.Uint32(sz)
+		if _, err := io.CopyN(io.Discard, br, int64(n)); err != nil {
+			return nil, false, io.ErrUnexpectedEOF
+		}
+		return nil, true, nil
+	}
+	if magic != frameMagic {
+		return nil, false, fmt.Errorf("zstd: bad frame magic %#x", magic)
+	}
+	fhd, err := take(1)
+	if err != nil {
+		return nil, false, err
+	}
+	d := fhd[0]
+	if d&0x08 != 0 {
+		return nil, false, errors.New("zstd: reserved bit set in frame header")
+	}
+	single := d&0x20 != 0
+	n := 0
+	if !single {
+		n++ // window descriptor
+	}
+	n += []int{0, 1, 2, 4}[d&0x03] // dictionary ID
+	switch fcs := d >> 6; {
+	case fcs == 0 && single:
+		n++
+	case fcs == 1:
+		n += 2
+	case fcs == 2:
+		n += 4
+	case fcs == 3:
+		n += 8
+	}
+	if _, err := take(n); err != nil {
+		return nil, false, err
+	}
+	for {
+		h, err := take(3)
+		if err != nil {
+			return nil, false, err
+		}
+		hdr := uint32(h[0]) | uint32(h[1])<<8 | uint32(h[2])<<16
+		last, typ, size := hdr&1 != 0, (hdr>>1)&3, int(hdr>>3)
+		switch typ {
+		case 0, 2: // raw, compressed
+			if size > maxBlockSize {
+				return nil, false, fmt.Errorf("zstd: block of %d bytes", size)
+			}
+		case 1: // RLE: one byte, repeated size times
+			size = 1
+		default:
+			return nil, false, errors.New("zstd: reserved block type")
+		}
+		if _, err := take(size); err != nil {
+			return nil, false, err
+		}
+		if last {
+			break
+		}
+	}
+	if d&0x04 != 0 {
+		if _, err := take(4); err != nil {
+			return nil, false, err
+		}
+	}
+	return buf.Bytes(), false, nil
+}
+
+// newFrameReader returns the decompressed content of the zstd stream r.
+func newFrameReader(r io.Reader, workers int) io.ReadCloser {
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(decodeFrames(r, pw, workers)) }()
+	return pr
+}
+
+type decoded struct {
+	out []byte
+	err error
+}
+
+func decodeFrames(r io.Reader, w io.Writer, workers int) error {
+	br := bufio.NewReaderSize(r, 1<<20)
+	decoders := make(chan *zstd.Decoder, workers)
+	for i := 0; i < workers; i++ {
+		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderMaxMemory(maxFrameOutput))
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		decoders <- d
+	}
+	// results keeps the frames in order; its capacity bounds the frames in
+	// flight (and so the memory).
+	results := make(chan chan decoded, workers*2)
+	var writeErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for res := range results {
+			d := <-res
+			if writeErr != nil {
+				continue
+			}
+			if d.err != nil {
+				writeErr = d.err
+				continue
+			}
+			if _, err := w.Write(d.out); err != nil {
+				writeErr = err
+			}
+		}
+	}()
+	finish := func(err error) error {
+		close(results)
+		wg.Wait()
+		if writeErr != nil {
+			return writeErr
+		}
+		return err
+	}
+	for {
+		frame, skippable, err := readFrame(br, maxParallelFrame)
+		if err == io.EOF {
+			return finish(nil)
+		}
+		if errors.Is(err, errFrameTooLarge) {
+			// Few large frames: decode the rest as one stream, after the
+			// frames already in flight.
+			if err := finish(nil); err != nil {
+				return err
+			}
+			return decodeStream(io.MultiReader(bytes.NewReader(frame), br), w)
+		}
+		if err != nil {
+			return finish(err)
+		}
+		if skippable {
+			continue
+		}
+		res := make(chan decoded, 1)
+		results <- res
+		dec := <-decoders
+		go func(frame []byte) {
+			out, err := dec.DecodeAll(frame, nil)
+			decoders <- dec
+			res <- decoded{out, err}
+		}(frame)
+	}
+}
+
+func decodeStream(r io.Reader, w io.Writer) error {
+	zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(0),
+		zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderMaxMemory(zstdMaxWindow))
+	if err != nil {
+		return err
+	}
+	defer zr.Close()
+	_, err = io.Copy(w, zr)
+	return err
+}

@@ -88,9 +88,9 @@ func TestCRI(t *testing.T) {
 }
 
 // serveCmd writes marker into /www/index.html and serves /www with busybox
-// httpd in the foreground.
+// httpd in the foreground, logging each request on stderr.
 func serveCmd(marker string) []string {
-	return []string{"/bin/sh", "-c", fmt.Sprintf("mkdir -p /www && echo %s > /www/index.html && exec httpd -f -p %d -h /www", marker, criHTTPPort)}
+	return []string{"/bin/sh", "-c", fmt.Sprintf("mkdir -p /www && echo %s > /www/index.html && exec httpd -f -v -p %d -h /www", marker, criHTTPPort)}
 }
 
 // testCRIRestore: a donor pod serves a marker; the snapboot CLI checkpoints
@@ -136,11 +136,46 @@ func testCRIRestore(t *testing.T, e *criEnv) {
 	log := e.logSince(offset)
 	for _, ev := range []string{"snapboot.restore", "snapboot.fallback"} {
 		if l := findLogLine(log, ev, clonePod); l != "" {
-			t.Errorf("the pod sandbox (pause) container %s went through the restore path:\n%s", clonePod, l)
+			t.Errorf("the pod sandbox (pause) container %s went through the restore path (the shim must skip specs with io.kubernetes.cri.container-type=sandbox):\n%s", clonePod, l)
 		}
 	}
 	if l := findLogLine(log, "snapboot.fallback", clone); l != "" {
 		t.Errorf("fallback logged for the restored container:\n%s", l)
+	}
+	// The restored process writes into the new container's log (its stdio
+	// are the new container's pipes): httpd -v logs the request above.
+	waitFor(t, 10*time.Second, "the restored httpd's request log in crictl logs", func() bool {
+		out, errOut, err := e.crictlErr("logs", clone)
+		return err == nil && strings.Contains(out+errOut, "10.222.")
+	})
+
+	// The restored process is in the new pod's network, IPC and UTS
+	// namespaces (CRIU joins them; the sandbox made them), in a PID
+	// namespace of its own, and it sees the new pod's hostname.
+	if pid, sandboxPID := e.containerPID(t, clone), e.sandboxPID(t, clonePod); pid > 0 && sandboxPID > 0 {
+		for _, ns := range []string{"net", "ipc", "uts", "pid"} {
+			a, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
+			b, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", sandboxPID, ns))
+			if same := a == b; same != (ns != "pid") || a == "" {
+				t.Errorf("%s namespace of the restored container %q, of the pod sandbox %q", ns, a, b)
+			}
+		}
+	}
+	if got := strings.TrimSpace(e.crictl(t, "exec", clone, "hostname")); got != "clone" {
+		t.Errorf("hostname in the restored container: %q, want the new pod's (clone); CRIU writes the donor's host name into the pod's UTS namespace it joins, the shim must put it back", got)
+	}
+
+	// Known limit (README): containerd's runc task service has no cgroup
+	// for a restored container, so CRI stats (and OOM detection) lack it.
+	if out, _, err := e.crictlErr("stats", "-o", "json", clone); err == nil {
+		var st struct {
+			Stats []struct {
+				Memory *struct{ WorkingSetBytes *struct{ Value uint64 } } `json:"memory"`
+			}
+		}
+		if json.Unmarshal([]byte(out), &st) == nil && len(st.Stats) == 1 && (st.Stats[0].Memory == nil || st.Stats[0].Memory.WorkingSetBytes == nil) {
+			t.Logf("note: crictl stats has no memory figures for the restored container (known limit)")
+		}
 	}
 	if got := e.podState(t, clonePod); got != "SANDBOX_READY" {
 		t.Errorf("clone pod state %s, want SANDBOX_READY", got)
@@ -220,7 +255,7 @@ func testCRIFallback(t *testing.T, e *criEnv) {
 
 	t0 := time.Now()
 	if _, errOut, err := e.crictlErrTimeout(30*time.Second, "stop", "--timeout", "2", id); err != nil {
-		t.Fatalf("crictl stop of the container that fell back: %v\n%s", err, errOut)
+		t.Fatalf("crictl stop of the container that fell back: %v\n%s\n(the CRI plugin waits for the exit with a Wait made before Start; after the fallback it must follow the cold container)", err, errOut)
 	}
 	if st := e.containerStatus(t, id); st != "CONTAINER_EXITED" {
 		t.Errorf("after crictl stop the container that fell back is %s (CRI missed its exit)", st)
@@ -600,6 +635,14 @@ func (e *criEnv) teardown(t *testing.T) {
 		t.Errorf("teardown: killing leftover process %d: %s", pid, strings.ReplaceAll(readFile(fmt.Sprintf("/proc/%d/cmdline", pid)), "\x00", " "))
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+	for _, pid := range pids {
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			if err != nil || strings.Contains(string(st), ") Z ") {
+				break
+			}
+		}
+	}
 	// runc state of containers whose shim was killed, the CNI result cache
 	// of sandboxes whose CNI DEL never ran, and the sockets of killed shims.
 	ids := map[string]bool{}
@@ -772,7 +815,7 @@ func (e *criEnv) removePod(id string) error {
 		return nil
 	}
 	for _, args := range [][]string{{"stopp", id}, {"rmp", "--force", id}} {
-		if _, stderr, err := e.crictlErrTimeout(30*time.Second, args...); err != nil && !strings.Contains(stderr, "not found") {
+		if _, stderr, err := e.crictlErrTimeout(20*time.Second, args...); err != nil && !strings.Contains(stderr, "not found") {
 			return fmt.Errorf("crictl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr))
 		}
 	}
@@ -814,6 +857,16 @@ func (e *criEnv) containerStatus(t *testing.T, id string) string {
 		t.Fatalf("crictl inspect %s: %v", id, err)
 	}
 	return st.Status.State
+}
+
+// sandboxPID is the host PID of a pod's sandbox (pause) process.
+func (e *criEnv) sandboxPID(t *testing.T, pod string) int {
+	t.Helper()
+	var st struct{ Info struct{ Pid int } }
+	if err := json.Unmarshal([]byte(e.crictl(t, "inspectp", "-o", "json", pod)), &st); err != nil {
+		t.Fatalf("crictl inspectp %s: %v", pod, err)
+	}
+	return st.Info.Pid
 }
 
 // containerPID is the host PID of a container's init process (0 if unknown).

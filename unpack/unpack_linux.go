@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-
 )
 
 // Mode selects which kinds of entries an archive may hold and how they are

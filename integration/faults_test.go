@@ -105,12 +105,18 @@ func importOtherImage(t *testing.T) string {
 	return name
 }
 
-func TestFaultsColdStart(t *testing.T) {
-	requireShim(t)
+// checkpointCounter checkpoints a counting donor into ref with the CLI.
+func checkpointCounter(t *testing.T, ref string) {
+	t.Helper()
 	donor, donorLog := startCounterDonor(t)
 	waitCount(t, donorLog, 5)
+	mustSnapboot(t, "checkpoint", donor, ref)
+}
+
+func TestFaultsColdStart(t *testing.T) {
+	requireShim(t)
 	base := registryAddr + "/it/faults5:v1"
-	mustSnapboot(t, "checkpoint", donor, base)
+	checkpointCounter(t, base)
 	proxy := newFaultProxy(t)
 	for _, repo := range []string{"slow", "truncated", "badjson"} {
 		orasCmd(t, "cp", base, registryAddr+"/it/"+repo+":v1")
@@ -202,10 +208,8 @@ func shimPID(id string) int {
 
 func TestShimKilledMidPull(t *testing.T) {
 	requireShim(t)
-	donor, donorLog := startCounterDonor(t)
-	waitCount(t, donorLog, 5)
 	ref := registryAddr + "/it/killed:v1"
-	mustSnapboot(t, "checkpoint", donor, ref)
+	checkpointCounter(t, ref)
 	proxy := newFaultProxy(t)
 	proxy.set(func(p *faultProxy) { p.slowBlobs["it/killed"] = 60 * time.Second })
 	cfg := nodeConfig(t, "", "[pull]\ntimeout = \"2m\"", proxy.addr)
@@ -254,10 +258,8 @@ func TestShimKilledMidPull(t *testing.T) {
 
 func TestLoadSameCheckpoint(t *testing.T) {
 	requireShim(t)
-	donor, donorLog := startCounterDonor(t)
-	waitCount(t, donorLog, 5)
 	ref := registryAddr + "/it/load-same:v1"
-	mustSnapboot(t, "checkpoint", donor, ref)
+	checkpointCounter(t, ref)
 	proxy := newFaultProxy(t)
 	cfg := nodeConfig(t, "", "[pull]\ntimeout = \"2m\"", proxy.addr)
 

@@ -12,6 +12,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/docker/go-units"
 	"github.com/urfave/cli/v3"
 
 	"github.com/snapboot/snapboot/checkpoint"
@@ -104,14 +105,5 @@ var checkpointCommand = &cli.Command{
 	},
 }
 
-func human(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
+// human spells a size in binary units ("53.5MiB").
+func human(n int64) string { return units.BytesSize(float64(n)) }

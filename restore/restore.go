@@ -169,7 +169,9 @@ func (r *Restorer) Prepare(ctx context.Context, req Request) (*Plan, error) {
 		return nil, &Error{Err: err}
 	}
 	refStr, ok := ann[AnnotationCheckpoint]
-	if !ok {
+	if !ok || isPodSandbox(ann) {
+		// A pod's sandbox (pause) container carries the pod's annotations
+		// too (containerd's pod_annotations); it is never restored.
 		return nil, ErrNotRequested
 	}
 	plan, err := r.prepare(ctx, req, refStr, ann[AnnotationCRIUOptions])
@@ -591,3 +593,9 @@ var ErrRestoreFailed = errors.New("runc restore failed")
 
 // ErrConfig is wrapped when the node configuration is unusable.
 var ErrConfig = errors.New("node configuration unusable")
+
+// isPodSandbox reports whether a spec's annotations mark a CRI pod sandbox
+// (pause) container: containerd's and CRI-O's markers.
+func isPodSandbox(ann map[string]string) bool {
+	return ann["io.kubernetes.cri.container-type"] == "sandbox" || ann["io.kubernetes.cri-o.ContainerType"] == "sandbox"
+}

@@ -47,6 +47,9 @@ type service struct {
 	mu      sync.Mutex
 	pending map[string]*pendingRestore // container ID -> restore waiting for Start
 	running map[string]*restore.Plan   // container ID -> restored, until Delete
+	// replaced: container ID -> closed when the Start fallback has replaced
+	// the failed restore's init process with a cold one (see Wait).
+	replaced map[string]chan struct{}
 }
 
 // pendingRestore is a container created from a checkpoint and not started yet.
@@ -64,6 +67,7 @@ func newService(inner taskAPI.TTRPCTaskService, publisher *filteringPublisher, r
 		armDumpFn:        restore.ArmDump,
 		pending:          map[string]*pendingRestore{},
 		running:          map[string]*restore.Plan{},
+		replaced:         map[string]chan struct{}{},
 	}
 }
 
@@ -108,6 +112,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	}
 	s.mu.Lock()
 	s.pending[r.ID] = &pendingRestore{original: r, plan: plan, restorer: restorer}
+	s.replaced[r.ID] = make(chan struct{})
 	s.mu.Unlock()
 	return resp, nil
 }
@@ -127,9 +132,20 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return s.TTRPCTaskService.Start(ctx, r)
 	}
 	began := time.Now()
+	putUTSBack, uerr := restore.SaveUTS(p.original.Bundle)
+	if uerr != nil {
+		log.G(ctx).WithError(uerr).Warn("snapboot: cannot read the pod's hostname; the restore may rename it")
+	}
 	resp, err := s.TTRPCTaskService.Start(ctx, r)
+	// Also after a failed restore: CRIU may have renamed the pod already.
+	if uerr := putUTSBack(); uerr != nil {
+		log.G(ctx).WithError(uerr).Warn("snapboot: cannot put the pod's hostname back after the restore")
+	}
 	p.plan.RestoreDone()
 	if err == nil {
+		s.mu.Lock()
+		delete(s.replaced, r.ID)
+		s.mu.Unlock()
 		p.plan.Timings.Restore = time.Since(began)
 		logRestored(ctx, p.restorer, r.ID, p.plan)
 		s.armDump(ctx, p.original.Bundle)
@@ -161,7 +177,50 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return nil, fmt.Errorf("%v; cold create after it failed: %w", restoreErr, cerr)
 	}
 	logFallback(ctx, p.restorer, r.ID, p.plan.Ref, restoreErr, p.plan.Timings.Total()+time.Since(began))
+	// Waits issued before Start (CRI, the containerd client) block on the
+	// deleted init process: send them to the new one.
+	s.mu.Lock()
+	if ch := s.replaced[r.ID]; ch != nil {
+		close(ch)
+		delete(s.replaced, r.ID)
+	}
+	s.mu.Unlock()
 	return s.TTRPCTaskService.Start(ctx, r)
+}
+
+// Wait waits for the container's init process like the runc task service,
+// but across a Start fallback: a Wait that began on the failed restore's
+// init process (which never runs, so never exits) moves to the cold one.
+func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
+	if r.ExecID != "" {
+		return s.TTRPCTaskService.Wait(ctx, r)
+	}
+	for {
+		s.mu.Lock()
+		ch := s.replaced[r.ID]
+		s.mu.Unlock()
+		if ch == nil {
+			return s.TTRPCTaskService.Wait(ctx, r)
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-ch:
+				cancel()
+			case <-wctx.Done():
+			}
+		}()
+		resp, err := s.TTRPCTaskService.Wait(wctx, r)
+		cancel()
+		select {
+		case <-ch:
+			if ctx.Err() == nil {
+				continue
+			}
+		default:
+		}
+		return resp, err
+	}
 }
 
 // Delete releases the container's hold on its checkpoint in the cache (the
@@ -178,6 +237,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		}
 		delete(s.pending, r.ID)
 		delete(s.running, r.ID)
+		delete(s.replaced, r.ID)
 		s.mu.Unlock()
 		plan.Release()
 	}

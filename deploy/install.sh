@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Installs snapboot on the node this runs on; the DaemonSet's container
+# (deploy/daemonset.yaml) runs it, privileged, with hostPID and the host's
+# /usr/local/bin, /etc/containerd and /etc/snapboot mounted under $HOST_ROOT.
+#
+#  1. checks that the node has CRIU >= 4.2 and containerd 2.x (nothing is
+#     changed on a node without them, unless SNAPBOOT_SKIP_CRIU_CHECK=true);
+#  2. installs containerd-shim-snapboot-v1 and snapboot into /usr/local/bin;
+#  3. writes /etc/snapboot/config.toml from the ConfigMap;
+#  4. unless containerd already has a `snapboot` CRI runtime: writes the
+#     drop-in /etc/containerd/conf.d/snapboot.toml, imports it from
+#     /etc/containerd/config.toml, checks the result with
+#     `containerd config dump`, and restarts containerd (systemd);
+#  5. sleeps, so that the DaemonSet's pod shows the node as done.
+#
+# Idempotent: what is in place already is left alone, and containerd is
+# restarted only when its configuration changed. Host commands run in the
+# host's mount namespace (nsenter into PID 1), as kata-deploy does.
+#
+# `install.sh uninstall` removes the drop-in and its import, the binaries and
+# the node config, and restarts containerd; pods of the snapboot runtime class
+# must be gone first.
+set -euo pipefail
+shopt -s inherit_errexit
+
+HOST_ROOT=${HOST_ROOT-/host}                 # where the host's directories are mounted
+SRC=${SNAPBOOT_SRC:-/snapboot}               # binaries and containerd-config.toml in the image
+NODE_CONFIG_SRC=${SNAPBOOT_NODE_CONFIG_SRC:-/config/config.toml}   # the ConfigMap
+BIN_DIR=${SNAPBOOT_BIN_DIR:-/usr/local/bin}  # host paths from here on
+NODE_CONFIG=${SNAPBOOT_NODE_CONFIG:-/etc/snapboot/config.toml}
+CONTAINERD_CONFIG=${SNAPBOOT_CONTAINERD_CONFIG:-/etc/containerd/config.toml}
+DROPIN=${SNAPBOOT_CONTAINERD_DROPIN:-/etc/containerd/conf.d/snapboot.toml}
+CRIU_MIN=${SNAPBOOT_CRIU_MIN:-4.2}
+SKIP_CRIU_CHECK=${SNAPBOOT_SKIP_CRIU_CHECK:-false}
+RESTART=${SNAPBOOT_RESTART_CONTAINERD:-true}
+CONTAINERD_UNIT=${SNAPBOOT_CONTAINERD_UNIT:-containerd}
+NODE=${NODE_NAME:-$(uname -n)}
+
+# host_exec runs a command in the host's mount namespace (its binaries, its
+# /etc). SNAPBOOT_HOST_EXEC overrides the prefix ("" runs it right here).
+read -r -a HOST_EXEC <<<"${SNAPBOOT_HOST_EXEC-nsenter --target 1 --mount --}"
+host_exec() { "${HOST_EXEC[@]}" "$@"; }
+
+log() { printf '[snapboot-install] %s: %s\n' "$NODE" "$*"; }
+die() {
+  printf '[snapboot-install] %s: ERROR: %s\n' "$NODE" "$*" >&2
+  exit 1
+}
+
+# version_ge A B: A >= B for dotted versions.
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
+
+check_criu() {
+  local out v
+  if ! out=$(host_exec criu --version 2>&1); then
+    criu_problem "CRIU is not installed on this node (\`criu --version\` failed: ${out:-no output})"
+    return
+  fi
+  v=$(printf '%s\n' "$out" | awk '/^Version:/ {print $2; exit}')
+  if [ -z "$v" ]; then
+    criu_problem "cannot read CRIU's version from \`criu --version\`: $out"
+  elif ! version_ge "$v" "$CRIU_MIN"; then
+    criu_problem "CRIU $v is too old: snapboot needs CRIU >= $CRIU_MIN (older ones fail on recent kernels and on TCP sockets)"
+  else
+    log "CRIU $v"
+  fi
+}
+
+criu_problem() {
+  if [ "$SKIP_CRIU_CHECK" = true ]; then
+    log "WARNING: $1. Installing anyway (SNAPBOOT_SKIP_CRIU_CHECK=true): restores will cold-start on this node."
+    return
+  fi
+  die "$1.
+  Nothing was changed on this node. Install CRIU >= $CRIU_MIN on it (Debian: the criu package
+  of trixie-backports or forky; Ubuntu: ppa:criu/ppa), then delete this pod to retry;
+  or set SNAPBOOT_SKIP_CRIU_CHECK=true in the DaemonSet to install without restores."
+}
+
+check_containerd() {
+  local out v
+  out=$(host_exec containerd --version 2>&1) || die "containerd is not on the node's PATH (\`containerd --version\`: $out)"
+  v=$(printf '%s\n' "$out" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^v?[0-9]+\.[0-9]+/) {print $i; exit}}')
+  v=${v#v}
+  case $v in
+    2.*) log "containerd $v" ;;
+    *) die "containerd ${v:-of unknown version} found: this installer needs containerd 2.x (config version 3 drop-ins). Configure the runtime by hand: README.md, Kubernetes." ;;
+  esac
+}
+
+# install_file SRC HOSTPATH MODE: atomic replace (running shims keep the old
+# inode); nothing when the content is the same. Prints "changed" if it wrote.
+install_file() {
+  local src=$1 dst=$HOST_ROOT$2 mode=$3
+  if [ -f "$dst" ] && cmp -s "$src" "$dst"; then
+    return 0
+  fi
+  mkdir -p "$(dirname "$dst")"
+  cp "$src" "$dst.snapboot-new"
+  chmod "$mode" "$dst.snapboot-new"
+  mv -f "$dst.snapboot-new" "$dst"
+  echo changed
+}
+
+containerd_dump() { host_exec containerd --config "$CONTAINERD_CONFIG" config dump 2>&1; }
+
+has_snapboot_runtime() {
+  grep -q "runtimes\.snapboot\]" <<<"$1" && grep -q "io\.containerd\.snapboot\.v1" <<<"$1"
+}
+
+# runc_uses_systemd_cgroup DUMP: the CRI runtime `runc` of a `containerd
+# config dump` has SystemdCgroup = true.
+runc_uses_systemd_cgroup() {
+  awk '
+    /^[[:space:]]*\[/ { in_runc = ($0 ~ /runtimes\.runc\.options\]/) }
+    in_runc && /^[[:space:]]*SystemdCgroup[[:space:]]*=[[:space:]]*true/ { found = 1 }
+    END { exit !found }' <<<"$1"
+}
+
+# imports_covers FILE: the top-level imports of FILE include $DROPIN (by
+# path or glob).
+imports_covers() {
+  local line entry
+  line=$(grep -E '^[[:space:]]*imports[[:space:]]*=' "$1" | head -n1) || return 1
+  while read -r entry; do
+    entry=${entry//\"/}
+    entry=${entry//\'/}
+    # shellcheck disable=SC2053 # the entry may be a glob
+    [[ $DROPIN == $entry ]] && return 0
+  done < <(grep -oE "\"[^\"]*\"|'[^']*'" <<<"$line")
+  return 1
+}
+
+# add_import: makes $CONTAINERD_CONFIG import $DROPIN. Prints "changed" if
+# it edited (or created) the file.
+add_import() {
+  local cfg=$HOST_ROOT$CONTAINERD_CONFIG
+  if [ ! -e "$cfg" ]; then
+    # containerd ran on its defaults: keep them, plus the drop-in.
+    mkdir -p "$(dirname "$cfg")"
+    printf 'version = 3\nimports = ["%s"]\n' "$DROPIN" >"$cfg"
+    echo changed
+    return 0
+  fi
+  if imports_covers "$cfg"; then
+    return 0
+  fi
+  [ -e "$cfg.snapboot-orig" ] || cp -p "$cfg" "$cfg.snapboot-orig"
+  if grep -qE '^[[:space:]]*imports[[:space:]]*=' "$cfg"; then
+    if ! grep -qE '^[[:space:]]*imports[[:space:]]*=.*\]' "$cfg"; then
+      die "$CONTAINERD_CONFIG has an \`imports\` array over several lines; add \"$DROPIN\" to it by hand"
+    fi
+    # TOML allows a trailing comma, so `imports = []` works too.
+    sed -i -E "0,/^([[:space:]]*imports[[:space:]]*=[[:space:]]*\[)/s||\1\"$DROPIN\", |" "$cfg"
+  else
+    # A top-level key must come before the first table: put it first.
+    sed -i "1i imports = [\"$DROPIN\"]" "$cfg"
+  fi
+  echo changed
+}
+
+restart_containerd() {
+  if [ "$RESTART" != true ]; then
+    log "containerd's configuration changed; restart containerd on this node to load the snapboot runtime (SNAPBOOT_RESTART_CONTAINERD=$RESTART)"
+    return 0
+  fi
+  if ! host_exec systemctl is-active --quiet "$CONTAINERD_UNIT" 2>/dev/null; then
+    log "WARNING: containerd is not the active systemd unit $CONTAINERD_UNIT here; restart containerd yourself to load the snapboot runtime"
+    return 0
+  fi
+  log "restarting $CONTAINERD_UNIT (running containers keep running)"
+  host_exec systemctl restart "$CONTAINERD_UNIT"
+  local _
+  for _ in $(seq 1 60); do
+    if host_exec systemctl is-active --quiet "$CONTAINERD_UNIT"; then
+      log "containerd is back"
+      return 0
+    fi
+    sleep 1
+  done
+  die "containerd did not come back within 60s after the restart: journalctl -u $CONTAINERD_UNIT on the node"
+}
+
+install() {
+  check_criu
+  check_containerd
+
+  local changed
+  for b in containerd-shim-snapboot-v1 snapboot; do
+    [ -x "$SRC/$b" ] || die "$SRC/$b is missing from the installer image"
+    changed=$(install_file "$SRC/$b" "$BIN_DIR/$b" 0755)
+    [ -z "$changed" ] || log "installed $BIN_DIR/$b"
+  done
+  if [ -f "$NODE_CONFIG_SRC" ]; then
+    changed=$(install_file "$NODE_CONFIG_SRC" "$NODE_CONFIG" 0644)
+    [ -z "$changed" ] || log "wrote $NODE_CONFIG"
+  else
+    log "no node config at $NODE_CONFIG_SRC (ConfigMap): the shim's defaults deny every restore"
+  fi
+
+  local dump
+  dump=$(containerd_dump) || die "\`containerd config dump\` fails on this node before any change:
+$dump"
+  if has_snapboot_runtime "$dump" && [ ! -e "$HOST_ROOT$DROPIN" ]; then
+    log "containerd already has a snapboot runtime (configured outside $DROPIN); leaving its configuration alone"
+    return 0
+  fi
+
+  local cfg=$HOST_ROOT$CONTAINERD_CONFIG had_cfg=false had_dropin=false
+  [ -e "$cfg" ] && had_cfg=true && cp -p "$cfg" "$cfg.snapboot-tmp"
+  [ -e "$HOST_ROOT$DROPIN" ] && had_dropin=true && cp -p "$HOST_ROOT$DROPIN" "$HOST_ROOT$DROPIN.snapboot-tmp"
+  # The drop-in; on a node whose runc runtime uses the systemd cgroup driver
+  # (kubelet's cgroupDriver: systemd), snapboot's must too.
+  local dropin_src=$SRC/containerd-config.toml
+  if runc_uses_systemd_cgroup "$dump"; then
+    dropin_src=$(mktemp)
+    cat "$SRC/containerd-config.toml" - >"$dropin_src" <<EOF
+
+  # Added by install.sh: the node's runc runtime has SystemdCgroup = true.
+  [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.snapboot.options]
+    SystemdCgroup = true
+EOF
+    log "runc uses the systemd cgroup driver here: so will snapboot"
+  fi
+  local c1 c2
+  c1=$(install_file "$dropin_src" "$DROPIN" 0644)
+  [ "$dropin_src" = "$SRC/containerd-config.toml" ] || rm -f "$dropin_src"
+  c2=$(add_import)
+  if [ -z "$c1$c2" ]; then
+    rm -f "$cfg.snapboot-tmp" "$HOST_ROOT$DROPIN.snapboot-tmp"
+    log "containerd's configuration is up to date"
+    return 0
+  fi
+  if ! dump=$(containerd_dump) || ! has_snapboot_runtime "$dump"; then
+    # Put everything back as it was, and leave containerd running as it is.
+    if $had_cfg; then mv -f "$cfg.snapboot-tmp" "$cfg"; else rm -f "$cfg"; fi
+    if $had_dropin; then mv -f "$HOST_ROOT$DROPIN.snapboot-tmp" "$HOST_ROOT$DROPIN"; else rm -f "$HOST_ROOT$DROPIN"; fi
+    die "containerd's configuration with the snapboot runtime does not check out; changes undone:
+$dump"
+  fi
+  rm -f "$cfg.snapboot-tmp" "$HOST_ROOT$DROPIN.snapboot-tmp"
+  [ -z "$c1" ] || log "wrote $DROPIN"
+  [ -z "$c2" ] || log "$CONTAINERD_CONFIG imports $DROPIN"
+  restart_containerd
+}
+
+uninstall() {
+  local cfg=$HOST_ROOT$CONTAINERD_CONFIG changed=
+  if [ -e "$HOST_ROOT$DROPIN" ]; then
+    rm -f "$HOST_ROOT$DROPIN"
+    changed=1
+  fi
+  if [ -e "$cfg" ] && grep -qF "\"$DROPIN\"" "$cfg"; then
+    sed -i -E -e "s|\"${DROPIN}\",?[[:space:]]*||" -e '/^[[:space:]]*imports[[:space:]]*=[[:space:]]*\[[[:space:]]*\][[:space:]]*$/d' "$cfg"
+    changed=1
+  fi
+  rm -f "$HOST_ROOT$BIN_DIR/containerd-shim-snapboot-v1" "$HOST_ROOT$BIN_DIR/snapboot" "$HOST_ROOT$NODE_CONFIG"
+  log "removed the binaries, $NODE_CONFIG and the containerd drop-in (the cache under /var/lib/snapboot stays)"
+  if [ -n "$changed" ]; then
+    restart_containerd
+  fi
+}
+
+case ${1:-install} in
+  install)
+    install
+    log "done: snapboot is installed; label the node snapboot.dev/node=true if it is not yet"
+    ;;
+  uninstall)
+    uninstall
+    exit 0
+    ;;
+  *)
+    echo "usage: $0 [install|uninstall]" >&2
+    exit 2
+    ;;
+esac
+
+if [ "${SNAPBOOT_SLEEP:-true}" = true ]; then
+  # Keep the pod running (and its log readable) until the DaemonSet goes.
+  trap 'exit 0' TERM INT
+  sleep infinity &
+  wait
+fi

@@ -1,0 +1,77 @@
+//go:build linux
+
+package restore
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// SaveUTS is for a container that joins a UTS namespace by path, as the
+// containers of a Kubernetes pod join their sandbox's: CRIU joins it, but
+// then writes the donor's hostname and domain name into it, which renames
+// the whole pod. SaveUTS reads the namespace's names before the restore; the
+// returned function puts them back after it. Both are no-ops for a container
+// with a UTS namespace of its own.
+func SaveUTS(bundle string) (func() error, error) {
+	noop := func() error { return nil }
+	spec, err := readSpec(bundle)
+	if err != nil {
+		return noop, err
+	}
+	path := ""
+	if spec.Linux != nil {
+		for _, ns := range spec.Linux.Namespaces {
+			if ns.Type == specs.UTSNamespace {
+				path = ns.Path
+			}
+		}
+	}
+	if path == "" {
+		return noop, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return noop, fmt.Errorf("UTS namespace %s: %w", path, err)
+	}
+	var host, domain string
+	if err := inUTSNamespace(f, func() error {
+		var u unix.Utsname
+		if err := unix.Uname(&u); err != nil {
+			return err
+		}
+		host, domain = unix.ByteSliceToString(u.Nodename[:]), unix.ByteSliceToString(u.Domainname[:])
+		return nil
+	}); err != nil {
+		f.Close()
+		return noop, fmt.Errorf("UTS namespace %s: %w", path, err)
+	}
+	return func() error {
+		defer f.Close()
+		return inUTSNamespace(f, func() error {
+			if err := unix.Sethostname([]byte(host)); err != nil {
+				return err
+			}
+			return unix.Setdomainname([]byte(domain))
+		})
+	}, nil
+}
+
+// inUTSNamespace runs fn on a thread that has joined the UTS namespace ns.
+// The thread stays locked, so it ends with the goroutine.
+func inUTSNamespace(ns *os.File, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWUTS); err != nil {
+			errc <- err
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}

@@ -393,3 +393,15 @@ func TestArmDump(t *testing.T) {
 		t.Fatal("ArmDump of a bundle without config.json: want an error")
 	}
 }
+
+func TestPodSandboxNeverRestored(t *testing.T) {
+	e := newEnv(t)
+	e.reg.add(t, "v1", testArtifact{})
+	b := bundle(t, map[string]string{AnnotationCheckpoint: "reg.test/apps/web:v1", "io.kubernetes.cri.container-type": "sandbox"})
+	if _, err := e.restorer.Prepare(context.Background(), Request{ContainerID: "pause", Bundle: b, Rootfs: overlayRootfs}); !errors.Is(err, ErrNotRequested) {
+		t.Fatalf("pause container: got %v, want ErrNotRequested", err)
+	}
+	if e.reg.layerFetch.Load() != 0 {
+		t.Fatal("layers downloaded for a pause container")
+	}
+}

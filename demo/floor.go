@@ -17,6 +17,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/snapboot/snapboot/criuconf"
+	"github.com/snapboot/snapboot/criulog"
 )
 
 var pulledDigest = regexp.MustCompile(`@(sha256:[0-9a-f]{64})`)
@@ -24,8 +25,7 @@ var pulledDigest = regexp.MustCompile(`@(sha256:[0-9a-f]{64})`)
 // floor restores the same CRIU images with containerd's stock runc shim
 // from local disk: no registry, no verification, no unpacking. The
 // checkpoint's rootfs changes are copied into the container's writable
-// layer beforehand, and the timer starts at task creation, like the
-// snapboot measurements that start at `ctr run`.
+// layer before its task is created (not timed).
 func (d *demo) floor(ctx context.Context, ref string) (time.Duration, error) {
 	out, err := d.s.snapboot(ctx, "pull", ref)
 	if err != nil {
@@ -52,7 +52,10 @@ func (d *demo) floor(ctx context.Context, ref string) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	// The same spec as `ctr run --net-host --env ...` gave the donor.
+	// The same spec as `ctr run --net-host --env ...` gave the donor. The
+	// timer counts creating the container and restoring its task, not the
+	// copy of the rootfs changes in between.
+	began := time.Now()
 	c, err := client.NewContainer(ctx, id,
 		containerd.WithRuntime("io.containerd.runc.v2", nil),
 		containerd.WithNewSnapshot(id, img),
@@ -64,6 +67,7 @@ func (d *demo) floor(ctx context.Context, ref string) (time.Duration, error) {
 		return 0, err
 	}
 	defer d.s.removeContainer(context.WithoutCancel(ctx), id)
+	created := time.Since(began)
 	if rootfs := filepath.Join(unpacked, "rootfs"); dirExists(rootfs) {
 		mounts, err := client.SnapshotService("overlayfs").Mounts(ctx, id)
 		if err != nil {
@@ -80,23 +84,34 @@ func (d *demo) floor(ctx context.Context, ref string) (time.Duration, error) {
 		}
 		// The unpacked layer already has overlay whiteouts: copied into the
 		// upper directory they mean the same as in snapboot's lower layer.
-		if out, err := exec.Command("cp", "-a", rootfs+"/.", upper+"/").CombinedOutput(); err != nil {
-			return 0, fmt.Errorf("floor: copy rootfs changes: %v: %s", err, out)
+		// Entry by entry: the upper directory keeps its own root's mode.
+		entries, err := os.ReadDir(rootfs)
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range entries {
+			if out, err := exec.Command("cp", "-a", filepath.Join(rootfs, e.Name()), upper+"/").CombinedOutput(); err != nil {
+				return 0, fmt.Errorf("floor: copy rootfs changes: %v: %s", err, out)
+			}
 		}
 	}
 	logPath := filepath.Join(d.s.dir, "logs", id+".log")
-	began := time.Now()
-	task, err := c.NewTask(ctx, cio.LogFile(logPath), containerd.WithRestoreImagePath(filepath.Join(unpacked, "criu")))
+	work := filepath.Join(d.s.dir, "logs", id+"-criu")
+	if err := os.MkdirAll(work, 0o700); err != nil {
+		return 0, err
+	}
+	began = time.Now()
+	task, err := c.NewTask(ctx, cio.LogFile(logPath), containerd.WithRestoreImagePath(filepath.Join(unpacked, "criu")), containerd.WithRestoreWorkPath(work))
 	if err != nil {
 		return 0, fmt.Errorf("floor: create: %w", err)
 	}
 	if err := task.Start(ctx); err != nil {
-		return 0, fmt.Errorf("floor: runc restore: %w", err)
+		return 0, fmt.Errorf("floor: runc restore: %w; CRIU: %s", err, criulog.Errors(filepath.Join(work, "restore.log")))
 	}
 	if _, err := waitHTTP(ctx, d.url, 5*time.Minute); err != nil {
 		return 0, err
 	}
-	return time.Since(began), nil
+	return created + time.Since(began), nil
 }
 
 func dirExists(p string) bool {

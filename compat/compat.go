@@ -60,6 +60,13 @@ func Check(m *oci.Metadata, n *Node) error {
 		// CRIU reads images written by older versions; not by newer ones.
 		reasons = append(reasons, fmt.Sprintf("dumped by CRIU %s, node has CRIU %s", m.CRIU.Version, n.CRIUVersionString()))
 	}
+	if dk, ok := kernelVersion(m.Host.Kernel); ok {
+		// A newer kernel may have given the donor state (syscalls, rseq,
+		// socket options) an older one can't restore: refuse, to be safe.
+		if nk, ok := kernelVersion(n.Kernel); ok && nk < dk {
+			reasons = append(reasons, fmt.Sprintf("dumped on kernel %s, node runs the older %s", m.Host.Kernel, n.Kernel))
+		}
+	}
 	if missing := missingFlags(m.Host.CPU.Flags, n.CPU.Flags); len(missing) > 0 {
 		if len(missing) > 8 {
 			missing = append(missing[:8], fmt.Sprintf("and %d more", len(missing)-8))
@@ -70,6 +77,16 @@ func Check(m *oci.Metadata, n *Node) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s", ErrIncompatible, strings.Join(reasons, "; "))
+}
+
+// kernelVersion turns "6.18.44-fc-v782" into 6*1000+18, comparing major
+// and minor versions only.
+func kernelVersion(release string) (int, bool) {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		return 0, false
+	}
+	return major*1000 + minor, true
 }
 
 // missingFlags are the donor's CPU flags that the node lacks.

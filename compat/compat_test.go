@@ -9,7 +9,7 @@ import (
 )
 
 func TestCheck(t *testing.T) {
-	node := &Node{Architecture: "amd64", CRIUVersion: 40201, CPU: oci.CPU{Flags: []string{"avx", "avx2", "sse2"}}}
+	node := &Node{Architecture: "amd64", Kernel: "6.18.44-fc-v782", CRIUVersion: 40201, CPU: oci.CPU{Flags: []string{"avx", "avx2", "sse2"}}}
 	meta := func(edit func(*oci.Metadata)) *oci.Metadata {
 		m := &oci.Metadata{FormatVersion: 1, CRIU: oci.Version{Version: "4.2.1"},
 			Host: oci.Host{Architecture: "amd64", OS: "linux", CPU: oci.CPU{Flags: []string{"avx", "sse2", "hypervisor"}}}}
@@ -21,6 +21,9 @@ func TestCheck(t *testing.T) {
 	if err := Check(meta(nil), node); err != nil {
 		t.Fatalf("compatible checkpoint refused: %v", err)
 	}
+	if err := Check(meta(func(m *oci.Metadata) { m.Host.Kernel = "6.12.9-amd64" }), node); err != nil {
+		t.Fatalf("checkpoint of an older kernel refused: %v", err)
+	}
 	if err := Check(meta(func(m *oci.Metadata) { m.CRIU.Version = "4.1" }), node); err != nil {
 		t.Fatalf("older CRIU's images refused: %v", err)
 	}
@@ -28,11 +31,12 @@ func TestCheck(t *testing.T) {
 		edit func(*oci.Metadata)
 		want string
 	}{
-		"arch":        {func(m *oci.Metadata) { m.Host.Architecture = "arm64" }, "architecture arm64"},
-		"newer criu":  {func(m *oci.Metadata) { m.CRIU.Version = "4.3.0" }, "CRIU 4.3.0"},
-		"cpu flags":   {func(m *oci.Metadata) { m.Host.CPU.Flags = append(m.Host.CPU.Flags, "avx512f") }, "avx512f"},
-		"other os":    {func(m *oci.Metadata) { m.Host.OS = "windows" }, "os windows"},
-		"bad version": {func(m *oci.Metadata) { m.CRIU.Version = "x" }, "version"},
+		"arch":         {func(m *oci.Metadata) { m.Host.Architecture = "arm64" }, "architecture arm64"},
+		"newer criu":   {func(m *oci.Metadata) { m.CRIU.Version = "4.3.0" }, "CRIU 4.3.0"},
+		"cpu flags":    {func(m *oci.Metadata) { m.Host.CPU.Flags = append(m.Host.CPU.Flags, "avx512f") }, "avx512f"},
+		"other os":     {func(m *oci.Metadata) { m.Host.OS = "windows" }, "os windows"},
+		"newer kernel": {func(m *oci.Metadata) { m.Host.Kernel = "6.19.1" }, "older 6.18.44"},
+		"bad version":  {func(m *oci.Metadata) { m.CRIU.Version = "x" }, "version"},
 	}
 	for name, c := range cases {
 		err := Check(meta(c.edit), node)

@@ -105,13 +105,15 @@ func (c *Cache) FetchBlob(ctx context.Context, src content.Fetcher, desc ocispec
 	return path, true, nil
 }
 
-// FetchBlobTo passes the blob's content to consume while it is downloaded
-// into the cache (or, when it is cached already, from the cache), and
-// returns whether it was downloaded. A download and its consumer run at the
-// same time; the blob is stored only if it matches its digest and size, and
-// an error is returned otherwise, after consume has seen the content: the
-// consumer must write only where a failure can be thrown away.
-func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor, consume func(io.Reader) error) (downloaded bool, err error) {
+// FetchBlobTo passes the blob's content to consume while it downloads (or,
+// when it is cached already, from the cache), and returns whether it was
+// downloaded. The download is checked against the descriptor's digest and
+// size as it streams; a mismatch is an error returned after consume has seen
+// the content, so the consumer must write only where a failure can be
+// thrown away. With keep, the blob is stored in the cache too; without it,
+// only what consume makes of it is kept (the unpacked layer), which saves
+// writing the compressed copy to disk on the restore path.
+func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor, keep bool, consume func(io.Reader) error) (downloaded bool, err error) {
 	if err := desc.Digest.Validate(); err != nil {
 		return false, fmt.Errorf("blob digest: %w", err)
 	}
@@ -151,8 +153,15 @@ func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocisp
 		pr.CloseWithError(err) // a failed consumer stops the download
 		consumed <- err
 	}()
-	err = c.blobs.Push(ctx, desc, io.TeeReader(rc, pw))
-	if err != nil && !errors.Is(err, errdef.ErrAlreadyExists) {
+	if keep {
+		err = c.blobs.Push(ctx, desc, io.TeeReader(rc, pw))
+		if errors.Is(err, errdef.ErrAlreadyExists) {
+			err = nil
+		}
+	} else {
+		err = verifiedCopy(pw, rc, desc)
+	}
+	if err != nil {
 		pw.CloseWithError(err)
 		c.removeIngest(desc.Digest)
 		if cerr := <-consumed; cerr != nil && !errors.Is(cerr, err) {
@@ -165,6 +174,22 @@ func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocisp
 		return true, err
 	}
 	return true, nil
+}
+
+// verifiedCopy copies exactly desc.Size bytes of r to w and checks them
+// against desc.Digest.
+func verifiedCopy(w io.Writer, r io.Reader, desc ocispec.Descriptor) error {
+	v := desc.Digest.Verifier()
+	n, err := io.CopyBuffer(io.MultiWriter(w, v), io.LimitReader(r, desc.Size+1), make([]byte, 1<<20))
+	switch {
+	case err != nil:
+		return err
+	case n != desc.Size:
+		return fmt.Errorf("%s: %d bytes, want %d: %w", desc.Digest, n, desc.Size, errdef.ErrSizeExceedsLimit)
+	case !v.Verified():
+		return fmt.Errorf("%s: mismatched digest", desc.Digest)
+	}
+	return nil
 }
 
 // removeIngest removes the temporary download files of one digest. Call it

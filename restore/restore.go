@@ -487,7 +487,7 @@ func (r *Restorer) pullAndUnpack(ctx context.Context, a *artifact, dir string, f
 		}
 		t := time.Now()
 		var st unpack.Stats
-		downloaded, err := a.cache.FetchBlobTo(ctx, a.src, l, func(rd io.Reader) error {
+		downloaded, err := a.cache.FetchBlobTo(ctx, a.src, l, false, func(rd io.Reader) error {
 			var err error
 			st, err = unpack.TarZstd(ctx, rd, target, unpack.Options{Mode: mode, MaxBytes: budget})
 			return err

@@ -35,10 +35,17 @@ const (
 
 var errFrameTooLarge = errors.New("zstd frame too large for parallel decoding")
 
-// readFrame reads one frame (or skippable frame) from br, whole.
+// Frame buffers are reused: a shim runs with a low GC percentage, and a
+// large layer is hundreds of frames.
+var (
+	inBufs  = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+	outBufs = sync.Pool{New: func() any { b := make([]byte, 0, 8<<20); return &b }}
+)
+
+// readFrame reads one frame (or skippable frame) from br, whole, into buf.
 // With errFrameTooLarge it returns the bytes read so far.
-func readFrame(br *bufio.Reader, limit int) (frame []byte, skippable bool, err error) {
-	var buf bytes.Buffer
+func readFrame(br *bufio.Reader, limit int, buf *bytes.Buffer) (frame []byte, skippable bool, err error) {
+	buf.Reset()
 	defer func() {
 		if errors.Is(err, errFrameTooLarge) {
 			frame = buf.Bytes()
@@ -49,7 +56,7 @@ func readFrame(br *bufio.Reader, limit int) (frame []byte, skippable bool, err e
 			return nil, errFrameTooLarge
 		}
 		start := buf.Len()
-		if _, err := io.CopyN(&buf, br, int64(n)); err != nil {
+		if _, err := io.CopyN(buf, br, int64(n)); err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
@@ -149,7 +156,7 @@ func newFrameReader(r io.Reader, workers int) io.ReadCloser {
 }
 
 type decoded struct {
-	out []byte
+	out *[]byte
 	err error
 }
 
@@ -180,11 +187,13 @@ func decodeFrames(r io.Reader, w io.Writer, workers int) error {
 			}
 			if d.err != nil {
 				writeErr = d.err
+				outBufs.Put(d.out)
 				continue
 			}
-			if _, err := w.Write(d.out); err != nil {
+			if _, err := w.Write(*d.out); err != nil {
 				writeErr = err
 			}
+			outBufs.Put(d.out)
 		}
 	}()
 	finish := func(err error) error {
@@ -196,7 +205,8 @@ func decodeFrames(r io.Reader, w io.Writer, workers int) error {
 		return err
 	}
 	for {
-		frame, skippable, err := readFrame(br, maxParallelFrame)
+		in := inBufs.Get().(*bytes.Buffer)
+		frame, skippable, err := readFrame(br, maxParallelFrame, in)
 		if err == io.EOF {
 			return finish(nil)
 		}
@@ -212,14 +222,18 @@ func decodeFrames(r io.Reader, w io.Writer, workers int) error {
 			return finish(err)
 		}
 		if skippable {
+			inBufs.Put(in)
 			continue
 		}
 		res := make(chan decoded, 1)
 		results <- res
 		dec := <-decoders
 		go func(frame []byte) {
-			out, err := dec.DecodeAll(frame, nil)
+			out := outBufs.Get().(*[]byte)
+			var err error
+			*out, err = dec.DecodeAll(frame, (*out)[:0])
 			decoders <- dec
+			inBufs.Put(in)
 			res <- decoded{out, err}
 		}(frame)
 	}

@@ -146,106 +146,169 @@ func readFrame(br *bufio.Reader, limit int, buf *bytes.Buffer) (frame []byte, sk
 }
 
 // newFrameReader returns the decompressed content of the zstd stream r.
+// Frames are decoded by `workers` goroutines and read in order straight
+// from their decoded buffers.
 func newFrameReader(r io.Reader, workers int) io.ReadCloser {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(decodeFrames(r, pw, workers)) }()
-	return pr
+	fr := &frameReader{
+		// Its capacity bounds the frames in flight, and so the memory.
+		results: make(chan chan piece, workers*2),
+		stop:    make(chan struct{}),
+	}
+	go fr.split(bufio.NewReaderSize(r, 1<<20), workers)
+	return fr
 }
 
-type decoded struct {
-	out *[]byte
-	err error
+// piece is the next part of the output: a decoded frame, the rest of the
+// stream to decode sequentially, or an error.
+type piece struct {
+	out    *[]byte
+	stream *zstd.Decoder
+	err    error
 }
 
-func decodeFrames(r io.Reader, w io.Writer, workers int) error {
-	br := bufio.NewReaderSize(r, 1<<20)
+type frameReader struct {
+	results chan chan piece
+	stop    chan struct{}
+	once    sync.Once
+
+	cur    *[]byte
+	off    int
+	stream *zstd.Decoder
+	err    error
+}
+
+func (f *frameReader) Read(p []byte) (int, error) {
+	for {
+		switch {
+		case f.err != nil:
+			return 0, f.err
+		case f.stream != nil:
+			return f.stream.Read(p)
+		case f.cur != nil && f.off < len(*f.cur):
+			n := copy(p, (*f.cur)[f.off:])
+			f.off += n
+			return n, nil
+		}
+		if f.cur != nil {
+			outBufs.Put(f.cur)
+			f.cur = nil
+		}
+		res, ok := <-f.results
+		if !ok {
+			f.err = io.EOF
+			continue
+		}
+		pc := <-res
+		switch {
+		case pc.err != nil:
+			f.err = pc.err
+		case pc.stream != nil:
+			f.stream = pc.stream
+		default:
+			f.cur, f.off = pc.out, 0
+		}
+	}
+}
+
+// Close stops the decoding; it is safe to call before the end.
+func (f *frameReader) Close() error {
+	f.once.Do(func() {
+		close(f.stop)
+		go func() { // release the frames still in flight
+			for res := range f.results {
+				if pc := <-res; pc.out != nil {
+					outBufs.Put(pc.out)
+				} else if pc.stream != nil {
+					pc.stream.Close()
+				}
+			}
+		}()
+		if f.stream != nil {
+			f.stream.Close()
+		}
+	})
+	return nil
+}
+
+// split cuts the stream into frames and hands them to the decoders, in
+// order; it ends the results when the stream ends, fails, or the reader is
+// closed.
+func (f *frameReader) split(br *bufio.Reader, workers int) {
+	defer close(f.results)
+	var inflight sync.WaitGroup
 	decoders := make(chan *zstd.Decoder, workers)
+	defer func() {
+		inflight.Wait()
+		for len(decoders) > 0 {
+			(<-decoders).Close()
+		}
+	}()
 	for i := 0; i < workers; i++ {
 		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1),
 			zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderMaxMemory(maxFrameOutput))
 		if err != nil {
-			return err
+			f.send(piece{err: err})
+			return
 		}
-		defer d.Close()
 		decoders <- d
-	}
-	// results keeps the frames in order; its capacity bounds the frames in
-	// flight (and so the memory).
-	results := make(chan chan decoded, workers*2)
-	var writeErr error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for res := range results {
-			d := <-res
-			if writeErr != nil {
-				continue
-			}
-			if d.err != nil {
-				writeErr = d.err
-				outBufs.Put(d.out)
-				continue
-			}
-			if _, err := w.Write(*d.out); err != nil {
-				writeErr = err
-			}
-			outBufs.Put(d.out)
-		}
-	}()
-	finish := func(err error) error {
-		close(results)
-		wg.Wait()
-		if writeErr != nil {
-			return writeErr
-		}
-		return err
 	}
 	for {
 		in := inBufs.Get().(*bytes.Buffer)
 		frame, skippable, err := readFrame(br, maxParallelFrame, in)
-		if err == io.EOF {
-			return finish(nil)
-		}
-		if errors.Is(err, errFrameTooLarge) {
-			// Few large frames: decode the rest as one stream, after the
-			// frames already in flight.
-			if err := finish(nil); err != nil {
-				return err
+		switch {
+		case err == io.EOF:
+			return
+		case errors.Is(err, errFrameTooLarge):
+			// Few large frames: the rest is one stream, decoded by the
+			// reader once the frames in flight are read.
+			zr, zerr := zstd.NewReader(io.MultiReader(bytes.NewReader(frame), br), zstd.WithDecoderConcurrency(0),
+				zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderMaxMemory(zstdMaxWindow))
+			if zerr != nil {
+				f.send(piece{err: zerr})
+				return
 			}
-			return decodeStream(io.MultiReader(bytes.NewReader(frame), br), w)
-		}
-		if err != nil {
-			return finish(err)
-		}
-		if skippable {
+			if !f.send(piece{stream: zr}) {
+				zr.Close()
+			}
+			return
+		case err != nil:
+			f.send(piece{err: err})
+			return
+		case skippable:
 			inBufs.Put(in)
 			continue
 		}
-		res := make(chan decoded, 1)
-		results <- res
+		res := make(chan piece, 1)
+		select {
+		case f.results <- res:
+		case <-f.stop:
+			return
+		}
 		dec := <-decoders
-		go func(frame []byte) {
+		inflight.Add(1)
+		go func() {
+			defer inflight.Done()
 			out := outBufs.Get().(*[]byte)
 			var err error
 			*out, err = dec.DecodeAll(frame, (*out)[:0])
 			decoders <- dec
 			inBufs.Put(in)
-			res <- decoded{out, err}
-		}(frame)
+			res <- piece{out: out, err: err}
+		}()
 	}
 }
 
-func decodeStream(r io.Reader, w io.Writer) error {
-	zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(0),
-		zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderMaxMemory(zstdMaxWindow))
-	if err != nil {
-		return err
+// send queues one last piece; false when the reader was closed.
+func (f *frameReader) send(pc piece) bool {
+	res := make(chan piece, 1)
+	res <- pc
+	select {
+	case f.results <- res:
+		return true
+	case <-f.stop:
+		return false
 	}
-	defer zr.Close()
-	_, err = io.Copy(w, zr)
-	return err
 }

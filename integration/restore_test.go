@@ -157,6 +157,11 @@ func TestRestoreContinuesCounting(t *testing.T) {
 			t.Errorf("rootfs changes: /tmp/app.log in the clone = %q", got)
 		}
 
+		// Stats work for a restored container as for a cold one.
+		if m := ctr(t, "task", "metrics", clone); !strings.Contains(m, "memory") && !strings.Contains(m, "pids") {
+			t.Errorf("ctr task metrics of the restored container:\n%s", m)
+		}
+
 		// kill and delete work as for any container.
 		ctr(t, "task", "kill", "--signal", "SIGKILL", clone)
 		waitTaskStatus(t, clone, "STOPPED", 10*time.Second)

@@ -47,6 +47,8 @@ type service struct {
 	mu      sync.Mutex
 	pending map[string]*pendingRestore // container ID -> restore waiting for Start
 	running map[string]*restore.Plan   // container ID -> restored, until Delete
+	// restored are the containers whose init process was restored.
+	restored map[string]bool
 	// replaced: container ID -> closed when the Start fallback has replaced
 	// the failed restore's init process with a cold one (see Wait).
 	replaced map[string]chan struct{}
@@ -67,6 +69,7 @@ func newService(inner taskAPI.TTRPCTaskService, publisher *filteringPublisher, r
 		armDumpFn:        restore.ArmDump,
 		pending:          map[string]*pendingRestore{},
 		running:          map[string]*restore.Plan{},
+		restored:         map[string]bool{},
 		replaced:         map[string]chan struct{}{},
 	}
 }
@@ -145,6 +148,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if err == nil {
 		s.mu.Lock()
 		delete(s.replaced, r.ID)
+		s.restored[r.ID] = true
 		s.mu.Unlock()
 		p.plan.Timings.Restore = time.Since(began)
 		logRestored(ctx, p.restorer, r.ID, p.plan)
@@ -238,6 +242,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		delete(s.pending, r.ID)
 		delete(s.running, r.ID)
 		delete(s.replaced, r.ID)
+		delete(s.restored, r.ID)
 		s.mu.Unlock()
 		plan.Release()
 	}

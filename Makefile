@@ -36,8 +36,8 @@ build:
 	$(GO) build -o $(BIN)/containerd-shim-snapboot-v1 ./cmd/containerd-shim-snapboot-v1
 	$(GO) build -o $(BIN)/snapboot ./cmd/snapboot
 
-## test: the README's test command: install what is missing, then unit, fuzz and integration tests
-test: deps vet unit fuzz integration
+## test: the README's test command: install what is missing (the demo's PostgreSQL and debootstrap too: a reduced demo is an integration test), then unit, fuzz and integration tests
+test: demo-deps vet unit fuzz integration
 
 vet:
 	$(GO) vet ./...

@@ -123,7 +123,7 @@ func startCounterClone(t *testing.T, ref string) (id, logFile string) {
 		ann["snapboot.dev/checkpoint"] = ref
 	}
 	logFile = runDetachedOpts(t, id, runOptions{Runtime: snapbootRuntime, Annotations: ann,
-		Flags: []string{"--with-ns", "network:" + newNetns(t)}}, "/bin/sh", "-c", counterScript)
+		Flags: []string{"--with-ns", "network:" + newNetns(t), "--hostname", "host-" + id[len(id)-6:]}}, "/bin/sh", "-c", counterScript)
 	return id, logFile
 }
 
@@ -155,6 +155,11 @@ func TestRestoreContinuesCounting(t *testing.T) {
 		}
 		if got := ctr(t, "task", "exec", "--fifo-dir", fifoDir, "--exec-id", "cat", clone, "/bin/cat", "/tmp/app.log"); got != "started\n" {
 			t.Errorf("rootfs changes: /tmp/app.log in the clone = %q", got)
+		}
+
+		// The host name is the clone's spec's, not the donor's.
+		if got := strings.TrimSpace(ctr(t, "task", "exec", "--fifo-dir", fifoDir, "--exec-id", "hn", clone, "/bin/hostname")); got != "host-"+clone[len(clone)-6:] {
+			t.Errorf("restored container's host name %q, want its spec's %q", got, "host-"+clone[len(clone)-6:])
 		}
 
 		// Stats work for a restored container as for a cold one.

@@ -75,3 +75,37 @@ func inUTSNamespace(ns *os.File, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// SetSpecHostname gives a restored container with a UTS namespace of its own
+// the host name and domain name of its spec: CRIU restores the donor's.
+// It does nothing for a container that joins a namespace by path (see
+// SaveUTS) or whose spec sets no host name.
+func SetSpecHostname(bundle string, pid uint32) error {
+	spec, err := readSpec(bundle)
+	if err != nil {
+		return err
+	}
+	if spec.Hostname == "" || pid == 0 || spec.Linux == nil {
+		return nil
+	}
+	own := false
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.UTSNamespace {
+			own = ns.Path == ""
+		}
+	}
+	if !own {
+		return nil
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/uts", pid))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return inUTSNamespace(f, func() error {
+		if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
+			return err
+		}
+		return unix.Setdomainname([]byte(spec.Domainname))
+	})
+}

@@ -151,6 +151,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		s.restored[r.ID] = true
 		s.mu.Unlock()
 		p.plan.Timings.Restore = time.Since(began)
+		if err := restore.SetSpecHostname(p.original.Bundle, resp.Pid); err != nil {
+			log.G(ctx).WithError(err).Warn("snapboot: cannot give the restored container its spec's host name")
+		}
 		logRestored(ctx, p.restorer, r.ID, p.plan)
 		s.armDump(ctx, p.original.Bundle)
 		if p.plan.NeedsCache() {

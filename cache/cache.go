@@ -1,8 +1,10 @@
-// Package cache is the node-local, content-addressed checkpoint cache. Blobs
-// are stored by digest (verified on the way in), unpacked checkpoints by
-// manifest digest, and the last resolution of every tag, so that a second
-// restore of a checkpoint downloads nothing and works with the registry
-// down. File locks make concurrent shims share one download.
+// Package cache is the node-local, content-addressed checkpoint cache:
+// unpacked checkpoints by manifest digest, verified blobs by digest (the
+// manifests and metadata; layers are verified as they stream into the
+// unpacker), and the last resolution of every tag, so that a second restore
+// of a checkpoint downloads nothing and works with the registry down. File
+// locks make concurrent shims share one download; holds keep eviction away
+// from checkpoints in use.
 package cache
 
 import (
@@ -26,7 +28,7 @@ import (
 
 // Cache is one cache root. Layout:
 //
-//	blobs/sha256/HEX    verified blobs (oras-go's OCI storage layout)
+//	blobs/sha256/HEX    verified blobs (oras-go's OCI storage layout): manifests, metadata
 //	ingest/             downloads in progress
 //	unpacked/HEX/       unpacked checkpoints, by manifest digest: criu/, rootfs/
 //	refs/HASH.json      the descriptor a tag last resolved to

@@ -362,7 +362,7 @@ func TestLoadManyCheckpointsWithinCacheLimit(t *testing.T) {
 		logLine(t, offset, "snapboot.restore", ids[i], 60*time.Second)
 	}
 	var size int64
-	waitFor(t, 30*time.Second, fmt.Sprintf("the cache to shrink to %d bytes", limit), func() bool {
+	waitFor(t, 90*time.Second, fmt.Sprintf("the cache to shrink to %d bytes", limit), func() bool {
 		size = 0
 		for _, sub := range []string{"blobs", "unpacked"} {
 			filepath.WalkDir(filepath.Join(cacheRoot, sub), func(_ string, d fs.DirEntry, err error) error {

@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry"
 
@@ -69,6 +70,8 @@ type Plan struct {
 	Rootfs      []*types.Mount
 	Cached      bool  // nothing was downloaded or unpacked
 	PulledBytes int64 // bytes downloaded from the registry
+	// Spec is the container's spec, as the bundle had it at Create.
+	Spec *specs.Spec
 	// NarrowedTasks counts tasks whose capabilities were cut to the spec's.
 	NarrowedTasks int
 	Timings       Timings
@@ -164,24 +167,27 @@ func (r *Restorer) nodeInfo() (*compat.Node, error) {
 // It returns ErrNotRequested when the spec names no checkpoint, and an
 // *Error for every reason the restore can't happen.
 func (r *Restorer) Prepare(ctx context.Context, req Request) (*Plan, error) {
-	ann, err := readAnnotations(req.Bundle)
+	// The spec is read once: its annotations say what to do, the rest is
+	// what the checkpoint must fit (credentials, UTS namespace, host name).
+	spec, err := readSpec(req.Bundle)
 	if err != nil {
 		return nil, &Error{Err: err}
 	}
+	ann := spec.Annotations
 	refStr, ok := ann[AnnotationCheckpoint]
 	if !ok || isPodSandbox(ann) {
 		// A pod's sandbox (pause) container carries the pod's annotations
 		// too (containerd's pod_annotations); it is never restored.
 		return nil, ErrNotRequested
 	}
-	plan, err := r.prepare(ctx, req, refStr, ann[AnnotationCRIUOptions])
+	plan, err := r.prepare(ctx, req, spec, refStr, ann[AnnotationCRIUOptions])
 	if err != nil {
 		return nil, &Error{Ref: refStr, Err: err}
 	}
 	return plan, nil
 }
 
-func (r *Restorer) prepare(ctx context.Context, req Request, refStr, criuOptions string) (_ *Plan, retErr error) {
+func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, refStr, criuOptions string) (_ *Plan, retErr error) {
 	userOpts, err := criuconf.ParseUserOptions(criuOptions)
 	if err != nil {
 		return nil, fmt.Errorf("annotation %s: %w", AnnotationCRIUOptions, err)
@@ -196,14 +202,10 @@ func (r *Restorer) prepare(ctx context.Context, req Request, refStr, criuOptions
 		}
 	}()
 	plan := &Plan{Ref: refStr, Digest: f.Digest, Cached: f.Cached, PulledBytes: f.PulledBytes,
-		Timings: f.Timings, unpacked: f.unpacked}
+		Timings: f.Timings, unpacked: f.unpacked, Spec: spec}
 	plan.ImagesDir = f.unpacked.CRIUDir()
 
 	// The caller's spec wins: CRIU would restore the donor's credentials.
-	spec, err := readSpec(req.Bundle)
-	if err != nil {
-		return nil, err
-	}
 	scratch, err := f.scratchDir("restore-" + req.ContainerID)
 	if err != nil {
 		return nil, err

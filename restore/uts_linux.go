@@ -17,11 +17,10 @@ import (
 // the whole pod. SaveUTS reads the namespace's names before the restore; the
 // returned function puts them back after it. Both are no-ops for a container
 // with a UTS namespace of its own.
-func SaveUTS(bundle string) (func() error, error) {
+func SaveUTS(spec *specs.Spec) (func() error, error) {
 	noop := func() error { return nil }
-	spec, err := readSpec(bundle)
-	if err != nil {
-		return noop, err
+	if spec == nil {
+		return noop, nil
 	}
 	path := ""
 	if spec.Linux != nil {
@@ -80,12 +79,8 @@ func inUTSNamespace(ns *os.File, fn func() error) error {
 // the host name and domain name of its spec: CRIU restores the donor's.
 // It does nothing for a container that joins a namespace by path (see
 // SaveUTS) or whose spec sets no host name.
-func SetSpecHostname(bundle string, pid uint32) error {
-	spec, err := readSpec(bundle)
-	if err != nil {
-		return err
-	}
-	if spec.Hostname == "" || pid == 0 || spec.Linux == nil {
+func SetSpecHostname(spec *specs.Spec, pid uint32) error {
+	if spec == nil || spec.Hostname == "" || pid == 0 || spec.Linux == nil {
 		return nil
 	}
 	own := false

@@ -135,7 +135,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return s.TTRPCTaskService.Start(ctx, r)
 	}
 	began := time.Now()
-	putUTSBack, uerr := restore.SaveUTS(p.original.Bundle)
+	putUTSBack, uerr := restore.SaveUTS(p.plan.Spec)
 	if uerr != nil {
 		log.G(ctx).WithError(uerr).Warn("snapboot: cannot read the pod's hostname; the restore may rename it")
 	}
@@ -151,7 +151,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		s.restored[r.ID] = true
 		s.mu.Unlock()
 		p.plan.Timings.Restore = time.Since(began)
-		if err := restore.SetSpecHostname(p.original.Bundle, resp.Pid); err != nil {
+		if err := restore.SetSpecHostname(p.plan.Spec, resp.Pid); err != nil {
 			log.G(ctx).WithError(err).Warn("snapboot: cannot give the restored container its spec's host name")
 		}
 		logRestored(ctx, p.restorer, r.ID, p.plan)

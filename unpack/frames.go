@@ -147,8 +147,9 @@ func readFrame(br *bufio.Reader, limit int, buf *bytes.Buffer) (frame []byte, sk
 
 // newFrameReader returns the decompressed content of the zstd stream r.
 // Frames are decoded by `workers` goroutines and read in order straight
-// from their decoded buffers.
-func newFrameReader(r io.Reader, workers int) io.ReadCloser {
+// from their decoded buffers. Frames' content checksums are checked unless
+// skipChecksums is set (the caller verifies a digest of the whole stream).
+func newFrameReader(r io.Reader, workers int, skipChecksums bool) io.ReadCloser {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
@@ -157,7 +158,7 @@ func newFrameReader(r io.Reader, workers int) io.ReadCloser {
 		results: make(chan chan piece, workers*2),
 		stop:    make(chan struct{}),
 	}
-	go fr.split(bufio.NewReaderSize(r, 1<<20), workers)
+	go fr.split(bufio.NewReaderSize(r, 1<<20), workers, zstd.IgnoreChecksum(skipChecksums))
 	return fr
 }
 
@@ -236,7 +237,7 @@ func (f *frameReader) Close() error {
 // split cuts the stream into frames and hands them to the decoders, in
 // order; it ends the results when the stream ends, fails, or the reader is
 // closed.
-func (f *frameReader) split(br *bufio.Reader, workers int) {
+func (f *frameReader) split(br *bufio.Reader, workers int, checksums zstd.DOption) {
 	defer close(f.results)
 	var inflight sync.WaitGroup
 	decoders := make(chan *zstd.Decoder, workers)
@@ -248,7 +249,7 @@ func (f *frameReader) split(br *bufio.Reader, workers int) {
 	}()
 	for i := 0; i < workers; i++ {
 		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderMaxMemory(maxFrameOutput))
+			zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderMaxMemory(maxFrameOutput), checksums)
 		if err != nil {
 			f.send(piece{err: err})
 			return
@@ -265,7 +266,7 @@ func (f *frameReader) split(br *bufio.Reader, workers int) {
 			// Few large frames: the rest is one stream, decoded by the
 			// reader once the frames in flight are read.
 			zr, zerr := zstd.NewReader(io.MultiReader(bytes.NewReader(frame), br), zstd.WithDecoderConcurrency(0),
-				zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderMaxMemory(zstdMaxWindow))
+				zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderMaxMemory(zstdMaxWindow), checksums)
 			if zerr != nil {
 				f.send(piece{err: zerr})
 				return

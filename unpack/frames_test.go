@@ -38,7 +38,7 @@ func randomish(n int, seed int64) []byte {
 
 func readAllFrames(t *testing.T, data []byte, workers int) ([]byte, error) {
 	t.Helper()
-	rc := newFrameReader(bytes.NewReader(data), workers)
+	rc := newFrameReader(bytes.NewReader(data), workers, false)
 	defer rc.Close()
 	return io.ReadAll(rc)
 }
@@ -118,4 +118,25 @@ func FuzzFrameReader(f *testing.F) {
 			t.Fatalf("frame reader gave %d bytes, reference decoder %d bytes (%v)", len(got), len(want), werr)
 		}
 	})
+}
+
+// A frame whose content checksum is wrong fails, unless the caller has
+// asked to skip checksums because it verifies the stream's digest itself.
+func TestFrameChecksums(t *testing.T) {
+	want := randomish(200_000, 42)
+	stream := frames(t, want[:100_000], want[100_000:])
+	stream[len(stream)-1] ^= 0xff // the last frame's checksum
+	for _, workers := range []int{1, 3} {
+		rc := newFrameReader(bytes.NewReader(stream), workers, false)
+		if _, err := io.ReadAll(rc); err == nil {
+			t.Errorf("workers=%d: a wrong frame checksum was accepted", workers)
+		}
+		rc.Close()
+		rc = newFrameReader(bytes.NewReader(stream), workers, true)
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("workers=%d, checksums skipped: %d bytes, %v", workers, len(got), err)
+		}
+	}
 }

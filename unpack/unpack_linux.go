@@ -48,6 +48,10 @@ type Options struct {
 	MaxBytes int64
 	// MaxEntries bounds the number of tar entries; 0 means 1,000,000.
 	MaxEntries int
+	// SkipFrameChecksums skips checking zstd frames' content checksums, for
+	// a caller that verifies the digest of the whole compressed stream and
+	// discards the result on a mismatch (see cache.FetchBlobTo).
+	SkipFrameChecksums bool
 }
 
 // Stats reports what an extraction did. On error it counts what was done
@@ -125,7 +129,7 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 // does. The whole zstd stream is read and checked, so a truncated or corrupt
 // stream is an error even when the damage lies after the tar end marker.
 func TarZstd(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
-	zr := newFrameReader(r, 0)
+	zr := newFrameReader(r, 0, opts.SkipFrameChecksums)
 	defer zr.Close()
 
 	st, err := Tar(ctx, zr, dir, opts)

@@ -39,6 +39,10 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
+			// What this node is (kernel, CPU, CRIU version) is needed by
+			// every restore's pre-flight; asking CRIU takes milliseconds that
+			// a restore should not wait for, so it is asked now.
+			go func() { _, _ = describeNode() }()
 			publisher := newFilteringPublisher(pp.(shim.Publisher))
 			inner, err := task.NewTaskService(ic.Context, publisher, ss.(shutdown.Service))
 			if err != nil {
@@ -48,6 +52,9 @@ func init() {
 		},
 	})
 }
+
+// describeNode describes this node once per shim.
+var describeNode = sync.OnceValues(func() (*compat.Node, error) { return compat.Detect(criuVersion) })
 
 // restorers returns a function that gives the Restorer of a node
 // configuration file, loading each file once per shim.
@@ -71,7 +78,7 @@ func restorers(ctx context.Context) func(string) preparer {
 		}
 		r := restore.New(cfg, err)
 		r.ConfigPath = path
-		r.DetectNode = func() (*compat.Node, error) { return compat.Detect(criuVersion) }
+		r.DetectNode = describeNode
 		loaded[path] = r
 		return r
 	}

@@ -37,7 +37,77 @@ func (d *demo) floor(ctx context.Context, ref string) (time.Duration, error) {
 		return 0, fmt.Errorf("snapboot pull printed no digest: %s", out)
 	}
 	unpacked := filepath.Join(d.s.cacheDir, "unpacked", strings.TrimPrefix(m[1], "sha256:"))
+	conf, err := criuconf.WriteFile(d.s.dir, "restore", criuconf.RestoreOptions(nil))
+	if err != nil {
+		return 0, err
+	}
+	id := d.newID("floor")
+	work := filepath.Join(d.s.dir, "logs", id+"-criu")
+	if err := os.MkdirAll(work, 0o700); err != nil {
+		return 0, err
+	}
+	copyRootfs := func(ctx context.Context, client *containerd.Client) error {
+		rootfs := filepath.Join(unpacked, "rootfs")
+		if !dirExists(rootfs) {
+			return nil
+		}
+		mounts, err := client.SnapshotService("overlayfs").Mounts(ctx, id)
+		if err != nil {
+			return err
+		}
+		upper := ""
+		for _, o := range mounts[0].Options {
+			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
+				upper = v
+			}
+		}
+		if upper == "" {
+			return fmt.Errorf("floor: no upperdir in %v", mounts)
+		}
+		// The unpacked layer already has overlay whiteouts: copied into the
+		// upper directory they mean the same as in snapboot's lower layer.
+		// Entry by entry: the upper directory keeps its own root's mode.
+		entries, err := os.ReadDir(rootfs)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if out, err := exec.Command("cp", "-a", filepath.Join(rootfs, e.Name()), upper+"/").CombinedOutput(); err != nil {
+				return fmt.Errorf("floor: copy rootfs changes: %v: %s", err, out)
+			}
+		}
+		return nil
+	}
+	t, err := d.clientStart(ctx, id, "io.containerd.runc.v2", map[string]string{criuconf.RuncAnnotation: conf}, copyRootfs,
+		containerd.WithRestoreImagePath(filepath.Join(unpacked, "criu")), containerd.WithRestoreWorkPath(work))
+	if err != nil {
+		return 0, fmt.Errorf("floor: %w; CRIU: %s", err, criulog.Errors(filepath.Join(work, "restore.log")))
+	}
+	return t, nil
+}
 
+// snapbootByClient restores the checkpoint with snapboot's shim, started
+// exactly as the floor is (same client, same spec, same wait for the first
+// 200), so that the two differ only in the runtime.
+func (d *demo) snapbootByClient(ctx context.Context, kind, ref string) (time.Duration, error) {
+	id := d.newID(kind)
+	t, err := d.clientStart(ctx, id, "io.containerd.snapboot.v1", map[string]string{"snapboot.dev/checkpoint": ref}, nil)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := d.restoreTimings(id); err != nil {
+		return 0, err
+	}
+	return t, nil
+}
+
+// clientStart creates and starts the app's container through the containerd
+// client with the spec `ctr run --net-host --env ...` gives the donor, and
+// returns the time to its first 200. The time spent in between (a function
+// run after the container is created and before its task is) is not
+// counted. The container is removed before it returns.
+func (d *demo) clientStart(ctx context.Context, id, runtime string, annotations map[string]string,
+	between func(context.Context, *containerd.Client) error, taskOpts ...containerd.NewTaskOpts) (time.Duration, error) {
 	client, err := containerd.New(d.s.containerd)
 	if err != nil {
 		return 0, err
@@ -48,72 +118,43 @@ func (d *demo) floor(ctx context.Context, ref string) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	id := d.newID("floor")
-	conf, err := criuconf.WriteFile(d.s.dir, "restore", criuconf.RestoreOptions(nil))
-	if err != nil {
-		return 0, err
-	}
-	// The same spec as `ctr run --net-host --env ...` gave the donor. The
-	// timer counts creating the container and restoring its task, not the
-	// copy of the rootfs changes in between.
 	syscall.Sync() // as before every measured start (see runContainer)
 	began := time.Now()
 	c, err := client.NewContainer(ctx, id,
-		containerd.WithRuntime("io.containerd.runc.v2", nil),
+		containerd.WithRuntime(runtime, nil),
 		containerd.WithNewSnapshot(id, img),
 		containerd.WithNewSpec(oci.WithImageConfig(img),
 			oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostHostsFile, oci.WithHostResolvconf,
 			oci.WithEnv([]string{"DATABASE_URL=" + d.s.databaseURL(), fmt.Sprintf("PORT=%d", d.o.port)}),
-			oci.WithAnnotations(map[string]string{criuconf.RuncAnnotation: conf})))
+			oci.WithAnnotations(annotations)))
 	if err != nil {
 		return 0, err
 	}
 	defer d.s.removeContainer(context.WithoutCancel(ctx), id)
 	created := time.Since(began)
-	if rootfs := filepath.Join(unpacked, "rootfs"); dirExists(rootfs) {
-		mounts, err := client.SnapshotService("overlayfs").Mounts(ctx, id)
-		if err != nil {
+	if between != nil {
+		if err := between(ctx, client); err != nil {
 			return 0, err
-		}
-		upper := ""
-		for _, o := range mounts[0].Options {
-			if v, ok := strings.CutPrefix(o, "upperdir="); ok {
-				upper = v
-			}
-		}
-		if upper == "" {
-			return 0, fmt.Errorf("floor: no upperdir in %v", mounts)
-		}
-		// The unpacked layer already has overlay whiteouts: copied into the
-		// upper directory they mean the same as in snapboot's lower layer.
-		// Entry by entry: the upper directory keeps its own root's mode.
-		entries, err := os.ReadDir(rootfs)
-		if err != nil {
-			return 0, err
-		}
-		for _, e := range entries {
-			if out, err := exec.Command("cp", "-a", filepath.Join(rootfs, e.Name()), upper+"/").CombinedOutput(); err != nil {
-				return 0, fmt.Errorf("floor: copy rootfs changes: %v: %s", err, out)
-			}
 		}
 	}
 	logPath := filepath.Join(d.s.dir, "logs", id+".log")
-	work := filepath.Join(d.s.dir, "logs", id+"-criu")
-	if err := os.MkdirAll(work, 0o700); err != nil {
-		return 0, err
-	}
 	began = time.Now()
-	task, err := c.NewTask(ctx, cio.LogFile(logPath), containerd.WithRestoreImagePath(filepath.Join(unpacked, "criu")), containerd.WithRestoreWorkPath(work))
+	task, err := c.NewTask(ctx, cio.LogFile(logPath), taskOpts...)
 	if err != nil {
-		return 0, fmt.Errorf("floor: create: %w", err)
+		return 0, fmt.Errorf("create: %w", err)
 	}
+	tasked := time.Since(began)
 	if err := task.Start(ctx); err != nil {
-		return 0, fmt.Errorf("floor: runc restore: %w; CRIU: %s", err, criulog.Errors(filepath.Join(work, "restore.log")))
+		return 0, fmt.Errorf("start: %w", err)
 	}
+	started := time.Since(began)
 	if _, err := waitHTTP(ctx, d.url, 5*time.Minute); err != nil {
 		return 0, err
 	}
-	return created + time.Since(began), nil
+	total := created + time.Since(began)
+	say("%s (%s): container %.3fs, task create %.3fs, task start %.3fs, first 200 after %.3fs; total %.3fs",
+		id, runtime, created.Seconds(), tasked.Seconds(), (started - tasked).Seconds(), (total - created - started).Seconds(), total.Seconds())
+	return total, nil
 }
 
 func dirExists(p string) bool {

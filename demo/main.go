@@ -87,7 +87,10 @@ type results struct {
 	Unpack      []float64 `json:"unpackSeconds"` // shim's unpack, cold cache
 	CRIU        []float64 `json:"runcRestoreSeconds"`
 	Floor       []float64 `json:"floorSeconds,omitempty"` // bare runc restore from local disk
-	FirstBody   string    `json:"firstRestoredResponse"`
+	// snapboot started exactly as the floor is (containerd client, not ctr)
+	ClientCold []float64 `json:"snapbootByClientColdCacheSeconds,omitempty"`
+	ClientWarm []float64 `json:"snapbootByClientWarmCacheSeconds,omitempty"`
+	FirstBody  string    `json:"firstRestoredResponse"`
 }
 
 func run(ctx context.Context, o options) (*results, error) {
@@ -328,14 +331,29 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 		d.s.removeContainer(ctx, id)
 	}
 	if d.o.bench != "" {
+		// The floor against snapboot started the same way, run by run, so
+		// that each ratio pairs measurements taken moments apart.
 		for i := 0; i < d.o.runs; i++ {
+			say("run %d/%d: snapboot through the containerd client, empty cache, then warm", i+1, d.o.runs)
+			if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
+				return nil, err
+			}
+			empty, err := d.snapbootByClient(ctx, "client-cold-cache", ref)
+			if err != nil {
+				return nil, err
+			}
+			warm, err := d.snapbootByClient(ctx, "client-warm-cache", ref)
+			if err != nil {
+				return nil, err
+			}
 			say("run %d/%d: the floor, a bare runc restore of the same images from local disk", i+1, d.o.runs)
 			t, err := d.floor(ctx, ref)
 			if err != nil {
 				return nil, err
 			}
+			r.ClientCold, r.ClientWarm = append(r.ClientCold, empty.Seconds()), append(r.ClientWarm, warm.Seconds())
 			r.Floor = append(r.Floor, t.Seconds())
-			say("runc restore floor to first 200: %.2fs", t.Seconds())
+			say("to first 200: snapboot %.2fs (empty cache), %.2fs (warm cache); runc restore floor %.2fs", empty.Seconds(), warm.Seconds(), t.Seconds())
 		}
 	}
 	return r, nil

@@ -48,7 +48,11 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return newService(inner, publisher, restorers(ic.Context)), nil
+			svc := newService(inner, publisher, restorers(ic.Context))
+			if svc.oom, err = newOOMWatcher(ic.Context, publisher); err != nil {
+				log.G(ic.Context).WithError(err).Warn("snapboot: OOM kills of restored containers will not be reported")
+			}
+			return svc, nil
 		},
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/v2/pkg/oom"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
@@ -43,6 +44,8 @@ type service struct {
 
 	// armDumpFn writes the dump-side CRIU config into a bundle.
 	armDumpFn func(bundle string) error
+	// oom watches restored containers' cgroups (nil in unit tests).
+	oom oom.Watcher
 
 	mu      sync.Mutex
 	pending map[string]*pendingRestore // container ID -> restore waiting for Start
@@ -153,6 +156,11 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		p.plan.Timings.Restore = time.Since(began)
 		if err := restore.SetSpecHostname(p.plan.Spec, resp.Pid); err != nil {
 			log.G(ctx).WithError(err).Warn("snapboot: cannot give the restored container its spec's host name")
+		}
+		if s.oom != nil {
+			if err := s.watchOOM(r.ID, int(resp.Pid)); err != nil {
+				log.G(ctx).WithError(err).Warn("snapboot: OOM kills of the restored container will not be reported")
+			}
 		}
 		logRestored(ctx, p.restorer, r.ID, p.plan)
 		s.armDump(ctx, p.original.Bundle)

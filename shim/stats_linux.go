@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
 	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -45,20 +44,15 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 
 // cgroupStats reads the statistics of the cgroup of process pid.
 func cgroupStats(pid int) (any, error) {
-	if cgroups.Mode() == cgroups.Unified {
-		path, err := cgroupsv2.PidGroupPath(pid)
-		if err != nil {
-			return nil, err
-		}
-		m, err := cgroupsv2.Load(path)
-		if err != nil {
-			return nil, err
-		}
-		return m.Stat()
-	}
-	cg, err := cgroup1.Load(cgroup1.PidPath(pid))
+	cg, err := loadCgroup(pid)
 	if err != nil {
 		return nil, err
 	}
-	return cg.Stat(cgroup1.IgnoreNotExist)
+	switch cg := cg.(type) {
+	case *cgroupsv2.Manager:
+		return cg.Stat()
+	case cgroup1.Cgroup:
+		return cg.Stat(cgroup1.IgnoreNotExist)
+	}
+	return nil, fmt.Errorf("unknown cgroup type %T", cg)
 }

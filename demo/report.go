@@ -102,6 +102,9 @@ func writeBench(dir string, r *results) error {
 	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(md.String()), 0o644); err != nil {
 		return err
 	}
+	if err := writeChart(filepath.Join(dir, "results.png"), r); err != nil {
+		return err
+	}
 	fmt.Print(md.String())
 	return nil
 }

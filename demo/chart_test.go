@@ -1,0 +1,59 @@
+package main
+
+import (
+	"image"
+	"image/color"
+	"image/png"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestWriteChart(t *testing.T) {
+	r := &results{Date: time.Date(2026, 11, 26, 2, 3, 0, 0, time.UTC), Models: 1500, Runs: 3,
+		Cold: []float64{20, 21, 30}, RestoreCold: []float64{1.0, 1.1, 1.2}, RestoreWarm: []float64{0.5, 0.6, 0.7},
+		Floor: []float64{0.45, 0.48, 0.5}, ClientCold: []float64{1.0, 1.05, 1.1}, ClientWarm: []float64{0.5, 0.52, 0.55}}
+	path := filepath.Join(t.TempDir(), "results.png")
+	if err := writeChart(path, r); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatalf("results.png: %v", err)
+	}
+	if b := img.Bounds(); b.Dx() < 600 || b.Dy() < 300 {
+		t.Errorf("chart is %dx%d", b.Dx(), b.Dy())
+	}
+	// Both panels' bars are drawn.
+	for _, want := range []color.RGBA{{R: 70, G: 110, B: 180, A: 255}, {R: 90, G: 160, B: 90, A: 255}} {
+		if n := countColor(img, want); n < 500 {
+			t.Errorf("%d pixels of bar color %v, want a bar's worth", n, want)
+		}
+	}
+
+	// Without the floor (make demo), one panel.
+	r.Floor, r.ClientCold, r.ClientWarm = nil, nil, nil
+	if err := writeChart(path, r); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func countColor(img image.Image, c color.RGBA) int {
+	n := 0
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			r, g, bl, a := img.At(x, y).RGBA()
+			if uint8(r>>8) == c.R && uint8(g>>8) == c.G && uint8(bl>>8) == c.B && uint8(a>>8) == c.A {
+				n++
+			}
+		}
+	}
+	return n
+}

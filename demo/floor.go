@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -27,24 +28,24 @@ var pulledDigest = regexp.MustCompile(`@(sha256:[0-9a-f]{64})`)
 // from local disk: no registry, no verification, no unpacking. The
 // checkpoint's rootfs changes are copied into the container's writable
 // layer before its task is created (not timed).
-func (d *demo) floor(ctx context.Context, ref string) (time.Duration, error) {
+func (d *demo) floor(ctx context.Context, ref string) (time.Duration, float64, error) {
 	out, err := d.s.snapboot(ctx, "pull", ref)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	m := pulledDigest.FindStringSubmatch(out)
 	if m == nil {
-		return 0, fmt.Errorf("snapboot pull printed no digest: %s", out)
+		return 0, 0, fmt.Errorf("snapboot pull printed no digest: %s", out)
 	}
 	unpacked := filepath.Join(d.s.cacheDir, "unpacked", strings.TrimPrefix(m[1], "sha256:"))
 	conf, err := criuconf.WriteFile(d.s.dir, "restore", criuconf.RestoreOptions(nil))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	id := d.newID("floor")
 	work := filepath.Join(d.s.dir, "logs", id+"-criu")
 	if err := os.MkdirAll(work, 0o700); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	copyRootfs := func(ctx context.Context, client *containerd.Client) error {
 		rootfs := filepath.Join(unpacked, "rootfs")
@@ -78,27 +79,27 @@ func (d *demo) floor(ctx context.Context, ref string) (time.Duration, error) {
 		}
 		return nil
 	}
-	t, err := d.clientStart(ctx, id, "io.containerd.runc.v2", map[string]string{criuconf.RuncAnnotation: conf}, copyRootfs,
+	t, cpu, err := d.clientStart(ctx, id, "io.containerd.runc.v2", map[string]string{criuconf.RuncAnnotation: conf}, copyRootfs,
 		containerd.WithRestoreImagePath(filepath.Join(unpacked, "criu")), containerd.WithRestoreWorkPath(work))
 	if err != nil {
-		return 0, fmt.Errorf("floor: %w; CRIU: %s", err, criulog.Errors(filepath.Join(work, "restore.log")))
+		return 0, 0, fmt.Errorf("floor: %w; CRIU: %s", err, criulog.Errors(filepath.Join(work, "restore.log")))
 	}
-	return t, nil
+	return t, cpu, nil
 }
 
 // snapbootByClient restores the checkpoint with snapboot's shim, started
 // exactly as the floor is (same client, same spec, same wait for the first
 // 200), so that the two differ only in the runtime.
-func (d *demo) snapbootByClient(ctx context.Context, kind, ref string) (time.Duration, error) {
+func (d *demo) snapbootByClient(ctx context.Context, kind, ref string) (time.Duration, float64, error) {
 	id := d.newID(kind)
-	t, err := d.clientStart(ctx, id, "io.containerd.snapboot.v1", map[string]string{"snapboot.dev/checkpoint": ref}, nil)
+	t, cpu, err := d.clientStart(ctx, id, "io.containerd.snapboot.v1", map[string]string{"snapboot.dev/checkpoint": ref}, nil)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if _, err := d.restoreTimings(id); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return t, nil
+	return t, cpu, nil
 }
 
 // clientStart creates and starts the app's container through the containerd
@@ -107,18 +108,19 @@ func (d *demo) snapbootByClient(ctx context.Context, kind, ref string) (time.Dur
 // run after the container is created and before its task is) is not
 // counted. The container is removed before it returns.
 func (d *demo) clientStart(ctx context.Context, id, runtime string, annotations map[string]string,
-	between func(context.Context, *containerd.Client) error, taskOpts ...containerd.NewTaskOpts) (time.Duration, error) {
+	between func(context.Context, *containerd.Client) error, taskOpts ...containerd.NewTaskOpts) (_ time.Duration, cpu float64, _ error) {
 	client, err := containerd.New(d.s.containerd)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer client.Close()
 	ctx = namespaces.WithNamespace(ctx, d.s.namespace)
 	img, err := client.GetImage(ctx, d.image)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	syscall.Sync() // as before every measured start (see runContainer)
+	cpu0 := cpuBusy()
 	began := time.Now()
 	c, err := client.NewContainer(ctx, id,
 		containerd.WithRuntime(runtime, nil),
@@ -128,33 +130,59 @@ func (d *demo) clientStart(ctx context.Context, id, runtime string, annotations 
 			oci.WithEnv([]string{"DATABASE_URL=" + d.s.databaseURL(), fmt.Sprintf("PORT=%d", d.o.port)}),
 			oci.WithAnnotations(annotations)))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer d.s.removeContainer(context.WithoutCancel(ctx), id)
 	created := time.Since(began)
+	cpu = cpuBusy() - cpu0
 	if between != nil {
 		if err := between(ctx, client); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	logPath := filepath.Join(d.s.dir, "logs", id+".log")
+	cpu0 = cpuBusy()
 	began = time.Now()
 	task, err := c.NewTask(ctx, cio.LogFile(logPath), taskOpts...)
 	if err != nil {
-		return 0, fmt.Errorf("create: %w", err)
+		return 0, 0, fmt.Errorf("create: %w", err)
 	}
 	tasked := time.Since(began)
 	if err := task.Start(ctx); err != nil {
-		return 0, fmt.Errorf("start: %w", err)
+		return 0, 0, fmt.Errorf("start: %w", err)
 	}
 	started := time.Since(began)
 	if _, err := waitHTTP(ctx, d.url, 5*time.Minute); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	total := created + time.Since(began)
-	say("%s (%s): container %.3fs, task create %.3fs, task start %.3fs, first 200 after %.3fs; total %.3fs",
-		id, runtime, created.Seconds(), tasked.Seconds(), (started - tasked).Seconds(), (total - created - started).Seconds(), total.Seconds())
-	return total, nil
+	cpu += cpuBusy() - cpu0
+	say("%s (%s): container %.3fs, task create %.3fs, task start %.3fs, first 200 after %.3fs; total %.3fs, %.2f CPU-seconds busy on this machine",
+		id, runtime, created.Seconds(), tasked.Seconds(), (started - tasked).Seconds(), (total - created - started).Seconds(), total.Seconds(), cpu)
+	return total, cpu, nil
+}
+
+// cpuBusy is the CPU time all processes on this machine have used so far,
+// in seconds (/proc/stat; 0 if it can't be read).
+func cpuBusy() float64 {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var busy float64
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, _ := strconv.ParseFloat(v, 64)
+		busy += n
+	}
+	return busy / 100 // USER_HZ
 }
 
 func dirExists(p string) bool {

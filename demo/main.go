@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -90,7 +91,12 @@ type results struct {
 	// snapboot started exactly as the floor is (containerd client, not ctr)
 	ClientCold []float64 `json:"snapbootByClientColdCacheSeconds,omitempty"`
 	ClientWarm []float64 `json:"snapbootByClientWarmCacheSeconds,omitempty"`
-	FirstBody  string    `json:"firstRestoredResponse"`
+	// CPU time used on the whole machine during those starts (CPU-seconds)
+	FloorCPU      []float64 `json:"floorCPUSeconds,omitempty"`
+	ClientColdCPU []float64 `json:"snapbootByClientColdCacheCPUSeconds,omitempty"`
+	ClientWarmCPU []float64 `json:"snapbootByClientWarmCacheCPUSeconds,omitempty"`
+	CPUs          int       `json:"cpus,omitempty"`
+	FirstBody     string    `json:"firstRestoredResponse"`
 }
 
 func run(ctx context.Context, o options) (*results, error) {
@@ -264,7 +270,7 @@ func (d *demo) restoreTimings(id string) (map[string]float64, error) {
 }
 
 func (d *demo) measure(ctx context.Context) (*results, error) {
-	r := &results{Date: time.Now().UTC(), Models: d.o.models, Image: d.image, Runs: d.o.runs}
+	r := &results{Date: time.Now().UTC(), Models: d.o.models, Image: d.image, Runs: d.o.runs, CPUs: runtime.NumCPU()}
 	ref := d.s.registryAddr + "/demo/rails:checkpoint"
 	for i := 0; i < d.o.runs; i++ {
 		say("run %d/%d: cold start of the app", i+1, d.o.runs)
@@ -338,21 +344,23 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 			if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
 				return nil, err
 			}
-			empty, err := d.snapbootByClient(ctx, "client-cold-cache", ref)
+			empty, emptyCPU, err := d.snapbootByClient(ctx, "client-cold-cache", ref)
 			if err != nil {
 				return nil, err
 			}
-			warm, err := d.snapbootByClient(ctx, "client-warm-cache", ref)
+			warm, warmCPU, err := d.snapbootByClient(ctx, "client-warm-cache", ref)
 			if err != nil {
 				return nil, err
 			}
 			say("run %d/%d: the floor, a bare runc restore of the same images from local disk", i+1, d.o.runs)
-			t, err := d.floor(ctx, ref)
+			t, floorCPU, err := d.floor(ctx, ref)
 			if err != nil {
 				return nil, err
 			}
 			r.ClientCold, r.ClientWarm = append(r.ClientCold, empty.Seconds()), append(r.ClientWarm, warm.Seconds())
 			r.Floor = append(r.Floor, t.Seconds())
+			r.ClientColdCPU, r.ClientWarmCPU = append(r.ClientColdCPU, emptyCPU), append(r.ClientWarmCPU, warmCPU)
+			r.FloorCPU = append(r.FloorCPU, floorCPU)
 			say("to first 200: snapboot %.2fs (empty cache), %.2fs (warm cache); runc restore floor %.2fs", empty.Seconds(), warm.Seconds(), t.Seconds())
 		}
 	}

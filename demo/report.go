@@ -65,6 +65,10 @@ func printTable(w io.Writer, r *results) {
 		fmt.Fprintf(w, "| snapboot started the same way, warm cache | %s |\n", stats(r.ClientWarm))
 		fmt.Fprintf(w, "| snapboot over the floor, empty cache | %s |\n", ratios(r.ClientCold, r.Floor))
 		fmt.Fprintf(w, "| snapboot over the floor, warm cache | %s |\n", ratios(r.ClientWarm, r.Floor))
+		if len(r.FloorCPU) > 0 {
+			fmt.Fprintf(w, "| CPU used on the machine (%d CPUs) during: the floor / snapboot warm / snapboot empty cache | %.2f / %.2f / %.2f CPU-s |\n",
+				r.CPUs, stats(r.FloorCPU).Median, stats(r.ClientWarmCPU).Median, stats(r.ClientColdCPU).Median)
+		}
 	}
 	fmt.Fprintf(w, "\nThe first request to the restored app answered 200: %q\n", tail(r.FirstBody, 1))
 }

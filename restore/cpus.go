@@ -5,25 +5,28 @@ import (
 	"sync"
 )
 
-// A shim runs with a small GOMAXPROCS (containerd's runc shim manager starts
-// it with 4) so that it stays light. Decoding a checkpoint's layers is the
-// one CPU-heavy thing it does, and it is on the container's critical path:
-// while any pull is running, the shim may use every CPU it is allowed.
+// Decoding a checkpoint's layers is the one CPU-heavy thing a shim does, and
+// it is on the container's critical path. containerd's runc shim manager
+// starts shims with GOMAXPROCS=4 whatever the machine: on a large node that
+// leaves CPUs idle during a pull, on a small one it runs more threads than
+// there are CPUs (on 2 CPUs, a pull took 0.45 s with 4 against 0.41 s with
+// 2, median of 10). While any pull runs, GOMAXPROCS is the number of CPUs
+// the shim may use.
 var cpus struct {
 	sync.Mutex
 	users int
 	prev  int
 }
 
-// useAllCPUs raises GOMAXPROCS to the number of usable CPUs until the
-// returned function is called; overlapping callers share the raise, and the
-// last one to finish puts the previous value back.
-func useAllCPUs() (done func()) {
+// pullCPUs sets GOMAXPROCS to the number of usable CPUs until the returned
+// function is called; overlapping callers share the setting, and the last
+// one to finish puts the previous value back.
+func pullCPUs() (done func()) {
 	cpus.Lock()
 	defer cpus.Unlock()
 	if cpus.users == 0 {
 		cpus.prev = runtime.GOMAXPROCS(0)
-		if n := runtime.NumCPU(); n > cpus.prev {
+		if n := runtime.NumCPU(); n != cpus.prev {
 			runtime.GOMAXPROCS(n)
 		}
 	}

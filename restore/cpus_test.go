@@ -5,23 +5,24 @@ import (
 	"testing"
 )
 
-func TestUseAllCPUs(t *testing.T) {
-	orig := runtime.GOMAXPROCS(1)
-	defer runtime.GOMAXPROCS(orig)
-	want := max(runtime.NumCPU(), 1)
-
-	a := useAllCPUs()
-	if got := runtime.GOMAXPROCS(0); got != want {
-		t.Fatalf("during a pull: GOMAXPROCS %d, want %d", got, want)
-	}
-	b := useAllCPUs()
-	a()
-	a() // twice: counted once
-	if got := runtime.GOMAXPROCS(0); got != want {
-		t.Fatalf("one of two pulls done: GOMAXPROCS %d, want %d", got, want)
-	}
-	b()
-	if got := runtime.GOMAXPROCS(0); got != 1 {
-		t.Fatalf("after the pulls: GOMAXPROCS %d, want 1", got)
+func TestPullCPUs(t *testing.T) {
+	want := runtime.NumCPU()
+	for _, before := range []int{1, want + 3} {
+		orig := runtime.GOMAXPROCS(before)
+		a := pullCPUs()
+		if got := runtime.GOMAXPROCS(0); got != want {
+			t.Fatalf("GOMAXPROCS %d before, %d during a pull; want %d", before, got, want)
+		}
+		b := pullCPUs()
+		a()
+		a() // twice: counted once
+		if got := runtime.GOMAXPROCS(0); got != want {
+			t.Fatalf("one of two pulls done: GOMAXPROCS %d, want %d", got, want)
+		}
+		b()
+		if got := runtime.GOMAXPROCS(0); got != before {
+			t.Fatalf("after the pulls: GOMAXPROCS %d, want %d as before", got, before)
+		}
+		runtime.GOMAXPROCS(orig)
 	}
 }

@@ -477,7 +477,7 @@ func (r *Restorer) readSmall(ctx context.Context, c *cache.Cache, src Source, de
 // used only if every layer matched its digest.
 func (r *Restorer) pullAndUnpack(ctx context.Context, a *artifact, dir string, f *Fetched) error {
 	f.Cached = false
-	defer useAllCPUs()()
+	defer pullCPUs()()
 	budget := int64(r.cfg.Pull.MaxUnpackedSize)
 	for _, l := range a.ck.Layers() {
 		mode, sub := unpack.CRIUImages, "criu"

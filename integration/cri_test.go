@@ -82,6 +82,7 @@ func TestCRI(t *testing.T) {
 	requireShim(t)
 	e := startCRIEnv(t)
 	t.Run("restore", func(t *testing.T) { testCRIRestore(t, e) })
+	t.Run("oom", func(t *testing.T) { testCRIRestoredOOM(t, e) })
 	t.Run("cold", func(t *testing.T) { testCRICold(t, e) })
 	t.Run("fallback", func(t *testing.T) { testCRIFallback(t, e) })
 	t.Run("cleanup", func(t *testing.T) { testCRICleanup(t, e) })
@@ -201,6 +202,48 @@ func testCRIRestore(t *testing.T, e *criEnv) {
 			t.Errorf("restored container's init (pid %d) has parent %d, want the pod's shim %d", pid, ppid, sandboxShim)
 		}
 	}
+}
+
+// testCRIRestoredOOM: an OOM kill in a restored container's cgroup (here of
+// an exec'd process, over the container's 64 MiB limit) makes the CRI
+// plugin report OOMKilled, as for a cold-started container. The plugin
+// learns it from containerd's TaskOOM event, which the runc task service
+// publishes only for cgroups it watches from a cold create on.
+func testCRIRestoredOOM(t *testing.T, e *criEnv) {
+	donorPod, donorPodConf := e.runPod(t, "donor-oom", nil)
+	donor := e.startContainer(t, donorPod, donorPodConf, "web", nil, serveCmd("donor-oom"))
+	e.waitHTTP(t, e.podIP(t, donorPod), "donor-oom", 20*time.Second)
+	ref := registryAddr + "/it/cri-web-oom:v1"
+	if out, errOut, code := e.snapboot("checkpoint", "--exit", donor, ref); code != 0 {
+		t.Fatalf("snapboot checkpoint: exit %d\n%s\n%s", code, out, errOut)
+	}
+
+	offset := e.logOffset()
+	ann := map[string]string{"snapboot.dev/checkpoint": ref}
+	pod, podConf := e.runPod(t, "oom", ann)
+	id := e.startContainerConfig(t, pod, podConf, "web", ann, serveCmd("cold-oom"), func(cfg map[string]any) {
+		cfg["linux"].(map[string]any)["resources"] = map[string]any{"memory_limit_in_bytes": 64 << 20}
+	})
+	e.waitLogLine(t, offset, "snapboot.restore", id, 60*time.Second)
+	e.waitHTTP(t, e.podIP(t, pod), "donor-oom", 20*time.Second)
+
+	if _, _, err := e.crictlErr("exec", id, "/bin/sh", "-c", `x=$(head -c 200000000 /dev/zero | tr '\0' a); echo ${#x}`); err == nil {
+		t.Fatalf("the memory hog in the restored container was not killed")
+	}
+	reason := func() string {
+		out, _, err := e.crictlErr("inspect", "-o", "json", id)
+		if err != nil {
+			return ""
+		}
+		var st struct {
+			Status struct{ Reason string } `json:"status"`
+		}
+		json.Unmarshal([]byte(out), &st)
+		return st.Status.Reason
+	}
+	waitFor(t, 20*time.Second, "crictl inspect to report OOMKilled for the restored container", func() bool { return reason() == "OOMKilled" })
+	// The restored server was not the process killed: it still answers.
+	e.waitHTTP(t, e.podIP(t, pod), "donor-oom", 10*time.Second)
 }
 
 // testCRICold: the same pod and container spec without the annotation
@@ -791,8 +834,14 @@ func (e *criEnv) startContainer(t *testing.T, pod, podConfig, name string, annot
 // host_path, readonly).
 func (e *criEnv) startContainerOpts(t *testing.T, pod, podConfig, name string, annotations map[string]string, cmd []string, mounts []map[string]any) string {
 	t.Helper()
+	return e.startContainerConfig(t, pod, podConfig, name, annotations, cmd, func(cfg map[string]any) { cfg["mounts"] = mounts })
+}
+
+// startContainerConfig is startContainer with a function that changes the
+// CRI container config before it is created.
+func (e *criEnv) startContainerConfig(t *testing.T, pod, podConfig, name string, annotations map[string]string, cmd []string, change func(map[string]any)) string {
+	t.Helper()
 	cfg := map[string]any{
-		"mounts":      mounts,
 		"metadata":    map[string]any{"name": name},
 		"image":       map[string]any{"image": busyboxImage},
 		"command":     cmd,
@@ -801,6 +850,9 @@ func (e *criEnv) startContainerOpts(t *testing.T, pod, podConfig, name string, a
 		"linux": map[string]any{
 			"security_context": map[string]any{"namespace_options": map[string]any{"pid": 1}},
 		},
+	}
+	if change != nil {
+		change(cfg)
 	}
 	path := filepath.Join(filepath.Dir(podConfig), "container-"+name+".json")
 	writeJSONT(t, path, cfg)

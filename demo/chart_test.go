@@ -57,3 +57,27 @@ func countColor(img image.Image, c color.RGBA) int {
 	}
 	return n
 }
+
+func TestRatiosPairRuns(t *testing.T) {
+	// a[i] is paired with b[i]: the pairs' ratios are 1, 3 and 0.5, while
+	// the medians' ratio (2/1) would say 2.
+	a := []float64{1, 3, 2}
+	b := []float64{1, 1, 4}
+	if got, want := ratios(a, b), "1.00x (0.50–3.00)"; got != want {
+		t.Errorf("ratios = %q, want %q", got, want)
+	}
+	if got, want := ratios([]float64{1.1}, []float64{1.0, 2.0}), "1.10x"; got != want {
+		t.Errorf("unequal lengths: ratios = %q, want %q", got, want)
+	}
+}
+
+func TestCPUBusy(t *testing.T) {
+	a := cpuBusy()
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for time.Now().Before(deadline) {
+	}
+	b := cpuBusy()
+	if a <= 0 || b-a < 0.05 {
+		t.Errorf("cpuBusy went from %.2f to %.2f over 200 ms of spinning", a, b)
+	}
+}

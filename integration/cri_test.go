@@ -210,13 +210,7 @@ func testCRIRestore(t *testing.T, e *criEnv) {
 // learns it from containerd's TaskOOM event, which the runc task service
 // publishes only for cgroups it watches from a cold create on.
 func testCRIRestoredOOM(t *testing.T, e *criEnv) {
-	donorPod, donorPodConf := e.runPod(t, "donor-oom", nil)
-	donor := e.startContainer(t, donorPod, donorPodConf, "web", nil, serveCmd("donor-oom"))
-	e.waitHTTP(t, e.podIP(t, donorPod), "donor-oom", 20*time.Second)
-	ref := registryAddr + "/it/cri-web-oom:v1"
-	if out, errOut, code := e.snapboot("checkpoint", "--exit", donor, ref); code != 0 {
-		t.Fatalf("snapboot checkpoint: exit %d\n%s\n%s", code, out, errOut)
-	}
+	ref := e.checkpointServer(t, "donor-oom", registryAddr+"/it/cri-web-oom:v1", nil)
 
 	offset := e.logOffset()
 	ann := map[string]string{"snapboot.dev/checkpoint": ref}
@@ -281,14 +275,8 @@ func testCRIFallback(t *testing.T, e *criEnv) {
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	donorPod, donorPodConf := e.runPod(t, "donor-mount", nil)
-	donor := e.startContainerOpts(t, donorPod, donorPodConf, "web", nil, serveCmd("donor-mount"),
+	ref := e.checkpointServer(t, "donor-mount", registryAddr+"/it/cri-web-mount:v1",
 		[]map[string]any{{"container_path": "/data", "host_path": data}})
-	e.waitHTTP(t, e.podIP(t, donorPod), "donor-mount", 20*time.Second)
-	ref := registryAddr + "/it/cri-web-mount:v1"
-	if out, errOut, code := e.snapboot("checkpoint", "--exit", donor, ref); code != 0 {
-		t.Fatalf("snapboot checkpoint: exit %d\n%s\n%s", code, out, errOut)
-	}
 
 	offset := e.logOffset()
 	ann := map[string]string{"snapboot.dev/checkpoint": ref}
@@ -821,6 +809,20 @@ func (e *criEnv) runPod(t *testing.T, name string, annotations map[string]string
 		}
 	})
 	return id, configPath
+}
+
+// checkpointServer runs a pod named name whose container (with mounts)
+// serves name, checkpoints it with `snapboot checkpoint --exit` to ref, and
+// returns ref.
+func (e *criEnv) checkpointServer(t *testing.T, name, ref string, mounts []map[string]any) string {
+	t.Helper()
+	pod, podConf := e.runPod(t, name, nil)
+	donor := e.startContainerOpts(t, pod, podConf, "web", nil, serveCmd(name), mounts)
+	e.waitHTTP(t, e.podIP(t, pod), name, 20*time.Second)
+	if out, errOut, code := e.snapboot("checkpoint", "--exit", donor, ref); code != 0 {
+		t.Fatalf("snapboot checkpoint %s %s: exit %d\n%s\n%s", donor, ref, code, out, errOut)
+	}
+	return ref
 }
 
 // startContainer creates and starts a container from the busybox image in

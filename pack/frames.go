@@ -6,6 +6,9 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/snapboot/snapboot/oci"
 )
 
 // FrameSize is how much uncompressed data each zstd frame holds. Layers are
@@ -16,11 +19,17 @@ const FrameSize = 4 << 20
 
 // frameWriter compresses what is written to it into independent frames of
 // FrameSize, several at once, and writes them to w in order.
+type compressed struct {
+	data   []byte
+	digest digest.Digest
+}
+
 type frameWriter struct {
 	w       io.Writer
 	enc     *zstd.Encoder
 	buf     []byte
-	pending chan chan []byte // compressed frames, in order
+	pending chan chan compressed // frames, in order
+	frames  []oci.Frame          // what drain wrote
 	done    chan struct{}
 	err     error
 	mu      sync.Mutex
@@ -33,7 +42,7 @@ func newFrameWriter(w io.Writer) (*frameWriter, error) {
 		return nil, err
 	}
 	n := runtime.GOMAXPROCS(0)
-	fw := &frameWriter{w: w, enc: enc, pending: make(chan chan []byte, n*2), done: make(chan struct{}), slots: make(chan struct{}, n)}
+	fw := &frameWriter{w: w, enc: enc, pending: make(chan chan compressed, n*2), done: make(chan struct{}), slots: make(chan struct{}, n)}
 	go fw.drain()
 	return fw, nil
 }
@@ -44,9 +53,10 @@ func (fw *frameWriter) drain() {
 		frame := <-ch
 		fw.mu.Lock()
 		if fw.err == nil {
-			if _, err := fw.w.Write(frame); err != nil {
+			if _, err := fw.w.Write(frame.data); err != nil {
 				fw.err = err
 			}
+			fw.frames = append(fw.frames, oci.Frame{Size: int64(len(frame.data)), Digest: frame.digest})
 		}
 		fw.mu.Unlock()
 	}
@@ -83,14 +93,18 @@ func (fw *frameWriter) flush() {
 	}
 	chunk := fw.buf
 	fw.buf = nil
-	ch := make(chan []byte, 1)
+	ch := make(chan compressed, 1)
 	fw.slots <- struct{}{}
 	fw.pending <- ch
 	go func() {
-		ch <- fw.enc.EncodeAll(chunk, make([]byte, 0, len(chunk)/4))
+		data := fw.enc.EncodeAll(chunk, make([]byte, 0, len(chunk)/4))
+		ch <- compressed{data: data, digest: digest.FromBytes(data)}
 		<-fw.slots
 	}()
 }
+
+// Frames are the frames written, in order; call it after Close.
+func (fw *frameWriter) Frames() []oci.Frame { return fw.frames }
 
 // Close writes the last frame and waits for every frame to be written.
 func (fw *frameWriter) Close() error {

@@ -11,12 +11,18 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/snapboot/snapboot/oci"
 )
 
 // Sizes of one packed layer.
 type Sizes struct {
 	Raw        int64 // bytes before compression (the tar stream)
 	Compressed int64
+	// Stream is the index that lets a node restore a CRIU images layer
+	// while it downloads (its zstd frames and trailing page images); nil
+	// for other layers.
+	Stream *oci.Stream
 }
 
 // newEncoder compresses into independent frames of FrameSize at zstd's
@@ -24,7 +30,7 @@ type Sizes struct {
 // 294 MB page image, decodes 1.8x faster than the fastest level (0.45 s
 // against 0.83 s on one core) for 25% more packing time: the restore, not the
 // checkpoint, is what has to be fast.
-func newEncoder(w io.Writer) (io.WriteCloser, error) {
+func newEncoder(w io.Writer) (*frameWriter, error) {
 	return newFrameWriter(w)
 }
 
@@ -40,7 +46,9 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 }
 
 // TarZstdDir writes dir's regular files and directories as a zstd-compressed
-// tar to w. Anything else (links, devices, sockets) is an error: a CRIU
+// tar to w, with the page images (pages-N.img, at the top) last: a node can
+// start restoring from the other images while the page images still
+// download. Anything else (links, devices, sockets) is an error: a CRIU
 // image directory holds none.
 func TarZstdDir(ctx context.Context, dir string, w io.Writer) (Sizes, error) {
 	cw := &countingWriter{w: w}
@@ -50,18 +58,9 @@ func TarZstdDir(ctx context.Context, dir string, w io.Writer) (Sizes, error) {
 	}
 	raw := &countingWriter{w: enc}
 	tw := tar.NewWriter(raw)
-	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	var pages []string
+	add := func(path string, info fs.FileInfo) error {
 		rel, err := filepath.Rel(dir, path)
-		if err != nil || rel == "." {
-			return err
-		}
-		info, err := d.Info()
 		if err != nil {
 			return err
 		}
@@ -90,7 +89,38 @@ func TarZstdDir(ctx context.Context, dir string, w io.Writer) (Sizes, error) {
 		defer f.Close()
 		_, err = io.Copy(tw, f)
 		return err
+	}
+	st := &oci.Stream{}
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if path == dir {
+			return nil
+		}
+		if filepath.Dir(path) == dir && d.Type().IsRegular() && oci.IsPageImage(d.Name()) {
+			pages = append(pages, path)
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		return add(path, info)
 	})
+	for _, path := range pages {
+		if err != nil {
+			break
+		}
+		var info fs.FileInfo
+		if info, err = os.Lstat(path); err == nil {
+			err = add(path, info)
+			st.Tail = append(st.Tail, oci.TailFile{Name: filepath.Base(path), Size: info.Size()})
+		}
+	}
 	if err == nil {
 		err = tw.Close()
 	}
@@ -100,7 +130,12 @@ func TarZstdDir(ctx context.Context, dir string, w io.Writer) (Sizes, error) {
 	if err != nil {
 		return Sizes{}, fmt.Errorf("pack %s: %w", dir, err)
 	}
-	return Sizes{Raw: raw.n, Compressed: cw.n}, nil
+	sizes := Sizes{Raw: raw.n, Compressed: cw.n}
+	if len(st.Tail) > 0 {
+		st.Frames = enc.Frames()
+		sizes.Stream = st
+	}
+	return sizes, nil
 }
 
 // Zstd compresses r into w.

@@ -1,13 +1,21 @@
 package pack
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/snapboot/snapboot/oci"
 	"github.com/snapboot/snapboot/unpack"
 )
 
@@ -53,4 +61,87 @@ func TestZstd(t *testing.T) {
 	if err != nil || sz.Raw != 10000 || sz.Compressed != int64(buf.Len()) {
 		t.Fatalf("%+v %v", sz, err)
 	}
+}
+
+// The page images come last, and the stream index describes the frames
+// actually written and the page images in the order they were packed.
+func TestPageImagesLastAndIndexed(t *testing.T) {
+	src := t.TempDir()
+	files := map[string][]byte{
+		"core-1.img":    []byte("core"),
+		"pages-1.img":   bytes.Repeat([]byte{1, 2, 3, 4, 5, 6, 7}, 1<<20),
+		"pages-2.img":   {},
+		"pagemap-1.img": []byte("pagemap"),
+		"zz-last.img":   []byte("lexically after the pages"),
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(src, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	sz, err := TarZstdDir(context.Background(), src, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sz.Stream == nil {
+		t.Fatal("no stream index")
+	}
+	want := []oci.TailFile{{Name: "pages-1.img", Size: 7 << 20}, {Name: "pages-2.img", Size: 0}}
+	if !reflect.DeepEqual(sz.Stream.Tail, want) {
+		t.Fatalf("tail %+v, want %+v", sz.Stream.Tail, want)
+	}
+	// The frames cover the layer, each with the digest of its bytes.
+	data := buf.Bytes()
+	var off int64
+	for i, f := range sz.Stream.Frames {
+		if off+f.Size > int64(len(data)) || digest.FromBytes(data[off:off+f.Size]) != f.Digest {
+			t.Fatalf("frame %d (%d bytes at %d) does not match its digest", i, f.Size, off)
+		}
+		off += f.Size
+	}
+	if off != int64(len(data)) || len(sz.Stream.Frames) < 2 {
+		t.Fatalf("%d frames cover %d of %d bytes", len(sz.Stream.Frames), off, len(data))
+	}
+	// The annotations decode back to the same index.
+	layer := ocispec.Descriptor{Size: int64(len(data)), Digest: digest.FromBytes(data), Annotations: sz.Stream.Annotations()}
+	back, err := oci.StreamOf(layer)
+	if err != nil || !reflect.DeepEqual(back, sz.Stream) {
+		t.Fatalf("annotations decode to %+v, %v", back, err)
+	}
+
+	var order []string
+	tr := tar.NewReader(zstdReader(t, data))
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		order = append(order, hdr.Name)
+	}
+	if got := strings.Join(order, " "); got != "core-1.img pagemap-1.img zz-last.img pages-1.img pages-2.img" {
+		t.Fatalf("tar order: %s", got)
+	}
+}
+
+func TestNoPagesNoIndex(t *testing.T) {
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "inventory.img"), []byte("inventory"), 0o600)
+	sz, err := TarZstdDir(context.Background(), src, &bytes.Buffer{})
+	if err != nil || sz.Stream != nil {
+		t.Fatalf("%+v, %v", sz.Stream, err)
+	}
+}
+
+func zstdReader(t *testing.T, data []byte) io.Reader {
+	t.Helper()
+	zr, err := zstd.NewReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(zr.Close)
+	return zr
 }

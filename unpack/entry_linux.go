@@ -32,6 +32,7 @@ type extractor struct {
 	maxEntries int
 	st         Stats
 	buf        []byte
+	files      FileObserver
 
 	// Directory modes and times are applied after all entries, so that
 	// entries can still be written into a directory the archive makes
@@ -194,6 +195,21 @@ func atime(hdr *tar.Header) time.Time {
 	return hdr.AccessTime
 }
 
+// observedWriter tells a FileObserver about each write.
+type observedWriter struct {
+	w     io.Writer
+	files FileObserver
+	name  string
+	n     int64
+}
+
+func (o *observedWriter) Write(p []byte) (int, error) {
+	n, err := o.w.Write(p)
+	o.n += int64(n)
+	o.files.Wrote(o.name, o.n)
+	return n, err
+}
+
 // writerOnly hides (*os.File).ReadFrom so that io.CopyBuffer uses our buffer.
 type writerOnly struct{ io.Writer }
 
@@ -222,7 +238,15 @@ func (x *extractor) file(hdr *tar.Header, name string, r io.Reader) error {
 	if x.buf == nil {
 		x.buf = make([]byte, copyBufSize)
 	}
-	n, err := io.CopyBuffer(writerOnly{f}, io.LimitReader(r, hdr.Size), x.buf)
+	var w io.Writer = writerOnly{f}
+	if x.files != nil {
+		if err := x.files.Start(name, hdr.Size); err != nil {
+			f.Close()
+			return failed(hdr.Name, err)
+		}
+		w = &observedWriter{w: f, files: x.files, name: name}
+	}
+	n, err := io.CopyBuffer(w, io.LimitReader(r, hdr.Size), x.buf)
 	x.st.Bytes += n
 	if err == nil && n != hdr.Size {
 		err = io.ErrUnexpectedEOF

@@ -11,6 +11,9 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/snapboot/snapboot/oci"
 )
 
 // A zstd stream may hold many independent frames. snapboot writes its
@@ -149,7 +152,9 @@ func readFrame(br *bufio.Reader, limit int, buf *bytes.Buffer) (frame []byte, sk
 // Frames are decoded by `workers` goroutines and read in order straight
 // from their decoded buffers. Frames' content checksums are checked unless
 // skipChecksums is set (the caller verifies a digest of the whole stream).
-func newFrameReader(r io.Reader, workers int, skipChecksums bool) io.ReadCloser {
+// When frames is not nil the stream must be exactly those frames: each one
+// is checked against its size and digest before it is decoded.
+func newFrameReader(r io.Reader, workers int, skipChecksums bool, frames []oci.Frame) io.ReadCloser {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
@@ -157,6 +162,7 @@ func newFrameReader(r io.Reader, workers int, skipChecksums bool) io.ReadCloser 
 		// Its capacity bounds the frames in flight, and so the memory.
 		results: make(chan chan piece, workers*2),
 		stop:    make(chan struct{}),
+		frames:  frames,
 	}
 	go fr.split(bufio.NewReaderSize(r, 1<<20), workers, zstd.IgnoreChecksum(skipChecksums))
 	return fr
@@ -174,6 +180,7 @@ type frameReader struct {
 	results chan chan piece
 	stop    chan struct{}
 	once    sync.Once
+	frames  []oci.Frame // the frames the stream must be, or nil
 
 	cur    *[]byte
 	off    int
@@ -256,11 +263,21 @@ func (f *frameReader) split(br *bufio.Reader, workers int, checksums zstd.DOptio
 		}
 		decoders <- d
 	}
-	for {
+	verify := f.frames != nil
+	for i := 0; ; i++ {
 		in := inBufs.Get().(*bytes.Buffer)
 		frame, skippable, err := readFrame(br, maxParallelFrame, in)
 		switch {
+		case verify && err == io.EOF && i < len(f.frames):
+			f.send(piece{err: fmt.Errorf("zstd: stream ends after %d of its %d frames: %w", i, len(f.frames), ErrCorrupt)})
+			return
 		case err == io.EOF:
+			return
+		case verify && err == nil && (skippable || i >= len(f.frames) || int64(len(frame)) != f.frames[i].Size):
+			f.send(piece{err: fmt.Errorf("zstd: frame %d is not the frame the layer lists: %w", i, ErrCorrupt)})
+			return
+		case verify && errors.Is(err, errFrameTooLarge):
+			f.send(piece{err: fmt.Errorf("zstd: frame %d is larger than any listed frame: %w", i, ErrCorrupt)})
 			return
 		case errors.Is(err, errFrameTooLarge):
 			// Few large frames: the rest is one stream, decoded by the
@@ -290,11 +307,19 @@ func (f *frameReader) split(br *bufio.Reader, workers int, checksums zstd.DOptio
 		}
 		dec := <-decoders
 		inflight.Add(1)
+		var want digest.Digest
+		if verify {
+			want = f.frames[i].Digest
+		}
 		go func() {
 			defer inflight.Done()
 			out := outBufs.Get().(*[]byte)
 			var err error
-			*out, err = dec.DecodeAll(frame, (*out)[:0])
+			if want != "" && digest.SHA256.FromBytes(frame) != want {
+				err = fmt.Errorf("zstd: frame %d does not match its digest %s: %w", i, want, ErrCorrupt)
+			} else {
+				*out, err = dec.DecodeAll(frame, (*out)[:0])
+			}
 			decoders <- dec
 			inBufs.Put(in)
 			res <- piece{out: out, err: err}

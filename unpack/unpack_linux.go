@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/snapboot/snapboot/oci"
 )
 
 // Mode selects which kinds of entries an archive may hold and how they are
@@ -52,6 +54,23 @@ type Options struct {
 	// a caller that verifies the digest of the whole compressed stream and
 	// discards the result on a mismatch (see cache.FetchBlobTo).
 	SkipFrameChecksums bool
+	// Frames, when not nil, are the zstd frames the stream must consist of
+	// (TarZstd only): each is checked against its size and digest before it
+	// is decoded, so every byte written has been verified.
+	Frames []oci.Frame
+	// Files, when set, follows regular files as they are written.
+	Files FileObserver
+}
+
+// FileObserver follows the writing of regular files.
+type FileObserver interface {
+	// Start is called when name (cleaned, relative to the extraction
+	// directory) is created, before its size bytes of content are written.
+	// An error stops the extraction.
+	Start(name string, size int64) error
+	// Wrote is called as content is written: the first n bytes of name
+	// are in the file.
+	Wrote(name string, n int64)
 }
 
 // Stats reports what an extraction did. On error it counts what was done
@@ -67,6 +86,10 @@ type Stats struct {
 // ErrUnsafe is wrapped by every rejection of an entry that could write
 // outside the extraction directory or that the mode does not allow.
 var ErrUnsafe = errors.New("unsafe archive entry")
+
+// ErrCorrupt is wrapped when the compressed stream does not match the
+// frames it must consist of (Options.Frames).
+var ErrCorrupt = errors.New("archive does not match its digests")
 
 // ErrTooLarge is wrapped by every rejection of an archive that exceeds
 // Options.MaxBytes, Options.MaxEntries or another built-in bound.
@@ -129,7 +152,7 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 // does. The whole zstd stream is read and checked, so a truncated or corrupt
 // stream is an error even when the damage lies after the tar end marker.
 func TarZstd(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
-	zr := newFrameReader(r, 0, opts.SkipFrameChecksums)
+	zr := newFrameReader(r, 0, opts.SkipFrameChecksums, opts.Frames)
 	defer zr.Close()
 
 	st, err := Tar(ctx, zr, dir, opts)
@@ -195,6 +218,7 @@ func newExtractor(dir string, opts Options) (*extractor, error) {
 		mode:       opts.Mode,
 		maxBytes:   opts.MaxBytes,
 		maxEntries: opts.MaxEntries,
+		files:      opts.Files,
 		dirIndex:   map[string]int{},
 	}
 	if x.maxBytes == 0 {

@@ -43,33 +43,63 @@ const completeMarker = ".snapboot-complete"
 // interrupted fill leaves nothing behind in unpacked/. Concurrent callers
 // for one key, from any process, unpack it once.
 func (c *Cache) Unpack(ctx context.Context, key digest.Digest, fill func(dir string) error) (*Unpacked, error) {
-	if err := key.Validate(); err != nil {
+	u, f, err := c.BeginUnpack(ctx, key)
+	if err != nil || f == nil {
+		return u, err
+	}
+	if err := fill(f.Dir); err != nil {
+		f.Abort()
 		return nil, err
+	}
+	return f.Commit()
+}
+
+// Filling is an unpack in progress. Its owner fills Dir, then calls Commit
+// or Abort; until then, other unpacks of the same checkpoint wait.
+type Filling struct {
+	Dir string
+
+	final  string
+	unlock func()
+	inUse  func()
+	ended  bool
+}
+
+// BeginUnpack returns the unpacked checkpoint with manifest digest key if
+// it is in the cache, and otherwise an empty directory to unpack it into.
+// Unlike Unpack, it lets the caller use the directory while it is still
+// being filled (a restore can start before the page images are in).
+func (c *Cache) BeginUnpack(ctx context.Context, key digest.Digest) (*Unpacked, *Filling, error) {
+	if err := key.Validate(); err != nil {
+		return nil, nil, err
 	}
 	final := filepath.Join(c.root, "unpacked", key.Encoded())
 	inUse, err := c.holdShared(ctx, "use-"+key.Encoded())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	u := &Unpacked{Dir: final, release: inUse}
 	if complete(final) {
 		touch(final)
-		return u, nil
+		return &Unpacked{Dir: final, release: inUse}, nil, nil
 	}
 	unlock, err := c.lock(ctx, "unpack-"+key.Encoded())
 	if err != nil {
 		inUse()
-		return nil, err
+		return nil, nil, err
 	}
-	defer unlock()
 	if complete(final) {
+		unlock()
 		touch(final)
-		return u, nil
+		return &Unpacked{Dir: final, release: inUse}, nil, nil
+	}
+	fail := func(err error) (*Unpacked, *Filling, error) {
+		unlock()
+		inUse()
+		return nil, nil, err
 	}
 	// A directory without the marker is a leftover of a crash: replace it.
 	if err := os.RemoveAll(final); err != nil {
-		inUse()
-		return nil, fmt.Errorf("remove incomplete unpack: %w", err)
+		return fail(fmt.Errorf("remove incomplete unpack: %w", err))
 	}
 	// Holding the lock, any unpack directory of this key is a leftover of a
 	// process that died mid-unpack.
@@ -79,24 +109,42 @@ func (c *Cache) Unpack(ctx context.Context, key digest.Digest, fill func(dir str
 	}
 	tmp, err := os.MkdirTemp(filepath.Join(c.root, "tmp"), key.Encoded()+"-")
 	if err != nil {
-		inUse()
+		return fail(err)
+	}
+	return nil, &Filling{Dir: tmp, final: final, unlock: unlock, inUse: inUse}, nil
+}
+
+// Commit moves the filled directory into place and returns it, held in use.
+func (f *Filling) Commit() (*Unpacked, error) {
+	if f.ended {
+		return nil, errors.New("cache: unpack already committed or aborted")
+	}
+	f.ended = true
+	defer f.unlock()
+	err := os.WriteFile(filepath.Join(f.Dir, completeMarker), nil, 0o600)
+	if err == nil {
+		if err = os.Rename(f.Dir, f.final); err != nil {
+			err = fmt.Errorf("move unpacked checkpoint into place: %w", err)
+		}
+	}
+	if err != nil {
+		os.RemoveAll(f.Dir)
+		f.inUse()
 		return nil, err
 	}
-	defer os.RemoveAll(tmp) // no-op after the rename
-	if err := fill(tmp); err != nil {
-		inUse()
-		return nil, err
+	return &Unpacked{Dir: f.final, release: f.inUse, Created: true}, nil
+}
+
+// Abort removes the directory and ends the unpack. It is safe to call
+// after Commit, when it does nothing.
+func (f *Filling) Abort() {
+	if f == nil || f.ended {
+		return
 	}
-	if err := os.WriteFile(filepath.Join(tmp, completeMarker), nil, 0o600); err != nil {
-		inUse()
-		return nil, err
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		inUse()
-		return nil, fmt.Errorf("move unpacked checkpoint into place: %w", err)
-	}
-	u.Created = true
-	return u, nil
+	f.ended = true
+	os.RemoveAll(f.Dir)
+	f.unlock()
+	f.inUse()
 }
 
 func complete(dir string) bool {

@@ -228,6 +228,9 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 		return nil, err
 	}
 	layers := []oci.LayerFile{{MediaType: oci.MediaTypeCRIUImages, Path: criuTar}}
+	if res.CRIU.Stream != nil {
+		layers[0].Annotations = res.CRIU.Stream.Annotations()
+	}
 	if res.Rootfs.Raw > 0 {
 		layers = append(layers, oci.LayerFile{MediaType: oci.MediaTypeRootfsDiff, Path: rootfsTar})
 	}

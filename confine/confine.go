@@ -206,17 +206,30 @@ func decodeCore(path string) (*crit.CriuImage, *criucore.CoreEntry, error) {
 }
 
 // populate fills dir with the images of src: rewritten ones encoded anew,
-// the others hard-linked (the cache's copies are never modified).
+// the others hard-linked (the cache's copies are never modified), symlinks
+// copied.
 func populate(src, dir string, rewritten map[string]*crit.CriuImage) error {
 	entries, err := os.ReadDir(src)
 	if err != nil {
 		return err
 	}
 	for _, e := range entries {
+		name := e.Name()
+		if e.Type()&os.ModeSymlink != 0 {
+			// A page image still streaming in (see package restore): the
+			// link is relative, and dir sits beside src.
+			target, err := os.Readlink(filepath.Join(src, name))
+			if err == nil {
+				err = os.Symlink(target, filepath.Join(dir, name))
+			}
+			if err != nil {
+				return fmt.Errorf("link %s: %w", name, err)
+			}
+			continue
+		}
 		if !e.Type().IsRegular() {
 			continue
 		}
-		name := e.Name()
 		if img, ok := rewritten[name]; ok {
 			f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 			if err != nil {

@@ -117,13 +117,19 @@ func logLine(t *testing.T, offset int64, event, id string, timeout time.Duration
 // its own network namespace.
 func startCounterClone(t *testing.T, ref string) (id, logFile string) {
 	t.Helper()
+	return startScriptClone(t, ref, counterScript)
+}
+
+// startScriptClone is startCounterClone with another shell script.
+func startScriptClone(t *testing.T, ref, script string) (id, logFile string) {
+	t.Helper()
 	id = uniqueID(t)
 	ann := map[string]string{}
 	if ref != "" {
 		ann["snapboot.dev/checkpoint"] = ref
 	}
 	logFile = runDetachedOpts(t, id, runOptions{Runtime: snapbootRuntime, Annotations: ann,
-		Flags: []string{"--with-ns", "network:" + newNetns(t), "--hostname", "host-" + id[len(id)-6:]}}, "/bin/sh", "-c", counterScript)
+		Flags: []string{"--with-ns", "network:" + newNetns(t), "--hostname", "host-" + id[len(id)-6:]}}, "/bin/sh", "-c", script)
 	return id, logFile
 }
 

@@ -35,6 +35,9 @@ type Checkpoint struct {
 	CRIU     ocispec.Descriptor
 	// Rootfs is the rootfs-changes layer; nil when the checkpoint has none.
 	Rootfs *ocispec.Descriptor
+	// Stream is the CRIU layer's stream index; nil when it has none, and
+	// then it can't be restored while it downloads.
+	Stream *Stream
 }
 
 // Layers are the descriptors to download, CRIU images first.
@@ -111,6 +114,11 @@ func DecodeManifest(data []byte) (*Checkpoint, error) {
 	if criu != 1 {
 		return nil, invalid("%d CRIU image layers, want exactly 1", criu)
 	}
+	st, err := StreamOf(c.CRIU)
+	if err != nil {
+		return nil, err
+	}
+	c.Stream = st
 	return c, nil
 }
 

@@ -28,6 +28,9 @@ type Target interface {
 type LayerFile struct {
 	MediaType string
 	Path      string
+	// Annotations go on the layer's descriptor (a CRIU images layer's
+	// stream index).
+	Annotations map[string]string
 }
 
 // PushOptions are the optional parts of a push.
@@ -104,7 +107,7 @@ func pushFile(ctx context.Context, dst Target, l LayerFile, progress func(string
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	d := ocispec.Descriptor{MediaType: l.MediaType, Digest: dg, Size: fi.Size()}
+	d := ocispec.Descriptor{MediaType: l.MediaType, Digest: dg, Size: fi.Size(), Annotations: l.Annotations}
 	if ok, err := dst.Exists(ctx, d); err == nil && ok {
 		return d, nil
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -77,8 +78,30 @@ type Plan struct {
 	Timings       Timings
 
 	unpacked    *cache.Unpacked
-	scratch     string // per-container files, needed until runc has restored
-	mountsCache bool   // the rootfs mounts a directory of the cache
+	scratch     string  // per-container files, needed until runc has restored
+	mountsCache bool    // the rootfs mounts a directory of the cache
+	stream      *stream // the download still going on, for a streamed restore
+}
+
+
+// FinishStream ends a streamed restore's download once runc's restore has
+// returned: it waits for the download and caches the checkpoint if restored
+// is true, or stops it and keeps nothing otherwise. It returns why the
+// download failed, if it did (a failed download fails the restore: CRIU
+// gets EIO for what did not arrive). It does nothing for a restore that
+// was not streamed.
+func (p *Plan) FinishStream(ctx context.Context, restored bool) error {
+	if p == nil || p.stream == nil {
+		return nil
+	}
+	s := p.stream
+	p.stream = nil
+	p.unpacked = s.finish(ctx, !restored)
+	if s.err == nil {
+		p.PulledBytes = s.stats.PulledBytes
+		p.Timings.Streamed = s.ended.Sub(s.began) - p.Timings.Pull
+	}
+	return s.err
 }
 
 // NeedsCache reports whether the restored container keeps using the cache
@@ -97,9 +120,11 @@ func (p *Plan) RestoreDone() {
 }
 
 // Release ends the plan's hold on the unpacked checkpoint in the cache.
-// Call it when the container is deleted, or when the plan is abandoned.
+// Call it when the container is deleted, or when the plan is abandoned (a
+// download still going on is stopped).
 func (p *Plan) Release() {
 	if p != nil {
+		p.FinishStream(context.Background(), false)
 		p.RestoreDone()
 		p.unpacked.Release()
 	}
@@ -111,6 +136,9 @@ type Timings struct {
 	Pull    time.Duration // layer downloads, unpacked while they stream in
 	Unpack  time.Duration // unpacking of layers that were in the cache already
 	Restore time.Duration // runc restore (filled in by the shim)
+	// Streamed is how long the download went on after Pull, while runc
+	// restored (a streamed restore); Total leaves it out.
+	Streamed time.Duration
 }
 
 // Total is the sum of the stages.
@@ -192,30 +220,32 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	if err != nil {
 		return nil, fmt.Errorf("annotation %s: %w", AnnotationCRIUOptions, err)
 	}
-	f, err := r.Fetch(ctx, refStr)
+	f, err := r.fetch(ctx, refStr, true)
 	if err != nil {
 		return nil, err
 	}
+	plan := &Plan{Ref: refStr, Digest: f.Digest, Cached: f.Cached, PulledBytes: f.PulledBytes,
+		Timings: f.Timings, unpacked: f.unpacked, Spec: spec, stream: f.stream}
 	defer func() {
 		if retErr != nil {
-			f.Release()
+			plan.Release()
 		}
 	}()
-	plan := &Plan{Ref: refStr, Digest: f.Digest, Cached: f.Cached, PulledBytes: f.PulledBytes,
-		Timings: f.Timings, unpacked: f.unpacked, Spec: spec}
-	plan.ImagesDir = f.unpacked.CRIUDir()
+	plan.ImagesDir = filepath.Join(f.Dir, "criu")
 
-	// The caller's spec wins: CRIU would restore the donor's credentials.
 	scratch, err := f.scratchDir("restore-" + req.ContainerID)
 	if err != nil {
 		return nil, err
 	}
 	plan.scratch = scratch
-	defer func() {
-		if retErr != nil {
-			os.RemoveAll(scratch)
+	if plan.stream != nil {
+		linked := filepath.Join(scratch, "images")
+		if err := linkImages(plan.ImagesDir, linked, plan.stream, f.Checkpoint.Stream.Tail); err != nil {
+			return nil, fmt.Errorf("images directory for a streamed restore: %w", err)
 		}
-	}()
+		plan.ImagesDir = linked
+	}
+	// The caller's spec wins: CRIU would restore the donor's credentials.
 	confined, err := confine.Apply(plan.ImagesDir, scratch, spec)
 	if err != nil {
 		return nil, err
@@ -223,8 +253,10 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	plan.ImagesDir = confined.ImagesDir
 	plan.NarrowedTasks = confined.Narrowed
 	plan.Rootfs = req.Rootfs
-	if f.Checkpoint.Rootfs != nil && !isEmptyDir(f.unpacked.RootfsDir()) {
-		if plan.Rootfs, err = stackRootfsChanges(req.Rootfs, f.unpacked.RootfsDir()); err != nil {
+	if rootfs := filepath.Join(f.Dir, "rootfs"); f.Checkpoint.Rootfs != nil && !isEmptyDir(rootfs) {
+		// A streamed restore mounts the directory before it moves into
+		// place in the cache; the mount follows it.
+		if plan.Rootfs, err = stackRootfsChanges(req.Rootfs, rootfs); err != nil {
 			return nil, err
 		}
 		plan.mountsCache = true
@@ -252,8 +284,9 @@ type Fetched struct {
 	PulledBytes int64
 	Timings     Timings
 
-	unpacked *cache.Unpacked
+	unpacked *cache.Unpacked // nil while stream is on
 	cache    *cache.Cache
+	stream   *stream
 }
 
 // Release ends the hold on the unpacked checkpoint.
@@ -270,6 +303,12 @@ func (f *Fetched) scratchDir(prefix string) (string, error) {
 // downloaded and unpacked in the node cache. The shim restores from what it
 // returns; `snapboot pull` fills the cache with it.
 func (r *Restorer) Fetch(ctx context.Context, refStr string) (*Fetched, error) {
+	return r.fetch(ctx, refStr, false)
+}
+
+// fetch is Fetch; with streaming set, it may return before the page images
+// are in (see stream), with Fetched.stream set.
+func (r *Restorer) fetch(ctx context.Context, refStr string, streaming bool) (*Fetched, error) {
 	began := time.Now()
 	if r.cfgErr != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrConfig, r.ConfigPath, r.cfgErr)
@@ -305,11 +344,31 @@ func (r *Restorer) Fetch(ctx context.Context, refStr string) (*Fetched, error) {
 	f := &Fetched{Ref: refStr, Digest: a.desc.Digest, Checkpoint: a.ck, Metadata: a.meta, Cached: true, cache: a.cache}
 	f.Timings.Resolve = time.Since(began)
 
-	u, err := a.cache.Unpack(ctx, a.desc.Digest, func(dir string) error {
-		return r.pullAndUnpack(ctx, a, dir, f)
-	})
+	u, filling, err := a.cache.BeginUnpack(ctx, a.desc.Digest)
 	if err != nil {
 		return nil, err
+	}
+	if filling != nil {
+		f.Cached = false
+		if streaming && a.ck.Stream != nil {
+			s, err := r.startStream(ctx, a, filling, f)
+			if err != nil {
+				return nil, err // startStream aborted the filling
+			}
+			if s != nil {
+				f.stream, f.Dir = s, filling.Dir
+				return f, nil
+			}
+		}
+		var st pullStats
+		if err := r.pullLayers(ctx, a, filling.Dir, &st, nil); err != nil {
+			filling.Abort()
+			return nil, err
+		}
+		if u, err = filling.Commit(); err != nil {
+			return nil, err
+		}
+		f.PulledBytes, f.Timings.Pull, f.Timings.Unpack = st.PulledBytes, st.Pull, st.Unpack
 	}
 	f.unpacked = u
 	f.Dir = u.Dir
@@ -471,41 +530,56 @@ func (r *Restorer) readSmall(ctx context.Context, c *cache.Cache, src Source, de
 	return c.ReadBlob(ctx, desc)
 }
 
-// pullAndUnpack unpacks the layers into dir, each while it downloads into
-// the cache (or from the cache when only the unpacked copy was missing).
-// Download, decompression and extraction overlap; the unpacked directory is
-// used only if every layer matched its digest.
-func (r *Restorer) pullAndUnpack(ctx context.Context, a *artifact, dir string, f *Fetched) error {
-	f.Cached = false
+// pullStats are what pullLayers did.
+type pullStats struct {
+	PulledBytes int64
+	Pull        time.Duration // layers downloaded
+	Unpack      time.Duration // layers that were in the cache already
+}
+
+// pullLayers unpacks the layers into dir, each while it downloads (or from
+// the cache when only the unpacked copy was missing). Download,
+// decompression and extraction overlap; the unpacked directory is used only
+// if every layer matched its digest. With pages set (a streamed restore),
+// the rootfs changes come first, and the CRIU images layer is checked frame
+// by frame against its stream index and its files reported to pages.
+func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *pullStats, pages unpack.FileObserver) error {
 	defer pullCPUs()()
 	budget := int64(r.cfg.Pull.MaxUnpackedSize)
-	for _, l := range a.ck.Layers() {
+	layers := a.ck.Layers()
+	if pages != nil {
+		slices.Reverse(layers) // the rootfs changes, then the CRIU images
+	}
+	for _, l := range layers {
 		mode, sub := unpack.CRIUImages, "criu"
+		opts := unpack.Options{Mode: mode, MaxBytes: budget, SkipFrameChecksums: true}
 		if l.MediaType == oci.MediaTypeRootfsDiff {
-			mode, sub = unpack.RootfsDiff, "rootfs"
+			opts.Mode, sub = unpack.RootfsDiff, "rootfs"
+		} else if pages != nil {
+			opts.Frames, opts.Files = a.ck.Stream.Frames, pages
 		}
 		target := filepath.Join(dir, sub)
 		if err := os.Mkdir(target, 0o700); err != nil {
 			return err
 		}
 		t := time.Now()
-		var st unpack.Stats
+		var us unpack.Stats
 		downloaded, err := a.cache.FetchBlobTo(ctx, a.src, l, false, func(rd io.Reader) error {
 			var err error
 			// FetchBlobTo verifies the layer's digest and fails the unpack
 			// on a mismatch: the frames' own checksums add nothing.
-			st, err = unpack.TarZstd(ctx, rd, target, unpack.Options{Mode: mode, MaxBytes: budget, SkipFrameChecksums: true})
+			us, err = unpack.TarZstd(ctx, rd, target, opts)
 			return err
 		})
 		if err != nil {
 			return fmt.Errorf("pull and unpack %s layer %s: %w", sub, l.Digest, err)
 		}
-		budget -= st.Bytes
+		budget -= us.Bytes
 		if downloaded {
-			f.PulledBytes += l.Size
-			f.Timings.Pull += time.Since(t)
+			st.PulledBytes += l.Size
+			st.Pull += time.Since(t)
 		} else {
-			f.Timings.Unpack += time.Since(t)
+			st.Unpack += time.Since(t)
 		}
 	}
 	return nil
@@ -575,7 +649,7 @@ func ReasonKind(err error) string {
 	switch {
 	case errors.Is(err, ErrDenied):
 		return "policy"
-	case errors.Is(err, oci.ErrInvalidArtifact), errors.Is(err, unpack.ErrUnsafe), errors.Is(err, unpack.ErrTooLarge):
+	case errors.Is(err, oci.ErrInvalidArtifact), errors.Is(err, unpack.ErrUnsafe), errors.Is(err, unpack.ErrTooLarge), errors.Is(err, unpack.ErrCorrupt):
 		return "invalid"
 	case errors.Is(err, compat.ErrIncompatible):
 		return "incompatible"

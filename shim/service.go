@@ -143,6 +143,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		log.G(ctx).WithError(uerr).Warn("snapboot: cannot read the pod's hostname; the restore may rename it")
 	}
 	resp, err := s.TTRPCTaskService.Start(ctx, r)
+	// A streamed restore's download ends with the restore: CRIU has read
+	// the page images, so what is left is the end of the layer.
+	streamErr := p.plan.FinishStream(ctx, err == nil)
 	// Also after a failed restore: CRIU may have renamed the pod already.
 	if uerr := putUTSBack(); uerr != nil {
 		log.G(ctx).WithError(uerr).Warn("snapboot: cannot put the pod's hostname back after the restore")
@@ -179,6 +182,10 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	restoreErr := fmt.Errorf("%w: %w", restore.ErrRestoreFailed, err)
 	if detail := criulog.Errors(filepath.Join(p.original.Bundle, "work", "restore.log")); detail != "" {
 		restoreErr = fmt.Errorf("%w: %w; CRIU: %s", restore.ErrRestoreFailed, err, detail)
+	}
+	if streamErr != nil && !errors.Is(streamErr, context.Canceled) {
+		// What CRIU could not read never arrived: that is the reason.
+		restoreErr = fmt.Errorf("%w; the page images' download failed: %w", restoreErr, streamErr)
 	}
 	p.plan.Release()
 
@@ -334,10 +341,12 @@ func logRestored(ctx context.Context, r preparer, id string, plan *restore.Plan)
 		"ref":          plan.Ref,
 		"digest":       plan.Digest.String(),
 		"cached":       plan.Cached,
+		"streamed":     plan.Timings.Streamed > 0,
 		"narrowed":     plan.NarrowedTasks,
 		"pulled_bytes": plan.PulledBytes,
 		"resolve_s":    t.Resolve.Seconds(),
 		"pull_s":       t.Pull.Seconds(),
+		"streamed_s":   t.Streamed.Seconds(),
 		"unpack_s":     t.Unpack.Seconds(),
 		"restore_s":    t.Restore.Seconds(),
 		"total_s":      t.Total().Seconds(),

@@ -1,0 +1,142 @@
+//go:build integration
+
+package integration
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/snapboot/snapboot/oci"
+)
+
+// bigCounterScript counts like counterScript while the shell holds 24 MB,
+// so that its page image spans several zstd frames of the checkpoint.
+const bigCounterScript = `big=$(head -c 24000000 /dev/zero | tr '\0' x); ` + counterScript
+
+// A checkpoint made by `snapboot checkpoint` restores while its page images
+// download (streamed=true), ends up in the cache, and leaves no mount. One
+// whose last frame does not match the digest its manifest lists fails that
+// restore mid-way, and the container starts cold.
+func TestStreamedRestore(t *testing.T) {
+	requireShim(t)
+	donor, donorLog := startScriptClone(t, "", bigCounterScript)
+	waitCount(t, donorLog, 10)
+	ref := registryAddr + "/it/stream:v1"
+	mustSnapboot(t, "checkpoint", donor, ref)
+	lastBeforeDump := numbers(donorLog)[len(numbers(donorLog))-1]
+
+	var m ocispec.Manifest
+	if err := json.Unmarshal([]byte(orasCmd(t, "manifest", "fetch", ref)), &m); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := oci.DecodeManifest(mustJSON(t, m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ck.Stream == nil || len(ck.Stream.Frames) < 4 || len(ck.Stream.Tail) == 0 {
+		t.Fatalf("the CRIU layer's stream index: %+v", ck.Stream)
+	}
+
+	t.Run("streamed", func(t *testing.T) {
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, ref, bigCounterScript)
+		line := logLine(t, offset, "snapboot.restore", clone, 60*time.Second)
+		t.Log(line)
+		if !strings.Contains(line, "cached=false") || !strings.Contains(line, "streamed=true") {
+			t.Errorf("restore from the registry should stream:\n%s", line)
+		}
+		cs := waitCount(t, cloneLog, lastBeforeDump+3)
+		if cs[0] <= 5 || cs[0] > lastBeforeDump+1 {
+			t.Fatalf("clone counted from %d; the donor was at %d when the dump ended", cs[0], lastBeforeDump)
+		}
+		if got := ctr(t, "task", "exec", "--fifo-dir", fifoDir, "--exec-id", "cat", clone, "/bin/cat", "/tmp/app.log"); got != "started\n" {
+			t.Errorf("rootfs changes: /tmp/app.log in the clone = %q", got)
+		}
+		if mi := readFile("/proc/self/mountinfo"); strings.Contains(mi, "snapboot-stream") {
+			t.Errorf("a streamfs mount is left after the restore:\n%s", mi)
+		}
+	})
+
+	t.Run("cached after streaming", func(t *testing.T) {
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, ref, bigCounterScript)
+		line := logLine(t, offset, "snapboot.restore", clone, 60*time.Second)
+		t.Log(line)
+		if !strings.Contains(line, "cached=true") || !strings.Contains(line, "streamed=false") {
+			t.Errorf("second restore should come from the cache the streamed one filled:\n%s", line)
+		}
+		waitCount(t, cloneLog, lastBeforeDump+3)
+	})
+
+	t.Run("frame not matching its digest", func(t *testing.T) {
+		// The registry serves another last frame than the manifest lists:
+		// the layer's own digest is made to match, the frame's does not.
+		dir := testDir(t)
+		layer := filepath.Join(dir, "criu.tar.zst")
+		orasCmd(t, "blob", "fetch", "--output", layer, strings.Split(ref, ":v1")[0]+"@"+ck.CRIU.Digest.String())
+		data, err := os.ReadFile(layer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := ck.Stream.Frames[len(ck.Stream.Frames)-1]
+		data[int64(len(data))-last.Size/2] ^= 0xff
+		if err := os.WriteFile(layer, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		bad := m
+		bad.Layers = append([]ocispec.Descriptor{}, m.Layers...)
+		for i, l := range bad.Layers {
+			if l.MediaType == oci.MediaTypeCRIUImages {
+				bad.Layers[i].Digest = digest.FromBytes(data)
+			}
+		}
+		badRef := registryAddr + "/it/stream:tampered"
+		repo := strings.Split(ref, ":v1")[0]
+		orasIn(t, dir, "blob", "push", repo, "criu.tar.zst")
+		if err := os.WriteFile(filepath.Join(dir, "manifest.json"), mustJSON(t, bad), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		orasIn(t, dir, "manifest", "push", badRef, "manifest.json")
+
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, badRef, bigCounterScript)
+		line := logLine(t, offset, "snapboot.fallback", clone, 60*time.Second)
+		t.Log(line)
+		for _, want := range []string{"does not match its digest", "reason_kind=invalid"} {
+			if !strings.Contains(line, want) {
+				t.Errorf("fallback line should say %q:\n%s", want, line)
+			}
+		}
+		// The frame fails after the restore began: the restore fails, and
+		// the container runs cold.
+		if !strings.Contains(line, "runc restore failed") {
+			t.Errorf("the bad frame should be found after the restore began (it is in the page images):\n%s", line)
+		}
+		if cs := waitCount(t, cloneLog, 3); cs[0] != 1 {
+			t.Errorf("the container should start cold and count from 1, counted from %d", cs[0])
+		}
+		if mi := readFile("/proc/self/mountinfo"); strings.Contains(mi, "snapboot-stream") {
+			t.Errorf("a streamfs mount is left after the failed restore")
+		}
+		if out := mustSnapboot(t, "inspect", badRef); !regexp.MustCompile(`cached on this node\s+false`).MatchString(out) {
+			t.Errorf("the tampered checkpoint should not be in the cache:\n%s", out)
+		}
+	})
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

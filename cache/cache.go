@@ -167,7 +167,7 @@ func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocisp
 		pw.CloseWithError(err)
 		c.removeIngest(desc.Digest)
 		if cerr := <-consumed; cerr != nil && !errors.Is(cerr, err) {
-			return true, fmt.Errorf("store %s: %w (while unpacking: %v)", desc.Digest, err, cerr)
+			return true, fmt.Errorf("store %s: %w (while unpacking: %w)", desc.Digest, err, cerr)
 		}
 		return true, fmt.Errorf("store %s: %w", desc.Digest, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -239,6 +240,17 @@ func (c *Cache) removeStale(age time.Duration) {
 		for _, e := range ents {
 			fi, err := e.Info()
 			if err != nil || time.Since(fi.ModTime()) < age {
+				continue
+			}
+			if strings.HasPrefix(e.Name(), detachedPrefix) {
+				// Held while a container still uses it.
+				unlock, err := c.tryLock(context.Background(), "use-"+e.Name())
+				if err != nil {
+					continue
+				}
+				os.RemoveAll(filepath.Join(c.root, sub, e.Name()))
+				unlock()
+				os.Remove(filepath.Join(c.root, "locks", "use-"+e.Name()+".lock"))
 				continue
 			}
 			os.RemoveAll(filepath.Join(c.root, sub, e.Name()))

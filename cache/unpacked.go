@@ -59,6 +59,7 @@ func (c *Cache) Unpack(ctx context.Context, key digest.Digest, fill func(dir str
 type Filling struct {
 	Dir string
 
+	c      *Cache
 	final  string
 	unlock func()
 	inUse  func()
@@ -111,7 +112,7 @@ func (c *Cache) BeginUnpack(ctx context.Context, key digest.Digest) (*Unpacked, 
 	if err != nil {
 		return fail(err)
 	}
-	return nil, &Filling{Dir: tmp, final: final, unlock: unlock, inUse: inUse}, nil
+	return nil, &Filling{Dir: tmp, c: c, final: final, unlock: unlock, inUse: inUse}, nil
 }
 
 // Commit moves the filled directory into place and returns it, held in use.
@@ -134,6 +135,33 @@ func (f *Filling) Commit() (*Unpacked, error) {
 	}
 	return &Unpacked{Dir: f.final, release: f.inUse, Created: true}, nil
 }
+
+// Detach ends the unpack without moving the directory into place or
+// removing it: it is renamed out of the cache's way and held, and its new
+// path returned. The caller removes it and then calls release, once nothing
+// uses it (a running container's rootfs may be stacked on it). Until then
+// Prune leaves it alone.
+func (f *Filling) Detach(ctx context.Context) (dir string, release func(), err error) {
+	if f.ended {
+		return "", nil, errors.New("cache: unpack already committed or aborted")
+	}
+	f.ended = true
+	defer f.inUse()
+	defer f.unlock()
+	dir = filepath.Join(filepath.Dir(f.Dir), detachedPrefix+filepath.Base(f.Dir))
+	release, err = f.c.holdShared(ctx, "use-"+filepath.Base(dir))
+	if err != nil {
+		return "", nil, err
+	}
+	if err := os.Rename(f.Dir, dir); err != nil {
+		release()
+		return "", nil, err
+	}
+	return dir, release, nil
+}
+
+// detachedPrefix names the directories of Detach in tmp/.
+const detachedPrefix = "detached-"
 
 // Abort removes the directory and ends the unpack. It is safe to call
 // after Commit, when it does nothing.

@@ -78,11 +78,11 @@ type Plan struct {
 	Timings       Timings
 
 	unpacked    *cache.Unpacked
-	scratch     string  // per-container files, needed until runc has restored
-	mountsCache bool    // the rootfs mounts a directory of the cache
-	stream      *stream // the download still going on, for a streamed restore
+	scratch     string    // per-container files, needed until runc has restored
+	mountsCache bool      // the rootfs mounts a directory of the cache
+	stream      *stream   // the download still going on, for a streamed restore
+	detached    *detached // a failed download's directory the rootfs still stacks on
 }
-
 
 // FinishStream ends a streamed restore's download once runc's restore has
 // returned: it waits for the download and caches the checkpoint if restored
@@ -96,7 +96,7 @@ func (p *Plan) FinishStream(ctx context.Context, restored bool) error {
 	}
 	s := p.stream
 	p.stream = nil
-	p.unpacked = s.finish(ctx, !restored)
+	p.unpacked, p.detached = s.finish(ctx, !restored, p.mountsCache)
 	if s.err == nil {
 		p.PulledBytes = s.stats.PulledBytes
 		p.Timings.Streamed = s.ended.Sub(s.began) - p.Timings.Pull
@@ -127,6 +127,8 @@ func (p *Plan) Release() {
 		p.FinishStream(context.Background(), false)
 		p.RestoreDone()
 		p.unpacked.Release()
+		p.detached.remove()
+		p.detached = nil
 	}
 }
 

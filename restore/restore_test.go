@@ -118,8 +118,6 @@ func (f *fakeRegistry) add(t *testing.T, tag string, a testArtifact) (manifest, 
 	if a.artifactType == "" {
 		a.artifactType = oci.ArtifactType
 	}
-	meta, _ := json.Marshal(oci.Metadata{FormatVersion: 1, CRIU: oci.Version{Version: "4.2.1"}, Host: oci.Host{Architecture: a.arch}})
-	cfg := push(t, f.store, oci.MediaTypeConfig, meta)
 	criu = push(t, f.store, oci.MediaTypeCRIUImages, tarZstd(t, entry{name: "inventory.img", body: "criu inventory " + tag},
 		entry{name: "core-1.img", body: coreImage(t)}))
 	layers := []ocispec.Descriptor{criu}
@@ -127,6 +125,20 @@ func (f *fakeRegistry) add(t *testing.T, tag string, a testArtifact) (manifest, 
 		layers = append(layers, push(t, f.store, oci.MediaTypeRootfsDiff, tarZstd(t,
 			entry{name: "etc/", typ: tar.TypeDir}, entry{name: "etc/app.log", body: "log line\n"}, entry{name: "etc/.wh.gone"})))
 	}
+	return f.addManifest(t, tag, a, layers...), criu
+}
+
+// addManifest pushes the metadata and a manifest of layers, and tags it.
+func (f *fakeRegistry) addManifest(t *testing.T, tag string, a testArtifact, layers ...ocispec.Descriptor) (manifest ocispec.Descriptor) {
+	t.Helper()
+	if a.arch == "" {
+		a.arch = "amd64"
+	}
+	if a.artifactType == "" {
+		a.artifactType = oci.ArtifactType
+	}
+	meta, _ := json.Marshal(oci.Metadata{FormatVersion: 1, CRIU: oci.Version{Version: "4.2.1"}, Host: oci.Host{Architecture: a.arch}})
+	cfg := push(t, f.store, oci.MediaTypeConfig, meta)
 	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: a.artifactType, Config: cfg, Layers: layers}
 	m.SchemaVersion = 2
 	mb, _ := json.Marshal(m)
@@ -135,7 +147,7 @@ func (f *fakeRegistry) add(t *testing.T, tag string, a testArtifact) (manifest, 
 	if err := f.store.Tag(context.Background(), manifest, tag); err != nil {
 		t.Fatal(err)
 	}
-	return manifest, criu
+	return manifest
 }
 
 // coreImage is a CRIU core image of a root task with CAP_SYS_ADMIN.

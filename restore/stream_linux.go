@@ -130,6 +130,7 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	case <-s.done:
 		stopLink()
 		s.close()
+		filling.Abort()
 		if s.err == nil {
 			s.err = errors.New("the download ended before the page images")
 		}
@@ -141,26 +142,53 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 // the unpacked checkpoint into the cache if the download succeeded. With
 // abandon set (the restore failed or was given up), the download is
 // stopped first and nothing is kept. It returns the unpacked checkpoint, or
-// nil.
-func (s *stream) finish(ctx context.Context, abandon bool) *cache.Unpacked {
+// nil; and when the download failed after a restore whose rootfs is
+// stacked on the directory (keep), that directory, moved out of the
+// cache's way, for the caller to remove when the container is gone.
+func (s *stream) finish(ctx context.Context, abandon, keep bool) (*cache.Unpacked, *detached) {
 	if abandon {
 		s.cancel()
 	}
 	<-s.done
 	s.close()
-	if s.err != nil || abandon {
-		if s.err != nil && !abandon {
-			log.G(ctx).WithError(s.err).Warn("snapboot: the checkpoint's download failed after the restore; it is not cached")
-		}
+	switch {
+	case abandon:
 		s.filling.Abort()
-		return nil
+		return nil, nil
+	case s.err != nil:
+		log.G(ctx).WithError(s.err).Warn("snapboot: the checkpoint's download failed after the restore had read what it needed; it is not cached")
+		if !keep {
+			s.filling.Abort()
+			return nil, nil
+		}
+		dir, release, err := s.filling.Detach(ctx)
+		if err != nil {
+			log.G(ctx).WithError(err).Warn("snapboot: could not move the failed download aside; the restored container's rootfs changes may go")
+			s.filling.Abort()
+			return nil, nil
+		}
+		return nil, &detached{dir: dir, release: release}
 	}
 	u, err := s.filling.Commit()
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("snapboot: the downloaded checkpoint could not be cached")
-		return nil
+		return nil, nil
 	}
-	return u
+	return u, nil
+}
+
+// detached is a failed download's directory that a restored container's
+// rootfs still stacks on.
+type detached struct {
+	dir     string
+	release func()
+}
+
+func (d *detached) remove() {
+	if d != nil {
+		os.RemoveAll(d.dir)
+		d.release()
+	}
 }
 
 // close unmounts the page images.

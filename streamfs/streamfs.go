@@ -24,6 +24,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // File is one file the file system serves: its name in the mount's root
@@ -151,6 +152,14 @@ func (s *FS) notify() {
 func (s *FS) Close() error {
 	s.Fail(errors.New("streamfs: closed"))
 	err := s.server.Unmount()
+	if err != nil {
+		// A reader still has a file open: detach the mount now, the
+		// kernel ends it when the last file is closed (reads fail with
+		// EIO until then).
+		if derr := unix.Unmount(s.Mountpoint, unix.MNT_DETACH); derr == nil {
+			err = nil
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true

@@ -1,0 +1,114 @@
+package cache
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// A directory handed out while it is filled is usable at once, holds off
+// other unpacks of the same checkpoint, and goes into place only on Commit.
+func TestBeginUnpackCommit(t *testing.T) {
+	c, _ := Open(t.TempDir())
+	ctx := context.Background()
+	key := digest.FromString("streamed")
+	u, f, err := c.BeginUnpack(ctx, key)
+	if err != nil || u != nil || f == nil {
+		t.Fatalf("BeginUnpack: %v %v %v", u, f, err)
+	}
+	if err := os.WriteFile(filepath.Join(f.Dir, "criu"), []byte("images"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c.IsUnpacked(key) {
+		t.Fatal("unpacked before Commit")
+	}
+	// Another unpack of the same checkpoint waits for the filling.
+	waitCtx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, _, err := c.BeginUnpack(waitCtx, key); err == nil {
+		t.Fatal("a second unpack did not wait for the first")
+	}
+	u, err = f.Commit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Release()
+	if b, _ := os.ReadFile(filepath.Join(u.Dir, "criu")); string(b) != "images" || !c.IsUnpacked(key) {
+		t.Fatalf("after Commit: %q, unpacked %v", b, c.IsUnpacked(key))
+	}
+	if _, err := f.Commit(); err == nil {
+		t.Fatal("committed twice")
+	}
+	f.Abort() // after Commit: nothing
+	if !c.IsUnpacked(key) {
+		t.Fatal("Abort after Commit removed the checkpoint")
+	}
+	u2, f2, err := c.BeginUnpack(ctx, key)
+	if err != nil || f2 != nil || u2 == nil {
+		t.Fatalf("BeginUnpack of a cached checkpoint: %v %v %v", u2, f2, err)
+	}
+	u2.Release()
+}
+
+func TestBeginUnpackAbort(t *testing.T) {
+	c, _ := Open(t.TempDir())
+	ctx := context.Background()
+	key := digest.FromString("aborted")
+	_, f, err := c.BeginUnpack(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(f.Dir, "partial"), []byte("x"), 0o600)
+	f.Abort()
+	if entries, _ := os.ReadDir(filepath.Join(c.Root(), "tmp")); len(entries) != 0 || c.IsUnpacked(key) {
+		t.Fatalf("after Abort: tmp %v, unpacked %v", entries, c.IsUnpacked(key))
+	}
+	// The lock is free again.
+	waitCtx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, f, err = c.BeginUnpack(waitCtx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Abort()
+}
+
+// A detached directory survives later unpacks of the same checkpoint and
+// stale-leftover removal while it is held, and goes once released.
+func TestDetach(t *testing.T) {
+	c, _ := Open(t.TempDir())
+	ctx := context.Background()
+	key := digest.FromString("detached")
+	_, f, err := c.BeginUnpack(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(f.Dir, "rootfs", "etc"), 0o755)
+	dir, release, err := f.Detach(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "rootfs", "etc")); err != nil {
+		t.Fatal(err)
+	}
+	_, f2, err := c.BeginUnpack(ctx, key) // removes the key's leftovers
+	if err != nil {
+		t.Fatal(err)
+	}
+	f2.Abort()
+	past := time.Now().Add(-48 * time.Hour)
+	os.Chtimes(dir, past, past)
+	c.removeStale(time.Hour)
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("a held detached directory was removed: %v", err)
+	}
+	release()
+	c.removeStale(time.Hour)
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("a released, stale detached directory stayed: %v", err)
+	}
+}

@@ -1,0 +1,221 @@
+//go:build linux
+
+package restore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/registry"
+
+	"github.com/snapboot/snapboot/cache"
+	"github.com/snapboot/snapboot/oci"
+	"github.com/snapboot/snapboot/pack"
+	"github.com/snapboot/snapboot/unpack"
+)
+
+func needFUSE(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("a streamed restore mounts FUSE: needs root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+}
+
+// addStreamed pushes a checkpoint packed as `snapboot checkpoint` packs it:
+// page images last, the stream index in the CRIU layer's annotations.
+func (f *fakeRegistry) addStreamed(t *testing.T, tag string, pages []byte) (ocispec.Descriptor, *oci.Stream) {
+	t.Helper()
+	src := t.TempDir()
+	for name, data := range map[string][]byte{"inventory.img": []byte("inventory " + tag), "core-1.img": []byte(coreImage(t)), "pages-1.img": pages} {
+		if err := os.WriteFile(filepath.Join(src, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	sz, err := pack.TarZstdDir(context.Background(), src, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	criu := push(t, f.store, oci.MediaTypeCRIUImages, buf.Bytes())
+	criu.Annotations = sz.Stream.Annotations()
+	f.addManifest(t, tag, testArtifact{}, criu)
+	return criu, sz.Stream
+}
+
+// gatedSource serves a layer up to `at` bytes, then waits for open.
+type gatedSource struct {
+	Source
+	layer  ocispec.Descriptor
+	at     int64
+	open   chan struct{}
+	tamper bool // flip a byte at `at` instead of waiting
+}
+
+func (g *gatedSource) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	rc, err := g.Source.Fetch(ctx, d)
+	if err != nil || d.Digest != g.layer.Digest {
+		return rc, err
+	}
+	b, _ := io.ReadAll(rc)
+	if g.tamper {
+		b[g.at] ^= 0xff
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	return io.NopCloser(io.MultiReader(bytes.NewReader(b[:g.at]), &waitReader{open: g.open, r: bytes.NewReader(b[g.at:])})), nil
+}
+
+type waitReader struct {
+	open chan struct{}
+	r    io.Reader
+}
+
+func (w *waitReader) Read(p []byte) (int, error) {
+	<-w.open
+	return w.r.Read(p)
+}
+
+func TestStreamedPrepare(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	pages := randomPages(9 << 20)
+	criu, st := e.reg.addStreamed(t, "v1", pages)
+	if len(st.Frames) < 3 {
+		t.Fatalf("%d frames", len(st.Frames))
+	}
+	// The registry holds back the last frame until told.
+	gate := &gatedSource{Source: e.reg, layer: criu, at: criu.Size - st.Frames[len(st.Frames)-1].Size, open: make(chan struct{})}
+	e.restorer.NewSource = func(registry.Reference) (Source, error) { return gate, nil }
+
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err) // returned without the last frame: it did not wait for the download
+	}
+	defer plan.Release()
+	if plan.stream == nil || plan.Cached {
+		t.Fatalf("not streamed: cached=%v", plan.Cached)
+	}
+	if b, _ := os.ReadFile(filepath.Join(plan.ImagesDir, "inventory.img")); string(b) != "inventory v1" {
+		t.Fatalf("inventory.img: %q", b)
+	}
+	link, err := os.Readlink(filepath.Join(plan.ImagesDir, "pages-1.img"))
+	if err != nil || filepath.IsAbs(link) {
+		t.Fatalf("pages-1.img should be a relative symlink: %q, %v", link, err)
+	}
+	// The page image reads up to what has arrived, then waits.
+	f, err := os.Open(filepath.Join(plan.ImagesDir, "pages-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	head := make([]byte, 1<<20)
+	if _, err := f.ReadAt(head, 0); err != nil || !bytes.Equal(head, pages[:1<<20]) {
+		t.Fatalf("first MiB of the page image: %v", err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.NewSectionReader(f, 0, int64(len(pages))))
+		got <- b
+	}()
+	select {
+	case <-got:
+		t.Fatal("read the whole page image before its last frame arrived")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(gate.open)
+	if b := <-got; !bytes.Equal(b, pages) {
+		t.Fatalf("page image read through the stream: %d bytes, differ", len(b))
+	}
+	if err := plan.FinishStream(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if !openCache(t, e).IsUnpacked(plan.Digest) || plan.PulledBytes != criu.Size {
+		t.Fatalf("after the download: unpacked=%v pulled=%d", openCache(t, e).IsUnpacked(plan.Digest), plan.PulledBytes)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), "snapboot-stream") {
+		t.Fatalf("streamfs still mounted:\n%s", mi)
+	}
+
+	plan2, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil || !plan2.Cached || plan2.stream != nil {
+		t.Fatalf("second restore should come from the cache: %v", err)
+	}
+	plan2.Release()
+}
+
+func TestStreamedPrepareBadLastFrame(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	pages := randomPages(9 << 20)
+	criu, st := e.reg.addStreamed(t, "v1", pages)
+	last := st.Frames[len(st.Frames)-1]
+	e.restorer.NewSource = func(registry.Reference) (Source, error) {
+		return &gatedSource{Source: e.reg, layer: criu, at: criu.Size - last.Size/2, tamper: true}, nil
+	}
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.Release()
+	b, err := os.ReadFile(filepath.Join(plan.ImagesDir, "pages-1.img"))
+	if err == nil || len(b) >= len(pages) {
+		t.Fatalf("read %d bytes of a page image whose last frame is bad, error %v", len(b), err)
+	}
+	ferr := plan.FinishStream(context.Background(), false)
+	if !errors.Is(ferr, unpack.ErrCorrupt) || ReasonKind(ferr) != "invalid" {
+		t.Fatalf("download error %v (kind %s)", ferr, ReasonKind(ferr))
+	}
+	if openCache(t, e).IsUnpacked(plan.Digest) {
+		t.Fatal("a checkpoint with a bad frame was cached")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "tmp")); len(ents) != 1 || !strings.HasPrefix(ents[0].Name(), "restore-") {
+		t.Fatalf("left in tmp: %v (only the container's scratch directory should be)", ents)
+	}
+}
+
+func TestStreamedPrepareBadFirstFrame(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	criu, _ := e.reg.addStreamed(t, "v1", randomPages(9<<20))
+	e.restorer.NewSource = func(registry.Reference) (Source, error) {
+		return &gatedSource{Source: e.reg, layer: criu, at: 100, tamper: true}, nil
+	}
+	_, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if !errors.Is(err, unpack.ErrCorrupt) {
+		t.Fatalf("got %v, want the bad frame before the restore could begin", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "tmp")); len(ents) != 0 {
+		t.Fatalf("left in tmp: %v", ents)
+	}
+}
+
+func randomPages(n int) []byte {
+	b := make([]byte, n)
+	x := uint32(1)
+	for i := range b {
+		x = x*1664525 + 1013904223
+		if i%3 == 0 {
+			b[i] = byte(x >> 24)
+		}
+	}
+	return b
+}
+
+func openCache(t *testing.T, e *env) *cache.Cache {
+	t.Helper()
+	c, err := cache.Open(e.cfg.Cache.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

@@ -48,6 +48,12 @@ func TestStreamedRestore(t *testing.T) {
 	t.Run("streamed", func(t *testing.T) {
 		offset := containerdLogOffset()
 		clone, cloneLog := startScriptClone(t, ref, bigCounterScript)
+		defer func() {
+			// Its shim goes with it, after filling the cache (see below).
+			if err := removeContainer(clone); err != nil {
+				t.Error(err)
+			}
+		}()
 		line := logLine(t, offset, "snapboot.restore", clone, 60*time.Second)
 		t.Log(line)
 		if !strings.Contains(line, "cached=false") || !strings.Contains(line, "streamed=true") {
@@ -65,6 +71,8 @@ func TestStreamedRestore(t *testing.T) {
 		}
 	})
 
+	// The streamed restore's shim fills the cache after the restore, and
+	// waits for that before it exits with its container.
 	t.Run("cached after streaming", func(t *testing.T) {
 		offset := containerdLogOffset()
 		clone, cloneLog := startScriptClone(t, ref, bigCounterScript)

@@ -82,26 +82,38 @@ type Plan struct {
 	mountsCache bool      // the rootfs mounts a directory of the cache
 	stream      *stream   // the download still going on, for a streamed restore
 	detached    *detached // a failed download's directory the rootfs still stacks on
+	fill        *cached   // a streamed restore's cache fill, once the restore is done
 }
 
 // FinishStream ends a streamed restore's download once runc's restore has
-// returned: it waits for the download and caches the checkpoint if restored
-// is true, or stops it and keeps nothing otherwise. It returns why the
-// download failed, if it did (a failed download fails the restore: CRIU
-// gets EIO for what did not arrive). It does nothing for a restore that
-// was not streamed.
+// returned. If restored is true, the checkpoint then goes into the cache in
+// the background; otherwise the download is stopped and nothing is kept. It
+// returns why the download failed, if it did (a failed download fails the
+// restore: CRIU gets EIO for what did not arrive). It does nothing for a
+// restore that was not streamed.
 func (p *Plan) FinishStream(ctx context.Context, restored bool) error {
 	if p == nil || p.stream == nil {
 		return nil
 	}
 	s := p.stream
 	p.stream = nil
-	p.unpacked, p.detached = s.finish(ctx, !restored, p.mountsCache)
-	if s.err == nil {
+	p.fill = newCached()
+	det, err := s.finish(ctx, !restored, p.mountsCache, p.fill.set)
+	p.detached = det
+	if err == nil {
 		p.PulledBytes = s.stats.PulledBytes
 		p.Timings.Streamed = s.ended.Sub(s.began) - p.Timings.Pull
 	}
-	return s.err
+	return err
+}
+
+// CacheFilled is closed when a streamed restore's background cache fill
+// has ended; it is nil when there is none.
+func (p *Plan) CacheFilled() <-chan struct{} {
+	if p == nil || p.fill == nil {
+		return nil
+	}
+	return p.fill.done
 }
 
 // NeedsCache reports whether the restored container keeps using the cache
@@ -127,6 +139,7 @@ func (p *Plan) Release() {
 		p.FinishStream(context.Background(), false)
 		p.RestoreDone()
 		p.unpacked.Release()
+		p.fill.release()
 		p.detached.remove()
 		p.detached = nil
 	}
@@ -545,7 +558,7 @@ type pullStats struct {
 // if every layer matched its digest. With pages set (a streamed restore),
 // the rootfs changes come first, and the CRIU images layer is checked frame
 // by frame against its stream index and its files reported to pages.
-func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *pullStats, pages unpack.FileObserver) error {
+func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *pullStats, pages *streamPull) error {
 	defer pullCPUs()()
 	budget := int64(r.cfg.Pull.MaxUnpackedSize)
 	layers := a.ck.Layers()
@@ -558,7 +571,7 @@ func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *
 		if l.MediaType == oci.MediaTypeRootfsDiff {
 			opts.Mode, sub = unpack.RootfsDiff, "rootfs"
 		} else if pages != nil {
-			opts.Frames, opts.Files = a.ck.Stream.Frames, pages
+			opts.Frames, opts.Files, opts.Workers = a.ck.Stream.Frames, pages.feed, streamWorkers()
 		}
 		target := filepath.Join(dir, sub)
 		if err := os.Mkdir(target, 0o700); err != nil {
@@ -568,6 +581,9 @@ func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *
 		var us unpack.Stats
 		downloaded, err := a.cache.FetchBlobTo(ctx, a.src, l, false, func(rd io.Reader) error {
 			var err error
+			if opts.Files != nil {
+				rd = io.TeeReader(rd, pages.keep)
+			}
 			// FetchBlobTo verifies the layer's digest and fails the unpack
 			// on a mismatch: the frames' own checksums add nothing.
 			us, err = unpack.TarZstd(ctx, rd, target, opts)

@@ -3,11 +3,15 @@
 package restore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/containerd/log"
@@ -15,66 +19,65 @@ import (
 	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/oci"
 	"github.com/snapboot/snapboot/streamfs"
+	"github.com/snapboot/snapboot/unpack"
 )
 
-// A streamed restore: the checkpoint's layers download in the background
-// while runc restores. Create returns as soon as every image but the page
-// images is unpacked; CRIU then reads the page images through streamfs,
-// and each read waits for its bytes. Every zstd frame is checked against
-// the digest the manifest lists for it before it is decoded, so CRIU never
-// reads a byte that was not verified. The unpacked checkpoint goes into the
-// cache once the download is complete.
+// A streamed restore: the CRIU images layer downloads while runc restores.
+// Create returns as soon as every image but the page images is unpacked;
+// CRIU then reads the page images through streamfs, from memory, each read
+// waiting for its bytes. Every zstd frame is checked against the digest the
+// manifest lists for it before it is decoded, so CRIU never reads a byte
+// that was not verified.
+//
+// The page images are not written to disk while CRIU needs the CPU: the
+// compressed layer is kept in memory, and once the restore is done it is
+// unpacked into the cache in the background, for the next restore.
 
 // stream is a download that goes on while the container is restored.
 type stream struct {
-	fs      *streamfs.FS
-	filling *cache.Filling
-	cancel  context.CancelFunc
-	done    chan struct{} // closed when the download has ended
-	err     error         // why it failed; read after done
-	stats   pullStats
-	began   time.Time
-	ended   time.Time
+	fs         *streamfs.FS
+	filling    *cache.Filling
+	layer      oci.Checkpoint
+	cancel     context.CancelFunc
+	done       chan struct{} // closed when the download has ended
+	err        error         // why it failed; read after done
+	stats      pullStats
+	compressed *bytes.Buffer // the CRIU images layer, verified once done
+	began      time.Time
+	ended      time.Time
 }
 
-// pageFeed follows the CRIU images layer as it is unpacked: it hands the
-// page images to streamfs as they are written, and tells when everything
-// before them is in.
+// pageFeed follows the CRIU images layer as it is unpacked: it sends the
+// page images' content to streamfs instead of to files, and tells when
+// everything before them is in.
 type pageFeed struct {
 	tail  []oci.TailFile
 	names map[string]bool
-	dir   string // where the layer is unpacked
 	fs    *streamfs.FS
 	next  int
 	ready chan struct{}
 }
 
-func (p *pageFeed) Start(name string, size int64) error {
+func (p *pageFeed) Start(name string, size int64) (io.Writer, error) {
 	if p.next < len(p.tail) && name == p.tail[p.next].Name {
 		if want := p.tail[p.next].Size; size != want {
-			return fmt.Errorf("%w: page image %s is %d bytes, the layer's index says %d", oci.ErrInvalidArtifact, name, size, want)
+			return nil, fmt.Errorf("%w: page image %s is %d bytes, the layer's index says %d", oci.ErrInvalidArtifact, name, size, want)
 		}
-		f, err := os.Open(filepath.Join(p.dir, name))
+		w, err := p.fs.Writer(name)
 		if err != nil {
-			return err
-		}
-		if err := p.fs.Attach(name, f); err != nil {
-			f.Close()
-			return err
+			return nil, err
 		}
 		if p.next == 0 {
 			close(p.ready) // everything before the page images is in
 		}
 		p.next++
-		return nil
+		return w, nil
 	}
 	if p.next > 0 || p.names[name] {
-		return fmt.Errorf("%w: %s is out of place: the layer's tar must end with the page images %s lists", oci.ErrInvalidArtifact, name, oci.AnnotationTail)
+		return nil, fmt.Errorf("%w: %s is out of place: the layer's tar must end with the page images %s lists", oci.ErrInvalidArtifact, name, oci.AnnotationTail)
 	}
-	return nil
+	return nil, nil
 }
-
-func (p *pageFeed) Wrote(name string, n int64) { p.fs.Written(name, n) }
 
 func (p *pageFeed) finished() error {
 	if p.next != len(p.tail) {
@@ -82,6 +85,11 @@ func (p *pageFeed) finished() error {
 	}
 	return nil
 }
+
+// streamWorkers is how many frames a streamed restore decodes at once: one
+// CPU is left to CRIU, which reads the pages as fast as one CPU decodes
+// them.
+func streamWorkers() int { return max(1, runtime.NumCPU()-1) }
 
 // startStream begins unpacking into filling in the background and returns
 // once the images other than the page images are in, with the page images
@@ -108,11 +116,12 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	// restore can begin, the request's end still cancels it.
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(r.cfg.Pull.Timeout))
 	stopLink := context.AfterFunc(ctx, cancel)
-	s := &stream{fs: sfs, filling: filling, cancel: cancel, done: make(chan struct{}), began: time.Now()}
-	feed := &pageFeed{tail: a.ck.Stream.Tail, names: names, dir: filepath.Join(filling.Dir, "criu"), fs: sfs, ready: make(chan struct{})}
+	s := &stream{fs: sfs, filling: filling, layer: *a.ck, cancel: cancel, done: make(chan struct{}), began: time.Now(),
+		compressed: bytes.NewBuffer(make([]byte, 0, a.ck.CRIU.Size))}
+	feed := &pageFeed{tail: a.ck.Stream.Tail, names: names, fs: sfs, ready: make(chan struct{})}
 	go func() {
 		defer close(s.done)
-		err := r.pullLayers(bg, a, filling.Dir, &s.stats, feed)
+		err := r.pullLayers(bg, a, filling.Dir, &s.stats, &streamPull{feed: feed, keep: s.compressed})
 		if err == nil {
 			err = feed.finished()
 		}
@@ -138,14 +147,23 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	}
 }
 
-// finish waits for the download to end, unmounts the page images and puts
-// the unpacked checkpoint into the cache if the download succeeded. With
-// abandon set (the restore failed or was given up), the download is
-// stopped first and nothing is kept. It returns the unpacked checkpoint, or
-// nil; and when the download failed after a restore whose rootfs is
-// stacked on the directory (keep), that directory, moved out of the
-// cache's way, for the caller to remove when the container is gone.
-func (s *stream) finish(ctx context.Context, abandon, keep bool) (*cache.Unpacked, *detached) {
+// streamPull is how pullLayers treats the CRIU images layer of a streamed
+// restore: its page images go to feed, and its compressed bytes to keep.
+type streamPull struct {
+	feed *pageFeed
+	keep *bytes.Buffer
+}
+
+// finish waits for the download to end and unmounts the page images. With
+// abandon set (the restore failed or was given up), the download is stopped
+// first and nothing is kept. Otherwise the checkpoint is unpacked into the
+// cache in the background. Either way done is called once, with the
+// cached checkpoint or nil.
+// It returns why the download failed, if it did. When it failed after a
+// restore whose rootfs is stacked on the directory (keep), that directory
+// is moved out of the cache's way and returned, for the caller to remove
+// when the container is gone.
+func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(*cache.Unpacked)) (*detached, error) {
 	if abandon {
 		s.cancel()
 	}
@@ -154,27 +172,69 @@ func (s *stream) finish(ctx context.Context, abandon, keep bool) (*cache.Unpacke
 	switch {
 	case abandon:
 		s.filling.Abort()
-		return nil, nil
+		done(nil)
+		return nil, s.err
 	case s.err != nil:
 		log.G(ctx).WithError(s.err).Warn("snapboot: the checkpoint's download failed after the restore had read what it needed; it is not cached")
+		done(nil)
 		if !keep {
 			s.filling.Abort()
-			return nil, nil
+			return nil, s.err
 		}
 		dir, release, err := s.filling.Detach(ctx)
 		if err != nil {
 			log.G(ctx).WithError(err).Warn("snapboot: could not move the failed download aside; the restored container's rootfs changes may go")
-			s.filling.Abort()
-			return nil, nil
+			return nil, s.err
 		}
-		return nil, &detached{dir: dir, release: release}
+		return &detached{dir: dir, release: release}, s.err
 	}
-	u, err := s.filling.Commit()
+	go func() {
+		ctx := context.WithoutCancel(ctx)
+		u, err := s.fillCache(ctx)
+		if err != nil {
+			log.G(ctx).WithError(err).Warn("snapboot: the streamed checkpoint could not be cached")
+		}
+		done(u)
+	}()
+	return nil, nil
+}
+
+// fillCache unpacks the whole CRIU images layer, from memory, beside the
+// images unpacked while streaming, swaps it in and moves the checkpoint
+// into the cache.
+func (s *stream) fillCache(ctx context.Context) (*cache.Unpacked, error) {
+	defer pullCPUs()()
+	dir := filepath.Join(s.filling.Dir, "criu")
+	full := dir + ".full"
+	err := os.Mkdir(full, 0o700)
+	if err == nil {
+		_, err = unpack.TarZstd(ctx, bytes.NewReader(s.compressed.Bytes()), full,
+			// One CPU: the restored app is answering its first requests.
+			unpack.Options{Mode: unpack.CRIUImages, Frames: s.layer.Stream.Frames, SkipFrameChecksums: true, Workers: 1})
+	}
+	s.compressed = nil
+	if err == nil {
+		err = os.RemoveAll(dir)
+	}
+	if err == nil {
+		err = os.Rename(full, dir)
+	}
 	if err != nil {
-		log.G(ctx).WithError(err).Warn("snapboot: the downloaded checkpoint could not be cached")
-		return nil, nil
+		s.filling.Abort()
+		return nil, err
 	}
-	return u, nil
+	return s.filling.Commit()
+}
+
+// close unmounts the page images.
+func (s *stream) close() {
+	s.cancel()
+	mp := s.fs.Mountpoint
+	if err := s.fs.Close(); err != nil {
+		log.L.WithError(err).Warn("snapboot: unmounting the streamed page images failed")
+		return
+	}
+	os.Remove(mp)
 }
 
 // detached is a failed download's directory that a restored container's
@@ -189,17 +249,6 @@ func (d *detached) remove() {
 		os.RemoveAll(d.dir)
 		d.release()
 	}
-}
-
-// close unmounts the page images.
-func (s *stream) close() {
-	s.cancel()
-	mp := s.fs.Mountpoint
-	if err := s.fs.Close(); err != nil {
-		log.L.WithError(err).Warn("snapboot: unmounting the streamed page images failed")
-		return
-	}
-	os.Remove(mp)
 }
 
 // linkImages makes the directory runc restores from while the page images
@@ -238,4 +287,40 @@ func linkImages(unpacked, dir string, s *stream, tail []oci.TailFile) error {
 		}
 	}
 	return nil
+}
+
+// cached is the unpacked checkpoint a streamed restore's background cache
+// fill ends with, held for the plan (eviction must leave a checkpoint alone
+// while a container's rootfs stacks on it).
+type cached struct {
+	mu       sync.Mutex
+	u        *cache.Unpacked
+	released bool
+	done     chan struct{}
+}
+
+func newCached() *cached { return &cached{done: make(chan struct{})} }
+
+// set hands over the fill's result; it is released at once if the plan was.
+func (c *cached) set(u *cache.Unpacked) {
+	c.mu.Lock()
+	if c.released {
+		u.Release()
+	} else {
+		c.u = u
+	}
+	c.mu.Unlock()
+	close(c.done)
+}
+
+func (c *cached) release() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.released = true
+	u := c.u
+	c.u = nil
+	c.mu.Unlock()
+	u.Release()
 }

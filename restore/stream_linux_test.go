@@ -139,6 +139,14 @@ func TestStreamedPrepare(t *testing.T) {
 	if err := plan.FinishStream(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
+	select {
+	case <-plan.CacheFilled():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the cache fill after the restore did not end")
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.cfg.Cache.Root, "unpacked", plan.Digest.Encoded(), "criu", "pages-1.img")); !bytes.Equal(b, pages) {
+		t.Fatalf("the cache holds %d bytes of pages-1.img, not the page image", len(b))
+	}
 	if !openCache(t, e).IsUnpacked(plan.Digest) || plan.PulledBytes != criu.Size {
 		t.Fatalf("after the download: unpacked=%v pulled=%d", openCache(t, e).IsUnpacked(plan.Digest), plan.PulledBytes)
 	}

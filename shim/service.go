@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/criulog"
@@ -32,7 +33,7 @@ type preparer interface {
 }
 
 // service is the runc task service with restore-on-create in front of it.
-// Only Create, Start and Delete are overridden; every other call goes to the
+// Only Create, Start, Wait, Delete and Shutdown are overridden; every other call goes to the
 // runc task service untouched.
 type service struct {
 	taskAPI.TTRPCTaskService
@@ -55,6 +56,9 @@ type service struct {
 	// replaced: container ID -> closed when the Start fallback has replaced
 	// the failed restore's init process with a cold one (see Wait).
 	replaced map[string]chan struct{}
+	// filling counts streamed restores' cache fills still running: the
+	// shim does not exit before they end.
+	filling sync.WaitGroup
 }
 
 // pendingRestore is a container created from a checkpoint and not started yet.
@@ -146,6 +150,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	// A streamed restore's download ends with the restore: CRIU has read
 	// the page images, so what is left is the end of the layer.
 	streamErr := p.plan.FinishStream(ctx, err == nil)
+	if done := p.plan.CacheFilled(); done != nil {
+		s.filling.Go(func() { <-done })
+	}
 	// Also after a failed restore: CRIU may have renamed the pod already.
 	if uerr := putUTSBack(); uerr != nil {
 		log.G(ctx).WithError(uerr).Warn("snapboot: cannot put the pod's hostname back after the restore")
@@ -243,6 +250,21 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 		}
 		return resp, err
 	}
+}
+
+// Shutdown waits for the cache fills of streamed restores before the shim
+// goes: the next restore of the checkpoint on this node needs no download.
+func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	done := make(chan struct{})
+	go func() {
+		s.filling.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return s.TTRPCTaskService.Shutdown(ctx, r)
 }
 
 // Delete releases the container's hold on its checkpoint in the cache (the

@@ -5,9 +5,11 @@ package streamfs
 import (
 	"bytes"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -35,33 +37,21 @@ func mount(t testing.TB, files ...File) *FS {
 	return s
 }
 
-// backing makes a backing file with content and attaches it, nothing written yet.
-func backing(t testing.TB, s *FS, name string) *os.File {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	w, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rand.IntN(256))
 	}
-	t.Cleanup(func() { w.Close() })
-	r, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Attach(name, r); err != nil {
-		t.Fatal(err)
-	}
-	return w
+	return b
 }
 
 func TestReadWaitsForWrites(t *testing.T) {
-	data := make([]byte, 3<<20+123)
-	for i := range data {
-		data[i] = byte(rand.IntN(256))
-	}
+	data := randomBytes(3<<20 + 123)
 	s := mount(t, File{Name: "pages-1.img", Size: int64(len(data))})
-	w := backing(t, s, "pages-1.img")
-
+	w, err := s.Writer("pages-1.img")
+	if err != nil {
+		t.Fatal(err)
+	}
 	got := make(chan []byte, 1)
 	readErr := make(chan error, 1)
 	go func() {
@@ -76,7 +66,6 @@ func TestReadWaitsForWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 		off += n
-		s.Written("pages-1.img", int64(off))
 		select {
 		case b := <-got:
 			if off < len(data) {
@@ -97,16 +86,78 @@ func TestReadWaitsForWrites(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("read did not finish once everything was written")
 	}
+	if _, err := w.Write([]byte{1}); err == nil {
+		t.Fatal("wrote past the file's size")
+	}
+}
+
+// A file far bigger than what is kept: the reader reads it in order as it
+// arrives, through ReadFrom, and blocks it has passed are reused.
+func TestLargeFileReadInOrder(t *testing.T) {
+	data := randomBytes(48<<20 + 4096*3)
+	s := mount(t, File{Name: "pages-1.img", Size: int64(len(data))})
+	w, err := s.Writer("pages-1.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(w, bytes.NewReader(data)) // ReadFrom
+		done <- err
+	}()
+	f, err := os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 3<<20+4096) // reads that span blocks
+	var got []byte
+	for {
+		n, err := f.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF || n == 0 {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, differing from the %d written", len(got), len(data))
+	}
+	s.mu.Lock()
+	dropped, blocks := s.files["pages-1.img"].dropped, len(s.files["pages-1.img"].blocks)
+	s.mu.Unlock()
+	if dropped < blocks-keepBehind/blockSize-8 {
+		t.Fatalf("only %d of %d blocks dropped behind the reader", dropped, blocks)
+	}
+	// What was dropped can't be read again.
+	if _, err := f.ReadAt(make([]byte, 10), 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read of a dropped block: %v, want EIO", err)
+	}
+}
+
+func TestReadFromRejectsExtra(t *testing.T) {
+	s := mount(t, File{Name: "pages-1.img", Size: 10})
+	w, _ := s.Writer("pages-1.img")
+	_, err := io.Copy(w, strings.NewReader("0123456789!"))
+	if err == nil {
+		t.Fatal("ReadFrom took more than the file's size")
+	}
+	if _, err := s.Writer("pages-1.img"); err == nil {
+		t.Fatal("a second writer")
+	}
 }
 
 func TestFailMakesWaitingReadsFail(t *testing.T) {
 	s := mount(t, File{Name: "pages-1.img", Size: 1 << 20})
-	w := backing(t, s, "pages-1.img")
+	w, _ := s.Writer("pages-1.img")
 	if _, err := w.Write(make([]byte, 4096)); err != nil {
 		t.Fatal(err)
 	}
-	s.Written("pages-1.img", 4096)
-
 	f, err := os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
 	if err != nil {
 		t.Fatal(err)
@@ -134,8 +185,8 @@ func TestFailMakesWaitingReadsFail(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("waiting read not woken by Fail")
 	}
-	if _, err := f.ReadAt(make([]byte, 10), 0); err != nil {
-		t.Fatalf("bytes written before the failure: %v", err)
+	if _, err := w.Write([]byte{1}); err == nil {
+		t.Fatal("write after Fail")
 	}
 }
 
@@ -154,6 +205,9 @@ func TestOnlyListedFilesAndReadOnly(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(s.Mountpoint, "new"), nil, 0o600); err == nil {
 		t.Fatal("created a file")
 	}
+	if _, err := s.Writer("pages-2.img"); err == nil {
+		t.Fatal("writer for an unlisted file")
+	}
 }
 
 func TestMountRejectsBadNames(t *testing.T) {
@@ -164,31 +218,5 @@ func TestMountRejectsBadNames(t *testing.T) {
 	}
 	if _, err := Mount(t.TempDir(), []File{{Name: "a", Size: 1}, {Name: "a", Size: 1}}); err == nil {
 		t.Error("duplicate name accepted")
-	}
-}
-
-// BenchmarkRead reads a fully written 256 MiB file through the mount in
-// 4 MiB preads, as CRIU's restorer reads page images.
-func BenchmarkRead(b *testing.B) {
-	const size = 256 << 20
-	s := mount(b, File{Name: "pages-1.img", Size: size})
-	w := backing(b, s, "pages-1.img")
-	if _, err := w.Write(make([]byte, size)); err != nil {
-		b.Fatal(err)
-	}
-	s.Written("pages-1.img", size)
-	buf := make([]byte, 4<<20)
-	b.SetBytes(size)
-	for b.Loop() {
-		f, err := os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		for off := int64(0); off < size; off += int64(len(buf)) {
-			if _, err := f.ReadAt(buf, off); err != nil {
-				b.Fatal(err)
-			}
-		}
-		f.Close()
 	}
 }

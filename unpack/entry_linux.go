@@ -195,21 +195,6 @@ func atime(hdr *tar.Header) time.Time {
 	return hdr.AccessTime
 }
 
-// observedWriter tells a FileObserver about each write.
-type observedWriter struct {
-	w     io.Writer
-	files FileObserver
-	name  string
-	n     int64
-}
-
-func (o *observedWriter) Write(p []byte) (int, error) {
-	n, err := o.w.Write(p)
-	o.n += int64(n)
-	o.files.Wrote(o.name, o.n)
-	return n, err
-}
-
 // writerOnly hides (*os.File).ReadFrom so that io.CopyBuffer uses our buffer.
 type writerOnly struct{ io.Writer }
 
@@ -230,21 +215,24 @@ func (x *extractor) file(hdr *tar.Header, name string, r io.Reader) error {
 	if err != nil {
 		return failed(hdr.Name, err)
 	}
-	if hdr.Size >= preallocateFrom {
+	var w io.Writer = writerOnly{f}
+	if x.files != nil {
+		elsewhere, err := x.files.Start(name, hdr.Size)
+		if err != nil {
+			f.Close()
+			return failed(hdr.Name, err)
+		}
+		if elsewhere != nil {
+			w = elsewhere
+		}
+	}
+	if _, toFile := w.(writerOnly); toFile && hdr.Size >= preallocateFrom {
 		// Reserving the file's extents up front halves the cost of writing
 		// a large page image on ext4. Not every filesystem can.
 		_ = unix.Fallocate(int(f.Fd()), 0, 0, hdr.Size)
 	}
 	if x.buf == nil {
 		x.buf = make([]byte, copyBufSize)
-	}
-	var w io.Writer = writerOnly{f}
-	if x.files != nil {
-		if err := x.files.Start(name, hdr.Size); err != nil {
-			f.Close()
-			return failed(hdr.Name, err)
-		}
-		w = &observedWriter{w: f, files: x.files, name: name}
 	}
 	n, err := io.CopyBuffer(w, io.LimitReader(r, hdr.Size), x.buf)
 	x.st.Bytes += n

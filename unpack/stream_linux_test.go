@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,26 +30,23 @@ func framed(t *testing.T, tarData []byte, size int) ([]byte, []oci.Frame) {
 	return out, list
 }
 
-// recorder is a FileObserver that keeps what it was told.
+// recorder is a FileObserver that keeps what it was told, and takes the
+// content of the files it is asked to.
 type recorder struct {
 	started []string
-	wrote   map[string]int64
+	take    map[string]*bytes.Buffer
 	refuse  string
 }
 
-func (r *recorder) Start(name string, size int64) error {
+func (r *recorder) Start(name string, size int64) (io.Writer, error) {
 	if name == r.refuse {
-		return errors.New("refused")
+		return nil, errors.New("refused")
 	}
 	r.started = append(r.started, name)
-	return nil
-}
-
-func (r *recorder) Wrote(name string, n int64) {
-	if n < r.wrote[name] {
-		panic("progress went backwards")
+	if b, ok := r.take[name]; ok {
+		return b, nil
 	}
-	r.wrote[name] = n
+	return nil, nil
 }
 
 func streamArchive(t *testing.T) []byte {
@@ -57,16 +55,20 @@ func streamArchive(t *testing.T) []byte {
 
 func TestVerifiedFrames(t *testing.T) {
 	data, list := framed(t, streamArchive(t), 1<<20)
-	rec := &recorder{wrote: map[string]int64{}}
+	rec := &recorder{take: map[string]*bytes.Buffer{"pages-1.img": {}}}
 	out := t.TempDir()
-	if _, err := TarZstd(context.Background(), bytes.NewReader(data), out, Options{Mode: CRIUImages, Frames: list, Files: rec}); err != nil {
+	if _, err := TarZstd(context.Background(), bytes.NewReader(data), out, Options{Mode: CRIUImages, Frames: list, Files: rec, Workers: 2}); err != nil {
 		t.Fatal(err)
 	}
 	if got := strings.Join(rec.started, " "); got != "core-1.img pages-1.img pages-2.img" {
 		t.Fatalf("started %s", got)
 	}
-	if rec.wrote["pages-1.img"] != 3<<20 || rec.wrote["pages-2.img"] != 4 {
-		t.Fatalf("progress %v", rec.wrote)
+	// pages-1.img went to the observer's writer, and its file stayed empty.
+	if !bytes.Equal(rec.take["pages-1.img"].Bytes(), randomish(3<<20, 1)) {
+		t.Fatalf("the observer got %d bytes of pages-1.img", rec.take["pages-1.img"].Len())
+	}
+	if fi, err := os.Stat(filepath.Join(out, "pages-1.img")); err != nil || fi.Size() != 0 {
+		t.Fatalf("pages-1.img on disk: %v %v", fi, err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(out, "pages-2.img")); string(b) != "tail" {
 		t.Fatalf("pages-2.img: %q", b)
@@ -97,15 +99,15 @@ func TestVerifiedFramesRejects(t *testing.T) {
 		{"skippable frame", append([]byte{0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4}, good...), list},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			rec := &recorder{wrote: map[string]int64{}}
+			rec := &recorder{take: map[string]*bytes.Buffer{"pages-1.img": {}}}
 			out := t.TempDir()
 			_, err := TarZstd(context.Background(), bytes.NewReader(c.data), out, Options{Mode: CRIUImages, Frames: c.frames, Files: rec})
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("got %v, want ErrCorrupt", err)
 			}
 			// Nothing from the bad frame on is written.
-			if c.name == "frame with another digest" && rec.wrote["pages-1.img"] > int64(1<<20) {
-				t.Fatalf("%d bytes of pages-1.img written past the bad frame", rec.wrote["pages-1.img"])
+			if c.name == "frame with another digest" && rec.take["pages-1.img"].Len() > 1<<20 {
+				t.Fatalf("%d bytes of pages-1.img written past the bad frame", rec.take["pages-1.img"].Len())
 			}
 		})
 	}
@@ -113,7 +115,7 @@ func TestVerifiedFramesRejects(t *testing.T) {
 
 func TestObserverStopsExtraction(t *testing.T) {
 	data, list := framed(t, streamArchive(t), 1<<20)
-	rec := &recorder{wrote: map[string]int64{}, refuse: "pages-2.img"}
+	rec := &recorder{refuse: "pages-2.img"}
 	_, err := TarZstd(context.Background(), bytes.NewReader(data), t.TempDir(), Options{Mode: CRIUImages, Frames: list, Files: rec})
 	if err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("got %v", err)

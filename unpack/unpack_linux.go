@@ -60,17 +60,18 @@ type Options struct {
 	Frames []oci.Frame
 	// Files, when set, follows regular files as they are written.
 	Files FileObserver
+	// Workers is how many zstd frames are decoded at once; 0 means
+	// GOMAXPROCS.
+	Workers int
 }
 
 // FileObserver follows the writing of regular files.
 type FileObserver interface {
 	// Start is called when name (cleaned, relative to the extraction
 	// directory) is created, before its size bytes of content are written.
-	// An error stops the extraction.
-	Start(name string, size int64) error
-	// Wrote is called as content is written: the first n bytes of name
-	// are in the file.
-	Wrote(name string, n int64)
+	// If it returns a writer, the content goes there instead, and the file
+	// is left empty. An error stops the extraction.
+	Start(name string, size int64) (io.Writer, error)
 }
 
 // Stats reports what an extraction did. On error it counts what was done
@@ -152,7 +153,7 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 // does. The whole zstd stream is read and checked, so a truncated or corrupt
 // stream is an error even when the damage lies after the tar end marker.
 func TarZstd(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
-	zr := newFrameReader(r, 0, opts.SkipFrameChecksums, opts.Frames)
+	zr := newFrameReader(r, opts.Workers, opts.SkipFrameChecksums, opts.Frames)
 	defer zr.Close()
 
 	st, err := Tar(ctx, zr, dir, opts)

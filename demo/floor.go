@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -79,7 +80,7 @@ func (d *demo) floor(ctx context.Context, ref string) (time.Duration, float64, e
 		}
 		return nil
 	}
-	t, cpu, err := d.clientStart(ctx, id, "io.containerd.runc.v2", map[string]string{criuconf.RuncAnnotation: conf}, copyRootfs,
+	t, cpu, err := d.clientStart(ctx, id, "io.containerd.runc.v2", nil, map[string]string{criuconf.RuncAnnotation: conf}, copyRootfs,
 		containerd.WithRestoreImagePath(filepath.Join(unpacked, "criu")), containerd.WithRestoreWorkPath(work))
 	if err != nil {
 		return 0, 0, fmt.Errorf("floor: %w; CRIU: %s", err, criulog.Errors(filepath.Join(work, "restore.log")))
@@ -89,10 +90,15 @@ func (d *demo) floor(ctx context.Context, ref string) (time.Duration, float64, e
 
 // snapbootByClient restores the checkpoint with snapboot's shim, started
 // exactly as the floor is (same client, same spec, same wait for the first
-// 200), so that the two differ only in the runtime.
-func (d *demo) snapbootByClient(ctx context.Context, kind, ref string) (time.Duration, float64, error) {
+// 200), so that the two differ only in the runtime. A nodeConfig other
+// than "" is the node configuration the shim uses.
+func (d *demo) snapbootByClient(ctx context.Context, kind, ref, nodeConfig string) (time.Duration, float64, error) {
 	id := d.newID(kind)
-	t, cpu, err := d.clientStart(ctx, id, "io.containerd.snapboot.v1", map[string]string{"snapboot.dev/checkpoint": ref}, nil)
+	var opts any
+	if nodeConfig != "" {
+		opts = &runtimeoptions.Options{ConfigPath: nodeConfig}
+	}
+	t, cpu, err := d.clientStart(ctx, id, "io.containerd.snapboot.v1", opts, map[string]string{"snapboot.dev/checkpoint": ref}, nil)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -107,7 +113,7 @@ func (d *demo) snapbootByClient(ctx context.Context, kind, ref string) (time.Dur
 // returns the time to its first 200. The time spent in between (a function
 // run after the container is created and before its task is) is not
 // counted. The container is removed before it returns.
-func (d *demo) clientStart(ctx context.Context, id, runtime string, annotations map[string]string,
+func (d *demo) clientStart(ctx context.Context, id, runtime string, runtimeOpts any, annotations map[string]string,
 	between func(context.Context, *containerd.Client) error, taskOpts ...containerd.NewTaskOpts) (_ time.Duration, cpu float64, _ error) {
 	client, err := containerd.New(d.s.containerd)
 	if err != nil {
@@ -123,7 +129,7 @@ func (d *demo) clientStart(ctx context.Context, id, runtime string, annotations 
 	cpu0 := cpuBusy()
 	began := time.Now()
 	c, err := client.NewContainer(ctx, id,
-		containerd.WithRuntime(runtime, nil),
+		containerd.WithRuntime(runtime, runtimeOpts),
 		containerd.WithNewSnapshot(id, img),
 		containerd.WithNewSpec(oci.WithImageConfig(img),
 			oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostHostsFile, oci.WithHostResolvconf,

@@ -96,7 +96,14 @@ type results struct {
 	ClientColdCPU []float64 `json:"snapbootByClientColdCacheCPUSeconds,omitempty"`
 	ClientWarmCPU []float64 `json:"snapbootByClientWarmCacheCPUSeconds,omitempty"`
 	CPUs          int       `json:"cpus,omitempty"`
-	FirstBody     string    `json:"firstRestoredResponse"`
+	// empty cache, through the client: the whole checkpoint pulled before
+	// the restore ([pull] stream = false), and both ways over a link of
+	// LinkMbps to the registry
+	ClientColdWhole []float64 `json:"snapbootByClientColdCacheWholePullSeconds,omitempty"`
+	LinkMbps        int       `json:"linkMbps,omitempty"`
+	LinkStreamed    []float64 `json:"linkColdCacheStreamedSeconds,omitempty"`
+	LinkWhole       []float64 `json:"linkColdCacheWholePullSeconds,omitempty"`
+	FirstBody       string    `json:"firstRestoredResponse"`
 }
 
 func run(ctx context.Context, o options) (*results, error) {
@@ -348,14 +355,14 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 			if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
 				return nil, err
 			}
-			empty, emptyCPU, err := d.snapbootByClient(ctx, "client-cold-cache", ref)
+			empty, emptyCPU, err := d.snapbootByClient(ctx, "client-cold-cache", ref, "")
 			if err != nil {
 				return nil, err
 			}
 			if err := d.waitCached(ctx, ref); err != nil {
 				return nil, err
 			}
-			warm, warmCPU, err := d.snapbootByClient(ctx, "client-warm-cache", ref)
+			warm, warmCPU, err := d.snapbootByClient(ctx, "client-warm-cache", ref, "")
 			if err != nil {
 				return nil, err
 			}
@@ -369,6 +376,32 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 			r.ClientColdCPU, r.ClientWarmCPU = append(r.ClientColdCPU, emptyCPU), append(r.ClientWarmCPU, warmCPU)
 			r.FloorCPU = append(r.FloorCPU, floorCPU)
 			say("to first 200: snapboot %.2fs (empty cache), %.2fs (warm cache); runc restore floor %.2fs", empty.Seconds(), warm.Seconds(), t.Seconds())
+
+			// The empty-cache restore without streaming, and both over a
+			// link to the registry that is not loopback.
+			linkRef := d.s.link.addr() + "/demo/rails:checkpoint"
+			for _, m := range []struct {
+				what, kind, ref, config string
+				into                    *[]float64
+			}{
+				{"whole pull before the restore", "client-cold-cache-whole", ref, d.s.wholeConfigPath, &r.ClientColdWhole},
+				{fmt.Sprintf("over a %d Mbit/s link, streamed", linkMbps), "link-streamed", linkRef, "", &r.LinkStreamed},
+				{fmt.Sprintf("over a %d Mbit/s link, whole pull before the restore", linkMbps), "link-whole", linkRef, d.s.wholeConfigPath, &r.LinkWhole},
+			} {
+				if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
+					return nil, err
+				}
+				t, _, err := d.snapbootByClient(ctx, m.kind, m.ref, m.config)
+				if err != nil {
+					return nil, err
+				}
+				if err := d.waitCached(ctx, m.ref); err != nil {
+					return nil, err
+				}
+				*m.into = append(*m.into, t.Seconds())
+				say("to first 200, empty cache, %s: %.2fs", m.what, t.Seconds())
+			}
+			r.LinkMbps = linkMbps
 		}
 	}
 	return r, nil

@@ -63,8 +63,14 @@ func printTable(w io.Writer, r *results) {
 		fmt.Fprintf(w, "| floor: bare runc restore from local disk (stock runc shim, containerd client) | %s |\n", stats(r.Floor))
 		fmt.Fprintf(w, "| snapboot started the same way, empty cache | %s |\n", stats(r.ClientCold))
 		fmt.Fprintf(w, "| snapboot started the same way, warm cache | %s |\n", stats(r.ClientWarm))
+		if len(r.ClientColdWhole) > 0 {
+			fmt.Fprintf(w, "| snapboot started the same way, empty cache, whole pull before the restore (`stream = false`) | %s |\n", stats(r.ClientColdWhole))
+		}
 		fmt.Fprintf(w, "| snapboot over the floor, empty cache | %s |\n", ratios(r.ClientCold, r.Floor))
 		fmt.Fprintf(w, "| snapboot over the floor, warm cache | %s |\n", ratios(r.ClientWarm, r.Floor))
+		if len(r.LinkStreamed) > 0 {
+			fmt.Fprintf(w, "| empty cache over a %d Mbit/s link to the registry: streamed / whole pull first | %s / %s |\n", r.LinkMbps, stats(r.LinkStreamed), stats(r.LinkWhole))
+		}
 		if len(r.FloorCPU) > 0 {
 			fmt.Fprintf(w, "| CPU used on the machine (%d CPUs) during: the floor / snapboot warm / snapboot empty cache | %.2f / %.2f / %.2f CPU-s |\n",
 				r.CPUs, stats(r.FloorCPU).Median, stats(r.ClientWarmCPU).Median, stats(r.ClientColdCPU).Median)

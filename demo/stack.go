@@ -84,9 +84,20 @@ type stack struct {
 	logPath      string
 	procs        []*proc
 	pgData       string
+	// link reaches the registry at linkMbps, like a network link would.
+	link *link
+	// wholeConfigPath is a node configuration like configPath, with
+	// [pull] stream = false.
+	wholeConfigPath string
 }
 
+// linkMbps is the speed of the simulated link to the registry.
+const linkMbps = 1000
+
 func (s *stack) stop() {
+	if s.link != nil {
+		s.link.close()
+	}
 	if s.pgData != "" {
 		exec.Command("runuser", "-u", "postgres", "--", pgBin("pg_ctl"), "-D", s.pgData, "-m", "fast", "-w", "stop").Run()
 	}
@@ -117,6 +128,10 @@ func newStack(dir, binDir string) (*stack, error) {
 		}
 	}()
 	if err := s.startRegistry(); err != nil {
+		return nil, err
+	}
+	var err error
+	if s.link, err = startLink(s.registryAddr, linkMbps); err != nil {
 		return nil, err
 	}
 	if err := s.startPostgres(); err != nil {
@@ -198,8 +213,11 @@ func (s *stack) startContainerd() error {
 	s.containerd = filepath.Join(cd, "containerd.sock")
 	s.configPath = filepath.Join(s.dir, "snapboot.toml")
 	s.cacheDir = filepath.Join(s.dir, "cache")
-	os.WriteFile(s.configPath, []byte(fmt.Sprintf("allow = [%q]\ninsecure_registries = [%q]\n[cache]\nroot = %q\n[pull]\ntimeout = \"10m\"\n",
-		s.registryAddr, s.registryAddr, s.cacheDir)), 0o644)
+	s.wholeConfigPath = filepath.Join(s.dir, "snapboot-whole.toml")
+	config := fmt.Sprintf("allow = [%q, %q]\ninsecure_registries = [%q, %q]\n[cache]\nroot = %q\n[pull]\ntimeout = \"10m\"\n",
+		s.registryAddr, s.link.addr(), s.registryAddr, s.link.addr(), s.cacheDir)
+	os.WriteFile(s.configPath, []byte(config), 0o644)
+	os.WriteFile(s.wholeConfigPath, []byte(config+"stream = false\n"), 0o644)
 	conf := filepath.Join(cd, "config.toml")
 	os.WriteFile(conf, []byte(fmt.Sprintf(`version = 3
 root = %q

@@ -57,14 +57,21 @@ type CacheConfig struct {
 	MaxAge Duration `toml:"max_age"`
 }
 
-// PullConfig bounds one pull.
+// PullConfig bounds one pull, and says how it is done.
 type PullConfig struct {
 	Timeout Duration `toml:"timeout"`
 	// MaxArtifactSize bounds the sum of an artifact's layers, compressed.
 	MaxArtifactSize ByteSize `toml:"max_artifact_size"`
 	// MaxUnpackedSize bounds what one artifact unpacks to.
 	MaxUnpackedSize ByteSize `toml:"max_unpacked_size"`
+	// Stream lets a restore start while the page images still download
+	// (default true); false downloads and unpacks the whole checkpoint
+	// first.
+	Stream *bool `toml:"stream"`
 }
+
+// Streaming reports whether restores may stream their page images.
+func (p PullConfig) Streaming() bool { return p.Stream == nil || *p.Stream }
 
 // Defaults.
 const (

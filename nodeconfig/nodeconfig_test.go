@@ -32,14 +32,18 @@ max_age = "168h"
 [pull]
 timeout = "90s"
 max_artifact_size = 1048576
+stream = false
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !c.RequireDigest || c.Cache.Root != "/var/lib/snapboot-test" || c.Cache.MaxSize != 20<<30 ||
 		time.Duration(c.Cache.MaxAge) != 168*time.Hour || time.Duration(c.Pull.Timeout) != 90*time.Second ||
-		c.Pull.MaxArtifactSize != 1<<20 {
+		c.Pull.MaxArtifactSize != 1<<20 || c.Pull.Streaming() {
 		t.Fatalf("parsed %+v", c)
+	}
+	if d, _ := Parse([]byte("allow = []\n")); !d.Pull.Streaming() {
+		t.Error("streaming should be on by default")
 	}
 	allow := []struct {
 		reg, repo string

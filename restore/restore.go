@@ -365,7 +365,7 @@ func (r *Restorer) fetch(ctx context.Context, refStr string, streaming bool) (*F
 	}
 	if filling != nil {
 		f.Cached = false
-		if streaming && a.ck.Stream != nil {
+		if streaming && a.ck.Stream != nil && r.cfg.Pull.Streaming() {
 			s, err := r.startStream(ctx, a, filling, f)
 			if err != nil {
 				return nil, err // startStream aborted the filling

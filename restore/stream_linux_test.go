@@ -191,6 +191,26 @@ func TestStreamedPrepareBadLastFrame(t *testing.T) {
 	}
 }
 
+// With [pull] stream = false, the whole checkpoint is in before Prepare
+// returns.
+func TestStreamingOff(t *testing.T) {
+	e := newEnv(t)
+	off := false
+	e.cfg.Pull.Stream = &off
+	e.reg.addStreamed(t, "v1", randomPages(5<<20))
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.Release()
+	if plan.stream != nil || plan.CacheFilled() != nil || !openCache(t, e).IsUnpacked(plan.Digest) {
+		t.Fatalf("streamed with streaming off")
+	}
+	if fi, err := os.Lstat(filepath.Join(plan.ImagesDir, "pages-1.img")); err != nil || !fi.Mode().IsRegular() || fi.Size() != 5<<20 {
+		t.Fatalf("pages-1.img: %v %v", fi, err)
+	}
+}
+
 func TestStreamedPrepareBadFirstFrame(t *testing.T) {
 	needFUSE(t)
 	e := newEnv(t)

@@ -238,8 +238,12 @@ func (c *Cache) removeStale(age time.Duration) {
 	for _, sub := range []string{"ingest", "tmp"} {
 		ents, _ := os.ReadDir(filepath.Join(c.root, sub))
 		for _, e := range ents {
+			path := filepath.Join(c.root, sub, e.Name())
 			fi, err := e.Info()
-			if err != nil || time.Since(fi.ModTime()) < age {
+			if unmountDead(path, err) {
+				continue
+			}
+			if err != nil || time.Since(fi.ModTime()) < age || isMountPoint(path) {
 				continue
 			}
 			if strings.HasPrefix(e.Name(), detachedPrefix) {

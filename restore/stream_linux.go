@@ -270,6 +270,9 @@ func linkImages(unpacked, dir string, s *stream, tail []oci.TailFile) error {
 		if err := os.Symlink(rel, filepath.Join(dir, t.Name)); err != nil {
 			return err
 		}
+		if _, err := os.Stat(filepath.Join(dir, t.Name)); err != nil {
+			return fmt.Errorf("streamed page image: %w", err)
+		}
 	}
 	entries, err := os.ReadDir(unpacked)
 	if err != nil {

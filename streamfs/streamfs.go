@@ -47,6 +47,7 @@ type FS struct {
 	changed chan struct{}
 	err     error
 	free    [][]byte // dropped blocks, for reuse
+	mounted time.Time
 }
 
 type file struct {
@@ -71,7 +72,7 @@ const (
 // Mount serves files, all empty so far, in mountpoint (an empty
 // directory). Only root can reach them.
 func Mount(mountpoint string, files []File) (*FS, error) {
-	s := &FS{Mountpoint: mountpoint, files: map[string]*file{}, changed: make(chan struct{})}
+	s := &FS{Mountpoint: mountpoint, files: map[string]*file{}, changed: make(chan struct{}), mounted: time.Now()}
 	for _, f := range files {
 		if f.Name == "" || f.Name != path.Base(f.Name) || f.Name == "." || f.Name == ".." || f.Size < 0 {
 			return nil, fmt.Errorf("streamfs: bad file %q (%d bytes)", f.Name, f.Size)
@@ -100,6 +101,15 @@ func Mount(mountpoint string, files []File) (*FS, error) {
 		return nil, fmt.Errorf("streamfs: mount %s: %w", mountpoint, err)
 	}
 	s.server = server
+	// Out of mount propagation. Under a shared mount (systemd makes / one)
+	// the new mount joins its parent's peer group, and a CRIU restoring
+	// another container clones the host's mounts into a new namespace and
+	// unmounts them there: the unmount then comes back here, and the page
+	// images vanish under a restore that is about to read them.
+	if err := unix.Mount("", mountpoint, "", unix.MS_PRIVATE, ""); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("streamfs: make %s private: %w", mountpoint, err)
+	}
 	return s, nil
 }
 
@@ -250,7 +260,7 @@ func (s *FS) Close() error {
 
 // read returns f's bytes [off, off+len(dest)) once they are written, in
 // dest or in place, and drops the blocks the read has moved well past.
-func (s *FS) read(ctx context.Context, f *file, dest []byte, off int64) ([]byte, syscall.Errno) {
+func (s *FS) read(f *file, dest []byte, off int64) ([]byte, syscall.Errno) {
 	end := min(off+int64(len(dest)), f.size)
 	for {
 		s.mu.Lock()
@@ -262,11 +272,12 @@ func (s *FS) read(ctx context.Context, f *file, dest []byte, off int64) ([]byte,
 		if err != nil {
 			return nil, syscall.EIO
 		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return nil, syscall.EINTR
-		}
+		// Not ctx: the kernel interrupts a read when the reader gets any
+		// signal, and CRIU, which gets SIGCHLD while it restores, takes a
+		// failed read as a failed restore. A reader that is killed stops
+		// waiting by itself; this waits until the bytes come or the
+		// writer fails.
+		<-changed
 	}
 	defer s.mu.Unlock()
 	if int(off/blockSize) < f.dropped {
@@ -302,7 +313,32 @@ type rootNode struct {
 	s *FS
 }
 
-var _ = (fs.NodeOnAdder)((*rootNode)(nil))
+var (
+	_ = (fs.NodeOnAdder)((*rootNode)(nil))
+	_ = (fs.NodeGetattrer)((*rootNode)(nil))
+	_ = (fs.NodeUnlinker)((*rootNode)(nil))
+	_ = (fs.NodeRmdirer)((*rootNode)(nil))
+	_ = (fs.NodeRenamer)((*rootNode)(nil))
+)
+
+// Getattr gives the directory the mount's time: a cleaner that removes old
+// leftovers must not take it for one (go-fuse would say 1970).
+func (r *rootNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = fuse.S_IFDIR | 0o500
+	out.SetTimes(nil, &r.s.mounted, &r.s.mounted)
+	return 0
+}
+
+// The file system is read-only. Without these, go-fuse would report an
+// unlink or a rename as done and drop the file from the tree.
+
+func (r *rootNode) Unlink(ctx context.Context, name string) syscall.Errno { return syscall.EROFS }
+
+func (r *rootNode) Rmdir(ctx context.Context, name string) syscall.Errno { return syscall.EROFS }
+
+func (r *rootNode) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	return syscall.EROFS
+}
 
 func (r *rootNode) OnAdd(ctx context.Context) {
 	for name, f := range r.s.files {
@@ -319,6 +355,7 @@ type fileNode struct {
 
 var (
 	_ = (fs.NodeGetattrer)((*fileNode)(nil))
+	_ = (fs.NodeSetattrer)((*fileNode)(nil))
 	_ = (fs.NodeOpener)((*fileNode)(nil))
 	_ = (fs.NodeReader)((*fileNode)(nil))
 )
@@ -327,7 +364,12 @@ func (n *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 	out.Mode = fuse.S_IFREG | 0o400
 	out.Size = uint64(n.f.size)
 	out.Nlink = 1
+	out.SetTimes(nil, &n.s.mounted, &n.s.mounted)
 	return 0
+}
+
+func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	return syscall.EROFS
 }
 
 func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
@@ -343,7 +385,7 @@ func (n *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 	if off >= n.f.size || len(dest) == 0 {
 		return fuse.ReadResultData(nil), 0
 	}
-	data, errno := n.s.read(ctx, n.f, dest, off)
+	data, errno := n.s.read(n.f, dest, off)
 	if errno != 0 {
 		return nil, errno
 	}

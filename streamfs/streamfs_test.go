@@ -8,11 +8,15 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // mount mounts files in a temporary directory, or skips the test where FUSE
@@ -205,6 +209,23 @@ func TestOnlyListedFilesAndReadOnly(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(s.Mountpoint, "new"), nil, 0o600); err == nil {
 		t.Fatal("created a file")
 	}
+	// Nothing can take the file away: a cleaner's RemoveAll once did.
+	if err := os.RemoveAll(s.Mountpoint); err == nil {
+		t.Fatal("RemoveAll of the mount succeeded")
+	}
+	if err := os.Rename(filepath.Join(s.Mountpoint, "pages-1.img"), filepath.Join(s.Mountpoint, "x")); err == nil {
+		t.Fatal("renamed a file")
+	}
+	if err := os.Truncate(filepath.Join(s.Mountpoint, "pages-1.img"), 0); err == nil {
+		t.Fatal("truncated a file")
+	}
+	if fi, err := os.Stat(filepath.Join(s.Mountpoint, "pages-1.img")); err != nil || fi.Size() != 10 {
+		t.Fatalf("after the attempts to remove it: %v, %v", fi, err)
+	}
+	// The mount looks as old as it is, not like a leftover from 1970.
+	if fi, err := os.Stat(s.Mountpoint); err != nil || time.Since(fi.ModTime()) > time.Minute {
+		t.Fatalf("mount point's time: %v, %v", fi, err)
+	}
 	if _, err := s.Writer("pages-2.img"); err == nil {
 		t.Fatal("writer for an unlisted file")
 	}
@@ -218,5 +239,56 @@ func TestMountRejectsBadNames(t *testing.T) {
 	}
 	if _, err := Mount(t.TempDir(), []File{{Name: "a", Size: 1}, {Name: "a", Size: 1}}); err == nil {
 		t.Error("duplicate name accepted")
+	}
+}
+
+// A signal to a reader that waits for bytes must not fail its read: CRIU
+// gets SIGCHLD while it restores and gives up on a read that fails.
+func TestSignalledReadKeepsWaiting(t *testing.T) {
+	s := mount(t, File{Name: "pages-1.img", Size: 4096})
+	w, _ := s.Writer("pages-1.img")
+	f, err := os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
+
+	type result struct {
+		n   int
+		err error
+	}
+	tids, res := make(chan int, 1), make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		tids <- unix.Gettid()
+		buf := make([]byte, 4096)
+		n, err := unix.Pread(int(f.Fd()), buf, 0) // no retry on EINTR, as in CRIU
+		res <- result{n, err}
+	}()
+	tid := <-tids
+	time.Sleep(100 * time.Millisecond) // the read is waiting now
+	if err := unix.Tgkill(unix.Getpid(), tid, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel asks the file system to give up on the read; it must not.
+	select {
+	case r := <-res:
+		t.Fatalf("the read ended before the bytes were written: %d, %v", r.n, r.err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := w.Write(bytes.Repeat([]byte{7}, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-res; r.err != nil || r.n != 4096 {
+		t.Fatalf("signalled read: %d bytes, %v", r.n, r.err)
+	}
+	select {
+	case <-sigs: // delivered once the read returned
+	case <-time.After(5 * time.Second):
+		t.Fatal("the signal was never delivered")
 	}
 }

@@ -1,0 +1,44 @@
+//go:build linux
+
+package cache
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// An old-looking mount in tmp/ (a streamed restore's, in use) is left alone
+// by the stale-leftover cleaner; an old plain directory is not.
+func TestRemoveStaleSkipsMounts(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting needs root")
+	}
+	c, _ := Open(t.TempDir())
+	mp := filepath.Join(c.root, "tmp", "stream-1")
+	plain := filepath.Join(c.root, "tmp", "restore-1")
+	for _, d := range []string{mp, plain} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount("tmpfs", mp, "tmpfs", 0, "size=1m"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	defer unix.Unmount(mp, unix.MNT_DETACH)
+	os.WriteFile(filepath.Join(mp, "pages-1.img"), []byte("pages"), 0o600)
+	past := time.Now().Add(-48 * time.Hour)
+	for _, d := range []string{mp, plain} {
+		os.Chtimes(d, past, past)
+	}
+	c.removeStale(time.Hour)
+	if _, err := os.Stat(filepath.Join(mp, "pages-1.img")); err != nil {
+		t.Fatalf("the cleaner emptied a mount: %v", err)
+	}
+	if _, err := os.Stat(plain); !os.IsNotExist(err) {
+		t.Fatalf("an old leftover directory stayed: %v", err)
+	}
+}

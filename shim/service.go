@@ -150,8 +150,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	// A streamed restore's download ends with the restore: CRIU has read
 	// the page images, so what is left is the end of the layer.
 	streamErr := p.plan.FinishStream(ctx, err == nil)
-	if done := p.plan.CacheFilled(); done != nil {
-		s.filling.Go(func() { <-done })
+	filled := p.plan.CacheFilled()
+	if filled != nil {
+		s.filling.Go(func() { <-filled })
 	}
 	// Also after a failed restore: CRIU may have renamed the pod already.
 	if uerr := putUTSBack(); uerr != nil {
@@ -182,7 +183,15 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 			p.plan.Release()
 		}
 		if !p.plan.Cached {
-			go trimCache(context.WithoutCancel(ctx), p.restorer)
+			// After a streamed restore, once its checkpoint is in the
+			// cache (and before the shim may exit).
+			trimCtx := context.WithoutCancel(ctx)
+			s.filling.Go(func() {
+				if filled != nil {
+					<-filled
+				}
+				trimCache(trimCtx, p.restorer)
+			})
 		}
 		return resp, nil
 	}

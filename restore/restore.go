@@ -368,7 +368,8 @@ func (r *Restorer) fetch(ctx context.Context, refStr string, streaming bool) (*F
 		if streaming && a.ck.Stream != nil && r.cfg.Pull.Streaming() {
 			s, err := r.startStream(ctx, a, filling, f)
 			if err != nil {
-				return nil, err // startStream aborted the filling
+				filling.Abort()
+				return nil, err
 			}
 			if s != nil {
 				f.stream, f.Dir = s, filling.Dir

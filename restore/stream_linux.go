@@ -3,7 +3,6 @@
 package restore
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -29,20 +28,20 @@ import (
 // manifest lists for it before it is decoded, so CRIU never reads a byte
 // that was not verified.
 //
-// The page images are not written to disk while CRIU needs the CPU: the
-// compressed layer is kept in memory, and once the restore is done it is
-// unpacked into the cache in the background, for the next restore.
+// The page images are not written to disk while CRIU needs the CPU: only
+// the compressed layer is (a sixth of their size), and once the restore is
+// done it is unpacked into the cache in the background, for the next
+// restore.
 
 // stream is a download that goes on while the container is restored.
 type stream struct {
 	fs         *streamfs.FS
 	filling    *cache.Filling
-	layer      oci.Checkpoint
 	cancel     context.CancelFunc
 	done       chan struct{} // closed when the download has ended
 	err        error         // why it failed; read after done
 	stats      pullStats
-	compressed *bytes.Buffer // the CRIU images layer, verified once done
+	compressed *os.File // the CRIU images layer as downloaded, verified once done
 	began      time.Time
 	ended      time.Time
 }
@@ -116,8 +115,16 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	// restore can begin, the request's end still cancels it.
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(r.cfg.Pull.Timeout))
 	stopLink := context.AfterFunc(ctx, cancel)
-	s := &stream{fs: sfs, filling: filling, layer: *a.ck, cancel: cancel, done: make(chan struct{}), began: time.Now(),
-		compressed: bytes.NewBuffer(make([]byte, 0, a.ck.CRIU.Size))}
+	// The compressed layer is kept beside the unpack, for the cache fill
+	// after the restore: a few tens of megabytes to write, where the page
+	// images are hundreds.
+	compressed, err := os.Create(filepath.Join(filling.Dir, "criu.tar.zst"))
+	if err != nil {
+		sfs.Close()
+		os.Remove(mountpoint)
+		return nil, err
+	}
+	s := &stream{fs: sfs, filling: filling, cancel: cancel, done: make(chan struct{}), began: time.Now(), compressed: compressed}
 	feed := &pageFeed{tail: a.ck.Stream.Tail, names: names, fs: sfs, ready: make(chan struct{})}
 	go func() {
 		defer close(s.done)
@@ -139,6 +146,7 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	case <-s.done:
 		stopLink()
 		s.close()
+		compressed.Close()
 		filling.Abort()
 		if s.err == nil {
 			s.err = errors.New("the download ended before the page images")
@@ -151,7 +159,7 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 // restore: its page images go to feed, and its compressed bytes to keep.
 type streamPull struct {
 	feed *pageFeed
-	keep *bytes.Buffer
+	keep io.Writer
 }
 
 // finish waits for the download to end and unmounts the page images. With
@@ -169,6 +177,9 @@ func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(*cach
 	}
 	<-s.done
 	s.close()
+	if abandon || s.err != nil {
+		s.compressed.Close()
+	}
 	switch {
 	case abandon:
 		s.filling.Abort()
@@ -199,20 +210,27 @@ func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(*cach
 	return nil, nil
 }
 
-// fillCache unpacks the whole CRIU images layer, from memory, beside the
-// images unpacked while streaming, swaps it in and moves the checkpoint
-// into the cache.
+// fillCache unpacks the whole CRIU images layer, from the kept copy,
+// beside the images unpacked while streaming, swaps it in and moves the
+// checkpoint into the cache.
 func (s *stream) fillCache(ctx context.Context) (*cache.Unpacked, error) {
 	defer pullCPUs()()
 	dir := filepath.Join(s.filling.Dir, "criu")
 	full := dir + ".full"
 	err := os.Mkdir(full, 0o700)
 	if err == nil {
-		_, err = unpack.TarZstd(ctx, bytes.NewReader(s.compressed.Bytes()), full,
-			// One CPU: the restored app is answering its first requests.
-			unpack.Options{Mode: unpack.CRIUImages, Frames: s.layer.Stream.Frames, SkipFrameChecksums: true, Workers: 1})
+		_, err = s.compressed.Seek(0, io.SeekStart)
 	}
-	s.compressed = nil
+	if err == nil {
+		// One CPU: the restored app is answering its first requests. The
+		// frames were verified as they streamed in.
+		_, err = unpack.TarZstd(ctx, s.compressed, full,
+			unpack.Options{Mode: unpack.CRIUImages, SkipFrameChecksums: true, Workers: 1})
+	}
+	s.compressed.Close()
+	if err == nil {
+		err = os.Remove(s.compressed.Name())
+	}
 	if err == nil {
 		err = os.RemoveAll(dir)
 	}

@@ -33,8 +33,8 @@ type preparer interface {
 }
 
 // service is the runc task service with restore-on-create in front of it.
-// Only Create, Start, Wait, Delete and Shutdown are overridden; every other call goes to the
-// runc task service untouched.
+// Only Create, Start, Wait, Delete and Shutdown are overridden; every other
+// call goes to the runc task service untouched.
 type service struct {
 	taskAPI.TTRPCTaskService
 

@@ -567,8 +567,8 @@ func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *
 		slices.Reverse(layers) // the rootfs changes, then the CRIU images
 	}
 	for _, l := range layers {
-		mode, sub := unpack.CRIUImages, "criu"
-		opts := unpack.Options{Mode: mode, MaxBytes: budget, SkipFrameChecksums: true}
+		sub := "criu"
+		opts := unpack.Options{Mode: unpack.CRIUImages, MaxBytes: budget, SkipFrameChecksums: true}
 		if l.MediaType == oci.MediaTypeRootfsDiff {
 			opts.Mode, sub = unpack.RootfsDiff, "rootfs"
 		} else if pages != nil {

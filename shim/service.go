@@ -56,8 +56,9 @@ type service struct {
 	// replaced: container ID -> closed when the Start fallback has replaced
 	// the failed restore's init process with a cold one (see Wait).
 	replaced map[string]chan struct{}
-	// filling counts streamed restores' cache fills still running: the
-	// shim does not exit before they end.
+	// filling counts the cache work after restores (a streamed restore's
+	// fill, then the cache limits) still running: the shim does not exit
+	// before it ends.
 	filling sync.WaitGroup
 }
 
@@ -150,10 +151,6 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	// A streamed restore's download ends with the restore: CRIU has read
 	// the page images, so what is left is the end of the layer.
 	streamErr := p.plan.FinishStream(ctx, err == nil)
-	filled := p.plan.CacheFilled()
-	if filled != nil {
-		s.filling.Go(func() { <-filled })
-	}
 	// Also after a failed restore: CRIU may have renamed the pod already.
 	if uerr := putUTSBack(); uerr != nil {
 		log.G(ctx).WithError(uerr).Warn("snapboot: cannot put the pod's hostname back after the restore")
@@ -183,9 +180,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 			p.plan.Release()
 		}
 		if !p.plan.Cached {
-			// After a streamed restore, once its checkpoint is in the
-			// cache (and before the shim may exit).
-			trimCtx := context.WithoutCancel(ctx)
+			// After a streamed restore, once its background cache fill
+			// has ended; the shim does not exit before.
+			trimCtx, filled := context.WithoutCancel(ctx), p.plan.CacheFilled()
 			s.filling.Go(func() {
 				if filled != nil {
 					<-filled

@@ -13,6 +13,7 @@
 package streamfs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -135,27 +136,8 @@ type writer struct {
 }
 
 func (w *writer) Write(p []byte) (int, error) {
-	s, f := w.s, w.f
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		return 0, s.err
-	}
-	if int64(len(p)) > f.size-f.written {
-		return 0, fmt.Errorf("streamfs: %s is %d bytes, more written", f.name, f.size)
-	}
-	n := len(p)
-	for len(p) > 0 {
-		bi, bo := int(f.written/blockSize), int(f.written%blockSize)
-		if bi == len(f.blocks) {
-			f.blocks = append(f.blocks, s.block())
-		}
-		c := copy(f.blocks[bi][bo:], p)
-		p = p[c:]
-		f.written += int64(c)
-	}
-	s.notify()
-	return n, nil
+	n, err := w.ReadFrom(bytes.NewReader(p))
+	return int(n), err
 }
 
 // ReadFrom reads r until EOF straight into the file's blocks, saving the

@@ -25,6 +25,7 @@ type faultProxy struct {
 
 	mu        sync.Mutex
 	slowBlobs map[string]time.Duration // repository -> pause in the middle of a blob's body
+	pauses    map[string]pausePoint    // blob digest -> pause at a chosen point of its body
 	truncate  map[string]bool          // repository -> cut blobs in half
 	badJSON   map[string]bool          // repository -> manifests are garbage
 	blobGets  map[string]int           // digest -> GETs served
@@ -34,7 +35,7 @@ func newFaultProxy(t *testing.T) *faultProxy {
 	t.Helper()
 	target, _ := url.Parse("http://" + registryAddr)
 	rp := httputil.NewSingleHostReverseProxy(target)
-	p := &faultProxy{slowBlobs: map[string]time.Duration{}, truncate: map[string]bool{}, badJSON: map[string]bool{}, blobGets: map[string]int{}}
+	p := &faultProxy{slowBlobs: map[string]time.Duration{}, truncate: map[string]bool{}, badJSON: map[string]bool{}, blobGets: map[string]int{}, pauses: map[string]pausePoint{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -44,6 +45,7 @@ func newFaultProxy(t *testing.T) *faultProxy {
 		repo, kind, ref := splitRegistryPath(r.URL.Path)
 		p.mu.Lock()
 		delay, cut, bad := p.slowBlobs[repo], p.truncate[repo], p.badJSON[repo]
+		pause, paused := p.pauses[ref]
 		if kind == "blobs" && r.Method == http.MethodGet {
 			p.blobGets[ref]++
 		}
@@ -57,17 +59,24 @@ func newFaultProxy(t *testing.T) *faultProxy {
 			if r.Method == http.MethodGet {
 				w.Write(body)
 			}
-		case kind == "blobs" && r.Method == http.MethodGet && (delay > 0 || cut):
+		case kind == "blobs" && r.Method == http.MethodGet && (delay > 0 || cut || paused):
 			rec := &bufferedResponse{header: http.Header{}}
 			rp.ServeHTTP(rec, r)
 			for k, v := range rec.header {
 				w.Header()[k] = v
 			}
 			w.WriteHeader(rec.status)
+			if paused {
+				pause.at = min(pause.at, int64(len(rec.body)))
+				delay = pause.delay
+			}
 			if delay > 0 {
 				// Half the body now, the rest after the delay: the client
 				// has a partial download in progress meanwhile.
 				half := len(rec.body) / 2
+				if paused {
+					half = int(pause.at)
+				}
 				w.Write(rec.body[:half])
 				if f, ok := w.(http.Flusher); ok {
 					f.Flush()
@@ -97,6 +106,12 @@ func newFaultProxy(t *testing.T) *faultProxy {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return p
+}
+
+// pausePoint is where a blob's body stops, and for how long.
+type pausePoint struct {
+	at    int64
+	delay time.Duration
 }
 
 // splitRegistryPath splits /v2/REPO/KIND/REF.

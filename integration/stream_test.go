@@ -1,13 +1,17 @@
-//go:build integration
+//go:build integration && linux
 
 package integration
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -138,6 +142,71 @@ func TestStreamedRestore(t *testing.T) {
 			t.Errorf("the tampered checkpoint should not be in the cache:\n%s", out)
 		}
 	})
+
+	// runc killed while CRIU waits for the page images (the registry holds
+	// back the last frame) leaves its rootfs mount for CRIU behind; the
+	// shim clears it, and the container starts cold.
+	t.Run("runc killed mid-restore", func(t *testing.T) {
+		proxy := newFaultProxy(t)
+		for _, l := range m.Layers {
+			if l.MediaType == oci.MediaTypeCRIUImages {
+				last := ck.Stream.Frames[len(ck.Stream.Frames)-1]
+				proxy.set(func(p *faultProxy) {
+					p.pauses[l.Digest.String()] = pausePoint{at: l.Size - last.Size, delay: time.Minute}
+				})
+			}
+		}
+		cfg := nodeConfig(t, "", "", proxy.addr)
+		cacheRoot := filepath.Join(filepath.Dir(cfg), "cache")
+		id := uniqueID(t)
+		killed := make(chan string, 1)
+		go func() { killed <- killRuncRestore(id, 30*time.Second) }()
+		offset := containerdLogOffset()
+		logFile := runDetachedOpts(t, id, runOptions{Runtime: snapbootRuntime,
+			Annotations: map[string]string{"snapboot.dev/checkpoint": proxy.addr + strings.TrimPrefix(ref, registryAddr)},
+			Flags:       withConfig(cfg, "--with-ns", "network:"+newNetns(t))}, "/bin/sh", "-c", bigCounterScript)
+		if what := <-killed; what != "" {
+			t.Fatal(what)
+		}
+		line := logLine(t, offset, "snapboot.fallback", id, 30*time.Second)
+		t.Log(line)
+		if !strings.Contains(line, "runc restore failed") {
+			t.Errorf("the fallback should name the failed runc restore:\n%s", line)
+		}
+		if cs := waitCount(t, logFile, 3); cs[0] != 1 {
+			t.Errorf("the container should start cold and count from 1, counted from %d", cs[0])
+		}
+		if mi := readFile("/proc/self/mountinfo"); strings.Contains(mi, id+"/criu-root") || strings.Contains(mi, "snapboot-stream") {
+			t.Errorf("a mount of the killed restore is left:\n%s", mi)
+		}
+		noLeftovers(t, cacheRoot)
+	})
+}
+
+// killRuncRestore SIGKILLs the runc restore of container id once it has
+// mounted the rootfs for CRIU. It returns what went wrong, or "".
+func killRuncRestore(id string, timeout time.Duration) string {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if strings.Contains(readFile("/proc/self/mountinfo"), id+"/criu-root") {
+			ents, _ := os.ReadDir("/proc")
+			for _, e := range ents {
+				pid, err := strconv.Atoi(e.Name())
+				if err != nil {
+					continue
+				}
+				args := strings.Split(strings.TrimRight(readFile(fmt.Sprintf("/proc/%d/cmdline", pid)), "\x00"), "\x00")
+				if len(args) > 2 && filepath.Base(args[0]) == "runc" && slices.Contains(args, "restore") && args[len(args)-1] == id {
+					if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+						return fmt.Sprintf("kill runc restore (pid %d): %v", pid, err)
+					}
+					return ""
+				}
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return fmt.Sprintf("no runc restore of %s with its rootfs mounted for CRIU within %v", id, timeout)
 }
 
 func mustJSON(t *testing.T, v any) []byte {

@@ -45,6 +45,9 @@ type service struct {
 
 	// armDumpFn writes the dump-side CRIU config into a bundle.
 	armDumpFn func(bundle string) error
+	// clearAbortedFn removes what a killed runc restore leaves behind
+	// (clearAbortedRestore).
+	clearAbortedFn func(ctx context.Context, bundle, id string) error
 	// oom watches restored containers' cgroups (nil in unit tests).
 	oom oom.Watcher
 
@@ -75,6 +78,7 @@ func newService(inner taskAPI.TTRPCTaskService, publisher *filteringPublisher, r
 		publisher:        publisher,
 		restorerFor:      restorerFor,
 		armDumpFn:        restore.ArmDump,
+		clearAbortedFn:   clearAbortedRestore,
 		pending:          map[string]*pendingRestore{},
 		running:          map[string]*restore.Plan{},
 		restored:         map[string]bool{},
@@ -202,6 +206,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	}
 	p.plan.Release()
 
+	if cerr := s.clearAbortedFn(ctx, p.original.Bundle, r.ID); cerr != nil {
+		log.G(ctx).WithError(cerr).Warn("snapboot: the failed restore's runc state may not be removable")
+	}
 	s.publisher.suppressRecreate(r.ID)
 	if _, derr := s.TTRPCTaskService.Delete(ctx, &taskAPI.DeleteRequest{ID: r.ID}); derr != nil {
 		s.publisher.cancelSuppress(r.ID, "delete", "create")

@@ -91,6 +91,10 @@ func setup(prep *fakePreparer, failStart bool) (*service, *fakeTasks, *recording
 		inner.calls = append(inner.calls, "arm-dump")
 		return nil
 	}
+	s.clearAbortedFn = func(_ context.Context, bundle, id string) error {
+		inner.calls = append(inner.calls, "clear-aborted")
+		return nil
+	}
 	return s, inner, rec
 }
 
@@ -154,7 +158,7 @@ func TestFailedRestoreFallsBackWithoutStrayEvents(t *testing.T) {
 	if err != nil || resp.Pid != 42 {
 		t.Fatalf("fallback Start: %v %v", resp, err)
 	}
-	if got := join(inner.calls); got != "create start delete arm-dump create start" {
+	if got := join(inner.calls); got != "create start clear-aborted delete arm-dump create start" {
 		t.Fatalf("calls %q", got)
 	}
 	if last := inner.creates[len(inner.creates)-1]; last != orig || last.Checkpoint != "" {

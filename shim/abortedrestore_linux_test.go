@@ -1,0 +1,63 @@
+//go:build linux
+
+package shim
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func isMountPoint(t *testing.T, path string) bool {
+	t.Helper()
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == path {
+			return true
+		}
+	}
+	return false
+}
+
+// The rootfs bind mount a killed runc restore leaves at criu-root is
+// detached; a plain directory and a missing path are left alone.
+func TestUnmountLeftover(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount")
+	}
+	dir := t.TempDir()
+	rootfs, criuRoot := filepath.Join(dir, "rootfs"), filepath.Join(dir, "criu-root")
+	for _, d := range []string{rootfs, criuRoot} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount(rootfs, criuRoot, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		t.Fatalf("bind mount: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(criuRoot, unix.MNT_DETACH) })
+	if !isMountPoint(t, criuRoot) {
+		t.Fatal("the bind mount is not in mountinfo")
+	}
+	if err := unmountLeftover(criuRoot); err != nil {
+		t.Fatal(err)
+	}
+	if isMountPoint(t, criuRoot) {
+		t.Fatal("criu-root is still mounted")
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "criu-root")); err != nil {
+		t.Fatalf("the state directory cannot be removed after: %v", err)
+	}
+	if err := unmountLeftover(rootfs); err != nil {
+		t.Errorf("a directory that is not a mount point: %v", err)
+	}
+	if err := unmountLeftover(filepath.Join(dir, "missing")); err != nil {
+		t.Errorf("a missing path: %v", err)
+	}
+}

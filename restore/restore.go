@@ -560,7 +560,11 @@ type pullStats struct {
 // the rootfs changes come first, and the CRIU images layer is checked frame
 // by frame against its stream index and its files reported to pages.
 func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *pullStats, pages *streamPull) error {
-	defer pullCPUs()()
+	lowered := 0 // decoding threads at a lower priority
+	if pages != nil {
+		lowered = streamWorkers()
+	}
+	defer pullCPUs(lowered)()
 	budget := int64(r.cfg.Pull.MaxUnpackedSize)
 	layers := a.ck.Layers()
 	if pages != nil {
@@ -572,7 +576,7 @@ func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *
 		if l.MediaType == oci.MediaTypeRootfsDiff {
 			opts.Mode, sub = unpack.RootfsDiff, "rootfs"
 		} else if pages != nil {
-			opts.Frames, opts.Files, opts.Workers = a.ck.Stream.Frames, pages.feed, streamWorkers()
+			opts.Frames, opts.Files, opts.Workers, opts.Nice = a.ck.Stream.Frames, pages.feed, streamWorkers(), streamDecodeNice
 		}
 		target := filepath.Join(dir, sub)
 		if err := os.Mkdir(target, 0o700); err != nil {

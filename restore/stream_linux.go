@@ -85,10 +85,21 @@ func (p *pageFeed) finished() error {
 	return nil
 }
 
-// streamWorkers is how many frames a streamed restore decodes at once: one
-// CPU is left to CRIU, which reads the pages as fast as one CPU decodes
-// them.
-func streamWorkers() int { return max(1, runtime.NumCPU()-1) }
+// A streamed restore decodes frames on every CPU, at a lower priority than
+// everything else: CRIU reading the pages, the FUSE server handing them
+// over, and the download come first, and the decoders take the CPU time
+// they leave. With one decoder CRIU waited for it while a CPU sat idle
+// about a third of the time (2 CPUs); with decoders at the same priority
+// as CRIU, CRIU was starved.
+const (
+	streamDecodeNice = 10
+	// fillNice is the priority of the cache fill after a streamed
+	// restore: it runs while the restored app answers its first requests.
+	fillNice = 19
+)
+
+// streamWorkers is how many frames a streamed restore decodes at once.
+func streamWorkers() int { return runtime.NumCPU() }
 
 // startStream begins unpacking into filling in the background and returns
 // once the images other than the page images are in, with the page images
@@ -201,6 +212,7 @@ func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(*cach
 	}
 	go func() {
 		ctx := context.WithoutCancel(ctx)
+		defer unpack.LowerPriority(fillNice)()
 		u, err := s.fillCache(ctx)
 		if err != nil {
 			log.G(ctx).WithError(err).Warn("snapboot: the streamed checkpoint could not be cached")
@@ -214,7 +226,7 @@ func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(*cach
 // beside the images unpacked while streaming, swaps it in and moves the
 // checkpoint into the cache.
 func (s *stream) fillCache(ctx context.Context) (*cache.Unpacked, error) {
-	defer pullCPUs()()
+	defer pullCPUs(1)()
 	dir := filepath.Join(s.filling.Dir, "criu")
 	full := dir + ".full"
 	err := os.Mkdir(full, 0o700)
@@ -222,10 +234,10 @@ func (s *stream) fillCache(ctx context.Context) (*cache.Unpacked, error) {
 		_, err = s.compressed.Seek(0, io.SeekStart)
 	}
 	if err == nil {
-		// One CPU: the restored app is answering its first requests. The
-		// frames were verified as they streamed in.
+		// One CPU, at the lowest priority: the restored app is answering
+		// its first requests. The frames were verified as they streamed in.
 		_, err = unpack.TarZstd(ctx, s.compressed, full,
-			unpack.Options{Mode: unpack.CRIUImages, SkipFrameChecksums: true, Workers: 1})
+			unpack.Options{Mode: unpack.CRIUImages, SkipFrameChecksums: true, Workers: 1, Nice: fillNice})
 	}
 	s.compressed.Close()
 	if err == nil {

@@ -153,8 +153,9 @@ func readFrame(br *bufio.Reader, limit int, buf *bytes.Buffer) (frame []byte, sk
 // from their decoded buffers. Frames' content checksums are checked unless
 // skipChecksums is set (the caller verifies a digest of the whole stream).
 // When frames is not nil the stream must be exactly those frames: each one
-// is checked against its size and digest before it is decoded.
-func newFrameReader(r io.Reader, workers int, skipChecksums bool, frames []oci.Frame) io.ReadCloser {
+// is checked against its size and digest before it is decoded. A positive
+// nice runs the decoding on threads of that nice value.
+func newFrameReader(r io.Reader, workers int, skipChecksums bool, frames []oci.Frame, nice int) io.ReadCloser {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
@@ -163,6 +164,7 @@ func newFrameReader(r io.Reader, workers int, skipChecksums bool, frames []oci.F
 		results: make(chan chan piece, workers*2),
 		stop:    make(chan struct{}),
 		frames:  frames,
+		nice:    nice,
 	}
 	go fr.split(bufio.NewReaderSize(r, 1<<20), workers, zstd.IgnoreChecksum(skipChecksums))
 	return fr
@@ -181,6 +183,7 @@ type frameReader struct {
 	stop    chan struct{}
 	once    sync.Once
 	frames  []oci.Frame // the frames the stream must be, or nil
+	nice    int
 
 	cur    *[]byte
 	off    int
@@ -313,6 +316,9 @@ func (f *frameReader) split(br *bufio.Reader, workers int, checksums zstd.DOptio
 		}
 		go func() {
 			defer inflight.Done()
+			if f.nice > 0 {
+				defer LowerPriority(f.nice)()
+			}
 			out := outBufs.Get().(*[]byte)
 			var err error
 			if want != "" && digest.SHA256.FromBytes(frame) != want {

@@ -63,6 +63,10 @@ type Options struct {
 	// Workers is how many zstd frames are decoded at once; 0 means
 	// GOMAXPROCS.
 	Workers int
+	// Nice, when positive, is the nice value of the threads that decode
+	// frames: below the rest of the process, so that they use the CPU time
+	// nothing else on the machine wants.
+	Nice int
 }
 
 // FileObserver follows the writing of regular files.
@@ -153,7 +157,7 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 // does. The whole zstd stream is read and checked, so a truncated or corrupt
 // stream is an error even when the damage lies after the tar end marker.
 func TarZstd(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
-	zr := newFrameReader(r, opts.Workers, opts.SkipFrameChecksums, opts.Frames)
+	zr := newFrameReader(r, opts.Workers, opts.SkipFrameChecksums, opts.Frames, opts.Nice)
 	defer zr.Close()
 
 	st, err := Tar(ctx, zr, dir, opts)

@@ -1,0 +1,58 @@
+//go:build linux
+
+package unpack
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// threadNice is the nice value of thread tid (getpriority(2) returns
+// 20-nice).
+func threadNice(t *testing.T, tid int) int {
+	t.Helper()
+	p, err := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 20 - p
+}
+
+// A lowered thread is at the asked priority until restored, and then back
+// at the process's, still alive.
+func TestLowerPriority(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("raising the priority back needs CAP_SYS_NICE")
+	}
+	before := threadNice(t, unix.Gettid())
+	restore := LowerPriority(before + 7)
+	tid := unix.Gettid()
+	if got := threadNice(t, tid); got != before+7 {
+		t.Fatalf("nice %d while lowered, want %d", got, before+7)
+	}
+	restore()
+	if got := threadNice(t, tid); got != before {
+		t.Fatalf("nice %d after, want %d as before", got, before)
+	}
+}
+
+// Frames decoded on lowered threads read the same.
+func TestFrameReaderLowered(t *testing.T) {
+	var chunks [][]byte
+	var want []byte
+	for i := 0; i < 6; i++ {
+		c := randomish(200_000, int64(i))
+		chunks = append(chunks, c)
+		want = append(want, c...)
+	}
+	rc := newFrameReader(bytes.NewReader(frames(t, chunks...)), 2, false, nil, 10)
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("decoded %d bytes (err %v), want the %d written", len(got), err, len(want))
+	}
+}

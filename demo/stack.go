@@ -104,6 +104,7 @@ func (s *stack) stop() {
 	for i := len(s.procs) - 1; i >= 0; i-- {
 		s.procs[i].stop()
 	}
+	s.stopLeftovers()
 }
 
 func pgBin(name string) string {

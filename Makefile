@@ -8,7 +8,7 @@ export GOFLAGS := -buildvcs=false
 FUZZTIME ?= 10s
 FUZZ_TARGETS := ./oci:FuzzDecodeManifest ./oci:FuzzDecodeMetadata ./oci:FuzzParseReference ./criuconf:FuzzParseUserOptions ./unpack:FuzzTar ./unpack:FuzzFrameReader
 
-.PHONY: all build deps demo-deps demo bench test unit integration fuzz vet install clean
+.PHONY: all build deps demo-deps demo bench compare test unit integration fuzz vet install clean
 
 all: build
 
@@ -30,6 +30,13 @@ demo: demo-deps build
 ## bench: every measurement BENCH_RUNS times, plus the runc restore floor; writes bench/results.{json,md}
 bench: demo-deps build
 	$(GO) run ./demo -models $(DEMO_MODELS) -runs $(BENCH_RUNS) -bench bench
+
+COMPARE_RUNS ?= 8
+
+## compare: compare the shim in bin/ with another build of it (SHIM=path), alternating in one stack, COMPARE_RUNS rounds
+compare: demo-deps build
+	@test -n "$(SHIM)" || { echo "usage: make compare SHIM=/path/to/other/containerd-shim-snapboot-v1"; exit 2; }
+	$(GO) run ./demo -models $(DEMO_MODELS) -runs $(COMPARE_RUNS) -compare-shim $(SHIM)
 
 ## build: build the shim and the CLI into bin/
 build:

@@ -29,6 +29,8 @@ type options struct {
 	port     int
 	warm     int
 	quiet    bool
+	// compare is another shim binary to compare with the one in binDir.
+	compare string
 }
 
 func main() {
@@ -41,6 +43,7 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.IntVar(&o.warm, "warm", 20, "warm-up requests before the checkpoint")
 	flag.BoolVar(&o.quiet, "quiet", false, "no progress lines")
+	flag.StringVar(&o.compare, "compare-shim", "", "instead of the demo, compare this shim binary with the one in -bin: empty and warm cache, the two alternating, -runs rounds, each with the floor")
 	flag.Parse()
 	port, err := freePort()
 	if err != nil {
@@ -55,6 +58,9 @@ func main() {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		os.Exit(1)
+	}
+	if o.compare != "" {
+		return // compareShims printed its table
 	}
 	if o.bench == "" {
 		printTable(os.Stdout, res)
@@ -134,8 +140,16 @@ func run(ctx context.Context, o options) (*results, error) {
 	} else {
 		defer os.RemoveAll(dir)
 	}
+	stackBin := binDir
+	if o.compare != "" {
+		// The stack's containerd finds the shim in a directory of its own,
+		// where the two binaries take turns.
+		if stackBin, err = compareBinDir(dir, binDir); err != nil {
+			return nil, err
+		}
+	}
 	say("starting PostgreSQL, a registry and containerd on this machine")
-	s, err := newStack(dir, binDir)
+	s, err := newStack(dir, stackBin)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +168,9 @@ func run(ctx context.Context, o options) (*results, error) {
 
 	d := &demo{s: s, o: o, image: regImage, url: fmt.Sprintf("http://127.0.0.1:%d/", o.port)}
 	defer d.cleanup()
+	if o.compare != "" {
+		return nil, d.compareShims(ctx, filepath.Join(binDir, shimBinary), o.compare)
+	}
 	return d.measure(ctx)
 }
 
@@ -292,22 +309,9 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 			d.s.removeContainer(ctx, donor)
 			continue
 		}
-		say("checkpointing it with snapboot checkpoint (after %d warm-up requests)", d.o.warm)
-		r.RSSBytes = append(r.RSSBytes, d.rss(ctx, donor))
-		out, err := d.s.snapboot(ctx, "checkpoint", "--exit", "--json", "--wait-http", d.url, "--warm", strconv.Itoa(d.o.warm), donor, ref)
-		if err != nil {
+		if err := d.checkpoint(ctx, donor, ref, r); err != nil {
 			return nil, err
 		}
-		var ck struct {
-			RawBytes, CompressedBytes int64
-			DumpSeconds, PushSeconds  float64
-		}
-		if err := json.Unmarshal([]byte(out), &ck); err != nil {
-			return nil, fmt.Errorf("snapboot checkpoint output: %w: %s", err, out)
-		}
-		r.RawBytes, r.Compressed = ck.RawBytes, ck.CompressedBytes
-		r.Dump, r.Push = append(r.Dump, ck.DumpSeconds), append(r.Push, ck.PushSeconds)
-		say("checkpoint: %s raw, %s compressed; dump %.2fs, push %.2fs", human(ck.RawBytes), human(ck.CompressedBytes), ck.DumpSeconds, ck.PushSeconds)
 		d.s.removeContainer(ctx, donor)
 	}
 	for i := 0; i < d.o.runs; i++ {
@@ -405,6 +409,28 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 		}
 	}
 	return r, nil
+}
+
+// checkpoint checkpoints the running donor into ref with snapboot
+// checkpoint, and records its sizes and times in r.
+func (d *demo) checkpoint(ctx context.Context, donor, ref string, r *results) error {
+	say("checkpointing it with snapboot checkpoint (after %d warm-up requests)", d.o.warm)
+	r.RSSBytes = append(r.RSSBytes, d.rss(ctx, donor))
+	out, err := d.s.snapboot(ctx, "checkpoint", "--exit", "--json", "--wait-http", d.url, "--warm", strconv.Itoa(d.o.warm), donor, ref)
+	if err != nil {
+		return err
+	}
+	var ck struct {
+		RawBytes, CompressedBytes int64
+		DumpSeconds, PushSeconds  float64
+	}
+	if err := json.Unmarshal([]byte(out), &ck); err != nil {
+		return fmt.Errorf("snapboot checkpoint output: %w: %s", err, out)
+	}
+	r.RawBytes, r.Compressed = ck.RawBytes, ck.CompressedBytes
+	r.Dump, r.Push = append(r.Dump, ck.DumpSeconds), append(r.Push, ck.PushSeconds)
+	say("checkpoint: %s raw, %s compressed; dump %.2fs, push %.2fs", human(ck.RawBytes), human(ck.CompressedBytes), ck.DumpSeconds, ck.PushSeconds)
+	return nil
 }
 
 // waitCached waits until the checkpoint is unpacked in the node cache: a

@@ -226,7 +226,7 @@ func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(*cach
 // beside the images unpacked while streaming, swaps it in and moves the
 // checkpoint into the cache.
 func (s *stream) fillCache(ctx context.Context) (*cache.Unpacked, error) {
-	defer pullCPUs(1)()
+	defer pullCPUs(2)() // this goroutine and its decoder, both lowered
 	dir := filepath.Join(s.filling.Dir, "criu")
 	full := dir + ".full"
 	err := os.Mkdir(full, 0o700)

@@ -292,3 +292,82 @@ func TestSignalledReadKeepsWaiting(t *testing.T) {
 		t.Fatal("the signal was never delivered")
 	}
 }
+
+// setWindow shrinks the write-ahead window and the reader stall for a test.
+func setWindow(t *testing.T, ahead int64, stall time.Duration) {
+	t.Helper()
+	prevAhead, prevStall := maxAhead, readerStall
+	maxAhead, readerStall = ahead, stall
+	t.Cleanup(func() { maxAhead, readerStall = prevAhead, prevStall })
+}
+
+// A writer stays within maxAhead of a slow reader, and the reader gets
+// every byte.
+func TestWriterWaitsForReader(t *testing.T) {
+	setWindow(t, 4<<20, 30*time.Second)
+	data := randomBytes(32 << 20)
+	s := mount(t, File{Name: "pages-1.img", Size: int64(len(data))})
+	w, err := s.Writer("pages-1.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(w, bytes.NewReader(data))
+		done <- err
+	}()
+	f, err := os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	var got []byte
+	var furthest int64
+	for {
+		time.Sleep(5 * time.Millisecond) // slower than the writer
+		s.mu.Lock()
+		furthest = max(furthest, s.files["pages-1.img"].written-int64(len(got)))
+		s.mu.Unlock()
+		n, err := f.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF || n == 0 {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, differing from the %d written", len(got), len(data))
+	}
+	if furthest > maxAhead+blockSize {
+		t.Fatalf("the writer got %d bytes ahead of the reader, want at most %d", furthest, maxAhead+blockSize)
+	}
+	if furthest < maxAhead {
+		t.Fatalf("the writer was never more than %d bytes ahead: the test did not test the window", furthest)
+	}
+}
+
+// With no read for readerStall, a writer does not wait for a reader that
+// may be waiting for something else first.
+func TestWriterGoesOnWhenReadsStall(t *testing.T) {
+	setWindow(t, 2<<20, 200*time.Millisecond)
+	data := randomBytes(8 << 20)
+	s := mount(t, File{Name: "pages-1.img", Size: int64(len(data))}, File{Name: "pages-2.img", Size: 10})
+	w, err := s.Writer("pages-1.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	if _, err := io.Copy(w, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(began)
+	if took < readerStall/2 || took > 10*readerStall {
+		t.Fatalf("writing with no reader took %v, want about the reader stall, %v", took, readerStall)
+	}
+}

@@ -99,33 +99,8 @@ func TestReadWaitsForWrites(t *testing.T) {
 // arrives, through ReadFrom, and blocks it has passed are reused.
 func TestLargeFileReadInOrder(t *testing.T) {
 	data := randomBytes(48<<20 + 4096*3)
-	s := mount(t, File{Name: "pages-1.img", Size: int64(len(data))})
-	w, err := s.Writer("pages-1.img")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(w, bytes.NewReader(data)) // ReadFrom
-		done <- err
-	}()
-	f, err := os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 3<<20+4096) // reads that span blocks
-	var got []byte
-	for {
-		n, err := f.Read(buf)
-		got = append(got, buf[:n]...)
-		if err == io.EOF || n == 0 {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	s, f, done := streamOne(t, data)
+	got := readInSteps(t, f, 3<<20+4096, nil) // reads that span blocks
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
@@ -293,6 +268,49 @@ func TestSignalledReadKeepsWaiting(t *testing.T) {
 	}
 }
 
+// streamOne mounts pages-1.img, writes data into it in the background
+// (through ReadFrom) and opens it for reading. done gets the write's error.
+func streamOne(t *testing.T, data []byte) (s *FS, f *os.File, done chan error) {
+	t.Helper()
+	s = mount(t, File{Name: "pages-1.img", Size: int64(len(data))})
+	w, err := s.Writer("pages-1.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done = make(chan error, 1)
+	go func() {
+		_, err := io.Copy(w, bytes.NewReader(data))
+		done <- err
+	}()
+	f, err = os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return s, f, done
+}
+
+// readInSteps reads f to its end, step bytes at a time, calling before (if
+// set) with the bytes read so far ahead of each read.
+func readInSteps(t *testing.T, f *os.File, step int, before func(read int64)) []byte {
+	t.Helper()
+	buf := make([]byte, step)
+	var got []byte
+	for {
+		if before != nil {
+			before(int64(len(got)))
+		}
+		n, err := f.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF || n == 0 {
+			return got
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // setWindow shrinks the write-ahead window and the reader stall for a test.
 func setWindow(t *testing.T, ahead int64, stall time.Duration) {
 	t.Helper()
@@ -306,38 +324,14 @@ func setWindow(t *testing.T, ahead int64, stall time.Duration) {
 func TestWriterWaitsForReader(t *testing.T) {
 	setWindow(t, 4<<20, 30*time.Second)
 	data := randomBytes(32 << 20)
-	s := mount(t, File{Name: "pages-1.img", Size: int64(len(data))})
-	w, err := s.Writer("pages-1.img")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(w, bytes.NewReader(data))
-		done <- err
-	}()
-	f, err := os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	var got []byte
+	s, f, done := streamOne(t, data)
 	var furthest int64
-	for {
+	got := readInSteps(t, f, 1<<20, func(read int64) {
 		time.Sleep(5 * time.Millisecond) // slower than the writer
 		s.mu.Lock()
-		furthest = max(furthest, s.files["pages-1.img"].written-int64(len(got)))
+		furthest = max(furthest, s.files["pages-1.img"].written-read)
 		s.mu.Unlock()
-		n, err := f.Read(buf)
-		got = append(got, buf[:n]...)
-		if err == io.EOF || n == 0 {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}

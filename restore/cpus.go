@@ -17,7 +17,8 @@ import (
 var cpus struct {
 	sync.Mutex
 	users int
-	prev  int
+	prev  int // GOMAXPROCS before the first of the overlapping pulls
+	set   int // the largest setting asked for by the overlapping pulls
 }
 
 // pullCPUs sets GOMAXPROCS to the number of usable CPUs plus lowered until
@@ -27,10 +28,13 @@ func pullCPUs(lowered int) (done func()) {
 	cpus.Lock()
 	defer cpus.Unlock()
 	if cpus.users == 0 {
-		cpus.prev = runtime.GOMAXPROCS(0)
+		cpus.prev, cpus.set = runtime.GOMAXPROCS(0), 0
 	}
-	if n := runtime.NumCPU() + lowered; (cpus.users == 0 && n != cpus.prev) || n > runtime.GOMAXPROCS(0) {
-		runtime.GOMAXPROCS(n)
+	if n := runtime.NumCPU() + lowered; n > cpus.set {
+		cpus.set = n
+		if n != runtime.GOMAXPROCS(0) {
+			runtime.GOMAXPROCS(n)
+		}
 	}
 	cpus.users++
 	var once sync.Once

@@ -45,6 +45,9 @@ type Options struct {
 	WorkDir string
 	// Remote says how to reach the registry.
 	Remote oci.RemoteOptions
+	// Compression is how hard the layers are packed; "" is
+	// pack.DefaultLevel.
+	Compression pack.Level
 	// Progress, when set, receives human-readable progress lines and
 	// wraps uploads for a progress display.
 	Progress Progress
@@ -85,6 +88,11 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 	if oci.Pinned(ref) {
 		return nil, fmt.Errorf("checkpoint reference %s: push to a tag, not a digest", refStr)
 	}
+	level, err := pack.ParseLevel(string(opts.Compression))
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", id, errdefs.ErrInvalidArgument.WithMessage(err.Error()))
+	}
+	opts.Compression = level
 	progress := opts.Progress
 	if progress == nil {
 		progress = quiet{}
@@ -171,7 +179,7 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 		return nil, fmt.Errorf("dump %s: %w", id, err)
 	}
 	rootfsTar := filepath.Join(work, "rootfs.tar.zst")
-	if res.Rootfs, err = rootfsChanges(ctx, client, info.Snapshotter, info.SnapshotKey, rootfsTar); err != nil {
+	if res.Rootfs, err = rootfsChanges(ctx, client, info.Snapshotter, info.SnapshotKey, rootfsTar, opts.Compression); err != nil {
 		return nil, err
 	}
 	if !opts.Exit && status.Status == containerd.Running {
@@ -182,13 +190,13 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 	res.Dump = time.Since(began)
 
 	began = time.Now()
-	progress.Stage("packing CRIU images")
+	progress.Stage("packing CRIU images (zstd, %s)", level)
 	criuTar := filepath.Join(work, "criu.tar.zst")
 	f, err := os.OpenFile(criuTar, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	res.CRIU, err = pack.TarZstdDir(ctx, imagesDir, f)
+	res.CRIU, err = pack.TarZstdDir(ctx, imagesDir, f, opts.Compression)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -244,7 +252,7 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 
 // rootfsChanges writes the container's rootfs changes (containerd's diff of
 // its active snapshot, whiteouts included) zstd-compressed to path.
-func rootfsChanges(ctx context.Context, client *containerd.Client, snapshotter, key, path string) (pack.Sizes, error) {
+func rootfsChanges(ctx context.Context, client *containerd.Client, snapshotter, key, path string, level pack.Level) (pack.Sizes, error) {
 	if key == "" {
 		return pack.Sizes{}, nil
 	}
@@ -263,7 +271,7 @@ func rootfsChanges(ctx context.Context, client *containerd.Client, snapshotter, 
 	if err != nil {
 		return pack.Sizes{}, err
 	}
-	sz, err := pack.Zstd(ctx, content.NewReader(ra), f)
+	sz, err := pack.Zstd(ctx, content.NewReader(ra), f, level)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

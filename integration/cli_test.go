@@ -247,6 +247,13 @@ func TestCLIErrors(t *testing.T) {
 	if _, _, code = snapbootCLI("checkpoint", donor); code != 2 {
 		t.Errorf("checkpoint with one argument: exit %d, want 2", code)
 	}
+	_, stderr, code = snapbootCLI("checkpoint", "--compression", "max", donor, registryAddr+"/it/errors:v1")
+	if code != 2 || !strings.Contains(stderr, `"max"`) || !strings.Contains(stderr, "best") {
+		t.Errorf("checkpoint --compression max: exit %d, want 2 naming the level and the levels there are:\n%s", code, stderr)
+	}
+	if st := taskStatus(t, donor); st != "RUNNING" {
+		t.Errorf("after a refused level the donor should run on, it is %s", st)
+	}
 	if _, _, code = snapbootCLI("inspect", registryAddr+"/it/errors:missing"); code != 3 {
 		t.Errorf("inspect of a missing tag: exit %d, want 3", code)
 	}

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -26,7 +27,7 @@ func TestRoundTrip(t *testing.T) {
 	os.WriteFile(filepath.Join(src, "sub", "pages-1.img"), bytes.Repeat([]byte("page"), 100000), 0o600)
 
 	var buf bytes.Buffer
-	sz, err := TarZstdDir(context.Background(), src, &buf)
+	sz, err := TarZstdDir(context.Background(), src, &buf, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +50,7 @@ func TestRoundTrip(t *testing.T) {
 func TestRefusesLinks(t *testing.T) {
 	src := t.TempDir()
 	os.Symlink("/etc/passwd", filepath.Join(src, "link"))
-	_, err := TarZstdDir(context.Background(), src, &bytes.Buffer{})
+	_, err := TarZstdDir(context.Background(), src, &bytes.Buffer{}, "")
 	if err == nil || !strings.Contains(err.Error(), "only regular files") {
 		t.Fatalf("got %v", err)
 	}
@@ -57,9 +58,46 @@ func TestRefusesLinks(t *testing.T) {
 
 func TestZstd(t *testing.T) {
 	var buf bytes.Buffer
-	sz, err := Zstd(context.Background(), strings.NewReader(strings.Repeat("x", 10000)), &buf)
+	sz, err := Zstd(context.Background(), strings.NewReader(strings.Repeat("x", 10000)), &buf, "")
 	if err != nil || sz.Raw != 10000 || sz.Compressed != int64(buf.Len()) {
 		t.Fatalf("%+v %v", sz, err)
+	}
+}
+
+// Every level packs what zstd -d reads back, the levels are really
+// different, and a wrong name is refused before anything is written.
+func TestLevels(t *testing.T) {
+	var data []byte
+	for i := 0; len(data) < 8<<20; i++ { // compressible, but not trivially
+		data = append(data, fmt.Sprintf("model %d: %x, ", i%5000, i*2654435761)...)
+	}
+	sizes := map[Level]int64{}
+	for _, l := range Levels {
+		var buf bytes.Buffer
+		sz, err := Zstd(context.Background(), bytes.NewReader(data), &buf, l)
+		if err != nil {
+			t.Fatalf("%s: %v", l, err)
+		}
+		dec, err := zstd.NewReader(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(dec)
+		dec.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%s: read back %d of %d bytes: %v", l, len(got), len(data), err)
+		}
+		sizes[l] = sz.Compressed
+	}
+	if sizes["best"] >= sizes["fastest"] {
+		t.Errorf("best packs to %d bytes, fastest to %d", sizes["best"], sizes["fastest"])
+	}
+	if l, err := ParseLevel(""); err != nil || l != DefaultLevel {
+		t.Errorf(`ParseLevel("") = %q, %v`, l, err)
+	}
+	var buf bytes.Buffer
+	if _, err := Zstd(context.Background(), bytes.NewReader(data), &buf, "max"); err == nil || buf.Len() != 0 {
+		t.Errorf("level max: %v, %d bytes written", err, buf.Len())
 	}
 }
 
@@ -80,7 +118,7 @@ func TestPageImagesLastAndIndexed(t *testing.T) {
 		}
 	}
 	var buf bytes.Buffer
-	sz, err := TarZstdDir(context.Background(), src, &buf)
+	sz, err := TarZstdDir(context.Background(), src, &buf, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +168,7 @@ func TestPageImagesLastAndIndexed(t *testing.T) {
 func TestNoPagesNoIndex(t *testing.T) {
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "inventory.img"), []byte("inventory"), 0o600)
-	sz, err := TarZstdDir(context.Background(), src, &bytes.Buffer{})
+	sz, err := TarZstdDir(context.Background(), src, &bytes.Buffer{}, "")
 	if err != nil || sz.Stream != nil {
 		t.Fatalf("%+v, %v", sz.Stream, err)
 	}

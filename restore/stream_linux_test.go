@@ -43,7 +43,7 @@ func (f *fakeRegistry) addStreamed(t *testing.T, tag string, pages []byte) (ocis
 		}
 	}
 	var buf bytes.Buffer
-	sz, err := pack.TarZstdDir(context.Background(), src, &buf)
+	sz, err := pack.TarZstdDir(context.Background(), src, &buf, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/snapboot/snapboot/checkpoint"
 	"github.com/snapboot/snapboot/oci"
+	"github.com/snapboot/snapboot/pack"
 )
 
 var checkpointCommand = &cli.Command{
@@ -30,6 +31,7 @@ var checkpointCommand = &cli.Command{
 		&cli.StringFlag{Name: "wait-http", Usage: "first wait until this URL, as seen from inside the container, answers 200"},
 		&cli.IntFlag{Name: "warm", Usage: "with --wait-http: send N warm-up requests before the dump"},
 		&cli.DurationFlag{Name: "wait-timeout", Usage: "with --wait-http: how long to wait for the app", Value: 10 * time.Minute},
+		&cli.StringFlag{Name: "compression", Usage: fmt.Sprintf("how hard to pack the layers: one of %v (harder packs slower, restores faster)", pack.Levels), Value: string(pack.DefaultLevel)},
 		&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 	},
 	Action: func(ctx context.Context, cmd *cli.Command) error {
@@ -40,6 +42,10 @@ var checkpointCommand = &cli.Command{
 		id, ref := a[0], a[1]
 		if cmd.Bool("exit") && cmd.IsSet("leave-running") && cmd.Bool("leave-running") {
 			return usageError{fmt.Errorf("--exit and --leave-running exclude each other")}
+		}
+		level, err := pack.ParseLevel(cmd.String("compression"))
+		if err != nil {
+			return usageError{err}
 		}
 		cfg, err := loadConfig(cmd)
 		if err != nil {
@@ -79,11 +85,12 @@ var checkpointCommand = &cli.Command{
 			return err
 		}
 		res, err := checkpoint.Run(ctx, client, id, ref, checkpoint.Options{
-			Exit:     cmd.Bool("exit"),
-			Attach:   cmd.Bool("attach"),
-			WorkDir:  work,
-			Remote:   oci.RemoteOptions{PlainHTTP: cfg.Insecure(parsed.Registry), DockerConfig: cfg.DockerConfig, UserAgent: "snapboot/" + version},
-			Progress: progress,
+			Exit:        cmd.Bool("exit"),
+			Attach:      cmd.Bool("attach"),
+			Compression: level,
+			WorkDir:     work,
+			Remote:      oci.RemoteOptions{PlainHTTP: cfg.Insecure(parsed.Registry), DockerConfig: cfg.DockerConfig, UserAgent: "snapboot/" + version},
+			Progress:    progress,
 		})
 		progress.Done()
 		if err != nil {

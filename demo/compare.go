@@ -40,58 +40,112 @@ func installFile(src, dst string) error {
 	return os.Rename(dst+".new", dst)
 }
 
-// compareShims checkpoints the app once, then, for -runs rounds, starts
-// it with each shim binary (the order alternates from round to round):
-// with an empty cache, then, once filled, with a warm one; and the floor
-// once per round. The machine's noise moves whole benches; shims compared
-// within one stack, a few seconds apart, show what a change did. It prints
-// the medians and how many rounds each shim won.
+// A contender is one side of a comparison: the checkpoint it restores,
+// and what to do before each of its starts.
+type contender struct {
+	name    string
+	ref     string
+	prepare func() error
+}
+
+// compareShims checkpoints the app once and compares the shim in binDir
+// (current) with another build of it: see compare.
 func (d *demo) compareShims(ctx context.Context, current, other string) error {
 	ref := d.s.registryAddr + "/demo/rails:checkpoint"
+	if err := d.donorCheckpoints(ctx, []string{ref}, []string{""}); err != nil {
+		return err
+	}
+	dst := filepath.Join(d.s.binDir, shimBinary)
+	var cs []contender
+	for _, shim := range []string{current, other} {
+		cs = append(cs, contender{name: shim, ref: ref, prepare: func() error { return installFile(shim, dst) }})
+	}
+	return d.compare(ctx, cs)
+}
+
+// compareLevels checkpoints one donor twice, packed at two compression
+// levels, and compares restoring the two checkpoints with one shim: see
+// compare.
+func (d *demo) compareLevels(ctx context.Context, levels []string) error {
+	var refs []string
+	for _, l := range levels {
+		refs = append(refs, d.s.registryAddr+"/demo/rails:checkpoint-"+l)
+	}
+	if err := d.donorCheckpoints(ctx, refs, levels); err != nil {
+		return err
+	}
+	var cs []contender
+	for i, l := range levels {
+		cs = append(cs, contender{name: "--compression " + l, ref: refs[i], prepare: func() error { return nil }})
+	}
+	return d.compare(ctx, cs)
+}
+
+// donorCheckpoints boots the app cold and checkpoints it into each of
+// refs, packed at the matching level ("" for the default); the donor
+// keeps running between checkpoints and exits after the last one.
+func (d *demo) donorCheckpoints(ctx context.Context, refs, levels []string) error {
 	say("cold start of the app, to checkpoint it")
 	donor := d.newID("cold")
 	if _, _, err := d.runContainer(ctx, donor); err != nil {
 		return err
 	}
-	if err := d.checkpoint(ctx, donor, ref, &results{}); err != nil {
-		return err
+	for i, ref := range refs {
+		flags := []string{"--exit"}
+		if i < len(refs)-1 {
+			flags = []string{"--leave-running"}
+		}
+		if levels[i] != "" {
+			flags = append(flags, "--compression", levels[i])
+		}
+		if err := d.checkpoint(ctx, donor, ref, &results{}, flags...); err != nil {
+			return err
+		}
 	}
 	d.s.removeContainer(ctx, donor)
+	return nil
+}
 
-	shims := []string{current, other}
+// compare starts the app, for -runs rounds, as each of two contenders
+// (the order alternates from round to round): with an empty cache, then,
+// once filled, with a warm one; and the floor once per round. The
+// machine's noise moves whole benches; contenders compared within one
+// stack, a few seconds apart, show what a change did. It prints the
+// medians and how many rounds each contender won.
+func (d *demo) compare(ctx context.Context, cs []contender) error {
 	empty, warm := make([][]float64, 2), make([][]float64, 2)
 	var floor []float64
-	dst := filepath.Join(d.s.binDir, shimBinary)
 	for round := 0; round < d.o.runs; round++ {
 		for k := 0; k < 2; k++ {
 			i := (round + k) % 2
-			if err := installFile(shims[i], dst); err != nil {
+			c := cs[i]
+			if err := c.prepare(); err != nil {
 				return err
 			}
 			if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
 				return err
 			}
-			e, _, err := d.snapbootByClient(ctx, "compare-empty", ref, "")
+			e, _, err := d.snapbootByClient(ctx, "compare-empty", c.ref, "")
 			if err != nil {
-				return fmt.Errorf("%s: %w", shims[i], err)
+				return fmt.Errorf("%s: %w", c.name, err)
 			}
-			if err := d.waitCached(ctx, ref); err != nil {
+			if err := d.waitCached(ctx, c.ref); err != nil {
 				return err
 			}
 			time.Sleep(time.Second) // the empty-cache start's shim exits
-			w, _, err := d.snapbootByClient(ctx, "compare-warm", ref, "")
+			w, _, err := d.snapbootByClient(ctx, "compare-warm", c.ref, "")
 			if err != nil {
-				return fmt.Errorf("%s: %w", shims[i], err)
+				return fmt.Errorf("%s: %w", c.name, err)
 			}
 			empty[i], warm[i] = append(empty[i], e.Seconds()), append(warm[i], w.Seconds())
 		}
-		t, _, err := d.floor(ctx, ref)
+		t, _, err := d.floor(ctx, cs[0].ref)
 		if err != nil {
 			return err
 		}
 		floor = append(floor, t.Seconds())
 		say("round %d/%d: empty cache %.2f s (%s) / %.2f s (%s), warm %.2f / %.2f s, floor %.2f s", round+1, d.o.runs,
-			empty[0][round], filepath.Base(current), empty[1][round], filepath.Base(other), warm[0][round], warm[1][round], t.Seconds())
+			empty[0][round], filepath.Base(cs[0].name), empty[1][round], filepath.Base(cs[1].name), warm[0][round], warm[1][round], t.Seconds())
 	}
 	wins := func(a, b []float64) (n int) {
 		for i := range a {
@@ -101,9 +155,9 @@ func (d *demo) compareShims(ctx context.Context, current, other string) error {
 		}
 		return n
 	}
-	fmt.Printf("\n| to first 200, %d rounds | %s | %s |\n| --- | --- | --- |\n", d.o.runs, current, other)
+	fmt.Printf("\n| to first 200, %d rounds | %s | %s |\n| --- | --- | --- |\n", d.o.runs, cs[0].name, cs[1].name)
 	fmt.Printf("| empty cache | %v, faster in %d | %v, faster in %d |\n", stats(empty[0]), wins(empty[0], empty[1]), stats(empty[1]), wins(empty[1], empty[0]))
 	fmt.Printf("| warm cache | %v, faster in %d | %v, faster in %d |\n", stats(warm[0]), wins(warm[0], warm[1]), stats(warm[1]), wins(warm[1], warm[0]))
-	fmt.Printf("| floor (bare runc restore), same rounds | %v | |\n", stats(floor))
+	fmt.Printf("| floor (bare runc restore of %s), same rounds | %v | |\n", cs[0].name, stats(floor))
 	return nil
 }

@@ -31,6 +31,8 @@ type options struct {
 	quiet    bool
 	// compare is another shim binary to compare with the one in binDir.
 	compare string
+	// compareLevels are two compression levels to compare, "a,b".
+	compareLevels string
 }
 
 func main() {
@@ -44,6 +46,7 @@ func main() {
 	flag.IntVar(&o.warm, "warm", 20, "warm-up requests before the checkpoint")
 	flag.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	flag.StringVar(&o.compare, "compare-shim", "", "instead of the demo, compare this shim binary with the one in -bin: empty and warm cache, the two alternating, -runs rounds, each with the floor")
+	flag.StringVar(&o.compareLevels, "compare-levels", "", "instead of the demo, compare restoring checkpoints packed at two compression levels (\"default,best\"), like -compare-shim")
 	flag.Parse()
 	port, err := freePort()
 	if err != nil {
@@ -59,8 +62,8 @@ func main() {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		os.Exit(1)
 	}
-	if o.compare != "" {
-		return // compareShims printed its table
+	if o.compare != "" || o.compareLevels != "" {
+		return // the comparison printed its table
 	}
 	if o.bench == "" {
 		printTable(os.Stdout, res)
@@ -86,6 +89,7 @@ type results struct {
 	Compressed  int64     `json:"checkpointCompressedBytes"`
 	RSSBytes    []int64   `json:"rssBytes"`
 	Dump        []float64 `json:"dumpSeconds"`
+	Pack        []float64 `json:"packSeconds"`
 	Push        []float64 `json:"pushSeconds"`
 	Cold        []float64 `json:"coldStartSeconds"`
 	RestoreCold []float64 `json:"restoredColdCacheSeconds"`
@@ -168,8 +172,15 @@ func run(ctx context.Context, o options) (*results, error) {
 
 	d := &demo{s: s, o: o, image: regImage, url: fmt.Sprintf("http://127.0.0.1:%d/", o.port)}
 	defer d.cleanup()
-	if o.compare != "" {
+	switch {
+	case o.compare != "":
 		return nil, d.compareShims(ctx, filepath.Join(binDir, shimBinary), o.compare)
+	case o.compareLevels != "":
+		levels := strings.Split(o.compareLevels, ",")
+		if len(levels) != 2 {
+			return nil, fmt.Errorf("-compare-levels wants two levels, a,b; got %q", o.compareLevels)
+		}
+		return nil, d.compareLevels(ctx, levels)
 	}
 	return d.measure(ctx)
 }
@@ -222,7 +233,14 @@ func (d *demo) runContainer(ctx context.Context, id string, annotations ...strin
 }
 
 func waitHTTP(ctx context.Context, url string, timeout time.Duration) (string, error) {
-	client := &http.Client{Timeout: 30 * time.Second}
+	// A connection of its own for every try, as a new client would open:
+	// a pooled connection to an earlier container of the app (the same
+	// host port) is one the restored app may know nothing of, and a
+	// request sent on it waited for the timeout (seen restoring a
+	// --leave-running checkpoint whose donor had since been dumped
+	// with --exit: its sockets vanish without a FIN).
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(timeout)
 	for {
 		resp, err := client.Get(url)
@@ -309,7 +327,7 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 			d.s.removeContainer(ctx, donor)
 			continue
 		}
-		if err := d.checkpoint(ctx, donor, ref, r); err != nil {
+		if err := d.checkpoint(ctx, donor, ref, r, "--exit"); err != nil {
 			return nil, err
 		}
 		d.s.removeContainer(ctx, donor)
@@ -413,23 +431,24 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 
 // checkpoint checkpoints the running donor into ref with snapboot
 // checkpoint, and records its sizes and times in r.
-func (d *demo) checkpoint(ctx context.Context, donor, ref string, r *results) error {
-	say("checkpointing it with snapboot checkpoint (after %d warm-up requests)", d.o.warm)
+func (d *demo) checkpoint(ctx context.Context, donor, ref string, r *results, flags ...string) error {
+	say("checkpointing it with snapboot checkpoint %s (after %d warm-up requests)", strings.Join(flags, " "), d.o.warm)
 	r.RSSBytes = append(r.RSSBytes, d.rss(ctx, donor))
-	out, err := d.s.snapboot(ctx, "checkpoint", "--exit", "--json", "--wait-http", d.url, "--warm", strconv.Itoa(d.o.warm), donor, ref)
+	args := append([]string{"checkpoint", "--json", "--wait-http", d.url, "--warm", strconv.Itoa(d.o.warm)}, flags...)
+	out, err := d.s.snapboot(ctx, append(args, donor, ref)...)
 	if err != nil {
 		return err
 	}
 	var ck struct {
-		RawBytes, CompressedBytes int64
-		DumpSeconds, PushSeconds  float64
+		RawBytes, CompressedBytes             int64
+		DumpSeconds, PackSeconds, PushSeconds float64
 	}
 	if err := json.Unmarshal([]byte(out), &ck); err != nil {
 		return fmt.Errorf("snapboot checkpoint output: %w: %s", err, out)
 	}
 	r.RawBytes, r.Compressed = ck.RawBytes, ck.CompressedBytes
-	r.Dump, r.Push = append(r.Dump, ck.DumpSeconds), append(r.Push, ck.PushSeconds)
-	say("checkpoint: %s raw, %s compressed; dump %.2fs, push %.2fs", human(ck.RawBytes), human(ck.CompressedBytes), ck.DumpSeconds, ck.PushSeconds)
+	r.Dump, r.Pack, r.Push = append(r.Dump, ck.DumpSeconds), append(r.Pack, ck.PackSeconds), append(r.Push, ck.PushSeconds)
+	say("checkpoint: %s raw, %s compressed; dump %.2fs, pack %.2fs, push %.2fs", human(ck.RawBytes), human(ck.CompressedBytes), ck.DumpSeconds, ck.PackSeconds, ck.PushSeconds)
 	return nil
 }
 

@@ -50,6 +50,7 @@ func printTable(w io.Writer, r *results) {
 	fmt.Fprintf(w, "| checkpoint size, compressed (zstd) | %s |\n", human(r.Compressed))
 	fmt.Fprintf(w, "| RSS of the warm app | %s |\n", human(rss))
 	fmt.Fprintf(w, "| dump (CRIU through containerd) | %s |\n", stats(r.Dump))
+	fmt.Fprintf(w, "| pack (zstd frames, on every CPU) | %s |\n", stats(r.Pack))
 	fmt.Fprintf(w, "| push time | %s |\n", stats(r.Push))
 	fmt.Fprintf(w, "| pull time (shim, empty cache) | %s |\n", stats(r.Pull))
 	fmt.Fprintf(w, "| unpack time (shim, empty cache) | %s |\n", stats(r.Unpack))

@@ -107,6 +107,18 @@ func (c *Cache) FetchBlob(ctx context.Context, src content.Fetcher, desc ocispec
 	return path, true, nil
 }
 
+// FetchOptions say what FetchBlobTo does besides passing the content on.
+type FetchOptions struct {
+	// Keep stores the blob in the cache too.
+	Keep bool
+	// ConsumerVerifies skips hashing the whole download (when not kept):
+	// the consumer checks every byte it is given against digests the
+	// blob's manifest lists for its parts (a streamed layer's zstd
+	// frames), and fails on any byte it cannot check. The size is still
+	// enforced.
+	ConsumerVerifies bool
+}
+
 // FetchBlobTo passes the blob's content to consume while it downloads (or,
 // when it is cached already, from the cache), and returns whether it was
 // downloaded. The download is checked against the descriptor's digest and
@@ -115,7 +127,7 @@ func (c *Cache) FetchBlob(ctx context.Context, src content.Fetcher, desc ocispec
 // thrown away. With keep, the blob is stored in the cache too; without it,
 // only what consume makes of it is kept (the unpacked layer), which saves
 // writing the compressed copy to disk on the restore path.
-func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor, keep bool, consume func(io.Reader) error) (downloaded bool, err error) {
+func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor, opts FetchOptions, consume func(io.Reader) error) (downloaded bool, err error) {
 	if err := desc.Digest.Validate(); err != nil {
 		return false, fmt.Errorf("blob digest: %w", err)
 	}
@@ -155,13 +167,13 @@ func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocisp
 		pr.CloseWithError(err) // a failed consumer stops the download
 		consumed <- err
 	}()
-	if keep {
+	if opts.Keep {
 		err = c.blobs.Push(ctx, desc, io.TeeReader(rc, pw))
 		if errors.Is(err, errdef.ErrAlreadyExists) {
 			err = nil
 		}
 	} else {
-		err = verifiedCopy(pw, rc, desc)
+		err = verifiedCopy(pw, rc, desc, !opts.ConsumerVerifies)
 	}
 	if err != nil {
 		pw.CloseWithError(err)
@@ -178,17 +190,21 @@ func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocisp
 	return true, nil
 }
 
-// verifiedCopy copies exactly desc.Size bytes of r to w and checks them
-// against desc.Digest.
-func verifiedCopy(w io.Writer, r io.Reader, desc ocispec.Descriptor) error {
-	v := desc.Digest.Verifier()
-	n, err := io.CopyBuffer(io.MultiWriter(w, v), io.LimitReader(r, desc.Size+1), make([]byte, 1<<20))
+// verifiedCopy copies exactly desc.Size bytes of r to w and, with hash
+// set, checks them against desc.Digest.
+func verifiedCopy(w io.Writer, r io.Reader, desc ocispec.Descriptor, hash bool) error {
+	var v digest.Verifier
+	if hash {
+		v = desc.Digest.Verifier()
+		w = io.MultiWriter(w, v)
+	}
+	n, err := io.CopyBuffer(w, io.LimitReader(r, desc.Size+1), make([]byte, 1<<20))
 	switch {
 	case err != nil:
 		return err
 	case n != desc.Size:
 		return fmt.Errorf("%s: %d bytes, want %d: %w", desc.Digest, n, desc.Size, errdef.ErrSizeExceedsLimit)
-	case !v.Verified():
+	case hash && !v.Verified():
 		return fmt.Errorf("%s: mismatched digest", desc.Digest)
 	}
 	return nil

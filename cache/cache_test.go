@@ -178,12 +178,12 @@ func TestFetchBlobToStreams(t *testing.T) {
 		got, err = io.ReadAll(r)
 		return err
 	}
-	downloaded, err := c.FetchBlobTo(ctx, src, ds[0], true, consume)
+	downloaded, err := c.FetchBlobTo(ctx, src, ds[0], FetchOptions{Keep: true}, consume)
 	if err != nil || !downloaded || string(got) != strings.Repeat("layer bytes ", 100000) || !c.HasBlob(ctx, ds[0]) {
 		t.Fatalf("download: %v %v, %d bytes", downloaded, err, len(got))
 	}
 	got = nil
-	downloaded, err = c.FetchBlobTo(ctx, src, ds[0], true, consume)
+	downloaded, err = c.FetchBlobTo(ctx, src, ds[0], FetchOptions{Keep: true}, consume)
 	if err != nil || downloaded || len(got) != len("layer bytes ")*100000 || src.fetches.Load() != 1 {
 		t.Fatalf("from cache: %v %v, %d bytes, %d fetches", downloaded, err, len(got), src.fetches.Load())
 	}
@@ -191,7 +191,7 @@ func TestFetchBlobToStreams(t *testing.T) {
 	// A corrupt download is an error after the consumer saw it, and is not stored.
 	bad, bds := newSource("other content")
 	bad.corrupt = true
-	if _, err := c.FetchBlobTo(ctx, bad, bds[0], true, consume); err == nil || !strings.Contains(err.Error(), "digest") {
+	if _, err := c.FetchBlobTo(ctx, bad, bds[0], FetchOptions{Keep: true}, consume); err == nil || !strings.Contains(err.Error(), "digest") {
 		t.Fatalf("corrupt blob: %v", err)
 	}
 	if c.HasBlob(ctx, bds[0]) {
@@ -201,7 +201,7 @@ func TestFetchBlobToStreams(t *testing.T) {
 	_, fds := newSource("third")
 	good := &countingSource{blobs: map[digest.Digest][]byte{fds[0].Digest: []byte("third")}}
 	boom := errors.New("extraction failed")
-	if _, err := c.FetchBlobTo(ctx, good, fds[0], true, func(io.Reader) error { return boom }); !errors.Is(err, boom) && (err == nil || !strings.Contains(err.Error(), boom.Error())) {
+	if _, err := c.FetchBlobTo(ctx, good, fds[0], FetchOptions{Keep: true}, func(io.Reader) error { return boom }); !errors.Is(err, boom) && (err == nil || !strings.Contains(err.Error(), boom.Error())) {
 		t.Fatalf("failing consumer: %v", err)
 	}
 	if entries, _ := os.ReadDir(filepath.Join(c.Root(), "ingest")); len(entries) != 0 {
@@ -215,20 +215,31 @@ func TestFetchBlobToWithoutKeeping(t *testing.T) {
 	src, ds := newSource("streamed, not kept")
 	var got []byte
 	consume := func(r io.Reader) (err error) { got, err = io.ReadAll(r); return err }
-	if downloaded, err := c.FetchBlobTo(ctx, src, ds[0], false, consume); err != nil || !downloaded || string(got) != "streamed, not kept" {
+	if downloaded, err := c.FetchBlobTo(ctx, src, ds[0], FetchOptions{}, consume); err != nil || !downloaded || string(got) != "streamed, not kept" {
 		t.Fatalf("%v %v %q", downloaded, err, got)
 	}
 	if c.HasBlob(ctx, ds[0]) {
 		t.Fatal("blob stored without keep")
 	}
 	src.corrupt = true
-	if _, err := c.FetchBlobTo(ctx, src, ds[0], false, consume); err == nil || !strings.Contains(err.Error(), "digest") {
+	if _, err := c.FetchBlobTo(ctx, src, ds[0], FetchOptions{}, consume); err == nil || !strings.Contains(err.Error(), "digest") {
 		t.Fatalf("corrupt stream: %v", err)
 	}
 	short := ds[0]
 	short.Size++
 	src.corrupt = false
-	if _, err := c.FetchBlobTo(ctx, src, short, false, consume); err == nil {
+	if _, err := c.FetchBlobTo(ctx, src, short, FetchOptions{}, consume); err == nil {
 		t.Fatal("short stream accepted")
+	}
+	// A consumer that verifies the content itself gets it unhashed: the
+	// corrupt stream reaches it (it is the one to refuse it), the wrong
+	// size is still refused.
+	src.corrupt = true
+	if _, err := c.FetchBlobTo(ctx, src, ds[0], FetchOptions{ConsumerVerifies: true}, consume); err != nil || string(got) == "streamed, not kept" || len(got) != len("streamed, not kept") {
+		t.Fatalf("corrupt stream to a verifying consumer: %v, %q", err, got)
+	}
+	src.corrupt = false
+	if _, err := c.FetchBlobTo(ctx, src, short, FetchOptions{ConsumerVerifies: true}, consume); err == nil {
+		t.Fatal("short stream accepted by a verifying consumer")
 	}
 }

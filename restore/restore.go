@@ -584,13 +584,17 @@ func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *
 		}
 		t := time.Now()
 		var us unpack.Stats
-		downloaded, err := a.cache.FetchBlobTo(ctx, a.src, l, false, func(rd io.Reader) error {
+		// FetchBlobTo verifies the layer's digest and fails the unpack on
+		// a mismatch, unless the unpack checks every frame against the
+		// digest the manifest lists for it (a streamed restore): hashing
+		// the layer twice adds nothing. The frames' own checksums add
+		// nothing either.
+		fetch := cache.FetchOptions{ConsumerVerifies: opts.Frames != nil}
+		downloaded, err := a.cache.FetchBlobTo(ctx, a.src, l, fetch, func(rd io.Reader) error {
 			var err error
 			if opts.Files != nil {
 				rd = io.TeeReader(rd, pages.keep)
 			}
-			// FetchBlobTo verifies the layer's digest and fails the unpack
-			// on a mismatch: the frames' own checksums add nothing.
 			us, err = unpack.TarZstd(ctx, rd, target, opts)
 			return err
 		})

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -38,38 +39,63 @@ const (
 
 var errFrameTooLarge = errors.New("zstd frame too large for parallel decoding")
 
-// Frame buffers are reused: a shim runs with a low GC percentage, and a
-// large layer is hundreds of frames.
-var (
-	inBufs  = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-	outBufs = sync.Pool{New: func() any { b := make([]byte, 0, 8<<20); return &b }}
-)
+// Frame buffers are reused: a large layer is hundreds of frames. Not
+// through a sync.Pool: a shim runs with a low GC percentage, every GC
+// empties a pool, and a profile of a streamed restore then showed the
+// buffers growing again from nothing, frame after frame (allocating,
+// clearing and copying about as much as the frames themselves).
+type freeList[T any] struct {
+	free  chan T
+	alloc func() T
+}
+
+func newFreeList[T any](n int, alloc func() T) *freeList[T] {
+	return &freeList[T]{free: make(chan T, n), alloc: alloc}
+}
+
+func (l *freeList[T]) get() T {
+	select {
+	case x := <-l.free:
+		return x
+	default:
+		return l.alloc()
+	}
+}
+
+func (l *freeList[T]) put(x T) {
+	select {
+	case l.free <- x:
+	default:
+	}
+}
 
 // readFrame reads one frame (or skippable frame) from br, whole, into buf.
 // With errFrameTooLarge it returns the bytes read so far.
-func readFrame(br *bufio.Reader, limit int, buf *bytes.Buffer) (frame []byte, skippable bool, err error) {
-	buf.Reset()
+func readFrame(br *bufio.Reader, limit int, buf *[]byte) (frame []byte, skippable bool, err error) {
+	*buf = (*buf)[:0]
 	defer func() {
 		if errors.Is(err, errFrameTooLarge) {
-			frame = buf.Bytes()
+			frame = *buf
 		}
 	}()
 	take := func(n int) ([]byte, error) {
-		if buf.Len()+n > limit {
+		start := len(*buf)
+		if start+n > limit {
 			return nil, errFrameTooLarge
 		}
-		start := buf.Len()
-		if _, err := io.CopyN(buf, br, int64(n)); err != nil {
+		*buf = slices.Grow(*buf, n)[:start+n]
+		if got, err := io.ReadFull(br, (*buf)[start:]); err != nil {
+			*buf = (*buf)[:start+got] // a cut stream is not a clean end
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
 			return nil, err
 		}
-		return buf.Bytes()[start:], nil
+		return (*buf)[start:], nil
 	}
 	magicBytes, err := take(4)
 	if err != nil {
-		if err == io.ErrUnexpectedEOF && buf.Len() == 0 {
+		if err == io.ErrUnexpectedEOF && len(*buf) == 0 {
 			return nil, false, io.EOF
 		}
 		return nil, false, err
@@ -145,7 +171,7 @@ func readFrame(br *bufio.Reader, limit int, buf *bytes.Buffer) (frame []byte, sk
 			return nil, false, err
 		}
 	}
-	return buf.Bytes(), false, nil
+	return *buf, false, nil
 }
 
 // newFrameReader returns the decompressed content of the zstd stream r.
@@ -159,9 +185,13 @@ func newFrameReader(r io.Reader, workers int, skipChecksums bool, frames []oci.F
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
+	// Every frame in flight holds a buffer of each kind.
+	inflight := workers*3 + 2
 	fr := &frameReader{
 		// Its capacity bounds the frames in flight, and so the memory.
 		results: make(chan chan piece, workers*2),
+		inBufs:  newFreeList(inflight, func() *[]byte { return new([]byte) }),
+		outBufs: newFreeList(inflight, func() *[]byte { b := make([]byte, 0, 8<<20); return &b }),
 		stop:    make(chan struct{}),
 		frames:  frames,
 		nice:    nice,
@@ -184,6 +214,8 @@ type frameReader struct {
 	once    sync.Once
 	frames  []oci.Frame // the frames the stream must be, or nil
 	nice    int
+	inBufs  *freeList[*[]byte]
+	outBufs *freeList[*[]byte]
 
 	cur    *[]byte
 	off    int
@@ -204,7 +236,7 @@ func (f *frameReader) Read(p []byte) (int, error) {
 			return n, nil
 		}
 		if f.cur != nil {
-			outBufs.Put(f.cur)
+			f.outBufs.put(f.cur)
 			f.cur = nil
 		}
 		res, ok := <-f.results
@@ -231,7 +263,7 @@ func (f *frameReader) Close() error {
 		go func() { // release the frames still in flight
 			for res := range f.results {
 				if pc := <-res; pc.out != nil {
-					outBufs.Put(pc.out)
+					f.outBufs.put(pc.out)
 				} else if pc.stream != nil {
 					pc.stream.Close()
 				}
@@ -268,7 +300,10 @@ func (f *frameReader) split(br *bufio.Reader, workers int, checksums zstd.DOptio
 	}
 	verify := f.frames != nil
 	for i := 0; ; i++ {
-		in := inBufs.Get().(*bytes.Buffer)
+		in := f.inBufs.get()
+		if verify && i < len(f.frames) && f.frames[i].Size <= maxParallelFrame {
+			*in = slices.Grow((*in)[:0], int(f.frames[i].Size)) // read without growing
+		}
 		frame, skippable, err := readFrame(br, maxParallelFrame, in)
 		switch {
 		case verify && err == io.EOF && i < len(f.frames):
@@ -299,7 +334,7 @@ func (f *frameReader) split(br *bufio.Reader, workers int, checksums zstd.DOptio
 			f.send(piece{err: err})
 			return
 		case skippable:
-			inBufs.Put(in)
+			f.inBufs.put(in)
 			continue
 		}
 		res := make(chan piece, 1)
@@ -319,7 +354,7 @@ func (f *frameReader) split(br *bufio.Reader, workers int, checksums zstd.DOptio
 			if f.nice > 0 {
 				defer LowerPriority(f.nice)()
 			}
-			out := outBufs.Get().(*[]byte)
+			out := f.outBufs.get()
 			var err error
 			if want != "" && digest.SHA256.FromBytes(frame) != want {
 				err = fmt.Errorf("zstd: frame %d does not match its digest %s: %w", i, want, ErrCorrupt)
@@ -327,7 +362,7 @@ func (f *frameReader) split(br *bufio.Reader, workers int, checksums zstd.DOptio
 				*out, err = dec.DecodeAll(frame, (*out)[:0])
 			}
 			decoders <- dec
-			inBufs.Put(in)
+			f.inBufs.put(in)
 			res <- piece{out: out, err: err}
 		}()
 	}

@@ -6,7 +6,9 @@
 // are still downloading, instead of after.
 //
 // Content lives in memory only. Each file is written once, in order
-// (Writer), and read once, in order, as CRIU's restorer reads a page image:
+// (Writer), into blocks of the file system's own or by handing over
+// buffers that it serves as they are (Adopt, which saves a copy of every
+// page), and read once, in order, as CRIU's restorer reads a page image:
 // what a reader has moved well past is dropped, and a writer that is
 // maxAhead ahead of its file's reader waits for it, so memory holds a
 // bounded window of each file. If the writer gives up, it says why (Fail):
@@ -21,6 +23,7 @@ import (
 	"io"
 	"log"
 	"path"
+	"sort"
 	"sync"
 	"syscall"
 	"time"
@@ -48,7 +51,7 @@ type FS struct {
 	// writer fails: waiting readers look again.
 	changed chan struct{}
 	err     error
-	free    [][]byte // dropped blocks, for reuse
+	free    [][]byte // blocks dropped, for reuse
 	mounted time.Time
 	// lastRead is when a read last got its bytes, from any file.
 	lastRead time.Time
@@ -58,11 +61,23 @@ type file struct {
 	name    string
 	size    int64
 	written int64
-	blocks  [][]byte // blockSize each; nil once dropped
-	dropped int      // blocks[:dropped] are gone
-	writer  bool     // Writer was called
-	readTo  int64    // the end of the furthest read so far
+	chunks  []chunk // the content in order; chunks[:dropped] are gone
+	dropped int
+	gone    bool  // Close let go of the content
+	writer  bool  // Writer was called
+	readTo  int64 // the end of the furthest read so far
 }
+
+// A chunk is a run of a file's content: a block of the file system's own
+// that a writer fills (Write, ReadFrom), or a buffer the file adopted
+// (Adopt). The last one may be filled only up to the file's written.
+type chunk struct {
+	start   int64
+	data    []byte
+	release func() // called under FS.mu once the chunk is dropped
+}
+
+func (c *chunk) end() int64 { return c.start + int64(len(c.data)) }
 
 const (
 	// maxRequest is the largest read the kernel sends in one request.
@@ -184,17 +199,19 @@ func (w *writer) ReadFrom(r io.Reader) (int64, error) {
 			}
 			return total, err
 		}
-		bi, bo := int(f.written/blockSize), int(f.written%blockSize)
-		if bi == len(f.blocks) {
+		if n := len(f.chunks); n == 0 || f.chunks[n-1].end() == f.written {
 			if s.waitForReader(f) {
 				s.mu.Unlock()
 				continue // the error, or the reader has moved
 			}
-			f.blocks = append(f.blocks, s.block())
+			blk := s.block()
+			f.chunks = append(f.chunks, chunk{start: f.written, data: blk[:min(blockSize, f.size-f.written)],
+				release: func() { s.free = append(s.free, blk) }})
 		}
 		// Readers only look at bytes below written, so the rest of the
-		// block can be filled without the lock.
-		dst := f.blocks[bi][bo:min(blockSize, int(f.size-int64(bi)*blockSize))]
+		// chunk can be filled without the lock.
+		c := &f.chunks[len(f.chunks)-1]
+		dst := c.data[f.written-c.start:]
 		s.mu.Unlock()
 		n, err := r.Read(dst)
 		if n > 0 {
@@ -211,6 +228,36 @@ func (w *writer) ReadFrom(r io.Reader) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// Adopt appends b to the file's content without copying it, and calls
+// release once no read needs b any more. Like a write, it waits while the
+// writer is far ahead of the reader. If it fails, b was not taken.
+func (w *writer) Adopt(b []byte, release func()) error {
+	s, f := w.s, w.f
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.err == nil && s.waitForReader(f) {
+		// waited for the reader (or a failure): look again
+	}
+	switch {
+	case s.err != nil:
+		return s.err
+	case f.written+int64(len(b)) > f.size:
+		return fmt.Errorf("streamfs: %s is %d bytes, more written", f.name, f.size)
+	case len(b) == 0:
+		release()
+		return nil
+	}
+	if n := len(f.chunks); n > 0 {
+		// A block filled part way ends where the adopted content starts.
+		c := &f.chunks[n-1]
+		c.data = c.data[:f.written-c.start]
+	}
+	f.chunks = append(f.chunks, chunk{start: f.written, data: b, release: release})
+	f.written += int64(len(b))
+	s.notify()
+	return nil
 }
 
 // waitForReader waits, if f's writer is maxAhead ahead of its reader and
@@ -278,7 +325,8 @@ func (s *FS) Close() error {
 	}
 	s.mu.Lock()
 	for _, f := range s.files {
-		f.blocks = nil
+		// Not released: a reply may still be on its way from a chunk.
+		f.chunks, f.gone = nil, true
 	}
 	s.free = nil
 	s.mu.Unlock()
@@ -310,29 +358,29 @@ func (s *FS) read(f *file, dest []byte, off int64) ([]byte, syscall.Errno) {
 		<-changed
 	}
 	defer s.mu.Unlock()
-	if int(off/blockSize) < f.dropped {
-		return nil, syscall.EIO // read again, far behind: the content is gone
-	}
-	first, last := int(off/blockSize), int((end-1)/blockSize)
-	if last >= len(f.blocks) || f.blocks[last] == nil {
+	if f.gone {
 		return nil, syscall.EIO // closed
 	}
+	live := f.chunks[f.dropped:]
+	if len(live) == 0 || off < live[0].start {
+		return nil, syscall.EIO // read again, far behind: the content is gone
+	}
+	i := sort.Search(len(live), func(i int) bool { return live[i].end() > off })
 	var out []byte
-	if first == last {
-		// Within one block: the reply is written from it directly. It is
-		// not reused before the reader is keepBehind further on.
-		out = f.blocks[first][off%blockSize : off%blockSize+(end-off)]
+	if c := &live[i]; end <= c.end() {
+		// Within one chunk: the reply is written from it directly. It is
+		// not let go of before the reader is keepBehind further on.
+		out = c.data[off-c.start : end-c.start]
 	} else {
 		out = dest[:end-off]
-		for p, n := off, 0; p < end; {
-			c := copy(out[n:], f.blocks[p/blockSize][p%blockSize:])
-			n += c
-			p += int64(c)
+		for p := off; p < end; i++ {
+			c := &live[i]
+			p += int64(copy(out[p-off:], c.data[p-c.start:]))
 		}
 	}
-	for f.dropped < int((off-keepBehind)/blockSize) && off > keepBehind {
-		s.free = append(s.free, f.blocks[f.dropped])
-		f.blocks[f.dropped] = nil
+	for f.dropped < len(f.chunks) && f.chunks[f.dropped].end() <= off-keepBehind {
+		f.chunks[f.dropped].release()
+		f.chunks[f.dropped] = chunk{}
 		f.dropped++
 	}
 	s.lastRead = time.Now()

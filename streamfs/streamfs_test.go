@@ -5,6 +5,7 @@ package streamfs
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -108,7 +110,7 @@ func TestLargeFileReadInOrder(t *testing.T) {
 		t.Fatalf("read %d bytes, differing from the %d written", len(got), len(data))
 	}
 	s.mu.Lock()
-	dropped, blocks := s.files["pages-1.img"].dropped, len(s.files["pages-1.img"].blocks)
+	dropped, blocks := s.files["pages-1.img"].dropped, len(s.files["pages-1.img"].chunks)
 	s.mu.Unlock()
 	if dropped < blocks-keepBehind/blockSize-8 {
 		t.Fatalf("only %d of %d blocks dropped behind the reader", dropped, blocks)
@@ -116,6 +118,94 @@ func TestLargeFileReadInOrder(t *testing.T) {
 	// What was dropped can't be read again.
 	if _, err := f.ReadAt(make([]byte, 10), 0); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("read of a dropped block: %v, want EIO", err)
+	}
+}
+
+// Adopted buffers are served as they are, between blocks filled part way,
+// and each is released once, only when the reader is keepBehind past it.
+func TestAdoptedContent(t *testing.T) {
+	data := randomBytes(40<<20 + 12345)
+	const step = 1<<20 + 513
+	s := mount(t, File{Name: "pages-1.img", Size: int64(len(data))})
+	w, err := s.Writer("pages-1.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := w.(interface {
+		Adopt(b []byte, release func()) error
+	})
+	var (
+		mu       sync.Mutex
+		released = map[int]int{} // adopted buffer (its start) -> releases
+		readTo   int64           // where the reader has read up to
+		early    []string
+	)
+	done := make(chan error, 1)
+	go func() {
+		off := 0
+		for i := 0; off < len(data); i++ {
+			n := min(len(data)-off, []int{3 << 20, 700_000, 4 << 20, 1}[i%4])
+			if i%3 == 2 { // some through the copying path: a block filled part way
+				if _, err := w.Write(data[off : off+n]); err != nil {
+					done <- err
+					return
+				}
+				off += n
+				continue
+			}
+			start, b := off, bytes.Clone(data[off:off+n])
+			err := a.Adopt(b, func() {
+				mu.Lock()
+				defer mu.Unlock()
+				released[start]++
+				// A read in flight starts less than one step past readTo.
+				if int64(start+len(b)) > readTo+step-keepBehind {
+					early = append(early, fmt.Sprintf("[%d,%d) released with the reader at %d", start, start+len(b), readTo))
+				}
+				for k := range b {
+					b[k] = 0xEE // as a buffer reused for another frame would be
+				}
+			})
+			if err != nil {
+				done <- err
+				return
+			}
+			off += n
+		}
+		done <- nil
+	}()
+	f, err := os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := readInSteps(t, f, step, func(read int64) {
+		mu.Lock()
+		readTo = read
+		mu.Unlock()
+	})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes, differing from the %d written", len(got), len(data))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(early) > 0 {
+		t.Fatalf("adopted buffers released before the reader was %d bytes past them: %v", keepBehind, early)
+	}
+	if len(released) == 0 {
+		t.Fatal("no adopted buffer released")
+	}
+	for start, n := range released {
+		if n != 1 {
+			t.Fatalf("buffer at %d released %d times", start, n)
+		}
+	}
+	// Past the end: refused, and not taken.
+	if err := a.Adopt([]byte{1}, func() { t.Error("a refused buffer was released") }); err == nil {
+		t.Fatal("adopting past the file's size succeeded")
 	}
 }
 

@@ -33,6 +33,7 @@ type extractor struct {
 	st         Stats
 	buf        []byte
 	files      FileObserver
+	lender     *lender // set when the archive's content can be lent
 
 	// Directory modes and times are applied after all entries, so that
 	// entries can still be written into a directory the archive makes
@@ -231,10 +232,15 @@ func (x *extractor) file(hdr *tar.Header, name string, r io.Reader) error {
 		// a large page image on ext4. Not every filesystem can.
 		_ = unix.Fallocate(int(f.Fd()), 0, 0, hdr.Size)
 	}
-	if x.buf == nil {
-		x.buf = make([]byte, copyBufSize)
+	var n int64
+	if a, ok := w.(Adopter); ok && x.lender != nil && lendable(hdr) {
+		n, err = x.lender.lend(a, hdr.Size)
+	} else {
+		if x.buf == nil {
+			x.buf = make([]byte, copyBufSize)
+		}
+		n, err = io.CopyBuffer(w, io.LimitReader(r, hdr.Size), x.buf)
 	}
-	n, err := io.CopyBuffer(w, io.LimitReader(r, hdr.Size), x.buf)
 	x.st.Bytes += n
 	if err == nil && n != hdr.Size {
 		err = io.ErrUnexpectedEOF
@@ -255,6 +261,21 @@ func (x *extractor) file(hdr *tar.Header, name string, r io.Reader) error {
 		return failed(hdr.Name, err)
 	}
 	return nil
+}
+
+// lendable reports whether an entry's content is its next hdr.Size bytes
+// in the archive, as it is for a plain regular file (not for a sparse one,
+// whose content the tar reader rebuilds from a map).
+func lendable(hdr *tar.Header) bool {
+	if hdr.Typeflag != tar.TypeReg {
+		return false
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return false
+		}
+	}
+	return true
 }
 
 func (x *extractor) symlink(hdr *tar.Header, name string) error {

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
@@ -35,6 +36,9 @@ const (
 	maxParallelFrame = 16 << 20
 	// maxFrameOutput bounds one frame's decompressed size in parallel mode.
 	maxFrameOutput = 64 << 20
+	// outBufSize is the size of a decoded frame's buffer: what one of
+	// snapboot's frames holds (pack.FrameSize). A larger frame grows it.
+	outBufSize = 4 << 20
 )
 
 var errFrameTooLarge = errors.New("zstd frame too large for parallel decoding")
@@ -191,7 +195,7 @@ func newFrameReader(r io.Reader, workers int, skipChecksums bool, frames []oci.F
 		// Its capacity bounds the frames in flight, and so the memory.
 		results: make(chan chan piece, workers*2),
 		inBufs:  newFreeList(inflight, func() *[]byte { return new([]byte) }),
-		outBufs: newFreeList(inflight, func() *[]byte { b := make([]byte, 0, 8<<20); return &b }),
+		outBufs: newFreeList(inflight, func() *[]byte { b := make([]byte, 0, outBufSize); return &b }),
 		stop:    make(chan struct{}),
 		frames:  frames,
 		nice:    nice,
@@ -217,10 +221,24 @@ type frameReader struct {
 	inBufs  *freeList[*[]byte]
 	outBufs *freeList[*[]byte]
 
-	cur    *[]byte
+	cur    *outBuf
 	off    int
 	stream *zstd.Decoder
 	err    error
+}
+
+// outBuf is a decoded frame, shared by the reader and the slices of it
+// that Borrow lends; it goes back to the free list once all are done.
+type outBuf struct {
+	b    *[]byte
+	refs atomic.Int32
+	free *freeList[*[]byte]
+}
+
+func (o *outBuf) release() {
+	if o.refs.Add(-1) == 0 {
+		o.free.put(o.b)
+	}
 }
 
 func (f *frameReader) Read(p []byte) (int, error) {
@@ -230,29 +248,64 @@ func (f *frameReader) Read(p []byte) (int, error) {
 			return 0, f.err
 		case f.stream != nil:
 			return f.stream.Read(p)
-		case f.cur != nil && f.off < len(*f.cur):
-			n := copy(p, (*f.cur)[f.off:])
+		case f.cur != nil && f.off < len(*f.cur.b):
+			n := copy(p, (*f.cur.b)[f.off:])
 			f.off += n
 			return n, nil
 		}
-		if f.cur != nil {
-			f.outBufs.put(f.cur)
-			f.cur = nil
-		}
-		res, ok := <-f.results
-		if !ok {
-			f.err = io.EOF
-			continue
-		}
-		pc := <-res
+		f.next()
+	}
+}
+
+// Borrow returns up to n bytes of the output without copying them, and a
+// function to call once they are no longer used: until then they stay as
+// they are. It returns bytes or an error, not both.
+func (f *frameReader) Borrow(n int) ([]byte, func(), error) {
+	for {
 		switch {
-		case pc.err != nil:
-			f.err = pc.err
-		case pc.stream != nil:
-			f.stream = pc.stream
-		default:
-			f.cur, f.off = pc.out, 0
+		case f.err != nil:
+			return nil, nil, f.err
+		case f.stream != nil:
+			// Few large frames, decoded as one stream: lent from a copy.
+			b := make([]byte, min(n, copyBufSize))
+			k, err := f.stream.Read(b)
+			if k > 0 {
+				return b[:k], func() {}, nil
+			}
+			return nil, nil, err
+		case f.cur != nil && f.off < len(*f.cur.b):
+			k := min(n, len(*f.cur.b)-f.off)
+			b := (*f.cur.b)[f.off : f.off+k]
+			f.off += k
+			o := f.cur
+			o.refs.Add(1)
+			var once sync.Once
+			return b, func() { once.Do(o.release) }, nil
 		}
+		f.next()
+	}
+}
+
+// next lets go of the current frame and takes the next piece of output.
+func (f *frameReader) next() {
+	if f.cur != nil {
+		f.cur.release()
+		f.cur = nil
+	}
+	res, ok := <-f.results
+	if !ok {
+		f.err = io.EOF
+		return
+	}
+	pc := <-res
+	switch {
+	case pc.err != nil:
+		f.err = pc.err
+	case pc.stream != nil:
+		f.stream = pc.stream
+	default:
+		f.cur, f.off = &outBuf{b: pc.out, free: f.outBufs}, 0
+		f.cur.refs.Store(1)
 	}
 }
 
@@ -271,6 +324,10 @@ func (f *frameReader) Close() error {
 		}()
 		if f.stream != nil {
 			f.stream.Close()
+		}
+		if f.cur != nil {
+			f.cur.release()
+			f.cur = nil
 		}
 	})
 	return nil

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,6 +48,91 @@ func (r *recorder) Start(name string, size int64) (io.Writer, error) {
 		return b, nil
 	}
 	return nil, nil
+}
+
+// adopter is a FileObserver whose writers take the content's buffers
+// (Adopter) and keep them until told to let go.
+type adopter struct {
+	files    map[string]*adopted
+	released int
+}
+
+type adopted struct {
+	a        *adopter
+	bufs     [][]byte
+	releases []func()
+}
+
+func (a *adopter) Start(name string, size int64) (io.Writer, error) {
+	f, ok := a.files[name]
+	if !ok {
+		return nil, nil
+	}
+	f.a = a
+	return f, nil
+}
+
+func (f *adopted) Write(p []byte) (int, error) { // the copying path
+	f.bufs = append(f.bufs, bytes.Clone(p))
+	f.releases = append(f.releases, func() {})
+	return len(p), nil
+}
+
+func (f *adopted) Adopt(b []byte, release func()) error {
+	f.bufs = append(f.bufs, b)
+	f.releases = append(f.releases, func() { f.a.released++; release() })
+	return nil
+}
+
+func (f *adopted) content() []byte { return bytes.Join(f.bufs, nil) }
+
+// Files handed over as slices of the decoded frames: what the adopter holds
+// is the content, unchanged while the frames after it are decoded into
+// reused buffers, and the tar stream goes on at the next header.
+func TestAdoptedFiles(t *testing.T) {
+	pages1, pages2 := randomish(3<<20+100, 1), randomish(1<<20+7, 2)
+	tarData := archive(t, reg("core-1.img", "core"), reg("pages-1.img", string(pages1)), reg("pages-2.img", string(pages2)), reg("zz-after.img", "after"))
+	big := make([]byte, 17<<20) // one frame larger than maxParallelFrame: decoded as a stream
+	rand.New(rand.NewSource(3)).Read(big)
+	for _, c := range []struct {
+		name   string
+		data   []byte
+		frames []oci.Frame
+		want   map[string][]byte
+	}{
+		{name: "frames", want: map[string][]byte{"pages-1.img": pages1, "pages-2.img": pages2}},
+		{name: "one large frame", data: frames(t, archive(t, reg("pages-1.img", string(big)), reg("zz-after.img", "after"))),
+			want: map[string][]byte{"pages-1.img": big}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.data == nil {
+				c.data, c.frames = framed(t, tarData, 700_000) // frames cut across entries and blocks
+			}
+			ad := &adopter{files: map[string]*adopted{}}
+			for name := range c.want {
+				ad.files[name] = &adopted{}
+			}
+			out := t.TempDir()
+			if _, err := TarZstd(context.Background(), bytes.NewReader(c.data), out, Options{Mode: CRIUImages, Frames: c.frames, Files: ad, Workers: 2}); err != nil {
+				t.Fatal(err)
+			}
+			for name, want := range c.want {
+				f := ad.files[name]
+				if got := f.content(); !bytes.Equal(got, want) {
+					t.Fatalf("%s: the adopter holds %d bytes in %d buffers, differing from the %d of the file", name, len(got), len(f.bufs), len(want))
+				}
+				for _, release := range f.releases {
+					release()
+				}
+			}
+			if b, err := os.ReadFile(filepath.Join(out, "zz-after.img")); err != nil || string(b) != "after" {
+				t.Fatalf("the entry after the adopted files: %q, %v", b, err)
+			}
+			if c.frames != nil && ad.released < 3 {
+				t.Fatalf("%d buffers were lent", ad.released)
+			}
+		})
+	}
 }
 
 func streamArchive(t *testing.T) []byte {

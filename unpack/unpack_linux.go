@@ -78,6 +78,22 @@ type FileObserver interface {
 	Start(name string, size int64) (io.Writer, error)
 }
 
+// An Adopter is a writer that takes the content's buffers instead of a
+// copy of them. When a FileObserver's writer is one, and the archive comes
+// from TarZstd, a regular file's content is handed over as slices of the
+// decoded zstd frames: b stays as it is until release is called, which the
+// adopter does once, when it no longer reads b (or never, leaving b to the
+// garbage collector). If Adopt fails, b was not taken. This saves copying
+// a page image once on its way to CRIU.
+type Adopter interface {
+	Adopt(b []byte, release func()) error
+}
+
+// borrower lends its output instead of copying it (frameReader.Borrow).
+type borrower interface {
+	Borrow(n int) ([]byte, func(), error)
+}
+
 // Stats reports what an extraction did. On error it counts what was done
 // before the error.
 type Stats struct {
@@ -127,6 +143,9 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 	defer x.root.Close()
 
 	src := &stream{ctx: ctx, r: r}
+	if b, ok := r.(borrower); ok {
+		x.lender = &lender{src: src, b: b}
+	}
 	tr := tar.NewReader(src)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -146,6 +165,12 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 			return x.st, err
 		}
 		x.st.Entries++
+		if x.lender != nil && x.lender.passed {
+			// The content was lent past the tar reader, which would skip
+			// it again: read on with a new one, at the next header.
+			x.lender.passed = false
+			tr = tar.NewReader(src)
+		}
 	}
 	if !src.complete() {
 		return x.st, fmt.Errorf("reading tar: no end-of-archive marker: %w", io.ErrUnexpectedEOF)
@@ -189,19 +214,65 @@ func (s *stream) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	n, err := s.r.Read(p)
-	i := n
+	s.saw(p[:n], err)
+	return n, err
+}
+
+// saw notes what was read from the archive.
+func (s *stream) saw(p []byte, err error) {
+	i := len(p)
 	for i > 0 && p[i-1] == 0 {
 		i--
 	}
 	if i == 0 {
-		s.zeros += int64(n)
+		s.zeros += int64(len(p))
 	} else {
-		s.zeros = int64(n - i)
+		s.zeros = int64(len(p) - i)
 	}
 	if err == io.EOF {
 		s.eof = true
 	}
-	return n, err
+}
+
+// lender hands a regular file's content to an Adopter as slices of the
+// decoded stream, past the tar reader; passed says it did.
+type lender struct {
+	src    *stream
+	b      borrower
+	passed bool
+}
+
+// lend hands the next size bytes of the archive to a, then skips the
+// padding to the next header.
+func (l *lender) lend(a Adopter, size int64) (int64, error) {
+	var n int64
+	for n < size {
+		if err := l.src.ctx.Err(); err != nil {
+			return n, err
+		}
+		b, release, err := l.b.Borrow(int(min(size-n, 1<<30)))
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return n, err
+		}
+		l.src.saw(b, nil)
+		n += int64(len(b))
+		if err := a.Adopt(b, release); err != nil {
+			release() // not taken
+			return n, err
+		}
+	}
+	l.passed = true
+	pad := (blockSize - size%blockSize) % blockSize
+	if _, err := io.CopyN(io.Discard, l.src, pad); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return n, err
+	}
+	return n, nil
 }
 
 // complete reports whether the archive read so far ended with the two zero

@@ -178,6 +178,32 @@ func readFrame(br *bufio.Reader, limit int, buf *[]byte) (frame []byte, skippabl
 	return *buf, false, nil
 }
 
+// readListed reads frame i of the frames the stream must be, exactly its
+// listed size, straight into buf; its digest is checked before it is
+// decoded. After the last one the stream must end.
+func readListed(r io.Reader, frames []oci.Frame, i int, buf *[]byte) ([]byte, error) {
+	if i == len(frames) {
+		if n, _ := io.ReadFull(r, make([]byte, 1)); n > 0 {
+			return nil, fmt.Errorf("zstd: more after the %d frames the layer lists: %w", len(frames), ErrCorrupt)
+		}
+		return nil, io.EOF
+	}
+	size := frames[i].Size
+	if size <= 0 || size > maxParallelFrame {
+		return nil, fmt.Errorf("zstd: frame %d is listed with %d bytes: %w", i, size, ErrCorrupt)
+	}
+	*buf = slices.Grow((*buf)[:0], int(size))[:size]
+	switch n, err := io.ReadFull(r, *buf); {
+	case err == io.EOF:
+		return nil, fmt.Errorf("zstd: stream ends after %d of its %d frames: %w", i, len(frames), ErrCorrupt)
+	case err == io.ErrUnexpectedEOF:
+		return nil, fmt.Errorf("zstd: stream ends %d bytes into frame %d of %d: %w", n, i, len(frames), ErrCorrupt)
+	case err != nil:
+		return nil, err
+	}
+	return *buf, nil
+}
+
 // newFrameReader returns the decompressed content of the zstd stream r.
 // Frames are decoded by `workers` goroutines and read in order straight
 // from their decoded buffers. Frames' content checksums are checked unless
@@ -200,7 +226,7 @@ func newFrameReader(r io.Reader, workers int, skipChecksums bool, frames []oci.F
 		frames:  frames,
 		nice:    nice,
 	}
-	go fr.split(bufio.NewReaderSize(r, 1<<20), workers, zstd.IgnoreChecksum(skipChecksums))
+	go fr.split(r, workers, zstd.IgnoreChecksum(skipChecksums))
 	return fr
 }
 
@@ -336,7 +362,7 @@ func (f *frameReader) Close() error {
 // split cuts the stream into frames and hands them to the decoders, in
 // order; it ends the results when the stream ends, fails, or the reader is
 // closed.
-func (f *frameReader) split(br *bufio.Reader, workers int, checksums zstd.DOption) {
+func (f *frameReader) split(r io.Reader, workers int, checksums zstd.DOption) {
 	defer close(f.results)
 	var inflight sync.WaitGroup
 	decoders := make(chan *zstd.Decoder, workers)
@@ -356,23 +382,24 @@ func (f *frameReader) split(br *bufio.Reader, workers int, checksums zstd.DOptio
 		decoders <- d
 	}
 	verify := f.frames != nil
+	var br *bufio.Reader
+	if !verify {
+		br = bufio.NewReaderSize(r, 1<<20)
+	}
 	for i := 0; ; i++ {
 		in := f.inBufs.get()
-		if verify && i < len(f.frames) && f.frames[i].Size <= maxParallelFrame {
-			*in = slices.Grow((*in)[:0], int(f.frames[i].Size)) // read without growing
+		var (
+			frame     []byte
+			skippable bool
+			err       error
+		)
+		if verify {
+			frame, err = readListed(r, f.frames, i, in)
+		} else {
+			frame, skippable, err = readFrame(br, maxParallelFrame, in)
 		}
-		frame, skippable, err := readFrame(br, maxParallelFrame, in)
 		switch {
-		case verify && err == io.EOF && i < len(f.frames):
-			f.send(piece{err: fmt.Errorf("zstd: stream ends after %d of its %d frames: %w", i, len(f.frames), ErrCorrupt)})
-			return
 		case err == io.EOF:
-			return
-		case verify && err == nil && (skippable || i >= len(f.frames) || int64(len(frame)) != f.frames[i].Size):
-			f.send(piece{err: fmt.Errorf("zstd: frame %d is not the frame the layer lists: %w", i, ErrCorrupt)})
-			return
-		case verify && errors.Is(err, errFrameTooLarge):
-			f.send(piece{err: fmt.Errorf("zstd: frame %d is larger than any listed frame: %w", i, ErrCorrupt)})
 			return
 		case errors.Is(err, errFrameTooLarge):
 			// Few large frames: the rest is one stream, decoded by the

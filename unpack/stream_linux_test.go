@@ -180,6 +180,8 @@ func TestVerifiedFramesRejects(t *testing.T) {
 	}{
 		{"frame with another digest", swapped, listSwapped},
 		{"missing last frame", good[:len(good)-int(list[len(list)-1].Size)], list},
+		{"last frame cut short", good[:len(good)-10], list},
+		{"no frames listed", good, []oci.Frame{}},
 		{"extra frame", append(append([]byte{}, good...), frames(t, make([]byte, 1024))...), list},
 		{"frame of another size", good, append([]oci.Frame{{Size: list[0].Size + 1, Digest: list[0].Digest}}, list[1:]...)},
 		{"skippable frame", append([]byte{0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4}, good...), list},

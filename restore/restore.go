@@ -577,6 +577,9 @@ func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *
 			opts.Mode, sub = unpack.RootfsDiff, "rootfs"
 		} else if pages != nil {
 			opts.Frames, opts.Files, opts.Workers, opts.Nice = a.ck.Stream.Frames, pages.feed, streamWorkers(), streamDecodeNice
+			// Until the page images begin, Create waits for the decoding:
+			// it runs at the shim's priority, and lowered from then on.
+			opts.NiceFrom = pages.feed.ready
 		}
 		target := filepath.Join(dir, sub)
 		if err := os.Mkdir(target, 0o700); err != nil {

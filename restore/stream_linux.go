@@ -86,9 +86,12 @@ func (p *pageFeed) finished() error {
 }
 
 // A streamed restore decodes frames on every CPU, at a lower priority than
-// everything else: CRIU reading the pages, the FUSE server handing them
-// over, and the download come first, and the decoders take the CPU time
-// they leave. With one decoder CRIU waited for it while a CPU sat idle
+// everything else once the page images begin: CRIU reading the pages, the
+// FUSE server handing them over, and the download come first, and the
+// decoders take the CPU time they leave. Before that, Create waits for the
+// decoders, and they keep the shim's priority (at nice 10 from the start,
+// the first three frames of the demo app took 75 ms to decode while the
+// shim, containerd and runc were busy, where one frame takes about 5). With one decoder CRIU waited for it while a CPU sat idle
 // about a third of the time (2 CPUs); with decoders at the same priority
 // as CRIU, CRIU was starved.
 const (

@@ -205,13 +205,15 @@ func readListed(r io.Reader, frames []oci.Frame, i int, buf *[]byte) ([]byte, er
 }
 
 // newFrameReader returns the decompressed content of the zstd stream r.
-// Frames are decoded by `workers` goroutines and read in order straight
+// Frames are decoded by opts.Workers goroutines and read in order straight
 // from their decoded buffers. Frames' content checksums are checked unless
-// skipChecksums is set (the caller verifies a digest of the whole stream).
-// When frames is not nil the stream must be exactly those frames: each one
-// is checked against its size and digest before it is decoded. A positive
-// nice runs the decoding on threads of that nice value.
-func newFrameReader(r io.Reader, workers int, skipChecksums bool, frames []oci.Frame, nice int) io.ReadCloser {
+// opts.SkipFrameChecksums is set (the caller verifies a digest of the whole
+// stream). When opts.Frames is not nil the stream must be exactly those
+// frames: each one is checked against its size and digest before it is
+// decoded. A positive opts.Nice runs the decoding on threads of that nice
+// value (once opts.NiceFrom is closed, if it is set).
+func newFrameReader(r io.Reader, opts Options) io.ReadCloser {
+	workers := opts.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
@@ -219,14 +221,15 @@ func newFrameReader(r io.Reader, workers int, skipChecksums bool, frames []oci.F
 	inflight := workers*3 + 2
 	fr := &frameReader{
 		// Its capacity bounds the frames in flight, and so the memory.
-		results: make(chan chan piece, workers*2),
-		inBufs:  newFreeList(inflight, func() *[]byte { return new([]byte) }),
-		outBufs: newFreeList(inflight, func() *[]byte { b := make([]byte, 0, outBufSize); return &b }),
-		stop:    make(chan struct{}),
-		frames:  frames,
-		nice:    nice,
+		results:  make(chan chan piece, workers*2),
+		inBufs:   newFreeList(inflight, func() *[]byte { return new([]byte) }),
+		outBufs:  newFreeList(inflight, func() *[]byte { b := make([]byte, 0, outBufSize); return &b }),
+		stop:     make(chan struct{}),
+		frames:   opts.Frames,
+		nice:     opts.Nice,
+		niceFrom: opts.NiceFrom,
 	}
-	go fr.split(r, workers, zstd.IgnoreChecksum(skipChecksums))
+	go fr.split(r, workers, zstd.IgnoreChecksum(opts.SkipFrameChecksums))
 	return fr
 }
 
@@ -239,13 +242,14 @@ type piece struct {
 }
 
 type frameReader struct {
-	results chan chan piece
-	stop    chan struct{}
-	once    sync.Once
-	frames  []oci.Frame // the frames the stream must be, or nil
-	nice    int
-	inBufs  *freeList[*[]byte]
-	outBufs *freeList[*[]byte]
+	results  chan chan piece
+	stop     chan struct{}
+	once     sync.Once
+	frames   []oci.Frame // the frames the stream must be, or nil
+	nice     int
+	niceFrom <-chan struct{}
+	inBufs   *freeList[*[]byte]
+	outBufs  *freeList[*[]byte]
 
 	cur    *outBuf
 	off    int
@@ -435,7 +439,7 @@ func (f *frameReader) split(r io.Reader, workers int, checksums zstd.DOption) {
 		}
 		go func() {
 			defer inflight.Done()
-			if f.nice > 0 {
+			if f.lowered() {
 				defer LowerPriority(f.nice)()
 			}
 			out := f.outBufs.get()
@@ -449,6 +453,19 @@ func (f *frameReader) split(r io.Reader, workers int, checksums zstd.DOption) {
 			f.inBufs.put(in)
 			res <- piece{out: out, err: err}
 		}()
+	}
+}
+
+// lowered reports whether a frame is to be decoded at f.nice.
+func (f *frameReader) lowered() bool {
+	if f.nice <= 0 || f.niceFrom == nil {
+		return f.nice > 0
+	}
+	select {
+	case <-f.niceFrom:
+		return true
+	default:
+		return false
 	}
 }
 

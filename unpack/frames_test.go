@@ -38,7 +38,7 @@ func randomish(n int, seed int64) []byte {
 
 func readAllFrames(t *testing.T, data []byte, workers int) ([]byte, error) {
 	t.Helper()
-	rc := newFrameReader(bytes.NewReader(data), workers, false, nil, 0)
+	rc := newFrameReader(bytes.NewReader(data), Options{Workers: workers})
 	defer rc.Close()
 	return io.ReadAll(rc)
 }
@@ -127,12 +127,12 @@ func TestFrameChecksums(t *testing.T) {
 	stream := frames(t, want[:100_000], want[100_000:])
 	stream[len(stream)-1] ^= 0xff // the last frame's checksum
 	for _, workers := range []int{1, 3} {
-		rc := newFrameReader(bytes.NewReader(stream), workers, false, nil, 0)
+		rc := newFrameReader(bytes.NewReader(stream), Options{Workers: workers})
 		if _, err := io.ReadAll(rc); err == nil {
 			t.Errorf("workers=%d: a wrong frame checksum was accepted", workers)
 		}
 		rc.Close()
-		rc = newFrameReader(bytes.NewReader(stream), workers, true, nil, 0)
+		rc = newFrameReader(bytes.NewReader(stream), Options{Workers: workers, SkipFrameChecksums: true})
 		got, err := io.ReadAll(rc)
 		rc.Close()
 		if err != nil || !bytes.Equal(got, want) {

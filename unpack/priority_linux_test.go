@@ -49,10 +49,32 @@ func TestFrameReaderLowered(t *testing.T) {
 		chunks = append(chunks, c)
 		want = append(want, c...)
 	}
-	rc := newFrameReader(bytes.NewReader(frames(t, chunks...)), 2, false, nil, 10)
+	rc := newFrameReader(bytes.NewReader(frames(t, chunks...)), Options{Workers: 2, Nice: 10})
 	defer rc.Close()
 	got, err := io.ReadAll(rc)
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("decoded %d bytes (err %v), want the %d written", len(got), err, len(want))
+	}
+}
+
+// With NiceFrom, frames keep the process's priority until it is closed.
+func TestLoweredFrom(t *testing.T) {
+	from := make(chan struct{})
+	for _, c := range []struct {
+		f    frameReader
+		want bool
+	}{
+		{frameReader{}, false},
+		{frameReader{nice: 10}, true},
+		{frameReader{nice: 10, niceFrom: from}, false},
+		{frameReader{niceFrom: from}, false},
+	} {
+		if got := c.f.lowered(); got != c.want {
+			t.Errorf("nice %d, niceFrom set %v: lowered %v, want %v", c.f.nice, c.f.niceFrom != nil, got, c.want)
+		}
+	}
+	close(from)
+	if f := (frameReader{nice: 10, niceFrom: from}); !f.lowered() {
+		t.Error("nice 10 once niceFrom is closed: not lowered")
 	}
 }

@@ -67,6 +67,9 @@ type Options struct {
 	// frames: below the rest of the process, so that they use the CPU time
 	// nothing else on the machine wants.
 	Nice int
+	// NiceFrom, when set, keeps the decoding at the process's priority
+	// until it is closed: what is decoded before, nothing else waits for.
+	NiceFrom <-chan struct{}
 }
 
 // FileObserver follows the writing of regular files.
@@ -182,7 +185,7 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 // does. The whole zstd stream is read and checked, so a truncated or corrupt
 // stream is an error even when the damage lies after the tar end marker.
 func TarZstd(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
-	zr := newFrameReader(r, opts.Workers, opts.SkipFrameChecksums, opts.Frames, opts.Nice)
+	zr := newFrameReader(r, opts)
 	defer zr.Close()
 
 	st, err := Tar(ctx, zr, dir, opts)

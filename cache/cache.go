@@ -116,6 +116,8 @@ type FetchOptions struct {
 	// blob's manifest lists for its parts (a streamed layer's zstd
 	// frames), and fails on any byte it cannot check. The size is still
 	// enforced.
+	// The download then goes to the consumer without a goroutine and a
+	// pipe in between.
 	ConsumerVerifies bool
 }
 
@@ -157,6 +159,20 @@ func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocisp
 	}
 	defer rc.Close()
 
+	if !opts.Keep && opts.ConsumerVerifies {
+		// Nothing to hash or store: the consumer reads the download
+		// itself, which ends with a size error instead of EOF if it is
+		// not exactly desc.Size bytes.
+		sr := &sizedReader{r: io.LimitReader(rc, desc.Size+1), desc: desc}
+		err := consume(sr)
+		if err == nil {
+			_, err = io.Copy(io.Discard, sr) // the rest, and the check at its end
+		}
+		if err != nil {
+			return true, fmt.Errorf("fetch %s: %w", desc.Digest, err)
+		}
+		return true, nil
+	}
 	pr, pw := io.Pipe()
 	consumed := make(chan error, 1)
 	go func() {
@@ -208,6 +224,33 @@ func verifiedCopy(w io.Writer, r io.Reader, desc ocispec.Descriptor, hash bool) 
 		return fmt.Errorf("%s: mismatched digest", desc.Digest)
 	}
 	return nil
+}
+
+// sizedReader passes on a download that must be exactly desc.Size bytes,
+// and fails at its end, or past desc.Size, if it is not.
+type sizedReader struct {
+	r    io.Reader
+	desc ocispec.Descriptor
+	n    int64
+	err  error
+}
+
+func (r *sizedReader) Read(p []byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	n, err := r.r.Read(p)
+	r.n += int64(n)
+	switch {
+	case r.n > r.desc.Size:
+		n, err = 0, fmt.Errorf("%s: more than %d bytes: %w", r.desc.Digest, r.desc.Size, errdef.ErrSizeExceedsLimit)
+	case err == io.EOF && r.n != r.desc.Size:
+		err = fmt.Errorf("%s: %d bytes, want %d: %w", r.desc.Digest, r.n, r.desc.Size, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		r.err = err
+	}
+	return n, err
 }
 
 // removeIngest removes the temporary download files of one digest. Call it

@@ -242,4 +242,9 @@ func TestFetchBlobToWithoutKeeping(t *testing.T) {
 	if _, err := c.FetchBlobTo(ctx, src, short, FetchOptions{ConsumerVerifies: true}, consume); err == nil {
 		t.Fatal("short stream accepted by a verifying consumer")
 	}
+	long := ds[0]
+	long.Size--
+	if _, err := c.FetchBlobTo(ctx, src, long, FetchOptions{ConsumerVerifies: true}, consume); err == nil || len(got) > int(long.Size) {
+		t.Fatalf("long stream to a verifying consumer: %v, %d bytes passed on", err, len(got))
+	}
 }

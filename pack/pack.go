@@ -99,7 +99,9 @@ func TarZstdDir(ctx context.Context, dir string, w io.Writer, level Level) (Size
 	raw := &countingWriter{w: enc}
 	tw := tar.NewWriter(raw)
 	var pages []string
-	add := func(path string, info fs.FileInfo) error {
+	// afterHeader, when set, is called between an entry's header and its
+	// content.
+	add := func(path string, info fs.FileInfo, afterHeader func()) error {
 		rel, err := filepath.Rel(dir, path)
 		if err != nil {
 			return err
@@ -118,6 +120,9 @@ func TarZstdDir(ctx context.Context, dir string, w io.Writer, level Level) (Size
 		hdr.Uname, hdr.Gname = "", ""
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
+		}
+		if afterHeader != nil {
+			afterHeader()
 		}
 		if info.IsDir() {
 			return nil
@@ -149,7 +154,7 @@ func TarZstdDir(ctx context.Context, dir string, w io.Writer, level Level) (Size
 		if err != nil {
 			return err
 		}
-		return add(path, info)
+		return add(path, info, nil)
 	})
 	for _, path := range pages {
 		if err != nil {
@@ -157,7 +162,15 @@ func TarZstdDir(ctx context.Context, dir string, w io.Writer, level Level) (Size
 		}
 		var info fs.FileInfo
 		if info, err = os.Lstat(path); err == nil {
-			err = add(path, info)
+			// The first frame ends with the first page image's header: a
+			// streamed restore begins once it has everything before the
+			// page images, and then waits for one small frame, not for
+			// the first 4 MiB of pages as well.
+			var endFrame func()
+			if len(st.Tail) == 0 {
+				endFrame = enc.flush
+			}
+			err = add(path, info, endFrame)
 			st.Tail = append(st.Tail, oci.TailFile{Name: filepath.Base(path), Size: info.Size()})
 		}
 	}

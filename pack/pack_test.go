@@ -141,6 +141,26 @@ func TestPageImagesLastAndIndexed(t *testing.T) {
 	if off != int64(len(data)) || len(sz.Stream.Frames) < 2 {
 		t.Fatalf("%d frames cover %d of %d bytes", len(sz.Stream.Frames), off, len(data))
 	}
+	// The first frame holds everything before the page images and ends
+	// with the first page image's header.
+	var first []string
+	tr0 := tar.NewReader(zstdReader(t, data[:sz.Stream.Frames[0].Size]))
+	for {
+		hdr, err := tr0.Next()
+		if err != nil {
+			t.Fatalf("first frame, after %v: %v", first, err)
+		}
+		first = append(first, hdr.Name)
+		if hdr.Name == "pages-1.img" {
+			if n, _ := io.Copy(io.Discard, tr0); n != 0 {
+				t.Fatalf("the first frame holds %d bytes of pages-1.img", n)
+			}
+			break
+		}
+	}
+	if got := strings.Join(first, " "); got != "core-1.img pagemap-1.img zz-last.img pages-1.img" {
+		t.Fatalf("first frame: %s", got)
+	}
 	// The annotations decode back to the same index.
 	layer := ocispec.Descriptor{Size: int64(len(data)), Digest: digest.FromBytes(data), Annotations: sz.Stream.Annotations()}
 	back, err := oci.StreamOf(layer)

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"time"
 
@@ -563,62 +562,126 @@ type pullStats struct {
 // the cache when only the unpacked copy was missing). Download,
 // decompression and extraction overlap; the unpacked directory is used only
 // if every layer matched its digest. With pages set (a streamed restore),
-// the rootfs changes come first, and the CRIU images layer is checked frame
-// by frame against its stream index and its files reported to pages.
+// see pullStreamed.
 func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *pullStats, pages *streamPull) error {
-	lowered := 0 // decoding threads at a lower priority
 	if pages != nil {
-		lowered = streamWorkers()
+		return r.pullStreamed(ctx, a, dir, st, pages)
 	}
-	defer pullCPUs(lowered)()
+	defer pullCPUs(0)()
 	budget := int64(r.cfg.Pull.MaxUnpackedSize)
-	layers := a.ck.Layers()
-	if pages != nil {
-		slices.Reverse(layers) // the rootfs changes, then the CRIU images
-	}
-	for _, l := range layers {
-		sub := "criu"
-		opts := unpack.Options{Mode: unpack.CRIUImages, MaxBytes: budget, SkipFrameChecksums: true}
-		if l.MediaType == oci.MediaTypeRootfsDiff {
-			opts.Mode, sub = unpack.RootfsDiff, "rootfs"
-		} else if pages != nil {
-			opts.Frames, opts.Files, opts.Workers, opts.Nice = a.ck.Stream.Frames, pages.feed, streamWorkers(), streamDecodeNice
-			// Until the page images begin, Create waits for the decoding:
-			// it runs at the shim's priority, and lowered from then on.
-			opts.NiceFrom = pages.feed.ready
-		}
-		target := filepath.Join(dir, sub)
-		if err := os.Mkdir(target, 0o700); err != nil {
-			return err
-		}
-		t := time.Now()
-		var us unpack.Stats
-		// FetchBlobTo verifies the layer's digest and fails the unpack on
-		// a mismatch, unless the unpack checks every frame against the
-		// digest the manifest lists for it (a streamed restore): hashing
-		// the layer twice adds nothing. The frames' own checksums add
-		// nothing either.
-		fetch := cache.FetchOptions{ConsumerVerifies: opts.Frames != nil}
-		downloaded, err := a.cache.FetchBlobTo(ctx, a.src, l, fetch, func(rd io.Reader) error {
-			var err error
-			if opts.Files != nil {
-				rd = io.TeeReader(rd, pages.keep)
-			}
-			us, err = unpack.TarZstd(ctx, rd, target, opts)
-			return err
-		})
+	for _, l := range a.ck.Layers() {
+		ls, err := r.pullLayer(ctx, a, dir, l, budget, nil)
 		if err != nil {
-			return fmt.Errorf("pull and unpack %s layer %s: %w", sub, l.Digest, err)
+			return err
 		}
-		budget -= us.Bytes
-		if downloaded {
-			st.PulledBytes += l.Size
-			st.Pull += time.Since(t)
-		} else {
-			st.Unpack += time.Since(t)
-		}
+		budget -= ls.bytes
+		st.add(ls, l.Size)
 	}
 	return nil
+}
+
+// pullStreamed is pullLayers for a streamed restore: the CRIU images layer
+// is checked frame by frame against its stream index and its files are
+// reported to pages, and the rootfs changes download beside it (one round
+// trip to the registry less before the restore can begin); pages.rootfsDone
+// is closed once they are in. Each layer may unpack up to the node's limit
+// while both run (the page images go to memory, not to disk), and together
+// they must stay within it.
+func (r *Restorer) pullStreamed(ctx context.Context, a *artifact, dir string, st *pullStats, pages *streamPull) error {
+	defer pullCPUs(streamWorkers())() // decoding threads at a lower priority
+	budget := int64(r.cfg.Pull.MaxUnpackedSize)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		rootfs    layerStats
+		rootfsErr error
+		wg        sync.WaitGroup
+	)
+	if a.ck.Rootfs != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rootfs, rootfsErr = r.pullLayer(ctx, a, dir, *a.ck.Rootfs, budget, nil)
+			if rootfsErr != nil {
+				cancel(rootfsErr) // the CRIU layer's download stops too
+				return
+			}
+			close(pages.rootfsDone)
+		}()
+	} else {
+		close(pages.rootfsDone)
+	}
+	criu, err := r.pullLayer(ctx, a, dir, a.ck.CRIU, budget, pages)
+	wg.Wait()
+	switch {
+	case rootfsErr != nil:
+		return rootfsErr
+	case err != nil:
+		return err
+	case rootfs.bytes+criu.bytes > budget:
+		return fmt.Errorf("the layers unpack to %d bytes, the node allows %d (pull.max_unpacked_size): %w",
+			rootfs.bytes+criu.bytes, budget, unpack.ErrTooLarge)
+	}
+	if a.ck.Rootfs != nil {
+		st.add(rootfs, a.ck.Rootfs.Size)
+	}
+	st.add(criu, a.ck.CRIU.Size)
+	return nil
+}
+
+// layerStats is what pulling one layer did.
+type layerStats struct {
+	bytes      int64 // unpacked
+	downloaded bool
+	took       time.Duration
+}
+
+func (st *pullStats) add(ls layerStats, size int64) {
+	if ls.downloaded {
+		st.PulledBytes += size
+		st.Pull += ls.took
+	} else {
+		st.Unpack += ls.took
+	}
+}
+
+// pullLayer unpacks layer l into its directory under dir, unpacking at most
+// budget bytes; with pages set (the CRIU images layer of a streamed
+// restore), as pullStreamed says.
+func (r *Restorer) pullLayer(ctx context.Context, a *artifact, dir string, l ocispec.Descriptor, budget int64, pages *streamPull) (layerStats, error) {
+	sub := "criu"
+	opts := unpack.Options{Mode: unpack.CRIUImages, MaxBytes: budget, SkipFrameChecksums: true}
+	if l.MediaType == oci.MediaTypeRootfsDiff {
+		opts.Mode, sub = unpack.RootfsDiff, "rootfs"
+	} else if pages != nil {
+		opts.Frames, opts.Files, opts.Workers, opts.Nice = a.ck.Stream.Frames, pages.feed, streamWorkers(), streamDecodeNice
+		// Until the page images begin, Create waits for the decoding:
+		// it runs at the shim's priority, and lowered from then on.
+		opts.NiceFrom = pages.feed.ready
+	}
+	target := filepath.Join(dir, sub)
+	if err := os.Mkdir(target, 0o700); err != nil {
+		return layerStats{}, err
+	}
+	t := time.Now()
+	var us unpack.Stats
+	// FetchBlobTo verifies the layer's digest and fails the unpack on a
+	// mismatch, unless the unpack checks every frame against the digest
+	// the manifest lists for it (a streamed restore): hashing the layer
+	// twice adds nothing. The frames' own checksums add nothing either.
+	fetch := cache.FetchOptions{ConsumerVerifies: opts.Frames != nil}
+	downloaded, err := a.cache.FetchBlobTo(ctx, a.src, l, fetch, func(rd io.Reader) error {
+		var err error
+		if opts.Files != nil {
+			rd = io.TeeReader(rd, pages.keep)
+		}
+		us, err = unpack.TarZstd(ctx, rd, target, opts)
+		return err
+	})
+	if err != nil {
+		return layerStats{}, fmt.Errorf("pull and unpack %s layer %s: %w", sub, l.Digest, err)
+	}
+	return layerStats{bytes: us.Bytes, downloaded: downloaded, took: time.Since(t)}, nil
 }
 
 // ArmDump writes the dump-side CRIU config into the bundle and points runc

@@ -142,9 +142,10 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	}
 	s := &stream{fs: sfs, filling: filling, cancel: cancel, done: make(chan struct{}), began: time.Now(), compressed: compressed}
 	feed := &pageFeed{tail: a.ck.Stream.Tail, names: names, fs: sfs, ready: make(chan struct{})}
+	pull := &streamPull{feed: feed, keep: s.compressed, rootfsDone: make(chan struct{})}
 	go func() {
 		defer close(s.done)
-		err := r.pullLayers(bg, a, filling.Dir, &s.stats, &streamPull{feed: feed, keep: s.compressed})
+		err := r.pullLayers(bg, a, filling.Dir, &s.stats, pull)
 		if err == nil {
 			err = feed.finished()
 		}
@@ -154,28 +155,47 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 			sfs.Fail(err)
 		}
 	}()
-	select {
-	case <-feed.ready:
+	// The restore can begin once everything before the page images is in,
+	// and the rootfs changes.
+	// A small checkpoint may be in whole by then: the download's end is
+	// no failure if the two are done.
+	ready := func() bool {
+		for _, c := range []chan struct{}{feed.ready, pull.rootfsDone} {
+			select {
+			case <-c:
+			case <-s.done:
+				select {
+				case <-c:
+				default:
+					return false
+				}
+			}
+		}
+		return true
+	}
+	if ready() {
 		stopLink()
 		f.Timings.Pull = time.Since(s.began)
 		return s, nil
-	case <-s.done:
-		stopLink()
-		s.close()
-		compressed.Close()
-		filling.Abort()
-		if s.err == nil {
-			s.err = errors.New("the download ended before the page images")
-		}
-		return nil, fmt.Errorf("pull and unpack: %w", s.err)
 	}
+	stopLink()
+	s.close()
+	compressed.Close()
+	filling.Abort()
+	if s.err == nil {
+		s.err = errors.New("the download ended before the page images")
+	}
+	return nil, fmt.Errorf("pull and unpack: %w", s.err)
 }
 
 // streamPull is how pullLayers treats the CRIU images layer of a streamed
 // restore: its page images go to feed, and its compressed bytes to keep.
+// rootfsDone is closed once the rootfs changes are unpacked (at once when
+// there are none).
 type streamPull struct {
-	feed *pageFeed
-	keep io.Writer
+	feed       *pageFeed
+	keep       io.Writer
+	rootfsDone chan struct{}
 }
 
 // finish waits for the download to end and unmounts the page images. With

@@ -3,6 +3,7 @@
 package restore
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -36,6 +37,14 @@ func needFUSE(t *testing.T) {
 // page images last, the stream index in the CRIU layer's annotations.
 func (f *fakeRegistry) addStreamed(t *testing.T, tag string, pages []byte) (ocispec.Descriptor, *oci.Stream) {
 	t.Helper()
+	criu, _, st := f.addStreamedLayers(t, tag, pages, false)
+	return criu, st
+}
+
+// addStreamedLayers is addStreamed, with rootfs changes as well when
+// rootfs is set.
+func (f *fakeRegistry) addStreamedLayers(t *testing.T, tag string, pages []byte, rootfs bool) (criu, rootfsLayer ocispec.Descriptor, st *oci.Stream) {
+	t.Helper()
 	src := t.TempDir()
 	for name, data := range map[string][]byte{"inventory.img": []byte("inventory " + tag), "core-1.img": []byte(coreImage(t)), "pages-1.img": pages} {
 		if err := os.WriteFile(filepath.Join(src, name), data, 0o600); err != nil {
@@ -47,10 +56,16 @@ func (f *fakeRegistry) addStreamed(t *testing.T, tag string, pages []byte) (ocis
 	if err != nil {
 		t.Fatal(err)
 	}
-	criu := push(t, f.store, oci.MediaTypeCRIUImages, buf.Bytes())
+	criu = push(t, f.store, oci.MediaTypeCRIUImages, buf.Bytes())
 	criu.Annotations = sz.Stream.Annotations()
-	f.addManifest(t, tag, testArtifact{}, criu)
-	return criu, sz.Stream
+	layers := []ocispec.Descriptor{criu}
+	if rootfs {
+		rootfsLayer = push(t, f.store, oci.MediaTypeRootfsDiff, tarZstd(t,
+			entry{name: "etc/", typ: tar.TypeDir}, entry{name: "etc/app.log", body: "log line\n"}))
+		layers = append(layers, rootfsLayer)
+	}
+	f.addManifest(t, tag, testArtifact{}, layers...)
+	return criu, rootfsLayer, sz.Stream
 }
 
 // gatedSource serves a layer up to `at` bytes, then waits for open.
@@ -224,6 +239,58 @@ func TestStreamedPrepareBadFirstFrame(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "tmp")); len(ents) != 0 {
 		t.Fatalf("left in tmp: %v", ents)
+	}
+}
+
+// The rootfs changes download beside the CRIU images: the restore waits
+// for them as well, and a bad rootfs layer fails it before it begins.
+func TestStreamedPrepareWithRootfs(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	_, rootfs, _ := e.reg.addStreamedLayers(t, "v1", randomPages(9<<20), true)
+	gate := &gatedSource{Source: e.reg, layer: rootfs, at: 10, open: make(chan struct{})}
+	e.restorer.NewSource = func(registry.Reference) (Source, error) { return gate, nil }
+	type result struct {
+		plan *Plan
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+		done <- result{plan, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("Prepare returned before the rootfs changes were in: %v", r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(gate.open)
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	defer r.plan.Release()
+	if r.plan.stream == nil {
+		t.Fatal("not streamed")
+	}
+	defer r.plan.FinishStream(context.Background(), false) // no restore: abandon the stream, unmount
+	if b, err := os.ReadFile(filepath.Join(r.plan.stream.filling.Dir, "rootfs", "etc", "app.log")); err != nil || string(b) != "log line\n" {
+		t.Fatalf("rootfs changes: %q, %v", b, err)
+	}
+
+	e2 := newEnv(t)
+	_, rootfs2, _ := e2.reg.addStreamedLayers(t, "v1", randomPages(9<<20), true)
+	e2.restorer.NewSource = func(registry.Reference) (Source, error) {
+		return &gatedSource{Source: e2.reg, layer: rootfs2, at: 20, tamper: true}, nil
+	}
+	if _, err := e2.prepare(t, "reg.test/apps/web:v1", overlayRootfs); err == nil || !strings.Contains(err.Error(), "digest") {
+		t.Fatalf("a tampered rootfs layer: %v, want a digest error", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e2.cfg.Cache.Root, "tmp")); len(ents) != 0 {
+		t.Fatalf("left in tmp: %v", ents)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), e2.cfg.Cache.Root) {
+		t.Fatalf("a stream is still mounted after the failed prepare:\n%s", mi)
 	}
 }
 

@@ -61,20 +61,20 @@ func TestFrameReaderLowered(t *testing.T) {
 func TestLoweredFrom(t *testing.T) {
 	from := make(chan struct{})
 	for _, c := range []struct {
-		f    frameReader
+		f    *frameReader
 		want bool
 	}{
-		{frameReader{}, false},
-		{frameReader{nice: 10}, true},
-		{frameReader{nice: 10, niceFrom: from}, false},
-		{frameReader{niceFrom: from}, false},
+		{&frameReader{}, false},
+		{&frameReader{nice: 10}, true},
+		{&frameReader{nice: 10, niceFrom: from}, false},
+		{&frameReader{niceFrom: from}, false},
 	} {
 		if got := c.f.lowered(); got != c.want {
 			t.Errorf("nice %d, niceFrom set %v: lowered %v, want %v", c.f.nice, c.f.niceFrom != nil, got, c.want)
 		}
 	}
 	close(from)
-	if f := (frameReader{nice: 10, niceFrom: from}); !f.lowered() {
+	if f := (&frameReader{nice: 10, niceFrom: from}); !f.lowered() {
 		t.Error("nice 10 once niceFrom is closed: not lowered")
 	}
 }

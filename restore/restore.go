@@ -612,6 +612,9 @@ func (r *Restorer) pullStreamed(ctx context.Context, a *artifact, dir string, st
 		close(pages.rootfsDone)
 	}
 	criu, err := r.pullLayer(ctx, a, dir, a.ck.CRIU, budget, pages)
+	if err != nil {
+		cancel(err) // and the rootfs changes' download
+	}
 	wg.Wait()
 	switch {
 	case rootfsErr != nil:

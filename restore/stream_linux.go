@@ -93,9 +93,9 @@ func (p *pageFeed) finished() error {
 // they were starved while the shim, containerd and runc set up (in one
 // traced restore of the demo app the page images began 78 ms into the
 // pull, against 59 ms this way; in 8 alternating rounds, the app answered
-// in 0.89 s against 0.95 s). With one decoder CRIU waited for it while a CPU sat idle
-// about a third of the time (2 CPUs); with decoders at the same priority
-// as CRIU, CRIU was starved.
+// in 0.89 s against 0.95 s). With one decoder CRIU waited for it while a
+// CPU sat idle about a third of the time (2 CPUs); with decoders at the
+// same priority as CRIU, CRIU was starved.
 const (
 	streamDecodeNice = 10
 	// fillNice is the priority of the cache fill after a streamed
@@ -156,9 +156,8 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 		}
 	}()
 	// The restore can begin once everything before the page images is in,
-	// and the rootfs changes.
-	// A small checkpoint may be in whole by then: the download's end is
-	// no failure if the two are done.
+	// and the rootfs changes. A small checkpoint may be in whole by then:
+	// the download's end is no failure if the two are done.
 	ready := func() bool {
 		for _, c := range []chan struct{}{feed.ready, pull.rootfsDone} {
 			select {

@@ -68,7 +68,8 @@ type Options struct {
 	// nothing else on the machine wants.
 	Nice int
 	// NiceFrom, when set, keeps the decoding at the process's priority
-	// until it is closed: what is decoded before, nothing else waits for.
+	// until it is closed (until then, what is decoded is what the rest of
+	// the process waits for), and lowers it to Nice after.
 	NiceFrom <-chan struct{}
 }
 

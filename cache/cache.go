@@ -115,18 +115,18 @@ type FetchOptions struct {
 	// the consumer checks every byte it is given against digests the
 	// blob's manifest lists for its parts (a streamed layer's zstd
 	// frames), and fails on any byte it cannot check. The size is still
-	// enforced.
-	// The download then goes to the consumer without a goroutine and a
-	// pipe in between.
+	// enforced, and the download goes to the consumer without a goroutine
+	// and a pipe in between.
 	ConsumerVerifies bool
 }
 
 // FetchBlobTo passes the blob's content to consume while it downloads (or,
 // when it is cached already, from the cache), and returns whether it was
-// downloaded. The download is checked against the descriptor's digest and
-// size as it streams; a mismatch is an error returned after consume has seen
-// the content, so the consumer must write only where a failure can be
-// thrown away. With keep, the blob is stored in the cache too; without it,
+// downloaded. The download is checked against the descriptor's digest (unless
+// opts.ConsumerVerifies) and size as it streams; a mismatch is an error
+// returned after consume has seen the content, so the consumer must write
+// only where a failure can be thrown away. With opts.Keep, the blob is
+// stored in the cache too; without it,
 // only what consume makes of it is kept (the unpacked layer), which saves
 // writing the compressed copy to disk on the restore path.
 func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor, opts FetchOptions, consume func(io.Reader) error) (downloaded bool, err error) {
@@ -189,7 +189,7 @@ func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocisp
 			err = nil
 		}
 	} else {
-		err = verifiedCopy(pw, rc, desc, !opts.ConsumerVerifies)
+		err = verifiedCopy(pw, rc, desc)
 	}
 	if err != nil {
 		pw.CloseWithError(err)
@@ -206,21 +206,17 @@ func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocisp
 	return true, nil
 }
 
-// verifiedCopy copies exactly desc.Size bytes of r to w and, with hash
-// set, checks them against desc.Digest.
-func verifiedCopy(w io.Writer, r io.Reader, desc ocispec.Descriptor, hash bool) error {
-	var v digest.Verifier
-	if hash {
-		v = desc.Digest.Verifier()
-		w = io.MultiWriter(w, v)
-	}
-	n, err := io.CopyBuffer(w, io.LimitReader(r, desc.Size+1), make([]byte, 1<<20))
+// verifiedCopy copies exactly desc.Size bytes of r to w and checks them
+// against desc.Digest.
+func verifiedCopy(w io.Writer, r io.Reader, desc ocispec.Descriptor) error {
+	v := desc.Digest.Verifier()
+	n, err := io.CopyBuffer(io.MultiWriter(w, v), io.LimitReader(r, desc.Size+1), make([]byte, 1<<20))
 	switch {
 	case err != nil:
 		return err
 	case n != desc.Size:
 		return fmt.Errorf("%s: %d bytes, want %d: %w", desc.Digest, n, desc.Size, errdef.ErrSizeExceedsLimit)
-	case hash && !v.Verified():
+	case !v.Verified():
 		return fmt.Errorf("%s: mismatched digest", desc.Digest)
 	}
 	return nil

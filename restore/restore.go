@@ -338,9 +338,6 @@ func (r *Restorer) fetch(ctx context.Context, refStr string, streaming bool) (*F
 		return nil, fmt.Errorf("%w: the node requires checkpoints pinned by digest (REPOSITORY@sha256:...)", ErrDenied)
 	}
 
-	// Describing the node runs `criu --version` (about 10 ms): it overlaps
-	// the registry's round trips instead of following them.
-	go r.nodeInfo()
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(r.cfg.Pull.Timeout))
 	defer cancel()
 	a, err := r.open(ctx, ref)
@@ -405,6 +402,10 @@ type artifact struct {
 }
 
 func (r *Restorer) open(ctx context.Context, ref registry.Reference) (*artifact, error) {
+	// The pre-flight after this describes the node, which runs `criu
+	// --version` (about 10 ms): it overlaps the registry's round trips
+	// instead of following them.
+	go r.nodeInfo()
 	c, err := cache.Open(r.cfg.Cache.Root)
 	if err != nil {
 		return nil, err
@@ -457,9 +458,6 @@ func (r *Restorer) Inspect(ctx context.Context, refStr string) (*Inspection, err
 	if err != nil {
 		return nil, err
 	}
-	// Describing the node runs `criu --version` (about 10 ms): it overlaps
-	// the registry's round trips instead of following them.
-	go r.nodeInfo()
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(r.cfg.Pull.Timeout))
 	defer cancel()
 	a, err := r.open(ctx, ref)

@@ -614,11 +614,17 @@ func (r *Restorer) pullStreamed(ctx context.Context, a *artifact, dir string, st
 		cancel(err) // and the rootfs changes' download
 	}
 	wg.Wait()
+	if err != nil || rootfsErr != nil {
+		// The first failure, not the other layer's cancellation by it.
+		cause := context.Cause(ctx)
+		for _, e := range []error{err, rootfsErr} {
+			if e != nil && e == cause {
+				return e
+			}
+		}
+		return errors.Join(err, rootfsErr)
+	}
 	switch {
-	case rootfsErr != nil:
-		return rootfsErr
-	case err != nil:
-		return err
 	case rootfs.bytes+criu.bytes > budget:
 		return fmt.Errorf("the layers unpack to %d bytes, the node allows %d (pull.max_unpacked_size): %w",
 			rootfs.bytes+criu.bytes, budget, unpack.ErrTooLarge)

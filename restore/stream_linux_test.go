@@ -296,6 +296,47 @@ func TestStreamedPrepareWithRootfs(t *testing.T) {
 	}
 }
 
+// heldSource holds one layer back until the fetch's context ends, and
+// flips a byte of another.
+type heldSource struct {
+	Source
+	held, tampered ocispec.Descriptor
+}
+
+func (h *heldSource) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	rc, err := h.Source.Fetch(ctx, d)
+	switch {
+	case err != nil:
+		return rc, err
+	case d.Digest == h.held.Digest:
+		rc.Close()
+		<-ctx.Done()
+		return nil, ctx.Err()
+	case d.Digest == h.tampered.Digest:
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		b[100] ^= 0xff
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+	return rc, nil
+}
+
+// When the CRIU layer fails while the rootfs changes still download, the
+// restore reports the CRIU layer's failure, not the rootfs download it
+// cancelled.
+func TestStreamedPrepareReportsFirstFailure(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	criu, rootfs, _ := e.reg.addStreamedLayers(t, "v1", randomPages(9<<20), true)
+	e.restorer.NewSource = func(registry.Reference) (Source, error) {
+		return &heldSource{Source: e.reg, held: rootfs, tampered: criu}, nil
+	}
+	_, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if !errors.Is(err, unpack.ErrCorrupt) || errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want the CRIU layer's corrupt frame", err)
+	}
+}
+
 func randomPages(n int) []byte {
 	b := make([]byte, n)
 	x := uint32(1)

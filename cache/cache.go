@@ -75,6 +75,18 @@ func (c *Cache) HasBlob(ctx context.Context, desc ocispec.Descriptor) bool {
 // for the same digest, from any process, share one download. The content is
 // verified against the descriptor's digest and size before it is stored.
 func (c *Cache) FetchBlob(ctx context.Context, src content.Fetcher, desc ocispec.Descriptor) (path string, downloaded bool, err error) {
+	return c.storeBlob(ctx, desc, func() (io.ReadCloser, error) { return src.Fetch(ctx, desc) })
+}
+
+// StoreBlob is FetchBlob for content the caller has at hand already (a
+// manifest fetched by its tag): it reads r only if the cache lacks the
+// blob, and reports whether it stored it.
+func (c *Cache) StoreBlob(ctx context.Context, desc ocispec.Descriptor, r io.Reader) (stored bool, err error) {
+	_, stored, err = c.storeBlob(ctx, desc, func() (io.ReadCloser, error) { return io.NopCloser(r), nil })
+	return stored, err
+}
+
+func (c *Cache) storeBlob(ctx context.Context, desc ocispec.Descriptor, open func() (io.ReadCloser, error)) (path string, stored bool, err error) {
 	if err := desc.Digest.Validate(); err != nil {
 		return "", false, fmt.Errorf("blob digest: %w", err)
 	}
@@ -93,7 +105,7 @@ func (c *Cache) FetchBlob(ctx context.Context, src content.Fetcher, desc ocispec
 	// Holding the lock, any ingest file of this digest is a leftover of a
 	// process that died mid-download.
 	c.removeIngest(desc.Digest)
-	rc, err := src.Fetch(ctx, desc)
+	rc, err := open()
 	if err != nil {
 		return "", false, fmt.Errorf("fetch %s: %w", desc.Digest, err)
 	}

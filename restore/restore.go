@@ -493,13 +493,23 @@ func (r *Restorer) resolve(ctx context.Context, c *cache.Cache, src Source, ref 
 			return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: d, Size: fi.Size()}, nil
 		}
 	}
-	desc, err := src.Resolve(ctx, ref.Reference)
+	desc, body, err := resolveRemote(ctx, src, ref.Reference)
 	if err == nil {
+		if body != nil {
+			defer body.Close()
+		}
 		if desc.Size > oci.MaxManifestSize {
 			return ocispec.Descriptor{}, fmt.Errorf("%w: manifest of %d bytes", oci.ErrInvalidArtifact, desc.Size)
 		}
 		if oci.Pinned(ref) && desc.Digest.String() != ref.Reference {
 			return ocispec.Descriptor{}, fmt.Errorf("registry resolved %s to %s", ref.Reference, desc.Digest)
+		}
+		if body != nil {
+			// Verified against the digest as it is stored; read only if
+			// this node lacks it.
+			if _, err := c.StoreBlob(ctx, desc, body); err != nil {
+				return ocispec.Descriptor{}, fmt.Errorf("manifest: %w", err)
+			}
 		}
 		if !oci.Pinned(ref) {
 			if err := c.RememberRef(ref.String(), desc); err != nil {
@@ -518,6 +528,18 @@ func (r *Restorer) resolve(ctx context.Context, c *cache.Cache, src Source, ref 
 	log.G(ctx).WithError(err).WithFields(log.Fields{"ref": ref.String(), "digest": cached.Digest, "resolved_at": when}).
 		Warn("snapboot: registry unreachable, using the tag's cached resolution")
 	return cached, nil
+}
+
+// resolveRemote resolves reference at the registry. A source that can
+// fetches the manifest with the same request (a GET instead of a HEAD), and
+// returns its content in body, for the caller to close: a node without the
+// manifest saves the round trip that would fetch it next.
+func resolveRemote(ctx context.Context, src Source, reference string) (desc ocispec.Descriptor, body io.ReadCloser, err error) {
+	if rf, ok := src.(registry.ReferenceFetcher); ok {
+		return rf.FetchReference(ctx, reference)
+	}
+	desc, err = src.Resolve(ctx, reference)
+	return desc, nil, err
 }
 
 // readArtifact reads and validates the manifest and the metadata: the small

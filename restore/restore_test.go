@@ -417,3 +417,87 @@ func TestPodSandboxNeverRestored(t *testing.T) {
 		t.Fatal("layers downloaded for a pause container")
 	}
 }
+
+// refRegistry also serves a manifest by reference, as oras-go's remote
+// repository does: one GET resolves it and brings its content.
+type refRegistry struct {
+	*fakeRegistry
+	byRef          atomic.Int32
+	manifestFetch  atomic.Int32
+	tamperManifest bool
+}
+
+func (f *refRegistry) FetchReference(ctx context.Context, ref string) (ocispec.Descriptor, io.ReadCloser, error) {
+	f.byRef.Add(1)
+	d, err := f.fakeRegistry.Resolve(ctx, ref)
+	if err != nil {
+		return d, nil, err
+	}
+	rc, err := f.store.Fetch(ctx, d)
+	if err != nil || !f.tamperManifest {
+		return d, rc, err
+	}
+	b, _ := io.ReadAll(rc)
+	b[len(b)/2] ^= 0xff
+	return d, io.NopCloser(bytes.NewReader(b)), nil
+}
+
+func (f *refRegistry) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	if d.MediaType == ocispec.MediaTypeImageManifest {
+		f.manifestFetch.Add(1)
+	}
+	return f.fakeRegistry.Fetch(ctx, d)
+}
+
+// A registry that serves manifests by reference is asked once for the
+// manifest, not once to resolve the tag and once more for its content.
+func TestPrepareFetchesManifestWithTag(t *testing.T) {
+	e := newEnv(t)
+	reg := &refRegistry{fakeRegistry: e.reg}
+	e.restorer.NewSource = func(registry.Reference) (Source, error) { return reg, nil }
+	e.reg.add(t, "v1", testArtifact{})
+	for i, want := range []bool{false, true} {
+		plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan.Release()
+		if plan.Cached != want || reg.byRef.Load() != int32(i+1) || reg.manifestFetch.Load() != 0 {
+			t.Fatalf("restore %d: cached=%v, %d fetches by reference, %d of the manifest by digest", i+1, plan.Cached, reg.byRef.Load(), reg.manifestFetch.Load())
+		}
+	}
+	// Pinned by digest and not cached: one request as well.
+	m, _ := e.reg.add(t, "v2", testArtifact{rootfs: true})
+	plan, err := e.prepare(t, "reg.test/apps/web@"+m.Digest.String(), overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.Release()
+	if reg.byRef.Load() != 3 || reg.manifestFetch.Load() != 0 {
+		t.Fatalf("by digest: %d fetches by reference, %d of the manifest", reg.byRef.Load(), reg.manifestFetch.Load())
+	}
+}
+
+// A manifest whose content does not match the digest the registry gave is
+// refused, and the tag's earlier resolution on this node is not used
+// instead: the registry answered, wrongly.
+func TestPrepareTamperedManifestWithTag(t *testing.T) {
+	e := newEnv(t)
+	reg := &refRegistry{fakeRegistry: e.reg}
+	e.restorer.NewSource = func(registry.Reference) (Source, error) { return reg, nil }
+	e.reg.add(t, "v1", testArtifact{})
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.Release()
+	e.reg.add(t, "v1", testArtifact{rootfs: true}) // the tag moves on
+	reg.tamperManifest = true
+	_, err = e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err == nil || !strings.Contains(err.Error(), "manifest") {
+		t.Fatalf("tampered manifest: %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "ingest")); len(ents) != 0 {
+		t.Fatalf("left in ingest: %v", ents)
+	}
+}

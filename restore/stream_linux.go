@@ -35,7 +35,8 @@ import (
 
 // stream is a download that goes on while the container is restored.
 type stream struct {
-	fs         *streamfs.FS
+	mount      *pendingMount
+	mountpoint string
 	filling    *cache.Filling
 	cancel     context.CancelFunc
 	done       chan struct{} // closed when the download has ended
@@ -52,7 +53,7 @@ type stream struct {
 type pageFeed struct {
 	tail  []oci.TailFile
 	names map[string]bool
-	fs    *streamfs.FS
+	mount *pendingMount
 	next  int
 	ready chan struct{}
 }
@@ -62,7 +63,11 @@ func (p *pageFeed) Start(name string, size int64) (io.Writer, error) {
 		if want := p.tail[p.next].Size; size != want {
 			return nil, fmt.Errorf("%w: page image %s is %d bytes, the layer's index says %d", oci.ErrInvalidArtifact, name, size, want)
 		}
-		w, err := p.fs.Writer(name)
+		sfs, err := p.mount.wait()
+		if err != nil {
+			return nil, err
+		}
+		w, err := sfs.Writer(name)
 		if err != nil {
 			return nil, err
 		}
@@ -121,27 +126,24 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 		files[i] = streamfs.File{Name: t.Name, Size: t.Size}
 		names[t.Name] = true
 	}
-	sfs, err := streamfs.Mount(mountpoint, files)
+	// The compressed layer is kept beside the unpack, for the cache fill
+	// after the restore: a few tens of megabytes to write, where the page
+	// images are hundreds.
+	keep := filepath.Join(filling.Dir, "criu.tar.zst")
+	compressed, err := os.Create(keep)
 	if err != nil {
 		os.Remove(mountpoint)
-		log.G(ctx).WithError(err).Warn("snapboot: cannot stream the page images; downloading the whole checkpoint before the restore")
-		return nil, nil
+		return nil, err
 	}
 	// The download outlives the Create request that starts it. Until the
 	// restore can begin, the request's end still cancels it.
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(r.cfg.Pull.Timeout))
 	stopLink := context.AfterFunc(ctx, cancel)
-	// The compressed layer is kept beside the unpack, for the cache fill
-	// after the restore: a few tens of megabytes to write, where the page
-	// images are hundreds.
-	compressed, err := os.Create(filepath.Join(filling.Dir, "criu.tar.zst"))
-	if err != nil {
-		sfs.Close()
-		os.Remove(mountpoint)
-		return nil, err
-	}
-	s := &stream{fs: sfs, filling: filling, cancel: cancel, done: make(chan struct{}), began: time.Now(), compressed: compressed}
-	feed := &pageFeed{tail: a.ck.Stream.Tail, names: names, fs: sfs, ready: make(chan struct{})}
+	// The file system is first needed by the first page image: it mounts
+	// while the registry answers and the images before it unpack.
+	s := &stream{mount: mountAsync(mountpoint, files), mountpoint: mountpoint, filling: filling, cancel: cancel,
+		done: make(chan struct{}), began: time.Now(), compressed: compressed}
+	feed := &pageFeed{tail: a.ck.Stream.Tail, names: names, mount: s.mount, ready: make(chan struct{})}
 	pull := &streamPull{feed: feed, keep: s.compressed, rootfsDone: make(chan struct{})}
 	go func() {
 		defer close(s.done)
@@ -152,7 +154,9 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 		s.ended = time.Now()
 		if err != nil {
 			s.err = err
-			sfs.Fail(err)
+			if sfs, _ := s.mount.wait(); sfs != nil {
+				sfs.Fail(err)
+			}
 		}
 	}()
 	// The restore can begin once everything before the page images is in,
@@ -180,6 +184,14 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	stopLink()
 	s.close()
 	compressed.Close()
+	if _, merr := s.mount.wait(); merr != nil && errors.Is(s.err, errNoStreamfs) {
+		log.G(ctx).WithError(merr).Warn("snapboot: cannot stream the page images; downloading the whole checkpoint before the restore")
+		if err := clearFilling(filling.Dir); err != nil {
+			filling.Abort()
+			return nil, err
+		}
+		return nil, nil
+	}
 	filling.Abort()
 	if s.err == nil {
 		s.err = errors.New("the download ended before the page images")
@@ -283,12 +295,55 @@ func (s *stream) fillCache(ctx context.Context) (*cache.Unpacked, error) {
 // close unmounts the page images.
 func (s *stream) close() {
 	s.cancel()
-	mp := s.fs.Mountpoint
-	if err := s.fs.Close(); err != nil {
-		log.L.WithError(err).Warn("snapboot: unmounting the streamed page images failed")
-		return
+	if sfs, err := s.mount.wait(); err == nil {
+		if err := sfs.Close(); err != nil {
+			log.L.WithError(err).Warn("snapboot: unmounting the streamed page images failed")
+			return
+		}
 	}
-	os.Remove(mp)
+	os.Remove(s.mountpoint)
+}
+
+// errNoStreamfs is a streamfs mount's failure: the restore then unpacks
+// the whole checkpoint before it begins.
+var errNoStreamfs = errors.New("cannot mount the page images' file system")
+
+// mountStreamfs is streamfs.Mount; tests replace it.
+var mountStreamfs = streamfs.Mount
+
+// pendingMount is a streamfs mount under way.
+type pendingMount struct {
+	done chan struct{}
+	fs   *streamfs.FS
+	err  error
+}
+
+func mountAsync(mountpoint string, files []streamfs.File) *pendingMount {
+	m := &pendingMount{done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		if m.fs, m.err = mountStreamfs(mountpoint, files); m.err != nil {
+			m.err = fmt.Errorf("%w: %w", errNoStreamfs, m.err)
+		}
+	}()
+	return m
+}
+
+// wait returns the mounted file system once the mount is done.
+func (m *pendingMount) wait() (*streamfs.FS, error) {
+	<-m.done
+	return m.fs, m.err
+}
+
+// clearFilling removes what a streamed pull left in dir, for the whole
+// pull to begin afresh.
+func clearFilling(dir string) error {
+	for _, name := range []string{"criu", "rootfs", "criu.tar.zst"} {
+		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // detached is a failed download's directory that a restored container's
@@ -317,7 +372,7 @@ func linkImages(unpacked, dir string, s *stream, tail []oci.TailFile) error {
 	skip := map[string]bool{}
 	for _, t := range tail {
 		skip[t.Name] = true
-		rel, err := filepath.Rel(dir, filepath.Join(s.fs.Mountpoint, t.Name))
+		rel, err := filepath.Rel(dir, filepath.Join(s.mountpoint, t.Name))
 		if err != nil {
 			return err
 		}

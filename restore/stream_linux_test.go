@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/oci"
 	"github.com/snapboot/snapboot/pack"
+	"github.com/snapboot/snapboot/streamfs"
 	"github.com/snapboot/snapboot/unpack"
 )
 
@@ -356,4 +358,97 @@ func openCache(t *testing.T, e *env) *cache.Cache {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// setMount replaces the streamfs mount for one test.
+func setMount(t *testing.T, mount func(string, []streamfs.File) (*streamfs.FS, error)) {
+	t.Helper()
+	prev := mountStreamfs
+	mountStreamfs = mount
+	t.Cleanup(func() { mountStreamfs = prev })
+}
+
+// fetchSignal tells when a layer's download has begun.
+type fetchSignal struct {
+	Source
+	layer   ocispec.Descriptor
+	fetched chan struct{}
+	once    sync.Once
+}
+
+func (f *fetchSignal) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	if d.Digest == f.layer.Digest {
+		f.once.Do(func() { close(f.fetched) })
+	}
+	return f.Source.Fetch(ctx, d)
+}
+
+// The page images' file system mounts while the layers download: the
+// mount here waits for the CRIU layer's download to begin.
+func TestStreamedMountOverlapsDownload(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	pages := randomPages(9 << 20)
+	criu, _ := e.reg.addStreamed(t, "v1", pages)
+	src := &fetchSignal{Source: e.reg, layer: criu, fetched: make(chan struct{})}
+	e.restorer.NewSource = func(registry.Reference) (Source, error) { return src, nil }
+	setMount(t, func(mountpoint string, files []streamfs.File) (*streamfs.FS, error) {
+		select {
+		case <-src.fetched:
+			return streamfs.Mount(mountpoint, files)
+		case <-time.After(5 * time.Second):
+			return nil, errors.New("mounted before the download began")
+		}
+	})
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.Release()
+	if plan.stream == nil {
+		t.Fatal("not streamed: the mount waited for the download, which waited for the mount")
+	}
+	b, err := os.ReadFile(filepath.Join(plan.ImagesDir, "pages-1.img"))
+	if err != nil || !bytes.Equal(b, pages) {
+		t.Fatalf("page image through the stream: %d bytes, %v", len(b), err)
+	}
+	if err := plan.FinishStream(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	<-plan.CacheFilled()
+}
+
+// Without FUSE, the checkpoint downloads whole before the restore: what
+// the streamed attempt had unpacked is cleared first.
+func TestStreamedMountFails(t *testing.T) {
+	e := newEnv(t)
+	setMount(t, func(string, []streamfs.File) (*streamfs.FS, error) {
+		return nil, errors.New("no FUSE here")
+	})
+	pages := randomPages(9 << 20)
+	e.reg.addStreamedLayers(t, "v1", pages, true)
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.Release()
+	if plan.stream != nil || plan.Cached || !openCache(t, e).IsUnpacked(plan.Digest) {
+		t.Fatalf("stream=%v cached=%v: want the whole checkpoint unpacked", plan.stream != nil, plan.Cached)
+	}
+	if b, err := os.ReadFile(filepath.Join(plan.ImagesDir, "pages-1.img")); err != nil || !bytes.Equal(b, pages) {
+		t.Fatalf("pages-1.img: %d bytes, %v", len(b), err)
+	}
+	dir := filepath.Join(e.cfg.Cache.Root, "unpacked", plan.Digest.Encoded())
+	if b, err := os.ReadFile(filepath.Join(dir, "rootfs", "etc", "app.log")); err != nil || string(b) != "log line\n" {
+		t.Fatalf("rootfs changes: %q, %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "criu.tar.zst")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the streamed attempt's compressed copy is left: %v", err)
+	}
+	ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "tmp"))
+	for _, ent := range ents {
+		if strings.HasPrefix(ent.Name(), "stream") {
+			t.Fatalf("mountpoint left in tmp: %s", ent.Name())
+		}
+	}
 }

@@ -609,6 +609,7 @@ func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *
 // they must stay within it.
 func (r *Restorer) pullStreamed(ctx context.Context, a *artifact, dir string, st *pullStats, pages *streamPull) error {
 	defer pullCPUs(streamWorkers())() // decoding threads at a lower priority
+	defer pullGC()()
 	budget := int64(r.cfg.Pull.MaxUnpackedSize)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

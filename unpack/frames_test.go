@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"io"
 	"math/rand"
+	"sync/atomic"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -138,5 +139,50 @@ func TestFrameChecksums(t *testing.T) {
 		if err != nil || !bytes.Equal(got, want) {
 			t.Errorf("workers=%d, checksums skipped: %d bytes, %v", workers, len(got), err)
 		}
+	}
+}
+
+// Frames a consumer borrowed and let go of are decoded into again, not
+// dropped for new buffers, even when it held many at once.
+func TestBorrowedFramesReused(t *testing.T) {
+	var allocs atomic.Int32
+	prev := newOutBuf
+	newOutBuf = func() *[]byte { allocs.Add(1); return prev() }
+	t.Cleanup(func() { newOutBuf = prev })
+
+	const held = 30
+	var chunks [][]byte
+	var want []byte
+	for i := 0; i < 2*held; i++ {
+		c := randomish(50_000, int64(i))
+		chunks = append(chunks, c)
+		want = append(want, c...)
+	}
+	const workers = 2
+	fr := newFrameReader(bytes.NewReader(frames(t, chunks...)), Options{Workers: workers}).(*frameReader)
+	defer fr.Close()
+	// Twice: borrow held frames and keep them all, then let them all go.
+	var got []byte
+	for round := 1; round <= 2; round++ {
+		var releases []func()
+		for len(got) < round*held*50_000 {
+			b, release, err := fr.Borrow(50_000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, b...)
+			releases = append(releases, release)
+		}
+		for _, release := range releases {
+			release()
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%d bytes borrowed, not the content", len(got))
+	}
+	// Each frame held at once needs a buffer, and so does each in flight;
+	// the second round should need none of its own.
+	if n, most := allocs.Load(), int32(held+workers*3+2); n > most {
+		t.Fatalf("%d frame buffers made for %d frames, %d held at once: want at most %d", n, 2*held, held, most)
 	}
 }

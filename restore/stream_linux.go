@@ -129,8 +129,7 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	// The compressed layer is kept beside the unpack, for the cache fill
 	// after the restore: a few tens of megabytes to write, where the page
 	// images are hundreds.
-	keep := filepath.Join(filling.Dir, "criu.tar.zst")
-	compressed, err := os.Create(keep)
+	compressed, err := os.Create(filepath.Join(filling.Dir, "criu.tar.zst"))
 	if err != nil {
 		os.Remove(mountpoint)
 		return nil, err

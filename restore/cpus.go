@@ -15,36 +15,53 @@ import (
 // priority: such a thread holds its P while the kernel lets others run, and
 // the goroutines that feed CRIU must not wait for a P behind it.
 var cpus struct {
-	sync.Mutex
-	users int
-	prev  int // GOMAXPROCS before the first of the overlapping pulls
-	set   int // the largest setting asked for by the overlapping pulls
+	shared
+	prev int // GOMAXPROCS before the first of the overlapping pulls
+	set  int // the largest setting asked for by the overlapping pulls
 }
 
 // pullCPUs sets GOMAXPROCS to the number of usable CPUs plus lowered until
 // the returned function is called; overlapping callers share the largest
 // setting, and the last one to finish puts the previous value back.
 func pullCPUs(lowered int) (done func()) {
-	cpus.Lock()
-	defer cpus.Unlock()
-	if cpus.users == 0 {
-		cpus.prev, cpus.set = runtime.GOMAXPROCS(0), 0
-	}
-	if n := runtime.NumCPU() + lowered; n > cpus.set {
-		cpus.set = n
-		if n != runtime.GOMAXPROCS(0) {
-			runtime.GOMAXPROCS(n)
+	return cpus.hold(func(first bool) {
+		if first {
+			cpus.prev, cpus.set = runtime.GOMAXPROCS(0), 0
 		}
-	}
-	cpus.users++
+		if n := runtime.NumCPU() + lowered; n > cpus.set {
+			cpus.set = n
+			if n != runtime.GOMAXPROCS(0) {
+				runtime.GOMAXPROCS(n)
+			}
+		}
+	}, func() {
+		if runtime.GOMAXPROCS(0) != cpus.prev {
+			runtime.GOMAXPROCS(cpus.prev)
+		}
+	})
+}
+
+// shared is a process-wide setting that overlapping pulls hold together.
+type shared struct {
+	mu    sync.Mutex
+	users int
+}
+
+// hold calls take, under the lock, with whether no one held the setting
+// before, and returns the function that ends this hold (once, however
+// often it is called); the last hold to end calls giveBack, under the lock.
+func (s *shared) hold(take func(first bool), giveBack func()) (done func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	take(s.users == 0)
+	s.users++
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			cpus.Lock()
-			defer cpus.Unlock()
-			cpus.users--
-			if cpus.users == 0 && runtime.GOMAXPROCS(0) != cpus.prev {
-				runtime.GOMAXPROCS(cpus.prev)
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.users--; s.users == 0 {
+				giveBack()
 			}
 		})
 	}

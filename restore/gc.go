@@ -4,7 +4,6 @@ import (
 	"math"
 	"runtime/debug"
 	"runtime/metrics"
-	"sync"
 )
 
 // A streamed pull allocates little but the decoded frames, and those stay
@@ -20,8 +19,7 @@ import (
 const pullHeadroom = 384 << 20
 
 var gc struct {
-	sync.Mutex
-	users   int
+	shared
 	percent int   // before the first of the overlapping pulls
 	limit   int64 // likewise
 }
@@ -31,26 +29,17 @@ var gc struct {
 // Overlapping callers share it; the last one to finish puts both settings
 // back.
 func pullGC() (done func()) {
-	gc.Lock()
-	defer gc.Unlock()
-	if gc.users == 0 {
+	return gc.hold(func(first bool) {
+		if !first {
+			return
+		}
 		s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}}
 		metrics.Read(s)
 		held := int64(min(s[0].Value.Uint64(), math.MaxInt64-pullHeadroom))
 		gc.limit = debug.SetMemoryLimit(held + pullHeadroom)
 		gc.percent = debug.SetGCPercent(-1)
-	}
-	gc.users++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			gc.Lock()
-			defer gc.Unlock()
-			gc.users--
-			if gc.users == 0 {
-				debug.SetGCPercent(gc.percent)
-				debug.SetMemoryLimit(gc.limit)
-			}
-		})
-	}
+	}, func() {
+		debug.SetGCPercent(gc.percent)
+		debug.SetMemoryLimit(gc.limit)
+	})
 }

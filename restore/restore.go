@@ -590,7 +590,7 @@ func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *
 	defer pullCPUs(0)()
 	budget := int64(r.cfg.Pull.MaxUnpackedSize)
 	for _, l := range a.ck.Layers() {
-		ls, err := r.pullLayer(ctx, a, dir, l, budget, nil)
+		ls, err := r.pullLayer(ctx, a, dir, l, budget, nil, nil)
 		if err != nil {
 			return err
 		}
@@ -604,13 +604,14 @@ func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *
 // is checked frame by frame against its stream index and its files are
 // reported to pages, and the rootfs changes download beside it (one round
 // trip to the registry less before the restore can begin); pages.rootfsDone
-// is closed once they are in. Each layer may unpack up to the node's limit
-// while both run (the page images go to memory, not to disk), and together
-// they must stay within it.
+// is closed once they are in. The two layers unpack within one budget, the
+// node's limit: a checkpoint that would pass it fails as soon as one of its
+// files would, streamed page images included, and the container starts
+// cold.
 func (r *Restorer) pullStreamed(ctx context.Context, a *artifact, dir string, st *pullStats, pages *streamPull) error {
 	defer pullCPUs(streamWorkers())() // decoding threads at a lower priority
 	defer pullGC()()
-	budget := int64(r.cfg.Pull.MaxUnpackedSize)
+	budget := unpack.NewBudget(int64(r.cfg.Pull.MaxUnpackedSize))
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var (
@@ -622,7 +623,7 @@ func (r *Restorer) pullStreamed(ctx context.Context, a *artifact, dir string, st
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rootfs, rootfsErr = r.pullLayer(ctx, a, dir, *a.ck.Rootfs, budget, nil)
+			rootfs, rootfsErr = r.pullLayer(ctx, a, dir, *a.ck.Rootfs, 0, budget, nil)
 			if rootfsErr != nil {
 				cancel(rootfsErr) // the CRIU layer's download stops too
 				return
@@ -632,7 +633,7 @@ func (r *Restorer) pullStreamed(ctx context.Context, a *artifact, dir string, st
 	} else {
 		close(pages.rootfsDone)
 	}
-	criu, err := r.pullLayer(ctx, a, dir, a.ck.CRIU, budget, pages)
+	criu, err := r.pullLayer(ctx, a, dir, a.ck.CRIU, 0, budget, pages)
 	if err != nil {
 		cancel(err) // and the rootfs changes' download
 	}
@@ -646,11 +647,6 @@ func (r *Restorer) pullStreamed(ctx context.Context, a *artifact, dir string, st
 			}
 		}
 		return errors.Join(err, rootfsErr)
-	}
-	switch {
-	case rootfs.bytes+criu.bytes > budget:
-		return fmt.Errorf("the layers unpack to %d bytes, the node allows %d (pull.max_unpacked_size): %w",
-			rootfs.bytes+criu.bytes, budget, unpack.ErrTooLarge)
 	}
 	if a.ck.Rootfs != nil {
 		st.add(rootfs, a.ck.Rootfs.Size)
@@ -676,11 +672,11 @@ func (st *pullStats) add(ls layerStats, size int64) {
 }
 
 // pullLayer unpacks layer l into its directory under dir, unpacking at most
-// budget bytes; with pages set (the CRIU images layer of a streamed
-// restore), as pullStreamed says.
-func (r *Restorer) pullLayer(ctx context.Context, a *artifact, dir string, l ocispec.Descriptor, budget int64, pages *streamPull) (layerStats, error) {
+// maxBytes bytes, or what is left of shared; with pages set (the CRIU images
+// layer of a streamed restore), as pullStreamed says.
+func (r *Restorer) pullLayer(ctx context.Context, a *artifact, dir string, l ocispec.Descriptor, maxBytes int64, shared *unpack.Budget, pages *streamPull) (layerStats, error) {
 	sub := "criu"
-	opts := unpack.Options{Mode: unpack.CRIUImages, MaxBytes: budget, SkipFrameChecksums: true}
+	opts := unpack.Options{Mode: unpack.CRIUImages, MaxBytes: maxBytes, Budget: shared, SkipFrameChecksums: true}
 	if l.MediaType == oci.MediaTypeRootfsDiff {
 		opts.Mode, sub = unpack.RootfsDiff, "rootfs"
 	} else if pages != nil {

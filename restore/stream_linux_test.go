@@ -11,14 +11,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
+	"sync"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry"
 
 	"github.com/snapboot/snapboot/cache"
+	"github.com/snapboot/snapboot/nodeconfig"
 	"github.com/snapboot/snapboot/oci"
 	"github.com/snapboot/snapboot/pack"
 	"github.com/snapboot/snapboot/streamfs"
@@ -449,6 +450,44 @@ func TestStreamedMountFails(t *testing.T) {
 	for _, ent := range ents {
 		if strings.HasPrefix(ent.Name(), "stream") {
 			t.Fatalf("mountpoint left in tmp: %s", ent.Name())
+		}
+	}
+}
+
+// The two layers of a streamed restore unpack within one budget: each
+// fits the node's limit alone, together they do not, and the restore is
+// refused instead of unpacking close to twice the limit.
+func TestStreamedLayersShareOneBudget(t *testing.T) {
+	needFUSE(t)
+	pages := randomPages(9 << 20)
+	criuBytes := int64(len("inventory v1") + len(coreImage(t)) + len(pages))
+	const rootfsBytes = int64(len("log line\n"))
+	for _, c := range []struct {
+		limit int64
+		fits  bool
+	}{
+		{criuBytes + rootfsBytes, true},
+		{criuBytes + rootfsBytes - 1, false},
+	} {
+		e := newEnv(t)
+		e.cfg.Pull.MaxUnpackedSize = nodeconfig.ByteSize(c.limit)
+		e.reg.addStreamedLayers(t, "v1", pages, true)
+		plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+		if err == nil {
+			plan.FinishStream(context.Background(), false) // no restore: unmount
+			plan.Release()
+		}
+		if c.fits {
+			if err != nil {
+				t.Fatalf("layers of %d bytes within a limit of %d: %v", criuBytes+rootfsBytes, c.limit, err)
+			}
+			continue
+		}
+		if !errors.Is(err, unpack.ErrTooLarge) {
+			t.Fatalf("layers of %d bytes, a limit of %d: got %v, want ErrTooLarge", criuBytes+rootfsBytes, c.limit, err)
+		}
+		if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), e.cfg.Cache.Root) {
+			t.Fatalf("a stream is still mounted after the refused prepare:\n%s", mi)
 		}
 	}
 }

@@ -29,6 +29,7 @@ type extractor struct {
 	root       *os.Root
 	mode       Mode
 	maxBytes   int64
+	budget     *Budget
 	maxEntries int
 	st         Stats
 	buf        []byte
@@ -208,6 +209,9 @@ func (x *extractor) file(hdr *tar.Header, name string, r io.Reader) error {
 	}
 	if hdr.Size > x.maxBytes-x.st.Bytes {
 		return fmt.Errorf("entry %q: %d bytes would pass the limit of %d bytes: %w", hdr.Name, hdr.Size, x.maxBytes, ErrTooLarge)
+	}
+	if x.budget != nil && !x.budget.take(hdr.Size) {
+		return fmt.Errorf("entry %q: %d bytes would pass the limit of %d bytes shared with other extractions: %w", hdr.Name, hdr.Size, x.budget.limit, ErrTooLarge)
 	}
 	if _, err := x.prepare(name, false); err != nil {
 		return failed(hdr.Name, err)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 
 	"github.com/snapboot/snapboot/oci"
 )
@@ -48,6 +49,9 @@ type Options struct {
 	Mode Mode
 	// MaxBytes bounds the total bytes of file content written; 0 means 64 GiB.
 	MaxBytes int64
+	// Budget, when set, also bounds them, together with the other
+	// extractions that share it.
+	Budget *Budget
 	// MaxEntries bounds the number of tar entries; 0 means 1,000,000.
 	MaxEntries int
 	// SkipFrameChecksums skips checking zstd frames' content checksums, for
@@ -115,6 +119,34 @@ var ErrUnsafe = errors.New("unsafe archive entry")
 // ErrCorrupt is wrapped when the compressed stream does not match the
 // frames it must consist of (Options.Frames).
 var ErrCorrupt = errors.New("archive does not match its digests")
+
+// A Budget bounds the bytes of file content that several extractions
+// write together, such as the layers of one checkpoint unpacking at once:
+// each takes a file's size from it before writing the file.
+type Budget struct {
+	limit int64
+	left  atomic.Int64
+}
+
+// NewBudget returns a budget of limit bytes.
+func NewBudget(limit int64) *Budget {
+	b := &Budget{limit: limit}
+	b.left.Store(limit)
+	return b
+}
+
+// take takes n bytes from the budget, if it has them.
+func (b *Budget) take(n int64) bool {
+	for {
+		left := b.left.Load()
+		if n > left {
+			return false
+		}
+		if b.left.CompareAndSwap(left, left-n) {
+			return true
+		}
+	}
+}
 
 // ErrTooLarge is wrapped by every rejection of an archive that exceeds
 // Options.MaxBytes, Options.MaxEntries or another built-in bound.
@@ -297,6 +329,7 @@ func newExtractor(dir string, opts Options) (*extractor, error) {
 	x := &extractor{
 		mode:       opts.Mode,
 		maxBytes:   opts.MaxBytes,
+		budget:     opts.Budget,
 		maxEntries: opts.MaxEntries,
 		files:      opts.Files,
 		dirIndex:   map[string]int{},

@@ -777,3 +777,27 @@ func TestTarZstd(t *testing.T) {
 		}
 	})
 }
+
+// Extractions that share a Budget stay within it together, whichever
+// comes first; each one alone would fit.
+func TestSharedBudget(t *testing.T) {
+	a := compress(t, archive(t, reg("a", strings.Repeat("a", 600))))
+	b := compress(t, archive(t, dir("d/"), reg("d/b", strings.Repeat("b", 500))))
+	for _, c := range []struct {
+		limit int64
+		fits  bool
+	}{{1100, true}, {1099, false}} {
+		budget := NewBudget(c.limit)
+		var errs []error
+		for _, data := range [][]byte{a, b} {
+			_, err := TarZstd(context.Background(), bytes.NewReader(data), t.TempDir(), Options{Mode: CRIUImages, MaxBytes: 1000, Budget: budget})
+			errs = append(errs, err)
+		}
+		switch {
+		case c.fits && (errs[0] != nil || errs[1] != nil):
+			t.Fatalf("1100 bytes within a shared %d: %v", c.limit, errs)
+		case !c.fits && (errs[0] != nil || !errors.Is(errs[1], ErrTooLarge)):
+			t.Fatalf("1100 bytes, a shared %d: got %v, want the second to pass the limit", c.limit, errs)
+		}
+	}
+}

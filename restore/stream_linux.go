@@ -134,9 +134,14 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 		os.Remove(mountpoint)
 		return nil, err
 	}
-	// The download outlives the Create request that starts it. Until the
+	// The download outlives the Create request that starts it, but not the
+	// pull's deadline (pull.timeout from the start of the fetch). Until the
 	// restore can begin, the request's end still cancels it.
-	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Duration(r.cfg.Pull.Timeout))
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(time.Duration(r.cfg.Pull.Timeout))
+	}
+	bg, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	stopLink := context.AfterFunc(ctx, cancel)
 	// The file system is first needed by the first page image: it mounts
 	// while the registry answers and the images before it unpack.

@@ -11,8 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"testing"
 	"sync"
+	"testing"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -489,5 +489,55 @@ func TestStreamedLayersShareOneBudget(t *testing.T) {
 		if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), e.cfg.Cache.Root) {
 			t.Fatalf("a stream is still mounted after the refused prepare:\n%s", mi)
 		}
+	}
+}
+
+// deadlineSource records the deadline of the request that resolves the
+// reference and of the one that fetches layer.
+type deadlineSource struct {
+	Source
+	layer               ocispec.Descriptor
+	mu                  sync.Mutex
+	resolved, layerDead time.Time
+}
+
+func (d *deadlineSource) Resolve(ctx context.Context, reference string) (ocispec.Descriptor, error) {
+	d.mu.Lock()
+	d.resolved, _ = ctx.Deadline()
+	d.mu.Unlock()
+	return d.Source.Resolve(ctx, reference)
+}
+
+func (d *deadlineSource) Fetch(ctx context.Context, target ocispec.Descriptor) (io.ReadCloser, error) {
+	if target.Digest == d.layer.Digest {
+		d.mu.Lock()
+		d.layerDead, _ = ctx.Deadline()
+		d.mu.Unlock()
+	}
+	return d.Source.Fetch(ctx, target)
+}
+
+// The download that goes on during a streamed restore keeps the pull's
+// deadline: pull.timeout bounds the whole pull, not what is left of it
+// once the restore can begin.
+func TestStreamedDownloadKeepsPullDeadline(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	criu, _ := e.reg.addStreamed(t, "v1", randomPages(9<<20))
+	src := &deadlineSource{Source: e.reg, layer: criu}
+	e.restorer.NewSource = func(registry.Reference) (Source, error) { return src, nil }
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.FinishStream(context.Background(), false)
+	plan.Release()
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	if src.resolved.IsZero() || src.layerDead.IsZero() {
+		t.Fatalf("no deadline: resolve %v, layer %v", src.resolved, src.layerDead)
+	}
+	if !src.layerDead.Equal(src.resolved) {
+		t.Fatalf("the layer's download has the deadline %v, the pull %v", src.layerDead, src.resolved)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 	"oras.land/oras-go/v2/registry"
 
 	"github.com/snapboot/snapboot/cache"
@@ -539,5 +540,49 @@ func TestStreamedDownloadKeepsPullDeadline(t *testing.T) {
 	}
 	if !src.layerDead.Equal(src.resolved) {
 		t.Fatalf("the layer's download has the deadline %v, the pull %v", src.layerDead, src.resolved)
+	}
+}
+
+// The images directory of a streamed restore links the unpacked images and
+// points at the streamed page images; a subdirectory, which CRIU does not
+// read, is left out, and anything else is refused.
+func TestLinkImages(t *testing.T) {
+	unpacked, mnt := t.TempDir(), t.TempDir()
+	for name, where := range map[string]string{"core-1.img": unpacked, "inventory.img": unpacked, "pages-1.img": mnt} {
+		if err := os.WriteFile(filepath.Join(where, name), []byte(name), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(unpacked, "extra"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	s := &stream{mountpoint: mnt}
+	tail := []oci.TailFile{{Name: "pages-1.img", Size: int64(len("pages-1.img"))}}
+	dir := filepath.Join(t.TempDir(), "images")
+	if err := linkImages(unpacked, dir, s, tail); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if got := strings.Join(names, " "); got != "core-1.img inventory.img pages-1.img" {
+		t.Fatalf("images directory holds %q", got)
+	}
+	for _, name := range names {
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(b) != name {
+			t.Fatalf("%s reads %q, %v", name, b, err)
+		}
+	}
+
+	if err := unix.Mkfifo(filepath.Join(unpacked, "fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := linkImages(unpacked, filepath.Join(t.TempDir(), "images"), s, tail); !errors.Is(err, oci.ErrInvalidArtifact) {
+		t.Fatalf("a fifo among the images: %v, want ErrInvalidArtifact", err)
 	}
 }

@@ -39,13 +39,22 @@ type Cache struct {
 	blobs *oci.Storage
 }
 
-// Open opens (creating if needed) the cache at root.
+// Open opens (creating if needed) the cache at root. The cache holds
+// checkpoints, every memory page of their donors included, and the mounts
+// that stream page images to CRIU (which CRIU may reach from a user
+// namespace, so the kernel does not check who opens their files): root and
+// its directories are made private to root, as they are created, or
+// tightened if they were made with wider permissions.
 func Open(root string) (*Cache, error) {
 	if !filepath.IsAbs(root) {
 		return nil, fmt.Errorf("cache root %q must be absolute", root)
 	}
 	for _, d := range []string{"", "blobs", "unpacked", "refs", "locks", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
+		dir := filepath.Join(root, d)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create cache: %w", err)
+		}
+		if err := private(dir); err != nil {
 			return nil, fmt.Errorf("create cache: %w", err)
 		}
 	}
@@ -54,6 +63,21 @@ func Open(root string) (*Cache, error) {
 		return nil, fmt.Errorf("open cache blobs: %w", err)
 	}
 	return &Cache{root: root, blobs: blobs}, nil
+}
+
+// private makes dir, a directory, reachable by its owner only.
+func private(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if fi.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	return os.Chmod(dir, fi.Mode().Perm()&0o700)
 }
 
 // Root is the cache's directory.

@@ -248,3 +248,40 @@ func TestFetchBlobToWithoutKeeping(t *testing.T) {
 		t.Fatalf("long stream to a verifying consumer: %v, %d bytes passed on", err, len(got))
 	}
 }
+
+// A cache root made by hand with wider permissions, and its directories,
+// are made private: they hold the donors' memory.
+func TestOpenMakesCachePrivate(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "cache")
+	for _, d := range []string{root, filepath.Join(root, "tmp")} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, 0o755); err != nil { // whatever the umask
+			t.Fatal(err)
+		}
+	}
+	if _, err := Open(root); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"", "blobs", "unpacked", "refs", "locks", "tmp"} {
+		fi, err := os.Stat(filepath.Join(root, d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm != 0o700 {
+			t.Errorf("%s/%s has mode %o, want 700", root, d, perm)
+		}
+	}
+	// A file where a directory belongs is an error, not something to chmod.
+	bad := filepath.Join(t.TempDir(), "cache")
+	if err := os.MkdirAll(bad, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bad, "tmp"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(bad); err == nil {
+		t.Fatal("a file named tmp in the cache root: no error")
+	}
+}

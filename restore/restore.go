@@ -588,13 +588,12 @@ func (r *Restorer) pullLayers(ctx context.Context, a *artifact, dir string, st *
 		return r.pullStreamed(ctx, a, dir, st, pages)
 	}
 	defer pullCPUs(0)()
-	budget := int64(r.cfg.Pull.MaxUnpackedSize)
+	budget := unpack.NewBudget(int64(r.cfg.Pull.MaxUnpackedSize))
 	for _, l := range a.ck.Layers() {
-		ls, err := r.pullLayer(ctx, a, dir, l, budget, nil, nil)
+		ls, err := r.pullLayer(ctx, a, dir, l, budget, nil)
 		if err != nil {
 			return err
 		}
-		budget -= ls.bytes
 		st.add(ls, l.Size)
 	}
 	return nil
@@ -623,7 +622,7 @@ func (r *Restorer) pullStreamed(ctx context.Context, a *artifact, dir string, st
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rootfs, rootfsErr = r.pullLayer(ctx, a, dir, *a.ck.Rootfs, 0, budget, nil)
+			rootfs, rootfsErr = r.pullLayer(ctx, a, dir, *a.ck.Rootfs, budget, nil)
 			if rootfsErr != nil {
 				cancel(rootfsErr) // the CRIU layer's download stops too
 				return
@@ -633,7 +632,7 @@ func (r *Restorer) pullStreamed(ctx context.Context, a *artifact, dir string, st
 	} else {
 		close(pages.rootfsDone)
 	}
-	criu, err := r.pullLayer(ctx, a, dir, a.ck.CRIU, 0, budget, pages)
+	criu, err := r.pullLayer(ctx, a, dir, a.ck.CRIU, budget, pages)
 	if err != nil {
 		cancel(err) // and the rootfs changes' download
 	}
@@ -671,12 +670,12 @@ func (st *pullStats) add(ls layerStats, size int64) {
 	}
 }
 
-// pullLayer unpacks layer l into its directory under dir, unpacking at most
-// maxBytes bytes, or what is left of shared; with pages set (the CRIU images
-// layer of a streamed restore), as pullStreamed says.
-func (r *Restorer) pullLayer(ctx context.Context, a *artifact, dir string, l ocispec.Descriptor, maxBytes int64, shared *unpack.Budget, pages *streamPull) (layerStats, error) {
+// pullLayer unpacks layer l into its directory under dir, within what is
+// left of budget, which the checkpoint's layers share; with pages set (the
+// CRIU images layer of a streamed restore), as pullStreamed says.
+func (r *Restorer) pullLayer(ctx context.Context, a *artifact, dir string, l ocispec.Descriptor, budget *unpack.Budget, pages *streamPull) (layerStats, error) {
 	sub := "criu"
-	opts := unpack.Options{Mode: unpack.CRIUImages, MaxBytes: maxBytes, Budget: shared, SkipFrameChecksums: true}
+	opts := unpack.Options{Mode: unpack.CRIUImages, Budget: budget, SkipFrameChecksums: true}
 	if l.MediaType == oci.MediaTypeRootfsDiff {
 		opts.Mode, sub = unpack.RootfsDiff, "rootfs"
 	} else if pages != nil {

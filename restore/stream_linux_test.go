@@ -455,23 +455,30 @@ func TestStreamedMountFails(t *testing.T) {
 	}
 }
 
-// The two layers of a streamed restore unpack within one budget: each
-// fits the node's limit alone, together they do not, and the restore is
-// refused instead of unpacking close to twice the limit.
-func TestStreamedLayersShareOneBudget(t *testing.T) {
+// The layers of a checkpoint unpack within one budget, streamed or not:
+// each fits the node's limit alone, together they do not, and the restore
+// is refused instead of unpacking close to twice the limit (streamed), or
+// without a limit once the CRIU layer took all of it (whole pull).
+func TestLayersShareOneBudget(t *testing.T) {
 	needFUSE(t)
 	pages := randomPages(9 << 20)
 	criuBytes := int64(len("inventory v1") + len(coreImage(t)) + len(pages))
 	const rootfsBytes = int64(len("log line\n"))
 	for _, c := range []struct {
-		limit int64
-		fits  bool
+		limit  int64
+		fits   bool
+		stream bool
 	}{
-		{criuBytes + rootfsBytes, true},
-		{criuBytes + rootfsBytes - 1, false},
+		{criuBytes + rootfsBytes, true, true},
+		{criuBytes + rootfsBytes - 1, false, true},
+		{criuBytes, false, true},
+		{criuBytes + rootfsBytes, true, false},
+		{criuBytes + rootfsBytes - 1, false, false},
+		{criuBytes, false, false},
 	} {
 		e := newEnv(t)
 		e.cfg.Pull.MaxUnpackedSize = nodeconfig.ByteSize(c.limit)
+		e.cfg.Pull.Stream = &c.stream
 		e.reg.addStreamedLayers(t, "v1", pages, true)
 		plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
 		if err == nil {
@@ -480,12 +487,12 @@ func TestStreamedLayersShareOneBudget(t *testing.T) {
 		}
 		if c.fits {
 			if err != nil {
-				t.Fatalf("layers of %d bytes within a limit of %d: %v", criuBytes+rootfsBytes, c.limit, err)
+				t.Fatalf("stream %v: layers of %d bytes within a limit of %d: %v", c.stream, criuBytes+rootfsBytes, c.limit, err)
 			}
 			continue
 		}
 		if !errors.Is(err, unpack.ErrTooLarge) {
-			t.Fatalf("layers of %d bytes, a limit of %d: got %v, want ErrTooLarge", criuBytes+rootfsBytes, c.limit, err)
+			t.Fatalf("stream %v: layers of %d bytes, a limit of %d: got %v, want ErrTooLarge", c.stream, criuBytes+rootfsBytes, c.limit, err)
 		}
 		if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), e.cfg.Cache.Root) {
 			t.Fatalf("a stream is still mounted after the refused prepare:\n%s", mi)

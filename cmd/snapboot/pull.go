@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 
 	"github.com/urfave/cli/v3"
 
@@ -27,8 +28,17 @@ var pullCommand = &cli.Command{
 			return err
 		}
 		f.Release()
-		if _, _, err := r.EnforceCacheLimits(ctx); err != nil {
+		evicted, _, err := r.EnforceCacheLimits(ctx)
+		if err != nil {
 			return fmt.Errorf("trim the cache: %w", err)
+		}
+		if m := r.Metrics(); m != nil {
+			if err := m.RecordEvictions(len(evicted)); err != nil {
+				fmt.Fprintf(os.Stderr, "snapboot: metrics not recorded: %v\n", err)
+			}
+		}
+		for _, e := range evicted {
+			fmt.Printf("evicted %s (%s) from the node cache\n", e.Digest, human(e.Size))
 		}
 		state := "pulled"
 		if f.Cached {

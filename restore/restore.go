@@ -656,7 +656,6 @@ func (r *Restorer) pullStreamed(ctx context.Context, a *artifact, dir string, st
 
 // layerStats is what pulling one layer did.
 type layerStats struct {
-	bytes      int64 // unpacked
 	downloaded bool
 	took       time.Duration
 }
@@ -689,24 +688,22 @@ func (r *Restorer) pullLayer(ctx context.Context, a *artifact, dir string, l oci
 		return layerStats{}, err
 	}
 	t := time.Now()
-	var us unpack.Stats
 	// FetchBlobTo verifies the layer's digest and fails the unpack on a
 	// mismatch, unless the unpack checks every frame against the digest
 	// the manifest lists for it (a streamed restore): hashing the layer
 	// twice adds nothing. The frames' own checksums add nothing either.
 	fetch := cache.FetchOptions{ConsumerVerifies: opts.Frames != nil}
 	downloaded, err := a.cache.FetchBlobTo(ctx, a.src, l, fetch, func(rd io.Reader) error {
-		var err error
 		if opts.Files != nil {
 			rd = io.TeeReader(rd, pages.keep)
 		}
-		us, err = unpack.TarZstd(ctx, rd, target, opts)
+		_, err := unpack.TarZstd(ctx, rd, target, opts)
 		return err
 	})
 	if err != nil {
 		return layerStats{}, fmt.Errorf("pull and unpack %s layer %s: %w", sub, l.Digest, err)
 	}
-	return layerStats{bytes: us.Bytes, downloaded: downloaded, took: time.Since(t)}, nil
+	return layerStats{downloaded: downloaded, took: time.Since(t)}, nil
 }
 
 // ArmDump writes the dump-side CRIU config into the bundle and points runc

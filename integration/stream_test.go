@@ -170,8 +170,10 @@ func TestStreamedRestore(t *testing.T) {
 		}
 		line := logLine(t, offset, "snapboot.fallback", id, 30*time.Second)
 		t.Log(line)
-		if !strings.Contains(line, "runc restore failed") {
-			t.Errorf("the fallback should name the failed runc restore:\n%s", line)
+		for _, want := range []string{"runc restore failed", "exit status 137"} { // SIGKILL
+			if !strings.Contains(line, want) {
+				t.Errorf("the fallback should name the killed runc restore (%q):\n%s", want, line)
+			}
 		}
 		if cs := waitCount(t, logFile, 3); cs[0] != 1 {
 			t.Errorf("the container should start cold and count from 1, counted from %d", cs[0])

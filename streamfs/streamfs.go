@@ -105,7 +105,10 @@ var (
 )
 
 // Mount serves files, all empty so far, in mountpoint (an empty
-// directory). Only root can reach them.
+// directory). The mount lets other users than the caller's in (CRIU may
+// read it from a container's user namespace) and the kernel does not check
+// the files' modes: the caller keeps mountpoint where only root can reach
+// it (snapboot: under the cache's private tmp/).
 func Mount(mountpoint string, files []File) (*FS, error) {
 	now := time.Now()
 	s := &FS{Mountpoint: mountpoint, files: map[string]*file{}, changed: make(chan struct{}), mounted: now, lastRead: now}

@@ -190,13 +190,17 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 	res.Dump = time.Since(began)
 
 	began = time.Now()
-	progress.Stage("packing CRIU images (zstd, %s)", level)
-	criuTar := filepath.Join(work, "criu.tar.zst")
+	if level == pack.LZ4 {
+		progress.Stage("packing CRIU images (LZ4)")
+	} else {
+		progress.Stage("packing CRIU images (zstd, %s)", level)
+	}
+	criuTar := filepath.Join(work, "criu.tar")
 	f, err := os.OpenFile(criuTar, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, err
 	}
-	res.CRIU, err = pack.TarZstdDir(ctx, imagesDir, f, opts.Compression)
+	res.CRIU, err = pack.TarDir(ctx, imagesDir, f, opts.Compression)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -235,7 +239,7 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 	if err != nil {
 		return nil, err
 	}
-	layers := []oci.LayerFile{{MediaType: oci.MediaTypeCRIUImages, Path: criuTar}}
+	layers := []oci.LayerFile{{MediaType: level.CRIUImagesMediaType(), Path: criuTar}}
 	if res.CRIU.Stream != nil {
 		layers[0].Annotations = res.CRIU.Stream.Annotations()
 	}

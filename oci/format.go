@@ -15,7 +15,10 @@ const (
 	ArtifactType        = "application/vnd.snapboot.checkpoint.v1"
 	MediaTypeConfig     = "application/vnd.snapboot.checkpoint.config.v1+json"
 	MediaTypeCRIUImages = "application/vnd.snapboot.criu.images.v1.tar+zstd"
-	MediaTypeRootfsDiff = "application/vnd.snapboot.rootfs.diff.v1.tar+zstd"
+	// MediaTypeCRIUImagesLZ4 is a CRIU images layer compressed with LZ4
+	// frames instead (snapboot checkpoint --compression lz4).
+	MediaTypeCRIUImagesLZ4 = "application/vnd.snapboot.criu.images.v1.tar+lz4"
+	MediaTypeRootfsDiff    = "application/vnd.snapboot.rootfs.diff.v1.tar+zstd"
 )
 
 // Size bounds of the small documents read before any layer is downloaded.
@@ -98,7 +101,7 @@ func DecodeManifest(data []byte) (*Checkpoint, error) {
 			return nil, err
 		}
 		switch l.MediaType {
-		case MediaTypeCRIUImages:
+		case MediaTypeCRIUImages, MediaTypeCRIUImagesLZ4:
 			criu++
 			c.CRIU = l
 		case MediaTypeRootfsDiff:

@@ -55,17 +55,25 @@ func TestDecodeManifest(t *testing.T) {
 	if ck.Rootfs != nil {
 		t.Fatal("Rootfs should be nil without a rootfs layer")
 	}
+	// CRIU images packed with LZ4.
+	ck, err = DecodeManifest(manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].MediaType = MediaTypeCRIUImagesLZ4 }))
+	if err != nil || ck.CRIU.MediaType != MediaTypeCRIUImagesLZ4 || ck.CRIU.Digest != digest.FromString("criu") {
+		t.Fatalf("LZ4 CRIU images: %+v, %v", ck, err)
+	}
 }
 
 func TestDecodeManifestRejects(t *testing.T) {
 	cases := map[string][]byte{
-		"not json":         []byte("{nope"),
-		"empty":            []byte(""),
-		"wrong artifact":   manifestJSON(t, func(m *ocispec.Manifest) { m.ArtifactType = "application/vnd.example" }),
-		"image manifest":   manifestJSON(t, func(m *ocispec.Manifest) { m.ArtifactType = ""; m.Config.MediaType = ocispec.MediaTypeImageConfig }),
-		"wrong config":     manifestJSON(t, func(m *ocispec.Manifest) { m.Config.MediaType = "application/json" }),
-		"no criu layer":    manifestJSON(t, func(m *ocispec.Manifest) { m.Layers = m.Layers[1:] }),
-		"two criu layers":  manifestJSON(t, func(m *ocispec.Manifest) { m.Layers = append(m.Layers, m.Layers[0]) }),
+		"not json":        []byte("{nope"),
+		"empty":           []byte(""),
+		"wrong artifact":  manifestJSON(t, func(m *ocispec.Manifest) { m.ArtifactType = "application/vnd.example" }),
+		"image manifest":  manifestJSON(t, func(m *ocispec.Manifest) { m.ArtifactType = ""; m.Config.MediaType = ocispec.MediaTypeImageConfig }),
+		"wrong config":    manifestJSON(t, func(m *ocispec.Manifest) { m.Config.MediaType = "application/json" }),
+		"no criu layer":   manifestJSON(t, func(m *ocispec.Manifest) { m.Layers = m.Layers[1:] }),
+		"two criu layers": manifestJSON(t, func(m *ocispec.Manifest) { m.Layers = append(m.Layers, m.Layers[0]) }),
+		"zstd and lz4 criu": manifestJSON(t, func(m *ocispec.Manifest) {
+			m.Layers = append(m.Layers, desc(MediaTypeCRIUImagesLZ4, "criu lz4"))
+		}),
 		"two rootfs":       manifestJSON(t, func(m *ocispec.Manifest) { m.Layers = append(m.Layers, m.Layers[1]) }),
 		"unknown layer":    manifestJSON(t, func(m *ocispec.Manifest) { m.Layers = append(m.Layers, desc("application/octet-stream", "x")) }),
 		"bad digest":       manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].Digest = "sha256:1234" }),

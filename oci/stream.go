@@ -14,7 +14,7 @@ import (
 // it still downloads. Both are optional; a layer without them (pushed with
 // the oras CLI, say) is downloaded and unpacked whole before the restore.
 const (
-	// AnnotationFrames lists the layer's zstd frames in order, each as
+	// AnnotationFrames lists the layer's frames (zstd or LZ4) in order, each as
 	// "SIZE:DIGEST" (compressed size and digest), separated by spaces. They
 	// cover the whole layer, so every frame is verified before it is
 	// decoded and nothing unverified reaches CRIU.
@@ -32,7 +32,7 @@ const (
 	maxTail      = 1 << 12
 )
 
-// Frame is one zstd frame of a layer: its compressed size and digest.
+// Frame is one compressed frame of a layer: its compressed size and digest.
 type Frame struct {
 	Size   int64
 	Digest digest.Digest

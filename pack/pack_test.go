@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/pierrec/lz4/v4"
 
 	"github.com/snapboot/snapboot/oci"
 	"github.com/snapboot/snapboot/unpack"
@@ -27,7 +29,7 @@ func TestRoundTrip(t *testing.T) {
 	os.WriteFile(filepath.Join(src, "sub", "pages-1.img"), bytes.Repeat([]byte("page"), 100000), 0o600)
 
 	var buf bytes.Buffer
-	sz, err := TarZstdDir(context.Background(), src, &buf, "")
+	sz, err := TarDir(context.Background(), src, &buf, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +37,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("sizes %+v for %d bytes written", sz, buf.Len())
 	}
 	dst := t.TempDir()
-	if _, err := unpack.TarZstd(context.Background(), &buf, dst, unpack.Options{Mode: unpack.CRIUImages}); err != nil {
+	if _, err := unpack.TarCompressed(context.Background(), &buf, dst, unpack.Options{Mode: unpack.CRIUImages}); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"inventory.img", "sub/pages-1.img"} {
@@ -50,7 +52,7 @@ func TestRoundTrip(t *testing.T) {
 func TestRefusesLinks(t *testing.T) {
 	src := t.TempDir()
 	os.Symlink("/etc/passwd", filepath.Join(src, "link"))
-	_, err := TarZstdDir(context.Background(), src, &bytes.Buffer{}, "")
+	_, err := TarDir(context.Background(), src, &bytes.Buffer{}, "")
 	if err == nil || !strings.Contains(err.Error(), "only regular files") {
 		t.Fatalf("got %v", err)
 	}
@@ -118,7 +120,7 @@ func TestPageImagesLastAndIndexed(t *testing.T) {
 		}
 	}
 	var buf bytes.Buffer
-	sz, err := TarZstdDir(context.Background(), src, &buf, "")
+	sz, err := TarDir(context.Background(), src, &buf, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +190,7 @@ func TestPageImagesLastAndIndexed(t *testing.T) {
 func TestNoPagesNoIndex(t *testing.T) {
 	src := t.TempDir()
 	os.WriteFile(filepath.Join(src, "inventory.img"), []byte("inventory"), 0o600)
-	sz, err := TarZstdDir(context.Background(), src, &bytes.Buffer{}, "")
+	sz, err := TarDir(context.Background(), src, &bytes.Buffer{}, "")
 	if err != nil || sz.Stream != nil {
 		t.Fatalf("%+v, %v", sz.Stream, err)
 	}
@@ -202,4 +204,83 @@ func zstdReader(t *testing.T, data []byte) io.Reader {
 	}
 	t.Cleanup(zr.Close)
 	return zr
+}
+
+// At level LZ4 the CRIU images are a sequence of LZ4 frames, each listed
+// and each an LZ4 frame of its own, that the LZ4 frame format's readers
+// (and unpack) read back; the rootfs changes stay zstd.
+func TestLZ4(t *testing.T) {
+	src := t.TempDir()
+	pages := bytes.Repeat([]byte("a page of a ruby heap, "), 1<<19) // 11.5 MiB: three frames
+	os.WriteFile(filepath.Join(src, "inventory.img"), []byte("inventory"), 0o600)
+	os.WriteFile(filepath.Join(src, "pages-1.img"), pages, 0o600)
+	var buf bytes.Buffer
+	sz, err := TarDir(context.Background(), src, &buf, LZ4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	if sz.Compressed != int64(len(data)) || sz.Compressed >= sz.Raw/10 || sz.Stream == nil || len(sz.Stream.Frames) != 4 {
+		t.Fatalf("sizes %+v, frames %+v", sz, sz.Stream)
+	}
+	var off int64
+	for i, f := range sz.Stream.Frames {
+		frame := data[off : off+f.Size]
+		if digest.FromBytes(frame) != f.Digest {
+			t.Fatalf("frame %d does not match its digest", i)
+		}
+		if _, err := io.Copy(io.Discard, lz4.NewReader(bytes.NewReader(frame))); err != nil {
+			t.Fatalf("frame %d is not an LZ4 frame of its own: %v", i, err)
+		}
+		off += f.Size
+	}
+	tr := tar.NewReader(lz4.NewReader(bytes.NewReader(data)))
+	var names []string
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, hdr.Name)
+	}
+	if got := strings.Join(names, " "); got != "inventory.img pages-1.img" {
+		t.Fatalf("tar read through lz4: %s", got)
+	}
+	if _, err := io.ReadAll(zstdReader(t, data)); err == nil {
+		t.Fatal("the LZ4 layer reads as zstd")
+	}
+	if lz4cli, err := exec.LookPath("lz4"); err == nil {
+		cmd := exec.Command(lz4cli, "-dc")
+		cmd.Stdin = bytes.NewReader(data)
+		out, err := cmd.Output()
+		if err != nil || !bytes.Contains(out, pages[:1000]) {
+			t.Fatalf("lz4 -d: %d bytes, %v", len(out), err)
+		}
+	}
+	dst := t.TempDir()
+	for _, frames := range [][]oci.Frame{nil, sz.Stream.Frames} {
+		os.RemoveAll(dst)
+		os.Mkdir(dst, 0o700)
+		if _, err := unpack.TarCompressed(context.Background(), bytes.NewReader(data), dst, unpack.Options{Mode: unpack.CRIUImages, Codec: unpack.LZ4, Frames: frames}); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(filepath.Join(dst, "pages-1.img")); !bytes.Equal(b, pages) {
+			t.Fatalf("pages-1.img unpacked to %d bytes, not the page image", len(b))
+		}
+	}
+	if LZ4.CRIUImagesMediaType() != oci.MediaTypeCRIUImagesLZ4 || Level("best").CRIUImagesMediaType() != oci.MediaTypeCRIUImages {
+		t.Fatal("media types")
+	}
+
+	// The rootfs changes, at level LZ4, are zstd.
+	buf.Reset()
+	if _, err := Zstd(context.Background(), strings.NewReader(strings.Repeat("x", 10000)), &buf, LZ4); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(zstdReader(t, buf.Bytes())); err != nil || len(got) != 10000 {
+		t.Fatalf("rootfs changes at level lz4: %d bytes read as zstd, %v", len(got), err)
+	}
 }

@@ -674,7 +674,7 @@ func (st *pullStats) add(ls layerStats, size int64) {
 // CRIU images layer of a streamed restore), as pullStreamed says.
 func (r *Restorer) pullLayer(ctx context.Context, a *artifact, dir string, l ocispec.Descriptor, budget *unpack.Budget, pages *streamPull) (layerStats, error) {
 	sub := "criu"
-	opts := unpack.Options{Mode: unpack.CRIUImages, Budget: budget, SkipFrameChecksums: true}
+	opts := unpack.Options{Mode: unpack.CRIUImages, Codec: codecOf(l), Budget: budget, SkipFrameChecksums: true}
 	if l.MediaType == oci.MediaTypeRootfsDiff {
 		opts.Mode, sub = unpack.RootfsDiff, "rootfs"
 	} else if pages != nil {
@@ -697,13 +697,22 @@ func (r *Restorer) pullLayer(ctx context.Context, a *artifact, dir string, l oci
 		if opts.Files != nil {
 			rd = io.TeeReader(rd, pages.keep)
 		}
-		_, err := unpack.TarZstd(ctx, rd, target, opts)
+		_, err := unpack.TarCompressed(ctx, rd, target, opts)
 		return err
 	})
 	if err != nil {
 		return layerStats{}, fmt.Errorf("pull and unpack %s layer %s: %w", sub, l.Digest, err)
 	}
 	return layerStats{downloaded: downloaded, took: time.Since(t)}, nil
+}
+
+// codecOf is how layer l is compressed: LZ4 for a CRIU images layer packed
+// so, zstd for every other.
+func codecOf(l ocispec.Descriptor) unpack.Codec {
+	if l.MediaType == oci.MediaTypeCRIUImagesLZ4 {
+		return unpack.LZ4
+	}
+	return unpack.Zstd
 }
 
 // ArmDump writes the dump-side CRIU config into the bundle and points runc

@@ -42,7 +42,8 @@ type stream struct {
 	done       chan struct{} // closed when the download has ended
 	err        error         // why it failed; read after done
 	stats      pullStats
-	compressed *os.File // the CRIU images layer as downloaded, verified once done
+	compressed *os.File     // the CRIU images layer as downloaded, verified once done
+	codec      unpack.Codec // compressed's
 	began      time.Time
 	ended      time.Time
 }
@@ -146,7 +147,7 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	// The file system is first needed by the first page image: it mounts
 	// while the registry answers and the images before it unpack.
 	s := &stream{mount: mountAsync(mountpoint, files), mountpoint: mountpoint, filling: filling, cancel: cancel,
-		done: make(chan struct{}), began: time.Now(), compressed: compressed}
+		done: make(chan struct{}), began: time.Now(), compressed: compressed, codec: codecOf(a.ck.CRIU)}
 	feed := &pageFeed{tail: a.ck.Stream.Tail, names: names, mount: s.mount, ready: make(chan struct{})}
 	pull := &streamPull{feed: feed, keep: s.compressed, rootfsDone: make(chan struct{})}
 	go func() {
@@ -276,8 +277,8 @@ func (s *stream) fillCache(ctx context.Context) (*cache.Unpacked, error) {
 	if err == nil {
 		// One CPU, at the lowest priority: the restored app is answering
 		// its first requests. The frames were verified as they streamed in.
-		_, err = unpack.TarZstd(ctx, s.compressed, full,
-			unpack.Options{Mode: unpack.CRIUImages, SkipFrameChecksums: true, Workers: 1, Nice: fillNice})
+		_, err = unpack.TarCompressed(ctx, s.compressed, full,
+			unpack.Options{Mode: unpack.CRIUImages, Codec: s.codec, SkipFrameChecksums: true, Workers: 1, Nice: fillNice})
 	}
 	s.compressed.Close()
 	if err == nil {

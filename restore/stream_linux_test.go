@@ -49,6 +49,12 @@ func (f *fakeRegistry) addStreamed(t *testing.T, tag string, pages []byte) (ocis
 // rootfs is set.
 func (f *fakeRegistry) addStreamedLayers(t *testing.T, tag string, pages []byte, rootfs bool) (criu, rootfsLayer ocispec.Descriptor, st *oci.Stream) {
 	t.Helper()
+	return f.addPacked(t, tag, pages, rootfs, "")
+}
+
+// addPacked is addStreamedLayers with the CRIU images packed at level.
+func (f *fakeRegistry) addPacked(t *testing.T, tag string, pages []byte, rootfs bool, level pack.Level) (criu, rootfsLayer ocispec.Descriptor, st *oci.Stream) {
+	t.Helper()
 	src := t.TempDir()
 	for name, data := range map[string][]byte{"inventory.img": []byte("inventory " + tag), "core-1.img": []byte(coreImage(t)), "pages-1.img": pages} {
 		if err := os.WriteFile(filepath.Join(src, name), data, 0o600); err != nil {
@@ -56,11 +62,11 @@ func (f *fakeRegistry) addStreamedLayers(t *testing.T, tag string, pages []byte,
 		}
 	}
 	var buf bytes.Buffer
-	sz, err := pack.TarZstdDir(context.Background(), src, &buf, "")
+	sz, err := pack.TarDir(context.Background(), src, &buf, level)
 	if err != nil {
 		t.Fatal(err)
 	}
-	criu = push(t, f.store, oci.MediaTypeCRIUImages, buf.Bytes())
+	criu = push(t, f.store, level.CRIUImagesMediaType(), buf.Bytes())
 	criu.Annotations = sz.Stream.Annotations()
 	layers := []ocispec.Descriptor{criu}
 	if rootfs {
@@ -104,11 +110,19 @@ func (w *waitReader) Read(p []byte) (int, error) {
 	return w.r.Read(p)
 }
 
+// A checkpoint packed with zstd or with LZ4 streams into CRIU's reads, and
+// into the cache after.
 func TestStreamedPrepare(t *testing.T) {
 	needFUSE(t)
+	for _, level := range []pack.Level{"", pack.LZ4} {
+		t.Run(level.CRIUImagesMediaType(), func(t *testing.T) { testStreamedPrepare(t, level) })
+	}
+}
+
+func testStreamedPrepare(t *testing.T, level pack.Level) {
 	e := newEnv(t)
 	pages := randomPages(9 << 20)
-	criu, st := e.reg.addStreamed(t, "v1", pages)
+	criu, _, st := e.reg.addPacked(t, "v1", pages, false, level)
 	if len(st.Frames) < 3 {
 		t.Fatalf("%d frames", len(st.Frames))
 	}
@@ -213,22 +227,25 @@ func TestStreamedPrepareBadLastFrame(t *testing.T) {
 }
 
 // With [pull] stream = false, the whole checkpoint is in before Prepare
-// returns.
+// returns, packed with zstd or with LZ4.
 func TestStreamingOff(t *testing.T) {
-	e := newEnv(t)
-	off := false
-	e.cfg.Pull.Stream = &off
-	e.reg.addStreamed(t, "v1", randomPages(5<<20))
-	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plan.Release()
-	if plan.stream != nil || plan.CacheFilled() != nil || !openCache(t, e).IsUnpacked(plan.Digest) {
-		t.Fatalf("streamed with streaming off")
-	}
-	if fi, err := os.Lstat(filepath.Join(plan.ImagesDir, "pages-1.img")); err != nil || !fi.Mode().IsRegular() || fi.Size() != 5<<20 {
-		t.Fatalf("pages-1.img: %v %v", fi, err)
+	for _, level := range []pack.Level{"", pack.LZ4} {
+		e := newEnv(t)
+		off := false
+		e.cfg.Pull.Stream = &off
+		pages := randomPages(5 << 20)
+		e.reg.addPacked(t, "v1", pages, false, level)
+		plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+		if err != nil {
+			t.Fatalf("%s: %v", level.CRIUImagesMediaType(), err)
+		}
+		if plan.stream != nil || plan.CacheFilled() != nil || !openCache(t, e).IsUnpacked(plan.Digest) {
+			t.Fatalf("streamed with streaming off")
+		}
+		if b, err := os.ReadFile(filepath.Join(plan.ImagesDir, "pages-1.img")); err != nil || !bytes.Equal(b, pages) {
+			t.Fatalf("%s: pages-1.img: %d bytes, %v", level.CRIUImagesMediaType(), len(b), err)
+		}
+		plan.Release()
 	}
 }
 

@@ -1,5 +1,5 @@
-// Package unpack extracts checkpoint layers — zstd-compressed tar streams —
-// into a directory, confined with os.Root so that no entry can write outside
+// Package unpack extracts checkpoint layers — zstd- or LZ4-compressed tar
+// streams — into a directory, confined with os.Root so that no entry can write outside
 // it.
 //
 // Archives are untrusted and extraction runs as root, so every entry is

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/snapboot/snapboot/oci"
@@ -25,6 +24,10 @@ import (
 // decompressing them, decodes up to `workers` frames at once, and returns
 // their output in order. A stream of few, large frames (the zstd CLI makes
 // one) is decoded by a single streaming decoder instead.
+//
+// An LZ4 layer (Codec LZ4) is cut into frames only where the layer lists
+// them (Options.Frames), as snapboot's own do; otherwise one streaming
+// decoder reads it.
 
 const (
 	frameMagic         = 0xFD2FB528
@@ -51,7 +54,7 @@ const (
 // newOutBuf makes a decoded frame's buffer; tests count the calls.
 var newOutBuf = func() *[]byte { b := make([]byte, 0, outBufSize); return &b }
 
-var errFrameTooLarge = errors.New("zstd frame too large for parallel decoding")
+var errFrameTooLarge = errors.New("frame too large for parallel decoding")
 
 // Frame buffers are reused: a large layer is hundreds of frames. Not
 // through a sync.Pool: a shim runs with a low GC percentage, every GC
@@ -194,27 +197,28 @@ func readFrame(br *bufio.Reader, limit int, buf *[]byte) (frame []byte, skippabl
 func readListed(r io.Reader, frames []oci.Frame, i int, buf *[]byte) ([]byte, error) {
 	if i == len(frames) {
 		if n, _ := io.ReadFull(r, make([]byte, 1)); n > 0 {
-			return nil, fmt.Errorf("zstd: more after the %d frames the layer lists: %w", len(frames), ErrCorrupt)
+			return nil, fmt.Errorf("more after the %d frames the layer lists: %w", len(frames), ErrCorrupt)
 		}
 		return nil, io.EOF
 	}
 	size := frames[i].Size
 	if size <= 0 || size > maxParallelFrame {
-		return nil, fmt.Errorf("zstd: frame %d is listed with %d bytes: %w", i, size, ErrCorrupt)
+		return nil, fmt.Errorf("frame %d is listed with %d bytes: %w", i, size, ErrCorrupt)
 	}
 	*buf = slices.Grow((*buf)[:0], int(size))[:size]
 	switch n, err := io.ReadFull(r, *buf); {
 	case err == io.EOF:
-		return nil, fmt.Errorf("zstd: stream ends after %d of its %d frames: %w", i, len(frames), ErrCorrupt)
+		return nil, fmt.Errorf("stream ends after %d of its %d frames: %w", i, len(frames), ErrCorrupt)
 	case err == io.ErrUnexpectedEOF:
-		return nil, fmt.Errorf("zstd: stream ends %d bytes into frame %d of %d: %w", n, i, len(frames), ErrCorrupt)
+		return nil, fmt.Errorf("stream ends %d bytes into frame %d of %d: %w", n, i, len(frames), ErrCorrupt)
 	case err != nil:
 		return nil, err
 	}
 	return *buf, nil
 }
 
-// newFrameReader returns the decompressed content of the zstd stream r.
+// newFrameReader returns the decompressed content of the stream r,
+// compressed with opts.Codec.
 // Frames are decoded by opts.Workers goroutines and read in order straight
 // from their decoded buffers. Frames' content checksums are checked unless
 // opts.SkipFrameChecksums is set (the caller verifies a digest of the whole
@@ -239,7 +243,7 @@ func newFrameReader(r io.Reader, opts Options) io.ReadCloser {
 		nice:     opts.Nice,
 		niceFrom: opts.NiceFrom,
 	}
-	go fr.split(r, workers, zstd.IgnoreChecksum(opts.SkipFrameChecksums))
+	go fr.split(r, workers, opts.Codec, !opts.SkipFrameChecksums)
 	return fr
 }
 
@@ -247,7 +251,7 @@ func newFrameReader(r io.Reader, opts Options) io.ReadCloser {
 // stream to decode sequentially, or an error.
 type piece struct {
 	out    *[]byte
-	stream *zstd.Decoder
+	stream streamDecoder
 	err    error
 }
 
@@ -263,7 +267,7 @@ type frameReader struct {
 
 	cur    *outBuf
 	off    int
-	stream *zstd.Decoder
+	stream streamDecoder
 	err    error
 }
 
@@ -358,12 +362,12 @@ func (f *frameReader) Close() error {
 				if pc := <-res; pc.out != nil {
 					f.outBufs.put(pc.out)
 				} else if pc.stream != nil {
-					pc.stream.Close()
+					pc.stream.close()
 				}
 			}
 		}()
 		if f.stream != nil {
-			f.stream.Close()
+			f.stream.close()
 		}
 		if f.cur != nil {
 			f.cur.release()
@@ -376,19 +380,18 @@ func (f *frameReader) Close() error {
 // split cuts the stream into frames and hands them to the decoders, in
 // order; it ends the results when the stream ends, fails, or the reader is
 // closed.
-func (f *frameReader) split(r io.Reader, workers int, checksums zstd.DOption) {
+func (f *frameReader) split(r io.Reader, workers int, codec Codec, checksums bool) {
 	defer close(f.results)
 	var inflight sync.WaitGroup
-	decoders := make(chan *zstd.Decoder, workers)
+	decoders := make(chan frameDecoder, workers)
 	defer func() {
 		inflight.Wait()
 		for len(decoders) > 0 {
-			(<-decoders).Close()
+			(<-decoders).close()
 		}
 	}()
 	for i := 0; i < workers; i++ {
-		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1),
-			zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderMaxMemory(maxFrameOutput), checksums)
+		d, err := codec.newFrameDecoder(checksums)
 		if err != nil {
 			f.send(piece{err: err})
 			return
@@ -410,7 +413,7 @@ func (f *frameReader) split(r io.Reader, workers int, checksums zstd.DOption) {
 		if verify {
 			frame, err = readListed(r, f.frames, i, in)
 		} else {
-			frame, skippable, err = readFrame(br, maxParallelFrame, in)
+			frame, skippable, err = codec.splitFrame(br, maxParallelFrame, in)
 		}
 		switch {
 		case err == io.EOF:
@@ -418,14 +421,13 @@ func (f *frameReader) split(r io.Reader, workers int, checksums zstd.DOption) {
 		case errors.Is(err, errFrameTooLarge):
 			// Few large frames: the rest is one stream, decoded by the
 			// reader once the frames in flight are read.
-			zr, zerr := zstd.NewReader(io.MultiReader(bytes.NewReader(frame), br), zstd.WithDecoderConcurrency(0),
-				zstd.WithDecoderMaxWindow(zstdMaxWindow), zstd.WithDecoderMaxMemory(zstdMaxWindow), checksums)
+			zr, zerr := codec.newStreamDecoder(io.MultiReader(bytes.NewReader(frame), br), checksums)
 			if zerr != nil {
 				f.send(piece{err: zerr})
 				return
 			}
 			if !f.send(piece{stream: zr}) {
-				zr.Close()
+				zr.close()
 			}
 			return
 		case err != nil:
@@ -455,9 +457,9 @@ func (f *frameReader) split(r io.Reader, workers int, checksums zstd.DOption) {
 			out := f.outBufs.get()
 			var err error
 			if want != "" && digest.SHA256.FromBytes(frame) != want {
-				err = fmt.Errorf("zstd: frame %d does not match its digest %s: %w", i, want, ErrCorrupt)
+				err = fmt.Errorf("frame %d does not match its digest %s: %w", i, want, ErrCorrupt)
 			} else {
-				*out, err = dec.DecodeAll(frame, (*out)[:0])
+				*out, err = dec.decode(*out, frame)
 			}
 			decoders <- dec
 			f.inBufs.put(in)

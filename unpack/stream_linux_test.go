@@ -113,7 +113,7 @@ func TestAdoptedFiles(t *testing.T) {
 				ad.files[name] = &adopted{}
 			}
 			out := t.TempDir()
-			if _, err := TarZstd(context.Background(), bytes.NewReader(c.data), out, Options{Mode: CRIUImages, Frames: c.frames, Files: ad, Workers: 2}); err != nil {
+			if _, err := TarCompressed(context.Background(), bytes.NewReader(c.data), out, Options{Mode: CRIUImages, Frames: c.frames, Files: ad, Workers: 2}); err != nil {
 				t.Fatal(err)
 			}
 			for name, want := range c.want {
@@ -143,7 +143,7 @@ func TestVerifiedFrames(t *testing.T) {
 	data, list := framed(t, streamArchive(t), 1<<20)
 	rec := &recorder{take: map[string]*bytes.Buffer{"pages-1.img": {}}}
 	out := t.TempDir()
-	if _, err := TarZstd(context.Background(), bytes.NewReader(data), out, Options{Mode: CRIUImages, Frames: list, Files: rec, Workers: 2}); err != nil {
+	if _, err := TarCompressed(context.Background(), bytes.NewReader(data), out, Options{Mode: CRIUImages, Frames: list, Files: rec, Workers: 2}); err != nil {
 		t.Fatal(err)
 	}
 	if got := strings.Join(rec.started, " "); got != "core-1.img pages-1.img pages-2.img" {
@@ -189,7 +189,7 @@ func TestVerifiedFramesRejects(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			rec := &recorder{take: map[string]*bytes.Buffer{"pages-1.img": {}}}
 			out := t.TempDir()
-			_, err := TarZstd(context.Background(), bytes.NewReader(c.data), out, Options{Mode: CRIUImages, Frames: c.frames, Files: rec})
+			_, err := TarCompressed(context.Background(), bytes.NewReader(c.data), out, Options{Mode: CRIUImages, Frames: c.frames, Files: rec})
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("got %v, want ErrCorrupt", err)
 			}
@@ -204,7 +204,7 @@ func TestVerifiedFramesRejects(t *testing.T) {
 func TestObserverStopsExtraction(t *testing.T) {
 	data, list := framed(t, streamArchive(t), 1<<20)
 	rec := &recorder{refuse: "pages-2.img"}
-	_, err := TarZstd(context.Background(), bytes.NewReader(data), t.TempDir(), Options{Mode: CRIUImages, Frames: list, Files: rec})
+	_, err := TarCompressed(context.Background(), bytes.NewReader(data), t.TempDir(), Options{Mode: CRIUImages, Frames: list, Files: rec})
 	if err == nil || !strings.Contains(err.Error(), "refused") {
 		t.Fatalf("got %v", err)
 	}

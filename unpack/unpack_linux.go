@@ -54,17 +54,20 @@ type Options struct {
 	Budget *Budget
 	// MaxEntries bounds the number of tar entries; 0 means 1,000,000.
 	MaxEntries int
+	// Codec is how the stream is compressed (TarCompressed); zstd unless
+	// set.
+	Codec Codec
 	// SkipFrameChecksums skips checking zstd frames' content checksums, for
 	// a caller that verifies the digest of the whole compressed stream and
 	// discards the result on a mismatch (see cache.FetchBlobTo).
 	SkipFrameChecksums bool
-	// Frames, when not nil, are the zstd frames the stream must consist of
-	// (TarZstd only): each is checked against its size and digest before it
+	// Frames, when not nil, are the frames the stream must consist of
+	// (TarCompressed only): each is checked against its size and digest before it
 	// is decoded, so every byte written has been verified.
 	Frames []oci.Frame
 	// Files, when set, follows regular files as they are written.
 	Files FileObserver
-	// Workers is how many zstd frames are decoded at once; 0 means
+	// Workers is how many frames are decoded at once; 0 means
 	// GOMAXPROCS.
 	Workers int
 	// Nice, when positive, is the nice value of the threads that decode
@@ -88,8 +91,8 @@ type FileObserver interface {
 
 // An Adopter is a writer that takes the content's buffers instead of a
 // copy of them. When a FileObserver's writer is one, and the archive comes
-// from TarZstd, a regular file's content is handed over as slices of the
-// decoded zstd frames: b stays as it is until release is called, which the
+// from TarCompressed, a regular file's content is handed over as slices of the
+// decoded frames: b stays as it is until release is called, which the
 // adopter does once, when it no longer reads b (or never, leaving b to the
 // garbage collector). If Adopt fails, b was not taken. This saves copying
 // a page image once on its way to CRIU.
@@ -214,10 +217,11 @@ func Tar(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, err
 	return x.st, x.finishDirs()
 }
 
-// TarZstd decompresses r as zstd and extracts the tar stream inside as Tar
-// does. The whole zstd stream is read and checked, so a truncated or corrupt
-// stream is an error even when the damage lies after the tar end marker.
-func TarZstd(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
+// TarCompressed decompresses r (compressed with opts.Codec, zstd unless
+// set) and extracts the tar stream inside as Tar does. The whole
+// compressed stream is read and checked, so a truncated or corrupt stream
+// is an error even when the damage lies after the tar end marker.
+func TarCompressed(ctx context.Context, r io.Reader, dir string, opts Options) (Stats, error) {
 	zr := newFrameReader(r, opts)
 	defer zr.Close()
 
@@ -227,7 +231,7 @@ func TarZstd(ctx context.Context, r io.Reader, dir string, opts Options) (Stats,
 	}
 	n, err := io.Copy(io.Discard, io.LimitReader(zr, maxTrailing+1))
 	if err != nil {
-		return st, fmt.Errorf("zstd: %w", err)
+		return st, fmt.Errorf("%v: %w", opts.Codec, err)
 	}
 	if n > maxTrailing {
 		return st, fmt.Errorf("more than %d bytes after the tar end-of-archive marker: %w", maxTrailing, ErrTooLarge)

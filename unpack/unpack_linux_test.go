@@ -722,7 +722,7 @@ func compress(t testing.TB, data []byte) []byte {
 	return buf.Bytes()
 }
 
-func TestTarZstd(t *testing.T) {
+func TestTarCompressed(t *testing.T) {
 	needRoot(t)
 	body := bytes.Repeat([]byte("checkpoint pages "), 50000)
 	data := archive(t, dir("img"), reg("img/pages-1.img", string(body)), reg("img/inventory.img", "inv"))
@@ -731,7 +731,7 @@ func TestTarZstd(t *testing.T) {
 	z := compress(t, data)
 
 	out := t.TempDir()
-	st, err := TarZstd(context.Background(), bytes.NewReader(z), out, Options{Mode: CRIUImages})
+	st, err := TarCompressed(context.Background(), bytes.NewReader(z), out, Options{Mode: CRIUImages})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -746,7 +746,7 @@ func TestTarZstd(t *testing.T) {
 	// just before the frame checksum, the stream must fail.
 	for _, n := range []int{0, 1, len(z) / 2, len(z) - 16, len(z) - 4, len(z) - 1} {
 		t.Run("truncated", func(t *testing.T) {
-			if _, err := TarZstd(context.Background(), bytes.NewReader(z[:n]), t.TempDir(), Options{Mode: CRIUImages}); err == nil {
+			if _, err := TarCompressed(context.Background(), bytes.NewReader(z[:n]), t.TempDir(), Options{Mode: CRIUImages}); err == nil {
 				t.Fatalf("stream cut at %d of %d bytes: no error", n, len(z))
 			}
 		})
@@ -754,24 +754,24 @@ func TestTarZstd(t *testing.T) {
 	t.Run("corrupt", func(t *testing.T) {
 		bad := append([]byte{}, z...)
 		bad[len(bad)/2] ^= 0xff
-		if _, err := TarZstd(context.Background(), bytes.NewReader(bad), t.TempDir(), Options{Mode: CRIUImages}); err == nil {
+		if _, err := TarCompressed(context.Background(), bytes.NewReader(bad), t.TempDir(), Options{Mode: CRIUImages}); err == nil {
 			t.Fatal("no error")
 		}
 	})
 	t.Run("not zstd", func(t *testing.T) {
-		if _, err := TarZstd(context.Background(), bytes.NewReader(data), t.TempDir(), Options{Mode: CRIUImages}); err == nil {
+		if _, err := TarCompressed(context.Background(), bytes.NewReader(data), t.TempDir(), Options{Mode: CRIUImages}); err == nil {
 			t.Fatal("no error")
 		}
 	})
 	t.Run("trailing data", func(t *testing.T) {
 		long := compress(t, append(archive(t, reg("f", "x")), make([]byte, maxTrailing+blockSize)...))
-		_, err := TarZstd(context.Background(), bytes.NewReader(long), t.TempDir(), Options{Mode: CRIUImages})
+		_, err := TarCompressed(context.Background(), bytes.NewReader(long), t.TempDir(), Options{Mode: CRIUImages})
 		if !errors.Is(err, ErrTooLarge) {
 			t.Fatalf("err = %v, want ErrTooLarge", err)
 		}
 	})
 	t.Run("limits apply", func(t *testing.T) {
-		_, err := TarZstd(context.Background(), bytes.NewReader(z), t.TempDir(), Options{Mode: CRIUImages, MaxBytes: 1000})
+		_, err := TarCompressed(context.Background(), bytes.NewReader(z), t.TempDir(), Options{Mode: CRIUImages, MaxBytes: 1000})
 		if !errors.Is(err, ErrTooLarge) {
 			t.Fatalf("err = %v, want ErrTooLarge", err)
 		}
@@ -790,7 +790,7 @@ func TestSharedBudget(t *testing.T) {
 		budget := NewBudget(c.limit)
 		var errs []error
 		for _, data := range [][]byte{a, b} {
-			_, err := TarZstd(context.Background(), bytes.NewReader(data), t.TempDir(), Options{Mode: CRIUImages, MaxBytes: 1000, Budget: budget})
+			_, err := TarCompressed(context.Background(), bytes.NewReader(data), t.TempDir(), Options{Mode: CRIUImages, MaxBytes: 1000, Budget: budget})
 			errs = append(errs, err)
 		}
 		switch {

@@ -31,7 +31,7 @@ var checkpointCommand = &cli.Command{
 		&cli.StringFlag{Name: "wait-http", Usage: "first wait until this URL, as seen from inside the container, answers 200"},
 		&cli.IntFlag{Name: "warm", Usage: "with --wait-http: send N warm-up requests before the dump"},
 		&cli.DurationFlag{Name: "wait-timeout", Usage: "with --wait-http: how long to wait for the app", Value: 10 * time.Minute},
-		&cli.StringFlag{Name: "compression", Usage: fmt.Sprintf("how hard to pack the layers: one of %v (harder packs slower, restores faster)", pack.Levels), Value: string(pack.DefaultLevel)},
+		&cli.StringFlag{Name: "compression", Usage: fmt.Sprintf("how to pack the layers: one of %v (zstd levels: harder packs slower, restores faster; lz4: larger, decodes fastest, for a registry on a fast link)", pack.Levels), Value: string(pack.DefaultLevel)},
 		&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
 	},
 	Action: func(ctx context.Context, cmd *cli.Command) error {

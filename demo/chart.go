@@ -32,11 +32,15 @@ func writeChart(path string, r *results) error {
 	}
 	panels := []*plot.Plot{left}
 	if len(r.Floor) > 0 {
-		right, err := barPlot("restore vs the runc floor (s)", []bar{
+		bars := []bar{
 			{"runc restore,\nlocal disk", stats(r.Floor)},
 			{"snapboot,\nwarm cache", stats(r.ClientWarm)},
 			{"snapboot,\nempty cache", stats(r.ClientCold)},
-		}, color.RGBA{R: 90, G: 160, B: 90, A: 255})
+		}
+		if len(r.LZ4ClientCold) > 0 {
+			bars = append(bars, bar{"snapboot, empty\ncache, lz4", stats(r.LZ4ClientCold)})
+		}
+		right, err := barPlot("restore vs the runc floor (s)", bars, color.RGBA{R: 90, G: 160, B: 90, A: 255})
 		if err != nil {
 			return err
 		}

@@ -98,7 +98,7 @@ func (d *demo) donorCheckpoints(ctx context.Context, refs, levels []string) erro
 		if levels[i] != "" {
 			flags = append(flags, "--compression", levels[i])
 		}
-		if err := d.checkpoint(ctx, donor, ref, &results{}, flags...); err != nil {
+		if _, err := d.checkpoint(ctx, donor, ref, flags...); err != nil {
 			return err
 		}
 	}

@@ -117,7 +117,16 @@ type results struct {
 	LinkMbps        int       `json:"linkMbps,omitempty"`
 	LinkStreamed    []float64 `json:"linkColdCacheStreamedSeconds,omitempty"`
 	LinkWhole       []float64 `json:"linkColdCacheWholePullSeconds,omitempty"`
-	FirstBody       string    `json:"firstRestoredResponse"`
+	// the same checkpoint packed with --compression lz4 (bench only):
+	// its size and packing time, and the empty-cache start through the
+	// client, on loopback (paired with the floor like ClientCold) and
+	// over the link, streamed
+	LZ4Compressed    int64     `json:"lz4CheckpointCompressedBytes,omitempty"`
+	LZ4Pack          []float64 `json:"lz4PackSeconds,omitempty"`
+	LZ4ClientCold    []float64 `json:"lz4SnapbootByClientColdCacheSeconds,omitempty"`
+	LZ4ClientColdCPU []float64 `json:"lz4SnapbootByClientColdCacheCPUSeconds,omitempty"`
+	LZ4LinkStreamed  []float64 `json:"lz4LinkColdCacheStreamedSeconds,omitempty"`
+	FirstBody        string    `json:"firstRestoredResponse"`
 }
 
 func run(ctx context.Context, o options) (*results, error) {
@@ -318,6 +327,7 @@ func (d *demo) restoreTimings(id string) (map[string]float64, error) {
 func (d *demo) measure(ctx context.Context) (*results, error) {
 	r := &results{Date: time.Now().UTC(), Models: d.o.models, Image: d.image, Runs: d.o.runs, CPUs: runtime.NumCPU()}
 	ref := d.s.registryAddr + "/demo/rails:checkpoint"
+	lz4Ref := d.s.registryAddr + "/demo/rails:checkpoint-lz4"
 	for i := 0; i < d.o.runs; i++ {
 		say("run %d/%d: cold start of the app", i+1, d.o.runs)
 		donor := d.newID("cold")
@@ -336,9 +346,22 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 			d.s.removeContainer(ctx, donor)
 			continue
 		}
-		if err := d.checkpoint(ctx, donor, ref, r, "--exit"); err != nil {
+		r.RSSBytes = append(r.RSSBytes, d.rss(ctx, donor))
+		if d.o.bench != "" {
+			// The same donor packed with LZ4 as well, first: the default
+			// checkpoint is the one taken with --exit, as in the demo.
+			ck, err := d.checkpoint(ctx, donor, lz4Ref, "--leave-running", "--compression", "lz4")
+			if err != nil {
+				return nil, err
+			}
+			r.LZ4Compressed, r.LZ4Pack = ck.CompressedBytes, append(r.LZ4Pack, ck.PackSeconds)
+		}
+		ck, err := d.checkpoint(ctx, donor, ref, "--exit")
+		if err != nil {
 			return nil, err
 		}
+		r.RawBytes, r.Compressed = ck.RawBytes, ck.CompressedBytes
+		r.Dump, r.Pack, r.Push = append(r.Dump, ck.DumpSeconds), append(r.Pack, ck.PackSeconds), append(r.Push, ck.PushSeconds)
 		d.s.removeContainer(ctx, donor)
 	}
 	for i := 0; i < d.o.runs; i++ {
@@ -408,9 +431,25 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 			r.FloorCPU = append(r.FloorCPU, floorCPU)
 			say("to first 200: snapboot %.2fs (empty cache), %.2fs (warm cache); runc restore floor %.2fs", empty.Seconds(), warm.Seconds(), t.Seconds())
 
+			// Right after the floor, as the default checkpoint's empty
+			// cache start came right before it.
+			if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
+				return nil, err
+			}
+			lz4, lz4CPU, err := d.snapbootByClient(ctx, "client-cold-cache-lz4", lz4Ref, "")
+			if err != nil {
+				return nil, err
+			}
+			if err := d.waitCached(ctx, lz4Ref); err != nil {
+				return nil, err
+			}
+			r.LZ4ClientCold, r.LZ4ClientColdCPU = append(r.LZ4ClientCold, lz4.Seconds()), append(r.LZ4ClientColdCPU, lz4CPU)
+			say("to first 200, empty cache, the checkpoint packed with --compression lz4: %.2fs", lz4.Seconds())
+
 			// The empty-cache restore without streaming, and both over a
 			// link to the registry that is not loopback.
 			linkRef := d.s.link.addr() + "/demo/rails:checkpoint"
+			linkLZ4Ref := d.s.link.addr() + "/demo/rails:checkpoint-lz4"
 			for _, m := range []struct {
 				what, kind, ref, config string
 				into                    *[]float64
@@ -418,6 +457,7 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 				{"whole pull before the restore", "client-cold-cache-whole", ref, d.s.wholeConfigPath, &r.ClientColdWhole},
 				{fmt.Sprintf("over a %d Mbit/s link, streamed", linkMbps), "link-streamed", linkRef, "", &r.LinkStreamed},
 				{fmt.Sprintf("over a %d Mbit/s link, whole pull before the restore", linkMbps), "link-whole", linkRef, d.s.wholeConfigPath, &r.LinkWhole},
+				{fmt.Sprintf("over a %d Mbit/s link, streamed, the checkpoint packed with --compression lz4", linkMbps), "link-streamed-lz4", linkLZ4Ref, "", &r.LZ4LinkStreamed},
 			} {
 				if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
 					return nil, err
@@ -438,27 +478,27 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 	return r, nil
 }
 
+// checkpointStats is what snapboot checkpoint --json reports.
+type checkpointStats struct {
+	RawBytes, CompressedBytes             int64
+	DumpSeconds, PackSeconds, PushSeconds float64
+}
+
 // checkpoint checkpoints the running donor into ref with snapboot
-// checkpoint, and records its sizes and times in r.
-func (d *demo) checkpoint(ctx context.Context, donor, ref string, r *results, flags ...string) error {
+// checkpoint.
+func (d *demo) checkpoint(ctx context.Context, donor, ref string, flags ...string) (*checkpointStats, error) {
 	say("checkpointing it with snapboot checkpoint %s (after %d warm-up requests)", strings.Join(flags, " "), d.o.warm)
-	r.RSSBytes = append(r.RSSBytes, d.rss(ctx, donor))
 	args := append([]string{"checkpoint", "--json", "--wait-http", d.url, "--warm", strconv.Itoa(d.o.warm)}, flags...)
 	out, err := d.s.snapboot(ctx, append(args, donor, ref)...)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var ck struct {
-		RawBytes, CompressedBytes             int64
-		DumpSeconds, PackSeconds, PushSeconds float64
-	}
+	var ck checkpointStats
 	if err := json.Unmarshal([]byte(out), &ck); err != nil {
-		return fmt.Errorf("snapboot checkpoint output: %w: %s", err, out)
+		return nil, fmt.Errorf("snapboot checkpoint output: %w: %s", err, out)
 	}
-	r.RawBytes, r.Compressed = ck.RawBytes, ck.CompressedBytes
-	r.Dump, r.Pack, r.Push = append(r.Dump, ck.DumpSeconds), append(r.Pack, ck.PackSeconds), append(r.Push, ck.PushSeconds)
 	say("checkpoint: %s raw, %s compressed; dump %.2fs, pack %.2fs, push %.2fs", human(ck.RawBytes), human(ck.CompressedBytes), ck.DumpSeconds, ck.PackSeconds, ck.PushSeconds)
-	return nil
+	return &ck, nil
 }
 
 // waitCached waits until the checkpoint is unpacked in the node cache: a

@@ -47,7 +47,10 @@ func printTable(w io.Writer, r *results) {
 	fmt.Fprintf(w, "\nsnapboot demo: Rails app with %d generated models, PostgreSQL on loopback (%s)\n\n", r.Models, r.Date.Format("2006-01-02 15:04 UTC"))
 	fmt.Fprintf(w, "| figure | value |\n| --- | --- |\n")
 	fmt.Fprintf(w, "| checkpoint size, raw | %s |\n", human(r.RawBytes))
-	fmt.Fprintf(w, "| checkpoint size, compressed (zstd) | %s |\n", human(r.Compressed))
+	fmt.Fprintf(w, "| checkpoint size, compressed (zstd, the default level) | %s |\n", human(r.Compressed))
+	if r.LZ4Compressed > 0 {
+		fmt.Fprintf(w, "| checkpoint size, compressed with `--compression lz4` (packed in %s) | %s |\n", stats(r.LZ4Pack), human(r.LZ4Compressed))
+	}
 	fmt.Fprintf(w, "| RSS of the warm app | %s |\n", human(rss))
 	fmt.Fprintf(w, "| dump (CRIU through containerd) | %s |\n", stats(r.Dump))
 	fmt.Fprintf(w, "| pack (zstd frames, on every CPU) | %s |\n", stats(r.Pack))
@@ -69,12 +72,22 @@ func printTable(w io.Writer, r *results) {
 		}
 		fmt.Fprintf(w, "| snapboot over the floor, empty cache | %s |\n", ratios(r.ClientCold, r.Floor))
 		fmt.Fprintf(w, "| snapboot over the floor, warm cache | %s |\n", ratios(r.ClientWarm, r.Floor))
+		if len(r.LZ4ClientCold) > 0 {
+			fmt.Fprintf(w, "| snapboot started the same way, empty cache, the checkpoint packed with `--compression lz4` | %s |\n", stats(r.LZ4ClientCold))
+			fmt.Fprintf(w, "| snapboot over the floor, empty cache, `--compression lz4` | %s |\n", ratios(r.LZ4ClientCold, r.Floor))
+		}
 		if len(r.LinkStreamed) > 0 {
 			fmt.Fprintf(w, "| empty cache over a %d Mbit/s link to the registry: streamed / whole pull first | %s / %s |\n", r.LinkMbps, stats(r.LinkStreamed), stats(r.LinkWhole))
+		}
+		if len(r.LZ4LinkStreamed) > 0 {
+			fmt.Fprintf(w, "| empty cache over a %d Mbit/s link to the registry, streamed, `--compression lz4` | %s |\n", r.LinkMbps, stats(r.LZ4LinkStreamed))
 		}
 		if len(r.FloorCPU) > 0 {
 			fmt.Fprintf(w, "| CPU used on the machine (%d CPUs) during: the floor / snapboot warm / snapboot empty cache | %.2f / %.2f / %.2f CPU-s |\n",
 				r.CPUs, stats(r.FloorCPU).Median, stats(r.ClientWarmCPU).Median, stats(r.ClientColdCPU).Median)
+		}
+		if len(r.LZ4ClientColdCPU) > 0 {
+			fmt.Fprintf(w, "| CPU used on the machine during snapboot empty cache, `--compression lz4` | %.2f CPU-s |\n", stats(r.LZ4ClientColdCPU).Median)
 		}
 	}
 	fmt.Fprintf(w, "\nThe first request to the restored app answered 200: %q\n", tail(r.FirstBody, 1))

@@ -84,7 +84,7 @@ go_install() {
   go install "$@" "$pkg"
 }
 
-apt_install ca-certificates iptables nftables libseccomp-dev pkg-config busybox-static iproute2 zstd tar
+apt_install ca-certificates iptables nftables libseccomp-dev pkg-config busybox-static iproute2 zstd lz4 tar
 install_criu
 
 go_install containerd "$CONTAINERD_VERSION" "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" &

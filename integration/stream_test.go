@@ -185,6 +185,52 @@ func TestStreamedRestore(t *testing.T) {
 	})
 }
 
+// A checkpoint packed with --compression lz4 restores as the default one
+// does: streamed from the registry, then from the cache the stream filled.
+func TestLZ4CheckpointRestores(t *testing.T) {
+	requireShim(t)
+	donor, donorLog := startScriptClone(t, "", bigCounterScript)
+	waitCount(t, donorLog, 10)
+	ref := registryAddr + "/it/stream-lz4:v1"
+	mustSnapboot(t, "checkpoint", "--compression", "lz4", donor, ref)
+	lastBeforeDump := numbers(donorLog)[len(numbers(donorLog))-1]
+
+	var m ocispec.Manifest
+	if err := json.Unmarshal([]byte(orasCmd(t, "manifest", "fetch", ref)), &m); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := oci.DecodeManifest(mustJSON(t, m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ck.CRIU.MediaType != oci.MediaTypeCRIUImagesLZ4 || ck.Stream == nil || len(ck.Stream.Frames) < 4 {
+		t.Fatalf("the CRIU layer: %s, stream index %+v", ck.CRIU.MediaType, ck.Stream)
+	}
+	if ck.Rootfs == nil || ck.Rootfs.MediaType != oci.MediaTypeRootfsDiff {
+		t.Fatalf("the rootfs changes layer: %+v", ck.Rootfs)
+	}
+	for _, want := range [][2]string{{"cached=false", "streamed=true"}, {"cached=true", "streamed=false"}} {
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, ref, bigCounterScript)
+		line := logLine(t, offset, "snapboot.restore", clone, 60*time.Second)
+		t.Log(line)
+		if !strings.Contains(line, want[0]) || !strings.Contains(line, want[1]) {
+			t.Errorf("restore should say %s %s:\n%s", want[0], want[1], line)
+		}
+		cs := waitCount(t, cloneLog, lastBeforeDump+3)
+		if cs[0] <= 5 || cs[0] > lastBeforeDump+1 {
+			t.Fatalf("clone counted from %d; the donor was at %d when the dump ended", cs[0], lastBeforeDump)
+		}
+		if got := ctr(t, "task", "exec", "--fifo-dir", fifoDir, "--exec-id", "cat", clone, "/bin/cat", "/tmp/app.log"); got != "started\n" {
+			t.Errorf("rootfs changes: /tmp/app.log in the clone = %q", got)
+		}
+		// Its shim fills the cache before it exits with its container.
+		if err := removeContainer(clone); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // killRuncRestore SIGKILLs the runc restore of container id once it has
 // mounted the rootfs for CRIU. It returns what went wrong, or "".
 func killRuncRestore(id string, timeout time.Duration) string {

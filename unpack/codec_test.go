@@ -124,3 +124,29 @@ func TestLZ4Borrow(t *testing.T) {
 		t.Fatal("borrowed bytes differ")
 	}
 }
+
+// Whatever the frame decoder makes of one listed frame, the LZ4 frame
+// format's reader agrees with, and it never decodes more than a frame may.
+func FuzzLZ4Frame(f *testing.F) {
+	one, _ := lz4Frames(f, []byte("hello, hello, hello"))
+	f.Add(one)
+	two, _ := lz4Frames(f, randomish(5000, 1), []byte("world"))
+	f.Add(two)
+	f.Add([]byte{0x04, 0x22, 0x4d, 0x18, 0x60, 0x70, 0x73})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) == 0 {
+			return
+		}
+		got, err := readLZ4(t, data, Options{Workers: 1, Frames: []oci.Frame{{Size: int64(len(data)), Digest: digest.FromBytes(data)}}})
+		if err != nil {
+			return
+		}
+		if len(got) > maxFrameOutput {
+			t.Fatalf("decoded %d bytes from one frame", len(got))
+		}
+		want, werr := io.ReadAll(lz4.NewReader(bytes.NewReader(data)))
+		if werr != nil || !bytes.Equal(got, want) {
+			t.Fatalf("frame decoder gave %d bytes, the reader %d bytes (%v)", len(got), len(want), werr)
+		}
+	})
+}

@@ -149,7 +149,7 @@ func TestFaultsColdStart(t *testing.T) {
 	}{
 		{"registry unreachable", "127.0.0.1:1/it/faults5:v1", "", "", "connection refused", 20 * time.Second},
 		{"registry very slow", proxy.addr + "/it/slow:v1", "", "", "deadline exceeded", 15 * time.Second},
-		{"truncated blob", proxy.addr + "/it/truncated:v1", "", "", "EOF", 20 * time.Second},
+		{"truncated blob", proxy.addr + "/it/truncated:v1", "", "", "unexpected EOF", 20 * time.Second},
 		{"manifest not JSON", proxy.addr + "/it/badjson:v1", "", "", "manifest is not valid JSON", 20 * time.Second},
 		{"wrong artifactType", registryAddr + "/it/wrongtype:v1", "", "", "artifactType", 20 * time.Second},
 		{"metadata not JSON", registryAddr + "/it/badconfig:v1", "", "", "config is not valid JSON", 20 * time.Second},

@@ -246,7 +246,7 @@ func TestBadCheckpointsColdStart(t *testing.T) {
 		{"missing tag", registryAddr + "/it/faults:does-not-exist", []string{"not found"}},
 		{"bad reference", "not a reference!", []string{"invalid reference"}},
 		{"not allowed", "registry.invalid/it/faults:good", []string{"allow list"}},
-		{"corrupted blob", corrupt.Ref, []string{"digest"}},
+		{"corrupted blob", corrupt.Ref, []string{"mismatched digest"}},
 		// CRIU's own error lines come with runc's error.
 		{"runc restore fails", noRootfs.Ref, []string{"runc restore", "; CRIU: ", "Error ("}},
 	}

@@ -331,16 +331,17 @@ func (r *Restorer) fetch(ctx context.Context, refStr string, streaming bool) (*F
 	if err != nil {
 		return nil, err
 	}
-	if !r.cfg.Allowed(ref.Registry, ref.Repository) {
-		return nil, fmt.Errorf("%w: %s/%s is not in the allow list of %s", ErrDenied, ref.Registry, ref.Repository, r.ConfigPath)
-	}
-	if r.cfg.RequireDigest && !oci.Pinned(ref) {
-		return nil, fmt.Errorf("%w: the node requires checkpoints pinned by digest (REPOSITORY@sha256:...)", ErrDenied)
+	if err := r.policy(ref); err != nil {
+		return nil, err
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(r.cfg.Pull.Timeout))
 	defer cancel()
-	a, err := r.open(ctx, ref)
+	c, err := cache.Open(r.cfg.Cache.Root)
+	if err != nil {
+		return nil, err
+	}
+	a, err := r.open(ctx, c, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -401,15 +402,11 @@ type artifact struct {
 	release func()
 }
 
-func (r *Restorer) open(ctx context.Context, ref registry.Reference) (*artifact, error) {
+func (r *Restorer) open(ctx context.Context, c *cache.Cache, ref registry.Reference) (*artifact, error) {
 	// The pre-flight after this describes the node, which runs `criu
 	// --version` (about 10 ms): it overlaps the registry's round trips
 	// instead of following them.
 	go r.nodeInfo()
-	c, err := cache.Open(r.cfg.Cache.Root)
-	if err != nil {
-		return nil, err
-	}
 	src, err := r.NewSource(ref)
 	if err != nil {
 		return nil, err
@@ -460,25 +457,51 @@ func (r *Restorer) Inspect(ctx context.Context, refStr string) (*Inspection, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(r.cfg.Pull.Timeout))
 	defer cancel()
-	a, err := r.open(ctx, ref)
+	c, err := cache.Open(r.cfg.Cache.Root)
+	if err != nil {
+		return nil, err
+	}
+	allowed := r.policy(ref)
+	store := c
+	if allowed != nil {
+		// Shown, but nothing from a source the node does not allow stays
+		// in its cache: the manifest and the metadata go to a scratch
+		// cache that is removed after.
+		dir, err := c.TempDir("inspect")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		if store, err = cache.Open(dir); err != nil {
+			return nil, err
+		}
+	}
+	a, err := r.open(ctx, store, ref)
 	if err != nil {
 		return nil, err
 	}
 	defer a.release()
-	in := &Inspection{Ref: refStr, Descriptor: a.desc, Checkpoint: a.ck, Metadata: a.meta}
-	if !r.cfg.Allowed(ref.Registry, ref.Repository) {
-		in.Allowed = fmt.Errorf("%w: %s/%s is not in the allow list of %s", ErrDenied, ref.Registry, ref.Repository, r.ConfigPath)
-	} else if r.cfg.RequireDigest && !oci.Pinned(ref) {
-		in.Allowed = fmt.Errorf("%w: the node requires checkpoints pinned by digest", ErrDenied)
-	}
+	in := &Inspection{Ref: refStr, Descriptor: a.desc, Checkpoint: a.ck, Metadata: a.meta, Allowed: allowed}
 	in.Node, err = r.nodeInfo()
 	if err != nil {
 		in.Compatible = fmt.Errorf("describe this node: %w", err)
 	} else {
 		in.Compatible = compat.Check(a.meta, in.Node)
 	}
-	in.Unpacked = a.cache.IsUnpacked(a.desc.Digest)
+	in.Unpacked = c.IsUnpacked(a.desc.Digest)
 	return in, nil
+}
+
+// policy says why the node's configuration does not allow restores from
+// ref, or nil when it does.
+func (r *Restorer) policy(ref registry.Reference) error {
+	if !r.cfg.Allowed(ref.Registry, ref.Repository) {
+		return fmt.Errorf("%w: %s/%s is not in the allow list of %s", ErrDenied, ref.Registry, ref.Repository, r.ConfigPath)
+	}
+	if r.cfg.RequireDigest && !oci.Pinned(ref) {
+		return fmt.Errorf("%w: the node requires checkpoints pinned by digest (REPOSITORY@sha256:...)", ErrDenied)
+	}
+	return nil
 }
 
 // resolve finds the manifest descriptor. A digest reference whose manifest

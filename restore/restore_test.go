@@ -501,3 +501,40 @@ func TestPrepareTamperedManifestWithTag(t *testing.T) {
 		t.Fatalf("left in ingest: %v", ents)
 	}
 }
+
+// Inspect shows a checkpoint the node's policy denies, with the reason,
+// and keeps nothing of it in the node cache; an allowed one is cached as
+// a restore would cache it.
+func TestInspect(t *testing.T) {
+	e := newEnv(t)
+	e.reg.add(t, "v1", testArtifact{})
+	blobs := func() []string {
+		ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "blobs", "sha256"))
+		var names []string
+		for _, en := range ents {
+			names = append(names, en.Name())
+		}
+		return names
+	}
+	for _, c := range []struct {
+		ref    string
+		denied bool
+	}{{"elsewhere.test/apps/web:v1", true}, {"reg.test/apps/web:v1", false}} {
+		in, err := e.restorer.Inspect(context.Background(), c.ref)
+		if err != nil {
+			t.Fatalf("%s: %v", c.ref, err)
+		}
+		if in.Metadata == nil || in.Checkpoint == nil || in.Compatible != nil || in.Unpacked {
+			t.Fatalf("%s: %+v", c.ref, in)
+		}
+		if denied := errors.Is(in.Allowed, ErrDenied); denied != c.denied {
+			t.Fatalf("%s: allowed says %v", c.ref, in.Allowed)
+		}
+		if got := blobs(); (len(got) == 0) != c.denied {
+			t.Fatalf("%s: the node cache holds %v", c.ref, got)
+		}
+		if ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "tmp")); len(ents) != 0 {
+			t.Fatalf("%s: left in tmp: %v", c.ref, ents)
+		}
+	}
+}

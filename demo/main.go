@@ -406,14 +406,8 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 		// that each ratio pairs measurements taken moments apart.
 		for i := 0; i < d.o.runs; i++ {
 			say("run %d/%d: snapboot through the containerd client, empty cache, then warm", i+1, d.o.runs)
-			if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
-				return nil, err
-			}
-			empty, emptyCPU, err := d.snapbootByClient(ctx, "client-cold-cache", ref, "")
+			empty, emptyCPU, err := d.emptyCacheStart(ctx, "client-cold-cache", ref, "")
 			if err != nil {
-				return nil, err
-			}
-			if err := d.waitCached(ctx, ref); err != nil {
 				return nil, err
 			}
 			warm, warmCPU, err := d.snapbootByClient(ctx, "client-warm-cache", ref, "")
@@ -433,14 +427,8 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 
 			// Right after the floor, as the default checkpoint's empty
 			// cache start came right before it.
-			if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
-				return nil, err
-			}
-			lz4, lz4CPU, err := d.snapbootByClient(ctx, "client-cold-cache-lz4", lz4Ref, "")
+			lz4, lz4CPU, err := d.emptyCacheStart(ctx, "client-cold-cache-lz4", lz4Ref, "")
 			if err != nil {
-				return nil, err
-			}
-			if err := d.waitCached(ctx, lz4Ref); err != nil {
 				return nil, err
 			}
 			r.LZ4ClientCold, r.LZ4ClientColdCPU = append(r.LZ4ClientCold, lz4.Seconds()), append(r.LZ4ClientColdCPU, lz4CPU)
@@ -459,14 +447,8 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 				{fmt.Sprintf("over a %d Mbit/s link, whole pull before the restore", linkMbps), "link-whole", linkRef, d.s.wholeConfigPath, &r.LinkWhole},
 				{fmt.Sprintf("over a %d Mbit/s link, streamed, the checkpoint packed with --compression lz4", linkMbps), "link-streamed-lz4", linkLZ4Ref, "", &r.LZ4LinkStreamed},
 			} {
-				if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
-					return nil, err
-				}
-				t, _, err := d.snapbootByClient(ctx, m.kind, m.ref, m.config)
+				t, _, err := d.emptyCacheStart(ctx, m.kind, m.ref, m.config)
 				if err != nil {
-					return nil, err
-				}
-				if err := d.waitCached(ctx, m.ref); err != nil {
 					return nil, err
 				}
 				*m.into = append(*m.into, t.Seconds())
@@ -476,6 +458,20 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 		}
 	}
 	return r, nil
+}
+
+// emptyCacheStart empties the node cache, starts the app from ref as
+// snapbootByClient does, and waits until the restore has filled the cache
+// again (so that what comes next does not compete with the fill).
+func (d *demo) emptyCacheStart(ctx context.Context, kind, ref, config string) (time.Duration, float64, error) {
+	if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
+		return 0, 0, err
+	}
+	t, cpu, err := d.snapbootByClient(ctx, kind, ref, config)
+	if err != nil {
+		return 0, 0, err
+	}
+	return t, cpu, d.waitCached(ctx, ref)
 }
 
 // checkpointStats is what snapboot checkpoint --json reports.

@@ -36,15 +36,7 @@ func TestStreamedRestore(t *testing.T) {
 	ref := registryAddr + "/it/stream:v1"
 	mustSnapboot(t, "checkpoint", donor, ref)
 	lastBeforeDump := numbers(donorLog)[len(numbers(donorLog))-1]
-
-	var m ocispec.Manifest
-	if err := json.Unmarshal([]byte(orasCmd(t, "manifest", "fetch", ref)), &m); err != nil {
-		t.Fatal(err)
-	}
-	ck, err := oci.DecodeManifest(mustJSON(t, m))
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, ck := fetchCheckpoint(t, ref)
 	if ck.Stream == nil || len(ck.Stream.Frames) < 4 || len(ck.Stream.Tail) == 0 {
 		t.Fatalf("the CRIU layer's stream index: %+v", ck.Stream)
 	}
@@ -194,15 +186,7 @@ func TestLZ4CheckpointRestores(t *testing.T) {
 	ref := registryAddr + "/it/stream-lz4:v1"
 	mustSnapboot(t, "checkpoint", "--compression", "lz4", donor, ref)
 	lastBeforeDump := numbers(donorLog)[len(numbers(donorLog))-1]
-
-	var m ocispec.Manifest
-	if err := json.Unmarshal([]byte(orasCmd(t, "manifest", "fetch", ref)), &m); err != nil {
-		t.Fatal(err)
-	}
-	ck, err := oci.DecodeManifest(mustJSON(t, m))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ck := fetchCheckpoint(t, ref)
 	if ck.CRIU.MediaType != oci.MediaTypeCRIUImagesLZ4 || ck.Stream == nil || len(ck.Stream.Frames) < 4 {
 		t.Fatalf("the CRIU layer: %s, stream index %+v", ck.CRIU.MediaType, ck.Stream)
 	}
@@ -255,6 +239,21 @@ func killRuncRestore(id string, timeout time.Duration) string {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return fmt.Sprintf("no runc restore of %s with its rootfs mounted for CRIU within %v", id, timeout)
+}
+
+// fetchCheckpoint fetches ref's manifest with the oras CLI and decodes it
+// as a checkpoint.
+func fetchCheckpoint(t *testing.T, ref string) (ocispec.Manifest, *oci.Checkpoint) {
+	t.Helper()
+	var m ocispec.Manifest
+	if err := json.Unmarshal([]byte(orasCmd(t, "manifest", "fetch", ref)), &m); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := oci.DecodeManifest(mustJSON(t, m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, ck
 }
 
 func mustJSON(t *testing.T, v any) []byte {

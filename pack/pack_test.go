@@ -170,19 +170,7 @@ func TestPageImagesLastAndIndexed(t *testing.T) {
 		t.Fatalf("annotations decode to %+v, %v", back, err)
 	}
 
-	var order []string
-	tr := tar.NewReader(zstdReader(t, data))
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		order = append(order, hdr.Name)
-	}
-	if got := strings.Join(order, " "); got != "core-1.img pagemap-1.img zz-last.img pages-1.img pages-2.img" {
+	if got := strings.Join(tarNames(t, zstdReader(t, data)), " "); got != "core-1.img pagemap-1.img zz-last.img pages-1.img pages-2.img" {
 		t.Fatalf("tar order: %s", got)
 	}
 }
@@ -193,6 +181,23 @@ func TestNoPagesNoIndex(t *testing.T) {
 	sz, err := TarDir(context.Background(), src, &bytes.Buffer{}, "")
 	if err != nil || sz.Stream != nil {
 		t.Fatalf("%+v, %v", sz.Stream, err)
+	}
+}
+
+// tarNames lists the names of the tar stream r's entries, in order.
+func tarNames(t *testing.T, r io.Reader) []string {
+	t.Helper()
+	var names []string
+	tr := tar.NewReader(r)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return names
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, hdr.Name)
 	}
 }
 
@@ -234,19 +239,7 @@ func TestLZ4(t *testing.T) {
 		}
 		off += f.Size
 	}
-	tr := tar.NewReader(lz4.NewReader(bytes.NewReader(data)))
-	var names []string
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, hdr.Name)
-	}
-	if got := strings.Join(names, " "); got != "inventory.img pages-1.img" {
+	if got := strings.Join(tarNames(t, lz4.NewReader(bytes.NewReader(data))), " "); got != "inventory.img pages-1.img" {
 		t.Fatalf("tar read through lz4: %s", got)
 	}
 	if _, err := io.ReadAll(zstdReader(t, data)); err == nil {

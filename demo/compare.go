@@ -52,7 +52,7 @@ type contender struct {
 // (current) with another build of it: see compare.
 func (d *demo) compareShims(ctx context.Context, current, other string) error {
 	ref := d.s.registryAddr + "/demo/rails:checkpoint"
-	if err := d.donorCheckpoints(ctx, []string{ref}, []string{""}); err != nil {
+	if err := d.donorCheckpoints(ctx, []string{ref}, []string{d.o.compareCompression}); err != nil {
 		return err
 	}
 	dst := filepath.Join(d.s.binDir, shimBinary)

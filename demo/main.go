@@ -31,6 +31,8 @@ type options struct {
 	quiet    bool
 	// compare is another shim binary to compare with the one in binDir.
 	compare string
+	// compareCompression is how -compare-shim's checkpoint is packed.
+	compareCompression string
 	// compareLevels are two compression levels to compare, "a,b".
 	compareLevels string
 }
@@ -46,6 +48,7 @@ func main() {
 	flag.IntVar(&o.warm, "warm", 20, "warm-up requests before the checkpoint")
 	flag.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	flag.StringVar(&o.compare, "compare-shim", "", "instead of the demo, compare this shim binary with the one in -bin: empty and warm cache, the two alternating, -runs rounds, each with the floor")
+	flag.StringVar(&o.compareCompression, "compression", "", "with -compare-shim: snapboot checkpoint --compression for the checkpoint both shims restore (default: the CLI's default)")
 	flag.StringVar(&o.compareLevels, "compare-levels", "", "instead of the demo, compare restoring checkpoints packed at two compression levels (\"default,best\"), like -compare-shim")
 	flag.Parse()
 	port, err := freePort()

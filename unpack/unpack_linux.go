@@ -59,7 +59,9 @@ type Options struct {
 	Codec Codec
 	// SkipFrameChecksums skips checking zstd frames' content checksums, for
 	// a caller that verifies the digest of the whole compressed stream and
-	// discards the result on a mismatch (see cache.FetchBlobTo).
+	// discards the result on a mismatch (see cache.FetchBlobTo). LZ4 frames'
+	// checksums, where a frame has one, are always checked (pierrec/lz4 has
+	// no way to skip them; snapboot packs its LZ4 frames without).
 	SkipFrameChecksums bool
 	// Frames, when not nil, are the frames the stream must consist of
 	// (TarCompressed only): each is checked against its size and digest before it

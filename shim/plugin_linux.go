@@ -57,8 +57,14 @@ func init() {
 	})
 }
 
-// describeNode describes this node once per shim.
-var describeNode = sync.OnceValues(func() (*compat.Node, error) { return compat.Detect(criuVersion) })
+// describeNode describes this node once per shim. CRIU's version is
+// remembered in criuMemoDir (tmpfs: a reboot asks again) while its binary
+// is unchanged, so that shims, restoring or not, do not each run CRIU.
+var describeNode = sync.OnceValues(func() (*compat.Node, error) {
+	return compat.Detect(compat.MemoizedCRIUVersion(criuMemoDir, "criu", criuVersion))
+})
+
+const criuMemoDir = "/run/snapboot"
 
 // restorers returns a function that gives the Restorer of a node
 // configuration file, loading each file once per shim.

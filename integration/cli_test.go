@@ -56,6 +56,21 @@ func TestCLICheckpointInspectRestore(t *testing.T) {
 	lastBeforeDump := ns[len(ns)-1]
 	waitCount(t, donorLog, lastBeforeDump+3) // the donor keeps running by default
 
+	// The metadata is in the manifest too (OCI 1.1 descriptor data), the
+	// same bytes as its blob: the registry kept it.
+	var m struct {
+		Config struct {
+			Digest string
+			Data   []byte
+		}
+	}
+	if err := json.Unmarshal([]byte(orasCmd(t, "manifest", "fetch", ref)), &m); err != nil {
+		t.Fatal(err)
+	}
+	if blob := orasCmd(t, "blob", "fetch", "--output", "-", ref+"@"+m.Config.Digest); len(m.Config.Data) == 0 || string(m.Config.Data) != blob {
+		t.Errorf("the manifest embeds %q, the metadata blob is %q", m.Config.Data, blob)
+	}
+
 	// inspect reads the metadata and says this node can restore it.
 	out = mustSnapboot(t, "inspect", ref)
 	for _, want := range []string{"criu", "4.2", "architecture", "amd64", "source container", donor, "application/vnd.snapboot.criu.images.v1.tar+zstd", "application/vnd.snapboot.rootfs.diff.v1.tar+zstd", "tcp-established"} {

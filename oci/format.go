@@ -25,6 +25,9 @@ const (
 const (
 	MaxManifestSize = 4 << 20
 	MaxConfigSize   = 1 << 20
+	// MaxEmbeddedConfig is the largest metadata Push also embeds in the
+	// manifest (a few kilobytes is usual).
+	MaxEmbeddedConfig = 16 << 10
 )
 
 // ErrInvalidArtifact is wrapped by every error about an artifact that is not
@@ -93,6 +96,13 @@ func DecodeManifest(data []byte) (*Checkpoint, error) {
 	}
 	if err := checkDescriptor("config", m.Config, MaxConfigSize); err != nil {
 		return nil, err
+	}
+	if m.Config.Data != nil {
+		// The metadata embedded in the manifest (OCI 1.1 "data"): it must
+		// be the blob the descriptor names, as the blob would be checked.
+		if int64(len(m.Config.Data)) != m.Config.Size || m.Config.Digest.Algorithm().FromBytes(m.Config.Data) != m.Config.Digest {
+			return nil, invalid("config data does not match the config's digest and size")
+		}
 	}
 	c := &Checkpoint{Manifest: m, Config: m.Config}
 	var criu int

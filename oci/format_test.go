@@ -55,6 +55,11 @@ func TestDecodeManifest(t *testing.T) {
 	if ck.Rootfs != nil {
 		t.Fatal("Rootfs should be nil without a rootfs layer")
 	}
+	// The metadata embedded in the manifest (OCI 1.1 descriptor data).
+	ck, err = DecodeManifest(manifestJSON(t, func(m *ocispec.Manifest) { m.Config.Data = []byte("{}") }))
+	if err != nil || string(ck.Config.Data) != "{}" {
+		t.Fatalf("embedded metadata: %+v, %v", ck, err)
+	}
 	// CRIU images packed with LZ4.
 	ck, err = DecodeManifest(manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].MediaType = MediaTypeCRIUImagesLZ4 }))
 	if err != nil || ck.CRIU.MediaType != MediaTypeCRIUImagesLZ4 || ck.CRIU.Digest != digest.FromString("criu") {
@@ -74,15 +79,17 @@ func TestDecodeManifestRejects(t *testing.T) {
 		"zstd and lz4 criu": manifestJSON(t, func(m *ocispec.Manifest) {
 			m.Layers = append(m.Layers, desc(MediaTypeCRIUImagesLZ4, "criu lz4"))
 		}),
-		"two rootfs":       manifestJSON(t, func(m *ocispec.Manifest) { m.Layers = append(m.Layers, m.Layers[1]) }),
-		"unknown layer":    manifestJSON(t, func(m *ocispec.Manifest) { m.Layers = append(m.Layers, desc("application/octet-stream", "x")) }),
-		"bad digest":       manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].Digest = "sha256:1234" }),
-		"md5 digest":       manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].Digest = "md5:d41d8cd98f00b204e9800998ecf8427e" }),
-		"negative size":    manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].Size = -1 }),
-		"huge config":      manifestJSON(t, func(m *ocispec.Manifest) { m.Config.Size = MaxConfigSize + 1 }),
-		"external urls":    manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].URLs = []string{"http://example.invalid/x"} }),
-		"schema 1":         manifestJSON(t, func(m *ocispec.Manifest) { m.SchemaVersion = 1 }),
-		"index media type": manifestJSON(t, func(m *ocispec.Manifest) { m.MediaType = ocispec.MediaTypeImageIndex }),
+		"two rootfs":                     manifestJSON(t, func(m *ocispec.Manifest) { m.Layers = append(m.Layers, m.Layers[1]) }),
+		"unknown layer":                  manifestJSON(t, func(m *ocispec.Manifest) { m.Layers = append(m.Layers, desc("application/octet-stream", "x")) }),
+		"bad digest":                     manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].Digest = "sha256:1234" }),
+		"md5 digest":                     manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].Digest = "md5:d41d8cd98f00b204e9800998ecf8427e" }),
+		"negative size":                  manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].Size = -1 }),
+		"huge config":                    manifestJSON(t, func(m *ocispec.Manifest) { m.Config.Size = MaxConfigSize + 1 }),
+		"external urls":                  manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].URLs = []string{"http://example.invalid/x"} }),
+		"schema 1":                       manifestJSON(t, func(m *ocispec.Manifest) { m.SchemaVersion = 1 }),
+		"index media type":               manifestJSON(t, func(m *ocispec.Manifest) { m.MediaType = ocispec.MediaTypeImageIndex }),
+		"embedded metadata not the blob": manifestJSON(t, func(m *ocispec.Manifest) { m.Config.Data = []byte("[]") }),
+		"embedded metadata, wrong size":  manifestJSON(t, func(m *ocispec.Manifest) { m.Config.Data = []byte("{} ") }),
 	}
 	for name, data := range cases {
 		t.Run(name, func(t *testing.T) {

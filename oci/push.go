@@ -52,6 +52,12 @@ func Push(ctx context.Context, dst Target, tag string, meta *Metadata, layers []
 		return ocispec.Descriptor{}, err
 	}
 	cfg := ocispec.Descriptor{MediaType: MediaTypeConfig, Digest: digest.FromBytes(cfgData), Size: int64(len(cfgData))}
+	if len(cfgData) <= MaxEmbeddedConfig {
+		// In the manifest too (OCI 1.1 descriptor data): a node reads it
+		// with the manifest, one round trip to the registry less before
+		// the pre-flight. The blob is pushed all the same.
+		cfg.Data = cfgData
+	}
 	if err := pushBytes(ctx, dst, cfg, cfgData); err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("push metadata: %w", err)
 	}

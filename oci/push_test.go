@@ -53,6 +53,9 @@ func TestPushWritesFormatV1(t *testing.T) {
 	if m, err := DecodeMetadata(cfg); err != nil || m.CRIU.Version != "4.2.1" {
 		t.Fatalf("metadata %+v %v", m, err)
 	}
+	if string(ck.Config.Data) != string(cfg) {
+		t.Fatalf("the manifest embeds %q, the metadata blob is %q", ck.Config.Data, cfg)
+	}
 	// Pushing the same layers again uploads nothing new and gives a valid manifest.
 	if _, err := Push(ctx, store, "v2", meta, []LayerFile{{MediaType: MediaTypeCRIUImages, Path: criu}}, PushOptions{}); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -576,8 +577,14 @@ func (r *Restorer) readArtifact(ctx context.Context, c *cache.Cache, src Source,
 	if err != nil {
 		return nil, nil, err
 	}
-	data, err = r.readSmall(ctx, c, src, ck.Config)
-	if err != nil {
+	if ck.Config.Data != nil {
+		// Embedded in the manifest, and checked against its digest by
+		// DecodeManifest: no round trip. Cached like a fetched blob.
+		data = ck.Config.Data
+		if _, err := c.StoreBlob(ctx, ck.Config, bytes.NewReader(data)); err != nil {
+			return nil, nil, fmt.Errorf("metadata: %w", err)
+		}
+	} else if data, err = r.readSmall(ctx, c, src, ck.Config); err != nil {
 		return nil, nil, fmt.Errorf("metadata: %w", err)
 	}
 	meta, err := oci.DecodeMetadata(data)

@@ -36,6 +36,7 @@ type fakeRegistry struct {
 	store       *memory.Store
 	manifests   map[digest.Digest]ocispec.Descriptor
 	layerFetch  atomic.Int32
+	configFetch atomic.Int32
 	offline     bool
 	corruptWhat digest.Digest
 }
@@ -60,6 +61,9 @@ func (f *fakeRegistry) Fetch(ctx context.Context, d ocispec.Descriptor) (io.Read
 	}
 	if d.MediaType == oci.MediaTypeCRIUImages || d.MediaType == oci.MediaTypeRootfsDiff {
 		f.layerFetch.Add(1)
+	}
+	if d.MediaType == oci.MediaTypeConfig {
+		f.configFetch.Add(1)
 	}
 	rc, err := f.store.Fetch(ctx, d)
 	if err != nil || d.Digest != f.corruptWhat {
@@ -108,6 +112,9 @@ type testArtifact struct {
 	arch         string
 	artifactType string
 	rootfs       bool
+	// embed puts the metadata in the manifest too (descriptor data), as
+	// oci.Push does; badEmbed puts other bytes there.
+	embed, badEmbed bool
 }
 
 func (f *fakeRegistry) add(t *testing.T, tag string, a testArtifact) (manifest, criu ocispec.Descriptor) {
@@ -139,6 +146,12 @@ func (f *fakeRegistry) addManifest(t *testing.T, tag string, a testArtifact, lay
 	}
 	meta, _ := json.Marshal(oci.Metadata{FormatVersion: 1, CRIU: oci.Version{Version: "4.2.1"}, Host: oci.Host{Architecture: a.arch}})
 	cfg := push(t, f.store, oci.MediaTypeConfig, meta)
+	switch {
+	case a.badEmbed:
+		cfg.Data = bytes.Replace(meta, []byte("4.2.1"), []byte("1.0.0"), 1)
+	case a.embed:
+		cfg.Data = meta
+	}
 	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: a.artifactType, Config: cfg, Layers: layers}
 	m.SchemaVersion = 2
 	mb, _ := json.Marshal(m)
@@ -475,6 +488,47 @@ func TestPrepareFetchesManifestWithTag(t *testing.T) {
 	plan.Release()
 	if reg.byRef.Load() != 3 || reg.manifestFetch.Load() != 0 {
 		t.Fatalf("by digest: %d fetches by reference, %d of the manifest", reg.byRef.Load(), reg.manifestFetch.Load())
+	}
+}
+
+// Metadata embedded in the manifest is used without fetching the blob, and
+// cached as the blob would be; embedded bytes that are not the blob the
+// descriptor names are refused.
+func TestPrepareEmbeddedMetadata(t *testing.T) {
+	e := newEnv(t)
+	m, _ := e.reg.add(t, "v1", testArtifact{embed: true})
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.Release()
+	if n := e.reg.configFetch.Load(); n != 0 {
+		t.Fatalf("the metadata blob was fetched %d times", n)
+	}
+	// Cached: by digest, with the registry gone, it restores.
+	e.reg.offline = true
+	plan, err = e.prepare(t, "reg.test/apps/web@"+m.Digest.String(), overlayRootfs)
+	if err != nil {
+		t.Fatalf("offline, by digest: %v", err)
+	}
+	plan.Release()
+	e.reg.offline = false
+
+	e.reg.add(t, "v2", testArtifact{badEmbed: true})
+	_, err = e.prepare(t, "reg.test/apps/web:v2", overlayRootfs)
+	if !errors.Is(err, oci.ErrInvalidArtifact) || !strings.Contains(err.Error(), "config data does not match") {
+		t.Fatalf("mismatched embedded metadata: %v", err)
+	}
+	// Without embedded metadata the blob is fetched, once.
+	e = newEnv(t)
+	e.reg.add(t, "v3", testArtifact{rootfs: true})
+	plan, err = e.prepare(t, "reg.test/apps/web:v3", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.Release()
+	if n := e.reg.configFetch.Load(); n != 1 {
+		t.Fatalf("the metadata blob was fetched %d times, want 1", n)
 	}
 }
 

@@ -238,6 +238,9 @@ func (c *Cache) removeStale(age time.Duration) {
 	for _, sub := range []string{"ingest", "tmp"} {
 		ents, _ := os.ReadDir(filepath.Join(c.root, sub))
 		for _, e := range ents {
+			if sub == "tmp" && c.removeDeadMountDir(e.Name()) {
+				continue
+			}
 			path := filepath.Join(c.root, sub, e.Name())
 			fi, err := e.Info()
 			if unmountDead(path, err) {

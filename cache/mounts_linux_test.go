@@ -42,3 +42,47 @@ func TestRemoveStaleSkipsMounts(t *testing.T) {
 		t.Fatalf("an old leftover directory stayed: %v", err)
 	}
 }
+
+// A MountDir is left alone, mounted or not, while its process holds it;
+// once no process does (a killed shim), the cleaner unmounts and removes
+// it at once, not after an hour, and its lock file with it.
+func TestRemoveStaleDeadMountDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting needs root")
+	}
+	c, _ := Open(t.TempDir())
+	held, releaseHeld, err := c.MountDir("stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer releaseHeld()
+	dead, releaseDead, err := c.MountDir("stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{held, dead} {
+		if err := unix.Mount("tmpfs", d, "tmpfs", 0, "size=1m"); err != nil {
+			t.Skipf("mount tmpfs: %v", err)
+		}
+		defer unix.Unmount(d, unix.MNT_DETACH)
+		os.WriteFile(filepath.Join(d, "pages-1.img"), []byte("pages"), 0o600)
+	}
+	c.removeStale(time.Hour)
+	for _, d := range []string{held, dead} {
+		if _, err := os.Stat(filepath.Join(d, "pages-1.img")); err != nil {
+			t.Fatalf("the cleaner took a held mount: %v", err)
+		}
+	}
+	releaseDead() // as if its process had died: the lock is free, the mount stays
+	c.removeStale(time.Hour)
+	if _, err := os.Stat(dead); !os.IsNotExist(err) {
+		t.Fatalf("a dead process's mount directory stayed: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(held, "pages-1.img")); err != nil {
+		t.Fatalf("the cleaner took a held mount: %v", err)
+	}
+	locks, _ := filepath.Glob(filepath.Join(c.root, "locks", "use-mnt-*"))
+	if len(locks) != 1 {
+		t.Fatalf("lock files: %v, want the held one's only", locks)
+	}
+}

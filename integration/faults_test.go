@@ -227,11 +227,18 @@ func TestShimKilledMidPull(t *testing.T) {
 		}
 		done <- err
 	}()
-	// Wait for a partial download, then kill the shim.
+	// Wait for a partial download, then kill the shim. The metadata comes
+	// in the manifest, so what downloads first is a layer, streamed into a
+	// directory under tmp/ (a blob fetched whole goes to ingest/).
 	waitFor(t, 30*time.Second, "a partial download in the cache", func() bool {
-		entries, _ := os.ReadDir(filepath.Join(cacheRoot, "ingest"))
-		return len(entries) > 0
+		for _, d := range []string{"ingest", "tmp"} {
+			if entries, _ := os.ReadDir(filepath.Join(cacheRoot, d)); len(entries) > 0 {
+				return true
+			}
+		}
+		return false
 	})
+
 	pid := shimPID(id)
 	if pid == 0 {
 		t.Fatal("no shim process for the container")

@@ -773,14 +773,17 @@ func ArmDump(bundle string) error {
 // EnforceCacheLimits evicts checkpoints not in use beyond the node's
 // [cache] max_size and max_age (least recently used first), and reports
 // whether the cache is still over max_size (checkpoints in use are never
-// evicted). It does nothing when neither limit is set.
+// evicted). Either way it first removes the mount points of streamed
+// restores whose shims died (see cache.MountDir).
 func (r *Restorer) EnforceCacheLimits(ctx context.Context) ([]cache.Entry, bool, error) {
-	if r.cfg.Cache.MaxSize == 0 && r.cfg.Cache.MaxAge == 0 {
-		return nil, false, nil
-	}
 	c, err := cache.Open(r.cfg.Cache.Root)
 	if err != nil {
 		return nil, false, err
+	}
+	// Limits or not: a shim killed while it streamed left a mount point.
+	c.RemoveDeadMounts()
+	if r.cfg.Cache.MaxSize == 0 && r.cfg.Cache.MaxAge == 0 {
+		return nil, false, nil
 	}
 	evicted, err := c.Prune(ctx, cache.PruneLimits{MaxSize: int64(r.cfg.Cache.MaxSize), MaxAge: time.Duration(r.cfg.Cache.MaxAge)})
 	if err != nil || r.cfg.Cache.MaxSize == 0 {

@@ -37,15 +37,18 @@ import (
 type stream struct {
 	mount      *pendingMount
 	mountpoint string
-	filling    *cache.Filling
-	cancel     context.CancelFunc
-	done       chan struct{} // closed when the download has ended
-	err        error         // why it failed; read after done
-	stats      pullStats
-	compressed *os.File     // the CRIU images layer as downloaded, verified once done
-	codec      unpack.Codec // compressed's
-	began      time.Time
-	ended      time.Time
+	// releaseMountpoint lets go of the mount point's directory, once it
+	// is unmounted and removed (see cache.MountDir).
+	releaseMountpoint func()
+	filling           *cache.Filling
+	cancel            context.CancelFunc
+	done              chan struct{} // closed when the download has ended
+	err               error         // why it failed; read after done
+	stats             pullStats
+	compressed        *os.File     // the CRIU images layer as downloaded, verified once done
+	codec             unpack.Codec // compressed's
+	began             time.Time
+	ended             time.Time
 }
 
 // pageFeed follows the CRIU images layer as it is unpacked: it sends the
@@ -117,7 +120,7 @@ func streamWorkers() int { return runtime.NumCPU() }
 // served from a streamfs mount. It returns nil and no error when streaming
 // is not possible here (no FUSE): the caller then unpacks the whole layer.
 func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.Filling, f *Fetched) (*stream, error) {
-	mountpoint, err := a.cache.TempDir("stream")
+	mountpoint, releaseMountpoint, err := a.cache.MountDir("stream")
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +136,7 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	compressed, err := os.Create(filepath.Join(filling.Dir, "criu.tar.zst"))
 	if err != nil {
 		os.Remove(mountpoint)
+		releaseMountpoint()
 		return nil, err
 	}
 	// The download outlives the Create request that starts it, but not the
@@ -146,7 +150,7 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	stopLink := context.AfterFunc(ctx, cancel)
 	// The file system is first needed by the first page image: it mounts
 	// while the registry answers and the images before it unpack.
-	s := &stream{mount: mountAsync(mountpoint, files), mountpoint: mountpoint, filling: filling, cancel: cancel,
+	s := &stream{mount: mountAsync(mountpoint, files), mountpoint: mountpoint, releaseMountpoint: releaseMountpoint, filling: filling, cancel: cancel,
 		done: make(chan struct{}), began: time.Now(), compressed: compressed, codec: codecOf(a.ck.CRIU)}
 	feed := &pageFeed{tail: a.ck.Stream.Tail, names: names, mount: s.mount, ready: make(chan struct{})}
 	pull := &streamPull{feed: feed, keep: s.compressed, rootfsDone: make(chan struct{})}
@@ -303,10 +307,11 @@ func (s *stream) close() {
 	if sfs, err := s.mount.wait(); err == nil {
 		if err := sfs.Close(); err != nil {
 			log.L.WithError(err).Warn("snapboot: unmounting the streamed page images failed")
-			return
+			return // held until the shim exits; Prune unmounts it then
 		}
 	}
 	os.Remove(s.mountpoint)
+	s.releaseMountpoint()
 }
 
 // errNoStreamfs is a streamfs mount's failure: the restore then unpacks

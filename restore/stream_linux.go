@@ -205,6 +205,12 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	if s.err == nil {
 		s.err = errors.New("the download ended before the page images")
 	}
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(s.err, cerr) {
+		// The request ended first (pull.timeout, or the caller went away)
+		// and stopped the download: that is the reason, not the download's
+		// own "context canceled".
+		return nil, fmt.Errorf("pull and unpack: %w before the page images began: %w", cerr, s.err)
+	}
 	return nil, fmt.Errorf("pull and unpack: %w", s.err)
 }
 

@@ -567,6 +567,44 @@ func TestStreamedDownloadKeepsPullDeadline(t *testing.T) {
 	}
 }
 
+// stalledSource serves 100 bytes of a layer, then nothing until the
+// fetch's context ends, as a stalled connection does.
+type stalledSource struct {
+	Source
+	layer ocispec.Descriptor
+}
+
+func (s *stalledSource) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	rc, err := s.Source.Fetch(ctx, d)
+	if err != nil || d.Digest != s.layer.Digest {
+		return rc, err
+	}
+	b, _ := io.ReadAll(rc)
+	return io.NopCloser(io.MultiReader(bytes.NewReader(b[:100]), stalled{ctx})), nil
+}
+
+type stalled struct{ ctx context.Context }
+
+func (s stalled) Read([]byte) (int, error) {
+	<-s.ctx.Done()
+	return 0, s.ctx.Err()
+}
+
+// A streamed pull that has not reached the page images when pull.timeout
+// ends fails with the deadline as its reason (kind "timeout"), not with
+// the "context canceled" of the download the deadline stopped.
+func TestStreamedPrepareTimesOut(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	e.cfg.Pull.Timeout = nodeconfig.Duration(300 * time.Millisecond)
+	criu, _ := e.reg.addStreamed(t, "v1", randomPages(9<<20))
+	e.restorer.NewSource = func(registry.Reference) (Source, error) { return &stalledSource{Source: e.reg, layer: criu}, nil }
+	_, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if !errors.Is(err, context.DeadlineExceeded) || ReasonKind(err) != "timeout" {
+		t.Fatalf("got %v (kind %s), want the pull's deadline", err, ReasonKind(err))
+	}
+}
+
 // The images directory of a streamed restore links the unpacked images and
 // points at the streamed page images; a subdirectory, which CRIU does not
 // read, is left out, and anything else is refused.

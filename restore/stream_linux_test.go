@@ -590,6 +590,16 @@ func (s stalled) Read([]byte) (int, error) {
 	return 0, s.ctx.Err()
 }
 
+// detachMountsUnder detaches every mount below dir.
+func detachMountsUnder(dir string) {
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			unix.Unmount(f[4], unix.MNT_DETACH)
+		}
+	}
+}
+
 // A streamed pull that has not reached the page images when pull.timeout
 // ends fails with the deadline as its reason (kind "timeout"), not with
 // the "context canceled" of the download the deadline stopped.
@@ -597,11 +607,15 @@ func TestStreamedPrepareTimesOut(t *testing.T) {
 	needFUSE(t)
 	e := newEnv(t)
 	e.cfg.Pull.Timeout = nodeconfig.Duration(300 * time.Millisecond)
+	t.Cleanup(func() { detachMountsUnder(e.cfg.Cache.Root) }) // so that a failure here leaks nothing
 	criu, _ := e.reg.addStreamed(t, "v1", randomPages(9<<20))
 	e.restorer.NewSource = func(registry.Reference) (Source, error) { return &stalledSource{Source: e.reg, layer: criu}, nil }
 	_, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
 	if !errors.Is(err, context.DeadlineExceeded) || ReasonKind(err) != "timeout" {
 		t.Fatalf("got %v (kind %s), want the pull's deadline", err, ReasonKind(err))
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), e.cfg.Cache.Root) {
+		t.Fatalf("a stream is still mounted after the timeout:\n%s", mi)
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
+
+	"github.com/containerd/continuity"
 )
 
 // criuBinary identifies one CRIU binary file: a package upgrade or any
@@ -93,17 +95,5 @@ func writeMemo(dir, file string, m criuMemo) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, ".criu-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), file)
+	return continuity.AtomicWriteFile(file, data, 0o600)
 }

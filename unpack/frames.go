@@ -206,11 +206,13 @@ func readListed(r io.Reader, frames []oci.Frame, i int, buf *[]byte) ([]byte, er
 		return nil, fmt.Errorf("frame %d is listed with %d bytes: %w", i, size, ErrCorrupt)
 	}
 	*buf = slices.Grow((*buf)[:0], int(size))[:size]
+	// A stream that ends early says so as a cut download does (unexpected
+	// EOF), whichever of the layer's bytes the cut falls in.
 	switch n, err := io.ReadFull(r, *buf); {
 	case err == io.EOF:
-		return nil, fmt.Errorf("stream ends after %d of its %d frames: %w", i, len(frames), ErrCorrupt)
+		return nil, fmt.Errorf("stream ends after %d of its %d frames: %w: %w", i, len(frames), io.ErrUnexpectedEOF, ErrCorrupt)
 	case err == io.ErrUnexpectedEOF:
-		return nil, fmt.Errorf("stream ends %d bytes into frame %d of %d: %w", n, i, len(frames), ErrCorrupt)
+		return nil, fmt.Errorf("stream ends %d bytes into frame %d of %d: %w: %w", n, i, len(frames), io.ErrUnexpectedEOF, ErrCorrupt)
 	case err != nil:
 		return nil, err
 	}

@@ -193,6 +193,9 @@ func TestVerifiedFramesRejects(t *testing.T) {
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("got %v, want ErrCorrupt", err)
 			}
+			if cut := strings.HasPrefix(c.name, "missing") || strings.HasSuffix(c.name, "cut short"); cut != errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Fatalf("got %v: a stream that ends early is an unexpected EOF, and only that", err)
+			}
 			// Nothing from the bad frame on is written.
 			if c.name == "frame with another digest" && rec.take["pages-1.img"].Len() > 1<<20 {
 				t.Fatalf("%d bytes of pages-1.img written past the bad frame", rec.take["pages-1.img"].Len())

@@ -256,8 +256,7 @@ func (c *Cache) removeStale(age time.Duration) {
 					continue
 				}
 				os.RemoveAll(filepath.Join(c.root, sub, e.Name()))
-				unlock()
-				os.Remove(filepath.Join(c.root, "locks", "use-"+e.Name()+".lock"))
+				c.dropLock(unlock, "use-"+e.Name())
 				continue
 			}
 			os.RemoveAll(filepath.Join(c.root, sub, e.Name()))

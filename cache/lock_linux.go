@@ -26,7 +26,7 @@ func (c *Cache) holdShared(ctx context.Context, name string) (func(), error) {
 }
 
 func (c *Cache) flock(ctx context.Context, name string, how int) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(c.root, "locks", name+".lock"), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+	f, err := os.OpenFile(c.lockPath(name), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock: %w", err)
 	}
@@ -54,7 +54,7 @@ func (c *Cache) flock(ctx context.Context, name string, how int) (func(), error)
 
 // tryLock takes an exclusive lock without waiting.
 func (c *Cache) tryLock(_ context.Context, name string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(c.root, "locks", name+".lock"), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+	f, err := os.OpenFile(c.lockPath(name), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock: %w", err)
 	}
@@ -63,4 +63,16 @@ func (c *Cache) tryLock(_ context.Context, name string) (func(), error) {
 		return nil, fmt.Errorf("lock %s: %w", name, err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// lockPath is the file the lock named name is taken on.
+func (c *Cache) lockPath(name string) string {
+	return filepath.Join(c.root, "locks", name+".lock")
+}
+
+// dropLock ends a lock taken with unlock and removes its file: for locks
+// named after something that is gone with it (a held directory).
+func (c *Cache) dropLock(unlock func(), name string) {
+	unlock()
+	os.Remove(c.lockPath(name))
 }

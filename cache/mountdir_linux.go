@@ -35,17 +35,11 @@ func (c *Cache) MountDir(prefix string) (dir string, release func(), err error) 
 	}
 	dir = filepath.Join(c.root, "tmp", name)
 	if err := os.Mkdir(dir, 0o700); err != nil {
-		unlock()
-		os.Remove(c.lockPath("use-" + name))
+		c.dropLock(unlock, "use-"+name)
 		return "", nil, err
 	}
 	var once sync.Once
-	return dir, func() {
-		once.Do(func() {
-			unlock()
-			os.Remove(c.lockPath("use-" + name))
-		})
-	}, nil
+	return dir, func() { once.Do(func() { c.dropLock(unlock, "use-"+name) }) }, nil
 }
 
 // RemoveDeadMounts removes the MountDirs of processes that died holding
@@ -67,16 +61,9 @@ func (c *Cache) removeDeadMountDir(name string) bool {
 	if err != nil {
 		return true // its process still holds it
 	}
-	defer func() {
-		unlock()
-		os.Remove(c.lockPath("use-" + name))
-	}()
+	defer c.dropLock(unlock, "use-"+name)
 	path := filepath.Join(c.root, "tmp", name)
 	_ = unix.Unmount(path, unix.MNT_DETACH) // EINVAL when nothing is mounted
 	os.Remove(path)                         // an empty directory; never recursive into a mount
 	return true
-}
-
-func (c *Cache) lockPath(name string) string {
-	return filepath.Join(c.root, "locks", name+".lock")
 }

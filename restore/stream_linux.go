@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/containerd/log"
-	"golang.org/x/sys/unix"
 
 	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/oci"
@@ -341,9 +340,6 @@ func mountAsync(mountpoint string, files []streamfs.File) *pendingMount {
 		defer close(m.done)
 		if m.fs, m.err = mountStreamfs(mountpoint, files); m.err != nil {
 			m.err = fmt.Errorf("%w: %w", errNoStreamfs, m.err)
-			// A mount that failed after the mount call itself (go-fuse's
-			// handshake) is still there, served by no one.
-			_ = unix.Unmount(mountpoint, unix.MNT_DETACH)
 		}
 	}()
 	return m

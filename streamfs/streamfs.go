@@ -137,6 +137,9 @@ func Mount(mountpoint string, files []File) (*FS, error) {
 		},
 	})
 	if err != nil {
+		// go-fuse returns a failed handshake without unmounting: the
+		// mount may be there, served by no one.
+		_ = unix.Unmount(mountpoint, unix.MNT_DETACH)
 		return nil, fmt.Errorf("streamfs: mount %s: %w", mountpoint, err)
 	}
 	s.server = server

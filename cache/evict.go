@@ -238,7 +238,7 @@ func (c *Cache) removeStale(age time.Duration) {
 	for _, sub := range []string{"ingest", "tmp"} {
 		ents, _ := os.ReadDir(filepath.Join(c.root, sub))
 		for _, e := range ents {
-			if sub == "tmp" && c.removeDeadMountDir(e.Name()) {
+			if sub == "tmp" && c.removeDeadDir(e.Name()) {
 				continue
 			}
 			path := filepath.Join(c.root, sub, e.Name())

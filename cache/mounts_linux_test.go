@@ -86,3 +86,42 @@ func TestRemoveStaleDeadMountDir(t *testing.T) {
 		t.Fatalf("lock files: %v, want the held one's only", locks)
 	}
 }
+
+// A ScratchDir goes with release; one whose process died without
+// releasing it goes at the next RemoveDeadDirs, files and all, while a
+// held one stays.
+func TestRemoveDeadScratchDir(t *testing.T) {
+	c, _ := Open(t.TempDir())
+	held, release, err := c.ScratchDir("restore-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, unlock, err := c.heldDir(scratchDirPrefix + "restore-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := filepath.Join(c.root, "tmp", name)
+	for _, d := range []string{held, dead} {
+		os.MkdirAll(filepath.Join(d, "images"), 0o700)
+		os.WriteFile(filepath.Join(d, "images", "core-1.img"), []byte("core"), 0o600)
+	}
+	c.RemoveDeadDirs()
+	if _, err := os.Stat(dead); err != nil {
+		t.Fatalf("the cleaner took a held scratch directory: %v", err)
+	}
+	unlock() // its process died
+	c.RemoveDeadDirs()
+	if _, err := os.Stat(dead); !os.IsNotExist(err) {
+		t.Fatalf("a dead process's scratch directory stayed: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(held, "images", "core-1.img")); err != nil {
+		t.Fatalf("the cleaner took a held scratch directory: %v", err)
+	}
+	release()
+	if ents, _ := os.ReadDir(filepath.Join(c.root, "tmp")); len(ents) != 0 {
+		t.Fatalf("left in tmp: %v", ents)
+	}
+	if locks, _ := filepath.Glob(filepath.Join(c.root, "locks", "use-scratch-*")); len(locks) != 0 {
+		t.Fatalf("lock files left: %v", locks)
+	}
+}

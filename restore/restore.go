@@ -78,7 +78,7 @@ type Plan struct {
 	Timings       Timings
 
 	unpacked    *cache.Unpacked
-	scratch     string    // per-container files, needed until runc has restored
+	scratch     func()    // removes the per-container files, needed until runc has restored
 	mountsCache bool      // the rootfs mounts a directory of the cache
 	stream      *stream   // the download still going on, for a streamed restore
 	detached    *detached // a failed download's directory the rootfs still stacks on
@@ -125,9 +125,9 @@ func (p *Plan) NeedsCache() bool { return p.mountsCache }
 // RestoreDone removes what only runc's restore needed. Call it once Start
 // has returned.
 func (p *Plan) RestoreDone() {
-	if p != nil && p.scratch != "" {
-		os.RemoveAll(p.scratch)
-		p.scratch = ""
+	if p != nil && p.scratch != nil {
+		p.scratch()
+		p.scratch = nil
 	}
 }
 
@@ -248,11 +248,11 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	}()
 	plan.ImagesDir = filepath.Join(f.Dir, "criu")
 
-	scratch, err := f.scratchDir("restore-" + req.ContainerID)
+	scratch, removeScratch, err := f.cache.ScratchDir("restore-" + req.ContainerID)
 	if err != nil {
 		return nil, err
 	}
-	plan.scratch = scratch
+	plan.scratch = removeScratch
 	if plan.stream != nil {
 		linked := filepath.Join(scratch, "images")
 		if err := linkImages(plan.ImagesDir, linked, plan.stream, f.Checkpoint.Stream.Tail); err != nil {
@@ -306,12 +306,6 @@ type Fetched struct {
 
 // Release ends the hold on the unpacked checkpoint.
 func (f *Fetched) Release() { f.unpacked.Release() }
-
-// scratchDir is a new private directory in the cache, on the same
-// filesystem as the unpacked checkpoint.
-func (f *Fetched) scratchDir(prefix string) (string, error) {
-	return f.cache.TempDir(prefix)
-}
 
 // Fetch applies the node's policy to a reference, resolves it, runs the
 // pre-flight on its manifest and metadata, and makes sure the checkpoint is
@@ -774,14 +768,16 @@ func ArmDump(bundle string) error {
 // [cache] max_size and max_age (least recently used first), and reports
 // whether the cache is still over max_size (checkpoints in use are never
 // evicted). Either way it first removes the mount points of streamed
-// restores whose shims died (see cache.MountDir).
+// restores whose shims died, and their images directories (see
+// cache.MountDir and cache.ScratchDir).
 func (r *Restorer) EnforceCacheLimits(ctx context.Context) ([]cache.Entry, bool, error) {
 	c, err := cache.Open(r.cfg.Cache.Root)
 	if err != nil {
 		return nil, false, err
 	}
-	// Limits or not: a shim killed while it streamed left a mount point.
-	c.RemoveDeadMounts()
+	// Limits or not: a shim killed while it streamed left a mount point,
+	// one killed between create and start its images directory.
+	c.RemoveDeadDirs()
 	if r.cfg.Cache.MaxSize == 0 && r.cfg.Cache.MaxAge == 0 {
 		return nil, false, nil
 	}

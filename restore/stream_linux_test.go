@@ -221,7 +221,7 @@ func TestStreamedPrepareBadLastFrame(t *testing.T) {
 	if openCache(t, e).IsUnpacked(plan.Digest) {
 		t.Fatal("a checkpoint with a bad frame was cached")
 	}
-	if ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "tmp")); len(ents) != 1 || !strings.HasPrefix(ents[0].Name(), "restore-") {
+	if ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "tmp")); len(ents) != 1 || !strings.HasPrefix(ents[0].Name(), "scratch-restore-") {
 		t.Fatalf("left in tmp: %v (only the container's scratch directory should be)", ents)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -57,11 +58,20 @@ func TestCLICheckpointInspectRestore(t *testing.T) {
 	waitCount(t, donorLog, lastBeforeDump+3) // the donor keeps running by default
 
 	// The metadata is in the manifest too (OCI 1.1 descriptor data), the
-	// same bytes as its blob: the registry kept it.
+	// same bytes as its blob: the registry kept it. So are the small rootfs
+	// changes, and the CRIU layer's first frame (every image but the page
+	// images) is in its annotations.
 	var m struct {
 		Config struct {
 			Digest string
 			Data   []byte
+		}
+		Layers []struct {
+			MediaType   string
+			Digest      string
+			Size        int
+			Data        []byte
+			Annotations map[string]string
 		}
 	}
 	if err := json.Unmarshal([]byte(orasCmd(t, "manifest", "fetch", ref)), &m); err != nil {
@@ -69,6 +79,23 @@ func TestCLICheckpointInspectRestore(t *testing.T) {
 	}
 	if blob := orasCmd(t, "blob", "fetch", "--output", "-", ref+"@"+m.Config.Digest); len(m.Config.Data) == 0 || string(m.Config.Data) != blob {
 		t.Errorf("the manifest embeds %q, the metadata blob is %q", m.Config.Data, blob)
+	}
+	var sawHead, sawRootfs bool
+	for _, l := range m.Layers {
+		blob := orasCmd(t, "blob", "fetch", "--output", "-", ref+"@"+l.Digest)
+		switch l.MediaType {
+		case "application/vnd.snapboot.rootfs.diff.v1.tar+zstd":
+			sawRootfs = true
+			if l.Size <= 16<<10 && string(l.Data) != blob {
+				t.Errorf("the manifest embeds %d bytes of the rootfs changes, the blob has %d", len(l.Data), len(blob))
+			}
+		case "application/vnd.snapboot.criu.images.v1.tar+zstd":
+			head, err := base64.StdEncoding.DecodeString(l.Annotations["dev.snapboot.stream.head"])
+			sawHead = err == nil && len(head) > 0 && strings.HasPrefix(blob, string(head))
+		}
+	}
+	if !sawHead || !sawRootfs {
+		t.Errorf("the manifest should carry the CRIU layer's first frame (%v) and the rootfs changes (%v)", sawHead, sawRootfs)
 	}
 
 	// inspect reads the metadata and says this node can restore it.

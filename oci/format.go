@@ -25,9 +25,10 @@ const (
 const (
 	MaxManifestSize = 4 << 20
 	MaxConfigSize   = 1 << 20
-	// MaxEmbeddedConfig is the largest metadata Push also embeds in the
-	// manifest (a few kilobytes is usual).
-	MaxEmbeddedConfig = 16 << 10
+	// MaxEmbedded is the largest blob Push also embeds in the manifest
+	// (OCI 1.1 descriptor data): the metadata (a few kilobytes is usual)
+	// and a small layer (rootfs changes of a few files).
+	MaxEmbedded = 16 << 10
 )
 
 // ErrInvalidArtifact is wrapped by every error about an artifact that is not
@@ -97,17 +98,16 @@ func DecodeManifest(data []byte) (*Checkpoint, error) {
 	if err := checkDescriptor("config", m.Config, MaxConfigSize); err != nil {
 		return nil, err
 	}
-	if m.Config.Data != nil {
-		// The metadata embedded in the manifest (OCI 1.1 "data"): it must
-		// be the blob the descriptor names, as the blob would be checked.
-		if int64(len(m.Config.Data)) != m.Config.Size || m.Config.Digest.Algorithm().FromBytes(m.Config.Data) != m.Config.Digest {
-			return nil, invalid("config data does not match the config's digest and size")
-		}
+	if err := checkData("config", m.Config); err != nil {
+		return nil, err
 	}
 	c := &Checkpoint{Manifest: m, Config: m.Config}
 	var criu int
 	for i, l := range m.Layers {
 		if err := checkDescriptor(fmt.Sprintf("layer %d", i), l, 0); err != nil {
+			return nil, err
+		}
+		if err := checkData(fmt.Sprintf("layer %d", i), l); err != nil {
 			return nil, err
 		}
 		switch l.MediaType {
@@ -147,6 +147,16 @@ func checkDescriptor(what string, d ocispec.Descriptor, max int64) error {
 	}
 	if len(d.URLs) > 0 {
 		return invalid("%s has external URLs; they are not followed", what)
+	}
+	return nil
+}
+
+// checkData checks a blob embedded in the manifest (OCI 1.1 descriptor
+// "data"): it must be the blob the descriptor names, as the blob would be
+// checked when downloaded.
+func checkData(what string, d ocispec.Descriptor) error {
+	if d.Data != nil && (int64(len(d.Data)) != d.Size || d.Digest.Algorithm().FromBytes(d.Data) != d.Digest) {
+		return invalid("%s data does not match the %s's digest and size", what, what)
 	}
 	return nil
 }

@@ -60,6 +60,11 @@ func TestDecodeManifest(t *testing.T) {
 	if err != nil || string(ck.Config.Data) != "{}" {
 		t.Fatalf("embedded metadata: %+v, %v", ck, err)
 	}
+	// A layer embedded in the manifest.
+	ck, err = DecodeManifest(manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[1].Data = []byte("rootfs") }))
+	if err != nil || string(ck.Rootfs.Data) != "rootfs" {
+		t.Fatalf("embedded layer: %+v, %v", ck, err)
+	}
 	// CRIU images packed with LZ4.
 	ck, err = DecodeManifest(manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[0].MediaType = MediaTypeCRIUImagesLZ4 }))
 	if err != nil || ck.CRIU.MediaType != MediaTypeCRIUImagesLZ4 || ck.CRIU.Digest != digest.FromString("criu") {
@@ -90,6 +95,8 @@ func TestDecodeManifestRejects(t *testing.T) {
 		"index media type":               manifestJSON(t, func(m *ocispec.Manifest) { m.MediaType = ocispec.MediaTypeImageIndex }),
 		"embedded metadata not the blob": manifestJSON(t, func(m *ocispec.Manifest) { m.Config.Data = []byte("[]") }),
 		"embedded metadata, wrong size":  manifestJSON(t, func(m *ocispec.Manifest) { m.Config.Data = []byte("{} ") }),
+		"embedded layer not the blob":    manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[1].Data = []byte("rootfz") }),
+		"embedded layer, wrong size":     manifestJSON(t, func(m *ocispec.Manifest) { m.Layers[1].Data = []byte("rootfs!") }),
 	}
 	for name, data := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -52,7 +52,7 @@ func Push(ctx context.Context, dst Target, tag string, meta *Metadata, layers []
 		return ocispec.Descriptor{}, err
 	}
 	cfg := ocispec.Descriptor{MediaType: MediaTypeConfig, Digest: digest.FromBytes(cfgData), Size: int64(len(cfgData))}
-	if len(cfgData) <= MaxEmbeddedConfig {
+	if len(cfgData) <= MaxEmbedded {
 		// In the manifest too (OCI 1.1 descriptor data): a node reads it
 		// with the manifest, one round trip to the registry less before
 		// the pre-flight. The blob is pushed all the same.
@@ -114,6 +114,17 @@ func pushFile(ctx context.Context, dst Target, l LayerFile, progress func(string
 		return ocispec.Descriptor{}, err
 	}
 	d := ocispec.Descriptor{MediaType: l.MediaType, Digest: dg, Size: fi.Size(), Annotations: l.Annotations}
+	if d.Size <= MaxEmbedded {
+		// In the manifest too, as the metadata: a node unpacks it without
+		// a round trip to the registry (the rootfs changes of an app that
+		// wrote a few small files, or none).
+		if d.Data, err = os.ReadFile(l.Path); err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		if int64(len(d.Data)) != d.Size || digest.SHA256.FromBytes(d.Data) != dg {
+			return ocispec.Descriptor{}, fmt.Errorf("%s changed while it was pushed", l.Path)
+		}
+	}
 	if ok, err := dst.Exists(ctx, d); err == nil && ok {
 		return d, nil
 	}

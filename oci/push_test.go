@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -20,6 +21,8 @@ func TestPushWritesFormatV1(t *testing.T) {
 	rootfs := filepath.Join(dir, "rootfs.tar.zst")
 	os.WriteFile(criu, []byte("criu layer"), 0o600)
 	os.WriteFile(rootfs, []byte("rootfs layer"), 0o600)
+	big := filepath.Join(dir, "big.tar.zst")
+	os.WriteFile(big, bytes.Repeat([]byte("x"), MaxEmbedded+1), 0o600)
 	store := memory.New()
 	subject := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("image"), Size: 5}
 	meta := &Metadata{FormatVersion: 1, Created: time.Now(), CRIU: Version{Version: "4.2.1"}, Host: Host{Architecture: "amd64"}}
@@ -55,6 +58,18 @@ func TestPushWritesFormatV1(t *testing.T) {
 	}
 	if string(ck.Config.Data) != string(cfg) {
 		t.Fatalf("the manifest embeds %q, the metadata blob is %q", ck.Config.Data, cfg)
+	}
+	// A small layer is in the manifest too, and pushed all the same.
+	if blob, err := content.FetchAll(ctx, store, *ck.Rootfs); err != nil || string(ck.Rootfs.Data) != "rootfs layer" || string(blob) != "rootfs layer" {
+		t.Fatalf("rootfs layer: embedded %q, blob %q, %v", ck.Rootfs.Data, blob, err)
+	}
+	big3, err := Push(ctx, store, "v3", meta, []LayerFile{{MediaType: MediaTypeCRIUImages, Path: big}}, PushOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ = content.FetchAll(ctx, store, big3)
+	if ck, err := DecodeManifest(data); err != nil || ck.CRIU.Data != nil {
+		t.Fatalf("a layer over %d bytes is embedded: %v", MaxEmbedded, err)
 	}
 	// Pushing the same layers again uploads nothing new and gives a valid manifest.
 	if _, err := Push(ctx, store, "v2", meta, []LayerFile{{MediaType: MediaTypeCRIUImages, Path: criu}}, PushOptions{}); err != nil {

@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"encoding/base64"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -23,6 +24,15 @@ const (
 	// order, each as "NAME:SIZE", separated by spaces. Every other image
 	// comes before them.
 	AnnotationTail = "dev.snapboot.stream.tail"
+	// AnnotationHead is the layer's first frame itself, in standard
+	// base64, when it is at most MaxEmbeddedHead bytes. snapboot ends the
+	// first frame right after the first page image's header, so it holds
+	// every image but the page images: a node unpacks them from the
+	// manifest, and the restore begins while the registry has not yet
+	// answered the layer's download (which still begins at once, for the
+	// page images). The frame is checked against the digest listed first
+	// in AnnotationFrames, as the downloaded one would be.
+	AnnotationHead = "dev.snapboot.stream.head"
 )
 
 // Bounds of a stream index.
@@ -30,6 +40,8 @@ const (
 	MaxFrameSize = 16 << 20 // compressed bytes in one frame
 	maxFrames    = 1 << 20
 	maxTail      = 1 << 12
+	// MaxEmbeddedHead bounds the first frame carried in AnnotationHead.
+	MaxEmbeddedHead = 64 << 10
 )
 
 // Frame is one compressed frame of a layer: its compressed size and digest.
@@ -49,6 +61,9 @@ type TailFile struct {
 type Stream struct {
 	Frames []Frame
 	Tail   []TailFile
+	// Head is the first frame's content, when the manifest carries it
+	// (AnnotationHead); it matches Frames[0].
+	Head []byte
 }
 
 // pageImage is the name CRIU gives page images.
@@ -67,7 +82,11 @@ func (s *Stream) Annotations() map[string]string {
 	for i, t := range s.Tail {
 		tail[i] = fmt.Sprintf("%s:%d", t.Name, t.Size)
 	}
-	return map[string]string{AnnotationFrames: strings.Join(frames, " "), AnnotationTail: strings.Join(tail, " ")}
+	ann := map[string]string{AnnotationFrames: strings.Join(frames, " "), AnnotationTail: strings.Join(tail, " ")}
+	if len(s.Head) > 0 && len(s.Head) <= MaxEmbeddedHead {
+		ann[AnnotationHead] = base64.StdEncoding.EncodeToString(s.Head)
+	}
+	return ann
 }
 
 // StreamOf decodes the stream index of a CRIU images layer. It returns nil
@@ -117,6 +136,22 @@ func StreamOf(layer ocispec.Descriptor) (*Stream, error) {
 	}
 	if len(s.Tail) == 0 {
 		return nil, invalid("%s lists no page image", AnnotationTail)
+	}
+	if head, ok := layer.Annotations[AnnotationHead]; ok {
+		if len(head) > base64.StdEncoding.EncodedLen(MaxEmbeddedHead) {
+			return nil, invalid("%s is more than %d bytes", AnnotationHead, MaxEmbeddedHead)
+		}
+		b, err := base64.StdEncoding.DecodeString(head)
+		if err != nil {
+			return nil, invalid("%s is not base64: %v", AnnotationHead, err)
+		}
+		if len(s.Frames) == 0 {
+			return nil, invalid("%s with no frames listed", AnnotationHead)
+		}
+		if f := s.Frames[0]; int64(len(b)) != f.Size || digest.SHA256.FromBytes(b) != f.Digest {
+			return nil, invalid("%s does not match the first frame's size and digest", AnnotationHead)
+		}
+		s.Head = b
 	}
 	return s, nil
 }

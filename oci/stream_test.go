@@ -1,6 +1,8 @@
 package oci
 
 import (
+	"bytes"
+	"encoding/base64"
 	"errors"
 	"testing"
 
@@ -53,6 +55,42 @@ func TestStreamOf(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			_, err := StreamOf(ocispec.Descriptor{Size: 150, Annotations: ann})
 			if !errors.Is(err, ErrInvalidArtifact) {
+				t.Fatalf("got %v", err)
+			}
+		})
+	}
+}
+
+// The first frame may come in the manifest; it must be that frame.
+func TestStreamOfHead(t *testing.T) {
+	first := []byte("the first frame")
+	d1, d2 := digest.FromBytes(first), digest.FromString("frame 2")
+	s := &Stream{Frames: []Frame{{Size: int64(len(first)), Digest: d1}, {Size: 50, Digest: d2}}, Tail: []TailFile{{Name: "pages-1.img", Size: 10}}, Head: first}
+	ann := s.Annotations()
+	if ann[AnnotationHead] != base64.StdEncoding.EncodeToString(first) {
+		t.Fatalf("head annotation %q", ann[AnnotationHead])
+	}
+	layer := ocispec.Descriptor{Size: int64(len(first)) + 50, Annotations: ann}
+	got, err := StreamOf(layer)
+	if err != nil || !bytes.Equal(got.Head, first) {
+		t.Fatalf("decoded head %q, %v", got.Head, err)
+	}
+	delete(ann, AnnotationHead)
+	if got, err := StreamOf(layer); err != nil || got.Head != nil {
+		t.Fatalf("without the annotation: head %q, %v", got.Head, err)
+	}
+	if big := (&Stream{Frames: s.Frames, Tail: s.Tail, Head: make([]byte, MaxEmbeddedHead+1)}).Annotations(); big[AnnotationHead] != "" {
+		t.Fatal("a first frame over the bound went into the annotations")
+	}
+	for name, head := range map[string]string{
+		"another frame":  base64.StdEncoding.EncodeToString([]byte("the first framE")),
+		"short":          base64.StdEncoding.EncodeToString(first[1:]),
+		"not base64":     "%%%",
+		"over the bound": base64.StdEncoding.EncodeToString(make([]byte, MaxEmbeddedHead+1)),
+	} {
+		t.Run(name, func(t *testing.T) {
+			ann[AnnotationHead] = head
+			if _, err := StreamOf(layer); !errors.Is(err, ErrInvalidArtifact) {
 				t.Fatalf("got %v", err)
 			}
 		})

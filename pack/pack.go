@@ -88,10 +88,16 @@ func (l Level) zstd() (zstd.EncoderLevel, error) {
 type countingWriter struct {
 	w io.Writer
 	n int64
+	// head keeps the first bytes written, up to keep.
+	head []byte
+	keep int
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
+	if room := c.keep - len(c.head); room > 0 {
+		c.head = append(c.head, p[:min(room, n)]...)
+	}
 	c.n += int64(n)
 	return n, err
 }
@@ -111,7 +117,7 @@ func (l Level) CRIUImagesMediaType() string {
 // download. Anything else (links, devices, sockets) is an error: a CRIU
 // image directory holds none.
 func TarDir(ctx context.Context, dir string, w io.Writer, level Level) (Sizes, error) {
-	cw := &countingWriter{w: w}
+	cw := &countingWriter{w: w, keep: oci.MaxEmbeddedHead}
 	enc, err := newFrameWriter(cw, level)
 	if err != nil {
 		return Sizes{}, err
@@ -206,6 +212,11 @@ func TarDir(ctx context.Context, dir string, w io.Writer, level Level) (Sizes, e
 	sizes := Sizes{Raw: raw.n, Compressed: cw.n}
 	if len(st.Tail) > 0 {
 		st.Frames = enc.Frames()
+		if first := st.Frames[0].Size; first <= int64(len(cw.head)) {
+			// Every image but the page images, small enough to go in
+			// the manifest (see oci.AnnotationHead).
+			st.Head = cw.head[:first]
+		}
 		sizes.Stream = st
 	}
 	return sizes, nil

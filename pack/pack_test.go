@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -163,6 +164,10 @@ func TestPageImagesLastAndIndexed(t *testing.T) {
 	if got := strings.Join(first, " "); got != "core-1.img pagemap-1.img zz-last.img pages-1.img" {
 		t.Fatalf("first frame: %s", got)
 	}
+	// It is small, so it goes in the manifest as well.
+	if !bytes.Equal(sz.Stream.Head, data[:sz.Stream.Frames[0].Size]) {
+		t.Fatalf("head: %d bytes, not the first frame's %d", len(sz.Stream.Head), sz.Stream.Frames[0].Size)
+	}
 	// The annotations decode back to the same index.
 	layer := ocispec.Descriptor{Size: int64(len(data)), Digest: digest.FromBytes(data), Annotations: sz.Stream.Annotations()}
 	back, err := oci.StreamOf(layer)
@@ -172,6 +177,23 @@ func TestPageImagesLastAndIndexed(t *testing.T) {
 
 	if got := strings.Join(tarNames(t, zstdReader(t, data)), " "); got != "core-1.img pagemap-1.img zz-last.img pages-1.img pages-2.img" {
 		t.Fatalf("tar order: %s", got)
+	}
+}
+
+// A first frame over oci.MaxEmbeddedHead stays out of the manifest.
+func TestLargeFirstFrameNotEmbedded(t *testing.T) {
+	src := t.TempDir()
+	noise := make([]byte, oci.MaxEmbeddedHead+1)
+	rand.NewChaCha8([32]byte{1}).Read(noise)
+	os.WriteFile(filepath.Join(src, "core-1.img"), noise, 0o600)
+	os.WriteFile(filepath.Join(src, "pages-1.img"), []byte("pages"), 0o600)
+	var buf bytes.Buffer
+	sz, err := TarDir(context.Background(), src, &buf, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sz.Stream == nil || sz.Stream.Frames[0].Size <= oci.MaxEmbeddedHead || sz.Stream.Head != nil {
+		t.Fatalf("first frame of %d bytes, head of %d", sz.Stream.Frames[0].Size, len(sz.Stream.Head))
 	}
 }
 

@@ -717,7 +717,11 @@ func (r *Restorer) pullLayer(ctx context.Context, a *artifact, dir string, l oci
 	// the manifest lists for it (a streamed restore): hashing the layer
 	// twice adds nothing. The frames' own checksums add nothing either.
 	fetch := cache.FetchOptions{ConsumerVerifies: opts.Frames != nil}
-	downloaded, err := a.cache.FetchBlobTo(ctx, a.src, l, fetch, func(rd io.Reader) error {
+	var head []byte
+	if opts.Frames != nil {
+		head = a.ck.Stream.Head
+	}
+	downloaded, err := a.cache.FetchBlobTo(ctx, layerSource(a.src, l, head), l, fetch, func(rd io.Reader) error {
 		if opts.Files != nil {
 			rd = io.TeeReader(rd, pages.keep)
 		}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 	"oras.land/oras-go/v2/registry"
@@ -55,6 +56,19 @@ func (f *fakeRegistry) addStreamedLayers(t *testing.T, tag string, pages []byte,
 // addPacked is addStreamedLayers with the CRIU images packed at level.
 func (f *fakeRegistry) addPacked(t *testing.T, tag string, pages []byte, rootfs bool, level pack.Level) (criu, rootfsLayer ocispec.Descriptor, st *oci.Stream) {
 	t.Helper()
+	return f.addPackedWith(t, tag, pages, level, packed{rootfs: rootfs})
+}
+
+// packed says how addPackedWith makes the manifest.
+type packed struct {
+	rootfs       bool // with rootfs changes
+	embedRootfs  bool // in the manifest, as `snapboot checkpoint` puts small ones
+	withoutFirst bool // the first frame not in the manifest, as before it was
+}
+
+// addPackedWith is addPacked, the manifest made as p says.
+func (f *fakeRegistry) addPackedWith(t *testing.T, tag string, pages []byte, level pack.Level, p packed) (criu, rootfsLayer ocispec.Descriptor, st *oci.Stream) {
+	t.Helper()
 	src := t.TempDir()
 	for name, data := range map[string][]byte{"inventory.img": []byte("inventory " + tag), "core-1.img": []byte(coreImage(t)), "pages-1.img": pages} {
 		if err := os.WriteFile(filepath.Join(src, name), data, 0o600); err != nil {
@@ -67,11 +81,20 @@ func (f *fakeRegistry) addPacked(t *testing.T, tag string, pages []byte, rootfs 
 		t.Fatal(err)
 	}
 	criu = push(t, f.store, level.CRIUImagesMediaType(), buf.Bytes())
+	if sz.Stream.Head == nil {
+		t.Fatal("the first frame is not kept for the manifest")
+	}
+	if p.withoutFirst {
+		sz.Stream.Head = nil
+	}
 	criu.Annotations = sz.Stream.Annotations()
 	layers := []ocispec.Descriptor{criu}
-	if rootfs {
-		rootfsLayer = push(t, f.store, oci.MediaTypeRootfsDiff, tarZstd(t,
-			entry{name: "etc/", typ: tar.TypeDir}, entry{name: "etc/app.log", body: "log line\n"}))
+	if p.rootfs {
+		diff := tarZstd(t, entry{name: "etc/", typ: tar.TypeDir}, entry{name: "etc/app.log", body: "log line\n"})
+		rootfsLayer = push(t, f.store, oci.MediaTypeRootfsDiff, diff)
+		if p.embedRootfs {
+			rootfsLayer.Data = diff
+		}
 		layers = append(layers, rootfsLayer)
 	}
 	f.addManifest(t, tag, testArtifact{}, layers...)
@@ -249,10 +272,13 @@ func TestStreamingOff(t *testing.T) {
 	}
 }
 
+// A checkpoint whose manifest does not carry the first frame (an older
+// snapboot's, or one whose first frame is too large): a bad first frame
+// is found before the restore can begin.
 func TestStreamedPrepareBadFirstFrame(t *testing.T) {
 	needFUSE(t)
 	e := newEnv(t)
-	criu, _ := e.reg.addStreamed(t, "v1", randomPages(9<<20))
+	criu, _, _ := e.reg.addPackedWith(t, "v1", randomPages(9<<20), "", packed{withoutFirst: true})
 	e.restorer.NewSource = func(registry.Reference) (Source, error) {
 		return &gatedSource{Source: e.reg, layer: criu, at: 100, tamper: true}, nil
 	}
@@ -318,10 +344,11 @@ func TestStreamedPrepareWithRootfs(t *testing.T) {
 }
 
 // heldSource holds one layer back until the fetch's context ends, and
-// flips a byte of another.
+// flips the byte at `at` of another.
 type heldSource struct {
 	Source
 	held, tampered ocispec.Descriptor
+	at             int64
 }
 
 func (h *heldSource) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
@@ -336,7 +363,7 @@ func (h *heldSource) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCl
 	case d.Digest == h.tampered.Digest:
 		b, _ := io.ReadAll(rc)
 		rc.Close()
-		b[100] ^= 0xff
+		b[h.at] ^= 0xff
 		return io.NopCloser(bytes.NewReader(b)), nil
 	}
 	return rc, nil
@@ -348,9 +375,10 @@ func (h *heldSource) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCl
 func TestStreamedPrepareReportsFirstFailure(t *testing.T) {
 	needFUSE(t)
 	e := newEnv(t)
-	criu, rootfs, _ := e.reg.addStreamedLayers(t, "v1", randomPages(9<<20), true)
+	criu, rootfs, st := e.reg.addStreamedLayers(t, "v1", randomPages(9<<20), true)
 	e.restorer.NewSource = func(registry.Reference) (Source, error) {
-		return &heldSource{Source: e.reg, held: rootfs, tampered: criu}, nil
+		// In the second frame: the first comes with the manifest.
+		return &heldSource{Source: e.reg, held: rootfs, tampered: criu, at: st.Frames[0].Size + 100}, nil
 	}
 	_, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
 	if !errors.Is(err, unpack.ErrCorrupt) || errors.Is(err, context.Canceled) {
@@ -608,7 +636,7 @@ func TestStreamedPrepareTimesOut(t *testing.T) {
 	e := newEnv(t)
 	e.cfg.Pull.Timeout = nodeconfig.Duration(300 * time.Millisecond)
 	t.Cleanup(func() { detachMountsUnder(e.cfg.Cache.Root) }) // so that a failure here leaks nothing
-	criu, _ := e.reg.addStreamed(t, "v1", randomPages(9<<20))
+	criu, _, _ := e.reg.addPackedWith(t, "v1", randomPages(9<<20), "", packed{withoutFirst: true})
 	e.restorer.NewSource = func(registry.Reference) (Source, error) { return &stalledSource{Source: e.reg, layer: criu}, nil }
 	_, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
 	if !errors.Is(err, context.DeadlineExceeded) || ReasonKind(err) != "timeout" {
@@ -660,5 +688,98 @@ func TestLinkImages(t *testing.T) {
 	}
 	if err := linkImages(unpacked, filepath.Join(t.TempDir(), "images"), s, tail); !errors.Is(err, oci.ErrInvalidArtifact) {
 		t.Fatalf("a fifo among the images: %v, want ErrInvalidArtifact", err)
+	}
+}
+
+// heldUntil holds the download of a layer until open is closed, and
+// records what was downloaded.
+type heldUntil struct {
+	Source
+	layer   ocispec.Descriptor
+	open    chan struct{}
+	mu      sync.Mutex
+	fetched []digest.Digest
+}
+
+func (h *heldUntil) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	h.mu.Lock()
+	h.fetched = append(h.fetched, d.Digest)
+	h.mu.Unlock()
+	if d.Digest == h.layer.Digest {
+		select {
+		case <-h.open:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return h.Source.Fetch(ctx, d)
+}
+
+// With the first frame and the rootfs changes in the manifest, the restore
+// can begin before the registry answers the CRIU layer's download, and the
+// rootfs changes are not downloaded at all; the page images still stream,
+// and the whole layer, first frame included, goes into the cache.
+func TestStreamedPrepareFromManifest(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	t.Cleanup(func() { detachMountsUnder(e.cfg.Cache.Root) }) // so that a failure here leaks nothing
+	pages := randomPages(9 << 20)
+	criu, rootfs, _ := e.reg.addPackedWith(t, "v1", pages, "", packed{rootfs: true, embedRootfs: true})
+	src := &heldUntil{Source: e.reg, layer: criu, open: make(chan struct{})}
+	e.restorer.NewSource = func(registry.Reference) (Source, error) { return src, nil }
+	type result struct {
+		plan *Plan
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+		done <- result{plan, err}
+	}()
+	var plan *Plan
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		plan = r.plan
+	case <-time.After(10 * time.Second):
+		close(src.open)
+		if r := <-done; r.plan != nil {
+			r.plan.Release()
+		}
+		t.Fatal("Prepare waited for the registry's answer to the CRIU layer's download")
+	}
+	defer plan.Release()
+	if plan.stream == nil {
+		t.Fatal("not streamed")
+	}
+	if b, _ := os.ReadFile(filepath.Join(plan.ImagesDir, "inventory.img")); string(b) != "inventory v1" {
+		t.Fatalf("inventory.img: %q", b)
+	}
+	if b, err := os.ReadFile(filepath.Join(plan.stream.filling.Dir, "rootfs", "etc", "app.log")); err != nil || string(b) != "log line\n" {
+		t.Fatalf("rootfs changes: %q, %v", b, err)
+	}
+	close(src.open)
+	if b, err := os.ReadFile(filepath.Join(plan.ImagesDir, "pages-1.img")); err != nil || !bytes.Equal(b, pages) {
+		t.Fatalf("page image read through the stream: %d bytes, %v", len(b), err)
+	}
+	if err := plan.FinishStream(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-plan.CacheFilled():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the cache fill after the restore did not end")
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.cfg.Cache.Root, "unpacked", plan.Digest.Encoded(), "criu", "pages-1.img")); !bytes.Equal(b, pages) {
+		t.Fatalf("the cache holds %d bytes of pages-1.img, not the page image", len(b))
+	}
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	for _, d := range src.fetched {
+		if d == rootfs.Digest {
+			t.Fatal("the rootfs changes in the manifest were downloaded")
+		}
 	}
 }

@@ -192,17 +192,7 @@ func testStreamedPrepare(t *testing.T, level pack.Level) {
 	if b := <-got; !bytes.Equal(b, pages) {
 		t.Fatalf("page image read through the stream: %d bytes, differ", len(b))
 	}
-	if err := plan.FinishStream(context.Background(), true); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-plan.CacheFilled():
-	case <-time.After(30 * time.Second):
-		t.Fatal("the cache fill after the restore did not end")
-	}
-	if b, _ := os.ReadFile(filepath.Join(e.cfg.Cache.Root, "unpacked", plan.Digest.Encoded(), "criu", "pages-1.img")); !bytes.Equal(b, pages) {
-		t.Fatalf("the cache holds %d bytes of pages-1.img, not the page image", len(b))
-	}
+	finishCached(t, e, plan, pages)
 	if !openCache(t, e).IsUnpacked(plan.Digest) || plan.PulledBytes != criu.Size {
 		t.Fatalf("after the download: unpacked=%v pulled=%d", openCache(t, e).IsUnpacked(plan.Digest), plan.PulledBytes)
 	}
@@ -299,15 +289,7 @@ func TestStreamedPrepareWithRootfs(t *testing.T) {
 	_, rootfs, _ := e.reg.addStreamedLayers(t, "v1", randomPages(9<<20), true)
 	gate := &gatedSource{Source: e.reg, layer: rootfs, at: 10, open: make(chan struct{})}
 	e.restorer.NewSource = func(registry.Reference) (Source, error) { return gate, nil }
-	type result struct {
-		plan *Plan
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
-		done <- result{plan, err}
-	}()
+	done := prepareInBackground(t, e, "reg.test/apps/web:v1")
 	select {
 	case r := <-done:
 		t.Fatalf("Prepare returned before the rootfs changes were in: %v", r.err)
@@ -727,15 +709,7 @@ func TestStreamedPrepareFromManifest(t *testing.T) {
 	criu, rootfs, _ := e.reg.addPackedWith(t, "v1", pages, "", packed{rootfs: true, embedRootfs: true})
 	src := &heldUntil{Source: e.reg, layer: criu, open: make(chan struct{})}
 	e.restorer.NewSource = func(registry.Reference) (Source, error) { return src, nil }
-	type result struct {
-		plan *Plan
-		err  error
-	}
-	done := make(chan result, 1)
-	go func() {
-		plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
-		done <- result{plan, err}
-	}()
+	done := prepareInBackground(t, e, "reg.test/apps/web:v1")
 	var plan *Plan
 	select {
 	case r := <-done:
@@ -764,6 +738,20 @@ func TestStreamedPrepareFromManifest(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(plan.ImagesDir, "pages-1.img")); err != nil || !bytes.Equal(b, pages) {
 		t.Fatalf("page image read through the stream: %d bytes, %v", len(b), err)
 	}
+	finishCached(t, e, plan, pages)
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	for _, d := range src.fetched {
+		if d == rootfs.Digest {
+			t.Fatal("the rootfs changes in the manifest were downloaded")
+		}
+	}
+}
+
+// finishCached ends a streamed restore that succeeded, and checks that the
+// cache fill after it stored the page image.
+func finishCached(t *testing.T, e *env, plan *Plan, pages []byte) {
+	t.Helper()
 	if err := plan.FinishStream(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
@@ -775,11 +763,20 @@ func TestStreamedPrepareFromManifest(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(e.cfg.Cache.Root, "unpacked", plan.Digest.Encoded(), "criu", "pages-1.img")); !bytes.Equal(b, pages) {
 		t.Fatalf("the cache holds %d bytes of pages-1.img, not the page image", len(b))
 	}
-	src.mu.Lock()
-	defer src.mu.Unlock()
-	for _, d := range src.fetched {
-		if d == rootfs.Digest {
-			t.Fatal("the rootfs changes in the manifest were downloaded")
-		}
-	}
+}
+
+// prepared is what Prepare returned.
+type prepared struct {
+	plan *Plan
+	err  error
+}
+
+// prepareInBackground runs Prepare for ref and sends what it returns.
+func prepareInBackground(t *testing.T, e *env, ref string) <-chan prepared {
+	done := make(chan prepared, 1)
+	go func() {
+		plan, err := e.prepare(t, ref, overlayRootfs)
+		done <- prepared{plan, err}
+	}()
+	return done
 }

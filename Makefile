@@ -38,10 +38,12 @@ compare: demo-deps build
 	@test -n "$(SHIM)$(LEVELS)" || { echo "usage: make compare SHIM=/path/to/other/containerd-shim-snapboot-v1 | LEVELS=default,best"; exit 2; }
 	$(GO) run ./demo -models $(DEMO_MODELS) -runs $(COMPARE_RUNS) $(if $(SHIM),-compare-shim $(SHIM) $(if $(COMPRESSION),-compression $(COMPRESSION)),-compare-levels $(LEVELS))
 
-## build: build the shim and the CLI into bin/
+## build: build the shim and the CLI into bin/, statically linked (no cgo), as
+## deploy/Dockerfile and containerd's own shims are: no dynamic loader or libc
+## to set up at each of a shim's two starts, and no glibc version to match
 build:
-	$(GO) build -o $(BIN)/containerd-shim-snapboot-v1 ./cmd/containerd-shim-snapboot-v1
-	$(GO) build -o $(BIN)/snapboot ./cmd/snapboot
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/containerd-shim-snapboot-v1 ./cmd/containerd-shim-snapboot-v1
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/snapboot ./cmd/snapboot
 
 ## test: the README's test command: install what is missing (the demo's PostgreSQL and debootstrap too: a reduced demo is an integration test), then unit, fuzz and integration tests
 test: demo-deps vet unit fuzz integration

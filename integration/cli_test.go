@@ -100,10 +100,13 @@ func TestCLICheckpointInspectRestore(t *testing.T) {
 
 	// inspect reads the metadata and says this node can restore it.
 	out = mustSnapboot(t, "inspect", ref)
-	for _, want := range []string{"criu", "4.2", "architecture", "amd64", "source container", donor, "application/vnd.snapboot.criu.images.v1.tar+zstd", "application/vnd.snapboot.rootfs.diff.v1.tar+zstd", "tcp-established"} {
+	for _, want := range []string{"criu", "4.2", "architecture", "amd64", "source container", donor, "application/vnd.snapboot.criu.images.v1.tar+zstd", "application/vnd.snapboot.rootfs.diff.v1.tar+zstd", "tcp-established", "streamed:", "the first in the manifest"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("inspect output lacks %q:\n%s", want, out)
 		}
+	}
+	if !regexp.MustCompile(`rootfs\.diff\S*\s.*in the manifest`).MatchString(out) {
+		t.Errorf("inspect should say the rootfs changes come in the manifest:\n%s", out)
 	}
 	if !regexp.MustCompile(`restorable here\s+yes`).MatchString(out) {
 		t.Errorf("inspect should say this node can restore it:\n%s", out)

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/urfave/cli/v3"
 
 	"github.com/snapboot/snapboot/restore"
@@ -106,7 +107,27 @@ func printInspection(in *restore.Inspection) {
 	fmt.Println("layers:")
 	w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	for _, l := range in.Checkpoint.Layers() {
-		fmt.Fprintf(w, "  %s\t%s\t%s\n", l.MediaType, human(l.Size), l.Digest)
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", l.MediaType, human(l.Size), l.Digest, layerNote(in, l))
 	}
 	w.Flush()
+}
+
+// layerNote says how a node gets layer l: whether it comes in the manifest,
+// and whether the CRIU layer restores while it downloads.
+func layerNote(in *restore.Inspection, l ocispec.Descriptor) string {
+	var notes []string
+	if l.Data != nil {
+		notes = append(notes, "in the manifest")
+	}
+	if l.Digest == in.Checkpoint.CRIU.Digest {
+		switch st := in.Checkpoint.Stream; {
+		case st == nil:
+			notes = append(notes, "downloaded whole before the restore (no stream index)")
+		case st.Head != nil:
+			notes = append(notes, fmt.Sprintf("streamed: %d frames, the first in the manifest", len(st.Frames)))
+		default:
+			notes = append(notes, fmt.Sprintf("streamed: %d frames", len(st.Frames)))
+		}
+	}
+	return strings.Join(notes, "; ")
 }

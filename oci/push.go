@@ -105,33 +105,32 @@ func pushFile(ctx context.Context, dst Target, l LayerFile, progress func(string
 		return ocispec.Descriptor{}, err
 	}
 	defer f.Close()
-	dg, err := digest.SHA256.FromReader(f)
-	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("digest %s: %w", l.Path, err)
-	}
 	fi, err := f.Stat()
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	d := ocispec.Descriptor{MediaType: l.MediaType, Digest: dg, Size: fi.Size(), Annotations: l.Annotations}
+	d := ocispec.Descriptor{MediaType: l.MediaType, Size: fi.Size(), Annotations: l.Annotations}
 	if d.Size <= MaxEmbedded {
 		// In the manifest too, as the metadata: a node unpacks it without
 		// a round trip to the registry (the rootfs changes of an app that
 		// wrote a few small files, or none).
-		if d.Data, err = os.ReadFile(l.Path); err != nil {
+		if d.Data, err = io.ReadAll(f); err != nil {
 			return ocispec.Descriptor{}, err
 		}
-		if int64(len(d.Data)) != d.Size || digest.SHA256.FromBytes(d.Data) != dg {
-			return ocispec.Descriptor{}, fmt.Errorf("%s changed while it was pushed", l.Path)
-		}
+		d.Digest, d.Size = digest.SHA256.FromBytes(d.Data), int64(len(d.Data))
+	} else if d.Digest, err = digest.SHA256.FromReader(f); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("digest %s: %w", l.Path, err)
 	}
 	if ok, err := dst.Exists(ctx, d); err == nil && ok {
 		return d, nil
 	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return ocispec.Descriptor{}, err
+	var r io.Reader = bytes.NewReader(d.Data)
+	if d.Data == nil {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		r = f
 	}
-	var r io.Reader = f
 	if progress != nil {
 		r = progress(l.MediaType, d.Size, r)
 	}

@@ -771,9 +771,9 @@ func ArmDump(bundle string) error {
 // EnforceCacheLimits evicts checkpoints not in use beyond the node's
 // [cache] max_size and max_age (least recently used first), and reports
 // whether the cache is still over max_size (checkpoints in use are never
-// evicted). Either way it first removes the mount points of streamed
-// restores whose shims died, and their images directories (see
-// cache.MountDir and cache.ScratchDir).
+// evicted). Either way it first removes what restores whose shims died
+// left in the cache's tmp/: a streamed restore's mount point, a restore's
+// images directory (see cache.MountDir and cache.ScratchDir).
 func (r *Restorer) EnforceCacheLimits(ctx context.Context) ([]cache.Entry, bool, error) {
 	c, err := cache.Open(r.cfg.Cache.Root)
 	if err != nil {

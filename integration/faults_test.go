@@ -5,6 +5,7 @@ package integration
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -239,6 +240,12 @@ func TestShimKilledMidPull(t *testing.T) {
 		return false
 	})
 
+	// Create returns before the download answers: the shim is killed while
+	// runc restores, CRIU waiting for the page images.
+	waitFor(t, 30*time.Second, "runc's restore under way", func() bool {
+		return strings.Contains(readFile("/proc/self/mountinfo"), id+"/criu-root")
+	})
+
 	pid := shimPID(id)
 	if pid == 0 {
 		t.Fatal("no shim process for the container")
@@ -250,6 +257,13 @@ func TestShimKilledMidPull(t *testing.T) {
 		t.Fatal("ctr run succeeded although its shim was killed")
 	}
 	removeContainer(id)
+	// runc died with its shim, its rootfs mount for CRIU still up; the
+	// shim's delete command (run by containerd) takes it down, and runc's
+	// state directory goes with it.
+	waitFor(t, 10*time.Second, "no mount or runc state left by the killed restore", func() bool {
+		_, err := os.Stat(filepath.Join("/run/containerd/runc", namespace, id))
+		return !strings.Contains(readFile("/proc/self/mountinfo"), id+"/criu-root") && errors.Is(err, os.ErrNotExist)
+	})
 
 	// The next create works, and leaves nothing behind.
 	offset := containerdLogOffset()

@@ -8,12 +8,11 @@ package main
 import (
 	"context"
 
-	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
 	"github.com/containerd/containerd/v2/pkg/shim"
 
 	snapshim "github.com/snapboot/snapboot/shim"
 )
 
 func main() {
-	shim.RunShim(context.Background(), manager.NewShimManager(snapshim.RuntimeName))
+	shim.RunShim(context.Background(), snapshim.NewManager())
 }

@@ -1047,6 +1047,11 @@ func cleanupRuncState() {
 	for _, e := range ents {
 		if strings.Contains(e.Name(), "-"+runToken+"-") {
 			_ = exec.Command("runc", "--root", root, "delete", "--force", e.Name()).Run()
+			// A runc killed mid-restore leaves its criu-root mount here; the
+			// shim's delete command should have taken it down
+			// (TestShimKilledMidPull), but a failed run must not leave it on
+			// the machine.
+			_ = unmountUnder(filepath.Join(root, e.Name()))
 			_ = os.RemoveAll(filepath.Join(root, e.Name()))
 		}
 	}

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -247,16 +246,6 @@ func (c *Cache) removeStale(age time.Duration) {
 				continue
 			}
 			if err != nil || time.Since(fi.ModTime()) < age || isMountPoint(path) {
-				continue
-			}
-			if strings.HasPrefix(e.Name(), detachedPrefix) {
-				// Held while a container still uses it.
-				unlock, err := c.tryLock(context.Background(), "use-"+e.Name())
-				if err != nil {
-					continue
-				}
-				os.RemoveAll(filepath.Join(c.root, sub, e.Name()))
-				c.dropLock(unlock, "use-"+e.Name())
 				continue
 			}
 			os.RemoveAll(filepath.Join(c.root, sub, e.Name()))

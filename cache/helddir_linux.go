@@ -75,8 +75,11 @@ func (c *Cache) heldDir(prefix string) (name string, unlock func(), err error) {
 	return name, func() { c.dropLock(lock, "use-"+name) }, nil
 }
 
-// RemoveDeadDirs removes the MountDirs and ScratchDirs of processes that
-// died holding them (Prune does too).
+// RemoveDeadDirs removes the directories in tmp/ of processes that died
+// holding them (Prune does too): MountDirs and ScratchDirs, unpacks under
+// way (BeginUnpack's, held by the key's unpack lock from the directory's
+// making to its end) and detached downloads (Filling.Detach's, held while a
+// container uses them).
 func (c *Cache) RemoveDeadDirs() {
 	ents, _ := os.ReadDir(filepath.Join(c.root, "tmp"))
 	for _, e := range ents {
@@ -84,11 +87,23 @@ func (c *Cache) RemoveDeadDirs() {
 	}
 }
 
-// removeDeadDir removes tmp/name, a MountDir or ScratchDir whose holder is
-// gone, and reports whether name is one at all.
+// removeDeadDir removes tmp/name, a directory held by a process that is
+// gone, and reports whether name is one of the held kinds at all.
 func (c *Cache) removeDeadDir(name string) bool {
+	path := filepath.Join(c.root, "tmp", name)
+	if key, ok := fillingKey(name); ok {
+		unlock, err := c.tryLock(context.Background(), "unpack-"+key)
+		if err != nil {
+			return true // an unpack of this key is under way
+		}
+		defer unlock() // the key's lock, not the directory's: others may wait on it
+		if !isMountPoint(path) {
+			os.RemoveAll(path)
+		}
+		return true
+	}
 	mountDir := strings.HasPrefix(name, mountDirPrefix)
-	if !mountDir && !strings.HasPrefix(name, scratchDirPrefix) {
+	if !mountDir && !strings.HasPrefix(name, scratchDirPrefix) && !strings.HasPrefix(name, detachedPrefix) {
 		return false
 	}
 	unlock, err := c.tryLock(context.Background(), "use-"+name)
@@ -96,7 +111,6 @@ func (c *Cache) removeDeadDir(name string) bool {
 		return true // its process still holds it
 	}
 	defer c.dropLock(unlock, "use-"+name)
-	path := filepath.Join(c.root, "tmp", name)
 	if mountDir {
 		_ = unix.Unmount(path, unix.MNT_DETACH) // EINVAL when nothing is mounted
 		os.Remove(path)                         // an empty directory; never recursive into a mount
@@ -104,4 +118,19 @@ func (c *Cache) removeDeadDir(name string) bool {
 		os.RemoveAll(path)
 	}
 	return true
+}
+
+// fillingKey returns the key of BeginUnpack's directory name
+// (<key's hex>-<random>).
+func fillingKey(name string) (string, bool) {
+	key, _, ok := strings.Cut(name, "-")
+	if !ok || len(key) != 64 {
+		return "", false
+	}
+	for _, r := range key {
+		if !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
+			return "", false
+		}
+	}
+	return key, true
 }

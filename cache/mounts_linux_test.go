@@ -3,11 +3,13 @@
 package cache
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
 
@@ -124,4 +126,59 @@ func TestRemoveDeadScratchDir(t *testing.T) {
 	if locks, _ := filepath.Glob(filepath.Join(c.root, "locks", "use-scratch-*")); len(locks) != 0 {
 		t.Fatalf("lock files left: %v", locks)
 	}
+}
+
+// An unpack under way and a detached download are left alone while their
+// process lives, and removed at once, without waiting for their age, when
+// it has died.
+func TestRemoveDeadFillingAndDetached(t *testing.T) {
+	ctx := context.Background()
+	c, _ := Open(t.TempDir())
+	keyA, keyB := digest.FromString("a"), digest.FromString("b")
+	_, fillA, err := c.BeginUnpack(ctx, keyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, fillB, err := c.BeginUnpack(ctx, keyB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	detached, release, err := fillB.Detach(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{fillA.Dir, detached} {
+		os.MkdirAll(filepath.Join(d, "rootfs"), 0o700)
+		os.WriteFile(filepath.Join(d, "rootfs", "f"), []byte("x"), 0o600)
+	}
+	other := filepath.Join(c.root, "tmp", "inspect-123")
+	os.Mkdir(other, 0o700)
+
+	c.RemoveDeadDirs()
+	for _, d := range []string{fillA.Dir, detached, other} {
+		if _, err := os.Stat(d); err != nil {
+			t.Fatalf("the cleaner took %s while it is held (or not one of its kinds): %v", d, err)
+		}
+	}
+	// Their process dies: its locks go with it.
+	fillA.unlock()
+	release()
+	c.RemoveDeadDirs()
+	for _, d := range []string{fillA.Dir, detached} {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Fatalf("%s of a dead process stayed: %v", d, err)
+		}
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Fatalf("the cleaner took a directory it does not know: %v", err)
+	}
+	if locks, _ := filepath.Glob(filepath.Join(c.root, "locks", "use-detached-*")); len(locks) != 0 {
+		t.Fatalf("lock files left: %v", locks)
+	}
+	// The key's unpack lock is free again.
+	_, again, err := c.BeginUnpack(ctx, keyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again.Abort()
 }

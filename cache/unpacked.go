@@ -149,10 +149,11 @@ func (f *Filling) Detach(ctx context.Context) (dir string, release func(), err e
 	defer f.inUse()
 	defer f.unlock()
 	dir = filepath.Join(filepath.Dir(f.Dir), detachedPrefix+filepath.Base(f.Dir))
-	release, err = f.c.holdShared(ctx, "use-"+filepath.Base(dir))
+	unlock, err := f.c.holdShared(ctx, "use-"+filepath.Base(dir))
 	if err != nil {
 		return "", nil, err
 	}
+	release = func() { f.c.dropLock(unlock, "use-"+filepath.Base(dir)) }
 	if err := os.Rename(f.Dir, dir); err != nil {
 		release()
 		return "", nil, err

@@ -780,7 +780,8 @@ func (r *Restorer) EnforceCacheLimits(ctx context.Context) ([]cache.Entry, bool,
 		return nil, false, err
 	}
 	// Limits or not: a shim killed while it streamed left a mount point,
-	// one killed between create and start its images directory.
+	// one killed between create and start its images directory, one killed
+	// while it unpacked its unpack directory.
 	c.RemoveDeadDirs()
 	if r.cfg.Cache.MaxSize == 0 && r.cfg.Cache.MaxAge == 0 {
 		return nil, false, nil
@@ -791,6 +792,14 @@ func (r *Restorer) EnforceCacheLimits(ctx context.Context) ([]cache.Entry, bool,
 	}
 	size, err := c.Size(ctx)
 	return evicted, size > int64(r.cfg.Cache.MaxSize), err
+}
+
+// RemoveDeadDirs removes what restores whose shims died left in the
+// cache's tmp/ (see cache.Cache.RemoveDeadDirs), and nothing else.
+func (r *Restorer) RemoveDeadDirs() {
+	if c, err := cache.Open(r.cfg.Cache.Root); err == nil {
+		c.RemoveDeadDirs()
+	}
 }
 
 // Metrics is the node's metrics store, or nil when metrics are off.

@@ -28,6 +28,9 @@ import (
 type preparer interface {
 	Prepare(ctx context.Context, req restore.Request) (*restore.Plan, error)
 	EnforceCacheLimits(ctx context.Context) (evicted []cache.Entry, overLimit bool, err error)
+	// RemoveDeadDirs removes what restores whose shims died left in the
+	// cache (EnforceCacheLimits does too).
+	RemoveDeadDirs()
 	// Metrics is the node's metrics store, nil when metrics are off.
 	Metrics() *metrics.Store
 }
@@ -193,6 +196,11 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 				}
 				trimCache(trimCtx, p.restorer)
 			})
+		} else {
+			// A node whose restores hit the cache also clears what dead
+			// shims left (a mount point, an images directory, an unpack),
+			// without the evictions a download may call for.
+			s.filling.Go(p.restorer.RemoveDeadDirs)
 		}
 		return resp, nil
 	}
@@ -206,11 +214,15 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	}
 	p.plan.Release()
 
-	if cerr := s.clearAbortedFn(ctx, p.original.Bundle, r.ID); cerr != nil {
+	// The failed restore is removed even when the request has ended (a
+	// CRI timeout, containerd restarting): that is what killed runc, and
+	// runc's delete, run on the dead request, would not start.
+	cleanupCtx := context.WithoutCancel(ctx)
+	if cerr := s.clearAbortedFn(cleanupCtx, p.original.Bundle, r.ID); cerr != nil {
 		log.G(ctx).WithError(cerr).Warn("snapboot: the failed restore's runc state may not be removable")
 	}
 	s.publisher.suppressRecreate(r.ID)
-	if _, derr := s.TTRPCTaskService.Delete(ctx, &taskAPI.DeleteRequest{ID: r.ID}); derr != nil {
+	if _, derr := s.TTRPCTaskService.Delete(cleanupCtx, &taskAPI.DeleteRequest{ID: r.ID}); derr != nil {
 		s.publisher.cancelSuppress(r.ID, "delete", "create")
 		return nil, fmt.Errorf("%v; removing the failed restore also failed: %w", restoreErr, derr)
 	}

@@ -5,7 +5,9 @@ package shim
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	eventstypes "github.com/containerd/containerd/api/events"
@@ -28,6 +30,9 @@ type fakeTasks struct {
 	creates          []*taskAPI.CreateTaskRequest
 	failRestoreStart bool
 	checkpointed     bool
+	// endRequest, when set, is called as the restore fails: the caller's
+	// request ends with it.
+	endRequest func()
 }
 
 func (f *fakeTasks) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
@@ -41,6 +46,9 @@ func (f *fakeTasks) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*
 func (f *fakeTasks) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
 	f.calls = append(f.calls, "start")
 	if f.checkpointed && f.failRestoreStart {
+		if f.endRequest != nil {
+			f.endRequest()
+		}
 		return nil, errors.New("OCI runtime restore failed: criu failed: type RESTORE errno 0")
 	}
 	f.pub.Publish(ctx, "/tasks/start", &eventstypes.TaskStart{ContainerID: r.ID, Pid: 42})
@@ -48,6 +56,10 @@ func (f *fakeTasks) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAP
 }
 
 func (f *fakeTasks) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	if ctx.Err() != nil {
+		f.calls = append(f.calls, "delete-on-ended-request")
+		return nil, ctx.Err()
+	}
 	f.calls = append(f.calls, "delete")
 	f.pub.Publish(ctx, "/tasks/delete", &eventstypes.TaskDelete{ContainerID: r.ID})
 	return &taskAPI.DeleteResponse{}, nil
@@ -70,6 +82,8 @@ type fakePreparer struct {
 	plan    *restore.Plan
 	err     error
 	metrics *metrics.Store
+
+	deadDirsRemoved atomic.Int32
 }
 
 func (f *fakePreparer) Prepare(context.Context, restore.Request) (*restore.Plan, error) {
@@ -77,6 +91,8 @@ func (f *fakePreparer) Prepare(context.Context, restore.Request) (*restore.Plan,
 }
 
 func (f *fakePreparer) Metrics() *metrics.Store { return f.metrics }
+
+func (f *fakePreparer) RemoveDeadDirs() { f.deadDirsRemoved.Add(1) }
 
 func (f *fakePreparer) EnforceCacheLimits(context.Context) ([]cache.Entry, bool, error) {
 	return nil, false, nil
@@ -129,6 +145,12 @@ func TestRestoreSucceeds(t *testing.T) {
 	if got := join(rec.topics); got != "/tasks/create /tasks/start" {
 		t.Fatalf("events %q", got)
 	}
+	// A restore from the cache clears what dead shims left, in the
+	// background.
+	s.filling.Wait()
+	if n := prep.deadDirsRemoved.Load(); n != 1 {
+		t.Fatalf("dead shims' directories cleared %d times after a cached restore, want 1", n)
+	}
 }
 
 func TestFailedPrepareColdStarts(t *testing.T) {
@@ -172,6 +194,22 @@ func TestFailedRestoreFallsBackWithoutStrayEvents(t *testing.T) {
 	s.Delete(ctx, &taskAPI.DeleteRequest{ID: "c1"})
 	if got := join(rec.topics); got != "/tasks/create /tasks/start /tasks/delete" {
 		t.Fatalf("events after delete %q", got)
+	}
+}
+
+// A restore that fails because the request ended (runc killed with it) is
+// still removed: its runc state and cgroup must not stay on the node.
+func TestFailedRestoreRemovedAfterTheRequestEnded(t *testing.T) {
+	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu", Cached: true}}
+	s, inner, _ := setup(prep, true)
+	if _, err := s.Create(context.Background(), &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	inner.endRequest = cancel
+	s.Start(ctx, &taskAPI.StartRequest{ID: "c1"})
+	if got := join(inner.calls); !strings.HasPrefix(got+" ", "create start clear-aborted delete ") {
+		t.Fatalf("calls %q: the failed restore was not deleted", got)
 	}
 }
 

@@ -264,6 +264,11 @@ func TestShimKilledMidPull(t *testing.T) {
 		_, err := os.Stat(filepath.Join("/run/containerd/runc", namespace, id))
 		return !strings.Contains(readFile("/proc/self/mountinfo"), id+"/criu-root") && errors.Is(err, os.ErrNotExist)
 	})
+	for _, root := range cgroupRoots() {
+		if _, err := os.Stat(filepath.Join(root, namespace, id)); err == nil {
+			t.Errorf("the killed restore's cgroup is left: %s", filepath.Join(root, namespace, id))
+		}
+	}
 
 	// The next create works, and leaves nothing behind.
 	offset := containerdLogOffset()

@@ -6,11 +6,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/containerd/cgroups/v3"
 
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,7 +29,8 @@ import (
 // returns. A runc killed mid-restore (OOM, a signal) leaves the mount: the
 // runc delete of the failed restore then cannot remove the state directory,
 // and the cold create that follows fails with "container with given ID
-// already exists". Nothing happens when there is no such mount.
+// already exists". Nothing happens when there is no such mount. When runc
+// never recorded the container, the cgroup its restore made is removed too.
 func clearAbortedRestore(ctx context.Context, bundle, id string) error {
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
@@ -34,7 +44,102 @@ func clearAbortedRestore(ctx context.Context, bundle, id string) error {
 	if opts != nil && opts.Root != "" {
 		root = opts.Root
 	}
-	return unmountLeftover(filepath.Join(root, ns, id, "criu-root"))
+	state := filepath.Join(root, ns, id)
+	if err := unmountLeftover(filepath.Join(state, "criu-root")); err != nil {
+		return err
+	}
+	// runc records a restored container (state.json) only once CRIU is
+	// done, but makes its cgroup when CRIU starts. Without the record,
+	// runc's delete removes the state directory and leaves the cgroup; the
+	// systemd driver's scope goes by itself once empty.
+	if _, err := os.Stat(filepath.Join(state, "state.json")); !errors.Is(err, os.ErrNotExist) || (opts != nil && opts.SystemdCgroup) {
+		return nil
+	}
+	spec, err := oci.ReadSpec(filepath.Join(bundle, oci.ConfigFilename))
+	if err != nil || spec.Linux == nil {
+		return nil // no spec, no cgroup of its own
+	}
+	// Its processes are killed only in a cgroup of the container's own
+	// (named after it, as containerd and CRI name them).
+	return removeCgroup(cgroupRoots(), spec.Linux.CgroupsPath, path.Base(spec.Linux.CgroupsPath) == id)
+}
+
+// cgroupRoots lists the cgroup hierarchies: the unified one, or each v1
+// hierarchy's mount.
+func cgroupRoots() []string {
+	const base = "/sys/fs/cgroup"
+	if cgroups.Mode() == cgroups.Unified {
+		return []string{base}
+	}
+	var roots []string
+	ents, _ := os.ReadDir(base)
+	for _, e := range ents {
+		if e.IsDir() {
+			roots = append(roots, filepath.Join(base, e.Name()))
+		}
+	}
+	return roots
+}
+
+// removeCgroup removes the cgroup at path (a cgroupfs path, absolute) in
+// every hierarchy, with any cgroups below it, deepest first. With kill, the
+// processes still in it, the aborted restore's (CRIU, half-restored tasks,
+// on their way out once runc or the page images' server has gone), are
+// killed, and each cgroup is retried until they are gone, for up to
+// cgroupGrace. A cgroup that stays is reported.
+func removeCgroup(roots []string, path string, kill bool) error {
+	if !filepath.IsAbs(path) || filepath.Clean(path) == "/" {
+		return nil // relative to runc's own cgroup, or none
+	}
+	var dirs []string // every hierarchy's, parents before children
+	for _, root := range roots {
+		filepath.WalkDir(filepath.Join(root, filepath.Clean(path)), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+	}
+	var errs []error
+	deadline := time.Now().Add(cgroupGrace)
+	for i := len(dirs) - 1; i >= 0; i-- {
+		for {
+			err := unix.Rmdir(dirs[i])
+			if err == nil || errors.Is(err, unix.ENOENT) {
+				break
+			}
+			if !kill || !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+				errs = append(errs, fmt.Errorf("remove cgroup %s left by the aborted restore: %w", dirs[i], err))
+				break
+			}
+			killCgroup(dirs[i])
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// cgroupGrace is how long removeCgroup waits for killed processes to go.
+var cgroupGrace = 2 * time.Second
+
+// killCgroup thaws the cgroup dir (a v1 freezer's or a v2 cgroup's) and
+// SIGKILLs the processes in it: a frozen process does not die until thawed.
+func killCgroup(dir string) {
+	if _, err := os.Stat(filepath.Join(dir, "freezer.state")); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "freezer.state"), []byte("THAWED"), 0)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cgroup.freeze")); err == nil {
+		_ = os.WriteFile(filepath.Join(dir, "cgroup.freeze"), []byte("0"), 0)
+	}
+	procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(procs)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+	}
 }
 
 // unmountLeftover detaches the mount at path, if path is a mount point.

@@ -61,3 +61,42 @@ func TestUnmountLeftover(t *testing.T) {
 		t.Errorf("a missing path: %v", err)
 	}
 }
+
+// The cgroup an aborted restore made goes from every hierarchy, with the
+// cgroups below it, and nothing above it; a cgroup that cannot go (here a
+// directory with a file) is reported; a relative path (below runc's own
+// cgroup) is left alone.
+func TestRemoveCgroup(t *testing.T) {
+	dir := t.TempDir()
+	roots := []string{filepath.Join(dir, "cpu"), filepath.Join(dir, "memory")}
+	for _, r := range roots {
+		if err := os.MkdirAll(filepath.Join(r, "ns", "c1", "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.MkdirAll(filepath.Join(r, "ns", "c2"), 0o755)
+	}
+	if err := removeCgroup(roots, "/ns/c1", true); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range roots {
+		if _, err := os.Stat(filepath.Join(r, "ns", "c1")); !os.IsNotExist(err) {
+			t.Errorf("%s: the cgroup stayed: %v", r, err)
+		}
+		if _, err := os.Stat(filepath.Join(r, "ns", "c2")); err != nil {
+			t.Errorf("%s: a sibling went: %v", r, err)
+		}
+	}
+	if err := removeCgroup(roots, "ns/c2", true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(roots[0], "ns", "c2")); err != nil {
+		t.Errorf("a relative path was removed: %v", err)
+	}
+	os.WriteFile(filepath.Join(roots[1], "ns", "c2", "tasks"), []byte("1"), 0o644)
+	if err := removeCgroup(roots, "/ns/c2", true); err == nil || !strings.Contains(err.Error(), filepath.Join(roots[1], "ns", "c2")) {
+		t.Errorf("a cgroup that stays should be reported: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(roots[0], "ns", "c2")); !os.IsNotExist(err) {
+		t.Errorf("the cgroup that could go stayed: %v", err)
+	}
+}

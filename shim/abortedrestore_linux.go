@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/containerd/cgroups/v3"
-
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -81,19 +80,19 @@ func cgroupRoots() []string {
 	return roots
 }
 
-// removeCgroup removes the cgroup at path (a cgroupfs path, absolute) in
+// removeCgroup removes the cgroup at cgPath (a cgroupfs path, absolute) in
 // every hierarchy, with any cgroups below it, deepest first. With kill, the
 // processes still in it, the aborted restore's (CRIU, half-restored tasks,
 // on their way out once runc or the page images' server has gone), are
 // killed, and each cgroup is retried until they are gone, for up to
 // cgroupGrace. A cgroup that stays is reported.
-func removeCgroup(roots []string, path string, kill bool) error {
-	if !filepath.IsAbs(path) || filepath.Clean(path) == "/" {
+func removeCgroup(roots []string, cgPath string, kill bool) error {
+	if !filepath.IsAbs(cgPath) || filepath.Clean(cgPath) == "/" {
 		return nil // relative to runc's own cgroup, or none
 	}
 	var dirs []string // every hierarchy's, parents before children
 	for _, root := range roots {
-		filepath.WalkDir(filepath.Join(root, filepath.Clean(path)), func(p string, d fs.DirEntry, err error) error {
+		filepath.WalkDir(filepath.Join(root, filepath.Clean(cgPath)), func(p string, d fs.DirEntry, err error) error {
 			if err == nil && d.IsDir() {
 				dirs = append(dirs, p)
 			}

@@ -225,9 +225,10 @@ type streamPull struct {
 }
 
 // finish waits for the download to end and unmounts the page images. With
-// abandon set (the restore failed or was given up), the download is stopped
-// first and nothing is kept. Otherwise the checkpoint is unpacked into the
-// cache in the background. Either way done is called once, with the
+// abandon set (the restore failed or was given up), a download still under
+// way is stopped first and nothing is kept. Otherwise, or when the download
+// had already ended well, the checkpoint is unpacked into the cache in the
+// background. Either way done is called once, with the
 // cached checkpoint or nil.
 // It returns why the download failed, if it did. When it failed after a
 // restore whose rootfs is stacked on the directory (keep), that directory
@@ -235,7 +236,22 @@ type streamPull struct {
 // when the container is gone.
 func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(*cache.Unpacked)) (*detached, error) {
 	if abandon {
-		s.cancel()
+		select {
+		case <-s.done:
+			// The restore failed with the whole checkpoint in and
+			// verified: it is cached all the same. The next restore reads
+			// it from files, which CRIU may read in any order; streamfs
+			// keeps only what CRIU has not read far past (a process tree
+			// whose copy-on-write memory CRIU reads first, the rest after).
+			if s.err == nil {
+				abandon = false
+				log.G(ctx).Info("snapboot: the streamed restore failed after the download was complete; the checkpoint is cached for the next restore")
+			}
+		default:
+		}
+		if abandon {
+			s.cancel()
+		}
 	}
 	<-s.done
 	s.close()

@@ -239,6 +239,42 @@ func TestStreamedPrepareBadLastFrame(t *testing.T) {
 	}
 }
 
+// A streamed restore that fails once the whole checkpoint is in (CRIU
+// reading back past what streamfs keeps, for one) still caches it: the
+// next restore reads it from files. One given up while the download runs
+// keeps nothing (TestStreamedPrepareBadLastFrame, the tests that give up a
+// stalled download).
+func TestFailedStreamedRestoreCachesCompleteDownload(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	pages := randomPages(9 << 20)
+	e.reg.addStreamed(t, "v1", pages)
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.Release()
+	if b, err := os.ReadFile(filepath.Join(plan.ImagesDir, "pages-1.img")); err != nil || !bytes.Equal(b, pages) {
+		t.Fatalf("read %d bytes of the page image: %v", len(b), err)
+	}
+	select {
+	case <-plan.stream.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the download did not end")
+	}
+	if err := plan.FinishStream(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-plan.CacheFilled():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the cache fill did not end")
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.cfg.Cache.Root, "unpacked", plan.Digest.Encoded(), "criu", "pages-1.img")); !bytes.Equal(b, pages) {
+		t.Fatalf("the cache holds %d bytes of pages-1.img after the failed restore, not the page image", len(b))
+	}
+}
+
 // With [pull] stream = false, the whole checkpoint is in before Prepare
 // returns, packed with zstd or with LZ4.
 func TestStreamingOff(t *testing.T) {

@@ -224,22 +224,29 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	s.publisher.suppressRecreate(r.ID)
 	if _, derr := s.TTRPCTaskService.Delete(cleanupCtx, &taskAPI.DeleteRequest{ID: r.ID}); derr != nil {
 		s.publisher.cancelSuppress(r.ID, "delete", "create")
+		s.endReplacement(r.ID)
 		return nil, fmt.Errorf("%v; removing the failed restore also failed: %w", restoreErr, derr)
 	}
 	if _, cerr := s.coldCreate(ctx, p.original); cerr != nil {
 		s.publisher.cancelSuppress(r.ID, "create")
+		s.endReplacement(r.ID) // the Waits then find no container, instead of waiting for ever
 		return nil, fmt.Errorf("%v; cold create after it failed: %w", restoreErr, cerr)
 	}
 	logFallback(ctx, p.restorer, r.ID, p.plan.Ref, restoreErr, p.plan.Timings.Total()+time.Since(began))
-	// Waits issued before Start (CRI, the containerd client) block on the
-	// deleted init process: send them to the new one.
-	s.mu.Lock()
-	if ch := s.replaced[r.ID]; ch != nil {
-		close(ch)
-		delete(s.replaced, r.ID)
-	}
-	s.mu.Unlock()
+	s.endReplacement(r.ID)
 	return s.TTRPCTaskService.Start(ctx, r)
+}
+
+// endReplacement ends the Start fallback of container id: Waits issued
+// before Start (CRI, the containerd client), blocked on the deleted init
+// process, go to the new one, or find none when the fallback failed.
+func (s *service) endReplacement(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ch := s.replaced[id]; ch != nil {
+		close(ch)
+		delete(s.replaced, id)
+	}
 }
 
 // Wait waits for the container's init process like the runc task service,

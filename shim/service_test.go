@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
@@ -33,10 +34,31 @@ type fakeTasks struct {
 	// endRequest, when set, is called as the restore fails: the caller's
 	// request ends with it.
 	endRequest func()
+	// failColdCreate fails a create without a checkpoint.
+	failColdCreate bool
+	deleted        atomic.Bool
+	waiting        chan struct{} // receives once a Wait blocks
+}
+
+// Wait blocks, as a Wait on an init process that never runs does, until
+// its context ends; once the container is deleted it finds none.
+func (f *fakeTasks) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.WaitResponse, error) {
+	if f.deleted.Load() {
+		return nil, errors.New("container not found")
+	}
+	if f.waiting != nil {
+		f.waiting <- struct{}{}
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
 }
 
 func (f *fakeTasks) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
 	f.calls = append(f.calls, "create")
+	if r.Checkpoint == "" && f.failColdCreate {
+		return nil, errors.New("cold create failed")
+	}
+	f.deleted.Store(false)
 	f.creates = append(f.creates, r)
 	f.checkpointed = r.Checkpoint != ""
 	f.pub.Publish(ctx, "/tasks/create", &eventstypes.TaskCreate{ContainerID: r.ID})
@@ -61,6 +83,7 @@ func (f *fakeTasks) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*task
 		return nil, ctx.Err()
 	}
 	f.calls = append(f.calls, "delete")
+	f.deleted.Store(true)
 	f.pub.Publish(ctx, "/tasks/delete", &eventstypes.TaskDelete{ContainerID: r.ID})
 	return &taskAPI.DeleteResponse{}, nil
 }
@@ -210,6 +233,37 @@ func TestFailedRestoreRemovedAfterTheRequestEnded(t *testing.T) {
 	s.Start(ctx, &taskAPI.StartRequest{ID: "c1"})
 	if got := join(inner.calls); !strings.HasPrefix(got+" ", "create start clear-aborted delete ") {
 		t.Fatalf("calls %q: the failed restore was not deleted", got)
+	}
+}
+
+// A Wait issued before Start, blocked on the failed restore's init
+// process, returns when the fallback's cold create fails too, instead of
+// waiting for a process that will never run.
+func TestWaitReturnsWhenTheFallbackFails(t *testing.T) {
+	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu", Cached: true}}
+	s, inner, _ := setup(prep, true)
+	inner.failColdCreate = true
+	inner.waiting = make(chan struct{}, 1)
+	ctx := context.Background()
+	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b"}); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() {
+		_, err := s.Wait(ctx, &taskAPI.WaitRequest{ID: "c1"})
+		waited <- err
+	}()
+	<-inner.waiting
+	if _, err := s.Start(ctx, &taskAPI.StartRequest{ID: "c1"}); err == nil || !strings.Contains(err.Error(), "cold create after it failed") {
+		t.Fatalf("Start: %v; want the failed fallback", err)
+	}
+	select {
+	case err := <-waited:
+		if err == nil {
+			t.Fatal("Wait succeeded for a container that is gone")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait still blocked after the fallback failed")
 	}
 }
 

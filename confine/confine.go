@@ -120,6 +120,12 @@ func Apply(imagesDir, workDir string, spec *specs.Spec) (*Result, error) {
 	if len(cores) == 0 {
 		return nil, fmt.Errorf("%w: no core images in the checkpoint", ErrRefused)
 	}
+	// CRIU takes a task's credentials from a separate creds image (the
+	// image format before CRIU 1.x) when its core image has none; that
+	// image would escape every check below.
+	if legacy, _ := filepath.Glob(filepath.Join(imagesDir, "creds-*.img")); len(legacy) > 0 {
+		return nil, fmt.Errorf("%w: the checkpoint has a separate credentials image (%s), which CRIU would restore unchecked", ErrRefused, filepath.Base(legacy[0]))
+	}
 	res := &Result{ImagesDir: imagesDir}
 	rewritten := map[string]*crit.CriuImage{}
 	for _, path := range cores {
@@ -135,7 +141,7 @@ func Apply(imagesDir, workDir string, spec *specs.Spec) (*Result, error) {
 		}
 		cr := tc.GetCreds()
 		if cr == nil {
-			continue
+			return nil, fmt.Errorf("%w: %s has no credentials; CRIU would take them from elsewhere, unchecked", ErrRefused, name)
 		}
 		if uid != 0 {
 			for _, id := range []uint32{cr.GetUid(), cr.GetEuid(), cr.GetSuid(), cr.GetFsuid()} {

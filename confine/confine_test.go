@@ -24,6 +24,7 @@ type task struct {
 	uid     uint32
 	caps    uint64
 	seccomp criucore.SeccompMode
+	noCreds bool // a core image without credentials (CRIU's oldest format)
 }
 
 // writeImages writes core images the way CRIU does, plus one other image.
@@ -44,6 +45,9 @@ func writeImages(t *testing.T, tasks ...task) string {
 					Secbits: proto.Uint32(0),
 				},
 			},
+		}
+		if tk.noCreds {
+			core.ThreadCore.Creds = nil
 		}
 		f, err := os.Create(filepath.Join(dir, "core-"+string(rune('1'+i))+".img"))
 		if err != nil {
@@ -131,6 +135,8 @@ func TestRefusals(t *testing.T) {
 	}{
 		"root donor, non-root spec": {task{uid: 0}, spec(1000, nil, false)},
 		"no seccomp, spec needs it": {task{uid: 0, seccomp: criucore.SeccompMode_disabled}, spec(0, nil, true)},
+		// CRIU would then restore a creds image's uid and capabilities.
+		"core image without credentials": {task{uid: 0, noCreds: true}, spec(0, nil, false)},
 	}
 	for name, c := range cases {
 		_, err := Apply(writeImages(t, c.task), t.TempDir(), c.spec)
@@ -143,6 +149,11 @@ func TestRefusals(t *testing.T) {
 	}
 	if _, err := Apply(writeImages(t, task{}), t.TempDir(), spec(0, []string{"CAP_NONSENSE"}, false)); err == nil {
 		t.Error("unknown capability in the spec: want an error")
+	}
+	legacy := writeImages(t, task{uid: 0})
+	os.WriteFile(filepath.Join(legacy, "creds-1.img"), []byte("creds"), 0o600)
+	if _, err := Apply(legacy, t.TempDir(), spec(0, nil, false)); !errors.Is(err, ErrRefused) {
+		t.Errorf("a separate credentials image: got %v, want ErrRefused", err)
 	}
 	bad := t.TempDir()
 	os.WriteFile(filepath.Join(bad, "core-1.img"), []byte("garbage"), 0o600)

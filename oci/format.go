@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -56,10 +57,15 @@ func (c *Checkpoint) Layers() []ocispec.Descriptor {
 	return l
 }
 
-// Size is the sum of the layers' (compressed) sizes.
+// Size is the sum of the layers' (compressed) sizes, math.MaxInt64 when
+// the sum is larger (sizes the manifest makes up must not wrap around and
+// pass a limit).
 func (c *Checkpoint) Size() int64 {
 	var n int64
 	for _, l := range c.Layers() {
+		if l.Size > math.MaxInt64-n {
+			return math.MaxInt64
+		}
 		n += l.Size
 	}
 	return n

@@ -3,6 +3,7 @@ package oci
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"strings"
 	"testing"
 
@@ -171,5 +172,19 @@ func TestParseReference(t *testing.T) {
 	ref, _ = ParseReference(good[0])
 	if Pinned(ref) {
 		t.Error("tag reference should not be pinned")
+	}
+}
+
+// Layer sizes a manifest makes up add up without wrapping around, so that
+// they cannot pass pull.max_artifact_size.
+func TestCheckpointSizeSaturates(t *testing.T) {
+	huge := ocispec.Descriptor{Size: 1 << 62}
+	ck := &Checkpoint{CRIU: huge, Rootfs: &huge}
+	if ck.Size() != math.MaxInt64 {
+		t.Fatalf("Size() = %d, want math.MaxInt64", ck.Size())
+	}
+	small := ocispec.Descriptor{Size: 10}
+	if ck := (&Checkpoint{CRIU: small, Rootfs: &small}); ck.Size() != 20 {
+		t.Fatalf("Size() = %d, want 20", ck.Size())
 	}
 }

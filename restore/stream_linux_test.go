@@ -265,14 +265,7 @@ func TestFailedStreamedRestoreCachesCompleteDownload(t *testing.T) {
 	if err := plan.FinishStream(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-plan.CacheFilled():
-	case <-time.After(30 * time.Second):
-		t.Fatal("the cache fill did not end")
-	}
-	if b, _ := os.ReadFile(filepath.Join(e.cfg.Cache.Root, "unpacked", plan.Digest.Encoded(), "criu", "pages-1.img")); !bytes.Equal(b, pages) {
-		t.Fatalf("the cache holds %d bytes of pages-1.img after the failed restore, not the page image", len(b))
-	}
+	waitCached(t, e, plan, pages)
 }
 
 // With [pull] stream = false, the whole checkpoint is in before Prepare
@@ -791,6 +784,13 @@ func finishCached(t *testing.T, e *env, plan *Plan, pages []byte) {
 	if err := plan.FinishStream(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
+	waitCached(t, e, plan, pages)
+}
+
+// waitCached waits for a finished stream's cache fill and checks that the
+// cache holds the page image.
+func waitCached(t *testing.T, e *env, plan *Plan, pages []byte) {
+	t.Helper()
 	select {
 	case <-plan.CacheFilled():
 	case <-time.After(30 * time.Second):

@@ -113,18 +113,24 @@ func Apply(imagesDir, workDir string, spec *specs.Spec) (*Result, error) {
 	}
 	seccompRequired := spec.Linux != nil && spec.Linux.Seccomp != nil
 
-	cores, err := filepath.Glob(filepath.Join(imagesDir, "core-*.img"))
+	ents, err := os.ReadDir(imagesDir)
 	if err != nil {
 		return nil, err
 	}
+	var cores []string
+	for _, e := range ents {
+		switch name := e.Name(); {
+		case strings.HasPrefix(name, "core-") && strings.HasSuffix(name, ".img"):
+			cores = append(cores, filepath.Join(imagesDir, name))
+		case strings.HasPrefix(name, "creds-") && strings.HasSuffix(name, ".img"):
+			// CRIU takes a task's credentials from a separate creds image
+			// (the image format before CRIU 1.x) when its core image has
+			// none; that image would escape every check below.
+			return nil, fmt.Errorf("%w: the checkpoint has a separate credentials image (%s), which CRIU would restore unchecked", ErrRefused, name)
+		}
+	}
 	if len(cores) == 0 {
 		return nil, fmt.Errorf("%w: no core images in the checkpoint", ErrRefused)
-	}
-	// CRIU takes a task's credentials from a separate creds image (the
-	// image format before CRIU 1.x) when its core image has none; that
-	// image would escape every check below.
-	if legacy, _ := filepath.Glob(filepath.Join(imagesDir, "creds-*.img")); len(legacy) > 0 {
-		return nil, fmt.Errorf("%w: the checkpoint has a separate credentials image (%s), which CRIU would restore unchecked", ErrRefused, filepath.Base(legacy[0]))
 	}
 	res := &Result{ImagesDir: imagesDir}
 	rewritten := map[string]*crit.CriuImage{}

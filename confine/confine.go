@@ -1,11 +1,12 @@
 // Package confine makes a checkpoint's process tree fit the restoring
-// container's spec. runc builds the namespaces, mounts, devices and cgroups
-// from the spec, but CRIU restores every task's credentials and seccomp
-// state from the images: a donor with more capabilities than the clone's
-// spec allows would keep them. Before runc restores, confine narrows each
-// task's capability sets to the spec's, and refuses a checkpoint whose tasks
-// ran as root for a non-root spec, or without seccomp for a spec that
-// requires it.
+// container's spec. runc builds the cgroups and devices from the spec, but
+// CRIU restores the rest from the images: every task's credentials and
+// seccomp state, which namespaces it gets, and the whole mount tree. Before
+// runc restores, confine narrows each task's capability sets to the spec's,
+// and refuses a checkpoint whose tasks ran as root for a non-root spec, ran
+// without seccomp for a spec that requires it, would stay in a host
+// namespace the spec replaces, or whose mount tree holds a mount the spec
+// does not grant or lacks a masked or read-only path the spec sets.
 package confine
 
 import (
@@ -16,9 +17,12 @@ import (
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	containerdcap "github.com/containerd/containerd/v2/pkg/cap"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 )
 
 // ErrRefused is wrapped when a checkpoint can't be made to fit the spec.
@@ -98,27 +102,42 @@ func setWords(w []uint32, v uint64) []uint32 {
 }
 
 // Apply checks every core image in imagesDir against spec. When
-// capabilities must be narrowed, it writes a per-container image directory
-// into workDir (which must exist, on the same filesystem as imagesDir for
-// the hard links) and returns it.
+// capabilities, rlimits or oom_score_adj must be narrowed, it writes a
+// per-container image directory into workDir (which must exist, on the
+// same filesystem as imagesDir for the hard links) and returns it.
 func Apply(imagesDir, workDir string, spec *specs.Spec) (*Result, error) {
+	host, err := readHostState()
+	if err != nil {
+		return nil, err
+	}
+	return apply(imagesDir, workDir, spec, host, hostHas)
+}
+
+func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas func(string) bool) (*Result, error) {
 	m, err := specMasks(spec)
 	if err != nil {
 		return nil, err
 	}
-	var uid, gid uint32
-	var extraGids []uint32
-	if spec.Process != nil {
-		uid, gid, extraGids = spec.Process.User.UID, spec.Process.User.GID, spec.Process.User.AdditionalGids
+	limits, err := limitsFor(spec, host)
+	if err != nil {
+		return nil, err
 	}
+	var user specs.User
+	if spec.Process != nil {
+		user = spec.Process.User
+	}
+	// Without CAP_SETUID or CAP_SETGID, a cold-started process keeps the
+	// spec's ids.
+	anyUID, anyGID := m.bnd&(1<<unix.CAP_SETUID) != 0, m.bnd&(1<<unix.CAP_SETGID) != 0
 	seccompRequired := spec.Linux != nil && spec.Linux.Seccomp != nil
 
 	ents, err := os.ReadDir(imagesDir)
 	if err != nil {
 		return nil, err
 	}
-	var cores []string
+	var cores, names []string
 	for _, e := range ents {
+		names = append(names, e.Name())
 		switch name := e.Name(); {
 		case strings.HasPrefix(name, "core-") && strings.HasSuffix(name, ".img"):
 			cores = append(cores, filepath.Join(imagesDir, name))
@@ -131,6 +150,12 @@ func Apply(imagesDir, workDir string, spec *specs.Spec) (*Result, error) {
 	}
 	if len(cores) == 0 {
 		return nil, fmt.Errorf("%w: no core images in the checkpoint", ErrRefused)
+	}
+	if err := checkNamespaces(imagesDir, names, spec); err != nil {
+		return nil, err
+	}
+	if err := checkMounts(imagesDir, names, spec, hostHas); err != nil {
+		return nil, err
 	}
 	res := &Result{ImagesDir: imagesDir}
 	rewritten := map[string]*crit.CriuImage{}
@@ -149,29 +174,25 @@ func Apply(imagesDir, workDir string, spec *specs.Spec) (*Result, error) {
 		if cr == nil {
 			return nil, fmt.Errorf("%w: %s has no credentials; CRIU would take them from elsewhere, unchecked", ErrRefused, name)
 		}
-		if uid != 0 {
-			for _, id := range []uint32{cr.GetUid(), cr.GetEuid(), cr.GetSuid(), cr.GetFsuid()} {
-				if id == 0 {
-					return nil, fmt.Errorf("%w: %s ran as root, the spec's user is %d", ErrRefused, name, uid)
-				}
-			}
+		if err := checkIDs(cr, name, user, anyUID, anyGID); err != nil {
+			return nil, err
 		}
-		if gid != 0 && !contains(extraGids, 0) {
-			ids := append([]uint32{cr.GetGid(), cr.GetEgid(), cr.GetSgid(), cr.GetFsgid()}, cr.GetGroups()...)
-			if contains(ids, 0) {
-				return nil, fmt.Errorf("%w: %s had group root, the spec's group is %d", ErrRefused, name, gid)
-			}
+		if err := limits.checkLSM(cr, name); err != nil {
+			return nil, err
 		}
+		changed := limits.fitTask(core.GetTc())
 		eff, prm, inh, bnd := words(cr.CapEff), words(cr.CapPrm), words(cr.CapInh), words(cr.CapBnd)
-		if eff&^m.eff == 0 && prm&^m.prm == 0 && inh&^m.inh == 0 && bnd&^m.bnd == 0 {
-			continue
+		if eff&^m.eff != 0 || prm&^m.prm != 0 || inh&^m.inh != 0 || bnd&^m.bnd != 0 {
+			cr.CapEff = setWords(cr.CapEff, eff&m.eff)
+			cr.CapPrm = setWords(cr.CapPrm, prm&m.prm)
+			cr.CapInh = setWords(cr.CapInh, inh&m.inh)
+			cr.CapBnd = setWords(cr.CapBnd, bnd&m.bnd)
+			changed = true
 		}
-		cr.CapEff = setWords(cr.CapEff, eff&m.eff)
-		cr.CapPrm = setWords(cr.CapPrm, prm&m.prm)
-		cr.CapInh = setWords(cr.CapInh, inh&m.inh)
-		cr.CapBnd = setWords(cr.CapBnd, bnd&m.bnd)
-		rewritten[name] = img
-		res.Narrowed++
+		if changed {
+			rewritten[name] = img
+			res.Narrowed++
+		}
 	}
 	if len(rewritten) == 0 {
 		return res, nil
@@ -188,6 +209,33 @@ func Apply(imagesDir, workDir string, spec *specs.Spec) (*Result, error) {
 	return res, nil
 }
 
+// checkIDs refuses a thread that ran as root for a non-root spec, or, where
+// the spec's capabilities could not change them, with other user or group
+// ids than the spec's.
+func checkIDs(cr *creds.CredsEntry, name string, user specs.User, anyUID, anyGID bool) error {
+	uids := []uint32{cr.GetUid(), cr.GetEuid(), cr.GetSuid(), cr.GetFsuid()}
+	for _, id := range uids {
+		if user.UID != 0 && id == 0 {
+			return fmt.Errorf("%w: %s ran as root, the spec's user is %d", ErrRefused, name, user.UID)
+		}
+		if !anyUID && id != user.UID {
+			return fmt.Errorf("%w: %s ran as user %d, the spec's user is %d", ErrRefused, name, id, user.UID)
+		}
+	}
+	gids := []uint32{cr.GetGid(), cr.GetEgid(), cr.GetSgid(), cr.GetFsgid()}
+	if user.GID != 0 && !contains(user.AdditionalGids, 0) && (contains(gids, 0) || contains(cr.GetGroups(), 0)) {
+		return fmt.Errorf("%w: %s had group root, the spec's group is %d", ErrRefused, name, user.GID)
+	}
+	if !anyGID {
+		for _, id := range append(gids, cr.GetGroups()...) {
+			if id != user.GID && !contains(user.AdditionalGids, id) {
+				return fmt.Errorf("%w: %s had group %d, which the spec does not give", ErrRefused, name, id)
+			}
+		}
+	}
+	return nil
+}
+
 func contains(ids []uint32, id uint32) bool {
 	for _, x := range ids {
 		if x == id {
@@ -198,23 +246,29 @@ func contains(ids []uint32, id uint32) bool {
 }
 
 func decodeCore(path string) (*crit.CriuImage, *criucore.CoreEntry, error) {
-	f, err := os.Open(path)
+	img, err := decodeOne(path, &criucore.CoreEntry{})
 	if err != nil {
 		return nil, nil, err
-	}
-	defer f.Close()
-	img, err := crit.New(f, nil, "", false, false).Decode(&criucore.CoreEntry{})
-	if err != nil {
-		return nil, nil, fmt.Errorf("decode %s: %w", filepath.Base(path), err)
-	}
-	if len(img.Entries) != 1 {
-		return nil, nil, fmt.Errorf("decode %s: %d entries, want 1", filepath.Base(path), len(img.Entries))
 	}
 	core, ok := img.Entries[0].Message.(*criucore.CoreEntry)
 	if !ok {
 		return nil, nil, fmt.Errorf("decode %s: not a core entry", filepath.Base(path))
 	}
 	return img, core, nil
+}
+
+// decodeImage decodes a CRIU image whose entries are of msg's type.
+func decodeImage(path string, msg proto.Message) (*crit.CriuImage, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	img, err := crit.New(f, nil, "", false, false).Decode(msg)
+	if err != nil {
+		return nil, fmt.Errorf("decode %s: %w", filepath.Base(path), err)
+	}
+	return img, nil
 }
 
 // populate fills dir with the images of src: rewritten ones encoded anew,

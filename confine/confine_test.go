@@ -25,6 +25,10 @@ type task struct {
 	caps    uint64
 	seccomp criucore.SeccompMode
 	noCreds bool // a core image without credentials (CRIU's oldest format)
+	gid     *uint32
+	groups  []uint32
+	lsm     string
+	tc      *criucore.TaskCoreEntry // a thread group leader's task state
 }
 
 // writeImages writes core images the way CRIU does, plus one other image.
@@ -46,6 +50,15 @@ func writeImages(t *testing.T, tasks ...task) string {
 				},
 			},
 		}
+		if tk.gid != nil {
+			c := core.ThreadCore.Creds
+			c.Gid, c.Egid, c.Sgid, c.Fsgid = tk.gid, tk.gid, tk.gid, tk.gid
+		}
+		core.ThreadCore.Creds.Groups = tk.groups
+		if tk.lsm != "" {
+			core.ThreadCore.Creds.LsmProfile = proto.String(tk.lsm)
+		}
+		core.Tc = tk.tc
 		if tk.noCreds {
 			core.ThreadCore.Creds = nil
 		}

@@ -30,12 +30,17 @@ type packOptions struct {
 	exit     bool // ctr task checkpoint --exit
 	noRootfs bool // leave out the rootfs-changes layer
 	lz4      bool // the CRIU images with lz4 instead of zstd
+	// tamper, if set, edits the CRIU images before they are packed.
+	tamper func(t *testing.T, criuDir string)
 }
 
 func packAndPush(t *testing.T, id, ref string, o packOptions) handPacked {
 	t.Helper()
 	dir := testDir(t)
 	checkpointTask(t, id, filepath.Join(dir, "criu"), filepath.Join(dir, "work"), o.exit)
+	if o.tamper != nil {
+		o.tamper(t, filepath.Join(dir, "criu"))
+	}
 	criuLayer := "criu.tar.zst:application/vnd.snapboot.criu.images.v1.tar+zstd"
 	if o.lz4 {
 		sh(t, dir, "tar -C criu -cf - . | lz4 -q -c > criu.tar.lz4")

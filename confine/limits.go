@@ -1,0 +1,142 @@
+package confine
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/rlimit"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// rlimitNames are the spec's names for CRIU's rlimits, which the images
+// keep in resource-number order.
+var rlimitNames = []string{"RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_RSS",
+	"RLIMIT_NPROC", "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS", "RLIMIT_LOCKS", "RLIMIT_SIGPENDING",
+	"RLIMIT_MSGQUEUE", "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME"}
+
+// processLimits is what a cold start would give the container's processes
+// beyond its credentials: the spec's rlimits and oom_score_adj, and what
+// runc's processes pass on where the spec sets none.
+type processLimits struct {
+	rlimits  []unix.Rlimit // by resource number
+	oomScore int32
+	oomExact bool // the spec sets oom_score_adj: use it as is
+	// lsm is the profile (AppArmor) or label (SELinux) the spec requires,
+	// "" when the host enforces none of them.
+	lsm string
+}
+
+func limitsFor(spec *specs.Spec, host hostState) (processLimits, error) {
+	var l processLimits
+	l.rlimits = make([]unix.Rlimit, len(rlimitNames))
+	for i := range rlimitNames {
+		if err := unix.Getrlimit(i, &l.rlimits[i]); err != nil {
+			return l, fmt.Errorf("getrlimit %s: %w", rlimitNames[i], err)
+		}
+	}
+	l.oomScore = host.oomScoreAdj
+	if spec.Process == nil {
+		return l, nil
+	}
+	for _, r := range spec.Process.Rlimits {
+		i := indexOf(rlimitNames, r.Type)
+		if i < 0 {
+			return l, fmt.Errorf("unknown rlimit %q in the spec", r.Type)
+		}
+		l.rlimits[i] = unix.Rlimit{Cur: r.Soft, Max: r.Hard}
+	}
+	if s := spec.Process.OOMScoreAdj; s != nil {
+		l.oomScore, l.oomExact = int32(*s), true
+	}
+	switch {
+	case host.apparmor && spec.Process.ApparmorProfile != "" && spec.Process.ApparmorProfile != "unconfined":
+		l.lsm = spec.Process.ApparmorProfile
+	case host.selinux && spec.Process.SelinuxLabel != "":
+		l.lsm = spec.Process.SelinuxLabel
+	}
+	return l, nil
+}
+
+func indexOf(names []string, name string) int {
+	for i, n := range names {
+		if n == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// fitTask lowers a task's rlimits to the cold start's and sets its
+// oom_score_adj as a cold start would; it reports whether it changed tc.
+// A donor's lower limits, or a higher oom_score_adj when the spec sets
+// none, are kept: they give nothing.
+func (l processLimits) fitTask(tc *criucore.TaskCoreEntry) bool {
+	if tc == nil {
+		return false // a thread: its task's core holds these
+	}
+	changed := false
+	for i, r := range tc.GetRlimits().GetRlimits() {
+		if i >= len(l.rlimits) {
+			break
+		}
+		bound := l.rlimits[i]
+		hard, soft := min(r.GetMax(), bound.Max), r.GetCur()
+		soft = min(soft, hard)
+		if hard != r.GetMax() || soft != r.GetCur() {
+			tc.Rlimits.Rlimits[i] = &rlimit.RlimitEntry{Cur: &soft, Max: &hard}
+			changed = true
+		}
+	}
+	if tc.OomScoreAdj != nil {
+		want := tc.GetOomScoreAdj()
+		if l.oomExact || want < l.oomScore {
+			want = l.oomScore
+		}
+		if want != tc.GetOomScoreAdj() {
+			tc.OomScoreAdj = &want
+			changed = true
+		}
+	}
+	return changed
+}
+
+// checkLSM refuses a thread whose LSM profile is not the spec's: CRIU
+// would restore the image's, or none at all.
+func (l processLimits) checkLSM(cr *creds.CredsEntry, name string) error {
+	if l.lsm == "" || cr.GetLsmProfile() == l.lsm {
+		return nil
+	}
+	return fmt.Errorf("%w: %s ran with the LSM profile %q, the spec requires %q", ErrRefused, name, cr.GetLsmProfile(), l.lsm)
+}
+
+// hostState is what of this host decides a cold start's limits.
+type hostState struct {
+	oomScoreAdj       int32 // the shim's own, which runc passes on
+	apparmor, selinux bool  // enforced by this host's kernel
+}
+
+func readHostState() (hostState, error) {
+	var h hostState
+	data, err := os.ReadFile("/proc/self/oom_score_adj")
+	if err != nil {
+		return h, err
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 32)
+	if err != nil {
+		return h, fmt.Errorf("oom_score_adj: %w", err)
+	}
+	h.oomScoreAdj = int32(v)
+	// As runc decides it: AppArmor's module parameter, selinuxfs.
+	if b, err := os.ReadFile("/sys/module/apparmor/parameters/enabled"); err == nil && strings.HasPrefix(string(b), "Y") {
+		h.apparmor = true
+	}
+	if _, err := os.Stat("/sys/fs/selinux/enforce"); err == nil {
+		h.selinux = true
+	}
+	return h, nil
+}

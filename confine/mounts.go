@@ -1,0 +1,284 @@
+package confine
+
+import (
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+const msRdonly = 0x1 // MS_RDONLY in a mount entry's flags
+
+// nullKey is the external-mount key runc gives CRIU for the masked paths
+// that are files: /dev/null bound over them.
+const nullKey = "/dev/null"
+
+// runcDefaultDevices are the device nodes runc gives every container,
+// listed in the spec or not.
+var runcDefaultDevices = []string{"/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/random", "/dev/urandom"}
+
+// mountRules is what the spec allows the restored mount tree to hold.
+type mountRules struct {
+	byDest    map[string]specs.Mount // the spec's mounts by destination
+	devices   map[string]bool        // device nodes runc binds from the host
+	masked    []string
+	readonly  []string
+	hostHas   func(string) bool // whether a path exists in the host's /proc or /sys
+	imageName string
+}
+
+// checkMounts refuses a checkpoint whose mount tree (mountpoints-*.img)
+// would give the clone more than its spec: CRIU rebuilds the mount tree
+// from the images, and runc applies nothing of the spec's over it. Every
+// mount must be the container's root, a fresh tmpfs, devpts or mqueue, one
+// of the spec's own mounts (bind mounts by their external key, proc, sysfs
+// and cgroup file systems at the spec's destinations), or a read-only view
+// of a path the spec makes read-only. Every masked path and read-only path
+// of the spec that the host's kernel has must be masked or read-only in the
+// images, and every mount the spec makes read-only must be read-only.
+//
+// hostHas reports whether a masked or read-only path exists on this host:
+// runc masks only what exists, so a donor's images hold masks for exactly
+// those paths.
+func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas func(string) bool) error {
+	r := mountRules{byDest: map[string]specs.Mount{}, devices: map[string]bool{}, hostHas: hostHas}
+	for _, m := range spec.Mounts {
+		r.byDest[path.Clean(m.Destination)] = m
+	}
+	for _, d := range runcDefaultDevices {
+		r.devices[d] = true
+	}
+	if spec.Linux != nil {
+		r.masked, r.readonly = spec.Linux.MaskedPaths, spec.Linux.ReadonlyPaths
+		for _, d := range spec.Linux.Devices {
+			r.devices[path.Clean(d.Path)] = true
+		}
+	}
+	for _, name := range names {
+		if !strings.HasPrefix(name, "mountpoints-") || !strings.HasSuffix(name, ".img") {
+			continue
+		}
+		entries, err := decodeMounts(filepath.Join(imagesDir, name))
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+		r.imageName = name
+		if err := r.check(entries); err != nil {
+			return fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+	}
+	return nil
+}
+
+func decodeMounts(p string) ([]*mnt.MntEntry, error) {
+	img, err := decodeImage(p, &mnt.MntEntry{})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*mnt.MntEntry, 0, len(img.Entries))
+	for _, e := range img.Entries {
+		m, ok := e.Message.(*mnt.MntEntry)
+		if !ok {
+			return nil, fmt.Errorf("decode %s: not a mount entry", filepath.Base(p))
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func (r *mountRules) check(entries []*mnt.MntEntry) error {
+	ids := map[uint32]bool{}
+	for _, e := range entries {
+		ids[e.GetMntId()] = true
+	}
+	var root *mnt.MntEntry
+	for _, e := range entries {
+		for _, p := range []string{e.GetMountpoint(), e.GetRoot()} {
+			if !path.IsAbs(p) || path.Clean(p) != p {
+				return fmt.Errorf("%s: mount %d has the path %q, which is not clean and absolute", r.imageName, e.GetMntId(), p)
+			}
+		}
+		if !ids[e.GetParentMntId()] {
+			if root != nil {
+				return fmt.Errorf("%s: more than one root mount", r.imageName)
+			}
+			root = e
+			continue
+		}
+		if err := r.allowed(e, entries); err != nil {
+			return fmt.Errorf("%s: %w", r.imageName, err)
+		}
+	}
+	if root == nil || root.GetMountpoint() != "/" || root.GetRoot() != "/" {
+		return fmt.Errorf("%s: no root mount at /", r.imageName)
+	}
+	for _, p := range r.masked {
+		if err := r.covered(path.Clean(p), entries, isMask, "masked"); err != nil {
+			return fmt.Errorf("%s: %w", r.imageName, err)
+		}
+	}
+	for _, p := range r.readonly {
+		if err := r.covered(path.Clean(p), entries, isReadOnly, "read-only"); err != nil {
+			return fmt.Errorf("%s: %w", r.imageName, err)
+		}
+	}
+	return nil
+}
+
+// allowed checks one mount that is not the root.
+func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
+	where := e.GetMountpoint()
+	specMount, inSpec := r.byDest[where]
+	// runc holds cgroup v1 hierarchies in a tmpfs it leaves writable.
+	v1Holder := isCgroup(specMount) && mnt.Fstype(e.GetFstype()) == mnt.Fstype_TMPFS
+	if inSpec && slices.Contains(specMount.Options, "ro") && !isReadOnly(e) && !v1Holder {
+		return fmt.Errorf("%s is read-write, the spec mounts it read-only", where)
+	}
+	if e.GetWithPlugin() {
+		return fmt.Errorf("%s is restored by a CRIU plugin", where)
+	}
+	if e.ExtKey != nil {
+		// CRIU binds the host path runc maps the key to.
+		return r.external(e)
+	}
+	switch fs := mnt.Fstype(e.GetFstype()); fs {
+	case mnt.Fstype_TMPFS, mnt.Fstype_DEVPTS, mnt.Fstype_MQUEUE:
+		// Fresh instances. CRIU would resolve a bind of a path within one
+		// (a symbolic link in a tmpfs's restored contents) in the host's
+		// mount tree.
+		if e.GetRoot() != "/" {
+			return fmt.Errorf("%s binds %s of a %s mount", where, e.GetRoot(), mnt.Fstype(e.GetFstype()))
+		}
+		return nil
+	case mnt.Fstype_PROC, mnt.Fstype_SYSFS:
+		want := map[mnt.Fstype]string{mnt.Fstype_PROC: "proc", mnt.Fstype_SYSFS: "sysfs"}[fs]
+		if inSpec && specMount.Type == want && e.GetRoot() == "/" {
+			return nil
+		}
+		// runc's read-only paths: the file system bound over itself.
+		if parent := coveringMount(where, entries); parent != nil && parent.GetFstype() == e.GetFstype() &&
+			slices.Contains(cleaned(r.readonly), where) && isReadOnly(e) &&
+			e.GetRoot() == "/"+strings.TrimPrefix(strings.TrimPrefix(where, parent.GetMountpoint()), "/") {
+			return nil
+		}
+		return fmt.Errorf("%s mounts %s, which the spec does not mount there", where, want)
+	case mnt.Fstype_CGROUP, mnt.Fstype_CGROUP2:
+		dest, m, ok := r.cgroupMount(where)
+		if !ok {
+			return fmt.Errorf("%s is a cgroup mount the spec does not have", where)
+		}
+		if slices.Contains(m.Options, "ro") && !isReadOnly(e) {
+			return fmt.Errorf("%s is a read-write cgroup mount, the spec mounts %s read-only", where, dest)
+		}
+		return nil
+	default:
+		return fmt.Errorf("%s is a mount of type %s, which snapboot does not restore", where, mnt.Fstype(e.GetFstype()))
+	}
+}
+
+// external checks a mount CRIU binds from the host: runc maps a key for
+// each of the spec's bind mounts, the cgroup v1 hierarchies under the spec's
+// cgroup mount, every device node, and /dev/null for masked files. A key
+// runc does not map fails the restore.
+func (r *mountRules) external(e *mnt.MntEntry) error {
+	where, key := e.GetMountpoint(), path.Clean(e.GetExtKey())
+	if key == nullKey || r.devices[key] {
+		return nil
+	}
+	if m, ok := r.byDest[key]; ok && isBind(m) {
+		if slices.Contains(m.Options, "ro") && !isReadOnly(e) {
+			return fmt.Errorf("%s binds %s read-write, the spec mounts it read-only", where, key)
+		}
+		return nil
+	}
+	if dest, m, ok := r.cgroupMount(key); ok {
+		if slices.Contains(m.Options, "ro") && !isReadOnly(e) {
+			return fmt.Errorf("%s binds cgroup %s read-write, the spec mounts %s read-only", where, key, dest)
+		}
+		return nil
+	}
+	return fmt.Errorf("%s is an external mount %q that the spec does not have", where, e.GetExtKey())
+}
+
+// cgroupMount finds the spec's cgroup mount at or above p.
+func (r *mountRules) cgroupMount(p string) (string, specs.Mount, bool) {
+	for dest, m := range r.byDest {
+		if isCgroup(m) && (p == dest || strings.HasPrefix(p, dest+"/")) {
+			return dest, m, true
+		}
+	}
+	return "", specs.Mount{}, false
+}
+
+// covered checks that a masked or read-only path of the spec is so in the
+// images, where it matters: inside a proc or sysfs mount, if the host has
+// the path. A path in the rootfs is the image's own business.
+func (r *mountRules) covered(p string, entries []*mnt.MntEntry, ok func(*mnt.MntEntry) bool, what string) error {
+	parent := coveringMount(p, entries)
+	if parent == nil {
+		return nil
+	}
+	if fs := mnt.Fstype(parent.GetFstype()); fs != mnt.Fstype_PROC && fs != mnt.Fstype_SYSFS {
+		return nil
+	}
+	if what == "read-only" && isReadOnly(parent) {
+		return nil
+	}
+	for _, e := range entries {
+		if e.GetMountpoint() == p && ok(e) {
+			return nil
+		}
+	}
+	if !r.hostHas(p) {
+		return nil
+	}
+	return fmt.Errorf("%s is not %s; the spec makes it so", p, what)
+}
+
+// coveringMount is the deepest mount strictly above p.
+func coveringMount(p string, entries []*mnt.MntEntry) *mnt.MntEntry {
+	var best *mnt.MntEntry
+	for _, e := range entries {
+		mp := e.GetMountpoint()
+		if mp == p || !(mp == "/" || strings.HasPrefix(p, mp+"/")) {
+			continue
+		}
+		if best == nil || len(mp) > len(best.GetMountpoint()) {
+			best = e
+		}
+	}
+	return best
+}
+
+func isReadOnly(e *mnt.MntEntry) bool { return e.GetFlags()&msRdonly != 0 }
+
+// isMask is what runc puts over a masked path: /dev/null for a file, an
+// empty read-only tmpfs for a directory.
+func isMask(e *mnt.MntEntry) bool {
+	return e.GetExtKey() == nullKey || (mnt.Fstype(e.GetFstype()) == mnt.Fstype_TMPFS && isReadOnly(e))
+}
+
+func isCgroup(m specs.Mount) bool { return m.Type == "cgroup" || m.Type == "cgroup2" }
+
+func isBind(m specs.Mount) bool {
+	return m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")
+}
+
+func cleaned(paths []string) []string {
+	out := make([]string, len(paths))
+	for i, p := range paths {
+		out[i] = path.Clean(p)
+	}
+	return out
+}
+
+// hostHas reports whether the host has p, a path in /proc or /sys.
+func hostHas(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
+}

@@ -1,0 +1,109 @@
+package confine
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+)
+
+// nsID reads one namespace's id from a task's ids; ok is false when the
+// image leaves it out.
+type nsID func(*criucore.TaskKobjIdsEntry) (id uint32, ok bool)
+
+// nsIDs maps the spec's namespace types to where CRIU keeps their ids.
+var nsIDs = map[specs.LinuxNamespaceType]nsID{
+	specs.PIDNamespace:     func(i *criucore.TaskKobjIdsEntry) (uint32, bool) { return i.GetPidNsId(), i.PidNsId != nil },
+	specs.NetworkNamespace: func(i *criucore.TaskKobjIdsEntry) (uint32, bool) { return i.GetNetNsId(), i.NetNsId != nil },
+	specs.MountNamespace:   func(i *criucore.TaskKobjIdsEntry) (uint32, bool) { return i.GetMntNsId(), i.MntNsId != nil },
+	specs.IPCNamespace:     func(i *criucore.TaskKobjIdsEntry) (uint32, bool) { return i.GetIpcNsId(), i.IpcNsId != nil },
+	specs.UTSNamespace:     func(i *criucore.TaskKobjIdsEntry) (uint32, bool) { return i.GetUtsNsId(), i.UtsNsId != nil },
+	specs.UserNamespace:    func(i *criucore.TaskKobjIdsEntry) (uint32, bool) { return i.GetUserNsId(), i.UserNsId != nil },
+	specs.CgroupNamespace:  func(i *criucore.TaskKobjIdsEntry) (uint32, bool) { return i.GetCgroupNsId(), i.CgroupNsId != nil },
+	specs.TimeNamespace:    func(i *criucore.TaskKobjIdsEntry) (uint32, bool) { return i.GetTimeNsId(), i.TimeNsId != nil },
+}
+
+// checkNamespaces refuses a checkpoint whose tasks would be restored in
+// CRIU's own namespaces, the host's, for a namespace the spec gives the
+// container. CRIU creates a namespace for the root task only where the
+// task's id (ids-<pid>.img) differs from the id the dumping CRIU had
+// (inventory.img's root_ids), and runc creates none itself: images that
+// repeat root_ids, or leave an id out, would run the clone in the host's
+// IPC, UTS, mount or PID namespace.
+func checkNamespaces(imagesDir string, names []string, spec *specs.Spec) error {
+	var wanted []specs.LinuxNamespaceType
+	if spec.Linux != nil {
+		for _, ns := range spec.Linux.Namespaces {
+			if _, known := nsIDs[ns.Type]; !known {
+				return fmt.Errorf("%w: unknown namespace type %q in the spec", ErrRefused, ns.Type)
+			}
+			wanted = append(wanted, ns.Type)
+		}
+	}
+	if len(wanted) == 0 {
+		return nil
+	}
+	inv, err := decodeOne(filepath.Join(imagesDir, "inventory.img"), &inventory.InventoryEntry{})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	root := inv.Entries[0].Message.(*inventory.InventoryEntry).GetRootIds()
+	if root == nil {
+		return fmt.Errorf("%w: inventory.img has no namespace ids of the dumping CRIU", ErrRefused)
+	}
+	tasks := 0
+	for _, name := range names {
+		if !strings.HasPrefix(name, "ids-") || !strings.HasSuffix(name, ".img") {
+			continue
+		}
+		img, err := decodeOne(filepath.Join(imagesDir, name), &criucore.TaskKobjIdsEntry{})
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+		ids := img.Entries[0].Message.(*criucore.TaskKobjIdsEntry)
+		tasks++
+		for _, typ := range wanted {
+			id, ok := nsIDs[typ](ids)
+			outside, known := nsIDs[typ](root)
+			switch {
+			case !ok || !known:
+				return fmt.Errorf("%w: %s has no %s namespace id, CRIU would restore the task in the host's", ErrRefused, name, typ)
+			case id == outside:
+				return fmt.Errorf("%w: %s puts the task in the host's %s namespace, the spec gives the container its own", ErrRefused, name, typ)
+			}
+		}
+	}
+	if tasks == 0 {
+		return fmt.Errorf("%w: no task namespace ids (ids-*.img) in the checkpoint", ErrRefused)
+	}
+	if slices.Contains(wanted, specs.PIDNamespace) {
+		// CRIU creates a PID namespace only for a root task with PID 1.
+		img, err := decodeImage(filepath.Join(imagesDir, "pstree.img"), &pstree.PstreeEntry{})
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+		if len(img.Entries) == 0 || img.Entries[0].Message.(*pstree.PstreeEntry).GetPid() != 1 {
+			return fmt.Errorf("%w: the checkpoint's root task is not PID 1, CRIU would restore it in the host's PID namespace", ErrRefused)
+		}
+	}
+	return nil
+}
+
+// decodeOne decodes an image that holds exactly one entry of msg's type.
+func decodeOne(path string, msg proto.Message) (*crit.CriuImage, error) {
+	img, err := decodeImage(path, msg)
+	if err != nil {
+		return nil, err
+	}
+	if len(img.Entries) != 1 {
+		return nil, fmt.Errorf("decode %s: %d entries, want 1", filepath.Base(path), len(img.Entries))
+	}
+	return img, nil
+}

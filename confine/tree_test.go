@@ -1,0 +1,323 @@
+package confine
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+)
+
+func writeImage(t *testing.T, path, magic string, msgs ...proto.Message) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img := &crit.CriuImage{Magic: magic}
+	for _, m := range msgs {
+		img.Entries = append(img.Entries, &crit.CriuEntry{Message: m})
+	}
+	if err := crit.New(nil, f, "", false, false).Encode(img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hostIDs are the dumping CRIU's namespaces, as in a real dump of a ctr
+// container: it shares the user, cgroup and time namespaces with the host.
+func hostIDs() *criucore.TaskKobjIdsEntry {
+	return &criucore.TaskKobjIdsEntry{VmId: proto.Uint32(1), FilesId: proto.Uint32(1), FsId: proto.Uint32(1), SighandId: proto.Uint32(1),
+		PidNsId: proto.Uint32(1), NetNsId: proto.Uint32(2), IpcNsId: proto.Uint32(3), UtsNsId: proto.Uint32(4),
+		MntNsId: proto.Uint32(6), UserNsId: proto.Uint32(7), CgroupNsId: proto.Uint32(8), TimeNsId: proto.Uint32(5)}
+}
+
+func containerIDs() *criucore.TaskKobjIdsEntry {
+	return &criucore.TaskKobjIdsEntry{VmId: proto.Uint32(2), FilesId: proto.Uint32(2), FsId: proto.Uint32(2), SighandId: proto.Uint32(2),
+		PidNsId: proto.Uint32(9), NetNsId: proto.Uint32(10), IpcNsId: proto.Uint32(11), UtsNsId: proto.Uint32(12),
+		MntNsId: proto.Uint32(13), UserNsId: proto.Uint32(7), CgroupNsId: proto.Uint32(8), TimeNsId: proto.Uint32(5)}
+}
+
+func mount(id, parent uint32, fs mnt.Fstype, root, at string, flags uint32) *mnt.MntEntry {
+	return &mnt.MntEntry{Fstype: proto.Uint32(uint32(fs)), MntId: proto.Uint32(id), RootDev: proto.Uint32(id), ParentMntId: proto.Uint32(parent),
+		Flags: proto.Uint32(flags), Root: proto.String(root), Mountpoint: proto.String(at), Source: proto.String("none"), Options: proto.String("")}
+}
+
+const ro = msRdonly
+
+// donorMounts is the mount tree runc gave a ctr container, as CRIU dumped
+// it (mountpoints-13.img of a real dump, bind mount of /data added).
+func donorMounts() []*mnt.MntEntry {
+	keys := mount(58, 76, mnt.Fstype_TMPFS, "/null", "/proc/keys", 0)
+	keys.ExtKey = proto.String("/dev/null")
+	data := mount(83, 74, mnt.Fstype_OVERLAYFS, "/", "/data", ro)
+	data.ExtKey = proto.String("/data")
+	return []*mnt.MntEntry{
+		mount(74, 50, mnt.Fstype_OVERLAYFS, "/", "/", 0),
+		mount(76, 74, mnt.Fstype_PROC, "/", "/proc", 0),
+		mount(77, 74, mnt.Fstype_TMPFS, "/", "/dev", 0),
+		mount(78, 77, mnt.Fstype_DEVPTS, "/", "/dev/pts", 0),
+		mount(79, 77, mnt.Fstype_TMPFS, "/", "/dev/shm", 0),
+		mount(80, 77, mnt.Fstype_MQUEUE, "/", "/dev/mqueue", 0),
+		mount(81, 74, mnt.Fstype_SYSFS, "/", "/sys", ro),
+		mount(82, 74, mnt.Fstype_TMPFS, "/", "/run", 0),
+		mount(54, 76, mnt.Fstype_PROC, "/sys", "/proc/sys", ro),
+		mount(51, 76, mnt.Fstype_PROC, "/bus", "/proc/bus", ro),
+		mount(55, 76, mnt.Fstype_TMPFS, "/", "/proc/acpi", ro),
+		keys,
+		mount(60, 81, mnt.Fstype_TMPFS, "/", "/sys/firmware", ro),
+		data,
+	}
+}
+
+// clonesSpec is the restoring container's spec: what containerd's default
+// spec has for these paths.
+func clonesSpec() *specs.Spec {
+	s := spec(0, nil, false)
+	for _, ns := range []specs.LinuxNamespaceType{specs.PIDNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.MountNamespace, specs.NetworkNamespace} {
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: ns})
+	}
+	s.Mounts = []specs.Mount{
+		{Destination: "/proc", Type: "proc"},
+		{Destination: "/dev", Type: "tmpfs"},
+		{Destination: "/dev/pts", Type: "devpts"},
+		{Destination: "/dev/shm", Type: "tmpfs"},
+		{Destination: "/dev/mqueue", Type: "mqueue"},
+		{Destination: "/sys", Type: "sysfs", Options: []string{"nosuid", "ro"}},
+		{Destination: "/run", Type: "tmpfs"},
+		{Destination: "/data", Type: "bind", Source: "/srv/data", Options: []string{"rbind", "ro"}},
+	}
+	s.Linux.MaskedPaths = []string{"/proc/acpi", "/proc/kcore", "/proc/keys", "/sys/firmware"}
+	s.Linux.ReadonlyPaths = []string{"/proc/bus", "/proc/sys"}
+	return s
+}
+
+// onHost is the host's /proc and /sys in these tests: /proc/kcore is
+// missing, as on this project's CI machines.
+func onHost(p string) bool { return p != "/proc/kcore" }
+
+func writeTree(t *testing.T, ids []*criucore.TaskKobjIdsEntry, mounts []*mnt.MntEntry) string {
+	t.Helper()
+	dir := writeImages(t, task{})
+	writeImage(t, filepath.Join(dir, "inventory.img"), "INVENTORY", &inventory.InventoryEntry{ImgVersion: proto.Uint32(2), RootIds: hostIDs()})
+	for i, id := range ids {
+		writeImage(t, filepath.Join(dir, "ids-"+string(rune('1'+i))+".img"), "IDS", id)
+	}
+	writeImage(t, filepath.Join(dir, "mountpoints-13.img"), "MNTS", messages(mounts)...)
+	writeImage(t, filepath.Join(dir, "pstree.img"), "PSTREE",
+		&pstree.PstreeEntry{Pid: proto.Uint32(1), Ppid: proto.Uint32(0), Pgid: proto.Uint32(1), Sid: proto.Uint32(1), Threads: []uint32{1}},
+		&pstree.PstreeEntry{Pid: proto.Uint32(16), Ppid: proto.Uint32(1), Pgid: proto.Uint32(1), Sid: proto.Uint32(1), Threads: []uint32{16}})
+	return dir
+}
+
+func messages(ms []*mnt.MntEntry) []proto.Message {
+	out := make([]proto.Message, len(ms))
+	for i, m := range ms {
+		out[i] = m
+	}
+	return out
+}
+
+func checkTree(dir string, s *specs.Spec) error {
+	names, err := imageNames(dir)
+	if err != nil {
+		return err
+	}
+	if err := checkNamespaces(dir, names, s); err != nil {
+		return err
+	}
+	return checkMounts(dir, names, s, onHost)
+}
+
+func imageNames(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names, err
+}
+
+func TestDonorTreeFits(t *testing.T) {
+	dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs(), containerIDs()}, donorMounts())
+	if err := checkTree(dir, clonesSpec()); err != nil {
+		t.Fatal(err)
+	}
+	// Through Apply too, which reads the host's own /proc and /sys.
+	if _, err := Apply(dir, t.TempDir(), clonesSpec()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNamespaceRefusals(t *testing.T) {
+	host := hostIDs()
+	cases := map[string]func(*criucore.TaskKobjIdsEntry){
+		"host IPC namespace":     func(i *criucore.TaskKobjIdsEntry) { i.IpcNsId = host.IpcNsId },
+		"host UTS namespace":     func(i *criucore.TaskKobjIdsEntry) { i.UtsNsId = host.UtsNsId },
+		"host mount namespace":   func(i *criucore.TaskKobjIdsEntry) { i.MntNsId = host.MntNsId },
+		"host PID namespace":     func(i *criucore.TaskKobjIdsEntry) { i.PidNsId = host.PidNsId },
+		"host network namespace": func(i *criucore.TaskKobjIdsEntry) { i.NetNsId = host.NetNsId },
+		"no IPC namespace id":    func(i *criucore.TaskKobjIdsEntry) { i.IpcNsId = nil },
+	}
+	for name, edit := range cases {
+		t.Run(name, func(t *testing.T) {
+			// The second task: every task is checked, not only the root.
+			child := containerIDs()
+			edit(child)
+			err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs(), child}, donorMounts()), clonesSpec())
+			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "namespace") {
+				t.Fatalf("got %v, want a namespace refusal", err)
+			}
+		})
+	}
+	t.Run("spec shares the namespace", func(t *testing.T) {
+		child := containerIDs()
+		child.NetNsId = host.NetNsId
+		s := clonesSpec()
+		s.Linux.Namespaces = s.Linux.Namespaces[:4] // no network namespace: the host's
+		if err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{child}, donorMounts()), s); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("a user namespace the donor did not have", func(t *testing.T) {
+		s := clonesSpec()
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		if err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, donorMounts()), s); !errors.Is(err, ErrRefused) {
+			t.Fatalf("got %v, want ErrRefused", err)
+		}
+	})
+	t.Run("no ids images", func(t *testing.T) {
+		if err := checkTree(writeTree(t, nil, donorMounts()), clonesSpec()); !errors.Is(err, ErrRefused) {
+			t.Fatalf("got %v, want ErrRefused", err)
+		}
+	})
+	t.Run("root task not PID 1", func(t *testing.T) {
+		dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, donorMounts())
+		writeImage(t, filepath.Join(dir, "pstree.img"), "PSTREE",
+			&pstree.PstreeEntry{Pid: proto.Uint32(7), Ppid: proto.Uint32(0), Pgid: proto.Uint32(7), Sid: proto.Uint32(7), Threads: []uint32{7}})
+		if err := checkTree(dir, clonesSpec()); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "PID 1") {
+			t.Fatalf("got %v, want a PID 1 refusal", err)
+		}
+	})
+	t.Run("no inventory", func(t *testing.T) {
+		dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, donorMounts())
+		os.Remove(filepath.Join(dir, "inventory.img"))
+		if err := checkTree(dir, clonesSpec()); !errors.Is(err, ErrRefused) {
+			t.Fatalf("got %v, want ErrRefused", err)
+		}
+	})
+}
+
+func TestMountRefusals(t *testing.T) {
+	without := func(at string) func([]*mnt.MntEntry) []*mnt.MntEntry {
+		return func(ms []*mnt.MntEntry) []*mnt.MntEntry {
+			var out []*mnt.MntEntry
+			for _, m := range ms {
+				if m.GetMountpoint() != at {
+					out = append(out, m)
+				}
+			}
+			return out
+		}
+	}
+	add := func(m *mnt.MntEntry) func([]*mnt.MntEntry) []*mnt.MntEntry {
+		return func(ms []*mnt.MntEntry) []*mnt.MntEntry { return append(ms, m) }
+	}
+	edit := func(at string, f func(*mnt.MntEntry)) func([]*mnt.MntEntry) []*mnt.MntEntry {
+		return func(ms []*mnt.MntEntry) []*mnt.MntEntry {
+			for _, m := range ms {
+				if m.GetMountpoint() == at {
+					f(m)
+				}
+			}
+			return ms
+		}
+	}
+	hostDisk := mount(90, 74, mnt.Fstype_AUTO, "/", "/mnt", 0)
+	hostDisk.Fsname, hostDisk.Source = proto.String("ext4"), proto.String("/dev/sda1")
+	unknownKey := mount(91, 74, mnt.Fstype_TMPFS, "/", "/mnt", 0)
+	unknownKey.ExtKey = proto.String("/etc")
+	devKey := mount(103, 74, mnt.Fstype_TMPFS, "/", "/mnt", 0)
+	devKey.ExtKey = proto.String("/dev/kvm")
+	cases := map[string]func([]*mnt.MntEntry) []*mnt.MntEntry{
+		"a device the spec does not have":   add(devKey),
+		"a path within a tmpfs bound":       add(mount(104, 77, mnt.Fstype_TMPFS, "/x", "/mnt", 0)),
+		"a masked file left open":           without("/proc/keys"),
+		"a masked directory left open":      without("/proc/acpi"),
+		"masked sysfs path left open":       without("/sys/firmware"),
+		"mask made writable":                edit("/proc/acpi", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(0) }),
+		"read-only path made writable":      edit("/proc/sys", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(0) }),
+		"read-only path left out":           without("/proc/sys"),
+		"read-only mount made writable":     edit("/sys", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(0) }),
+		"read-only bind made writable":      edit("/data", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(0) }),
+		"a second proc":                     add(mount(92, 74, mnt.Fstype_PROC, "/", "/tmp", 0)),
+		"proc's root bound elsewhere":       add(mount(93, 74, mnt.Fstype_PROC, "/", "/mnt", ro)),
+		"proc's root over a read-only path": edit("/proc/sys", func(m *mnt.MntEntry) { m.Root = proto.String("/") }),
+		"a sysfs":                           add(mount(94, 74, mnt.Fstype_SYSFS, "/", "/mnt", 0)),
+		"a host disk":                       add(hostDisk),
+		"devtmpfs":                          add(mount(95, 74, mnt.Fstype_DEVTMPFS, "/", "/mnt", 0)),
+		"an overlay of host directories":    add(mount(96, 74, mnt.Fstype_OVERLAYFS, "/", "/mnt", 0)),
+		"debugfs":                           add(mount(97, 74, mnt.Fstype_DEBUGFS, "/", "/mnt", 0)),
+		"a cgroup mount":                    add(mount(98, 74, mnt.Fstype_CGROUP, "/", "/mnt", 0)),
+		"an external mount not in the spec": add(unknownKey),
+		"a path with ..":                    add(mount(99, 74, mnt.Fstype_PROC, "/", "/proc/../mnt", 0)),
+		"two roots":                         add(mount(100, 1, mnt.Fstype_TMPFS, "/", "/", 0)),
+		"root not at /":                     edit("/", func(m *mnt.MntEntry) { m.Mountpoint = proto.String("/x") }),
+	}
+	for name, change := range cases {
+		t.Run(name, func(t *testing.T) {
+			err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, change(donorMounts())), clonesSpec())
+			if !errors.Is(err, ErrRefused) {
+				t.Fatalf("got %v, want ErrRefused", err)
+			}
+			t.Log(err)
+		})
+	}
+}
+
+func TestMountsTheSpecAllows(t *testing.T) {
+	cgroupSpec := clonesSpec()
+	cgroupSpec.Mounts = append(cgroupSpec.Mounts, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Options: []string{"ro"}})
+	cgroupSpec.Linux.Devices = []specs.LinuxDevice{{Path: "/dev/fuse"}}
+	// runc binds the cgroup v1 hierarchies from the host, by key.
+	hierarchy := mount(105, 101, mnt.Fstype_CGROUP, "/", "/sys/fs/cgroup/systemd", ro)
+	hierarchy.ExtKey = proto.String("/sys/fs/cgroup/systemd")
+	fuse := mount(106, 77, mnt.Fstype_DEVTMPFS, "/fuse", "/dev/fuse", 0)
+	fuse.ExtKey = proto.String("/dev/fuse")
+	cases := map[string]struct {
+		mounts []*mnt.MntEntry
+		spec   *specs.Spec
+	}{
+		// A missing path is not masked by runc either.
+		"a masked path the host lacks": {donorMounts(), clonesSpec()},
+		// The spec does not mount /proc: nothing under it to mask.
+		"no proc at all": {func() []*mnt.MntEntry {
+			var out []*mnt.MntEntry
+			for _, m := range donorMounts() {
+				if !strings.HasPrefix(m.GetMountpoint(), "/proc") {
+					out = append(out, m)
+				}
+			}
+			return out
+		}(), clonesSpec()},
+		"cgroup v1 hierarchies under the spec's cgroup mount": {append(donorMounts(),
+			mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", 0),
+			mount(102, 101, mnt.Fstype_CGROUP, "/snapboot/x", "/sys/fs/cgroup/memory", ro), hierarchy), cgroupSpec},
+		"a device node of the spec": {append(donorMounts(), fuse), cgroupSpec},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			if err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, c.mounts), c.spec); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -1,0 +1,108 @@
+//go:build integration && linux
+
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	"google.golang.org/protobuf/proto"
+)
+
+// editImages decodes every CRIU image named by glob in dir as entries of
+// msg's type, lets edit change them, and writes the images back.
+func editImages(t *testing.T, dir, glob string, msg proto.Message, edit func(img *crit.CriuImage)) {
+	t.Helper()
+	paths, _ := filepath.Glob(filepath.Join(dir, glob))
+	if len(paths) == 0 {
+		t.Fatalf("no %s in %s", glob, dir)
+	}
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := crit.New(f, nil, "", false, false).Decode(msg)
+		f.Close()
+		if err != nil {
+			t.Fatalf("decode %s: %v", p, err)
+		}
+		edit(img)
+		out, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := crit.New(nil, out, "", false, false).Encode(img); err != nil {
+			t.Fatalf("encode %s: %v", p, err)
+		}
+		out.Close()
+	}
+}
+
+// hostNamespaces makes the tasks' UTS and IPC namespaces the dumping
+// CRIU's, the host's: CRIU then creates neither.
+func hostNamespaces(t *testing.T, dir string) {
+	var root *criucore.TaskKobjIdsEntry
+	editImages(t, dir, "inventory.img", &inventory.InventoryEntry{}, func(img *crit.CriuImage) {
+		root = img.Entries[0].Message.(*inventory.InventoryEntry).GetRootIds()
+	})
+	editImages(t, dir, "ids-*.img", &criucore.TaskKobjIdsEntry{}, func(img *crit.CriuImage) {
+		ids := img.Entries[0].Message.(*criucore.TaskKobjIdsEntry)
+		ids.UtsNsId, ids.IpcNsId = root.UtsNsId, root.IpcNsId
+	})
+}
+
+// unmask drops runc's masks and read-only mounts under /proc and /sys.
+func unmask(t *testing.T, dir string) {
+	editImages(t, dir, "mountpoints-*.img", &mnt.MntEntry{}, func(img *crit.CriuImage) {
+		var keep []*crit.CriuEntry
+		for _, e := range img.Entries {
+			at := e.Message.(*mnt.MntEntry).GetMountpoint()
+			if !strings.HasPrefix(at, "/proc/") && !strings.HasPrefix(at, "/sys/") {
+				keep = append(keep, e)
+			}
+		}
+		if len(keep) == len(img.Entries) {
+			t.Fatal("no masks under /proc or /sys in the donor's mount tree")
+		}
+		img.Entries = keep
+	})
+}
+
+// TestCraftedCheckpointsColdStart restores checkpoints whose images were
+// edited to give the clone more than its spec. Without confine's checks,
+// CRIU restores both: the clone runs in the host's UTS and IPC namespaces,
+// or with /proc/sys writable and /proc/keys readable.
+func TestCraftedCheckpointsColdStart(t *testing.T) {
+	requireShim(t)
+	donor, donorLog := startCounterDonor(t)
+	waitCount(t, donorLog, 5)
+	cases := []struct {
+		name, tag, reason string
+		tamper            func(*testing.T, string)
+	}{
+		{"host namespaces", "host-ns", "in the host's", hostNamespaces},
+		{"masks removed", "unmasked", "is not", unmask},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ck := packAndPush(t, donor, registryAddr+"/it/crafted:"+c.tag, packOptions{tamper: c.tamper})
+			offset := containerdLogOffset()
+			id, logFile := startCounterClone(t, ck.Ref)
+			line := logLine(t, offset, "snapboot.fallback", id, 60*time.Second)
+			if !strings.Contains(line, c.reason) || !strings.Contains(line, "reason_kind=spec") {
+				t.Errorf("fallback reason should say %q, kind spec:\n%s", c.reason, line)
+			}
+			if ns := waitCount(t, logFile, 3); ns[0] != 1 {
+				t.Fatalf("cold start should count from 1, counted from %d", ns[0])
+			}
+		})
+	}
+}

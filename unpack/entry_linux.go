@@ -117,11 +117,17 @@ func cleanName(name string) (clean, problem string) {
 	return path.Clean(name), ""
 }
 
-// perm returns the permission bits from hdr that the mode allows.
+// perm returns the permission bits from hdr that the mode allows. A
+// checkpoint is untrusted: no file in it is setuid or setgid, which would
+// let a process of the clone run with the file owner's ids (root's) where
+// its spec gives it less. Directories keep setgid and sticky bits.
 func (x *extractor) perm(hdr *tar.Header) os.FileMode {
 	m := hdr.FileInfo().Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
-	if x.mode == CRIUImages {
+	switch {
+	case x.mode == CRIUImages:
 		m &= os.ModePerm
+	case hdr.Typeflag != tar.TypeDir:
+		m &^= os.ModeSetuid | os.ModeSetgid
 	}
 	return m
 }

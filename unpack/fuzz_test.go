@@ -63,6 +63,9 @@ func checkTree(t *testing.T, mode Mode, out string) {
 		if mode == CRIUImages && m&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky) != 0 {
 			t.Errorf("%s: special mode bits %v in CRIU images", rel, m)
 		}
+		if !m.IsDir() && m&(fs.ModeSetuid|fs.ModeSetgid) != 0 {
+			t.Errorf("%s: setuid or setgid file %v", rel, m)
+		}
 		switch {
 		case m.IsDir():
 		case m.IsRegular():

@@ -501,8 +501,9 @@ func TestRegularFiles(t *testing.T) {
 		checkOwn bool
 	}{
 		{name: "plain", mode: CRIUImages, ents: []ent{withMeta(reg("f", "hello"), 0o640)}, path: "f", body: "hello", perm: 0o640, checkOwn: true},
-		{name: "setuid kept", mode: RootfsDiff, ents: []ent{withMeta(reg("su", "x"), 0o4755)}, path: "su", body: "x", perm: 0o755 | fs.ModeSetuid, checkOwn: true},
-		{name: "setgid sticky kept", mode: RootfsDiff, ents: []ent{withMeta(reg("sg", "x"), 0o3755)}, path: "sg", body: "x", perm: 0o755 | fs.ModeSetgid | fs.ModeSticky},
+		{name: "setuid dropped from a rootfs file", mode: RootfsDiff, ents: []ent{withMeta(reg("su", "x"), 0o4755)}, path: "su", body: "x", perm: 0o755, checkOwn: true},
+		{name: "setgid dropped, sticky kept", mode: RootfsDiff, ents: []ent{withMeta(reg("sg", "x"), 0o3755)}, path: "sg", body: "x", perm: 0o755 | fs.ModeSticky},
+		{name: "setgid directory kept", mode: RootfsDiff, ents: []ent{withMeta(dir("shared"), 0o2775)}, path: "shared", typ: fs.ModeDir, perm: 0o775 | fs.ModeSetgid},
 		{name: "setuid dropped", mode: CRIUImages, ents: []ent{withMeta(reg("su", "x"), 0o6755)}, path: "su", body: "x", perm: 0o755},
 		{name: "empty", mode: CRIUImages, ents: []ent{reg("e", "")}, path: "e", perm: 0o644},
 		{name: "replaces file", mode: CRIUImages, ents: []ent{reg("f", "old content"), reg("f", "new")}, path: "f", body: "new", perm: 0o644},

@@ -106,3 +106,28 @@ func TestCraftedCheckpointsColdStart(t *testing.T) {
 		})
 	}
 }
+
+// TestFallbackAfterCopyUp fails a restore after CRIU has opened a file of
+// the rootfs changes for writing (overlayfs copies it up into the
+// container's writable layer): the donor holds two log files open, and the
+// second is left out of the checkpoint. The cold start must not see the
+// copy.
+func TestFallbackAfterCopyUp(t *testing.T) {
+	requireShim(t)
+	donor, donorLog := startScriptClone(t, "", `echo donor > /tmp/first.log; exec 3>>/tmp/first.log; exec 4>>/tmp/second.log; `+
+		`i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done`)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:copy-up", packOptions{dropFromRootfs: []string{"tmp/second.log"}})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, `i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done`)
+	line := logLine(t, offset, "snapboot.fallback", clone, 60*time.Second)
+	if !strings.Contains(line, "runc restore") {
+		t.Fatalf("the restore should fail in runc:\n%s", line)
+	}
+	if ns := waitCount(t, cloneLog, 3); ns[0] != 1 {
+		t.Fatalf("cold start should count from 1, counted from %d", ns[0])
+	}
+	if _, ok := tarEntries(t, snapshotDiffTar(t, clone))["tmp/first.log"]; ok {
+		t.Fatal("the cold start's rootfs holds the donor's tmp/first.log, copied up by the failed restore")
+	}
+}

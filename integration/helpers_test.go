@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -542,6 +543,38 @@ func snapshotDiffTar(t testing.TB, id string) []byte {
 // tarEntries maps each entry name of a tar (e.g. from snapshotDiffTar) to
 // its content (regular files) or "" (others); it fails the test on a
 // malformed tar.
+// withoutEntries copies a tar archive without the named entries.
+func withoutEntries(t testing.TB, data []byte, names ...string) []byte {
+	t.Helper()
+	if len(names) == 0 {
+		return data
+	}
+	var out bytes.Buffer
+	tr, tw := tar.NewReader(bytes.NewReader(data)), tar.NewWriter(&out)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("reading tar: %v", err)
+		}
+		if slices.Contains(names, strings.TrimPrefix(h.Name, "./")) {
+			continue
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
 func tarEntries(t testing.TB, data []byte) map[string]string {
 	t.Helper()
 	entries := map[string]string{}

@@ -32,6 +32,8 @@ type packOptions struct {
 	lz4      bool // the CRIU images with lz4 instead of zstd
 	// tamper, if set, edits the CRIU images before they are packed.
 	tamper func(t *testing.T, criuDir string)
+	// dropFromRootfs leaves these paths out of the rootfs changes.
+	dropFromRootfs []string
 }
 
 func packAndPush(t *testing.T, id, ref string, o packOptions) handPacked {
@@ -48,7 +50,7 @@ func packAndPush(t *testing.T, id, ref string, o packOptions) handPacked {
 	} else {
 		sh(t, dir, "tar -C criu -cf - . | zstd -q -T0 -o criu.tar.zst")
 	}
-	if err := os.WriteFile(filepath.Join(dir, "rootfs.tar"), snapshotDiffTar(t, id), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "rootfs.tar"), withoutEntries(t, snapshotDiffTar(t, id), o.dropFromRootfs...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	sh(t, dir, "zstd -q -T0 rootfs.tar -o rootfs.tar.zst")

@@ -3,6 +3,7 @@ package restore
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containerd/containerd/api/types"
@@ -11,9 +12,11 @@ import (
 
 // stackRootfsChanges returns the container's rootfs mounts with dir (the
 // checkpoint's unpacked rootfs changes, whiteouts as overlay whiteouts) as
-// the topmost lower layer. The container's own writable layer stays on top
-// and stays empty, so a fallback to a cold start just uses the original
-// mounts: the checkpoint never writes into the container's snapshot.
+// the topmost lower layer. The container's own writable layer stays on top:
+// the checkpoint's files are not in the container's snapshot, and a
+// fallback to a cold start uses the original mounts. What the failed
+// restore wrote (files CRIU opened for writing are copied up) is removed
+// from the writable layer before it (see ClearDir).
 func stackRootfsChanges(mounts []*types.Mount, dir string) ([]*types.Mount, error) {
 	if len(mounts) != 1 || mounts[0].Type != "overlay" {
 		kinds := make([]string, len(mounts))
@@ -43,4 +46,39 @@ func stackRootfsChanges(mounts []*types.Mount, dir string) ([]*types.Mount, erro
 func isEmptyDir(dir string) bool {
 	entries, err := os.ReadDir(dir)
 	return err != nil || len(entries) == 0
+}
+
+// FreshUpperDir is the upper directory of an overlay rootfs that nothing
+// has written to yet, or "" for another rootfs or an upper directory that
+// is not empty (a container started before: its writes are its own).
+func FreshUpperDir(mounts []*types.Mount) string {
+	if len(mounts) != 1 || mounts[0].Type != "overlay" {
+		return ""
+	}
+	for _, o := range mounts[0].Options {
+		if dir, ok := strings.CutPrefix(o, "upperdir="); ok {
+			if entries, err := os.ReadDir(dir); err == nil && len(entries) == 0 {
+				return dir
+			}
+			return ""
+		}
+	}
+	return ""
+}
+
+// ClearDir removes everything in dir, and reports how many entries it
+// held. A failed restore leaves in the container's upper directory the
+// files CRIU opened for writing (copied up from the checkpoint's rootfs
+// changes): the cold start after it must not see them.
+func ClearDir(dir string) (int, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return 0, err
+		}
+	}
+	return len(entries), nil
 }

@@ -73,6 +73,9 @@ type pendingRestore struct {
 	original *taskAPI.CreateTaskRequest // the caller's request, for the fallback
 	plan     *restore.Plan
 	restorer preparer
+	// freshUpper is the container's empty overlay upper directory, which
+	// the fallback empties again; "" if it held something before.
+	freshUpper string
 }
 
 func newService(inner taskAPI.TTRPCTaskService, publisher *filteringPublisher, restorerFor func(string) preparer) *service {
@@ -122,6 +125,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	rr := proto.Clone(r).(*taskAPI.CreateTaskRequest)
 	rr.Checkpoint = plan.ImagesDir
 	rr.Rootfs = plan.Rootfs
+	freshUpper := restore.FreshUpperDir(r.Rootfs)
 	resp, err := s.TTRPCTaskService.Create(ctx, rr)
 	if err != nil {
 		plan.Release()
@@ -129,7 +133,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return s.coldCreate(ctx, r)
 	}
 	s.mu.Lock()
-	s.pending[r.ID] = &pendingRestore{original: r, plan: plan, restorer: restorer}
+	s.pending[r.ID] = &pendingRestore{original: r, plan: plan, restorer: restorer, freshUpper: freshUpper}
 	s.replaced[r.ID] = make(chan struct{})
 	s.mu.Unlock()
 	return resp, nil
@@ -226,6 +230,14 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		s.publisher.cancelSuppress(r.ID, "delete", "create")
 		s.endReplacement(r.ID)
 		return nil, fmt.Errorf("%v; removing the failed restore also failed: %w", restoreErr, derr)
+	}
+	if p.freshUpper != "" {
+		// The cold start gets the empty writable layer it would have had.
+		if n, cerr := restore.ClearDir(p.freshUpper); cerr != nil {
+			log.G(ctx).WithError(cerr).Warn("snapboot: files the failed restore wrote may stay in the container's rootfs")
+		} else if n > 0 {
+			log.G(ctx).WithField("entries", n).Info("snapboot: removed what the failed restore wrote into the container's rootfs")
+		}
 	}
 	if _, cerr := s.coldCreate(ctx, p.original); cerr != nil {
 		s.publisher.cancelSuppress(r.ID, "create")

@@ -5,6 +5,8 @@ package shim
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/v2/core/events"
 
 	"github.com/snapboot/snapboot/cache"
@@ -38,6 +41,13 @@ type fakeTasks struct {
 	failColdCreate bool
 	deleted        atomic.Bool
 	waiting        chan struct{} // receives once a Wait blocks
+	// copyUp, when set, is written as the restore fails: a file CRIU
+	// opened for writing, copied up into the container's upper directory.
+	copyUp string
+	// upperAtColdCreate lists the upper directory when a cold create
+	// comes, if upper is set.
+	upper             string
+	upperAtColdCreate []string
 }
 
 // Wait blocks, as a Wait on an init process that never runs does, until
@@ -58,6 +68,12 @@ func (f *fakeTasks) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*
 	if r.Checkpoint == "" && f.failColdCreate {
 		return nil, errors.New("cold create failed")
 	}
+	if r.Checkpoint == "" && f.upper != "" {
+		entries, _ := os.ReadDir(f.upper)
+		for _, e := range entries {
+			f.upperAtColdCreate = append(f.upperAtColdCreate, e.Name())
+		}
+	}
 	f.deleted.Store(false)
 	f.creates = append(f.creates, r)
 	f.checkpointed = r.Checkpoint != ""
@@ -70,6 +86,10 @@ func (f *fakeTasks) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAP
 	if f.checkpointed && f.failRestoreStart {
 		if f.endRequest != nil {
 			f.endRequest()
+		}
+		if f.copyUp != "" {
+			os.MkdirAll(filepath.Dir(f.copyUp), 0o755)
+			os.WriteFile(f.copyUp, []byte("the donor's log"), 0o644)
 		}
 		return nil, errors.New("OCI runtime restore failed: criu failed: type RESTORE errno 0")
 	}
@@ -217,6 +237,40 @@ func TestFailedRestoreFallsBackWithoutStrayEvents(t *testing.T) {
 	s.Delete(ctx, &taskAPI.DeleteRequest{ID: "c1"})
 	if got := join(rec.topics); got != "/tasks/create /tasks/start /tasks/delete" {
 		t.Fatalf("events after delete %q", got)
+	}
+}
+
+// The cold start after a failed restore gets the empty writable layer it
+// would have had, not the files CRIU copied up into it; a layer that held
+// something before the restore is left alone.
+func TestFallbackGetsAnEmptyUpperDir(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		before []string // in the upper directory at Create
+		want   []string // at the cold create
+	}{
+		{"fresh", nil, nil},
+		{"written before", []string{"kept"}, []string{"kept", "tmp"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu", Cached: true}}
+			s, inner, _ := setup(prep, true)
+			upper := t.TempDir()
+			for _, name := range c.before {
+				os.WriteFile(filepath.Join(upper, name), nil, 0o644)
+			}
+			inner.upper, inner.copyUp = upper, filepath.Join(upper, "tmp", "app.log")
+			rootfs := []*types.Mount{{Type: "overlay", Source: "overlay", Options: []string{"workdir=/w", "upperdir=" + upper, "lowerdir=/l"}}}
+			if _, err := s.Create(context.Background(), &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b", Rootfs: rootfs}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Start(context.Background(), &taskAPI.StartRequest{ID: "c1"}); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := strings.Join(inner.upperAtColdCreate, " "), strings.Join(c.want, " "); got != want {
+				t.Fatalf("upper directory at the cold create: %q, want %q", got, want)
+			}
+		})
 	}
 }
 

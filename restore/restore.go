@@ -287,6 +287,31 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	return plan, nil
 }
 
+// fallbackReserve is the time a pull leaves, before the caller's deadline,
+// for the cold start that follows it if it fails: the kubelet gives a
+// container's start 2 minutes (its runtime request timeout), the pull
+// 5 by default.
+const fallbackReserve = 15 * time.Second
+
+// pullContext bounds a pull by timeout and ends it early enough for a cold
+// start to fit in the caller's deadline: by fallbackReserve, or half the
+// time left when less than twice that is left.
+func pullContext(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	deadline := time.Now().Add(timeout)
+	if callers, ok := ctx.Deadline(); ok {
+		reserve := min(fallbackReserve, time.Until(callers)/2)
+		deadline = minTime(deadline, callers.Add(-reserve))
+	}
+	return context.WithDeadline(ctx, deadline)
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
 // Fetched is a checkpoint in the node cache, unpacked and held in use until
 // Release.
 type Fetched struct {
@@ -330,7 +355,7 @@ func (r *Restorer) fetch(ctx context.Context, refStr string, streaming bool) (*F
 		return nil, err
 	}
 
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(r.cfg.Pull.Timeout))
+	ctx, cancel := pullContext(ctx, time.Duration(r.cfg.Pull.Timeout))
 	defer cancel()
 	c, err := cache.Open(r.cfg.Cache.Root)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
@@ -590,5 +591,36 @@ func TestInspect(t *testing.T) {
 		if ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "tmp")); len(ents) != 0 {
 			t.Fatalf("%s: left in tmp: %v", c.ref, ents)
 		}
+	}
+}
+
+func TestPullLeavesTimeForTheFallback(t *testing.T) {
+	for _, c := range []struct {
+		name            string
+		callers         time.Duration // 0: no deadline
+		timeout, wantIn time.Duration
+	}{
+		{"no caller deadline", 0, 5 * time.Minute, 5 * time.Minute},
+		{"kubelet's 2 minutes", 2 * time.Minute, 5 * time.Minute, 2*time.Minute - fallbackReserve},
+		{"little time left", 10 * time.Second, 5 * time.Minute, 5 * time.Second},
+		{"timeout first", 2 * time.Minute, 30 * time.Second, 30 * time.Second},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			if c.callers > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, c.callers)
+				defer cancel()
+			}
+			pctx, cancel := pullContext(ctx, c.timeout)
+			defer cancel()
+			d, ok := pctx.Deadline()
+			if !ok {
+				t.Fatal("no deadline")
+			}
+			if got := time.Until(d); got > c.wantIn || got < c.wantIn-time.Second {
+				t.Fatalf("pull deadline in %v, want %v", got, c.wantIn)
+			}
+		})
 	}
 }

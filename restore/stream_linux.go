@@ -150,7 +150,7 @@ func (r *Restorer) startStream(ctx context.Context, a *artifact, filling *cache.
 	stopLink := context.AfterFunc(ctx, cancel)
 	// The file system is first needed by the first page image: it mounts
 	// while the registry answers and the images before it unpack.
-	s := &stream{mount: mountAsync(mountpoint, files), mountpoint: mountpoint, releaseMountpoint: releaseMountpoint, filling: filling, cancel: cancel,
+	s := &stream{mount: mountAsync(mountpoint, files, filling.Dir), mountpoint: mountpoint, releaseMountpoint: releaseMountpoint, filling: filling, cancel: cancel,
 		done: make(chan struct{}), began: time.Now(), compressed: compressed, codec: codecOf(a.ck.CRIU)}
 	feed := &pageFeed{tail: a.ck.Stream.Tail, names: names, mount: s.mount, ready: make(chan struct{})}
 	pull := &streamPull{feed: feed, keep: s.compressed, rootfsDone: make(chan struct{})}
@@ -350,11 +350,11 @@ type pendingMount struct {
 	err  error
 }
 
-func mountAsync(mountpoint string, files []streamfs.File) *pendingMount {
+func mountAsync(mountpoint string, files []streamfs.File, spillDir string) *pendingMount {
 	m := &pendingMount{done: make(chan struct{})}
 	go func() {
 		defer close(m.done)
-		if m.fs, m.err = mountStreamfs(mountpoint, files); m.err != nil {
+		if m.fs, m.err = mountStreamfs(mountpoint, files, spillDir); m.err != nil {
 			m.err = fmt.Errorf("%w: %w", errNoStreamfs, m.err)
 		}
 	}()

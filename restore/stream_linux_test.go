@@ -419,7 +419,7 @@ func openCache(t *testing.T, e *env) *cache.Cache {
 }
 
 // setMount replaces the streamfs mount for one test.
-func setMount(t *testing.T, mount func(string, []streamfs.File) (*streamfs.FS, error)) {
+func setMount(t *testing.T, mount func(string, []streamfs.File, string) (*streamfs.FS, error)) {
 	t.Helper()
 	prev := mountStreamfs
 	mountStreamfs = mount
@@ -450,10 +450,10 @@ func TestStreamedMountOverlapsDownload(t *testing.T) {
 	criu, _ := e.reg.addStreamed(t, "v1", pages)
 	src := &fetchSignal{Source: e.reg, layer: criu, fetched: make(chan struct{})}
 	e.restorer.NewSource = func(registry.Reference) (Source, error) { return src, nil }
-	setMount(t, func(mountpoint string, files []streamfs.File) (*streamfs.FS, error) {
+	setMount(t, func(mountpoint string, files []streamfs.File, spillDir string) (*streamfs.FS, error) {
 		select {
 		case <-src.fetched:
-			return streamfs.Mount(mountpoint, files)
+			return streamfs.Mount(mountpoint, files, spillDir)
 		case <-time.After(5 * time.Second):
 			return nil, errors.New("mounted before the download began")
 		}
@@ -480,7 +480,7 @@ func TestStreamedMountOverlapsDownload(t *testing.T) {
 // the streamed attempt had unpacked is cleared first.
 func TestStreamedMountFails(t *testing.T) {
 	e := newEnv(t)
-	setMount(t, func(string, []streamfs.File) (*streamfs.FS, error) {
+	setMount(t, func(string, []streamfs.File, string) (*streamfs.FS, error) {
 		return nil, errors.New("no FUSE here")
 	})
 	pages := randomPages(9 << 20)

@@ -5,14 +5,17 @@
 // snapboot uses it so that CRIU reads a checkpoint's page images while they
 // are still downloading, instead of after.
 //
-// Content lives in memory only. Each file is written once, in order
-// (Writer), into blocks of the file system's own or by handing over
-// buffers that it serves as they are (Adopt, which saves a copy of every
-// page), and read once, in order, as CRIU's restorer reads a page image:
-// what a reader has moved well past is dropped, and a writer that is
-// maxAhead ahead of its file's reader waits for it, so memory holds a
-// bounded window of each file. If the writer gives up, it says why (Fail):
-// every read waiting then, and every later one, gets EIO.
+// Content lives in memory. Each file is written once, in order (Writer),
+// into blocks of the file system's own or by handing over buffers that it
+// serves as they are (Adopt, which saves a copy of every page), and read
+// once, in order, as CRIU's restorer reads a page image: what a reader has
+// moved well past is dropped, and a writer that is maxAhead ahead of its
+// file's reader waits for it, so memory holds a bounded window of each
+// file. A writer stops waiting when reads stall (the reader may need
+// another file first); past maxInMemory, what it writes then goes to a
+// spill file on disk, in the directory Mount was given, instead of memory.
+// If the writer gives up, it says why (Fail): every read waiting then, and
+// every later one, gets EIO.
 package streamfs
 
 import (
@@ -22,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"os"
 	"path"
 	"sort"
 	"sync"
@@ -52,7 +56,14 @@ type FS struct {
 	changed chan struct{}
 	err     error
 	free    [][]byte // blocks dropped, for reuse
+	held    int64    // bytes of content in memory, free blocks aside
 	mounted time.Time
+	// spillDir holds the spill file, made at the first spill; "" keeps
+	// everything in memory.
+	spillDir string
+	spill    *os.File
+	spillEnd int64 // the spill file's size: where the next spill goes
+	spilled  int64 // bytes spilled, in all
 	// lastRead is when a read last got its bytes, from any file.
 	lastRead time.Time
 }
@@ -69,15 +80,18 @@ type file struct {
 }
 
 // A chunk is a run of a file's content: a block of the file system's own
-// that a writer fills (Write, ReadFrom), or a buffer the file adopted
-// (Adopt). The last one may be filled only up to the file's written.
+// that a writer fills (Write, ReadFrom), a buffer the file adopted
+// (Adopt), or a run of the spill file. The last one may be filled only up
+// to the file's written.
 type chunk struct {
 	start   int64
-	data    []byte
+	size    int64
+	data    []byte // nil for a chunk in the spill file
+	diskOff int64  // where a spilled chunk is in the spill file
 	release func() // called under FS.mu once the chunk is dropped
 }
 
-func (c *chunk) end() int64 { return c.start + int64(len(c.data)) }
+func (c *chunk) end() int64 { return c.start + c.size }
 
 const (
 	// maxRequest is the largest read the kernel sends in one request.
@@ -102,16 +116,21 @@ const (
 var (
 	maxAhead    int64 = 256 << 20
 	readerStall       = time.Second
+	// maxInMemory bounds the content held in memory when Mount was given a
+	// spill directory: twice the window, so only a writer that outran a
+	// stalled reader spills.
+	maxInMemory int64 = 2 * maxAhead
 )
 
 // Mount serves files, all empty so far, in mountpoint (an empty
 // directory). The mount lets other users than the caller's in (CRIU may
 // read it from a container's user namespace) and the kernel does not check
 // the files' modes: the caller keeps mountpoint where only root can reach
-// it (snapboot: under the cache's private tmp/).
-func Mount(mountpoint string, files []File) (*FS, error) {
+// it (snapboot: under the cache's private tmp/). Content that would take
+// more than maxInMemory goes to an unlinked file in spillDir, if not "".
+func Mount(mountpoint string, files []File, spillDir string) (*FS, error) {
 	now := time.Now()
-	s := &FS{Mountpoint: mountpoint, files: map[string]*file{}, changed: make(chan struct{}), mounted: now, lastRead: now}
+	s := &FS{Mountpoint: mountpoint, files: map[string]*file{}, changed: make(chan struct{}), mounted: now, lastRead: now, spillDir: spillDir}
 	for _, f := range files {
 		if f.Name == "" || f.Name != path.Base(f.Name) || f.Name == "." || f.Name == ".." || f.Size < 0 {
 			return nil, fmt.Errorf("streamfs: bad file %q (%d bytes)", f.Name, f.Size)
@@ -172,8 +191,9 @@ func (s *FS) Writer(name string) (io.Writer, error) {
 }
 
 type writer struct {
-	s *FS
-	f *file
+	s   *FS
+	f   *file
+	buf []byte // on the way to the spill file
 }
 
 func (w *writer) Write(p []byte) (int, error) {
@@ -210,16 +230,42 @@ func (w *writer) ReadFrom(r io.Reader) (int64, error) {
 				s.mu.Unlock()
 				continue // the error, or the reader has moved
 			}
-			blk := s.block()
-			f.chunks = append(f.chunks, chunk{start: f.written, data: blk[:min(blockSize, f.size-f.written)],
-				release: func() { s.free = append(s.free, blk) }})
+			size := min(blockSize, f.size-f.written)
+			if s.mustSpill(size) {
+				c, err := s.spillChunk(f.written, size)
+				if err != nil {
+					s.mu.Unlock()
+					return total, err
+				}
+				f.chunks = append(f.chunks, c)
+			} else {
+				blk := s.block()
+				s.held += blockSize
+				f.chunks = append(f.chunks, chunk{start: f.written, size: size, data: blk[:size],
+					release: func() { s.free = append(s.free, blk); s.held -= blockSize }})
+			}
 		}
 		// Readers only look at bytes below written, so the rest of the
 		// chunk can be filled without the lock.
 		c := &f.chunks[len(f.chunks)-1]
-		dst := c.data[f.written-c.start:]
-		s.mu.Unlock()
-		n, err := r.Read(dst)
+		var n int
+		var err error
+		if c.data != nil {
+			dst := c.data[f.written-c.start:]
+			s.mu.Unlock()
+			n, err = r.Read(dst)
+		} else {
+			if w.buf == nil {
+				w.buf = make([]byte, blockSize)
+			}
+			at, buf := c.diskOff+f.written-c.start, w.buf[:c.end()-f.written]
+			s.mu.Unlock()
+			if n, err = r.Read(buf); n > 0 {
+				if _, werr := s.spill.WriteAt(buf[:n], at); werr != nil {
+					return total, fmt.Errorf("streamfs: spill %s: %w", f.name, werr)
+				}
+			}
+		}
 		if n > 0 {
 			s.mu.Lock()
 			f.written += int64(n)
@@ -258,12 +304,68 @@ func (w *writer) Adopt(b []byte, release func()) error {
 	if n := len(f.chunks); n > 0 {
 		// A block filled part way ends where the adopted content starts.
 		c := &f.chunks[n-1]
-		c.data = c.data[:f.written-c.start]
+		c.size = f.written - c.start
+		if c.data != nil {
+			c.data = c.data[:c.size]
+		}
 	}
-	f.chunks = append(f.chunks, chunk{start: f.written, data: b, release: release})
-	f.written += int64(len(b))
+	size := int64(len(b))
+	if s.mustSpill(size) {
+		c, err := s.spillChunk(f.written, size)
+		if err == nil {
+			_, err = s.spill.WriteAt(b, c.diskOff)
+		}
+		if err != nil {
+			return fmt.Errorf("streamfs: spill %s: %w", f.name, err)
+		}
+		release()
+		f.chunks = append(f.chunks, c)
+	} else {
+		s.held += size
+		f.chunks = append(f.chunks, chunk{start: f.written, size: size, data: b, release: func() { s.held -= size; release() }})
+	}
+	f.written += size
 	s.notify()
 	return nil
+}
+
+// mustSpill reports whether n more bytes go to the spill file: memory
+// holds maxInMemory already, and Mount was given somewhere to spill.
+// Called with s.mu held.
+func (s *FS) mustSpill(n int64) bool {
+	return s.spillDir != "" && s.held+n > maxInMemory
+}
+
+// spillChunk makes room for size bytes at the end of the spill file,
+// making the file at the first spill. Called with s.mu held.
+func (s *FS) spillChunk(start, size int64) (chunk, error) {
+	if s.spill == nil {
+		f, err := os.CreateTemp(s.spillDir, ".streamfs-spill-")
+		if err != nil {
+			return chunk{}, fmt.Errorf("streamfs: spill file: %w", err)
+		}
+		// Unlinked at once: nothing is left behind whatever happens.
+		if err := os.Remove(f.Name()); err != nil {
+			f.Close()
+			return chunk{}, fmt.Errorf("streamfs: spill file: %w", err)
+		}
+		s.spill = f
+	}
+	off := s.spillEnd
+	s.spillEnd += size
+	s.spilled += size
+	spill := s.spill
+	return chunk{start: start, size: size, diskOff: off, release: func() {
+		// Give the disk space back.
+		_ = unix.Fallocate(int(spill.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, size)
+	}}, nil
+}
+
+// Spilled is how many bytes went to the spill file.
+func (s *FS) Spilled() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.spilled
 }
 
 // waitForReader waits, if f's writer is maxAhead ahead of its reader and
@@ -335,6 +437,10 @@ func (s *FS) Close() error {
 		f.chunks, f.gone = nil, true
 	}
 	s.free = nil
+	if s.spill != nil {
+		s.spill.Close()
+		s.spill = nil
+	}
 	s.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("streamfs: unmount %s: %w", s.Mountpoint, err)
@@ -373,7 +479,7 @@ func (s *FS) read(f *file, dest []byte, off int64) ([]byte, syscall.Errno) {
 	}
 	i := sort.Search(len(live), func(i int) bool { return live[i].end() > off })
 	var out []byte
-	if c := &live[i]; end <= c.end() {
+	if c := &live[i]; end <= c.end() && c.data != nil {
 		// Within one chunk: the reply is written from it directly. It is
 		// not let go of before the reader is keepBehind further on.
 		out = c.data[off-c.start : end-c.start]
@@ -381,7 +487,13 @@ func (s *FS) read(f *file, dest []byte, off int64) ([]byte, syscall.Errno) {
 		out = dest[:end-off]
 		for p := off; p < end; i++ {
 			c := &live[i]
-			p += int64(copy(out[p-off:], c.data[p-c.start:]))
+			to := out[p-off : min(end, c.end())-off]
+			if c.data != nil {
+				copy(to, c.data[p-c.start:])
+			} else if _, err := s.spill.ReadAt(to, c.diskOff+p-c.start); err != nil {
+				return nil, syscall.EIO
+			}
+			p += int64(len(to))
 		}
 	}
 	for f.dropped < len(f.chunks) && f.chunks[f.dropped].end() <= off-keepBehind {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,13 +26,19 @@ import (
 // can't be mounted (not root, no /dev/fuse).
 func mount(t testing.TB, files ...File) *FS {
 	t.Helper()
+	return mountSpilling(t, "", files...)
+}
+
+// mountSpilling is mount with a spill directory.
+func mountSpilling(t testing.TB, spillDir string, files ...File) *FS {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("mounting FUSE needs root")
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Skip("no /dev/fuse")
 	}
-	s, err := Mount(t.TempDir(), files)
+	s, err := Mount(t.TempDir(), files, spillDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,11 +305,11 @@ func TestOnlyListedFilesAndReadOnly(t *testing.T) {
 
 func TestMountRejectsBadNames(t *testing.T) {
 	for _, name := range []string{"", "..", "a/b", "."} {
-		if _, err := Mount(t.TempDir(), []File{{Name: name, Size: 1}}); err == nil {
+		if _, err := Mount(t.TempDir(), []File{{Name: name, Size: 1}}, ""); err == nil {
 			t.Errorf("name %q accepted", name)
 		}
 	}
-	if _, err := Mount(t.TempDir(), []File{{Name: "a", Size: 1}, {Name: "a", Size: 1}}); err == nil {
+	if _, err := Mount(t.TempDir(), []File{{Name: "a", Size: 1}, {Name: "a", Size: 1}}, ""); err == nil {
 		t.Error("duplicate name accepted")
 	}
 }
@@ -453,5 +460,63 @@ func TestWriterGoesOnWhenReadsStall(t *testing.T) {
 	took := time.Since(began)
 	if took < readerStall/2 || took > 10*readerStall {
 		t.Fatalf("writing with no reader took %v, want about the reader stall, %v", took, readerStall)
+	}
+}
+
+// A writer that went on past a stalled reader puts what memory cannot hold
+// (maxInMemory) in the spill file, written (ReadFrom) or adopted, and the
+// reader gets every byte. The spill file leaves nothing in its directory.
+func TestStalledWriterSpills(t *testing.T) {
+	setWindow(t, 2<<20, 50*time.Millisecond)
+	prev := maxInMemory
+	maxInMemory = 4 << 20
+	t.Cleanup(func() { maxInMemory = prev })
+	written, adopted := randomBytes(20<<20+123), randomBytes(12<<20)
+	spillDir := t.TempDir()
+	s := mountSpilling(t, spillDir, File{Name: "pages-1.img", Size: int64(len(written))}, File{Name: "pages-2.img", Size: int64(len(adopted))})
+	w1, err := s.Writer("pages-1.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(w1, bytes.NewReader(written)); err != nil {
+		t.Fatal(err)
+	}
+	w2, err := s.Writer("pages-2.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var released atomic.Int32
+	const piece = 1 << 20
+	for off := 0; off < len(adopted); off += piece {
+		b := append([]byte(nil), adopted[off:off+piece]...)
+		if err := w2.(interface{ Adopt([]byte, func()) error }).Adopt(b, func() { released.Add(1) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.mu.Lock()
+	held := s.held
+	s.mu.Unlock()
+	if held > maxInMemory {
+		t.Fatalf("%d bytes held in memory, more than %d", held, maxInMemory)
+	}
+	if sp := s.Spilled(); sp < int64(len(written)+len(adopted))-2*maxInMemory {
+		t.Fatalf("spilled %d bytes, want most of the %d written", sp, len(written)+len(adopted))
+	}
+	if released.Load() == 0 {
+		t.Fatal("no spilled buffer given back at once")
+	}
+	if ents, _ := os.ReadDir(spillDir); len(ents) != 0 {
+		t.Fatalf("the spill file is visible in its directory: %v", ents)
+	}
+	for name, want := range map[string][]byte{"pages-1.img": written, "pages-2.img": adopted} {
+		f, err := os.Open(filepath.Join(s.Mountpoint, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := readInSteps(t, f, 300<<10, nil)
+		f.Close()
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: read %d bytes, differing from the %d written", name, len(got), len(want))
+		}
 	}
 }

@@ -1,12 +1,14 @@
 // Package confine makes a checkpoint's process tree fit the restoring
-// container's spec. runc builds the cgroups and devices from the spec, but
-// CRIU restores the rest from the images: every task's credentials and
-// seccomp state, which namespaces it gets, and the whole mount tree. Before
+// container's spec. runc builds the container's cgroups and device rules
+// from the spec, but CRIU restores the rest from the images: every task's
+// credentials, seccomp state and limits, which namespaces it gets, which
+// cgroups it joins, and the whole mount tree. Before
 // runc restores, confine narrows each task's capability sets to the spec's,
 // and refuses a checkpoint whose tasks ran as root for a non-root spec, ran
 // without seccomp for a spec that requires it, would stay in a host
-// namespace the spec replaces, or whose mount tree holds a mount the spec
-// does not grant or lacks a masked or read-only path the spec sets.
+// namespace the spec replaces or in a cgroup outside the container's, or
+// whose mount tree holds a mount the spec does not grant or lacks a masked
+// or read-only path the spec sets.
 package confine
 
 import (
@@ -155,6 +157,9 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		return nil, err
 	}
 	if err := checkMounts(imagesDir, names, spec, hostHas); err != nil {
+		return nil, err
+	}
+	if err := checkCgroups(imagesDir, names); err != nil {
 		return nil, err
 	}
 	res := &Result{ImagesDir: imagesDir}

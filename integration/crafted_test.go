@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/cgroup"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
@@ -76,6 +77,17 @@ func unmask(t *testing.T, dir string) {
 	})
 }
 
+// rootCgroup puts the tasks' cgroup set in each hierarchy's root cgroup.
+func rootCgroup(t *testing.T, dir string) {
+	editImages(t, dir, "cgroup.img", &cgroup.CgroupEntry{}, func(img *crit.CriuImage) {
+		for _, set := range img.Entries[0].Message.(*cgroup.CgroupEntry).GetSets() {
+			for _, m := range set.GetCtls() {
+				m.Path = proto.String("/")
+			}
+		}
+	})
+}
+
 // TestCraftedCheckpointsColdStart restores checkpoints whose images were
 // edited to give the clone more than its spec. Without confine's checks,
 // CRIU restores both: the clone runs in the host's UTS and IPC namespaces,
@@ -90,6 +102,7 @@ func TestCraftedCheckpointsColdStart(t *testing.T) {
 	}{
 		{"host namespaces", "host-ns", "in the host's", hostNamespaces},
 		{"masks removed", "unmasked", "is not", unmask},
+		{"root cgroup", "root-cgroup", "outside the container's cgroup", rootCgroup},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

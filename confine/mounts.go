@@ -97,11 +97,27 @@ func (r *mountRules) check(entries []*mnt.MntEntry) error {
 		ids[e.GetMntId()] = true
 	}
 	var root *mnt.MntEntry
+	byID, at := map[uint32]*mnt.MntEntry{}, map[string]bool{}
 	for _, e := range entries {
 		for _, p := range []string{e.GetMountpoint(), e.GetRoot()} {
 			if !path.IsAbs(p) || path.Clean(p) != p {
 				return fmt.Errorf("%s: mount %d has the path %q, which is not clean and absolute", r.imageName, e.GetMntId(), p)
 			}
+		}
+		// One mount a place: a second one there would hide the first, and
+		// the masks on it.
+		if at[e.GetMountpoint()] {
+			return fmt.Errorf("%s: two mounts at %s", r.imageName, e.GetMountpoint())
+		}
+		at[e.GetMountpoint()] = true
+		byID[e.GetMntId()] = e
+	}
+	for _, e := range entries {
+		// Its parent is the mount its place is in: a mask whose parent is
+		// mounted elsewhere could go on before the file system it masks,
+		// and end up under it.
+		if parent := byID[e.GetParentMntId()]; parent != nil && parent != coveringMount(e.GetMountpoint(), entries) {
+			return fmt.Errorf("%s: %s is mounted on %s, which is not the mount it is in", r.imageName, e.GetMountpoint(), parent.GetMountpoint())
 		}
 		if !ids[e.GetParentMntId()] {
 			if root != nil {

@@ -270,6 +270,8 @@ func TestMountRefusals(t *testing.T) {
 		"an external mount not in the spec": add(unknownKey),
 		"a path with ..":                    add(mount(99, 74, mnt.Fstype_PROC, "/", "/proc/../mnt", 0)),
 		"two roots":                         add(mount(100, 1, mnt.Fstype_TMPFS, "/", "/", 0)),
+		"a second proc over the masked one": add(mount(107, 76, mnt.Fstype_PROC, "/", "/proc", 0)),
+		"a mask mounted on another parent":  edit("/proc/keys", func(m *mnt.MntEntry) { m.ParentMntId = proto.Uint32(74) }),
 		"root not at /":                     edit("/", func(m *mnt.MntEntry) { m.Mountpoint = proto.String("/x") }),
 	}
 	for name, change := range cases {

@@ -186,6 +186,12 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 			return nil, err
 		}
 		changed := limits.fitTask(core.GetTc())
+		if spec.Process != nil && spec.Process.NoNewPrivileges && !noNewPrivs(cr) {
+			// A donor without it could gain privileges through a setuid
+			// program of its image where a cold start could not.
+			setNoNewPrivs(cr)
+			changed = true
+		}
 		eff, prm, inh, bnd := words(cr.CapEff), words(cr.CapPrm), words(cr.CapInh), words(cr.CapBnd)
 		if eff&^m.eff != 0 || prm&^m.prm != 0 || inh&^m.inh != 0 || bnd&^m.bnd != 0 {
 			cr.CapEff = setWords(cr.CapEff, eff&m.eff)

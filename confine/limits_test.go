@@ -5,10 +5,12 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/rlimit"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -143,5 +145,61 @@ func TestIDsAndLSM(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+func TestNoNewPrivsSetWhereTheSpecWantsIt(t *testing.T) {
+	s := spec(0, nil, false)
+	s.Process.NoNewPrivileges = true
+	imgs := writeImages(t, task{})
+	res, err := apply(imgs, t.TempDir(), s, plainHost, onHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Narrowed != 1 {
+		t.Fatalf("result %+v: the task was not changed", res)
+	}
+	_, core, err := decodeCore(filepath.Join(res.ImagesDir, "core-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !noNewPrivs(core.GetThreadCore().GetCreds()) {
+		t.Fatal("no_new_privs not set in the rewritten image")
+	}
+	// Set already: the images are used as they are.
+	res, err = apply(res.ImagesDir, t.TempDir(), s, plainHost, onHost)
+	if err != nil || res.Narrowed != 0 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	// Not asked for: left alone.
+	if res, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost); err != nil || res.Narrowed != 0 {
+		t.Fatalf("%+v %v", res, err)
+	}
+}
+
+func TestSetNoNewPrivsKeepsOtherUnknownFields(t *testing.T) {
+	cr := &creds.CredsEntry{}
+	var raw []byte
+	raw = protowire.AppendTag(raw, 19, protowire.BytesType)
+	raw = protowire.AppendBytes(raw, []byte("x"))
+	raw = protowire.AppendTag(raw, noNewPrivsField, protowire.VarintType)
+	raw = protowire.AppendVarint(raw, 0)
+	cr.ProtoReflect().SetUnknown(raw)
+	if noNewPrivs(cr) {
+		t.Fatal("no_new_privs=0 read as set")
+	}
+	setNoNewPrivs(cr)
+	if !noNewPrivs(cr) {
+		t.Fatal("not set")
+	}
+	fields := 0
+	forEachField(cr.ProtoReflect().GetUnknown(), func(num protowire.Number, _ protowire.Type, _ uint64, _ []byte) {
+		fields++
+		if num != 19 && num != noNewPrivsField {
+			t.Errorf("field %d", num)
+		}
+	})
+	if fields != 2 {
+		t.Fatalf("%d unknown fields, want 2 (the other one and no_new_privs)", fields)
 	}
 }

@@ -5,6 +5,7 @@ package integration
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -143,4 +145,62 @@ func TestFallbackAfterCopyUp(t *testing.T) {
 	if _, ok := tarEntries(t, snapshotDiffTar(t, clone))["tmp/first.log"]; ok {
 		t.Fatal("the cold start's rootfs holds the donor's tmp/first.log, copied up by the failed restore")
 	}
+}
+
+// TestCraftedNoNewPrivsSetAgain restores a checkpoint whose credentials
+// were edited to drop no_new_privs, for a spec that sets it (ctr's
+// default): the clone is restored with it set, as a cold start would be.
+func TestCraftedNoNewPrivsSetAgain(t *testing.T) {
+	requireShim(t)
+	donor, donorLog := startCounterDonor(t)
+	waitCount(t, donorLog, 5)
+	if got := statusField(t, taskPID(t, donor), "NoNewPrivs"); got != "1" {
+		t.Fatalf("the donor's NoNewPrivs is %q; ctr's spec sets it", got)
+	}
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:new-privs", packOptions{tamper: func(t *testing.T, dir string) {
+		editImages(t, dir, "core-*.img", &criucore.CoreEntry{}, func(img *crit.CriuImage) {
+			cr := img.Entries[0].Message.(*criucore.CoreEntry).GetThreadCore().GetCreds()
+			var kept []byte
+			for b := cr.ProtoReflect().GetUnknown(); len(b) > 0; {
+				num, typ, n := protowire.ConsumeTag(b)
+				m := protowire.ConsumeFieldValue(num, typ, b[n:])
+				if n < 0 || m < 0 {
+					t.Fatal("unparsable credentials")
+				}
+				if num != 18 { // no_new_privs
+					kept = append(kept, b[:n+m]...)
+				}
+				b = b[n+m:]
+			}
+			cr.ProtoReflect().SetUnknown(kept)
+		})
+	}})
+	offset := containerdLogOffset()
+	clone, cloneLog := startCounterClone(t, ck.Ref)
+	line := logLine(t, offset, "snapboot.restore", clone, 60*time.Second)
+	if strings.Contains(line, "narrowed=0") {
+		t.Errorf("the restore should report narrowed tasks:\n%s", line)
+	}
+	if ns := waitCount(t, cloneLog, 3); ns[0] == 1 {
+		t.Fatal("the clone cold-started")
+	}
+	if got := statusField(t, taskPID(t, clone), "NoNewPrivs"); got != "1" {
+		t.Fatalf("the restored clone's NoNewPrivs is %q, want 1 as its spec says", got)
+	}
+}
+
+// statusField is a field of /proc/<pid>/status.
+func statusField(t *testing.T, pid int, name string) string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, name+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", name, pid)
+	return ""
 }

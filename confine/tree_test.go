@@ -11,7 +11,6 @@ import (
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
-	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 )
@@ -112,9 +111,6 @@ func writeTree(t *testing.T, ids []*criucore.TaskKobjIdsEntry, mounts []*mnt.Mnt
 		writeImage(t, filepath.Join(dir, "ids-"+string(rune('1'+i))+".img"), "IDS", id)
 	}
 	writeImage(t, filepath.Join(dir, "mountpoints-13.img"), "MNTS", messages(mounts)...)
-	writeImage(t, filepath.Join(dir, "pstree.img"), "PSTREE",
-		&pstree.PstreeEntry{Pid: proto.Uint32(1), Ppid: proto.Uint32(0), Pgid: proto.Uint32(1), Sid: proto.Uint32(1), Threads: []uint32{1}},
-		&pstree.PstreeEntry{Pid: proto.Uint32(16), Ppid: proto.Uint32(1), Pgid: proto.Uint32(1), Sid: proto.Uint32(1), Threads: []uint32{16}})
 	return dir
 }
 
@@ -197,14 +193,6 @@ func TestNamespaceRefusals(t *testing.T) {
 	t.Run("no ids images", func(t *testing.T) {
 		if err := checkTree(writeTree(t, nil, donorMounts()), clonesSpec()); !errors.Is(err, ErrRefused) {
 			t.Fatalf("got %v, want ErrRefused", err)
-		}
-	})
-	t.Run("root task not PID 1", func(t *testing.T) {
-		dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, donorMounts())
-		writeImage(t, filepath.Join(dir, "pstree.img"), "PSTREE",
-			&pstree.PstreeEntry{Pid: proto.Uint32(7), Ppid: proto.Uint32(0), Pgid: proto.Uint32(7), Sid: proto.Uint32(7), Threads: []uint32{7}})
-		if err := checkTree(dir, clonesSpec()); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "PID 1") {
-			t.Fatalf("got %v, want a PID 1 refusal", err)
 		}
 	})
 	t.Run("no inventory", func(t *testing.T) {

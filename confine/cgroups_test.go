@@ -36,6 +36,8 @@ func TestCgroupsOfTheDonorFit(t *testing.T) {
 	// A task in a cgroup the app made below the container's.
 	cg.Sets = append(cg.Sets, &cgroup.CgSetEntry{Id: proto.Uint32(3), Ctls: []*cgroup.CgMemberEntry{
 		{Name: proto.String("memory"), Path: proto.String("/" + containerCgroup + "/worker")}}})
+	// A task in a cgroup namespace rooted at the container's cgroup.
+	cg.Sets[0].Ctls[0].CgnsPrefix = proto.Uint32(uint32(len("/" + containerCgroup)))
 	if err := checkCgroupImage(t, cg); err != nil {
 		t.Fatal(err)
 	}
@@ -52,6 +54,20 @@ func TestCgroupRefusals(t *testing.T) {
 		"a relative path":           func(cg *cgroup.CgroupEntry) { cg.Sets[0].Ctls[0].Path = proto.String(containerCgroup) },
 		"a controller without dirs": func(cg *cgroup.CgroupEntry) { cg.Controllers[0].Dirs = nil },
 		"a directory with ..":       func(cg *cgroup.CgroupEntry) { cg.Controllers[2].Dirs[0].DirName = proto.String("../x") },
+		"an empty top directory":    func(cg *cgroup.CgroupEntry) { cg.Controllers[0].Dirs[0].DirName = proto.String("") },
+		"two top directories": func(cg *cgroup.CgroupEntry) {
+			cg.Controllers[0].Dirs = append(cg.Controllers[0].Dirs, cg.Controllers[1].Dirs[0])
+		},
+		"top directories that differ":      func(cg *cgroup.CgroupEntry) { cg.Controllers[1].Dirs[0].DirName = proto.String("snapboot-it") },
+		"a string prefix, not a directory": func(cg *cgroup.CgroupEntry) { cg.Sets[0].Ctls[0].Path = proto.String("/" + containerCgroup + "x") },
+		"an entry two controllers match":   func(cg *cgroup.CgroupEntry) { cg.Sets[0].Ctls[0].Name = proto.String("memory,devices") },
+		"an entry no controller matches":   func(cg *cgroup.CgroupEntry) { cg.Sets[0].Ctls[0].Name = proto.String("rdma") },
+		"a controller without a name":      func(cg *cgroup.CgroupEntry) { cg.Controllers[0].Cnames = nil },
+		"a namespace prefix inside a name": func(cg *cgroup.CgroupEntry) { cg.Sets[0].Ctls[0].CgnsPrefix = proto.Uint32(5) },
+		"a namespace prefix past the top": func(cg *cgroup.CgroupEntry) {
+			cg.Sets[0].Ctls[0].Path = proto.String("/" + containerCgroup + "/worker")
+			cg.Sets[0].Ctls[0].CgnsPrefix = proto.Uint32(uint32(len("/" + containerCgroup + "/worker")))
+		},
 		"a child that is a path": func(cg *cgroup.CgroupEntry) {
 			cg.Controllers[1].Dirs[0].Children[0].DirName = proto.String("a/b")
 		},

@@ -182,10 +182,12 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		if err := checkIDs(cr, name, user, anyUID, anyGID); err != nil {
 			return nil, err
 		}
-		if err := limits.checkLSM(cr, name); err != nil {
-			return nil, err
+		if tc := core.GetTc(); tc != nil && len(tc.GetRlimits().GetRlimits()) < len(rlimitNames) {
+			// CRIU leaves the missing ones as its own: NOFILE raised.
+			return nil, fmt.Errorf("%w: %s has %d rlimits, want %d", ErrRefused, name, len(tc.GetRlimits().GetRlimits()), len(rlimitNames))
 		}
 		changed := limits.fitTask(core.GetTc())
+		changed = limits.fitLSM(cr) || changed
 		if spec.Process != nil && spec.Process.NoNewPrivileges && !noNewPrivs(cr) {
 			// A donor without it could gain privileges through a setuid
 			// program of its image where a cold start could not.

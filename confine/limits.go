@@ -105,13 +105,19 @@ func (l processLimits) fitTask(tc *criucore.TaskCoreEntry) bool {
 	return changed
 }
 
-// checkLSM refuses a thread whose LSM profile is not the spec's: CRIU
-// would restore the image's, or none at all.
-func (l processLimits) checkLSM(cr *creds.CredsEntry, name string) error {
-	if l.lsm == "" || cr.GetLsmProfile() == l.lsm {
-		return nil
+// fitLSM gives a thread the spec's LSM profile (AppArmor) or label
+// (SELinux) where this host enforces one: CRIU would restore the image's,
+// or, for an image without one, leave the thread unconfined. (On SELinux
+// hosts each pod has its own categories, so the donor's label is never the
+// clone's.) It reports whether it changed cr.
+func (l processLimits) fitLSM(cr *creds.CredsEntry) bool {
+	if l.lsm == "" || (cr.GetLsmProfile() == l.lsm && cr.LsmSockcreate == nil) {
+		return false
 	}
-	return fmt.Errorf("%w: %s ran with the LSM profile %q, the spec requires %q", ErrRefused, name, cr.GetLsmProfile(), l.lsm)
+	profile := l.lsm
+	cr.LsmProfile = &profile
+	cr.LsmSockcreate = nil // the label of the sockets it makes: its own
+	return true
 }
 
 // hostState is what of this host decides a cold start's limits.

@@ -106,7 +106,6 @@ func TestIDsAndLSM(t *testing.T) {
 	gid := func(g uint32) *uint32 { return &g }
 	noSetid := []string{"CAP_CHOWN"}
 	withSetid := []string{"CAP_SETUID", "CAP_SETGID"}
-	apparmor := hostState{apparmor: true}
 	profiled := func(caps []string, profile string) *specs.Spec {
 		s := spec(0, caps, false)
 		s.Process.ApparmorProfile = profile
@@ -130,9 +129,6 @@ func TestIDsAndLSM(t *testing.T) {
 		{"other group, no CAP_SETGID", task{uid: 1000, gid: gid(50)}, user(1000, 1000, nil, noSetid), plainHost, true},
 		{"an additional group", task{uid: 1000, groups: []uint32{50}}, user(1000, 1000, []uint32{50}, noSetid), plainHost, false},
 		{"a group not in the spec", task{uid: 1000, groups: []uint32{50}}, user(1000, 1000, nil, noSetid), plainHost, true},
-		{"no AppArmor profile", task{}, profiled(nil, "cri-containerd.apparmor.d"), apparmor, true},
-		{"another AppArmor profile", task{lsm: "unconfined-ish"}, profiled(nil, "cri-containerd.apparmor.d"), apparmor, true},
-		{"the spec's AppArmor profile", task{lsm: "cri-containerd.apparmor.d"}, profiled(nil, "cri-containerd.apparmor.d"), apparmor, false},
 		{"a profile the host does not enforce", task{}, profiled(nil, "cri-containerd.apparmor.d"), plainHost, false},
 	}
 	for _, c := range cases {
@@ -201,5 +197,35 @@ func TestSetNoNewPrivsKeepsOtherUnknownFields(t *testing.T) {
 	})
 	if fields != 2 {
 		t.Fatalf("%d unknown fields, want 2 (the other one and no_new_privs)", fields)
+	}
+}
+
+func TestLSMProfileIsTheSpecs(t *testing.T) {
+	s := spec(0, nil, false)
+	s.Process.ApparmorProfile = "cri-containerd.apparmor.d"
+	for _, c := range []struct {
+		name, image string
+		narrowed    int
+	}{{"no profile", "", 1}, {"another profile", "unconfined-ish", 1}, {"the spec's", "cri-containerd.apparmor.d", 0}} {
+		res, err := apply(writeImages(t, task{lsm: c.image}), t.TempDir(), s, hostState{apparmor: true}, onHost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Narrowed != c.narrowed {
+			t.Errorf("%s: narrowed %d, want %d", c.name, res.Narrowed, c.narrowed)
+		}
+		_, core, err := decodeCore(filepath.Join(res.ImagesDir, "core-1.img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := core.GetThreadCore().GetCreds().GetLsmProfile(); got != s.Process.ApparmorProfile {
+			t.Errorf("%s: profile %q, want the spec's", c.name, got)
+		}
+	}
+	// Too few rlimits: CRIU would keep its own for the rest.
+	tc := leader(0)
+	tc.Rlimits.Rlimits = tc.Rlimits.Rlimits[:7]
+	if _, err := apply(writeImages(t, task{tc: tc}), t.TempDir(), spec(0, nil, false), plainHost, onHost); !errors.Is(err, ErrRefused) {
+		t.Errorf("7 rlimits: got %v, want ErrRefused", err)
 	}
 }

@@ -12,7 +12,10 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-const msRdonly = 0x1 // MS_RDONLY in a mount entry's flags
+const (
+	msRdonly = 0x1 // MS_RDONLY in a mount entry's flags
+	msNosuid = 0x2 // MS_NOSUID
+)
 
 // nullKey is the external-mount key runc gives CRIU for the masked paths
 // that are files: /dev/null bound over them.
@@ -30,6 +33,8 @@ type mountRules struct {
 	readonly  []string
 	hostHas   func(string) bool // whether a path exists in the host's /proc or /sys
 	imageName string
+	rootRO    bool            // the spec's root is read-only
+	ids       map[uint32]bool // mount ids of the images checked so far
 }
 
 // checkMounts refuses a checkpoint whose mount tree (mountpoints-*.img)
@@ -46,7 +51,8 @@ type mountRules struct {
 // runc masks only what exists, so a donor's images hold masks for exactly
 // those paths.
 func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas func(string) bool) error {
-	r := mountRules{byDest: map[string]specs.Mount{}, devices: map[string]bool{}, hostHas: hostHas}
+	r := mountRules{byDest: map[string]specs.Mount{}, devices: map[string]bool{}, hostHas: hostHas, ids: map[uint32]bool{},
+		rootRO: spec.Root != nil && spec.Root.Readonly}
 	for _, m := range spec.Mounts {
 		r.byDest[path.Clean(m.Destination)] = m
 	}
@@ -110,6 +116,11 @@ func (r *mountRules) check(entries []*mnt.MntEntry) error {
 			return fmt.Errorf("%s: two mounts at %s", r.imageName, e.GetMountpoint())
 		}
 		at[e.GetMountpoint()] = true
+		// CRIU looks parents up across every mount namespace's images.
+		if r.ids[e.GetMntId()] {
+			return fmt.Errorf("%s: mount id %d used twice", r.imageName, e.GetMntId())
+		}
+		r.ids[e.GetMntId()] = true
 		byID[e.GetMntId()] = e
 	}
 	for _, e := range entries {
@@ -132,6 +143,10 @@ func (r *mountRules) check(entries []*mnt.MntEntry) error {
 	}
 	if root == nil || root.GetMountpoint() != "/" || root.GetRoot() != "/" {
 		return fmt.Errorf("%s: no root mount at /", r.imageName)
+	}
+	// CRIU remounts the root with the image's flags.
+	if r.rootRO && !isReadOnly(root) {
+		return fmt.Errorf("%s: the root is read-write, the spec makes it read-only", r.imageName)
 	}
 	for _, p := range r.masked {
 		if err := r.covered(path.Clean(p), entries, isMask, "masked"); err != nil {
@@ -169,6 +184,11 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 		// mount tree.
 		if e.GetRoot() != "/" {
 			return fmt.Errorf("%s binds %s of a %s mount", where, e.GetRoot(), mnt.Fstype(e.GetFstype()))
+		}
+		// CRIU unpacks a tmpfs's contents with tar, as root: setuid
+		// programs too, which only nosuid (or read-only) keeps unused.
+		if mnt.Fstype(e.GetFstype()) == mnt.Fstype_TMPFS && e.GetFlags()&(msNosuid|msRdonly) == 0 {
+			return fmt.Errorf("%s is a tmpfs without nosuid", where)
 		}
 		return nil
 	case mnt.Fstype_PROC, mnt.Fstype_SYSFS:
@@ -208,6 +228,25 @@ func (r *mountRules) external(e *mnt.MntEntry) error {
 	}
 	if m, ok := r.byDest[key]; ok && isBind(m) {
 		if slices.Contains(m.Options, "ro") && !isReadOnly(e) {
+			return fmt.Errorf("%s binds %s read-write, the spec mounts it read-only", where, key)
+		}
+		return nil
+	}
+	// runc resolves a destination's symbolic links in the rootfs for the
+	// key (/var/run/secrets/… is /run/secrets/… where /var/run is a link
+	// to /run), and the rootfs is not at hand here: a key that is not a
+	// destination is taken for the spec's bind mounts of the same name,
+	// read-only if any of them is. (A key runc does not have fails the
+	// restore in CRIU.)
+	found, ro := false, false
+	for dest, m := range r.byDest {
+		if isBind(m) && path.Base(dest) == path.Base(key) {
+			found = true
+			ro = ro || slices.Contains(m.Options, "ro")
+		}
+	}
+	if found {
+		if ro && !isReadOnly(e) {
 			return fmt.Errorf("%s binds %s read-write, the spec mounts it read-only", where, key)
 		}
 		return nil

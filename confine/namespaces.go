@@ -3,11 +3,13 @@ package confine
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/userns"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 )
@@ -47,8 +49,8 @@ func checkNamespaces(imagesDir string, names []string, spec *specs.Spec) error {
 			wanted = append(wanted, ns.Type)
 		}
 	}
-	if len(wanted) == 0 {
-		return nil
+	if len(wanted) == 0 && !slices.Contains(names, "inventory.img") {
+		return nil // nothing to compare with; CRIU cannot restore without it
 	}
 	inv, err := decodeOne(filepath.Join(imagesDir, "inventory.img"), &inventory.InventoryEntry{})
 	if err != nil {
@@ -58,6 +60,7 @@ func checkNamespaces(imagesDir string, names []string, spec *specs.Spec) error {
 	if root == nil {
 		return fmt.Errorf("%w: inventory.img has no namespace ids of the dumping CRIU", ErrRefused)
 	}
+	ownUserNS := slices.Contains(wanted, specs.UserNamespace)
 	tasks := 0
 	for _, name := range names {
 		if !strings.HasPrefix(name, "ids-") || !strings.HasSuffix(name, ".img") {
@@ -79,6 +82,20 @@ func checkNamespaces(imagesDir string, names []string, spec *specs.Spec) error {
 				return fmt.Errorf("%w: %s puts the task in the host's %s namespace, the spec gives the container its own", ErrRefused, name, typ)
 			}
 		}
+		// A user namespace the spec does not have would come with the
+		// image's uid and gid maps (userns.img): uid 1000 inside could be
+		// root outside, past the checks on the credentials.
+		if id, ok := nsIDs[specs.UserNamespace](ids); ok && !ownUserNS {
+			if outside, known := nsIDs[specs.UserNamespace](root); !known || id != outside {
+				return fmt.Errorf("%w: %s puts the task in a user namespace of its own, the spec has none", ErrRefused, name)
+			}
+		}
+		if ownUserNS {
+			id, _ := nsIDs[specs.UserNamespace](ids)
+			if err := checkUserNSMaps(imagesDir, id, spec.Linux); err != nil {
+				return err
+			}
+		}
 	}
 	if tasks == 0 {
 		return fmt.Errorf("%w: no task namespace ids (ids-*.img) in the checkpoint", ErrRefused)
@@ -86,7 +103,37 @@ func checkNamespaces(imagesDir string, names []string, spec *specs.Spec) error {
 	return nil
 }
 
+// checkUserNSMaps refuses a user namespace whose uid or gid map is not the
+// spec's: CRIU writes the maps from the image.
+func checkUserNSMaps(imagesDir string, id uint32, l *specs.Linux) error {
+	name := fmt.Sprintf("userns-%d.img", id)
+	img, err := decodeOne(filepath.Join(imagesDir, name), &userns.UsernsEntry{})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	e := img.Entries[0].Message.(*userns.UsernsEntry)
+	if !sameMaps(e.GetUidMap(), l.UIDMappings) || !sameMaps(e.GetGidMap(), l.GIDMappings) {
+		return fmt.Errorf("%w: %s maps other ids than the spec's", ErrRefused, name)
+	}
+	return nil
+}
+
+func sameMaps(image []*userns.UidGidExtent, spec []specs.LinuxIDMapping) bool {
+	if len(image) != len(spec) {
+		return false
+	}
+	for i, x := range image {
+		m := spec[i]
+		if x.GetFirst() != m.ContainerID || x.GetLowerFirst() != m.HostID || x.GetCount() != m.Size {
+			return false
+		}
+	}
+	return true
+}
+
 // decodeOne decodes an image that holds exactly one entry of msg's type.
+// go-criu picks the type from the image's magic: an image of another kind
+// under this name is refused here, not taken for msg's type.
 func decodeOne(path string, msg proto.Message) (*crit.CriuImage, error) {
 	img, err := decodeImage(path, msg)
 	if err != nil {
@@ -94,6 +141,9 @@ func decodeOne(path string, msg proto.Message) (*crit.CriuImage, error) {
 	}
 	if len(img.Entries) != 1 {
 		return nil, fmt.Errorf("decode %s: %d entries, want 1", filepath.Base(path), len(img.Entries))
+	}
+	if got := img.Entries[0].Message; got == nil || got.ProtoReflect().Descriptor() != msg.ProtoReflect().Descriptor() {
+		return nil, fmt.Errorf("decode %s: not a %s image", filepath.Base(path), msg.ProtoReflect().Descriptor().Name())
 	}
 	return img, nil
 }

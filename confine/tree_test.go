@@ -11,6 +11,7 @@ import (
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/userns"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 )
@@ -50,7 +51,10 @@ func mount(id, parent uint32, fs mnt.Fstype, root, at string, flags uint32) *mnt
 		Flags: proto.Uint32(flags), Root: proto.String(root), Mountpoint: proto.String(at), Source: proto.String("none"), Options: proto.String("")}
 }
 
-const ro = msRdonly
+const (
+	ro     = msRdonly
+	nosuid = msNosuid
+)
 
 // donorMounts is the mount tree runc gave a ctr container, as CRIU dumped
 // it (mountpoints-13.img of a real dump, bind mount of /data added).
@@ -62,12 +66,12 @@ func donorMounts() []*mnt.MntEntry {
 	return []*mnt.MntEntry{
 		mount(74, 50, mnt.Fstype_OVERLAYFS, "/", "/", 0),
 		mount(76, 74, mnt.Fstype_PROC, "/", "/proc", 0),
-		mount(77, 74, mnt.Fstype_TMPFS, "/", "/dev", 0),
+		mount(77, 74, mnt.Fstype_TMPFS, "/", "/dev", nosuid),
 		mount(78, 77, mnt.Fstype_DEVPTS, "/", "/dev/pts", 0),
-		mount(79, 77, mnt.Fstype_TMPFS, "/", "/dev/shm", 0),
+		mount(79, 77, mnt.Fstype_TMPFS, "/", "/dev/shm", nosuid),
 		mount(80, 77, mnt.Fstype_MQUEUE, "/", "/dev/mqueue", 0),
 		mount(81, 74, mnt.Fstype_SYSFS, "/", "/sys", ro),
-		mount(82, 74, mnt.Fstype_TMPFS, "/", "/run", 0),
+		mount(82, 74, mnt.Fstype_TMPFS, "/", "/run", nosuid),
 		mount(54, 76, mnt.Fstype_PROC, "/sys", "/proc/sys", ro),
 		mount(51, 76, mnt.Fstype_PROC, "/bus", "/proc/bus", ro),
 		mount(55, 76, mnt.Fstype_TMPFS, "/", "/proc/acpi", ro),
@@ -195,6 +199,41 @@ func TestNamespaceRefusals(t *testing.T) {
 			t.Fatalf("got %v, want ErrRefused", err)
 		}
 	})
+	t.Run("a user namespace the spec does not have", func(t *testing.T) {
+		child := containerIDs()
+		child.UserNsId = proto.Uint32(99)
+		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs(), child}, donorMounts()), clonesSpec())
+		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "user namespace") {
+			t.Fatalf("got %v, want a user namespace refusal", err)
+		}
+	})
+	t.Run("the spec's user namespace", func(t *testing.T) {
+		s := clonesSpec()
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
+		s.Linux.GIDMappings = s.Linux.UIDMappings
+		ids := containerIDs()
+		ids.UserNsId = proto.Uint32(14)
+		for _, c := range []struct {
+			name   string
+			host   uint32
+			refuse bool
+		}{{"same maps", 100000, false}, {"root outside", 0, true}} {
+			dir := writeTree(t, []*criucore.TaskKobjIdsEntry{ids}, donorMounts())
+			ext := &userns.UidGidExtent{First: proto.Uint32(0), LowerFirst: proto.Uint32(c.host), Count: proto.Uint32(65536)}
+			writeImage(t, filepath.Join(dir, "userns-14.img"), "USERNS", &userns.UsernsEntry{UidMap: []*userns.UidGidExtent{ext}, GidMap: []*userns.UidGidExtent{ext}})
+			if err := checkTree(dir, s); errors.Is(err, ErrRefused) != c.refuse || (!c.refuse && err != nil) {
+				t.Errorf("%s: got %v", c.name, err)
+			}
+		}
+	})
+	t.Run("an image of another kind under the inventory's name", func(t *testing.T) {
+		dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, donorMounts())
+		writeImage(t, filepath.Join(dir, "inventory.img"), "IDS", containerIDs())
+		if err := checkTree(dir, clonesSpec()); !errors.Is(err, ErrRefused) {
+			t.Fatalf("got %v, want ErrRefused", err)
+		}
+	})
 	t.Run("no inventory", func(t *testing.T) {
 		dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, donorMounts())
 		os.Remove(filepath.Join(dir, "inventory.img"))
@@ -258,6 +297,8 @@ func TestMountRefusals(t *testing.T) {
 		"an external mount not in the spec": add(unknownKey),
 		"a path with ..":                    add(mount(99, 74, mnt.Fstype_PROC, "/", "/proc/../mnt", 0)),
 		"two roots":                         add(mount(100, 1, mnt.Fstype_TMPFS, "/", "/", 0)),
+		"a tmpfs without nosuid":            add(mount(108, 74, mnt.Fstype_TMPFS, "/", "/mnt", 0)),
+		"a mount id used twice":             add(mount(82, 74, mnt.Fstype_TMPFS, "/", "/mnt", nosuid)),
 		"a second proc over the masked one": add(mount(107, 76, mnt.Fstype_PROC, "/", "/proc", 0)),
 		"a mask mounted on another parent":  edit("/proc/keys", func(m *mnt.MntEntry) { m.ParentMntId = proto.Uint32(74) }),
 		"root not at /":                     edit("/", func(m *mnt.MntEntry) { m.Mountpoint = proto.String("/x") }),
@@ -299,7 +340,7 @@ func TestMountsTheSpecAllows(t *testing.T) {
 			return out
 		}(), clonesSpec()},
 		"cgroup v1 hierarchies under the spec's cgroup mount": {append(donorMounts(),
-			mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", 0),
+			mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid),
 			mount(102, 101, mnt.Fstype_CGROUP, "/snapboot/x", "/sys/fs/cgroup/memory", ro), hierarchy), cgroupSpec},
 		"a device node of the spec": {append(donorMounts(), fuse), cgroupSpec},
 	}
@@ -309,5 +350,34 @@ func TestMountsTheSpecAllows(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+func TestReadOnlyRootAndResolvedKeys(t *testing.T) {
+	ids := []*criucore.TaskKobjIdsEntry{containerIDs()}
+	s := clonesSpec()
+	s.Root = &specs.Root{Path: "rootfs", Readonly: true}
+	if err := checkTree(writeTree(t, ids, donorMounts()), s); !errors.Is(err, ErrRefused) {
+		t.Errorf("a read-write root for a read-only spec root: got %v", err)
+	}
+	roRoot := donorMounts()
+	roRoot[0].Flags = proto.Uint32(ro)
+	if err := checkTree(writeTree(t, ids, roRoot), s); err != nil {
+		t.Errorf("a read-only root: %v", err)
+	}
+
+	// runc's key for a destination under a link (/var/run -> /run).
+	s = clonesSpec()
+	s.Mounts = append(s.Mounts, specs.Mount{Destination: "/var/run/secrets/token", Type: "bind", Source: "/kubelet/token", Options: []string{"rbind", "ro"}})
+	for _, c := range []struct {
+		flags  uint32
+		refuse bool
+	}{{ro, false}, {0, true}} {
+		token := mount(109, 82, mnt.Fstype_TMPFS, "/", "/run/secrets/token", c.flags)
+		token.ExtKey = proto.String("/run/secrets/token")
+		err := checkTree(writeTree(t, ids, append(donorMounts(), token)), s)
+		if errors.Is(err, ErrRefused) != c.refuse || (!c.refuse && err != nil) {
+			t.Errorf("token bound with flags %#x: got %v", c.flags, err)
+		}
 	}
 }

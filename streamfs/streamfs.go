@@ -258,10 +258,10 @@ func (w *writer) ReadFrom(r io.Reader) (int64, error) {
 			if w.buf == nil {
 				w.buf = make([]byte, blockSize)
 			}
-			at, buf := c.diskOff+f.written-c.start, w.buf[:c.end()-f.written]
+			at, buf, spill := c.diskOff+f.written-c.start, w.buf[:c.end()-f.written], s.spill
 			s.mu.Unlock()
 			if n, err = r.Read(buf); n > 0 {
-				if _, werr := s.spill.WriteAt(buf[:n], at); werr != nil {
+				if _, werr := spill.WriteAt(buf[:n], at); werr != nil {
 					return total, fmt.Errorf("streamfs: spill %s: %w", f.name, werr)
 				}
 			}

@@ -14,8 +14,8 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 

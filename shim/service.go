@@ -176,6 +176,9 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		if err := restore.SetSpecHostname(p.plan.Spec, resp.Pid); err != nil {
 			log.G(ctx).WithError(err).Warn("snapboot: cannot give the restored container its spec's host name")
 		}
+		if err := restore.SetZeroOOMScore(p.plan.Spec, resp.Pid); err != nil {
+			log.G(ctx).WithError(err).Warn("snapboot: cannot give the restored container its spec's oom_score_adj of 0")
+		}
 		if s.oom != nil {
 			if err := s.watchOOM(r.ID, int(resp.Pid)); err != nil {
 				log.G(ctx).WithError(err).Warn("snapboot: OOM kills of the restored container will not be reported")

@@ -41,7 +41,7 @@ type Result struct {
 }
 
 // masks are the spec's capability sets as bitmaps.
-type masks struct{ eff, prm, inh, bnd uint64 }
+type masks struct{ eff, prm, inh, bnd, amb uint64 }
 
 func capMask(names []string) (uint64, error) {
 	known := containerdcap.Known()
@@ -72,7 +72,7 @@ func specMasks(spec *specs.Spec) (masks, error) {
 	for _, x := range []struct {
 		dst   *uint64
 		names []string
-	}{{&m.eff, c.Effective}, {&m.prm, c.Permitted}, {&m.inh, c.Inheritable}, {&m.bnd, c.Bounding}} {
+	}{{&m.eff, c.Effective}, {&m.prm, c.Permitted}, {&m.inh, c.Inheritable}, {&m.bnd, c.Bounding}, {&m.amb, c.Ambient}} {
 		if *x.dst, err = capMask(x.names); err != nil {
 			return m, err
 		}
@@ -143,6 +143,9 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		switch name := e.Name(); {
 		case strings.HasPrefix(name, "core-") && strings.HasSuffix(name, ".img"):
 			cores = append(cores, filepath.Join(imagesDir, name))
+		case name == "apparmor.img":
+			// CRIU would load the AppArmor policy in it into the kernel.
+			return nil, fmt.Errorf("%w: the checkpoint holds AppArmor policy (apparmor.img), which CRIU would load", ErrRefused)
 		case strings.HasPrefix(name, "creds-") && strings.HasSuffix(name, ".img"):
 			// CRIU takes a task's credentials from a separate creds image
 			// (the image format before CRIU 1.x) when its core image has
@@ -195,6 +198,7 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 			changed = true
 		}
 		eff, prm, inh, bnd := words(cr.CapEff), words(cr.CapPrm), words(cr.CapInh), words(cr.CapBnd)
+		changed = narrowAmbient(cr, m.amb) || changed
 		if eff&^m.eff != 0 || prm&^m.prm != 0 || inh&^m.inh != 0 || bnd&^m.bnd != 0 {
 			cr.CapEff = setWords(cr.CapEff, eff&m.eff)
 			cr.CapPrm = setWords(cr.CapPrm, prm&m.prm)

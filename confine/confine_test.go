@@ -168,6 +168,11 @@ func TestRefusals(t *testing.T) {
 	if _, err := Apply(legacy, t.TempDir(), spec(0, nil, false)); !errors.Is(err, ErrRefused) {
 		t.Errorf("a separate credentials image: got %v, want ErrRefused", err)
 	}
+	policy := writeImages(t, task{uid: 0})
+	os.WriteFile(filepath.Join(policy, "apparmor.img"), []byte("policy"), 0o600)
+	if _, err := Apply(policy, t.TempDir(), spec(0, nil, false)); !errors.Is(err, ErrRefused) {
+		t.Errorf("AppArmor policy in the checkpoint: got %v, want ErrRefused", err)
+	}
 	bad := t.TempDir()
 	os.WriteFile(filepath.Join(bad, "core-1.img"), []byte("garbage"), 0o600)
 	if _, err := Apply(bad, t.TempDir(), spec(0, nil, false)); err == nil {

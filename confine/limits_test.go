@@ -229,3 +229,29 @@ func TestLSMProfileIsTheSpecs(t *testing.T) {
 		t.Errorf("7 rlimits: got %v, want ErrRefused", err)
 	}
 }
+
+func TestAmbientCapabilitiesNarrowed(t *testing.T) {
+	const capNetBindService = 10
+	cr := &creds.CredsEntry{}
+	var raw []byte
+	for _, w := range []uint64{0xffffffff, 0x1ff} {
+		raw = protowire.AppendTag(raw, capAmbField, protowire.VarintType)
+		raw = protowire.AppendVarint(raw, w)
+	}
+	cr.ProtoReflect().SetUnknown(raw)
+	if !narrowAmbient(cr, 1<<capNetBindService) {
+		t.Fatal("nothing narrowed")
+	}
+	var got []uint32
+	forEachField(cr.ProtoReflect().GetUnknown(), func(num protowire.Number, _ protowire.Type, v uint64, _ []byte) {
+		if num == capAmbField {
+			got = append(got, uint32(v))
+		}
+	})
+	if len(got) != 2 || got[0] != 1<<capNetBindService || got[1] != 0 {
+		t.Fatalf("cap_amb %#x, want [%#x 0]", got, 1<<capNetBindService)
+	}
+	if narrowAmbient(cr, 1<<capNetBindService) {
+		t.Fatal("narrowed twice")
+	}
+}

@@ -5,10 +5,14 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// noNewPrivsField is creds_entry's no_new_privs (CRIU 3.x and later),
-// which the go-criu types do not have yet: it travels in the message's
-// unknown fields, and CRIU's restorer sets PR_SET_NO_NEW_PRIVS from it.
-const noNewPrivsField protowire.Number = 18
+// Fields of creds_entry that the go-criu types do not have yet: they
+// travel in the message's unknown fields. CRIU's restorer sets
+// PR_SET_NO_NEW_PRIVS from no_new_privs, and raises the ambient
+// capabilities cap_amb lists (two 32-bit words).
+const (
+	noNewPrivsField protowire.Number = 18
+	capAmbField     protowire.Number = 19
+)
 
 // noNewPrivs reports whether the credentials keep no_new_privs set.
 func noNewPrivs(cr *creds.CredsEntry) bool {
@@ -33,6 +37,40 @@ func setNoNewPrivs(cr *creds.CredsEntry) {
 	out = protowire.AppendTag(out, noNewPrivsField, protowire.VarintType)
 	out = protowire.AppendVarint(out, 1)
 	cr.ProtoReflect().SetUnknown(out)
+}
+
+// narrowAmbient keeps in cap_amb only the capabilities mask has, and
+// reports whether that changed anything. The words keep their number.
+func narrowAmbient(cr *creds.CredsEntry, mask uint64) bool {
+	var amb []uint32
+	var rest []byte
+	forEachField(cr.ProtoReflect().GetUnknown(), func(num protowire.Number, typ protowire.Type, v uint64, raw []byte) {
+		switch {
+		case num == capAmbField && typ == protowire.VarintType:
+			amb = append(amb, uint32(v))
+		case num == capAmbField && typ == protowire.BytesType: // packed
+			b, _ := protowire.ConsumeBytes(raw[protowire.SizeTag(num):])
+			for len(b) > 0 {
+				x, n := protowire.ConsumeVarint(b)
+				if n < 0 {
+					break
+				}
+				amb = append(amb, uint32(x))
+				b = b[n:]
+			}
+		default:
+			rest = append(rest, raw...)
+		}
+	})
+	if len(amb) == 0 || words(amb)&^mask == 0 {
+		return false
+	}
+	for _, w := range setWords(amb, words(amb)&mask) {
+		rest = protowire.AppendTag(rest, capAmbField, protowire.VarintType)
+		rest = protowire.AppendVarint(rest, uint64(w))
+	}
+	cr.ProtoReflect().SetUnknown(rest)
+	return true
 }
 
 // forEachField calls fn with each field of b: its number, type, value if

@@ -312,8 +312,17 @@ func (w *writer) Adopt(b []byte, release func()) error {
 	size := int64(len(b))
 	if s.mustSpill(size) {
 		c, err := s.spillChunk(f.written, size)
+		if err != nil {
+			return fmt.Errorf("streamfs: spill %s: %w", f.name, err)
+		}
+		// The file has one writer: nothing else appends to it meanwhile,
+		// and readers wait for written.
+		spill := s.spill
+		s.mu.Unlock()
+		_, err = spill.WriteAt(b, c.diskOff)
+		s.mu.Lock()
 		if err == nil {
-			_, err = s.spill.WriteAt(b, c.diskOff)
+			err = s.err
 		}
 		if err != nil {
 			return fmt.Errorf("streamfs: spill %s: %w", f.name, err)

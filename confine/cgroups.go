@@ -8,6 +8,9 @@ import (
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/cgroup"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // checkCgroups refuses a checkpoint whose cgroup image (cgroup.img) would
@@ -23,8 +26,24 @@ import (
 // directory, the same for all, each set entry matched by exactly one
 // controller, its path that directory or below it, and a cgroup namespace
 // prefix, if any, that ends on a path separator.
-func checkCgroups(imagesDir string, names []string) error {
+//
+// For a spec with a cgroup namespace, the root task's set must also make
+// CRIU create one: CRIU leaves the cgroup namespace out of its clone flags
+// and unshares one only for a root task in a set of its own (not the
+// dumping CRIU's, inventory.img's root_cg_set) whose entries have a cgroup
+// namespace prefix; otherwise the clone stays in the host's, where a
+// cgroup mount shows the whole hierarchy.
+func checkCgroups(imagesDir string, names []string, spec *specs.Spec) error {
+	wantNS := false
+	if spec.Linux != nil {
+		for _, ns := range spec.Linux.Namespaces {
+			wantNS = wantNS || ns.Type == specs.CgroupNamespace
+		}
+	}
 	if !slices.Contains(names, "cgroup.img") {
+		if wantNS {
+			return fmt.Errorf("%w: no cgroup.img: CRIU would not make the cgroup namespace the spec has", ErrRefused)
+		}
 		return nil
 	}
 	img, err := decodeImage(filepath.Join(imagesDir, "cgroup.img"), &cgroup.CgroupEntry{})
@@ -39,8 +58,49 @@ func checkCgroups(imagesDir string, names []string) error {
 		if err := checkCgroupEntry(cg); err != nil {
 			return fmt.Errorf("%w: cgroup.img: %w", ErrRefused, err)
 		}
+		if wantNS {
+			if err := checkCgroupNS(imagesDir, cg); err != nil {
+				return fmt.Errorf("%w: %w", ErrRefused, err)
+			}
+		}
 	}
 	return nil
+}
+
+// checkCgroupNS checks that CRIU makes the root task a cgroup namespace.
+func checkCgroupNS(imagesDir string, cg *cgroup.CgroupEntry) error {
+	inv, err := decodeOne(filepath.Join(imagesDir, "inventory.img"), &inventory.InventoryEntry{})
+	if err != nil {
+		return err
+	}
+	tree, err := decodeImage(filepath.Join(imagesDir, "pstree.img"), &pstree.PstreeEntry{})
+	if err != nil {
+		return err
+	}
+	if len(tree.Entries) == 0 {
+		return fmt.Errorf("pstree.img has no tasks")
+	}
+	rootPid := tree.Entries[0].Message.(*pstree.PstreeEntry).GetPid()
+	_, core, err := decodeCore(filepath.Join(imagesDir, fmt.Sprintf("core-%d.img", rootPid)))
+	if err != nil {
+		return err
+	}
+	id := core.GetTc().GetCgSet()
+	if id == 0 || id == inv.Entries[0].Message.(*inventory.InventoryEntry).GetRootCgSet() {
+		return fmt.Errorf("the root task is in the dumping CRIU's cgroup set: CRIU would not make the cgroup namespace the spec has")
+	}
+	for _, set := range cg.GetSets() {
+		if set.GetId() != id {
+			continue
+		}
+		for _, m := range set.GetCtls() {
+			if m.GetCgnsPrefix() == 0 {
+				return fmt.Errorf("cgroup.img: the root task's set has no cgroup namespace for %q: CRIU would not make the one the spec has", m.GetName())
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("cgroup.img has no set %d, the root task's", id)
 }
 
 func checkCgroupEntry(cg *cgroup.CgroupEntry) error {
@@ -73,14 +133,15 @@ func checkCgroupEntry(cg *cgroup.CgroupEntry) error {
 			if m.GetName() != "" && slices.Contains(strings.Split(m.GetName(), ","), "") {
 				return fmt.Errorf("set %d entry %q", set.GetId(), m.GetName())
 			}
-			matched := 0
+			matched, exact := 0, false
 			for _, c := range cg.GetControllers() {
 				if criuContains(c.GetCnames(), m.GetName()) {
 					matched++
+					exact = exact || sameNames(c.GetCnames(), m.GetName())
 				}
 			}
 			switch {
-			case matched != 1:
+			case matched != 1 || !exact:
 				return fmt.Errorf("set %d entry %q is matched by %d controllers, want 1", set.GetId(), m.GetName(), matched)
 			case top == "" || !(p == "/"+top || strings.HasPrefix(p, "/"+top+"/")) || path.Clean(p) != p:
 				return fmt.Errorf("set %d puts %s tasks in %q, outside the container's cgroup", set.GetId(), m.GetName(), p)
@@ -110,13 +171,47 @@ func checkCgroupChild(d *cgroup.CgroupDirEntry) error {
 }
 
 // criuContains is CRIU's cgroup_contains: whether a set entry named name
-// ("cpu,cpuacct") lists every one of a controller's names; a controller
-// named "" (cgroup v2) matches only the entry named "".
+// ("cpu,cpuacct") has every one of a controller's names, each found as a
+// substring that ends the name or a comma (CRIU does not look at what
+// comes before it); a controller named "" (cgroup v2) matches only the
+// entry named "".
 func criuContains(cnames []string, name string) bool {
 	if len(cnames) == 1 && cnames[0] == "" {
 		return name == ""
 	}
+	for _, c := range cnames {
+		found := false
+		for rest := name; ; {
+			i := strings.Index(rest, c)
+			if i < 0 {
+				break
+			}
+			rest = rest[i+len(c):]
+			if rest == "" || rest[0] == ',' {
+				found = true
+				break
+			}
+			if c == "" {
+				break // CRIU's strstr would find "" again, at the same place
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// sameNames reports whether a set entry's name lists exactly a
+// controller's names, in any order.
+func sameNames(cnames []string, name string) bool {
+	if len(cnames) == 1 && cnames[0] == "" {
+		return name == ""
+	}
 	listed := strings.Split(name, ",")
+	if len(listed) != len(cnames) {
+		return false
+	}
 	for _, c := range cnames {
 		if !slices.Contains(listed, c) {
 			return false

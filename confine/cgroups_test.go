@@ -6,6 +6,9 @@ import (
 	"testing"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/cgroup"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -28,7 +31,7 @@ func checkCgroupImage(t *testing.T, cg *cgroup.CgroupEntry) error {
 	t.Helper()
 	dir := t.TempDir()
 	writeImage(t, filepath.Join(dir, "cgroup.img"), "CGROUP", cg)
-	return checkCgroups(dir, []string{"cgroup.img"})
+	return checkCgroups(dir, []string{"cgroup.img"}, &specs.Spec{})
 }
 
 func TestCgroupsOfTheDonorFit(t *testing.T) {
@@ -41,7 +44,7 @@ func TestCgroupsOfTheDonorFit(t *testing.T) {
 	if err := checkCgroupImage(t, cg); err != nil {
 		t.Fatal(err)
 	}
-	if err := checkCgroups(t.TempDir(), nil); err != nil {
+	if err := checkCgroups(t.TempDir(), nil, &specs.Spec{}); err != nil {
 		t.Fatalf("no cgroup image: %v", err)
 	}
 }
@@ -80,5 +83,61 @@ func TestCgroupRefusals(t *testing.T) {
 				t.Fatalf("got %v, want ErrRefused", err)
 			}
 		})
+	}
+}
+
+func TestCgroupNamespaceTheSpecHas(t *testing.T) {
+	s := &specs.Spec{Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.CgroupNamespace}}}}
+	write := func(t *testing.T, cgSet uint32, prefix bool, withCgroups bool) string {
+		tc := leader(0)
+		tc.CgSet = proto.Uint32(cgSet)
+		dir := writeImages(t, task{tc: tc})
+		writeImage(t, filepath.Join(dir, "inventory.img"), "INVENTORY", &inventory.InventoryEntry{ImgVersion: proto.Uint32(2), RootCgSet: proto.Uint32(1)})
+		writeImage(t, filepath.Join(dir, "pstree.img"), "PSTREE", &pstree.PstreeEntry{Pid: proto.Uint32(1), Ppid: proto.Uint32(0), Pgid: proto.Uint32(1), Sid: proto.Uint32(1)})
+		if withCgroups {
+			// cgroup v2 with a cgroup namespace, as CRIU dumps it.
+			m := &cgroup.CgMemberEntry{Name: proto.String(""), Path: proto.String("/" + containerCgroup)}
+			if prefix {
+				m.CgnsPrefix = proto.Uint32(uint32(len("/" + containerCgroup)))
+			}
+			writeImage(t, filepath.Join(dir, "cgroup.img"), "CGROUP", &cgroup.CgroupEntry{
+				Sets:        []*cgroup.CgSetEntry{{Id: proto.Uint32(2), Ctls: []*cgroup.CgMemberEntry{m}}},
+				Controllers: []*cgroup.CgControllerEntry{{Cnames: []string{""}, Dirs: []*cgroup.CgroupDirEntry{{DirName: proto.String(containerCgroup)}}}}})
+		}
+		return dir
+	}
+	check := func(dir string) error {
+		names, err := imageNames(dir)
+		if err != nil {
+			return err
+		}
+		return checkCgroups(dir, names, s)
+	}
+	if err := check(write(t, 2, true, true)); err != nil {
+		t.Fatalf("a cgroup v2 dump with its namespace: %v", err)
+	}
+	for name, dir := range map[string]string{
+		"the dumping CRIU's set": write(t, 1, true, true),
+		"no set":                 write(t, 0, true, true),
+		"no namespace prefix":    write(t, 2, false, true),
+		"no cgroup image":        write(t, 2, true, false),
+	} {
+		if err := check(dir); !errors.Is(err, ErrRefused) {
+			t.Errorf("%s: got %v, want ErrRefused", name, err)
+		}
+	}
+}
+
+func TestCRIUMatchesNamesAsSubstrings(t *testing.T) {
+	if !criuContains([]string{"name=systemd"}, "memory,xname=systemd") {
+		t.Error("CRIU's strstr finds name=systemd in xname=systemd")
+	}
+	if criuContains([]string{"cpu"}, "cpuacct") || !criuContains([]string{"cpu", "cpuacct"}, "cpuacct,cpu") {
+		t.Error("a name must end at a comma or the end")
+	}
+	cg := donorCgroups()
+	cg.Sets[0].Ctls[0].Name = proto.String("memory,xname=systemd")
+	if err := checkCgroupImage(t, cg); !errors.Is(err, ErrRefused) {
+		t.Errorf("an entry two controllers match by substring: got %v", err)
 	}
 }

@@ -12,8 +12,10 @@
 package confine
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,6 +27,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // ErrRefused is wrapped when a checkpoint can't be made to fit the spec.
@@ -162,7 +165,7 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	if err := checkMounts(imagesDir, names, spec, hostHas); err != nil {
 		return nil, err
 	}
-	if err := checkCgroups(imagesDir, names); err != nil {
+	if err := checkCgroups(imagesDir, names, spec); err != nil {
 		return nil, err
 	}
 	res := &Result{ImagesDir: imagesDir}
@@ -274,18 +277,66 @@ func decodeCore(path string) (*crit.CriuImage, *criucore.CoreEntry, error) {
 	return img, core, nil
 }
 
-// decodeImage decodes a CRIU image whose entries are of msg's type.
+// decodeImage decodes a CRIU image whose entries are of msg's type. The
+// image's magic must be that type's (go-criu decodes most kinds as the
+// type it is given), and every entry must fit in the file: go-criu
+// allocates what an entry's header says before it reads it.
 func decodeImage(path string, msg proto.Message) (*crit.CriuImage, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	if err := checkFraming(f, magics[msg.ProtoReflect().Descriptor().FullName()]); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", filepath.Base(path), err)
+	}
 	img, err := crit.New(f, nil, "", false, false).Decode(msg)
 	if err != nil {
 		return nil, fmt.Errorf("decode %s: %w", filepath.Base(path), err)
 	}
 	return img, nil
+}
+
+// magics are the image magics of the entry types confine decodes.
+var magics = map[protoreflect.FullName]string{
+	"core_entry": "CORE", "inventory_entry": "INVENTORY", "task_kobj_ids_entry": "IDS", "mnt_entry": "MNTS",
+	"cgroup_entry": "CGROUP", "userns_entry": "USERNS", "pstree_entry": "PSTREE",
+}
+
+// checkFraming reads f's magic and entry headers, and leaves f at its
+// start: the magic must be want, each entry no longer than what is left.
+func checkFraming(f *os.File, want string) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	magic, err := crit.ReadMagic(f)
+	if err != nil {
+		return err
+	}
+	if want == "" || magic != want {
+		return fmt.Errorf("a %s image, want %s", magic, want)
+	}
+	pos, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return err
+	}
+	var size [4]byte
+	for pos < fi.Size() {
+		if _, err := io.ReadFull(f, size[:]); err != nil {
+			return fmt.Errorf("entry header at %d: %w", pos, err)
+		}
+		n := int64(binary.LittleEndian.Uint32(size[:]))
+		pos += 4
+		if n > fi.Size()-pos {
+			return fmt.Errorf("entry at %d of %d bytes, past the end of the image", pos-4, n)
+		}
+		if pos, err = f.Seek(n, io.SeekCurrent); err != nil {
+			return err
+		}
+	}
+	_, err = f.Seek(0, io.SeekStart)
+	return err
 }
 
 // populate fills dir with the images of src: rewritten ones encoded anew,

@@ -1,14 +1,17 @@
 package confine
 
 import (
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/magic"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
 )
@@ -172,6 +175,28 @@ func TestRefusals(t *testing.T) {
 	os.WriteFile(filepath.Join(policy, "apparmor.img"), []byte("policy"), 0o600)
 	if _, err := Apply(policy, t.TempDir(), spec(0, nil, false)); !errors.Is(err, ErrRefused) {
 		t.Errorf("AppArmor policy in the checkpoint: got %v, want ErrRefused", err)
+	}
+	// An entry header that claims 4 GiB: refused before anything is
+	// allocated for it.
+	huge := writeImages(t, task{uid: 0})
+	mm := magic.LoadMagic()
+	var hdr []byte
+	for _, v := range []uint64{mm.ByName["IMG_COMMON"], mm.ByName["CORE"], 0xffffffff} {
+		hdr = binary.LittleEndian.AppendUint32(hdr, uint32(v))
+	}
+	os.WriteFile(filepath.Join(huge, "core-1.img"), append(hdr, "short"...), 0o600)
+	if _, err := Apply(huge, t.TempDir(), spec(0, nil, false)); err == nil || !strings.Contains(err.Error(), "past the end") {
+		t.Errorf("an entry past the end of its image: got %v", err)
+	}
+	// The magic of another kind under a core image's name.
+	other := writeImages(t, task{uid: 0})
+	hdr = nil
+	for _, v := range []uint64{mm.ByName["IMG_COMMON"], mm.ByName["PAGEMAP"], 0} {
+		hdr = binary.LittleEndian.AppendUint32(hdr, uint32(v))
+	}
+	os.WriteFile(filepath.Join(other, "core-1.img"), hdr, 0o600)
+	if _, err := Apply(other, t.TempDir(), spec(0, nil, false)); err == nil || !strings.Contains(err.Error(), "want CORE") {
+		t.Errorf("a page map under a core image's name: got %v", err)
 	}
 	bad := t.TempDir()
 	os.WriteFile(filepath.Join(bad, "core-1.img"), []byte("garbage"), 0o600)

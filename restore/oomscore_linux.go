@@ -3,11 +3,13 @@
 package restore
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -26,7 +28,10 @@ func SetZeroOOMScore(spec *specs.Spec, pid uint32) error {
 }
 
 // setOOMScoreTree writes value as the oom_score_adj of pid and of every
-// process below it, found through proc's children files.
+// process below it, found through proc's children files. A process that
+// exits meanwhile is skipped. (Right after the restore the tree is as CRIU
+// made it; a process of it that forks away and is reparented before the
+// walk reaches it keeps CRIU's value.)
 func setOOMScoreTree(proc string, pid int, value string) error {
 	seen := map[int]bool{}
 	todo := []int{pid}
@@ -39,7 +44,7 @@ func setOOMScoreTree(proc string, pid int, value string) error {
 		seen[p] = true
 		dir := filepath.Join(proc, strconv.Itoa(p))
 		if err := os.WriteFile(filepath.Join(dir, "oom_score_adj"), []byte(value), 0); err != nil {
-			if p != pid && os.IsNotExist(err) {
+			if p != pid && (os.IsNotExist(err) || errors.Is(err, syscall.ESRCH)) {
 				continue // exited since
 			}
 			return fmt.Errorf("oom_score_adj of %d: %w", p, err)

@@ -3,6 +3,7 @@ package confine
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -44,7 +45,7 @@ func limitsFor(spec *specs.Spec, host hostState) (processLimits, error) {
 		return l, nil
 	}
 	for _, r := range spec.Process.Rlimits {
-		i := indexOf(rlimitNames, r.Type)
+		i := slices.Index(rlimitNames, r.Type)
 		if i < 0 {
 			return l, fmt.Errorf("unknown rlimit %q in the spec", r.Type)
 		}
@@ -60,15 +61,6 @@ func limitsFor(spec *specs.Spec, host hostState) (processLimits, error) {
 		l.lsm = spec.Process.SelinuxLabel
 	}
 	return l, nil
-}
-
-func indexOf(names []string, name string) int {
-	for i, n := range names {
-		if n == name {
-			return i
-		}
-	}
-	return -1
 }
 
 // fitTask lowers a task's rlimits to the cold start's and sets its

@@ -29,9 +29,9 @@ var runcDefaultDevices = []string{"/dev/null", "/dev/zero", "/dev/full", "/dev/t
 type mountRules struct {
 	byDest    map[string]specs.Mount // the spec's mounts by destination
 	devices   map[string]bool        // device nodes runc binds from the host
-	masked    []string
-	readonly  []string
-	hostHas   func(string) bool // whether a path exists in the host's /proc or /sys
+	masked    []string               // cleaned
+	readonly  []string               // cleaned
+	hostHas   func(string) bool      // whether a path exists in the host's /proc or /sys
 	imageName string
 	rootRO    bool            // the spec's root is read-only
 	ids       map[uint32]bool // mount ids of the images checked so far
@@ -40,12 +40,14 @@ type mountRules struct {
 // checkMounts refuses a checkpoint whose mount tree (mountpoints-*.img)
 // would give the clone more than its spec: CRIU rebuilds the mount tree
 // from the images, and runc applies nothing of the spec's over it. Every
-// mount must be the container's root, a fresh tmpfs, devpts or mqueue, one
-// of the spec's own mounts (bind mounts by their external key, proc, sysfs
-// and cgroup file systems at the spec's destinations), or a read-only view
-// of a path the spec makes read-only. Every masked path and read-only path
-// of the spec that the host's kernel has must be masked or read-only in the
-// images, and every mount the spec makes read-only must be read-only.
+// mount must be the container's root, a fresh tmpfs (nosuid or read-only),
+// devpts or mqueue, one of the spec's own mounts (bind mounts by their
+// external key, proc, sysfs and cgroup file systems at the spec's
+// destinations), or a read-only view of a path the spec makes read-only;
+// one a place, on the mount its place is in. Every masked path and
+// read-only path of the spec that the host's kernel has must be masked or
+// read-only in the images, and every mount the spec makes read-only (the
+// root too) must be read-only.
 //
 // hostHas reports whether a masked or read-only path exists on this host:
 // runc masks only what exists, so a donor's images hold masks for exactly
@@ -60,7 +62,7 @@ func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas fun
 		r.devices[d] = true
 	}
 	if spec.Linux != nil {
-		r.masked, r.readonly = spec.Linux.MaskedPaths, spec.Linux.ReadonlyPaths
+		r.masked, r.readonly = cleaned(spec.Linux.MaskedPaths), cleaned(spec.Linux.ReadonlyPaths)
 		for _, d := range spec.Linux.Devices {
 			r.devices[path.Clean(d.Path)] = true
 		}
@@ -149,12 +151,12 @@ func (r *mountRules) check(entries []*mnt.MntEntry) error {
 		return fmt.Errorf("%s: the root is read-write, the spec makes it read-only", r.imageName)
 	}
 	for _, p := range r.masked {
-		if err := r.covered(path.Clean(p), entries, isMask, "masked"); err != nil {
+		if err := r.covered(p, entries, isMask, "masked"); err != nil {
 			return fmt.Errorf("%s: %w", r.imageName, err)
 		}
 	}
 	for _, p := range r.readonly {
-		if err := r.covered(path.Clean(p), entries, isReadOnly, "read-only"); err != nil {
+		if err := r.covered(p, entries, isReadOnly, "read-only"); err != nil {
 			return fmt.Errorf("%s: %w", r.imageName, err)
 		}
 	}
@@ -198,7 +200,7 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 		}
 		// runc's read-only paths: the file system bound over itself.
 		if parent := coveringMount(where, entries); parent != nil && parent.GetFstype() == e.GetFstype() &&
-			slices.Contains(cleaned(r.readonly), where) && isReadOnly(e) &&
+			slices.Contains(r.readonly, where) && isReadOnly(e) &&
 			e.GetRoot() == "/"+strings.TrimPrefix(strings.TrimPrefix(where, parent.GetMountpoint()), "/") {
 			return nil
 		}

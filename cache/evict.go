@@ -195,8 +195,8 @@ type PruneLimits struct {
 
 // Prune removes checkpoints not in use: all of them, those unused for
 // longer than MaxAge, then the least recently used until the cache fits
-// MaxSize. It also clears leftovers of interrupted downloads and unpacks.
-// It returns what it removed.
+// MaxSize. It also clears leftovers of interrupted downloads and unpacks,
+// and the lock files nobody holds. It returns what it removed.
 func (c *Cache) Prune(ctx context.Context, l PruneLimits) ([]Entry, error) {
 	c.removeStale(time.Hour)
 	entries, err := c.Entries(ctx)
@@ -228,6 +228,7 @@ func (c *Cache) Prune(ctx context.Context, l PruneLimits) ([]Entry, error) {
 		total -= e.Size
 		removed = append(removed, e)
 	}
+	c.sweepLocks(ctx)
 	return removed, nil
 }
 

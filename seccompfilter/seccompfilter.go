@@ -1,0 +1,293 @@
+//go:build linux
+
+// Package seccompfilter finds the seccomp filter runc installs for a
+// container's seccomp profile on this node. It has runc create a container
+// with the profile whose process never starts (runc's init installs the
+// filter before it waits to be started), reads the filter out of that init
+// with ptrace(PTRACE_SECCOMP_GET_FILTER), as CRIU dumps filters, and
+// deletes the container. Filters are kept in a directory, by profile and
+// runc binary, so each is derived once per node.
+package seccompfilter
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// Prober derives filters.
+type Prober struct {
+	// Runc is the runc binary: a path, or a name looked up in PATH.
+	Runc string
+	// Dir keeps the derived filters; TmpDir gets the probe containers'
+	// bundles and runc state. Both are directories only root can reach.
+	Dir, TmpDir string
+	// Run runs a command to its end. In a shim, where containerd's reaper
+	// collects every child's exit status, it must go through the reaper.
+	Run func(*exec.Cmd) error
+}
+
+// Filter returns the filter runc installs for profile: the instructions
+// (struct sock_filter, 8 bytes each) in the kernel's order.
+func (p *Prober) Filter(ctx context.Context, profile *specs.LinuxSeccomp) ([]byte, error) {
+	if profile == nil {
+		return nil, errors.New("no seccomp profile")
+	}
+	if usesNotify(profile) {
+		// runc would hand the probe's listener to the spec's agent.
+		return nil, errors.New("the seccomp profile sends system calls to a user-space agent (SCMP_ACT_NOTIFY), which snapboot does not derive")
+	}
+	runc, err := exec.LookPath(p.Runc)
+	if err != nil {
+		return nil, fmt.Errorf("runc: %w", err)
+	}
+	key, err := cacheKey(runc, profile)
+	if err != nil {
+		return nil, err
+	}
+	kept := filepath.Join(p.Dir, key+".bpf")
+	if f, err := os.ReadFile(kept); err == nil && validFilter(f) {
+		return f, nil
+	}
+	f, err := p.probe(ctx, runc, profile)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeAtomic(kept, f); err != nil {
+		return nil, fmt.Errorf("keep the seccomp filter: %w", err)
+	}
+	return f, nil
+}
+
+func usesNotify(profile *specs.LinuxSeccomp) bool {
+	if profile.ListenerPath != "" || profile.DefaultAction == specs.ActNotify {
+		return true
+	}
+	for _, s := range profile.Syscalls {
+		if s.Action == specs.ActNotify {
+			return true
+		}
+	}
+	return false
+}
+
+// cacheKey names a filter by the profile and the runc binary (path, size,
+// modification time, inode), so that a new runc derives it again.
+func cacheKey(runc string, profile *specs.LinuxSeccomp) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(runc, &st); err != nil {
+		return "", fmt.Errorf("runc: %w", err)
+	}
+	js, err := json.Marshal(profile)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00%d.%d\x00%d\x00", runc, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ino)
+	h.Write(js)
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// validFilter reports whether f can be a filter: whole instructions, at
+// least one, no more than the kernel takes (BPF_MAXINSNS).
+func validFilter(f []byte) bool {
+	return len(f) > 0 && len(f)%8 == 0 && len(f)/8 <= 4096
+}
+
+func writeAtomic(path string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// probe creates the container, reads its init's filter and deletes it.
+func (p *Prober) probe(ctx context.Context, runc string, profile *specs.LinuxSeccomp) (_ []byte, retErr error) {
+	bundle, err := os.MkdirTemp(p.TmpDir, "seccomp-probe-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(bundle)
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return nil, err
+	}
+	id := "snapboot-seccomp-probe-" + hex.EncodeToString(rnd[:])
+	if err := writeBundle(bundle, profile); err != nil {
+		return nil, err
+	}
+	state := filepath.Join(bundle, "state")
+	pidFile := filepath.Join(bundle, "init.pid")
+	if err := p.runc(ctx, runc, bundle, "--root", state, "create", "--bundle", bundle, "--pid-file", pidFile, id); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := p.runc(context.WithoutCancel(ctx), runc, bundle, "--root", state, "delete", "--force", id); err != nil && retErr == nil {
+			retErr = err
+		}
+	}()
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		return nil, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return nil, fmt.Errorf("runc's pid file: %q", data)
+	}
+	filters, err := readFilters(pid)
+	if err != nil {
+		return nil, fmt.Errorf("read the probe container's seccomp filter: %w", err)
+	}
+	if len(filters) != 1 {
+		return nil, fmt.Errorf("the probe container has %d seccomp filters, want 1", len(filters))
+	}
+	return filters[0], nil
+}
+
+// writeBundle writes a bundle whose process is an empty file: runc's init
+// checks that it exists before it installs the filter, and never runs it.
+func writeBundle(bundle string, profile *specs.LinuxSeccomp) error {
+	rootfs := filepath.Join(bundle, "rootfs")
+	if err := os.Mkdir(rootfs, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(rootfs, "probe"), nil, 0o755); err != nil {
+		return err
+	}
+	spec := specs.Spec{
+		Version: specs.Version,
+		Root:    &specs.Root{Path: rootfs, Readonly: true},
+		Process: &specs.Process{
+			Args:            []string{"/probe"},
+			Cwd:             "/",
+			Env:             []string{"PATH=/"},
+			NoNewPrivileges: true,
+		},
+		Linux: &specs.Linux{
+			Namespaces: []specs.LinuxNamespace{{Type: specs.MountNamespace}, {Type: specs.PIDNamespace}},
+			Seccomp:    profile,
+		},
+	}
+	js, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(bundle, "config.json"), js, 0o600)
+}
+
+func (p *Prober) runc(ctx context.Context, runc, bundle string, args ...string) error {
+	out, err := os.CreateTemp(bundle, "runc-output-")
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	cmd := exec.CommandContext(ctx, runc, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	run := p.Run
+	if run == nil {
+		run = (*exec.Cmd).Run
+	}
+	if err := run(cmd); err != nil {
+		msg, _ := os.ReadFile(out.Name())
+		return fmt.Errorf("runc %s: %w: %s", args[2], err, strings.TrimSpace(string(msg)))
+	}
+	return nil
+}
+
+// readFilters reads the seccomp filters of process pid, most recently
+// installed first. ptrace stops it for the reads; it goes on as before.
+func readFilters(pid int) ([][]byte, error) {
+	runtime.LockOSThread() // ptrace requests come from the tracing thread
+	defer runtime.UnlockOSThread()
+	if err := unix.PtraceSeize(pid); err != nil {
+		return nil, fmt.Errorf("ptrace seize: %w", err)
+	}
+	defer unix.PtraceDetach(pid)
+	if err := unix.PtraceInterrupt(pid); err != nil {
+		return nil, fmt.Errorf("ptrace interrupt: %w", err)
+	}
+	// Wait for the stop without wait(2): in a shim, the reaper may collect
+	// the notification first.
+	if err := waitTraced(pid, 5*time.Second); err != nil {
+		return nil, err
+	}
+	var filters [][]byte
+	for i := 0; ; i++ {
+		n, err := getFilter(pid, i, nil)
+		if errors.Is(err, unix.ENOENT) {
+			return filters, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", i, err)
+		}
+		if n <= 0 || n > 4096 {
+			return nil, fmt.Errorf("filter %d has %d instructions", i, n)
+		}
+		buf := make([]byte, n*8)
+		if _, err := getFilter(pid, i, buf); err != nil {
+			return nil, fmt.Errorf("PTRACE_SECCOMP_GET_FILTER %d: %w", i, err)
+		}
+		filters = append(filters, buf)
+	}
+}
+
+// getFilter asks for filter index of pid: its length in instructions, and
+// its instructions into buf if buf is not nil.
+func getFilter(pid, index int, buf []byte) (int, error) {
+	var data unsafe.Pointer
+	if buf != nil {
+		data = unsafe.Pointer(&buf[0])
+	}
+	r, _, errno := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_SECCOMP_GET_FILTER, uintptr(pid), uintptr(index), uintptr(data), 0, 0)
+	runtime.KeepAlive(buf)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
+}
+
+// waitTraced waits until process pid is in a ptrace stop.
+func waitTraced(pid int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return err
+		}
+		// The state follows the command name, which is in parentheses.
+		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && len(stat) > i+2 && stat[i+2] == 't' {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("process %d did not stop for ptrace", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

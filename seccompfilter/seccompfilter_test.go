@@ -1,0 +1,120 @@
+//go:build linux
+
+package seccompfilter
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/contrib/seccomp"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+func newProber(t *testing.T) *Prober {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: runc creates a container")
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("needs runc")
+	}
+	dir := t.TempDir()
+	return &Prober{Runc: "runc", Dir: filepath.Join(dir, "filters"), TmpDir: dir}
+}
+
+// retAction returns the action of each return instruction of filter.
+func retActions(filter []byte) map[uint32]bool {
+	acts := map[uint32]bool{}
+	for i := 0; i+8 <= len(filter); i += 8 {
+		code := binary.NativeEndian.Uint16(filter[i:])
+		if code == unix.BPF_RET|unix.BPF_K {
+			acts[binary.NativeEndian.Uint32(filter[i+4:])&unix.SECCOMP_RET_ACTION_FULL] = true
+		}
+	}
+	return acts
+}
+
+// The filter of containerd's default profile is derived once, kept, and
+// is the same from the kept copy; no probe container is left.
+func TestDefaultProfileFilter(t *testing.T) {
+	p := newProber(t)
+	ctx := context.Background()
+	profile := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	f, err := p.Filter(ctx, profile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !validFilter(f) {
+		t.Fatalf("not a filter: %d bytes", len(f))
+	}
+	acts := retActions(f)
+	if !acts[unix.SECCOMP_RET_ALLOW] || !acts[unix.SECCOMP_RET_ERRNO] {
+		t.Fatalf("the default profile's filter should allow and return errors: actions %v", acts)
+	}
+	kept, _ := filepath.Glob(filepath.Join(p.Dir, "*.bpf"))
+	if len(kept) != 1 {
+		t.Fatalf("kept filters: %v", kept)
+	}
+	// The kept copy is what Filter returns next: change it and see.
+	marked := append(bytes.Clone(f[:len(f)-8]), f[len(f)-8:]...)
+	marked[len(marked)-1] ^= 0xff
+	os.WriteFile(kept[0], marked, 0o600)
+	again, err := p.Filter(ctx, profile)
+	if err != nil || !bytes.Equal(again, marked) {
+		t.Fatalf("the second call should read the kept filter (err %v)", err)
+	}
+	os.Remove(kept[0])
+	fresh, err := p.Filter(ctx, profile)
+	if err != nil || !bytes.Equal(fresh, f) {
+		t.Fatalf("a second probe gave another filter (err %v): %d/%d insns, %x/%x marked %x", err, len(fresh)/8, len(f)/8, sha256.Sum256(fresh), sha256.Sum256(f), sha256.Sum256(marked))
+	}
+	ents, _ := os.ReadDir(p.TmpDir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "seccomp-probe-") {
+			t.Errorf("probe bundle left: %s", e.Name())
+		}
+	}
+}
+
+// Another profile gives another filter.
+func TestProfilesDiffer(t *testing.T) {
+	p := newProber(t)
+	ctx := context.Background()
+	def := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	// The default profile without mkdir and mkdirat. (A profile runc's
+	// init cannot finish under, such as one of a few calls, makes the init
+	// exit before its filter can be read.)
+	strict := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	for i, s := range strict.Syscalls {
+		strict.Syscalls[i].Names = slices.DeleteFunc(slices.Clone(s.Names), func(n string) bool { return n == "mkdir" || n == "mkdirat" })
+	}
+	a, err := p.Filter(ctx, def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.Filter(ctx, strict)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(a, b) || len(b) >= len(a) {
+		t.Fatalf("the default profile without mkdir gave %d instructions, the default %d", len(b)/8, len(a)/8)
+	}
+}
+
+func TestNotifyRefused(t *testing.T) {
+	p := &Prober{Runc: "runc"}
+	_, err := p.Filter(context.Background(), &specs.LinuxSeccomp{DefaultAction: specs.ActAllow, ListenerPath: "/run/agent.sock",
+		Syscalls: []specs.LinuxSyscall{{Names: []string{"mount"}, Action: specs.ActNotify}}})
+	if err == nil || !strings.Contains(err.Error(), "SCMP_ACT_NOTIFY") {
+		t.Fatalf("notify profile: %v", err)
+	}
+}

@@ -5,7 +5,8 @@
 // cgroups it joins, and the whole mount tree. Before
 // runc restores, confine narrows each task's capability sets to the spec's,
 // and refuses a checkpoint whose tasks ran as root for a non-root spec, ran
-// without seccomp for a spec that requires it, would stay in a host
+// without the seccomp filter runc installs for the spec's profile, would
+// stay in a host
 // namespace the spec replaces or in a cgroup outside the container's, or
 // whose mount tree holds a mount the spec does not grant or lacks a masked
 // or read-only path the spec sets.
@@ -110,11 +111,14 @@ func setWords(w []uint32, v uint64) []uint32 {
 // capabilities, rlimits or oom_score_adj must be narrowed, it writes a
 // per-container image directory into workDir (which must exist, on the
 // same filesystem as imagesDir for the hard links) and returns it.
-func Apply(imagesDir, workDir string, spec *specs.Spec) (*Result, error) {
+// seccompFilter is the filter runc installs on this node for the spec's
+// seccomp profile (package seccompfilter); nil if the spec has none.
+func Apply(imagesDir, workDir string, spec *specs.Spec, seccompFilter []byte) (*Result, error) {
 	host, err := readHostState()
 	if err != nil {
 		return nil, err
 	}
+	host.seccompFilter = seccompFilter
 	return apply(imagesDir, workDir, spec, host, hostHas)
 }
 
@@ -134,7 +138,6 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	// Without CAP_SETUID or CAP_SETGID, a cold-started process keeps the
 	// spec's ids.
 	anyUID, anyGID := m.bnd&(1<<unix.CAP_SETUID) != 0, m.bnd&(1<<unix.CAP_SETGID) != 0
-	seccompRequired := spec.Linux != nil && spec.Linux.Seccomp != nil
 
 	ents, err := os.ReadDir(imagesDir)
 	if err != nil {
@@ -168,6 +171,10 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	if err := checkCgroups(imagesDir, names, spec); err != nil {
 		return nil, err
 	}
+	sc, err := newSeccompChecker(imagesDir, names, spec, host.seccompFilter)
+	if err != nil {
+		return nil, err
+	}
 	res := &Result{ImagesDir: imagesDir}
 	rewritten := map[string]*crit.CriuImage{}
 	for _, path := range cores {
@@ -178,8 +185,10 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		res.Tasks++
 		name := filepath.Base(path)
 		tc := core.GetThreadCore()
-		if seccompRequired && tc.GetSeccompMode() == criucore.SeccompMode_disabled {
-			return nil, fmt.Errorf("%w: %s ran without seccomp, the spec requires a seccomp profile", ErrRefused, name)
+		if sc != nil {
+			if err := sc.check(core, name); err != nil {
+				return nil, err
+			}
 		}
 		cr := tc.GetCreds()
 		if cr == nil {
@@ -300,7 +309,7 @@ func decodeImage(path string, msg proto.Message) (*crit.CriuImage, error) {
 // magics are the image magics of the entry types confine decodes.
 var magics = map[protoreflect.FullName]string{
 	"core_entry": "CORE", "inventory_entry": "INVENTORY", "task_kobj_ids_entry": "IDS", "mnt_entry": "MNTS",
-	"cgroup_entry": "CGROUP", "userns_entry": "USERNS", "pstree_entry": "PSTREE",
+	"cgroup_entry": "CGROUP", "userns_entry": "USERNS", "pstree_entry": "PSTREE", "seccomp_entry": "SECCOMP",
 }
 
 // checkFraming reads f's magic and entry headers, and leaves f at its

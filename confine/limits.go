@@ -116,6 +116,9 @@ func (l processLimits) fitLSM(cr *creds.CredsEntry) bool {
 type hostState struct {
 	oomScoreAdj       int32 // the shim's own, which runc passes on
 	apparmor, selinux bool  // enforced by this host's kernel
+	// seccompFilter is the filter runc installs on this node for the
+	// spec's seccomp profile, if it has one.
+	seccompFilter []byte
 }
 
 func readHostState() (hostState, error) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"time"
@@ -58,6 +59,9 @@ type Request struct {
 	ContainerID string
 	Bundle      string
 	Rootfs      []*types.Mount
+	// Runc is the runc binary the runc task service runs ("" for runc in
+	// PATH).
+	Runc string
 }
 
 // Plan is a prepared restore: what to hand to runc's restore path.
@@ -177,6 +181,12 @@ type Restorer struct {
 	NewSource func(ref registry.Reference) (Source, error)
 	// DetectNode describes this node; it is called once.
 	DetectNode func() (*compat.Node, error)
+	// SeccompFilter returns the filter runc (the binary runc) installs on
+	// this node for a seccomp profile.
+	SeccompFilter func(ctx context.Context, profile *specs.LinuxSeccomp, runc string) ([]byte, error)
+	// RunCommand runs a command to its end; in a shim, through containerd's
+	// reaper.
+	RunCommand func(*exec.Cmd) error
 
 	nodeOnce sync.Once
 	node     *compat.Node
@@ -198,6 +208,8 @@ func New(cfg *nodeconfig.Config, cfgErr error) *Restorer {
 		})
 	}
 	r.DetectNode = func() (*compat.Node, error) { return compat.Detect(compat.CRIUVersionRPC("")) }
+	r.SeccompFilter = r.seccompFilter
+	r.RunCommand = runCommand
 	return r
 }
 
@@ -235,6 +247,7 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	if err != nil {
 		return nil, fmt.Errorf("annotation %s: %w", AnnotationCRIUOptions, err)
 	}
+	seccompFilter := r.startSeccompFilter(ctx, spec, req.Runc)
 	f, err := r.fetch(ctx, refStr, true)
 	if err != nil {
 		return nil, err
@@ -261,7 +274,11 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 		plan.ImagesDir = linked
 	}
 	// The caller's spec wins: CRIU would restore the donor's credentials.
-	confined, err := confine.Apply(plan.ImagesDir, scratch, spec)
+	filter, err := seccompFilter()
+	if err != nil {
+		return nil, err
+	}
+	confined, err := confine.Apply(plan.ImagesDir, scratch, spec, filter)
 	if err != nil {
 		return nil, err
 	}

@@ -89,6 +89,7 @@ func restorers(ctx context.Context) func(string) preparer {
 		r := restore.New(cfg, err)
 		r.ConfigPath = path
 		r.DetectNode = describeNode
+		r.RunCommand = runThroughReaper
 		loaded[path] = r
 		return r
 	}

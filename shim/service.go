@@ -113,7 +113,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	}
 	began := time.Now()
 	restorer := s.restorerFor(configPath)
-	plan, err := restorer.Prepare(ctx, restore.Request{ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs})
+	plan, err := restorer.Prepare(ctx, restore.Request{ContainerID: r.ID, Bundle: r.Bundle, Rootfs: r.Rootfs, Runc: runcBinary(r)})
 	if errors.Is(err, restore.ErrNotRequested) {
 		return s.coldCreate(ctx, r)
 	}

@@ -162,6 +162,14 @@ func testCRIRestore(t *testing.T, e *criEnv) {
 			}
 		}
 	}
+	// It runs the seccomp filter of the pod's RuntimeDefault profile, as a
+	// cold start would (CRIU restores the donor's, which confine compared
+	// with the one runc installs for the profile).
+	if pid := e.containerPID(t, clone); pid > 0 {
+		if got := statusField(t, pid, "Seccomp"); got != "2" {
+			t.Errorf("Seccomp of the restored container: %q, want 2 (filter)", got)
+		}
+	}
 	if got := strings.TrimSpace(e.crictl(t, "exec", clone, "hostname")); got != "clone" {
 		t.Errorf("hostname in the restored container: %q, want the new pod's (clone); CRIU writes the donor's host name into the pod's UTS namespace it joins, the shim must put it back", got)
 	}
@@ -850,7 +858,10 @@ func (e *criEnv) startContainerConfig(t *testing.T, pod, podConfig, name string,
 		"annotations": annotations,
 		"log_path":    name + ".log",
 		"linux": map[string]any{
-			"security_context": map[string]any{"namespace_options": map[string]any{"pid": 1}},
+			// The kubelet's RuntimeDefault seccomp profile (profile_type 0):
+			// containerd's default profile, in the spec of donors and clones.
+			"security_context": map[string]any{"namespace_options": map[string]any{"pid": 1},
+				"seccomp": map[string]any{"profile_type": 0}},
 		},
 	}
 	if change != nil {

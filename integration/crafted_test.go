@@ -111,13 +111,7 @@ func TestCraftedCheckpointsColdStart(t *testing.T) {
 			ck := packAndPush(t, donor, registryAddr+"/it/crafted:"+c.tag, packOptions{tamper: c.tamper})
 			offset := containerdLogOffset()
 			id, logFile := startCounterClone(t, ck.Ref)
-			line := logLine(t, offset, "snapboot.fallback", id, 60*time.Second)
-			if !strings.Contains(line, c.reason) || !strings.Contains(line, "reason_kind=spec") {
-				t.Errorf("fallback reason should say %q, kind spec:\n%s", c.reason, line)
-			}
-			if ns := waitCount(t, logFile, 3); ns[0] != 1 {
-				t.Fatalf("cold start should count from 1, counted from %d", ns[0])
-			}
+			expectSpecFallback(t, offset, id, logFile, c.reason)
 		})
 	}
 }

@@ -134,8 +134,9 @@ func startCounterClone(t *testing.T, ref string) (id, logFile string) {
 	return startScriptClone(t, ref, counterScript)
 }
 
-// startScriptClone is startCounterClone with another shell script.
-func startScriptClone(t *testing.T, ref, script string) (id, logFile string) {
+// startScriptClone is startCounterClone with another shell script, and
+// extra ctr run flags.
+func startScriptClone(t *testing.T, ref, script string, flags ...string) (id, logFile string) {
 	t.Helper()
 	id = uniqueID(t)
 	ann := map[string]string{}
@@ -143,8 +144,21 @@ func startScriptClone(t *testing.T, ref, script string) (id, logFile string) {
 		ann["snapboot.dev/checkpoint"] = ref
 	}
 	logFile = runDetachedOpts(t, id, runOptions{Runtime: snapbootRuntime, Annotations: ann,
-		Flags: []string{"--with-ns", "network:" + newNetns(t), "--hostname", "host-" + id[len(id)-6:]}}, "/bin/sh", "-c", script)
+		Flags: append([]string{"--with-ns", "network:" + newNetns(t), "--hostname", "host-" + id[len(id)-6:]}, flags...)}, "/bin/sh", "-c", script)
 	return id, logFile
+}
+
+// expectSpecFallback waits for clone's cold start after a refusal of kind
+// spec whose reason says reason.
+func expectSpecFallback(t *testing.T, offset int64, clone, cloneLog, reason string) {
+	t.Helper()
+	line := logLine(t, offset, "snapboot.fallback", clone, 60*time.Second)
+	if !strings.Contains(line, reason) || !strings.Contains(line, "reason_kind=spec") {
+		t.Errorf("fallback reason should say %q, kind spec:\n%s", reason, line)
+	}
+	if ns := waitCount(t, cloneLog, 3); ns[0] != 1 {
+		t.Fatalf("cold start should count from 1, counted from %d", ns[0])
+	}
 }
 
 func startCounterDonor(t *testing.T) (id, logFile string) {

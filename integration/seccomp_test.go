@@ -4,7 +4,6 @@ package integration
 
 import (
 	"encoding/binary"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,14 +17,7 @@ import (
 // (--seccomp), restored from ref if it is not "".
 func startSeccompCounter(t *testing.T, ref string) (id, logFile string) {
 	t.Helper()
-	id = uniqueID(t)
-	ann := map[string]string{}
-	if ref != "" {
-		ann["snapboot.dev/checkpoint"] = ref
-	}
-	logFile = runDetachedOpts(t, id, runOptions{Runtime: snapbootRuntime, Annotations: ann,
-		Flags: []string{"--with-ns", "network:" + newNetns(t), "--seccomp"}}, "/bin/sh", "-c", counterScript)
-	return id, logFile
+	return startScriptClone(t, ref, counterScript, "--seccomp")
 }
 
 // allowAll is a seccomp filter of one instruction: return ALLOW.
@@ -96,13 +88,7 @@ func TestSeccompFilter(t *testing.T) {
 			ck := packAndPush(t, donor, registryAddr+"/it/seccomp:"+c.tag, packOptions{tamper: c.tamper})
 			offset := containerdLogOffset()
 			clone, cloneLog := startSeccompCounter(t, ck.Ref)
-			line := logLine(t, offset, "snapboot.fallback", clone, 60*time.Second)
-			if !strings.Contains(line, c.reason) || !strings.Contains(line, "reason_kind=spec") {
-				t.Errorf("fallback reason should say %q, kind spec:\n%s", c.reason, line)
-			}
-			if ns := waitCount(t, cloneLog, 3); ns[0] != 1 {
-				t.Fatalf("cold start should count from 1, counted from %d", ns[0])
-			}
+			expectSpecFallback(t, offset, clone, cloneLog, c.reason)
 		})
 	}
 }

@@ -171,8 +171,7 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	if err := checkCgroups(imagesDir, names, spec); err != nil {
 		return nil, err
 	}
-	sc, err := newSeccompChecker(imagesDir, names, spec, host.seccompFilter)
-	if err != nil {
+	if err := checkSeccomp(imagesDir, names, spec, host.seccompFilter); err != nil {
 		return nil, err
 	}
 	res := &Result{ImagesDir: imagesDir}
@@ -185,11 +184,6 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		res.Tasks++
 		name := filepath.Base(path)
 		tc := core.GetThreadCore()
-		if sc != nil {
-			if err := sc.check(core, name); err != nil {
-				return nil, err
-			}
-		}
 		cr := tc.GetCreds()
 		if cr == nil {
 			return nil, fmt.Errorf("%w: %s has no credentials; CRIU would take them from elsewhere, unchecked", ErrRefused, name)

@@ -141,6 +141,7 @@ func TestFittingCheckpointIsUsedAsIs(t *testing.T) {
 	imgs := writeImages(t, task{caps: 1 << capChown, seccomp: criucore.SeccompMode_filter})
 	ref := runcFilter(t)
 	writeSeccomp(t, imgs, &seccomp.SeccompFilter{Filter: withPrefix(ref, otherStubs[0])})
+	writePstree(t, imgs, 1)
 	res, err := Apply(imgs, t.TempDir(), spec(0, []string{"CAP_CHOWN", "CAP_KILL"}, true), ref)
 	if err != nil || res.ImagesDir != imgs || res.Narrowed != 0 {
 		t.Fatalf("%+v %v", res, err)

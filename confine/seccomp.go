@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -39,8 +40,8 @@ const (
 )
 
 // effectiveSeccomp is the seccomp mode and filter CRIU restores for a
-// thread: a task core's old per-task fields replace the thread core's
-// (cr-restore.c, check_core).
+// task's leader thread: the task core's old per-task fields replace the
+// thread core's (cr-restore.c, check_core, which runs on leaders only).
 func effectiveSeccomp(core *criucore.CoreEntry) (criucore.SeccompMode, uint32) {
 	tc := core.GetThreadCore()
 	mode, filter := tc.GetSeccompMode(), tc.GetSeccompFilter()
@@ -55,7 +56,50 @@ func effectiveSeccomp(core *criucore.CoreEntry) (criucore.SeccompMode, uint32) {
 	return mode, filter
 }
 
-// seccompChecker checks each thread's filters against the spec's.
+// checkSeccomp checks, for a spec with a seccomp profile, every thread of
+// every task in pstree.img against ref, the filter runc installs for the
+// profile.
+//
+// CRIU's restorer installs each thread's chain itself, the threads at the
+// same time, and takes only a negative return as a failure. A filter with
+// SECCOMP_FILTER_FLAG_TSYNC that cannot be synced to another thread (one
+// with filters of its own) is not installed, and the kernel returns a
+// positive thread id: the thread would run on without it. So TSYNC is
+// allowed only as CRIU writes it when all of a task's threads share one
+// chain (try_use_tsync): on every filter of the leader's chain, with every
+// other thread's seccomp off, to get the leader's filters by the sync.
+// Otherwise no filter may have it, and each thread's own chain must hold
+// ref.
+func checkSeccomp(imagesDir string, names []string, spec *specs.Spec, ref []byte) error {
+	if spec.Linux == nil || spec.Linux.Seccomp == nil {
+		return nil
+	}
+	if len(ref) == 0 {
+		return fmt.Errorf("%w: the spec requires a seccomp profile, and the filter runc installs for it is unknown", ErrRefused)
+	}
+	c := &seccompChecker{ref: ref, same: map[uint32]bool{},
+		specAllow: slices.Contains(spec.Linux.Seccomp.Flags, specs.LinuxSeccompFlagSpecAllow)}
+	if slices.Contains(names, "seccomp.img") {
+		img, err := decodeOne(filepath.Join(imagesDir, "seccomp.img"), &seccomp.SeccompEntry{})
+		if err != nil {
+			return err
+		}
+		c.filters = img.Entries[0].Message.(*seccomp.SeccompEntry).GetSeccompFilters()
+	}
+	tree, err := decodeImage(filepath.Join(imagesDir, "pstree.img"), &pstree.PstreeEntry{})
+	if err != nil {
+		return err
+	}
+	for _, e := range tree.Entries {
+		task := e.Message.(*pstree.PstreeEntry)
+		if err := c.checkTask(imagesDir, task); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// seccompChecker checks threads' filters against the spec's.
 type seccompChecker struct {
 	ref       []byte // runc's filter for the spec
 	specAllow bool   // the spec sets SECCOMP_FILTER_FLAG_SPEC_ALLOW
@@ -63,28 +107,93 @@ type seccompChecker struct {
 	same      map[uint32]bool // filter index -> equivalent to ref
 }
 
-func newSeccompChecker(imagesDir string, names []string, spec *specs.Spec, ref []byte) (*seccompChecker, error) {
-	if spec.Linux == nil || spec.Linux.Seccomp == nil {
-		return nil, nil
+func (c *seccompChecker) checkTask(imagesDir string, task *pstree.PstreeEntry) error {
+	pid := task.GetPid()
+	leaderName := fmt.Sprintf("core-%d.img", pid)
+	_, leader, err := decodeCore(filepath.Join(imagesDir, leaderName))
+	if err != nil {
+		return err
 	}
-	if len(ref) == 0 {
-		return nil, fmt.Errorf("%w: the spec requires a seccomp profile, and the filter runc installs for it is unknown", ErrRefused)
+	mode, top := effectiveSeccomp(leader)
+	chain, err := c.chain(mode, top, leaderName)
+	if err != nil {
+		return err
 	}
-	c := &seccompChecker{ref: ref, same: map[uint32]bool{},
-		specAllow: slices.Contains(spec.Linux.Seccomp.Flags, specs.LinuxSeccompFlagSpecAllow)}
-	if slices.Contains(names, "seccomp.img") {
-		img, err := decodeOne(filepath.Join(imagesDir, "seccomp.img"), &seccomp.SeccompEntry{})
-		if err != nil {
-			return nil, err
+	type thread struct {
+		name string
+		mode criucore.SeccompMode
+		top  uint32
+	}
+	var others []thread
+	othersOff := true
+	for _, tid := range task.GetThreads() {
+		if tid == pid {
+			continue
 		}
-		c.filters = img.Entries[0].Message.(*seccomp.SeccompEntry).GetSeccompFilters()
+		name := fmt.Sprintf("core-%d.img", tid)
+		_, core, err := decodeCore(filepath.Join(imagesDir, name))
+		if err != nil {
+			return err
+		}
+		if core.GetTc() != nil {
+			// CRIU refuses a thread with task fields; its old seccomp
+			// fields would apply to no thread.
+			return fmt.Errorf("%w: %s, a thread, has task fields", ErrRefused, name)
+		}
+		tc := core.GetThreadCore()
+		others = append(others, thread{name, tc.GetSeccompMode(), tc.GetSeccompFilter()})
+		othersOff = othersOff && tc.GetSeccompMode() == criucore.SeccompMode_disabled
 	}
-	return c, nil
+	if len(others) == 0 {
+		// No thread to sync: TSYNC cannot fail.
+		return c.checkChainOf(mode, top, leaderName, true)
+	}
+	if othersOff {
+		// CRIU's shared chain: the leader's installs sync the others,
+		// which then run the leader's filters, if every one syncs.
+		for _, i := range chain {
+			if c.filters[i].GetFlags()&flagTSYNC == 0 {
+				return fmt.Errorf("%w: %s ran without seccomp (the leader's filter %d would not be synced to it), the spec requires a seccomp profile", ErrRefused, others[0].name, i)
+			}
+		}
+		if len(chain) == 0 {
+			return fmt.Errorf("%w: %s ran without seccomp, the spec requires a seccomp profile", ErrRefused, others[0].name)
+		}
+		return c.checkChainOf(mode, top, leaderName, true)
+	}
+	if err := c.checkChainOf(mode, top, leaderName, false); err != nil {
+		return err
+	}
+	for _, t := range others {
+		if err := c.checkChainOf(t.mode, t.top, t.name, false); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// check checks one thread's core.
-func (c *seccompChecker) check(core *criucore.CoreEntry, name string) error {
-	mode, top := effectiveSeccomp(core)
+// chain returns the filter indexes a thread installs, top first.
+func (c *seccompChecker) chain(mode criucore.SeccompMode, top uint32, name string) ([]uint32, error) {
+	if mode != criucore.SeccompMode_filter {
+		return nil, nil
+	}
+	var out []uint32
+	seen := map[uint32]bool{}
+	for i, more := top, true; more; {
+		if int(i) >= len(c.filters) || seen[i] {
+			return nil, fmt.Errorf("%w: %s: seccomp filter %d is not in seccomp.img, or its chain loops", ErrRefused, name, i)
+		}
+		seen[i] = true
+		out = append(out, i)
+		f := c.filters[i]
+		i, more = f.GetPrev(), f.Prev != nil
+	}
+	return out, nil
+}
+
+// checkChainOf checks one thread's chain: its mode, its flags (TSYNC only
+// where tsyncOK), and that it holds ref.
+func (c *seccompChecker) checkChainOf(mode criucore.SeccompMode, top uint32, name string, tsyncOK bool) error {
 	switch mode {
 	case criucore.SeccompMode_strict:
 		return nil // read, write, exit and sigreturn only: stricter than any profile
@@ -92,25 +201,29 @@ func (c *seccompChecker) check(core *criucore.CoreEntry, name string) error {
 	default:
 		return fmt.Errorf("%w: %s ran without seccomp, the spec requires a seccomp profile", ErrRefused, name)
 	}
+	chain, err := c.chain(mode, top, name)
+	if err != nil {
+		return err
+	}
+	allowed := uint32(flagLog | flagTSYNCESRCH)
+	if tsyncOK {
+		allowed |= flagTSYNC
+	}
+	if c.specAllow {
+		allowed |= flagSpecAllow
+	}
 	found := false
-	seen := map[uint32]bool{}
-	for i, more := top, true; more; {
-		if int(i) >= len(c.filters) || seen[i] {
-			return fmt.Errorf("%w: %s: seccomp filter %d is not in seccomp.img, or its chain loops", ErrRefused, name, i)
-		}
-		seen[i] = true
+	for _, i := range chain {
 		f := c.filters[i]
-		if extra := f.GetFlags() &^ (flagTSYNC | flagLog | flagTSYNCESRCH | flagSpecAllow); extra != 0 || (f.GetFlags()&flagSpecAllow != 0 && !c.specAllow) {
-			return fmt.Errorf("%w: %s: seccomp filter %d has flags %#x the spec does not set", ErrRefused, name, i, f.GetFlags())
+		if f.GetFlags()&^allowed != 0 {
+			return fmt.Errorf("%w: %s: seccomp filter %d has flags %#x that the spec does not set, or that could leave a thread without it", ErrRefused, name, i, f.GetFlags())
 		}
-		if same, ok := c.same[i]; ok {
-			found = found || same
-		} else {
-			same := sameFilter(f.GetFilter(), c.ref) == nil
+		same, ok := c.same[i]
+		if !ok {
+			same = sameFilter(f.GetFilter(), c.ref) == nil
 			c.same[i] = same
-			found = found || same
 		}
-		i, more = f.GetPrev(), f.Prev != nil
+		found = found || same
 	}
 	if !found {
 		err := sameFilter(c.filters[top].GetFilter(), c.ref)

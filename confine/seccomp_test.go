@@ -10,6 +10,7 @@ import (
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
@@ -123,6 +124,103 @@ func writeSeccomp(t *testing.T, dir string, filters ...*seccomp.SeccompFilter) {
 	}
 }
 
+// writePstree writes pstree.img with one task, pid 1, of threads (pid 1
+// among them).
+func writePstree(t *testing.T, dir string, threads ...uint32) {
+	t.Helper()
+	f, err := os.Create(filepath.Join(dir, "pstree.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	e := &pstree.PstreeEntry{Pid: proto.Uint32(1), Ppid: proto.Uint32(0), Pgid: proto.Uint32(1), Sid: proto.Uint32(1), Threads: threads}
+	if err := crit.New(nil, f, "", false, false).Encode(&crit.CriuImage{Magic: "PSTREE", Entries: []*crit.CriuEntry{{Message: e}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// setSeccomp points a core image's thread core at a mode and filter.
+func setSeccomp(t *testing.T, path string, mode criucore.SeccompMode, top uint32) {
+	t.Helper()
+	img, core, err := decodeCore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core.ThreadCore.SeccompMode = mode.Enum()
+	core.ThreadCore.SeccompFilter = proto.Uint32(top)
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := crit.New(nil, f, "", false, false).Encode(img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Threads: CRIU's own layout for threads that share a chain (the leader's
+// filters with TSYNC, the others' seccomp off) passes; TSYNC anywhere else
+// could leave a thread without runc's filter, and is refused.
+func TestSeccompThreads(t *testing.T) {
+	ref := runcFilter(t)
+	allowAll := make([]byte, 8)
+	binary.NativeEndian.PutUint16(allowAll, 0x06)
+	binary.NativeEndian.PutUint32(allowAll[4:], 0x7fff0000)
+	big := make([]byte, 0, 4096*8)
+	for range 4096 {
+		big = append(big, allowAll...)
+	}
+	tsync := proto.Uint32(flagTSYNC)
+	type thread struct {
+		mode criucore.SeccompMode
+		top  uint32
+	}
+	cases := map[string]struct {
+		leader, other thread
+		filters       []*seccomp.SeccompFilter
+		refused       string
+	}{
+		"shared chain, synced": {thread{criucore.SeccompMode_filter, 0}, thread{criucore.SeccompMode_disabled, 0},
+			[]*seccomp.SeccompFilter{{Filter: ref, Flags: tsync}}, ""},
+		"shared chain, not synced": {thread{criucore.SeccompMode_filter, 0}, thread{criucore.SeccompMode_disabled, 0},
+			[]*seccomp.SeccompFilter{{Filter: ref}}, "without seccomp"},
+		"own chains": {thread{criucore.SeccompMode_filter, 0}, thread{criucore.SeccompMode_filter, 1},
+			[]*seccomp.SeccompFilter{{Filter: ref}, {Filter: withPrefix(ref, otherStubs[0])}}, ""},
+		"thread without runc's filter": {thread{criucore.SeccompMode_filter, 0}, thread{criucore.SeccompMode_filter, 1},
+			[]*seccomp.SeccompFilter{{Filter: ref}, {Filter: allowAll}}, "core-2.img does not run"},
+		// The leader's TSYNC install of runc's filter fails (the other
+		// thread has filters of its own) with a positive return, which
+		// CRIU takes for success: the leader would run allow-all only.
+		"TSYNC beside a thread's own filters": {thread{criucore.SeccompMode_filter, 1}, thread{criucore.SeccompMode_filter, 3},
+			[]*seccomp.SeccompFilter{{Filter: ref, Flags: tsync}, {Filter: big, Prev: proto.Uint32(0)}, {Filter: ref}, {Filter: allowAll, Prev: proto.Uint32(2)}}, "flags"},
+	}
+	for name, c := range cases {
+		imgs := writeImages(t, task{seccomp: c.leader.mode, tc: leader(0)}, task{seccomp: c.other.mode})
+		setSeccomp(t, filepath.Join(imgs, "core-1.img"), c.leader.mode, c.leader.top)
+		setSeccomp(t, filepath.Join(imgs, "core-2.img"), c.other.mode, c.other.top)
+		writePstree(t, imgs, 1, 2)
+		writeSeccomp(t, imgs, c.filters...)
+		host := plainHost
+		host.seccompFilter = ref
+		_, err := apply(imgs, t.TempDir(), spec(0, nil, true), host, onHost)
+		switch {
+		case c.refused == "" && err != nil:
+			t.Errorf("%s: %v", name, err)
+		case c.refused != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.refused)):
+			t.Errorf("%s: got %v, want a refusal saying %q", name, err, c.refused)
+		}
+	}
+	// A thread's core with task fields: CRIU refuses it, so do we.
+	imgs := writeImages(t, task{seccomp: criucore.SeccompMode_filter, tc: leader(0)}, task{seccomp: criucore.SeccompMode_filter, tc: leader(0)})
+	writePstree(t, imgs, 1, 2)
+	writeSeccomp(t, imgs, &seccomp.SeccompFilter{Filter: ref})
+	host := plainHost
+	host.seccompFilter = ref
+	if _, err := apply(imgs, t.TempDir(), spec(0, nil, true), host, onHost); err == nil || !strings.Contains(err.Error(), "task fields") {
+		t.Errorf("thread with task fields: %v", err)
+	}
+}
+
 func TestSeccompChecks(t *testing.T) {
 	ref := runcFilter(t)
 	variant := withPrefix(ref, otherStubs[1])
@@ -184,6 +282,7 @@ func TestSeccompChecks(t *testing.T) {
 		if c.filters != nil {
 			writeSeccomp(t, imgs, c.filters...)
 		}
+		writePstree(t, imgs, 1)
 		sp := s
 		if c.specAll {
 			sp = spec(0, nil, true)
@@ -203,6 +302,7 @@ func TestSeccompChecks(t *testing.T) {
 	// nothing.
 	imgs := writeImages(t, task{seccomp: criucore.SeccompMode_filter})
 	writeSeccomp(t, imgs, &seccomp.SeccompFilter{Filter: ref})
+	writePstree(t, imgs, 1)
 	if _, err := apply(imgs, t.TempDir(), s, plainHost, onHost); !errors.Is(err, ErrRefused) {
 		t.Errorf("no reference filter: %v", err)
 	}

@@ -171,18 +171,24 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	if err := checkCgroups(imagesDir, names, spec); err != nil {
 		return nil, err
 	}
-	if err := checkSeccomp(imagesDir, names, spec, host.seccompFilter); err != nil {
-		return nil, err
-	}
-	res := &Result{ImagesDir: imagesDir}
-	rewritten := map[string]*crit.CriuImage{}
-	for _, path := range cores {
+	images := make([]*crit.CriuImage, len(cores))
+	decoded := map[string]*criucore.CoreEntry{}
+	for i, path := range cores {
 		img, core, err := decodeCore(path)
 		if err != nil {
 			return nil, err
 		}
+		images[i], decoded[filepath.Base(path)] = img, core
+	}
+	if err := checkSeccomp(imagesDir, names, spec, host.seccompFilter, decoded); err != nil {
+		return nil, err
+	}
+	res := &Result{ImagesDir: imagesDir}
+	rewritten := map[string]*crit.CriuImage{}
+	for i, path := range cores {
+		img, name := images[i], filepath.Base(path)
+		core := decoded[name]
 		res.Tasks++
-		name := filepath.Base(path)
 		tc := core.GetThreadCore()
 		cr := tc.GetCreds()
 		if cr == nil {

@@ -70,7 +70,8 @@ func effectiveSeccomp(core *criucore.CoreEntry) (criucore.SeccompMode, uint32) {
 // other thread's seccomp off, to get the leader's filters by the sync.
 // Otherwise no filter may have it, and each thread's own chain must hold
 // ref.
-func checkSeccomp(imagesDir string, names []string, spec *specs.Spec, ref []byte) error {
+// cores are the checkpoint's core images, decoded, by file name.
+func checkSeccomp(imagesDir string, names []string, spec *specs.Spec, ref []byte, cores map[string]*criucore.CoreEntry) error {
 	if spec.Linux == nil || spec.Linux.Seccomp == nil {
 		return nil
 	}
@@ -92,7 +93,7 @@ func checkSeccomp(imagesDir string, names []string, spec *specs.Spec, ref []byte
 	}
 	for _, e := range tree.Entries {
 		task := e.Message.(*pstree.PstreeEntry)
-		if err := c.checkTask(imagesDir, task); err != nil {
+		if err := c.checkTask(task, cores); err != nil {
 			return err
 		}
 	}
@@ -107,12 +108,12 @@ type seccompChecker struct {
 	same      map[uint32]bool // filter index -> equivalent to ref
 }
 
-func (c *seccompChecker) checkTask(imagesDir string, task *pstree.PstreeEntry) error {
+func (c *seccompChecker) checkTask(task *pstree.PstreeEntry, cores map[string]*criucore.CoreEntry) error {
 	pid := task.GetPid()
 	leaderName := fmt.Sprintf("core-%d.img", pid)
-	_, leader, err := decodeCore(filepath.Join(imagesDir, leaderName))
-	if err != nil {
-		return err
+	leader := cores[leaderName]
+	if leader == nil {
+		return fmt.Errorf("%w: pstree.img names a task without a core image (%s)", ErrRefused, leaderName)
 	}
 	mode, top := effectiveSeccomp(leader)
 	chain, err := c.chain(mode, top, leaderName)
@@ -131,9 +132,9 @@ func (c *seccompChecker) checkTask(imagesDir string, task *pstree.PstreeEntry) e
 			continue
 		}
 		name := fmt.Sprintf("core-%d.img", tid)
-		_, core, err := decodeCore(filepath.Join(imagesDir, name))
-		if err != nil {
-			return err
+		core := cores[name]
+		if core == nil {
+			return fmt.Errorf("%w: pstree.img names a thread without a core image (%s)", ErrRefused, name)
 		}
 		if core.GetTc() != nil {
 			// CRIU refuses a thread with task fields; its old seccomp

@@ -185,7 +185,7 @@ type Restorer struct {
 	// this node for a seccomp profile.
 	SeccompFilter func(ctx context.Context, profile *specs.LinuxSeccomp, runc string) ([]byte, error)
 	// RunCommand runs a command to its end; in a shim, through containerd's
-	// reaper.
+	// reaper. nil: exec.Cmd.Run.
 	RunCommand func(*exec.Cmd) error
 
 	nodeOnce sync.Once
@@ -209,7 +209,6 @@ func New(cfg *nodeconfig.Config, cfgErr error) *Restorer {
 	}
 	r.DetectNode = func() (*compat.Node, error) { return compat.Detect(compat.CRIUVersionRPC("")) }
 	r.SeccompFilter = r.seccompFilter
-	r.RunCommand = runCommand
 	return r
 }
 

@@ -5,7 +5,6 @@ package restore
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"path/filepath"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -50,6 +49,3 @@ func (r *Restorer) startSeccompFilter(ctx context.Context, spec *specs.Spec, run
 		return filter, nil
 	}
 }
-
-// runCommand runs cmd to its end.
-func runCommand(cmd *exec.Cmd) error { return cmd.Run() }

@@ -26,6 +26,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/containerd/continuity"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
@@ -68,7 +69,10 @@ func (p *Prober) Filter(ctx context.Context, profile *specs.LinuxSeccomp) ([]byt
 	if err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(kept, f); err != nil {
+	if err := os.MkdirAll(p.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := continuity.AtomicWriteFile(kept, f, 0o600); err != nil {
 		return nil, fmt.Errorf("keep the seccomp filter: %w", err)
 	}
 	return f, nil
@@ -107,25 +111,6 @@ func cacheKey(runc string, profile *specs.LinuxSeccomp) (string, error) {
 // least one, no more than the kernel takes (BPF_MAXINSNS).
 func validFilter(f []byte) bool {
 	return len(f) > 0 && len(f)%8 == 0 && len(f)/8 <= 4096
-}
-
-func writeAtomic(path string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // probe creates the container, reads its init's filter and deletes it.

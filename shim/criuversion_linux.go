@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"os/exec"
 
-	"github.com/containerd/containerd/v2/pkg/sys/reaper"
-
 	"github.com/snapboot/snapboot/compat"
 )
 
@@ -21,16 +19,8 @@ func criuVersion() (int, error) {
 	cmd := exec.Command("criu", "--version")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	ec, err := reaper.Default.Start(cmd)
-	if err != nil {
-		return 0, fmt.Errorf("start criu --version: %w", err)
-	}
-	status, err := reaper.Default.Wait(cmd, ec)
-	if err != nil {
-		return 0, fmt.Errorf("criu --version: %w", err)
-	}
-	if status != 0 {
-		return 0, fmt.Errorf("criu --version exited %d: %s", status, out.String())
+	if err := runThroughReaper(cmd); err != nil {
+		return 0, fmt.Errorf("criu --version: %w: %s", err, out.String())
 	}
 	return compat.ParseCRIUVersionOutput(out.String())
 }

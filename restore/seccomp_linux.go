@@ -22,7 +22,9 @@ func (r *Restorer) seccompFilter(ctx context.Context, profile *specs.LinuxSeccom
 	p := seccompfilter.Prober{
 		Runc:   runc,
 		Dir:    filepath.Join(r.cfg.Cache.Root, "seccomp"),
-		TmpDir: filepath.Join(r.cfg.Cache.Root, "tmp"),
+		// Not in tmp/, which the cache clears by age: a probe's bundle
+		// goes only once its container is deleted.
+		TmpDir: filepath.Join(r.cfg.Cache.Root, "seccomp", "probes"),
 		Run:    r.RunCommand,
 	}
 	return p.Filter(ctx, profile)

@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,7 +37,8 @@ type Prober struct {
 	// Runc is the runc binary: a path, or a name looked up in PATH.
 	Runc string
 	// Dir keeps the derived filters; TmpDir gets the probe containers'
-	// bundles and runc state. Both are directories only root can reach.
+	// bundles and runc state (see bundlePrefix: nothing else may remove
+	// them). Both are directories only root can reach.
 	Dir, TmpDir string
 	// Run runs a command to its end. In a shim, where containerd's reaper
 	// collects every child's exit status, it must go through the reaper.
@@ -115,31 +117,28 @@ func validFilter(f []byte) bool {
 
 // probe creates the container, reads its init's filter and deletes it.
 func (p *Prober) probe(ctx context.Context, runc string, profile *specs.LinuxSeccomp) (_ []byte, retErr error) {
-	bundle, err := os.MkdirTemp(p.TmpDir, "seccomp-probe-")
+	p.sweep(ctx, runc)
+	b, err := p.newBundle()
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(bundle)
+	defer func() {
+		if err := b.remove(ctx, p, runc); err != nil && retErr == nil {
+			retErr = err
+		}
+	}()
 	var rnd [6]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, err
 	}
 	id := "snapboot-seccomp-probe-" + hex.EncodeToString(rnd[:])
-	if err := writeBundle(bundle, profile); err != nil {
+	if err := writeBundle(b.dir, profile); err != nil {
 		return nil, err
 	}
-	state := filepath.Join(bundle, "state")
-	pidFile := filepath.Join(bundle, "init.pid")
-	if err := p.runc(ctx, runc, bundle, "--root", state, "create", "--bundle", bundle, "--pid-file", pidFile, id); err != nil {
+	pidFile := filepath.Join(b.dir, "init.pid")
+	if err := p.runc(ctx, runc, b.dir, "--root", b.state(), "create", "--bundle", b.dir, "--pid-file", pidFile, id); err != nil {
 		return nil, err
 	}
-	defer func() {
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if err := p.runc(dctx, runc, bundle, "--root", state, "delete", "--force", id); err != nil && retErr == nil {
-			retErr = err
-		}
-	}()
 	data, err := os.ReadFile(pidFile)
 	if err != nil {
 		return nil, err
@@ -158,6 +157,95 @@ func (p *Prober) probe(ctx context.Context, runc string, profile *specs.LinuxSec
 	// The most recent is runc's; any others were inherited (containerd
 	// running under a filter of its own).
 	return filters[0], nil
+}
+
+// A probe's bundle, with its runc state, is a directory in TmpDir that the
+// probing process holds locked (flock) for as long as its container may
+// exist. One that no process holds was left by a prober that died between
+// runc's create and delete: its container's init still waits to be
+// started. Each probe first deletes such containers (runc delete --force)
+// and their bundles. A bundle is locked right after it is made, so only
+// one older than staleAfter and unlocked is taken for a dead prober's.
+const (
+	bundlePrefix = "seccomp-probe-"
+	staleAfter   = time.Minute
+)
+
+type bundle struct {
+	dir  string
+	lock *os.File // the directory, flocked
+}
+
+func (b *bundle) state() string { return filepath.Join(b.dir, "state") }
+
+func (p *Prober) newBundle() (*bundle, error) {
+	if err := os.MkdirAll(p.TmpDir, 0o700); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(p.TmpDir, bundlePrefix)
+	if err != nil {
+		return nil, err
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("lock the probe's bundle: %w", err)
+	}
+	return &bundle{dir: dir, lock: lock}, nil
+}
+
+// lockDir locks dir, without waiting: unix.EWOULDBLOCK if a process holds
+// it.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// sweep removes what probers that died left: see bundlePrefix. A bundle
+// whose container runc cannot delete stays for the next sweep.
+func (p *Prober) sweep(ctx context.Context, runc string) {
+	dirs, _ := filepath.Glob(filepath.Join(p.TmpDir, bundlePrefix+"*"))
+	for _, dir := range dirs {
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() || time.Since(fi.ModTime()) < staleAfter {
+			continue
+		}
+		lock, err := lockDir(dir)
+		if err != nil {
+			continue // a probe under way
+		}
+		b := &bundle{dir: dir, lock: lock}
+		_ = b.remove(ctx, p, runc)
+	}
+}
+
+// remove deletes the containers in the bundle's runc state, then the
+// bundle, and lets go of it. If runc cannot delete a container, the
+// bundle stays, unlocked, for a later sweep.
+func (b *bundle) remove(ctx context.Context, p *Prober, runc string) error {
+	defer b.lock.Close()
+	ents, err := os.ReadDir(b.state())
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	for _, e := range ents {
+		if _, err := os.Stat(filepath.Join(b.state(), e.Name(), "state.json")); err != nil {
+			continue // not a container runc knows (a create that failed)
+		}
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		err := p.runc(dctx, runc, b.dir, "--root", b.state(), "delete", "--force", e.Name())
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return os.RemoveAll(b.dir)
 }
 
 // writeBundle writes a bundle whose process is an empty file: runc's init

@@ -6,12 +6,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/containerd/v2/contrib/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -135,4 +138,93 @@ func TestNotifyRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "SCMP_ACT_NOTIFY") {
 		t.Fatalf("notify profile: %v", err)
 	}
+}
+
+// A probe container left by a prober that died between runc's create and
+// delete (its bundle no longer locked, its init waiting to be started) is
+// deleted, with its bundle, by the next probe; one whose prober still
+// holds it, or one just made, is left alone.
+func TestDeadProbersContainersDeleted(t *testing.T) {
+	p := newProber(t)
+	ctx := context.Background()
+	runc, err := exec.LookPath(p.Runc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	profile := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	leave := func(name string, age time.Duration) (*bundle, int) {
+		t.Helper()
+		b, err := p.newBundle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			b.lock.Close()
+			if lock, err := lockDir(b.dir); err == nil {
+				(&bundle{dir: b.dir, lock: lock}).remove(context.Background(), p, runc)
+			}
+		})
+		if err := writeBundle(b.dir, profile); err != nil {
+			t.Fatal(err)
+		}
+		pidFile := filepath.Join(b.dir, "init.pid")
+		if err := p.runc(ctx, runc, b.dir, "--root", b.state(), "create", "--bundle", b.dir, "--pid-file", pidFile, "snapboot-test-"+name); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(pidFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+		if !alive(pid) {
+			t.Fatalf("the %s probe's init (%d) is not running", name, pid)
+		}
+		if age > 0 {
+			then := time.Now().Add(-age)
+			os.Chtimes(b.dir, then, then)
+		}
+		return b, pid
+	}
+	dead, deadPid := leave("dead", 2*staleAfter)
+	dead.lock.Close() // its prober is gone
+	held, heldPid := leave("held", 2*staleAfter)
+	young, youngPid := leave("young", 0)
+	young.lock.Close()
+
+	if _, err := p.Filter(ctx, profile); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for alive(deadPid) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if alive(deadPid) {
+		t.Errorf("the dead prober's container's init (%d) still runs", deadPid)
+	}
+	if _, err := os.Stat(dead.dir); !os.IsNotExist(err) {
+		t.Errorf("the dead prober's bundle is still there: %v", err)
+	}
+	for _, b := range []struct {
+		name string
+		dir  string
+		pid  int
+	}{{"held", held.dir, heldPid}, {"young", young.dir, youngPid}} {
+		if !alive(b.pid) {
+			t.Errorf("the %s probe's init (%d) was killed", b.name, b.pid)
+		}
+		if _, err := os.Stat(filepath.Join(b.dir, "state")); err != nil {
+			t.Errorf("the %s probe's bundle: %v", b.name, err)
+		}
+	}
+	held.lock.Close()
+}
+
+// alive reports whether process pid exists and is not a zombie.
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	return i > 0 && len(stat) > i+2 && stat[i+2] != 'Z'
 }

@@ -34,6 +34,7 @@ type mountRules struct {
 	hostHas   func(string) bool      // whether a path exists in the host's /proc or /sys
 	imageName string
 	rootRO    bool            // the spec's root is read-only
+	cgroupNS  bool            // the spec has a cgroup namespace
 	ids       map[uint32]bool // mount ids of the images checked so far
 }
 
@@ -63,6 +64,9 @@ func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas fun
 	}
 	if spec.Linux != nil {
 		r.masked, r.readonly = cleaned(spec.Linux.MaskedPaths), cleaned(spec.Linux.ReadonlyPaths)
+		for _, ns := range spec.Linux.Namespaces {
+			r.cgroupNS = r.cgroupNS || ns.Type == specs.CgroupNamespace
+		}
 		for _, d := range spec.Linux.Devices {
 			r.devices[path.Clean(d.Path)] = true
 		}
@@ -209,6 +213,17 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 		dest, m, ok := r.cgroupMount(where)
 		if !ok {
 			return fmt.Errorf("%s is a cgroup mount the spec does not have", where)
+		}
+		// Not bound from the host by key: CRIU mounts the file system
+		// itself, with the image's root as it is (runc's cgroup roots
+		// rewrite cgroup.img, not the mounts). The kernel shows a new
+		// cgroup mount from the root of the mounting task's cgroup
+		// namespace: without one of the container's own, that is the
+		// host's whole hierarchy. runc binds a container's cgroup v1
+		// hierarchies by key when it has no cgroup namespace; with one,
+		// checkCgroups makes sure CRIU creates it before the mounts.
+		if !r.cgroupNS {
+			return fmt.Errorf("%s is a cgroup file system CRIU would mount in the host's cgroup namespace (the whole hierarchy), and the spec has no cgroup namespace", where)
 		}
 		if slices.Contains(m.Options, "ro") && !isReadOnly(e) {
 			return fmt.Errorf("%s is a read-write cgroup mount, the spec mounts %s read-only", where, dest)

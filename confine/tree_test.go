@@ -321,6 +321,8 @@ func TestMountsTheSpecAllows(t *testing.T) {
 	// runc binds the cgroup v1 hierarchies from the host, by key.
 	hierarchy := mount(105, 101, mnt.Fstype_CGROUP, "/", "/sys/fs/cgroup/systemd", ro)
 	hierarchy.ExtKey = proto.String("/sys/fs/cgroup/systemd")
+	memory := mount(102, 101, mnt.Fstype_CGROUP, "/snapboot/x", "/sys/fs/cgroup/memory", ro)
+	memory.ExtKey = proto.String("/sys/fs/cgroup/memory")
 	fuse := mount(106, 77, mnt.Fstype_DEVTMPFS, "/fuse", "/dev/fuse", 0)
 	fuse.ExtKey = proto.String("/dev/fuse")
 	cases := map[string]struct {
@@ -340,8 +342,8 @@ func TestMountsTheSpecAllows(t *testing.T) {
 			return out
 		}(), clonesSpec()},
 		"cgroup v1 hierarchies under the spec's cgroup mount": {append(donorMounts(),
-			mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid),
-			mount(102, 101, mnt.Fstype_CGROUP, "/snapboot/x", "/sys/fs/cgroup/memory", ro), hierarchy), cgroupSpec},
+			mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid), memory, hierarchy), cgroupSpec},
+
 		"a device node of the spec": {append(donorMounts(), fuse), cgroupSpec},
 	}
 	for name, c := range cases {
@@ -349,6 +351,49 @@ func TestMountsTheSpecAllows(t *testing.T) {
 			if err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, c.mounts), c.spec); err != nil {
 				t.Fatal(err)
 			}
+		})
+	}
+}
+
+// A cgroup file system CRIU mounts itself shows the root of the restored
+// task's cgroup namespace: without a namespace of the container's own,
+// the host's whole hierarchy, which a cold start never shows (runc binds
+// the container's own cgroups). Refused, bound by key or not, in every
+// form but the one a donor with a cgroup namespace has.
+func TestCgroupFileSystems(t *testing.T) {
+	inNS := containerIDs()
+	inNS.CgroupNsId = proto.Uint32(14) // not the host's (inventory.img)
+	noNS := clonesSpec()
+	noNS.Mounts = append(noNS.Mounts, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Options: []string{"ro"}})
+	withNS := clonesSpec()
+	withNS.Mounts = noNS.Mounts
+	withNS.Linux.Namespaces = append(withNS.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+	tmpfs := mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid)
+	for _, c := range []struct {
+		name   string
+		fs     mnt.Fstype
+		root   string
+		spec   *specs.Spec
+		refuse bool
+	}{
+		{"the whole v1 hierarchy, no cgroup namespace", mnt.Fstype_CGROUP, "/", noNS, true},
+		{"the whole v2 hierarchy, no cgroup namespace", mnt.Fstype_CGROUP2, "/", noNS, true},
+		{"a v1 cgroup, not bound by key, no cgroup namespace", mnt.Fstype_CGROUP, "/default/x", noNS, true},
+		{"a root that climbs, in the spec's cgroup namespace", mnt.Fstype_CGROUP, "/x/../..", withNS, true},
+		{"a relative root, in the spec's cgroup namespace", mnt.Fstype_CGROUP, "x", withNS, true},
+		{"the namespace's root, in the spec's cgroup namespace", mnt.Fstype_CGROUP, "/", withNS, false},
+		{"v2, the namespace's root, in the spec's cgroup namespace", mnt.Fstype_CGROUP2, "/", withNS, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ids := containerIDs()
+			if c.spec == withNS {
+				ids = inNS
+			}
+			err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{ids}, append(donorMounts(), tmpfs, mount(102, 101, c.fs, c.root, "/sys/fs/cgroup/memory", ro))), c.spec)
+			if c.refuse != errors.Is(err, ErrRefused) || (!c.refuse && err != nil) {
+				t.Fatalf("refuse %v: got %v", c.refuse, err)
+			}
+			t.Log(err)
 		})
 	}
 }

@@ -90,6 +90,26 @@ func rootCgroup(t *testing.T, dir string) {
 	})
 }
 
+// wholeCgroupHierarchy makes the first cgroup v1 hierarchy runc bound by
+// key a cgroup file system of its own, at its root: CRIU then mounts it
+// itself, in the host's cgroup namespace, and it shows the host's whole
+// hierarchy instead of the container's cgroup.
+func wholeCgroupHierarchy(t *testing.T, dir string) {
+	done := false
+	editImages(t, dir, "mountpoints-*.img", &mnt.MntEntry{}, func(img *crit.CriuImage) {
+		for _, e := range img.Entries {
+			m := e.Message.(*mnt.MntEntry)
+			if !done && mnt.Fstype(m.GetFstype()) == mnt.Fstype_CGROUP && m.ExtKey != nil {
+				m.ExtKey, m.Root = nil, proto.String("/")
+				done = true
+			}
+		}
+	})
+	if !done {
+		t.Fatal("no cgroup hierarchy bound by key in the donor's mount tree")
+	}
+}
+
 // TestCraftedCheckpointsColdStart restores checkpoints whose images were
 // edited to give the clone more than its spec. Without confine's checks,
 // CRIU restores both: the clone runs in the host's UTS and IPC namespaces,
@@ -114,6 +134,26 @@ func TestCraftedCheckpointsColdStart(t *testing.T) {
 			expectSpecFallback(t, offset, id, logFile, c.reason)
 		})
 	}
+}
+
+// TestCraftedCgroupHierarchyColdStart restores a checkpoint of a container
+// with cgroup v1 mounted (runc binds the container's own cgroup in each
+// hierarchy, by key) whose first hierarchy was edited into a cgroup file
+// system of its own, at its root. Without confine's check CRIU mounts it
+// itself, in the host's cgroup namespace: the clone sees the host's whole
+// hierarchy there.
+func TestCraftedCgroupHierarchyColdStart(t *testing.T) {
+	requireShim(t)
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		t.Skip("cgroup v2: runc binds no hierarchy by key")
+	}
+	cgroupMount := []string{"--mount", "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev"}
+	donor, donorLog := startScriptClone(t, "", counterScript, cgroupMount...)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:whole-cgroup", packOptions{tamper: wholeCgroupHierarchy})
+	offset := containerdLogOffset()
+	id, logFile := startScriptClone(t, ck.Ref, counterScript, cgroupMount...)
+	expectSpecFallback(t, offset, id, logFile, "in the host's cgroup namespace")
 }
 
 // TestFallbackAfterCopyUp fails a restore after CRIU has opened a file of

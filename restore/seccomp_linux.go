@@ -20,8 +20,8 @@ func (r *Restorer) seccompFilter(ctx context.Context, profile *specs.LinuxSeccom
 		runc = "runc"
 	}
 	p := seccompfilter.Prober{
-		Runc:   runc,
-		Dir:    filepath.Join(r.cfg.Cache.Root, "seccomp"),
+		Runc: runc,
+		Dir:  filepath.Join(r.cfg.Cache.Root, "seccomp"),
 		// Not in tmp/, which the cache clears by age: a probe's bundle
 		// goes only once its container is deleted.
 		TmpDir: filepath.Join(r.cfg.Cache.Root, "seccomp", "probes"),

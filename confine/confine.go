@@ -42,6 +42,9 @@ type Result struct {
 	ImagesDir string
 	Tasks     int // core images checked
 	Narrowed  int // tasks whose capabilities were narrowed
+	// External are external mounts the CRIU config must add (values of
+	// CRIU's --external): see rebindCgroups.
+	External []string
 }
 
 // masks are the spec's capability sets as bitmaps.
@@ -223,6 +226,14 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 			res.Narrowed++
 		}
 	}
+	mounts, external, err := rebindCgroups(imagesDir, names, spec, host.cgroupHierarchies)
+	if err != nil {
+		return nil, err
+	}
+	for name, img := range mounts {
+		rewritten[name] = img
+	}
+	res.External = external
 	if len(rewritten) == 0 {
 		return res, nil
 	}

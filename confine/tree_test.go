@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -424,5 +425,67 @@ func TestReadOnlyRootAndResolvedKeys(t *testing.T) {
 		if errors.Is(err, ErrRefused) != c.refuse || (!c.refuse && err != nil) {
 			t.Errorf("token bound with flags %#x: got %v", c.flags, err)
 		}
+	}
+}
+
+// runc's restore would bind each cgroup v1 hierarchy from its own cgroup:
+// the keys become snapboot's, mapped to the container's cgroup in the
+// host's hierarchy of the same name. Not for a systemd cgroups path or a
+// spec with a cgroup namespace; a hierarchy this node lacks is refused.
+func TestRebindCgroups(t *testing.T) {
+	bound := func(at string) *mnt.MntEntry {
+		m := mount(102, 101, mnt.Fstype_CGROUP, "/donor", at, ro)
+		m.ExtKey = proto.String(at)
+		return m
+	}
+	mounts := append(donorMounts(), mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid),
+		bound("/sys/fs/cgroup/cpu,cpuacct"), bound("/sys/fs/cgroup/systemd"))
+	mounts[len(mounts)-1].MntId = proto.Uint32(103)
+	dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, mounts)
+	names, _ := imageNames(dir)
+	hierarchies := map[string]string{"cpu,cpuacct": "/sys/fs/cgroup/cpu,cpuacct", "systemd": "/host/cgroup/systemd", "memory": "/sys/fs/cgroup/memory"}
+	s := clonesSpec()
+	s.Linux.CgroupsPath = "/k8s.io/clone"
+
+	rewritten, external, err := rebindCgroups(dir, names, s, hierarchies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"mnt[snapboot-cgroup-0]:/sys/fs/cgroup/cpu,cpuacct/k8s.io/clone", "mnt[snapboot-cgroup-1]:/host/cgroup/systemd/k8s.io/clone"}
+	if !slices.Equal(external, want) {
+		t.Fatalf("external %q, want %q", external, want)
+	}
+	if len(rewritten) != 1 {
+		t.Fatalf("rewritten images: %d", len(rewritten))
+	}
+	var keys []string
+	for _, img := range rewritten {
+		for _, e := range img.Entries {
+			if m := e.Message.(*mnt.MntEntry); mnt.Fstype(m.GetFstype()) == mnt.Fstype_CGROUP {
+				keys = append(keys, m.GetExtKey())
+			}
+		}
+	}
+	if !slices.Equal(keys, []string{"snapboot-cgroup-0", "snapboot-cgroup-1"}) {
+		t.Fatalf("keys %q", keys)
+	}
+
+	for name, change := range map[string]func(*specs.Spec){
+		"a systemd cgroups path":  func(s *specs.Spec) { s.Linux.CgroupsPath = "system.slice:cri-containerd:clone" },
+		"a relative cgroups path": func(s *specs.Spec) { s.Linux.CgroupsPath = "k8s.io/clone" },
+		"a spec cgroup namespace": func(s *specs.Spec) {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+		},
+	} {
+		s := clonesSpec()
+		s.Linux.CgroupsPath = "/k8s.io/clone"
+		change(s)
+		if rewritten, external, err := rebindCgroups(dir, names, s, hierarchies); err != nil || rewritten != nil || external != nil {
+			t.Errorf("%s: got %d images, %q, %v; want nothing", name, len(rewritten), external, err)
+		}
+	}
+	delete(hierarchies, "systemd")
+	if _, _, err := rebindCgroups(dir, names, s, hierarchies); !errors.Is(err, ErrRefused) {
+		t.Errorf("a hierarchy the node lacks: got %v", err)
 	}
 }

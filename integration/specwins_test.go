@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -99,5 +100,57 @@ func TestCallerSpecWins(t *testing.T) {
 				t.Fatalf("cold start should count from 1, got %d", ns[0])
 			}
 		})
+	}
+}
+
+// cgroupBinds returns, for the cgroup v1 mounts under /sys/fs/cgroup in
+// container id, the root of each (the cgroup it shows) by mount point.
+func cgroupBinds(t *testing.T, id string) map[string]string {
+	t.Helper()
+	info := ctr(t, "task", "exec", "--fifo-dir", fifoDir, "--exec-id", "mi-"+strconv.FormatInt(time.Now().UnixNano(), 36), id, "/bin/cat", "/proc/1/mountinfo")
+	roots := map[string]string{}
+	for _, l := range strings.Split(info, "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		f := strings.Fields(pre)
+		if ok && len(f) >= 5 && strings.HasPrefix(post, "cgroup ") && strings.HasPrefix(f[4], "/sys/fs/cgroup/") {
+			roots[f[4]] = f[3]
+		}
+	}
+	return roots
+}
+
+// A restored container with cgroup v1 mounted (no cgroup namespace) sees
+// its own cgroup in each hierarchy, as a cold start does, not the one
+// runc's restore would bind (runc's own, the shim's).
+func TestRestoredCgroupMountsAreTheContainers(t *testing.T) {
+	requireShim(t)
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		t.Skip("cgroup v2: runc binds no hierarchy by key")
+	}
+	cgroupMount := []string{"--mount", "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev"}
+	donor, donorLog := startScriptClone(t, "", counterScript, cgroupMount...)
+	waitCount(t, donorLog, 3)
+	cold := cgroupBinds(t, donor)
+	if len(cold) < 2 {
+		t.Fatalf("the donor has %d cgroup hierarchies mounted: %v", len(cold), cold)
+	}
+	for at, root := range cold {
+		if !strings.HasSuffix(root, "/"+donor) {
+			t.Fatalf("the cold start's %s shows %s, not its own cgroup", at, root)
+		}
+	}
+	ck := packAndPush(t, donor, registryAddr+"/it/cgroup-binds:v1", packOptions{})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, counterScript, cgroupMount...)
+	logLine(t, offset, "snapboot.restore", clone, 60*time.Second)
+	waitCount(t, cloneLog, 1)
+	restored := cgroupBinds(t, clone)
+	if len(restored) != len(cold) {
+		t.Fatalf("restored: %v, cold: %v", restored, cold)
+	}
+	for at, root := range cold {
+		if want := strings.TrimSuffix(root, donor) + clone; restored[at] != want {
+			t.Errorf("the clone's %s shows %s, want its own cgroup %s", at, restored[at], want)
+		}
 	}
 }

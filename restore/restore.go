@@ -293,7 +293,11 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 		plan.mountsCache = true
 	}
 
-	confPath, err := criuconf.WriteFile(req.Bundle, "restore", criuconf.RestoreOptions(userOpts))
+	opts := criuconf.RestoreOptions(userOpts)
+	for _, e := range confined.External {
+		opts = append(opts, criuconf.Option{Name: "external", Value: e})
+	}
+	confPath, err := criuconf.WriteFile(req.Bundle, "restore", opts)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,76 @@
+package confine
+
+import (
+	"fmt"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+)
+
+// cgroupBindKeyPrefix names the external mounts rebindCgroups gives CRIU.
+const cgroupBindKeyPrefix = "snapboot-cgroup-"
+
+// rebindCgroups points the cgroup v1 hierarchies runc binds by key at the
+// container's own cgroups. For a spec without a cgroup namespace runc
+// binds each hierarchy at <cgroup mount>/<name> by key, and at a restore
+// maps every key to the directory of its own cgroup (it reads
+// /proc/self/cgroup: the shim's cgroup, not the container's), where a
+// cold start binds the container's. So each such mount gets a key of
+// snapboot's own, and the CRIU config maps it (external mnt[KEY]:PATH) to
+// the container's cgroup in the host's hierarchy of the same name, which
+// runc has made by the time CRIU mounts. Only for a cgroupfs path
+// (absolute, as containerd gives one); with another (systemd's
+// slice:prefix:name) the mounts stay runc's.
+//
+// It returns the rewritten mount images and the config's mappings.
+func rebindCgroups(imagesDir string, names []string, spec *specs.Spec, hierarchies map[string]string) (map[string]*crit.CriuImage, []string, error) {
+	if spec.Linux == nil || len(hierarchies) == 0 {
+		return nil, nil, nil
+	}
+	cgPath := spec.Linux.CgroupsPath
+	if !path.IsAbs(cgPath) || strings.Contains(cgPath, ":") || path.Clean(cgPath) != cgPath {
+		return nil, nil, nil
+	}
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.CgroupNamespace {
+			return nil, nil, nil
+		}
+	}
+	rewritten := map[string]*crit.CriuImage{}
+	var external []string
+	for _, name := range names {
+		if !strings.HasPrefix(name, "mountpoints-") || !strings.HasSuffix(name, ".img") {
+			continue
+		}
+		img, err := decodeImage(filepath.Join(imagesDir, name), &mnt.MntEntry{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+		changed := false
+		for _, e := range img.Entries {
+			m, ok := e.Message.(*mnt.MntEntry)
+			if !ok || mnt.Fstype(m.GetFstype()) != mnt.Fstype_CGROUP || m.ExtKey == nil {
+				continue
+			}
+			// runc's key is the mount's destination, named after the
+			// host's hierarchy (see checkMounts for where it may be).
+			host, ok := hierarchies[path.Base(m.GetMountpoint())]
+			if !ok {
+				return nil, nil, fmt.Errorf("%w: %s: cgroup hierarchy %s is not mounted on this node", ErrRefused, name, m.GetMountpoint())
+			}
+			key := fmt.Sprintf("%s%d", cgroupBindKeyPrefix, len(external))
+			m.ExtKey = proto.String(key)
+			external = append(external, fmt.Sprintf("mnt[%s]:%s", key, path.Join(host, cgPath)))
+			changed = true
+		}
+		if changed {
+			rewritten[name] = img
+		}
+	}
+	return rewritten, external, nil
+}

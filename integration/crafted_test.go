@@ -143,16 +143,10 @@ func TestCraftedCheckpointsColdStart(t *testing.T) {
 // itself, in the host's cgroup namespace: the clone sees the host's whole
 // hierarchy there.
 func TestCraftedCgroupHierarchyColdStart(t *testing.T) {
-	requireShim(t)
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		t.Skip("cgroup v2: runc binds no hierarchy by key")
-	}
-	cgroupMount := []string{"--mount", "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev"}
-	donor, donorLog := startScriptClone(t, "", counterScript, cgroupMount...)
-	waitCount(t, donorLog, 5)
+	donor := cgroupV1Donor(t)
 	ck := packAndPush(t, donor, registryAddr+"/it/crafted:whole-cgroup", packOptions{tamper: wholeCgroupHierarchy})
 	offset := containerdLogOffset()
-	id, logFile := startScriptClone(t, ck.Ref, counterScript, cgroupMount...)
+	id, logFile := startScriptClone(t, ck.Ref, counterScript, cgroupV1Mount...)
 	expectSpecFallback(t, offset, id, logFile, "in the host's cgroup namespace")
 }
 

@@ -103,6 +103,23 @@ func TestCallerSpecWins(t *testing.T) {
 	}
 }
 
+// cgroupV1Mount is the ctr flag that mounts cgroup v1 read-only, as
+// containerd's CRI plugin does.
+var cgroupV1Mount = []string{"--mount", "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev"}
+
+// cgroupV1Donor starts a counter with cgroupV1Mount (skipped on cgroup
+// v2, where runc binds no hierarchy by key).
+func cgroupV1Donor(t *testing.T) string {
+	t.Helper()
+	requireShim(t)
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		t.Skip("cgroup v2: runc binds no hierarchy by key")
+	}
+	id, logFile := startScriptClone(t, "", counterScript, cgroupV1Mount...)
+	waitCount(t, logFile, 3)
+	return id
+}
+
 // cgroupBinds returns, for the cgroup v1 mounts under /sys/fs/cgroup in
 // container id, the root of each (the cgroup it shows) by mount point.
 func cgroupBinds(t *testing.T, id string) map[string]string {
@@ -123,13 +140,7 @@ func cgroupBinds(t *testing.T, id string) map[string]string {
 // its own cgroup in each hierarchy, as a cold start does, not the one
 // runc's restore would bind (runc's own, the shim's).
 func TestRestoredCgroupMountsAreTheContainers(t *testing.T) {
-	requireShim(t)
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		t.Skip("cgroup v2: runc binds no hierarchy by key")
-	}
-	cgroupMount := []string{"--mount", "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev"}
-	donor, donorLog := startScriptClone(t, "", counterScript, cgroupMount...)
-	waitCount(t, donorLog, 3)
+	donor := cgroupV1Donor(t)
 	cold := cgroupBinds(t, donor)
 	if len(cold) < 2 {
 		t.Fatalf("the donor has %d cgroup hierarchies mounted: %v", len(cold), cold)
@@ -141,7 +152,7 @@ func TestRestoredCgroupMountsAreTheContainers(t *testing.T) {
 	}
 	ck := packAndPush(t, donor, registryAddr+"/it/cgroup-binds:v1", packOptions{})
 	offset := containerdLogOffset()
-	clone, cloneLog := startScriptClone(t, ck.Ref, counterScript, cgroupMount...)
+	clone, cloneLog := startScriptClone(t, ck.Ref, counterScript, cgroupV1Mount...)
 	logLine(t, offset, "snapboot.restore", clone, 60*time.Second)
 	waitCount(t, cloneLog, 1)
 	restored := cgroupBinds(t, clone)

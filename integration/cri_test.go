@@ -170,6 +170,24 @@ func testCRIRestore(t *testing.T, e *criEnv) {
 			t.Errorf("Seccomp of the restored container: %q, want 2 (filter)", got)
 		}
 	}
+	// Its cgroup v1 hierarchies (CRI mounts them; no cgroup namespace on
+	// v1) show its own cgroup, as the donor's show the donor's, not the
+	// shim's that runc's restore would bind.
+	for _, c := range []struct{ what, id string }{{"donor", donor}, {"restored container", clone}} {
+		pid := e.containerPID(t, c.id)
+		if pid <= 0 {
+			continue
+		}
+		roots := cgroupMountRoots(readFile(fmt.Sprintf("/proc/%d/mountinfo", pid)))
+		for at, root := range roots {
+			if !strings.HasSuffix(root, "/"+c.id) {
+				t.Errorf("the %s's %s shows cgroup %s, not its own (%s)", c.what, at, root, c.id)
+			}
+		}
+		if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil && len(roots) == 0 {
+			t.Errorf("the %s has no cgroup v1 hierarchy mounted", c.what)
+		}
+	}
 	if got := strings.TrimSpace(e.crictl(t, "exec", clone, "hostname")); got != "clone" {
 		t.Errorf("hostname in the restored container: %q, want the new pod's (clone); CRIU writes the donor's host name into the pod's UTS namespace it joins, the shim must put it back", got)
 	}

@@ -124,9 +124,14 @@ func cgroupV1Donor(t *testing.T) string {
 // container id, the root of each (the cgroup it shows) by mount point.
 func cgroupBinds(t *testing.T, id string) map[string]string {
 	t.Helper()
-	info := ctr(t, "task", "exec", "--fifo-dir", fifoDir, "--exec-id", "mi-"+strconv.FormatInt(time.Now().UnixNano(), 36), id, "/bin/cat", "/proc/1/mountinfo")
+	return cgroupMountRoots(ctr(t, "task", "exec", "--fifo-dir", fifoDir, "--exec-id", "mi-"+strconv.FormatInt(time.Now().UnixNano(), 36), id, "/bin/cat", "/proc/1/mountinfo"))
+}
+
+// cgroupMountRoots returns the root of each cgroup v1 mount under
+// /sys/fs/cgroup in mountinfo, by mount point.
+func cgroupMountRoots(mountinfo string) map[string]string {
 	roots := map[string]string{}
-	for _, l := range strings.Split(info, "\n") {
+	for _, l := range strings.Split(mountinfo, "\n") {
 		pre, post, ok := strings.Cut(l, " - ")
 		f := strings.Fields(pre)
 		if ok && len(f) >= 5 && strings.HasPrefix(post, "cgroup ") && strings.HasPrefix(f[4], "/sys/fs/cgroup/") {

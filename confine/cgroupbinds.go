@@ -15,6 +15,14 @@ import (
 // cgroupBindKeyPrefix names the external mounts rebindCgroups gives CRIU.
 const cgroupBindKeyPrefix = "snapboot-cgroup-"
 
+// cgroupHierarchy is a cgroup v1 hierarchy of the node: where it is
+// mounted, and whether runc makes containers' cgroups in it (it knows
+// every controller of it).
+type cgroupHierarchy struct {
+	Mountpoint string
+	Managed    bool
+}
+
 // rebindCgroups points the cgroup v1 hierarchies runc binds by key at the
 // container's own cgroups. For a spec without a cgroup namespace runc
 // binds each hierarchy at <cgroup mount>/<name> by key, and at a restore
@@ -25,10 +33,11 @@ const cgroupBindKeyPrefix = "snapboot-cgroup-"
 // the container's cgroup in the host's hierarchy of the same name, which
 // runc has made by the time CRIU mounts. Only for a cgroupfs path
 // (absolute, as containerd gives one); with another (systemd's
-// slice:prefix:name) the mounts stay runc's.
+// slice:prefix:name), or in a hierarchy runc makes no cgroup in, the
+// mounts stay runc's.
 //
 // It returns the rewritten mount images and the config's mappings.
-func rebindCgroups(imagesDir string, names []string, spec *specs.Spec, hierarchies map[string]string) (map[string]*crit.CriuImage, []string, error) {
+func rebindCgroups(imagesDir string, names []string, spec *specs.Spec, hierarchies map[string]cgroupHierarchy) (map[string]*crit.CriuImage, []string, error) {
 	if spec.Linux == nil || len(hierarchies) == 0 {
 		return nil, nil, nil
 	}
@@ -59,13 +68,16 @@ func rebindCgroups(imagesDir string, names []string, spec *specs.Spec, hierarchi
 			}
 			// runc's key is the mount's destination, named after the
 			// host's hierarchy (see checkMounts for where it may be).
-			host, ok := hierarchies[path.Base(m.GetMountpoint())]
+			h, ok := hierarchies[path.Base(m.GetMountpoint())]
 			if !ok {
 				return nil, nil, fmt.Errorf("%w: %s: cgroup hierarchy %s is not mounted on this node", ErrRefused, name, m.GetMountpoint())
 			}
+			if !h.Managed {
+				continue
+			}
 			key := fmt.Sprintf("%s%d", cgroupBindKeyPrefix, len(external))
 			m.ExtKey = proto.String(key)
-			external = append(external, fmt.Sprintf("mnt[%s]:%s", key, path.Join(host, cgPath)))
+			external = append(external, fmt.Sprintf("mnt[%s]:%s", key, path.Join(h.Mountpoint, cgPath)))
 			changed = true
 		}
 		if changed {

@@ -4,28 +4,44 @@ package confine
 
 import (
 	"path"
+	"strings"
 
 	"github.com/moby/sys/mountinfo"
 )
 
+// runcManaged are the cgroup v1 controllers (and named hierarchies) runc's
+// cgroupfs manager makes a container's cgroup in.
+var runcManaged = map[string]bool{
+	"cpuset": true, "devices": true, "memory": true, "cpu": true, "cpuacct": true, "pids": true, "blkio": true,
+	"hugetlb": true, "net_cls": true, "net_prio": true, "perf_event": true, "freezer": true, "rdma": true,
+	"misc": true, "name=systemd": true,
+}
+
 // cgroupHierarchies returns this node's cgroup v1 hierarchies by the name
 // runc gives their binds in a container (the base name of their mount
-// point), with their mount points: the first mount of each, as runc's
-// cgroupfs manager, which makes a container's cgroup at the mount point
-// joined with the spec's (absolute) cgroups path, whatever the mount's
-// root.
-func cgroupHierarchies() map[string]string {
+// point): the first mount of each, as runc's cgroupfs manager finds it.
+// The manager makes a container's cgroup at that mount point joined with
+// the spec's (absolute) cgroups path, whatever the mount's root, in the
+// hierarchies of the controllers it knows (not in a named hierarchy of
+// another init system's, such as name=elogind).
+func cgroupHierarchies() map[string]cgroupHierarchy {
 	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
 		return m.FSType != "cgroup", false
 	})
 	if err != nil {
 		return nil
 	}
-	out := map[string]string{}
+	out := map[string]cgroupHierarchy{}
 	for _, m := range mounts {
-		if _, dup := out[path.Base(m.Mountpoint)]; !dup {
-			out[path.Base(m.Mountpoint)] = m.Mountpoint
+		name := path.Base(m.Mountpoint)
+		if _, dup := out[name]; dup {
+			continue
 		}
+		h := cgroupHierarchy{Mountpoint: m.Mountpoint}
+		for _, o := range strings.Split(m.VFSOptions, ",") {
+			h.Managed = h.Managed || runcManaged[o]
+		}
+		out[name] = h
 	}
 	return out
 }

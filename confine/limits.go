@@ -121,7 +121,7 @@ type hostState struct {
 	seccompFilter []byte
 	// cgroupHierarchies are the cgroup v1 hierarchies' mount points, by
 	// base name (see rebindCgroups).
-	cgroupHierarchies map[string]string
+	cgroupHierarchies map[string]cgroupHierarchy
 }
 
 func readHostState() (hostState, error) {

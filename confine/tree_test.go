@@ -443,7 +443,8 @@ func TestRebindCgroups(t *testing.T) {
 	mounts[len(mounts)-1].MntId = proto.Uint32(103)
 	dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, mounts)
 	names, _ := imageNames(dir)
-	hierarchies := map[string]string{"cpu,cpuacct": "/sys/fs/cgroup/cpu,cpuacct", "systemd": "/host/cgroup/systemd", "memory": "/sys/fs/cgroup/memory"}
+	hierarchies := map[string]cgroupHierarchy{"cpu,cpuacct": {"/sys/fs/cgroup/cpu,cpuacct", true}, "systemd": {"/host/cgroup/systemd", true},
+		"memory": {"/sys/fs/cgroup/memory", true}}
 	s := clonesSpec()
 	s.Linux.CgroupsPath = "/k8s.io/clone"
 
@@ -483,6 +484,11 @@ func TestRebindCgroups(t *testing.T) {
 		if rewritten, external, err := rebindCgroups(dir, names, s, hierarchies); err != nil || rewritten != nil || external != nil {
 			t.Errorf("%s: got %d images, %q, %v; want nothing", name, len(rewritten), external, err)
 		}
+	}
+	// A hierarchy runc makes no cgroup in keeps runc's key.
+	hierarchies["systemd"] = cgroupHierarchy{"/host/cgroup/systemd", false}
+	if _, external, err := rebindCgroups(dir, names, s, hierarchies); err != nil || !slices.Equal(external, want[:1]) {
+		t.Errorf("a hierarchy runc does not manage: got %q, %v; want %q", external, err, want[:1])
 	}
 	delete(hierarchies, "systemd")
 	if _, _, err := rebindCgroups(dir, names, s, hierarchies); !errors.Is(err, ErrRefused) {

@@ -4,12 +4,15 @@ import (
 	"fmt"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/snapboot/snapboot/criuconf"
 )
 
 // cgroupBindKeyPrefix names the external mounts rebindCgroups gives CRIU.
@@ -42,8 +45,14 @@ func rebindCgroups(imagesDir string, names []string, spec *specs.Spec, hierarchi
 		return nil, nil, nil
 	}
 	cgPath := spec.Linux.CgroupsPath
-	if !path.IsAbs(cgPath) || strings.Contains(cgPath, ":") || path.Clean(cgPath) != cgPath {
+	if !path.IsAbs(cgPath) || strings.Contains(cgPath, ":") || path.Clean(cgPath) != cgPath || !criuconf.Word(cgPath) {
 		return nil, nil, nil
+	}
+	var cgroupDests []string // the spec's cgroup mounts
+	for _, m := range spec.Mounts {
+		if isCgroup(m) {
+			cgroupDests = append(cgroupDests, path.Clean(m.Destination))
+		}
 	}
 	for _, ns := range spec.Linux.Namespaces {
 		if ns.Type == specs.CgroupNamespace {
@@ -66,13 +75,19 @@ func rebindCgroups(imagesDir string, names []string, spec *specs.Spec, hierarchi
 			if !ok || mnt.Fstype(m.GetFstype()) != mnt.Fstype_CGROUP || m.ExtKey == nil {
 				continue
 			}
-			// runc's key is the mount's destination, named after the
-			// host's hierarchy (see checkMounts for where it may be).
-			h, ok := hierarchies[path.Base(m.GetMountpoint())]
-			if !ok {
-				return nil, nil, fmt.Errorf("%w: %s: cgroup hierarchy %s is not mounted on this node", ErrRefused, name, m.GetMountpoint())
+			// Only runc's own binds: the key is the mount point, a
+			// hierarchy right under one of the spec's cgroup mounts,
+			// named after the host's hierarchy (checkMounts made it
+			// read-only where that mount is). Any other key stays as
+			// it is, and so does a hierarchy this node does not have
+			// where runc's restore could find it, or runc makes no
+			// cgroup in.
+			at := m.GetMountpoint()
+			if path.Clean(m.GetExtKey()) != at || !slices.Contains(cgroupDests, path.Dir(at)) {
+				continue
 			}
-			if !h.Managed {
+			h, ok := hierarchies[path.Base(at)]
+			if !ok || !h.Managed || !criuconf.Word(h.Mountpoint) {
 				continue
 			}
 			key := fmt.Sprintf("%s%d", cgroupBindKeyPrefix, len(external))

@@ -19,14 +19,16 @@ var runcManaged = map[string]bool{
 
 // cgroupHierarchies returns this node's cgroup v1 hierarchies by the name
 // runc gives their binds in a container (the base name of their mount
-// point): the first mount of each, as runc's cgroupfs manager finds it.
+// point): the first mount of each hierarchy's root, as runc's cgroupfs
+// manager finds it (a node whose hierarchies are mounted from elsewhere,
+// nested in a container, keeps runc's binds).
 // The manager makes a container's cgroup at that mount point joined with
 // the spec's (absolute) cgroups path, whatever the mount's root, in the
 // hierarchies of the controllers it knows (not in a named hierarchy of
 // another init system's, such as name=elogind).
 func cgroupHierarchies() map[string]cgroupHierarchy {
 	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
-		return m.FSType != "cgroup", false
+		return m.FSType != "cgroup" || m.Root != "/", false
 	})
 	if err != nil {
 		return nil

@@ -222,7 +222,9 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 		// host's whole hierarchy. runc binds a container's cgroup v1
 		// hierarchies by key when it has no cgroup namespace; with one,
 		// checkCgroups makes sure CRIU creates it before the mounts.
-		if !r.cgroupNS {
+		// On cgroup v2 without a cgroup namespace runc's cold start
+		// mounts cgroup2 itself too, from the hierarchy's root.
+		if !r.cgroupNS && (fs == mnt.Fstype_CGROUP || e.GetRoot() != "/") {
 			return fmt.Errorf("%s is a cgroup file system CRIU would mount in the host's cgroup namespace (the whole hierarchy), and the spec has no cgroup namespace", where)
 		}
 		if slices.Contains(m.Options, "ro") && !isReadOnly(e) {

@@ -2,6 +2,7 @@ package confine
 
 import (
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -378,7 +379,9 @@ func TestCgroupFileSystems(t *testing.T) {
 		refuse bool
 	}{
 		{"the whole v1 hierarchy, no cgroup namespace", mnt.Fstype_CGROUP, "/", noNS, true},
-		{"the whole v2 hierarchy, no cgroup namespace", mnt.Fstype_CGROUP2, "/", noNS, true},
+		// As runc's cold start mounts it on cgroup v2.
+		{"the whole v2 hierarchy, no cgroup namespace", mnt.Fstype_CGROUP2, "/", noNS, false},
+		{"part of the v2 hierarchy, no cgroup namespace", mnt.Fstype_CGROUP2, "/x", noNS, true},
 		{"a v1 cgroup, not bound by key, no cgroup namespace", mnt.Fstype_CGROUP, "/default/x", noNS, true},
 		{"a root that climbs, in the spec's cgroup namespace", mnt.Fstype_CGROUP, "/x/../..", withNS, true},
 		{"a relative root, in the spec's cgroup namespace", mnt.Fstype_CGROUP, "x", withNS, true},
@@ -433,22 +436,28 @@ func TestReadOnlyRootAndResolvedKeys(t *testing.T) {
 // host's hierarchy of the same name. Not for a systemd cgroups path or a
 // spec with a cgroup namespace; a hierarchy this node lacks is refused.
 func TestRebindCgroups(t *testing.T) {
-	bound := func(at string) *mnt.MntEntry {
-		m := mount(102, 101, mnt.Fstype_CGROUP, "/donor", at, ro)
-		m.ExtKey = proto.String(at)
+	bound := func(id uint32, at, key string) *mnt.MntEntry {
+		m := mount(id, 101, mnt.Fstype_CGROUP, "/donor", at, ro)
+		m.ExtKey = proto.String(key)
 		return m
 	}
-	mounts := append(donorMounts(), mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid),
-		bound("/sys/fs/cgroup/cpu,cpuacct"), bound("/sys/fs/cgroup/systemd"))
-	mounts[len(mounts)-1].MntId = proto.Uint32(103)
-	dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, mounts)
-	names, _ := imageNames(dir)
+	tree := func(extra ...*mnt.MntEntry) (string, []string) {
+		mounts := append(donorMounts(), mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid))
+		dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, append(mounts, extra...))
+		names, _ := imageNames(dir)
+		return dir, names
+	}
 	hierarchies := map[string]cgroupHierarchy{"cpu,cpuacct": {"/sys/fs/cgroup/cpu,cpuacct", true}, "systemd": {"/host/cgroup/systemd", true},
 		"memory": {"/sys/fs/cgroup/memory", true}}
-	s := clonesSpec()
-	s.Linux.CgroupsPath = "/k8s.io/clone"
+	spec := func() *specs.Spec {
+		s := clonesSpec()
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Options: []string{"ro"}})
+		s.Linux.CgroupsPath = "/k8s.io/clone"
+		return s
+	}
+	dir, names := tree(bound(102, "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct"), bound(103, "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd"))
 
-	rewritten, external, err := rebindCgroups(dir, names, s, hierarchies)
+	rewritten, external, err := rebindCgroups(dir, names, spec(), hierarchies)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -474,24 +483,35 @@ func TestRebindCgroups(t *testing.T) {
 	for name, change := range map[string]func(*specs.Spec){
 		"a systemd cgroups path":  func(s *specs.Spec) { s.Linux.CgroupsPath = "system.slice:cri-containerd:clone" },
 		"a relative cgroups path": func(s *specs.Spec) { s.Linux.CgroupsPath = "k8s.io/clone" },
+		// CRIU would read the rest of the line as options of its own.
+		"a cgroups path with a space": func(s *specs.Spec) { s.Linux.CgroupsPath = "/a --action-script /tmp/x" },
+		"a cgroups path with a quote": func(s *specs.Spec) { s.Linux.CgroupsPath = `/a"b` },
 		"a spec cgroup namespace": func(s *specs.Spec) {
 			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
 		},
+		"no cgroup mount in the spec": func(s *specs.Spec) { s.Mounts = clonesSpec().Mounts },
 	} {
-		s := clonesSpec()
-		s.Linux.CgroupsPath = "/k8s.io/clone"
+		s := spec()
 		change(s)
-		if rewritten, external, err := rebindCgroups(dir, names, s, hierarchies); err != nil || rewritten != nil || external != nil {
+		if rewritten, external, err := rebindCgroups(dir, names, s, hierarchies); err != nil || len(rewritten) != 0 || len(external) != 0 {
 			t.Errorf("%s: got %d images, %q, %v; want nothing", name, len(rewritten), external, err)
 		}
 	}
-	// A hierarchy runc makes no cgroup in keeps runc's key.
-	hierarchies["systemd"] = cgroupHierarchy{"/host/cgroup/systemd", false}
-	if _, external, err := rebindCgroups(dir, names, s, hierarchies); err != nil || !slices.Equal(external, want[:1]) {
-		t.Errorf("a hierarchy runc does not manage: got %q, %v; want %q", external, err, want[:1])
-	}
-	delete(hierarchies, "systemd")
-	if _, _, err := rebindCgroups(dir, names, s, hierarchies); !errors.Is(err, ErrRefused) {
-		t.Errorf("a hierarchy the node lacks: got %v", err)
+	// Only runc's own binds of hierarchies: a key that is not the mount
+	// point (/dev/null, which checkMounts lets any mount bind), a
+	// hierarchy not right under the spec's cgroup mount, one this node
+	// does not have, or one runc makes no cgroup in keeps its key.
+	for name, m := range map[string]*mnt.MntEntry{
+		"another key":            bound(104, "/sys/fs/cgroup/memory", "/dev/null"),
+		"not under cgroup mount": bound(104, "/etc/memory", "/etc/memory"),
+		"a hierarchy not here":   bound(104, "/sys/fs/cgroup/rdma", "/sys/fs/cgroup/rdma"),
+		"not runc's":             bound(104, "/sys/fs/cgroup/elogind", "/sys/fs/cgroup/elogind"),
+	} {
+		h := maps.Clone(hierarchies)
+		h["elogind"] = cgroupHierarchy{"/sys/fs/cgroup/elogind", false}
+		dir, names := tree(m)
+		if rewritten, external, err := rebindCgroups(dir, names, spec(), h); err != nil || len(rewritten) != 0 || len(external) != 0 {
+			t.Errorf("%s: got %d images, %q, %v; want nothing", name, len(rewritten), external, err)
+		}
 	}
 }

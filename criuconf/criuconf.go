@@ -167,9 +167,32 @@ func Lines(opts []Option) []string {
 	return l
 }
 
+// Word reports whether s can be a word of a CRIU config file as it is:
+// CRIU splits a line at white space, starts a comment at '#' and a quoted
+// string at '"', and reads a later word of a line that starts with "--"
+// as an option of its own. Only printable ASCII without those.
+func Word(s string) bool {
+	if strings.Contains(s, "--") {
+		return false
+	}
+	for _, c := range s {
+		if c <= ' ' || c > '~' || c == '#' || c == '"' || c == '\\' || c == '\'' {
+			return false
+		}
+	}
+	return true
+}
+
 // WriteFile writes the config file into dir (a bundle, or a work directory)
-// and returns its absolute path, for the org.criu.config annotation.
+// and returns its absolute path, for the org.criu.config annotation. Every
+// option's name and value must be a Word: nothing else can be read back
+// as more options.
 func WriteFile(dir, purpose string, opts []Option) (string, error) {
+	for _, o := range opts {
+		if !Word(o.Name) || o.Value != "" && !Word(o.Value) {
+			return "", fmt.Errorf("CRIU option %q: not one word of a config file", o.String())
+		}
+	}
 	abs, err := filepath.Abs(filepath.Join(dir, FileName))
 	if err != nil {
 		return "", err

@@ -93,3 +93,23 @@ func TestRestoreNeverHasBothTCPModes(t *testing.T) {
 		t.Errorf("dump options %q lack tcp-established", dump)
 	}
 }
+
+// An option whose name or value CRIU would split into more words, or read
+// a comment or a quoted string in, is not written.
+func TestWriteFileRefusesWhatCRIUWouldSplit(t *testing.T) {
+	dir := t.TempDir()
+	for _, o := range []Option{
+		{Name: "external", Value: "mnt[k]:/a --action-script /tmp/x"},
+		{Name: "external", Value: "mnt[k]:/a\n--action-script=/tmp/x"},
+		{Name: "external", Value: "mnt[k]:/a#b"},
+		{Name: "external", Value: `mnt[k]:/a"b`},
+		{Name: "tcp-close --action-script"},
+	} {
+		if _, err := WriteFile(dir, "restore", append(RestoreOptions(nil), o)); err == nil {
+			t.Errorf("%q: written", o.String())
+		}
+	}
+	if _, err := WriteFile(dir, "restore", append(RestoreOptions(nil), Option{Name: "external", Value: "mnt[snapboot-cgroup-0]:/sys/fs/cgroup/cpu,cpuacct/k8s.io/x"})); err != nil {
+		t.Errorf("a cgroup bind: %v", err)
+	}
+}

@@ -122,8 +122,10 @@ const (
 // answered in 0.77 against 0.86 s with two more (1.29 against 1.35 CPU-s
 // per start: the same work, less idle time), 0.78 against 0.83 s with one
 // more, and 0.81 against 0.78 s with six in all instead of four (more CPU
-// time, not less).
-func streamWorkers() int { return runtime.NumCPU() + 2 }
+// time, not less). At most 8 CPUs count: CRIU reads the page images at
+// 1–1.5 GB/s, which eight decoders outrun (about 1 GB/s each), and each
+// decoder holds frames in memory (see the memory limit in pullGC).
+func streamWorkers() int { return min(runtime.NumCPU(), 8) + 2 }
 
 // startStream begins unpacking into filling in the background and returns
 // once the images other than the page images are in, with the page images

@@ -39,9 +39,10 @@ type cgroupHierarchy struct {
 // slice:prefix:name), or in a hierarchy runc makes no cgroup in, the
 // mounts stay runc's.
 //
+// nodeHierarchies is called only then (it reads the node's mount table).
 // It returns the rewritten mount images and the config's mappings.
-func rebindCgroups(imagesDir string, names []string, spec *specs.Spec, hierarchies map[string]cgroupHierarchy) (map[string]*crit.CriuImage, []string, error) {
-	if spec.Linux == nil || len(hierarchies) == 0 {
+func rebindCgroups(imagesDir string, names []string, spec *specs.Spec, nodeHierarchies func() map[string]cgroupHierarchy) (map[string]*crit.CriuImage, []string, error) {
+	if spec.Linux == nil || nodeHierarchies == nil {
 		return nil, nil, nil
 	}
 	cgPath := spec.Linux.CgroupsPath
@@ -54,10 +55,17 @@ func rebindCgroups(imagesDir string, names []string, spec *specs.Spec, hierarchi
 			cgroupDests = append(cgroupDests, path.Clean(m.Destination))
 		}
 	}
+	if len(cgroupDests) == 0 {
+		return nil, nil, nil
+	}
 	for _, ns := range spec.Linux.Namespaces {
 		if ns.Type == specs.CgroupNamespace {
 			return nil, nil, nil
 		}
+	}
+	hierarchies := nodeHierarchies()
+	if len(hierarchies) == 0 {
+		return nil, nil, nil
 	}
 	rewritten := map[string]*crit.CriuImage{}
 	var external []string

@@ -119,9 +119,9 @@ type hostState struct {
 	// seccompFilter is the filter runc installs on this node for the
 	// spec's seccomp profile, if it has one.
 	seccompFilter []byte
-	// cgroupHierarchies are the cgroup v1 hierarchies' mount points, by
-	// base name (see rebindCgroups).
-	cgroupHierarchies map[string]cgroupHierarchy
+	// cgroupHierarchies returns the cgroup v1 hierarchies, by the base
+	// name of their mount points (see rebindCgroups).
+	cgroupHierarchies func() map[string]cgroupHierarchy
 }
 
 func readHostState() (hostState, error) {
@@ -142,6 +142,6 @@ func readHostState() (hostState, error) {
 	if _, err := os.Stat("/sys/fs/selinux/enforce"); err == nil {
 		h.selinux = true
 	}
-	h.cgroupHierarchies = cgroupHierarchies()
+	h.cgroupHierarchies = cgroupHierarchies
 	return h, nil
 }

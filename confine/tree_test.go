@@ -457,7 +457,7 @@ func TestRebindCgroups(t *testing.T) {
 	}
 	dir, names := tree(bound(102, "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct"), bound(103, "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd"))
 
-	rewritten, external, err := rebindCgroups(dir, names, spec(), hierarchies)
+	rewritten, external, err := rebindCgroups(dir, names, spec(), func() map[string]cgroupHierarchy { return hierarchies })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -493,7 +493,7 @@ func TestRebindCgroups(t *testing.T) {
 	} {
 		s := spec()
 		change(s)
-		if rewritten, external, err := rebindCgroups(dir, names, s, hierarchies); err != nil || len(rewritten) != 0 || len(external) != 0 {
+		if rewritten, external, err := rebindCgroups(dir, names, s, func() map[string]cgroupHierarchy { return hierarchies }); err != nil || len(rewritten) != 0 || len(external) != 0 {
 			t.Errorf("%s: got %d images, %q, %v; want nothing", name, len(rewritten), external, err)
 		}
 	}
@@ -510,7 +510,7 @@ func TestRebindCgroups(t *testing.T) {
 		h := maps.Clone(hierarchies)
 		h["elogind"] = cgroupHierarchy{"/sys/fs/cgroup/elogind", false}
 		dir, names := tree(m)
-		if rewritten, external, err := rebindCgroups(dir, names, spec(), h); err != nil || len(rewritten) != 0 || len(external) != 0 {
+		if rewritten, external, err := rebindCgroups(dir, names, spec(), func() map[string]cgroupHierarchy { return h }); err != nil || len(rewritten) != 0 || len(external) != 0 {
 			t.Errorf("%s: got %d images, %q, %v; want nothing", name, len(rewritten), external, err)
 		}
 	}

@@ -2,8 +2,8 @@ package confine
 
 import (
 	"fmt"
+	"maps"
 	"path"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -40,8 +40,9 @@ type cgroupHierarchy struct {
 // mounts stay runc's.
 //
 // nodeHierarchies is called only then (it reads the node's mount table).
-// It returns the rewritten mount images and the config's mappings.
-func rebindCgroups(imagesDir string, names []string, spec *specs.Spec, nodeHierarchies func() map[string]cgroupHierarchy) (map[string]*crit.CriuImage, []string, error) {
+// mountImages are the mount images checkMounts decoded and accepted; the
+// ones it changes are returned, with the config's mappings.
+func rebindCgroups(mountImages map[string]*crit.CriuImage, spec *specs.Spec, nodeHierarchies func() map[string]cgroupHierarchy) (map[string]*crit.CriuImage, []string, error) {
 	if spec.Linux == nil || nodeHierarchies == nil {
 		return nil, nil, nil
 	}
@@ -69,14 +70,8 @@ func rebindCgroups(imagesDir string, names []string, spec *specs.Spec, nodeHiera
 	}
 	rewritten := map[string]*crit.CriuImage{}
 	var external []string
-	for _, name := range names {
-		if !strings.HasPrefix(name, "mountpoints-") || !strings.HasSuffix(name, ".img") {
-			continue
-		}
-		img, err := decodeImage(filepath.Join(imagesDir, name), &mnt.MntEntry{})
-		if err != nil {
-			return nil, nil, fmt.Errorf("%w: %w", ErrRefused, err)
-		}
+	for _, name := range slices.Sorted(maps.Keys(mountImages)) {
+		img := mountImages[name]
 		changed := false
 		for _, e := range img.Entries {
 			m, ok := e.Message.(*mnt.MntEntry)

@@ -168,7 +168,8 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	if err := checkNamespaces(imagesDir, names, spec); err != nil {
 		return nil, err
 	}
-	if err := checkMounts(imagesDir, names, spec, hostHas); err != nil {
+	mountImages, err := checkMounts(imagesDir, names, spec, hostHas)
+	if err != nil {
 		return nil, err
 	}
 	if err := checkCgroups(imagesDir, names, spec); err != nil {
@@ -226,7 +227,7 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 			res.Narrowed++
 		}
 	}
-	mounts, external, err := rebindCgroups(imagesDir, names, spec, host.cgroupHierarchies)
+	mounts, external, err := rebindCgroups(mountImages, spec, host.cgroupHierarchies)
 	if err != nil {
 		return nil, err
 	}

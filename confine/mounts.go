@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -53,7 +54,9 @@ type mountRules struct {
 // hostHas reports whether a masked or read-only path exists on this host:
 // runc masks only what exists, so a donor's images hold masks for exactly
 // those paths.
-func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas func(string) bool) error {
+//
+// It returns the mount images it decoded, by name.
+func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas func(string) bool) (map[string]*crit.CriuImage, error) {
 	r := mountRules{byDest: map[string]specs.Mount{}, devices: map[string]bool{}, hostHas: hostHas, ids: map[uint32]bool{},
 		rootRO: spec.Root != nil && spec.Root.Readonly}
 	for _, m := range spec.Mounts {
@@ -71,36 +74,38 @@ func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas fun
 			r.devices[path.Clean(d.Path)] = true
 		}
 	}
+	images := map[string]*crit.CriuImage{}
 	for _, name := range names {
 		if !strings.HasPrefix(name, "mountpoints-") || !strings.HasSuffix(name, ".img") {
 			continue
 		}
-		entries, err := decodeMounts(filepath.Join(imagesDir, name))
+		img, entries, err := decodeMounts(filepath.Join(imagesDir, name))
 		if err != nil {
-			return fmt.Errorf("%w: %w", ErrRefused, err)
+			return nil, fmt.Errorf("%w: %w", ErrRefused, err)
 		}
 		r.imageName = name
 		if err := r.check(entries); err != nil {
-			return fmt.Errorf("%w: %w", ErrRefused, err)
+			return nil, fmt.Errorf("%w: %w", ErrRefused, err)
 		}
+		images[name] = img
 	}
-	return nil
+	return images, nil
 }
 
-func decodeMounts(p string) ([]*mnt.MntEntry, error) {
+func decodeMounts(p string) (*crit.CriuImage, []*mnt.MntEntry, error) {
 	img, err := decodeImage(p, &mnt.MntEntry{})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]*mnt.MntEntry, 0, len(img.Entries))
 	for _, e := range img.Entries {
 		m, ok := e.Message.(*mnt.MntEntry)
 		if !ok {
-			return nil, fmt.Errorf("decode %s: not a mount entry", filepath.Base(p))
+			return nil, nil, fmt.Errorf("decode %s: not a mount entry", filepath.Base(p))
 		}
 		out = append(out, m)
 	}
-	return out, nil
+	return img, out, nil
 }
 
 func (r *mountRules) check(entries []*mnt.MntEntry) error {

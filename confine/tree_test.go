@@ -136,7 +136,8 @@ func checkTree(dir string, s *specs.Spec) error {
 	if err := checkNamespaces(dir, names, s); err != nil {
 		return err
 	}
-	return checkMounts(dir, names, s, onHost)
+	_, err = checkMounts(dir, names, s, onHost)
+	return err
 }
 
 func imageNames(dir string) ([]string, error) {
@@ -441,11 +442,21 @@ func TestRebindCgroups(t *testing.T) {
 		m.ExtKey = proto.String(key)
 		return m
 	}
-	tree := func(extra ...*mnt.MntEntry) (string, []string) {
+	tree := func(extra ...*mnt.MntEntry) map[string]*crit.CriuImage {
 		mounts := append(donorMounts(), mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid))
 		dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, append(mounts, extra...))
 		names, _ := imageNames(dir)
-		return dir, names
+		imgs := map[string]*crit.CriuImage{}
+		for _, name := range names {
+			if strings.HasPrefix(name, "mountpoints-") {
+				img, _, err := decodeMounts(filepath.Join(dir, name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				imgs[name] = img
+			}
+		}
+		return imgs
 	}
 	hierarchies := map[string]cgroupHierarchy{"cpu,cpuacct": {"/sys/fs/cgroup/cpu,cpuacct", true}, "systemd": {"/host/cgroup/systemd", true},
 		"memory": {"/sys/fs/cgroup/memory", true}}
@@ -455,9 +466,11 @@ func TestRebindCgroups(t *testing.T) {
 		s.Linux.CgroupsPath = "/k8s.io/clone"
 		return s
 	}
-	dir, names := tree(bound(102, "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct"), bound(103, "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd"))
+	base := func() map[string]*crit.CriuImage {
+		return tree(bound(102, "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu,cpuacct"), bound(103, "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/systemd"))
+	}
 
-	rewritten, external, err := rebindCgroups(dir, names, spec(), func() map[string]cgroupHierarchy { return hierarchies })
+	rewritten, external, err := rebindCgroups(base(), spec(), func() map[string]cgroupHierarchy { return hierarchies })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -493,7 +506,7 @@ func TestRebindCgroups(t *testing.T) {
 	} {
 		s := spec()
 		change(s)
-		if rewritten, external, err := rebindCgroups(dir, names, s, func() map[string]cgroupHierarchy { return hierarchies }); err != nil || len(rewritten) != 0 || len(external) != 0 {
+		if rewritten, external, err := rebindCgroups(base(), s, func() map[string]cgroupHierarchy { return hierarchies }); err != nil || len(rewritten) != 0 || len(external) != 0 {
 			t.Errorf("%s: got %d images, %q, %v; want nothing", name, len(rewritten), external, err)
 		}
 	}
@@ -509,8 +522,7 @@ func TestRebindCgroups(t *testing.T) {
 	} {
 		h := maps.Clone(hierarchies)
 		h["elogind"] = cgroupHierarchy{"/sys/fs/cgroup/elogind", false}
-		dir, names := tree(m)
-		if rewritten, external, err := rebindCgroups(dir, names, spec(), func() map[string]cgroupHierarchy { return h }); err != nil || len(rewritten) != 0 || len(external) != 0 {
+		if rewritten, external, err := rebindCgroups(tree(m), spec(), func() map[string]cgroupHierarchy { return h }); err != nil || len(rewritten) != 0 || len(external) != 0 {
 			t.Errorf("%s: got %d images, %q, %v; want nothing", name, len(rewritten), external, err)
 		}
 	}

@@ -5,6 +5,7 @@ package integration
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/snapboot/snapboot/oci"
 )
 
 // nodeConfig writes a node configuration for one test, with its own cache,
@@ -106,12 +111,38 @@ func importOtherImage(t *testing.T) string {
 	return name
 }
 
-// checkpointCounter checkpoints a counting donor into ref with the CLI.
+// paddedCounterScript counts like counterScript while the shell holds
+// 30 kB of random bytes (as od's text): the CRIU images layer then
+// compresses to about 50 kB, where counterScript's is about 18 kB, a
+// little over oci.MaxEmbedded. A layer that small would sometimes be
+// embedded in the manifest, and then no fault a proxy puts on blobs would
+// reach it.
+const paddedCounterScript = `pad=$(head -c 30000 /dev/urandom | od -An -tx1); ` + counterScript
+
+// checkpointCounter checkpoints a counting donor into ref with the CLI. Its
+// CRIU images layer is downloaded as a blob, never read from the manifest:
+// the tests that use it put faults on the blobs a proxy serves.
 func checkpointCounter(t *testing.T, ref string) {
 	t.Helper()
-	donor, donorLog := startCounterDonor(t)
+	donor, donorLog := startScriptClone(t, "", paddedCounterScript)
 	waitCount(t, donorLog, 5)
 	mustSnapboot(t, "checkpoint", donor, ref)
+	var m ocispec.Manifest
+	if err := json.Unmarshal([]byte(orasCmd(t, "manifest", "fetch", "--plain-http", ref)), &m); err != nil {
+		t.Fatal(err)
+	}
+	criu := 0
+	for _, l := range m.Layers {
+		if l.MediaType == oci.MediaTypeCRIUImages || l.MediaType == oci.MediaTypeCRIUImagesLZ4 {
+			criu++
+			if l.Data != nil || l.Size <= oci.MaxEmbedded {
+				t.Fatalf("%s: the CRIU images layer (%d bytes) is embedded in the manifest: no fault on blobs would reach it", ref, l.Size)
+			}
+		}
+	}
+	if criu != 1 {
+		t.Fatalf("%s: %d CRIU images layers, want 1", ref, criu)
+	}
 }
 
 func TestFaultsColdStart(t *testing.T) {

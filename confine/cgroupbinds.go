@@ -34,10 +34,9 @@ type cgroupHierarchy struct {
 // cold start binds the container's. So each such mount gets a key of
 // snapboot's own, and the CRIU config maps it (external mnt[KEY]:PATH) to
 // the container's cgroup in the host's hierarchy of the same name, which
-// runc has made by the time CRIU mounts. Only for a cgroupfs path
-// (absolute, as containerd gives one); with another (systemd's
-// slice:prefix:name), or in a hierarchy runc makes no cgroup in, the
-// mounts stay runc's.
+// runc has made by the time CRIU mounts (see runcCgroupPath for where
+// that is). With a cgroups path runc would not put there, or in a
+// hierarchy runc makes no cgroup in, the mounts stay runc's.
 //
 // nodeHierarchies is called only then (it reads the node's mount table).
 // mountImages are the mount images checkMounts decoded and accepted; the
@@ -46,8 +45,8 @@ func rebindCgroups(mountImages map[string]*crit.CriuImage, spec *specs.Spec, nod
 	if spec.Linux == nil || nodeHierarchies == nil {
 		return nil, nil, nil
 	}
-	cgPath := spec.Linux.CgroupsPath
-	if !path.IsAbs(cgPath) || strings.Contains(cgPath, ":") || path.Clean(cgPath) != cgPath || !criuconf.Word(cgPath) {
+	cgPath, ok := runcCgroupPath(spec.Linux.CgroupsPath)
+	if !ok || !criuconf.Word(cgPath) {
 		return nil, nil, nil
 	}
 	var cgroupDests []string // the spec's cgroup mounts
@@ -103,4 +102,64 @@ func rebindCgroups(mountImages map[string]*crit.CriuImage, spec *specs.Spec, nod
 		}
 	}
 	return rewritten, external, nil
+}
+
+// runcCgroupPath is where, below each cgroup v1 hierarchy's mount point,
+// runc makes the cgroup of a container whose spec has cgroupsPath:
+//   - a cgroupfs path (absolute, as containerd gives one): that path;
+//   - a systemd path, slice:prefix:name (containerd's CRI plugin with
+//     SystemdCgroup, kubelet's systemd cgroup driver): the slice expanded
+//     as systemd nests slices (a-b.slice is /a.slice/a-b.slice; none is
+//     system.slice), then the unit, prefix-name.scope (or name itself
+//     when it is a slice), as runc's systemd cgroup manager places it on
+//     cgroup v1.
+//
+// It says false for anything else (a relative or unclean path, one runc
+// would refuse): that container's mounts stay runc's. A systemd path with
+// the cgroupfs driver (which runc would take as a relative path) maps to a
+// directory that runc did not make; CRIU then fails to mount it, and the
+// container cold-starts.
+func runcCgroupPath(cgroupsPath string) (string, bool) {
+	if path.IsAbs(cgroupsPath) {
+		return cgroupsPath, !strings.Contains(cgroupsPath, ":") && path.Clean(cgroupsPath) == cgroupsPath
+	}
+	parts := strings.Split(cgroupsPath, ":")
+	if len(parts) != 3 || strings.Contains(parts[1], "/") || parts[2] == "" || strings.Contains(parts[2], "/") {
+		return "", false
+	}
+	slice := "/system.slice"
+	if parts[0] != "" {
+		var ok bool
+		if slice, ok = expandSlice(parts[0]); !ok {
+			return "", false
+		}
+	}
+	unit := parts[1] + "-" + parts[2] + ".scope"
+	if strings.HasSuffix(parts[2], ".slice") {
+		unit = parts[2]
+	}
+	return path.Join(slice, unit), true
+}
+
+// expandSlice turns a systemd slice's name into its path in the cgroup
+// hierarchy: each dash a level (a-b-c.slice is
+// /a.slice/a-b.slice/a-b-c.slice), -.slice the root. Names systemd would
+// refuse (an empty part, a slash) say false.
+func expandSlice(slice string) (string, bool) {
+	name, ok := strings.CutSuffix(slice, ".slice")
+	if !ok || name == "" || strings.Contains(name, "/") {
+		return "", false
+	}
+	if name == "-" {
+		return "/", true
+	}
+	var p, prefix string
+	for _, part := range strings.Split(name, "-") {
+		if part == "" {
+			return "", false
+		}
+		p += "/" + prefix + part + ".slice"
+		prefix += part + "-"
+	}
+	return p, true
 }

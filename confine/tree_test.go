@@ -434,8 +434,9 @@ func TestReadOnlyRootAndResolvedKeys(t *testing.T) {
 
 // runc's restore would bind each cgroup v1 hierarchy from its own cgroup:
 // the keys become snapboot's, mapped to the container's cgroup in the
-// host's hierarchy of the same name. Not for a systemd cgroups path or a
-// spec with a cgroup namespace; a hierarchy this node lacks is refused.
+// host's hierarchy of the same name, for a cgroupfs or a systemd cgroups
+// path. Not for a path runc would refuse or a spec with a cgroup
+// namespace; a hierarchy this node lacks keeps runc's bind.
 func TestRebindCgroups(t *testing.T) {
 	bound := func(id uint32, at, key string) *mnt.MntEntry {
 		m := mount(id, 101, mnt.Fstype_CGROUP, "/donor", at, ro)
@@ -493,9 +494,22 @@ func TestRebindCgroups(t *testing.T) {
 		t.Fatalf("keys %q", keys)
 	}
 
+	// A systemd cgroups path (the CRI plugin with SystemdCgroup): the
+	// container's cgroup is its scope in the expanded slice.
+	s := spec()
+	s.Linux.CgroupsPath = "kubepods-besteffort.slice:cri-containerd:clone"
+	if _, external, err = rebindCgroups(base(), s, func() map[string]cgroupHierarchy { return hierarchies }); err != nil {
+		t.Fatal(err)
+	}
+	scope := "/kubepods.slice/kubepods-besteffort.slice/cri-containerd-clone.scope"
+	if want := []string{"mnt[snapboot-cgroup-0]:/sys/fs/cgroup/cpu,cpuacct" + scope, "mnt[snapboot-cgroup-1]:/host/cgroup/systemd" + scope}; !slices.Equal(external, want) {
+		t.Fatalf("systemd path: external %q, want %q", external, want)
+	}
+
 	for name, change := range map[string]func(*specs.Spec){
-		"a systemd cgroups path":  func(s *specs.Spec) { s.Linux.CgroupsPath = "system.slice:cri-containerd:clone" },
-		"a relative cgroups path": func(s *specs.Spec) { s.Linux.CgroupsPath = "k8s.io/clone" },
+		"a systemd path runc refuses": func(s *specs.Spec) { s.Linux.CgroupsPath = "system.slice:cri-containerd" },
+		"a slice systemd refuses":     func(s *specs.Spec) { s.Linux.CgroupsPath = "a--b.slice:cri-containerd:clone" },
+		"a relative cgroups path":     func(s *specs.Spec) { s.Linux.CgroupsPath = "k8s.io/clone" },
 		// CRIU would read the rest of the line as options of its own.
 		"a cgroups path with a space": func(s *specs.Spec) { s.Linux.CgroupsPath = "/a --action-script /tmp/x" },
 		"a cgroups path with a quote": func(s *specs.Spec) { s.Linux.CgroupsPath = `/a"b` },

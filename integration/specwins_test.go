@@ -144,6 +144,25 @@ func cgroupMountRoots(mountinfo string) map[string]string {
 // A restored container with cgroup v1 mounted (no cgroup namespace) sees
 // its own cgroup in each hierarchy, as a cold start does, not the one
 // runc's restore would bind (runc's own, the shim's).
+// A systemd cgroups path with runc's cgroupfs driver (which takes it as a
+// path relative to runc's own cgroup): the cgroup mounts are mapped to the
+// scope runc's systemd driver would make, which is not there, so CRIU
+// cannot mount them and the clone cold-starts, with the reason. This is
+// the way out if the mapping of a systemd path is ever wrong.
+func TestMisplacedSystemdCgroupColdStarts(t *testing.T) {
+	donor := cgroupV1Donor(t)
+	ck := packAndPush(t, donor, registryAddr+"/it/cgroup-systemd-path:v1", packOptions{})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, counterScript, append([]string{"--cgroup", "snapbootit.slice:it:" + donor + "-clone"}, cgroupV1Mount...)...)
+	line := logLine(t, offset, "snapboot.fallback", clone, 60*time.Second)
+	if want := "/snapbootit.slice/it-" + donor + "-clone.scope: No such file or directory"; !strings.Contains(line, want) {
+		t.Errorf("the fallback's reason should be CRIU's, about the scope (%s):\n%s", want, line)
+	}
+	if ns := waitCount(t, cloneLog, 1); ns[0] != 1 {
+		t.Errorf("the clone counts from %d, not from 1: it was not cold-started", ns[0])
+	}
+}
+
 func TestRestoredCgroupMountsAreTheContainers(t *testing.T) {
 	donor := cgroupV1Donor(t)
 	cold := cgroupBinds(t, donor)

@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:/usr/local/bin:$(PATH)
 export GOFLAGS := -buildvcs=false
 
 FUZZTIME ?= 10s
-FUZZ_TARGETS := ./oci:FuzzDecodeManifest ./oci:FuzzDecodeMetadata ./oci:FuzzParseReference ./criuconf:FuzzParseUserOptions ./unpack:FuzzTar ./unpack:FuzzFrameReader
+FUZZ_TARGETS := ./oci:FuzzDecodeManifest ./oci:FuzzDecodeMetadata ./oci:FuzzParseReference ./criuconf:FuzzParseUserOptions ./unpack:FuzzTar ./unpack:FuzzFrameReader ./unpack:FuzzLZ4Frame
 
 .PHONY: all build deps demo-deps demo bench compare test unit integration fuzz vet install clean
 

@@ -152,16 +152,22 @@ func TestRefusals(t *testing.T) {
 	cases := map[string]struct {
 		task task
 		spec *specs.Spec
+		want string // in the reason
 	}{
-		"root donor, non-root spec": {task{uid: 0}, spec(1000, nil, false)},
-		"no seccomp, spec needs it": {task{uid: 0, seccomp: criucore.SeccompMode_disabled}, spec(0, nil, true)},
+		"root donor, non-root spec": {task{uid: 0}, spec(1000, nil, false), "ran as root, the spec's user is 1000"},
+		"no seccomp, spec needs it": {task{uid: 0, seccomp: criucore.SeccompMode_disabled}, spec(0, nil, true), "without seccomp"},
 		// CRIU would then restore a creds image's uid and capabilities.
-		"core image without credentials": {task{uid: 0, noCreds: true}, spec(0, nil, false)},
+		"core image without credentials": {task{uid: 0, noCreds: true}, spec(0, nil, false), "has no credentials"},
 	}
+	// The filter runc installs for the spec is known, so that the donor's
+	// seccomp mode is what a refusal is about.
+	ref := runcFilter(t)
 	for name, c := range cases {
-		_, err := Apply(writeImages(t, c.task), t.TempDir(), c.spec, nil)
-		if !errors.Is(err, ErrRefused) {
-			t.Errorf("%s: got %v, want ErrRefused", name, err)
+		imgs := writeImages(t, c.task)
+		writePstree(t, imgs, 1)
+		_, err := Apply(imgs, t.TempDir(), c.spec, ref)
+		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want ErrRefused saying %q", name, err, c.want)
 		}
 	}
 	if _, err := Apply(t.TempDir(), t.TempDir(), spec(0, nil, false), nil); !errors.Is(err, ErrRefused) {

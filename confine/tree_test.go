@@ -277,42 +277,46 @@ func TestMountRefusals(t *testing.T) {
 	unknownKey.ExtKey = proto.String("/etc")
 	devKey := mount(103, 74, mnt.Fstype_TMPFS, "/", "/mnt", 0)
 	devKey.ExtKey = proto.String("/dev/kvm")
-	cases := map[string]func([]*mnt.MntEntry) []*mnt.MntEntry{
-		"a device the spec does not have":   add(devKey),
-		"a path within a tmpfs bound":       add(mount(104, 77, mnt.Fstype_TMPFS, "/x", "/mnt", 0)),
-		"a masked file left open":           without("/proc/keys"),
-		"a masked directory left open":      without("/proc/acpi"),
-		"masked sysfs path left open":       without("/sys/firmware"),
-		"mask made writable":                edit("/proc/acpi", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(0) }),
-		"read-only path made writable":      edit("/proc/sys", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(0) }),
-		"read-only path left out":           without("/proc/sys"),
-		"read-only mount made writable":     edit("/sys", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(0) }),
-		"read-only bind made writable":      edit("/data", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(0) }),
-		"a second proc":                     add(mount(92, 74, mnt.Fstype_PROC, "/", "/tmp", 0)),
-		"proc's root bound elsewhere":       add(mount(93, 74, mnt.Fstype_PROC, "/", "/mnt", ro)),
-		"proc's root over a read-only path": edit("/proc/sys", func(m *mnt.MntEntry) { m.Root = proto.String("/") }),
-		"a sysfs":                           add(mount(94, 74, mnt.Fstype_SYSFS, "/", "/mnt", 0)),
-		"a host disk":                       add(hostDisk),
-		"devtmpfs":                          add(mount(95, 74, mnt.Fstype_DEVTMPFS, "/", "/mnt", 0)),
-		"an overlay of host directories":    add(mount(96, 74, mnt.Fstype_OVERLAYFS, "/", "/mnt", 0)),
-		"debugfs":                           add(mount(97, 74, mnt.Fstype_DEBUGFS, "/", "/mnt", 0)),
-		"a cgroup mount":                    add(mount(98, 74, mnt.Fstype_CGROUP, "/", "/mnt", 0)),
-		"an external mount not in the spec": add(unknownKey),
-		"a path with ..":                    add(mount(99, 74, mnt.Fstype_PROC, "/", "/proc/../mnt", 0)),
-		"two roots":                         add(mount(100, 1, mnt.Fstype_TMPFS, "/", "/", 0)),
-		"a tmpfs without nosuid":            add(mount(108, 74, mnt.Fstype_TMPFS, "/", "/mnt", 0)),
-		"a mount id used twice":             add(mount(82, 74, mnt.Fstype_TMPFS, "/", "/mnt", nosuid)),
-		"a second proc over the masked one": add(mount(107, 76, mnt.Fstype_PROC, "/", "/proc", 0)),
-		"a mask mounted on another parent":  edit("/proc/keys", func(m *mnt.MntEntry) { m.ParentMntId = proto.Uint32(74) }),
-		"root not at /":                     edit("/", func(m *mnt.MntEntry) { m.Mountpoint = proto.String("/x") }),
+	// Each case is refused by the rule it is named after: want is in the reason.
+	type refusal struct {
+		change func([]*mnt.MntEntry) []*mnt.MntEntry
+		want   string
 	}
-	for name, change := range cases {
+	cases := map[string]refusal{
+		"a device the spec does not have":   {add(devKey), `external mount "/dev/kvm" that the spec does not have`},
+		"a path within a tmpfs bound":       {add(mount(104, 77, mnt.Fstype_TMPFS, "/x", "/dev/x", nosuid)), "binds /x of a TMPFS mount"},
+		"a masked file left open":           {without("/proc/keys"), "/proc/keys is not masked"},
+		"a masked directory left open":      {without("/proc/acpi"), "/proc/acpi is not masked"},
+		"masked sysfs path left open":       {without("/sys/firmware"), "/sys/firmware is not masked"},
+		"mask made writable":                {edit("/proc/acpi", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(nosuid) }), "/proc/acpi is not masked"},
+		"read-only path made writable":      {edit("/proc/sys", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(0) }), "/proc/sys mounts proc, which the spec does not mount there"},
+		"read-only path left out":           {without("/proc/sys"), "/proc/sys is not read-only"},
+		"read-only mount made writable":     {edit("/sys", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(0) }), "/sys is read-write"},
+		"read-only bind made writable":      {edit("/data", func(m *mnt.MntEntry) { m.Flags = proto.Uint32(0) }), "/data is read-write"},
+		"a second proc":                     {add(mount(92, 74, mnt.Fstype_PROC, "/", "/tmp", 0)), "/tmp mounts proc"},
+		"proc's root bound elsewhere":       {add(mount(93, 74, mnt.Fstype_PROC, "/", "/mnt", ro)), "/mnt mounts proc"},
+		"proc's root over a read-only path": {edit("/proc/sys", func(m *mnt.MntEntry) { m.Root = proto.String("/") }), "/proc/sys mounts proc, which the spec does not mount there"},
+		"a sysfs":                           {add(mount(94, 74, mnt.Fstype_SYSFS, "/", "/mnt", 0)), "/mnt mounts sysfs"},
+		"a host disk":                       {add(hostDisk), "/mnt is a mount of type AUTO"},
+		"devtmpfs":                          {add(mount(95, 74, mnt.Fstype_DEVTMPFS, "/", "/mnt", 0)), "/mnt is a mount of type DEVTMPFS"},
+		"an overlay of host directories":    {add(mount(96, 74, mnt.Fstype_OVERLAYFS, "/", "/mnt", 0)), "/mnt is a mount of type OVERLAYFS"},
+		"debugfs":                           {add(mount(97, 74, mnt.Fstype_DEBUGFS, "/", "/mnt", 0)), "/mnt is a mount of type DEBUGFS"},
+		"a cgroup mount":                    {add(mount(98, 74, mnt.Fstype_CGROUP, "/", "/mnt", 0)), "/mnt is a cgroup mount the spec does not have"},
+		"an external mount not in the spec": {add(unknownKey), `external mount "/etc" that the spec does not have`},
+		"a path with ..":                    {add(mount(99, 74, mnt.Fstype_PROC, "/", "/proc/../mnt", 0)), "not clean and absolute"},
+		"two roots":                         {add(mount(100, 1, mnt.Fstype_TMPFS, "/", "/", 0)), "two mounts at /"},
+		"a tmpfs without nosuid":            {add(mount(108, 74, mnt.Fstype_TMPFS, "/", "/mnt", 0)), "/mnt is a tmpfs without nosuid"},
+		"a mount id used twice":             {add(mount(82, 74, mnt.Fstype_TMPFS, "/", "/mnt", nosuid)), "mount id 82 used twice"},
+		"a second proc over the masked one": {add(mount(107, 76, mnt.Fstype_PROC, "/", "/proc", 0)), "two mounts at /proc"},
+		"a mask mounted on another parent":  {edit("/proc/keys", func(m *mnt.MntEntry) { m.ParentMntId = proto.Uint32(74) }), "/proc/keys is mounted on /, which is not the mount it is in"},
+		"root not at /":                     {edit("/", func(m *mnt.MntEntry) { m.Mountpoint = proto.String("/x") }), "is mounted on /x, which is not the mount it is in"},
+	}
+	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
-			err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, change(donorMounts())), clonesSpec())
-			if !errors.Is(err, ErrRefused) {
-				t.Fatalf("got %v, want ErrRefused", err)
+			err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, c.change(donorMounts())), clonesSpec())
+			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want ErrRefused saying %q", err, c.want)
 			}
-			t.Log(err)
 		})
 	}
 }

@@ -123,7 +123,7 @@ func TestCraftedCheckpointsColdStart(t *testing.T) {
 		tamper            func(*testing.T, string)
 	}{
 		{"host namespaces", "host-ns", "in the host's", hostNamespaces},
-		{"masks removed", "unmasked", "is not", unmask},
+		{"masks removed", "unmasked", "; the spec makes it so", unmask}, // not masked, or not read-only
 		{"root cgroup", "root-cgroup", "outside the container's cgroup", rootCgroup},
 	}
 	for _, c := range cases {

@@ -153,32 +153,25 @@ func testCRIRestore(t *testing.T, e *criEnv) {
 	// The restored process is in the new pod's network, IPC and UTS
 	// namespaces (CRIU joins them; the sandbox made them), in a PID
 	// namespace of its own, and it sees the new pod's hostname.
-	if pid, sandboxPID := e.containerPID(t, clone), e.sandboxPID(t, clonePod); pid > 0 && sandboxPID > 0 {
-		for _, ns := range []string{"net", "ipc", "uts", "pid"} {
-			a, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
-			b, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", sandboxPID, ns))
-			if same := a == b; same != (ns != "pid") || a == "" {
-				t.Errorf("%s namespace of the restored container %q, of the pod sandbox %q", ns, a, b)
-			}
+	pid, sandboxPID := e.containerPID(t, clone), e.sandboxPID(t, clonePod)
+	for _, ns := range []string{"net", "ipc", "uts", "pid"} {
+		a, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns))
+		b, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", sandboxPID, ns))
+		if same := a == b; same != (ns != "pid") || a == "" {
+			t.Errorf("%s namespace of the restored container %q, of the pod sandbox %q", ns, a, b)
 		}
 	}
 	// It runs the seccomp filter of the pod's RuntimeDefault profile, as a
 	// cold start would (CRIU restores the donor's, which confine compared
 	// with the one runc installs for the profile).
-	if pid := e.containerPID(t, clone); pid > 0 {
-		if got := statusField(t, pid, "Seccomp"); got != "2" {
-			t.Errorf("Seccomp of the restored container: %q, want 2 (filter)", got)
-		}
+	if got := statusField(t, pid, "Seccomp"); got != "2" {
+		t.Errorf("Seccomp of the restored container: %q, want 2 (filter)", got)
 	}
 	// Its cgroup v1 hierarchies (CRI mounts them; no cgroup namespace on
 	// v1) show its own cgroup, as the donor's show the donor's, not the
 	// shim's that runc's restore would bind.
 	for _, c := range []struct{ what, id string }{{"donor", donor}, {"restored container", clone}} {
-		pid := e.containerPID(t, c.id)
-		if pid <= 0 {
-			continue
-		}
-		roots := cgroupMountRoots(readFile(fmt.Sprintf("/proc/%d/mountinfo", pid)))
+		roots := cgroupMountRoots(readFile(fmt.Sprintf("/proc/%d/mountinfo", e.containerPID(t, c.id))))
 		for at, root := range roots {
 			if !strings.HasSuffix(root, "/"+c.id) {
 				t.Errorf("the %s's %s shows cgroup %s, not its own (%s)", c.what, at, root, c.id)
@@ -223,7 +216,7 @@ func testCRIRestore(t *testing.T, e *criEnv) {
 	if _, ok := shims[clone]; ok {
 		t.Errorf("the restored container %s got a shim of its own; shims: %v", clone, shims)
 	}
-	if pid := e.containerPID(t, clone); pid > 0 && sandboxShim > 0 {
+	if ok {
 		if ppid := parentPID(pid); ppid != sandboxShim {
 			t.Errorf("restored container's init (pid %d) has parent %d, want the pod's shim %d", pid, ppid, sandboxShim)
 		}
@@ -953,15 +946,21 @@ func (e *criEnv) sandboxPID(t *testing.T, pod string) int {
 	if err := json.Unmarshal([]byte(e.crictl(t, "inspectp", "-o", "json", pod)), &st); err != nil {
 		t.Fatalf("crictl inspectp %s: %v", pod, err)
 	}
+	if st.Info.Pid <= 0 {
+		t.Fatalf("crictl inspectp %s gives no pid", pod)
+	}
 	return st.Info.Pid
 }
 
-// containerPID is the host PID of a container's init process (0 if unknown).
+// containerPID is the host PID of a container's init process.
 func (e *criEnv) containerPID(t *testing.T, id string) int {
 	t.Helper()
 	var st struct{ Info struct{ Pid int } }
 	if err := json.Unmarshal([]byte(e.crictl(t, "inspect", "-o", "json", id)), &st); err != nil {
 		t.Fatalf("crictl inspect %s: %v", id, err)
+	}
+	if st.Info.Pid <= 0 {
+		t.Fatalf("crictl inspect %s gives no pid", id)
 	}
 	return st.Info.Pid
 }

@@ -250,9 +250,10 @@ func TestShimKilledMidPull(t *testing.T) {
 	id := uniqueID(t)
 	t.Cleanup(func() { removeContainer(id) })
 	done := make(chan error, 1)
+	netns := newNetns(t)
 	go func() {
 		_, stderr, err := ctrErr("run", "-d", "--runtime", snapbootRuntime, "--runtime-config-path", cfg,
-			"--annotation", "snapboot.dev/checkpoint="+proxy.addr+"/it/killed:v1", "--with-ns", "network:"+newNetns(t),
+			"--annotation", "snapboot.dev/checkpoint="+proxy.addr+"/it/killed:v1", "--with-ns", "network:"+netns,
 			"--log-uri", "file://"+filepath.Join(logsDir, id+".log"), busyboxImage, id, "/bin/sh", "-c", counterScript)
 		if err != nil {
 			err = fmt.Errorf("%v: %s", err, stderr)

@@ -86,7 +86,8 @@ func TestMemoizedCRIUVersion(t *testing.T) {
 	check("unwritable, first", 40300, 6)
 	check("unwritable, second", 40300, 7)
 
-	// No such binary: detection decides (and here fails as CRIU would).
+	// No such binary: the memo is not consulted, detection decides (the
+	// fake detect answers; a real one would fail as running CRIU would).
 	get = MemoizedCRIUVersion(dir, filepath.Join(t.TempDir(), "missing"), detect)
 	check("missing binary", 40300, 8)
 }

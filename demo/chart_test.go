@@ -37,10 +37,25 @@ func TestWriteChart(t *testing.T) {
 		}
 	}
 
-	// Without the floor (make demo), one panel.
+	// Without the floor (make demo), one panel: the first one's bars, not
+	// the floor panel's.
 	r.Floor, r.ClientCold, r.ClientWarm = nil, nil, nil
 	if err := writeChart(path, r); err != nil {
 		t.Fatal(err)
+	}
+	g, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if img, err = png.Decode(g); err != nil {
+		t.Fatalf("results.png without the floor: %v", err)
+	}
+	if n := countColor(img, color.RGBA{R: 70, G: 110, B: 180, A: 255}); n < 500 {
+		t.Errorf("no floor: %d pixels of the first panel's bars", n)
+	}
+	if n := countColor(img, color.RGBA{R: 90, G: 160, B: 90, A: 255}); n != 0 {
+		t.Errorf("no floor: %d pixels of the floor panel's bars, want none", n)
 	}
 }
 

@@ -3,6 +3,7 @@ package oci
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -71,8 +72,31 @@ func TestPushWritesFormatV1(t *testing.T) {
 	if ck, err := DecodeManifest(data); err != nil || ck.CRIU.Data != nil {
 		t.Fatalf("a layer over %d bytes is embedded: %v", MaxEmbedded, err)
 	}
-	// Pushing the same layers again uploads nothing new and gives a valid manifest.
-	if _, err := Push(ctx, store, "v2", meta, []LayerFile{{MediaType: MediaTypeCRIUImages, Path: criu}}, PushOptions{}); err != nil {
+	// Pushing the same layers again uploads none of them again and gives a
+	// valid manifest.
+	bigLayer, _ := DecodeManifest(data)
+	counting := &countingTarget{Target: store, pushed: map[digest.Digest]int{}}
+	again, err := Push(ctx, counting, "v4", meta, []LayerFile{{MediaType: MediaTypeCRIUImages, Path: big}}, PushOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
+	if n := counting.pushed[bigLayer.CRIU.Digest]; n != 0 {
+		t.Errorf("the layer already in the registry was uploaded %d more times", n)
+	}
+	if data, err := content.FetchAll(ctx, store, again); err != nil {
+		t.Fatal(err)
+	} else if _, err := DecodeManifest(data); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// countingTarget counts what is uploaded to it, by digest.
+type countingTarget struct {
+	Target
+	pushed map[digest.Digest]int
+}
+
+func (c *countingTarget) Push(ctx context.Context, d ocispec.Descriptor, r io.Reader) error {
+	c.pushed[d.Digest]++
+	return c.Target.Push(ctx, d, r)
 }

@@ -807,11 +807,14 @@ type prepared struct {
 	err  error
 }
 
-// prepareInBackground runs Prepare for ref and sends what it returns.
+// prepareInBackground runs Prepare for ref and sends what it returns. The
+// bundle is made first, here: t.Fatal must not be called from the
+// goroutine.
 func prepareInBackground(t *testing.T, e *env, ref string) <-chan prepared {
+	req := Request{ContainerID: "c1", Bundle: bundle(t, map[string]string{AnnotationCheckpoint: ref}), Rootfs: overlayRootfs}
 	done := make(chan prepared, 1)
 	go func() {
-		plan, err := e.prepare(t, ref, overlayRootfs)
+		plan, err := e.restorer.Prepare(context.Background(), req)
 		done <- prepared{plan, err}
 	}()
 	return done

@@ -83,6 +83,7 @@ func TestCRI(t *testing.T) {
 	e := startCRIEnv(t)
 	t.Run("restore", func(t *testing.T) { testCRIRestore(t, e) })
 	t.Run("oom", func(t *testing.T) { testCRIRestoredOOM(t, e) })
+	t.Run("sharedpid", func(t *testing.T) { testCRISharedPID(t, e) })
 	t.Run("cold", func(t *testing.T) { testCRICold(t, e) })
 	t.Run("fallback", func(t *testing.T) { testCRIFallback(t, e) })
 	t.Run("cleanup", func(t *testing.T) { testCRICleanup(t, e) })
@@ -261,6 +262,60 @@ func testCRIRestoredOOM(t *testing.T, e *criEnv) {
 
 // testCRICold: the same pod and container spec without the annotation
 // cold-starts, through the same runtime handler.
+// testCRISharedPID: pods with shareProcessNamespace (the sandbox's PID
+// namespace for every container). A container restored into such a pod
+// joins the sandbox's PID namespace, at the PID its process had in the
+// donor's (CRIU restores PIDs as they were). A second container of the same
+// checkpoint in that pod finds the PID taken: CRIU fails, and it
+// cold-starts.
+func testCRISharedPID(t *testing.T, e *criEnv) {
+	marker := "sharedpid-" + runToken
+	sharePID := func(cfg map[string]any) {
+		cfg["linux"].(map[string]any)["security_context"].(map[string]any)["namespace_options"] = map[string]any{"pid": criPIDPod}
+	}
+	donorPod, donorConf := e.runPodPID(t, "sharedpid-donor", nil, criPIDPod)
+	donor := e.startContainerConfig(t, donorPod, donorConf, "web", nil, serveCmd(marker), sharePID)
+	e.waitHTTP(t, e.podIP(t, donorPod), marker, 20*time.Second)
+	donorNSpid := statusField(t, e.containerPID(t, donor), "NSpid")
+	ref := registryAddr + "/it/cri-sharedpid:v1"
+	if out, errOut, code := e.snapboot("checkpoint", donor, ref); code != 0 {
+		t.Fatalf("snapboot checkpoint: exit %d\n%s\n%s", code, out, errOut)
+	}
+
+	offset := e.logOffset()
+	ann := map[string]string{"snapboot.dev/checkpoint": ref}
+	clonePod, cloneConf := e.runPodPID(t, "sharedpid-clone", ann, criPIDPod)
+	clone := e.startContainerConfig(t, clonePod, cloneConf, "web", ann, serveCmd("cold-"+marker), sharePID)
+	e.waitLogLine(t, offset, "snapboot.restore", clone, 60*time.Second)
+	e.waitHTTP(t, e.podIP(t, clonePod), marker, 20*time.Second)
+	pid, sandboxPID := e.containerPID(t, clone), e.sandboxPID(t, clonePod)
+	a, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+	b, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", sandboxPID))
+	if a == "" || a != b {
+		t.Errorf("PID namespace of the restored container %q, of the pod's sandbox %q: want the sandbox's", a, b)
+	}
+	// NSpid: the host PID, then the PID in the pod's namespace.
+	dn, cn := strings.Fields(donorNSpid), strings.Fields(statusField(t, pid, "NSpid"))
+	if len(dn) != 2 || len(cn) != 2 || dn[1] != cn[1] {
+		t.Fatalf("the restored process's PIDs %q, the donor's %q: want the same PID in the pod", cn, dn)
+	}
+
+	offset = e.logOffset()
+	second := e.startContainerConfig(t, clonePod, cloneConf, "second", ann, []string{"/bin/sleep", "3600"}, sharePID)
+	line := e.waitLogLine(t, offset, "snapboot.fallback", second, 60*time.Second)
+	if !strings.Contains(line, "reason_kind=restore") || !strings.Contains(line, "Can't fork for "+dn[1]+": File exists") {
+		t.Errorf("the second container's fallback should be CRIU's, for PID %s taken:\n%s", dn[1], line)
+	}
+	waitFor(t, 20*time.Second, "the second container to run, cold", func() bool {
+		return e.containerStatus(t, second) == "CONTAINER_RUNNING"
+	})
+	if got := readFile(fmt.Sprintf("/proc/%d/cmdline", e.containerPID(t, second))); !strings.HasPrefix(got, "/bin/sleep") {
+		t.Errorf("the second container runs %q, want its own command", got)
+	}
+	// The first one still serves.
+	e.waitHTTP(t, e.podIP(t, clonePod), marker, 10*time.Second)
+}
+
 func testCRICold(t *testing.T, e *criEnv) {
 	coldMarker := "cold-" + runToken
 	offset := e.logOffset()
@@ -798,6 +853,18 @@ func (e *criEnv) teardown(t *testing.T) {
 // and removes it (with its containers).
 func (e *criEnv) runPod(t *testing.T, name string, annotations map[string]string) (id, configPath string) {
 	t.Helper()
+	return e.runPodPID(t, name, annotations, criPIDContainer)
+}
+
+// CRI's namespace modes for a pod's PID namespace.
+const (
+	criPIDPod       = 0 // shareProcessNamespace: the sandbox's, for every container
+	criPIDContainer = 1 // the kubelet's default: one per container
+)
+
+// runPodPID is runPod with a PID namespace mode.
+func (e *criEnv) runPodPID(t *testing.T, name string, annotations map[string]string, pidMode int) (id, configPath string) {
+	t.Helper()
 	uid := uniqueID(t)
 	logDir := filepath.Join(e.podsDir, uid)
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
@@ -810,10 +877,10 @@ func (e *criEnv) runPod(t *testing.T, name string, annotations map[string]string
 		"annotations":   annotations,
 		"linux": map[string]any{
 			"cgroup_parent": e.cgParent,
-			// As the kubelet sets it (no shareProcessNamespace): each
-			// container has its own PID namespace. Network, IPC and UTS are
-			// the pod's.
-			"security_context": map[string]any{"namespace_options": map[string]any{"pid": 1}},
+			// As the kubelet sets it (without shareProcessNamespace, each
+			// container has its own PID namespace). Network, IPC and UTS
+			// are the pod's.
+			"security_context": map[string]any{"namespace_options": map[string]any{"pid": pidMode}},
 		},
 	}
 	configPath = filepath.Join(logDir, "pod.json")

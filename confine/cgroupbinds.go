@@ -58,10 +58,8 @@ func rebindCgroups(mountImages map[string]*crit.CriuImage, spec *specs.Spec, nod
 	if len(cgroupDests) == 0 {
 		return nil, nil, nil
 	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.CgroupNamespace {
-			return nil, nil, nil
-		}
+	if hasCgroupNamespace(spec) {
+		return nil, nil, nil
 	}
 	hierarchies := nodeHierarchies()
 	if len(hierarchies) == 0 {

@@ -34,12 +34,7 @@ import (
 // namespace prefix; otherwise the clone stays in the host's, where a
 // cgroup mount shows the whole hierarchy.
 func checkCgroups(imagesDir string, names []string, spec *specs.Spec) error {
-	wantNS := false
-	if spec.Linux != nil {
-		for _, ns := range spec.Linux.Namespaces {
-			wantNS = wantNS || ns.Type == specs.CgroupNamespace
-		}
-	}
+	wantNS := hasCgroupNamespace(spec)
 	if !slices.Contains(names, "cgroup.img") {
 		if wantNS {
 			return fmt.Errorf("%w: no cgroup.img: CRIU would not make the cgroup namespace the spec has", ErrRefused)
@@ -218,4 +213,17 @@ func sameNames(cnames []string, name string) bool {
 		}
 	}
 	return true
+}
+
+// hasCgroupNamespace reports whether the spec gives the container a cgroup
+// namespace of its own.
+func hasCgroupNamespace(spec *specs.Spec) bool {
+	if spec.Linux != nil {
+		for _, ns := range spec.Linux.Namespaces {
+			if ns.Type == specs.CgroupNamespace {
+				return true
+			}
+		}
+	}
+	return false
 }

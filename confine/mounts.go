@@ -58,7 +58,7 @@ type mountRules struct {
 // It returns the mount images it decoded, by name.
 func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas func(string) bool) (map[string]*crit.CriuImage, error) {
 	r := mountRules{byDest: map[string]specs.Mount{}, devices: map[string]bool{}, hostHas: hostHas, ids: map[uint32]bool{},
-		rootRO: spec.Root != nil && spec.Root.Readonly}
+		rootRO: spec.Root != nil && spec.Root.Readonly, cgroupNS: hasCgroupNamespace(spec)}
 	for _, m := range spec.Mounts {
 		r.byDest[path.Clean(m.Destination)] = m
 	}
@@ -67,9 +67,6 @@ func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas fun
 	}
 	if spec.Linux != nil {
 		r.masked, r.readonly = cleaned(spec.Linux.MaskedPaths), cleaned(spec.Linux.ReadonlyPaths)
-		for _, ns := range spec.Linux.Namespaces {
-			r.cgroupNS = r.cgroupNS || ns.Type == specs.CgroupNamespace
-		}
 		for _, d := range spec.Linux.Devices {
 			r.devices[path.Clean(d.Path)] = true
 		}

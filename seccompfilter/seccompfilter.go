@@ -131,8 +131,8 @@ func (p *Prober) probe(ctx context.Context, runc string, profile *specs.LinuxSec
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, err
 	}
-	id := "snapboot-seccomp-probe-" + hex.EncodeToString(rnd[:])
-	if err := writeBundle(b.dir, profile); err != nil {
+	id := probeIDPrefix + hex.EncodeToString(rnd[:])
+	if err := writeBundle(b.dir, id, profile); err != nil {
 		return nil, err
 	}
 	pidFile := filepath.Join(b.dir, "init.pid")
@@ -169,6 +169,9 @@ func (p *Prober) probe(ctx context.Context, runc string, profile *specs.LinuxSec
 const (
 	bundlePrefix = "seccomp-probe-"
 	staleAfter   = time.Minute
+	// probeIDPrefix begins the name of every probe container, and of the
+	// cgroup runc makes for it.
+	probeIDPrefix = "snapboot-seccomp-probe-"
 )
 
 type bundle struct {
@@ -236,7 +239,14 @@ func (b *bundle) remove(ctx context.Context, p *Prober, runc string) error {
 	}
 	for _, e := range ents {
 		if _, err := os.Stat(filepath.Join(b.state(), e.Name(), "state.json")); err != nil {
-			continue // not a container runc knows (a create that failed)
+			// Not a container runc knows: a create that failed, or that
+			// was killed (the probe's context, or its prober, gone).
+			// One killed after it made the container's cgroups leaves
+			// them, and only this bundle's state names them.
+			if err := removeCgroups(e.Name()); err != nil {
+				return err
+			}
+			continue
 		}
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		err := p.runc(dctx, runc, b.dir, "--root", b.state(), "delete", "--force", e.Name())
@@ -250,7 +260,9 @@ func (b *bundle) remove(ctx context.Context, p *Prober, runc string) error {
 
 // writeBundle writes a bundle whose process is an empty file: runc's init
 // checks that it exists before it installs the filter, and never runs it.
-func writeBundle(bundle string, profile *specs.LinuxSeccomp) error {
+// The container's cgroups are /id in every hierarchy (where runc puts them
+// by default too), for removeCgroups to find.
+func writeBundle(bundle, id string, profile *specs.LinuxSeccomp) error {
 	rootfs := filepath.Join(bundle, "rootfs")
 	if err := os.Mkdir(rootfs, 0o755); err != nil {
 		return err
@@ -268,8 +280,9 @@ func writeBundle(bundle string, profile *specs.LinuxSeccomp) error {
 			NoNewPrivileges: true,
 		},
 		Linux: &specs.Linux{
-			Namespaces: []specs.LinuxNamespace{{Type: specs.MountNamespace}, {Type: specs.PIDNamespace}},
-			Seccomp:    profile,
+			Namespaces:  []specs.LinuxNamespace{{Type: specs.MountNamespace}, {Type: specs.PIDNamespace}},
+			Seccomp:     profile,
+			CgroupsPath: "/" + id,
 		},
 	}
 	js, err := json.Marshal(spec)

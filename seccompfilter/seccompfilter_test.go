@@ -164,7 +164,7 @@ func TestDeadProbersContainersDeleted(t *testing.T) {
 				(&bundle{dir: b.dir, lock: lock}).remove(context.Background(), p, runc)
 			}
 		})
-		if err := writeBundle(b.dir, profile); err != nil {
+		if err := writeBundle(b.dir, "snapboot-test-"+name, profile); err != nil {
 			t.Fatal(err)
 		}
 		pidFile := filepath.Join(b.dir, "init.pid")

@@ -24,6 +24,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -43,6 +44,8 @@ type Prober struct {
 	// Run runs a command to its end. In a shim, where containerd's reaper
 	// collects every child's exit status, it must go through the reaper.
 	Run func(*exec.Cmd) error
+
+	sweeping sync.WaitGroup // sweeps under way
 }
 
 // Filter returns the filter runc installs for profile: the instructions
@@ -117,7 +120,13 @@ func validFilter(f []byte) bool {
 
 // probe creates the container, reads its init's filter and deletes it.
 func (p *Prober) probe(ctx context.Context, runc string, profile *specs.LinuxSeccomp) (_ []byte, retErr error) {
-	p.sweep(ctx, runc)
+	// Beside the probe, not before it: a runc delete that hangs on a
+	// dead prober's container (up to its 30 s) must not hold this one up.
+	p.sweeping.Add(1)
+	go func() {
+		defer p.sweeping.Done()
+		p.sweep(context.WithoutCancel(ctx), runc)
+	}()
 	b, err := p.newBundle()
 	if err != nil {
 		return nil, err

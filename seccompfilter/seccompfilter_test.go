@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -194,8 +195,8 @@ func TestDeadProbersContainersDeleted(t *testing.T) {
 	if _, err := p.Filter(ctx, profile); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for alive(deadPid) && time.Now().Before(deadline) {
+	p.sweeping.Wait()
+	for deadline := time.Now().Add(10 * time.Second); alive(deadPid) && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if alive(deadPid) {
@@ -227,4 +228,61 @@ func alive(pid int) bool {
 	}
 	i := bytes.LastIndexByte(stat, ')')
 	return i > 0 && len(stat) > i+2 && stat[i+2] != 'Z'
+}
+
+// A dead prober's container whose runc delete hangs does not hold up the
+// next probe: the sweep runs beside it, and gets to the container once
+// runc answers.
+func TestHangingSweepDoesNotDelayProbe(t *testing.T) {
+	p := newProber(t)
+	ctx := context.Background()
+	runc, err := exec.LookPath(p.Runc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	profile := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	b, err := p.newBundle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeBundle(b.dir, "snapboot-test-hung", profile); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.runc(ctx, runc, b.dir, "--root", b.state(), "create", "--bundle", b.dir, "snapboot-test-hung"); err != nil {
+		t.Fatal(err)
+	}
+	then := time.Now().Add(-2 * staleAfter)
+	os.Chtimes(b.dir, then, then)
+	b.lock.Close() // its prober is gone
+	t.Cleanup(func() {
+		if lock, err := lockDir(b.dir); err == nil {
+			(&bundle{dir: b.dir, lock: lock}).remove(context.Background(), &Prober{}, runc)
+		}
+	})
+
+	release := make(chan struct{})
+	p.Run = func(cmd *exec.Cmd) error {
+		if slices.Contains(cmd.Args, "delete") && slices.Contains(cmd.Args, "snapboot-test-hung") {
+			select { // runc delete hangs (for at most 15 s)
+			case <-release:
+			case <-time.After(15 * time.Second):
+			}
+		}
+		return cmd.Run()
+	}
+	began := time.Now()
+	if _, err := p.Filter(ctx, profile); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); took > 10*time.Second {
+		t.Errorf("the probe waited %v for the hanging sweep", took)
+	}
+	if _, err := os.Stat(b.state()); err != nil {
+		t.Fatalf("the hung container's bundle went while its delete hung: %v", err)
+	}
+	close(release)
+	p.sweeping.Wait()
+	if _, err := os.Stat(b.dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the dead prober's bundle is still there once runc answered: %v", err)
+	}
 }

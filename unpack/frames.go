@@ -49,6 +49,11 @@ const (
 	// kept only 8 of those it let go of, the next frames were decoded into
 	// new buffers (72 of the 91 MB a restoring shim allocated).
 	maxLent = 64
+	// maxDefaultWorkers bounds the decoders when Options.Workers is 0:
+	// each holds up to three frames in memory (of up to maxFrameOutput
+	// decoded), and eight decode (about 1 GB/s each) faster than a layer
+	// downloads or is written.
+	maxDefaultWorkers = 8
 )
 
 // newOutBuf makes a decoded frame's buffer; tests count the calls.
@@ -229,10 +234,7 @@ func readListed(r io.Reader, frames []oci.Frame, i int, buf *[]byte) ([]byte, er
 // decoded. A positive opts.Nice runs the decoding on threads of that nice
 // value (once opts.NiceFrom is closed, if it is set).
 func newFrameReader(r io.Reader, opts Options) io.ReadCloser {
-	workers := opts.Workers
-	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
-	}
+	workers := defaultWorkers(opts.Workers)
 	// Every frame in flight holds a buffer of each kind.
 	inflight := workers*3 + 2
 	fr := &frameReader{
@@ -247,6 +249,15 @@ func newFrameReader(r io.Reader, opts Options) io.ReadCloser {
 	}
 	go fr.split(r, workers, opts.Codec, !opts.SkipFrameChecksums)
 	return fr
+}
+
+// defaultWorkers is the number of decoders for Options.Workers n: n if it
+// is positive, else GOMAXPROCS, at most maxDefaultWorkers.
+func defaultWorkers(n int) int {
+	if n > 0 {
+		return n
+	}
+	return min(runtime.GOMAXPROCS(0), maxDefaultWorkers)
 }
 
 // piece is the next part of the output: a decoded frame, the rest of the

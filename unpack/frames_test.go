@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"io"
 	"math/rand"
+	"runtime"
 	"sync/atomic"
 	"testing"
 
@@ -184,5 +185,22 @@ func TestBorrowedFramesReused(t *testing.T) {
 	// the second round should need none of its own.
 	if n, most := allocs.Load(), int32(held+workers*3+2); n > most {
 		t.Fatalf("%d frame buffers made for %d frames, %d held at once: want at most %d", n, 2*held, held, most)
+	}
+}
+
+// Without a number of decoders, a large node still runs at most eight
+// (their frames are held in memory); a small one runs one per CPU.
+func TestDefaultWorkers(t *testing.T) {
+	prev := runtime.GOMAXPROCS(64)
+	defer runtime.GOMAXPROCS(prev)
+	if n := defaultWorkers(0); n != maxDefaultWorkers {
+		t.Errorf("GOMAXPROCS 64: %d decoders, want %d", n, maxDefaultWorkers)
+	}
+	runtime.GOMAXPROCS(2)
+	if n := defaultWorkers(0); n != 2 {
+		t.Errorf("GOMAXPROCS 2: %d decoders, want 2", n)
+	}
+	if n := defaultWorkers(12); n != 12 {
+		t.Errorf("asked for 12: %d decoders", n)
 	}
 }

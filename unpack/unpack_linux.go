@@ -70,7 +70,7 @@ type Options struct {
 	// Files, when set, follows regular files as they are written.
 	Files FileObserver
 	// Workers is how many frames are decoded at once; 0 means
-	// GOMAXPROCS.
+	// GOMAXPROCS, at most 8.
 	Workers int
 	// Nice, when positive, is the nice value of the threads that decode
 	// frames: below the rest of the process, so that they use the CPU time

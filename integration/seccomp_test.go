@@ -4,6 +4,11 @@ package integration
 
 import (
 	"encoding/binary"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -91,4 +96,99 @@ func TestSeccompFilter(t *testing.T) {
 			expectSpecFallback(t, offset, clone, cloneLog, c.reason)
 		})
 	}
+}
+
+// threadsProgram counts, like counterScript, from a Go program that also
+// keeps four more threads of its own (each locked to a goroutine that
+// wakes every 5 ms), so that CRIU dumps and restores several threads,
+// each with its own copy of runc's filter.
+const threadsProgram = `package main
+
+import (
+	"fmt"
+	"runtime"
+	"time"
+)
+
+func main() {
+	for i := 0; i < 4; i++ {
+		go func() {
+			runtime.LockOSThread()
+			for {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	for i := 1; ; i++ {
+		fmt.Println(i)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+`
+
+// threadsSeccomp returns, for each thread of process pid, its Seccomp
+// mode and number of filters ("2/1").
+func threadsSeccomp(t *testing.T, pid int) []string {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		out = append(out, statusField(t, tid, "Seccomp")+"/"+statusField(t, tid, "Seccomp_filters"))
+	}
+	return out
+}
+
+// TestSeccompMultiThreaded restores a multi-threaded donor (a Go program)
+// that ran under ctr's default seccomp profile: every thread comes back,
+// each running runc's filter once, and the program goes on counting.
+func TestSeccompMultiThreaded(t *testing.T) {
+	requireShim(t)
+	dir := testDir(t)
+	src := filepath.Join(dir, "main.go")
+	if err := os.WriteFile(src, []byte(threadsProgram), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, "threads"), src)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the threaded program: %v\n%s", err, out)
+	}
+	flags := []string{"--seccomp", "--mount", "type=bind,src=" + dir + ",dst=/opt/threads,options=rbind:ro"}
+	start := func(ref string) (string, string) {
+		return startScriptClone(t, ref, "exec /opt/threads/threads", flags...)
+	}
+	threadsOK := func(who string, pid int) {
+		t.Helper()
+		got := threadsSeccomp(t, pid)
+		if len(got) < 5 {
+			t.Fatalf("%s has %d threads, want at least 5", who, len(got))
+		}
+		for i, s := range got {
+			if s != "2/1" {
+				t.Fatalf("%s's thread %d of %d: Seccomp/Seccomp_filters %s, want 2/1 (all: %v)", who, i+1, len(got), s, got)
+			}
+		}
+		t.Logf("%s: %d threads, each with runc's filter", who, len(got))
+	}
+	donor, donorLog := start("")
+	waitCount(t, donorLog, 5)
+	threadsOK("the donor", taskPID(t, donor))
+
+	ck := packAndPush(t, donor, registryAddr+"/it/seccomp:threads", packOptions{})
+	offset := containerdLogOffset()
+	clone, cloneLog := start(ck.Ref)
+	logLine(t, offset, "snapboot.restore", clone, 60*time.Second)
+	ns := waitCount(t, cloneLog, 3)
+	if ns[0] == 1 {
+		t.Fatal("the clone cold-started")
+	}
+	waitFor(t, 30*time.Second, "the clone to count on", func() bool {
+		n := numbers(cloneLog)
+		return n[len(n)-1] >= ns[len(ns)-1]+5
+	})
+	threadsOK("the restored clone", taskPID(t, clone))
 }

@@ -9,44 +9,39 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/containerd/containerd/v2/contrib/seccomp"
-	"github.com/moby/sys/mountinfo"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// cgroupMounts returns the mount point of every cgroup hierarchy, or skips
-// the test on a node without any.
-func cgroupMounts(t *testing.T) []string {
+// hierarchies returns where probe container id's cgroups are (one
+// directory per hierarchy), or skips the test on a node without cgroups.
+func hierarchies(t *testing.T, id string) []string {
 	t.Helper()
-	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
-		return m.FSType != "cgroup" && m.FSType != "cgroup2", false
-	})
+	dirs, err := probeCgroupDirs(id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
-	for _, m := range mounts {
-		out = append(out, m.Mountpoint)
-	}
-	if len(out) == 0 {
+	if len(dirs) == 0 {
 		t.Skip("no cgroup hierarchies mounted")
 	}
-	return out
+	return dirs
 }
 
-// leftCgroups returns the hierarchies that still have cgroup /name.
-func leftCgroups(mounts []string, name string) []string {
-	var left []string
-	for _, m := range mounts {
-		if _, err := os.Stat(filepath.Join(m, name)); err == nil {
-			left = append(left, m)
+// existing returns those of dirs that exist.
+func existing(dirs []string) []string {
+	var out []string
+	for _, d := range dirs {
+		if _, err := os.Stat(d); err == nil {
+			out = append(out, d)
 		}
 	}
-	return left
+	return out
 }
 
 // A bundle whose runc state has a probe container that runc was killed
@@ -54,25 +49,37 @@ func leftCgroups(mounts []string, name string) []string {
 // process in one of them; a cgroup that is not a probe's stays.
 func TestKilledCreateCgroupsRemoved(t *testing.T) {
 	p := newProber(t)
-	mounts := cgroupMounts(t)
+	id, other := probeIDPrefix+"0123456789ab", "snapboot-test-not-a-probe"
+	dirs := hierarchies(t, id)
+	otherDirs := make([]string, len(dirs))
+	for i, d := range dirs {
+		otherDirs[i] = filepath.Join(filepath.Dir(d), other)
+	}
 	b, err := p.newBundle()
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, other := probeIDPrefix+"0123456789ab", "snapboot-test-not-a-probe"
 	for _, name := range []string{id, other} {
 		if err := os.MkdirAll(filepath.Join(b.state(), name), 0o700); err != nil {
 			t.Fatal(err)
 		}
 		os.WriteFile(filepath.Join(b.state(), name, "exec.fifo"), nil, 0o600)
-		for _, m := range mounts {
-			if err := os.Mkdir(filepath.Join(m, name), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { os.Remove(filepath.Join(m, name)) })
+	}
+	for _, d := range append(slices.Clone(dirs), otherDirs...) {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(d) })
+	}
+	// A process in the probe's cgroup of a hierarchy that takes one
+	// without more set-up (a new cpuset cgroup has no CPUs).
+	procsDir := ""
+	for _, d := range dirs {
+		if !strings.Contains(filepath.Base(filepath.Dir(d)), "cpuset") {
+			procsDir = d
+			break
 		}
 	}
-	// A process in the probe's cgroup of the first hierarchy.
 	sleeper := exec.Command("sleep", "60")
 	if err := sleeper.Start(); err != nil {
 		t.Fatal(err)
@@ -80,15 +87,15 @@ func TestKilledCreateCgroupsRemoved(t *testing.T) {
 	defer sleeper.Process.Kill()
 	exited := make(chan error, 1)
 	go func() { exited <- sleeper.Wait() }()
-	if err := os.WriteFile(filepath.Join(mounts[0], id, "cgroup.procs"), []byte(strconv.Itoa(sleeper.Process.Pid)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(procsDir, "cgroup.procs"), []byte(strconv.Itoa(sleeper.Process.Pid)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
 	if err := b.remove(context.Background(), p, "runc"); err != nil {
 		t.Fatal(err)
 	}
-	if left := leftCgroups(mounts, id); len(left) > 0 {
-		t.Errorf("the probe's cgroup is still in %v", left)
+	if left := existing(dirs); len(left) > 0 {
+		t.Errorf("the probe's cgroup is still there: %v", left)
 	}
 	select {
 	case <-exited:
@@ -98,8 +105,8 @@ func TestKilledCreateCgroupsRemoved(t *testing.T) {
 	if _, err := os.Stat(b.dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the bundle is still there: %v", err)
 	}
-	if left := leftCgroups(mounts, other); len(left) != len(mounts) {
-		t.Errorf("a cgroup that is not a probe's was removed: left only in %v", left)
+	if left := existing(otherDirs); len(left) != len(otherDirs) {
+		t.Errorf("a cgroup that is not a probe's was removed: left only %v", left)
 	}
 }
 
@@ -108,39 +115,44 @@ func TestKilledCreateCgroupsRemoved(t *testing.T) {
 // Filter removes it when the probe's context ends.
 func TestKilledRuncCreateLeavesNoCgroup(t *testing.T) {
 	p := newProber(t)
-	mounts := cgroupMounts(t)
 	runc, _ := exec.LookPath("runc")
 	profile := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	const rounds = 10
 	killedEarly := 0
-	for i := 0; i < 5; i++ {
+	for i := 0; i < rounds; i++ {
+		id := fmt.Sprintf("%s%012x", probeIDPrefix, i)
+		dirs := hierarchies(t, id)
 		b, err := p.newBundle()
 		if err != nil {
 			t.Fatal(err)
 		}
-		id := fmt.Sprintf("%s%012x", probeIDPrefix, i)
 		if err := writeBundle(b.dir, id, profile); err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
+		polled := make(chan struct{})
 		go func() {
+			defer close(polled)
 			defer cancel()
-			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Microsecond) {
-				if len(leftCgroups(mounts, id)) > 0 {
-					return
-				}
+			for ctx.Err() == nil && len(existing(dirs)) == 0 {
+				time.Sleep(200 * time.Microsecond)
 			}
 		}()
 		_ = p.runc(ctx, runc, b.dir, "--root", b.state(), "create", "--bundle", b.dir, id)
 		cancel()
+		<-polled
 		if _, err := os.Stat(filepath.Join(b.state(), id, "state.json")); err != nil {
 			killedEarly++
 		}
 		if err := b.remove(context.Background(), p, runc); err != nil {
 			t.Fatal(err)
 		}
-		if left := leftCgroups(mounts, id); len(left) > 0 {
+		if left := existing(dirs); len(left) > 0 {
 			t.Fatalf("round %d: the probe's cgroup is left in %v", i, left)
 		}
 	}
-	t.Logf("%d of 5 creates killed before runc recorded the container", killedEarly)
+	if killedEarly == 0 {
+		t.Fatalf("no create of %d was killed before runc recorded its container: the case is not tested", rounds)
+	}
+	t.Logf("%d of %d creates killed before runc recorded the container", killedEarly, rounds)
 }

@@ -269,8 +269,10 @@ func (b *bundle) remove(ctx context.Context, p *Prober, runc string) error {
 
 // writeBundle writes a bundle whose process is an empty file: runc's init
 // checks that it exists before it installs the filter, and never runs it.
-// The container's cgroups are /id in every hierarchy (where runc puts them
-// by default too), for removeCgroups to find.
+// The container's cgroups are /id at the root of every hierarchy, as
+// containerd puts its own containers' (/namespace/id), where removeCgroups
+// finds them (runc's default, relative to the shim's own cgroup, is not
+// where a sweep in another shim would look).
 func writeBundle(bundle, id string, profile *specs.LinuxSeccomp) error {
 	rootfs := filepath.Join(bundle, "rootfs")
 	if err := os.Mkdir(rootfs, 0o755); err != nil {

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -261,6 +262,9 @@ func TestHangingSweepDoesNotDelayProbe(t *testing.T) {
 	})
 
 	release := make(chan struct{})
+	var once sync.Once
+	unhang := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(func() { unhang(); p.sweeping.Wait() })
 	p.Run = func(cmd *exec.Cmd) error {
 		if slices.Contains(cmd.Args, "delete") && slices.Contains(cmd.Args, "snapboot-test-hung") {
 			select { // runc delete hangs (for at most 15 s)
@@ -280,7 +284,7 @@ func TestHangingSweepDoesNotDelayProbe(t *testing.T) {
 	if _, err := os.Stat(b.state()); err != nil {
 		t.Fatalf("the hung container's bundle went while its delete hung: %v", err)
 	}
-	close(release)
+	unhang()
 	p.sweeping.Wait()
 	if _, err := os.Stat(b.dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the dead prober's bundle is still there once runc answered: %v", err)

@@ -18,7 +18,8 @@ import (
 // (their cgroup path is under the demo's namespace), their rootfs mounts,
 // and runc's state of those containers, which would make the next run's container of the same
 // name fail with "container with given ID already exists". A run that ends
-// well leaves none of them. It says what it stopped.
+// well leaves none of them. It says what it stopped. It also removes the
+// namespace's empty cgroups and runc state root, which every run leaves.
 func (s *stack) stopLeftovers() {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
@@ -65,5 +66,14 @@ func (s *stack) stopLeftovers() {
 		// A runc killed mid-restore leaves its rootfs mount for CRIU.
 		syscall.Unmount(filepath.Join(root, st.Name(), "criu-root"), syscall.MNT_DETACH)
 		exec.Command("runc", "--root", root, "delete", "--force", st.Name()).Run()
+	}
+	// Last, the namespace's own directories that containerd and runc make
+	// for its containers and leave when the last one goes: its parent
+	// cgroup in every hierarchy and runc's state root. rmdir removes them
+	// only when they are empty.
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", s.namespace))
+	dirs = append(dirs, filepath.Join("/sys/fs/cgroup", s.namespace), root)
+	for _, d := range dirs {
+		syscall.Rmdir(d)
 	}
 }

@@ -180,7 +180,7 @@ func checkPrerequisites() error {
 		problems = append(problems, "must run as root (containerd, runc and CRIU need it)")
 	}
 	var missing []string
-	for _, tool := range []string{"containerd", "ctr", "runc", "criu", "registry", "oras"} {
+	for _, tool := range []string{"containerd", "ctr", "runc", "criu", "registry", "oras", "nerdctl"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = append(missing, tool)
 		}

@@ -14,9 +14,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/containerd/containerd/v2/contrib/seccomp"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // hierarchies returns where probe container id's cgroups are (one
@@ -114,9 +111,8 @@ func TestKilledCreateCgroupsRemoved(t *testing.T) {
 // container's cgroups leaves none behind once its bundle is removed, as
 // Filter removes it when the probe's context ends.
 func TestKilledRuncCreateLeavesNoCgroup(t *testing.T) {
-	p := newProber(t)
-	runc, _ := exec.LookPath("runc")
-	profile := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	p, runc := proberAndRunc(t)
+	profile := defaultProfile()
 	const rounds = 10
 	killedEarly := 0
 	for i := 0; i < rounds; i++ {

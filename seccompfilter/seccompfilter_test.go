@@ -35,6 +35,23 @@ func newProber(t *testing.T) *Prober {
 	return &Prober{Runc: "runc", Dir: filepath.Join(dir, "filters"), TmpDir: dir}
 }
 
+// defaultProfile is containerd's default seccomp profile for a process
+// without capabilities.
+func defaultProfile() *specs.LinuxSeccomp {
+	return seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+}
+
+// proberAndRunc returns a prober and the runc binary it runs.
+func proberAndRunc(t *testing.T) (*Prober, string) {
+	t.Helper()
+	p := newProber(t)
+	runc, err := exec.LookPath(p.Runc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, runc
+}
+
 // retAction returns the action of each return instruction of filter.
 func retActions(filter []byte) map[uint32]bool {
 	acts := map[uint32]bool{}
@@ -52,7 +69,7 @@ func retActions(filter []byte) map[uint32]bool {
 func TestDefaultProfileFilter(t *testing.T) {
 	p := newProber(t)
 	ctx := context.Background()
-	profile := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	profile := defaultProfile()
 	f, err := p.Filter(ctx, profile)
 	if err != nil {
 		t.Fatal(err)
@@ -112,11 +129,11 @@ func differsUpTo(a, b []byte) int {
 func TestProfilesDiffer(t *testing.T) {
 	p := newProber(t)
 	ctx := context.Background()
-	def := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	def := defaultProfile()
 	// The default profile without mkdir and mkdirat. (A profile runc's
 	// init cannot finish under, such as one of a few calls, makes the init
 	// exit before its filter can be read.)
-	strict := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	strict := defaultProfile()
 	for i, s := range strict.Syscalls {
 		strict.Syscalls[i].Names = slices.DeleteFunc(slices.Clone(s.Names), func(n string) bool { return n == "mkdir" || n == "mkdirat" })
 	}
@@ -147,13 +164,9 @@ func TestNotifyRefused(t *testing.T) {
 // deleted, with its bundle, by the next probe; one whose prober still
 // holds it, or one just made, is left alone.
 func TestDeadProbersContainersDeleted(t *testing.T) {
-	p := newProber(t)
+	p, runc := proberAndRunc(t)
 	ctx := context.Background()
-	runc, err := exec.LookPath(p.Runc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	profile := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	profile := defaultProfile()
 	leave := func(name string, age time.Duration) (*bundle, int) {
 		t.Helper()
 		b, err := p.newBundle()
@@ -235,13 +248,9 @@ func alive(pid int) bool {
 // next probe: the sweep runs beside it, and gets to the container once
 // runc answers.
 func TestHangingSweepDoesNotDelayProbe(t *testing.T) {
-	p := newProber(t)
+	p, runc := proberAndRunc(t)
 	ctx := context.Background()
-	runc, err := exec.LookPath(p.Runc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	profile := seccomp.DefaultProfile(&specs.Spec{Process: &specs.Process{Capabilities: &specs.LinuxCapabilities{}}})
+	profile := defaultProfile()
 	b, err := p.newBundle()
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -69,6 +70,46 @@ func setAnnotation(bundle, key, value string) error {
 		return err
 	}
 	doc["annotations"] = raw
+	return writeSpecDoc(bundle, doc)
+}
+
+// addCreateRuntimeHook appends hook to the createRuntime hooks of the
+// bundle's config.json, unless it is there already.
+func addCreateRuntimeHook(bundle string, hook specs.Hook) error {
+	doc, err := readSpecDoc(bundle)
+	if err != nil {
+		return err
+	}
+	hooks := map[string]json.RawMessage{}
+	if raw, ok := doc["hooks"]; ok && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &hooks); err != nil {
+			return fmt.Errorf("spec hooks: %w", err)
+		}
+	}
+	var list []specs.Hook
+	if raw, ok := hooks["createRuntime"]; ok && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &list); err != nil {
+			return fmt.Errorf("spec createRuntime hooks: %w", err)
+		}
+	}
+	for _, h := range list {
+		if h.Path == hook.Path && slices.Equal(h.Args, hook.Args) {
+			return nil
+		}
+	}
+	raw, err := json.Marshal(append(list, hook))
+	if err != nil {
+		return err
+	}
+	hooks["createRuntime"] = raw
+	if doc["hooks"], err = json.Marshal(hooks); err != nil {
+		return err
+	}
+	return writeSpecDoc(bundle, doc)
+}
+
+// writeSpecDoc replaces the bundle's config.json with doc.
+func writeSpecDoc(bundle string, doc map[string]json.RawMessage) error {
 	data, err := json.Marshal(doc)
 	if err != nil {
 		return err

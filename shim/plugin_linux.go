@@ -4,6 +4,7 @@ package shim
 
 import (
 	"context"
+	"os"
 	"sync"
 
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/task"
@@ -15,6 +16,7 @@ import (
 	"github.com/containerd/plugin/registry"
 
 	"github.com/snapboot/snapboot/compat"
+	"github.com/snapboot/snapboot/loopback"
 	"github.com/snapboot/snapboot/nodeconfig"
 	"github.com/snapboot/snapboot/restore"
 )
@@ -90,6 +92,10 @@ func restorers(ctx context.Context) func(string) preparer {
 		r.ConfigPath = path
 		r.DetectNode = describeNode
 		r.RunCommand = runThroughReaper
+		if exe, err := os.Executable(); err == nil {
+			hook := loopback.Hook(exe)
+			r.LoopbackHook = &hook
+		}
 		loaded[path] = r
 		return r
 	}

@@ -7,12 +7,23 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"os"
 
 	"github.com/containerd/containerd/v2/pkg/shim"
 
+	"github.com/snapboot/snapboot/loopback"
 	snapshim "github.com/snapboot/snapboot/shim"
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == loopback.HookArg {
+		// runc runs the shim's binary as a restore's createRuntime hook.
+		if err := loopback.RunHook(os.Stdin); err != nil {
+			fmt.Fprintln(os.Stderr, "snapboot loopback hook:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	shim.RunShim(context.Background(), snapshim.NewManager())
 }

@@ -1,0 +1,71 @@
+package restore
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// The hook goes after the spec's own createRuntime hooks, once however
+// often it is added, and the rest of config.json stays as it was.
+func TestAddCreateRuntimeHook(t *testing.T) {
+	dir := t.TempDir()
+	spec := `{"ociVersion":"1.2.0","x-unknown":7,"hooks":{"createRuntime":[{"path":"/usr/bin/cni-hook","args":["cni-hook","up"]}],"poststop":[{"path":"/usr/bin/down"}]}}`
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(spec), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hook := specs.Hook{Path: "/bin/shim", Args: []string{"/bin/shim", "up-lo"}}
+	for i := 0; i < 2; i++ {
+		if err := addCreateRuntimeHook(dir, hook); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, "config.json"))
+	var got struct {
+		Unknown int         `json:"x-unknown"`
+		Hooks   specs.Hooks `json:"hooks"`
+	}
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	cr := got.Hooks.CreateRuntime
+	if got.Unknown != 7 || len(cr) != 2 || cr[0].Path != "/usr/bin/cni-hook" || cr[1].Path != "/bin/shim" || cr[1].Args[1] != "up-lo" ||
+		len(got.Hooks.Poststop) != 1 {
+		t.Fatalf("config.json after adding the hook twice: %s", data)
+	}
+
+	// A spec without hooks gets the one.
+	dir2 := t.TempDir()
+	os.WriteFile(filepath.Join(dir2, "config.json"), []byte(`{"ociVersion":"1.2.0"}`), 0o600)
+	if err := addCreateRuntimeHook(dir2, hook); err != nil {
+		t.Fatal(err)
+	}
+	data, _ = os.ReadFile(filepath.Join(dir2, "config.json"))
+	var s specs.Spec
+	json.Unmarshal(data, &s)
+	if s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 {
+		t.Fatalf("config.json: %s", data)
+	}
+}
+
+func TestNewNetworkNamespace(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		ns   []specs.LinuxNamespace
+		want bool
+	}{
+		{"runc makes it", []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}}, true},
+		{"joined by path (a pod's)", []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"}}, false},
+		{"the host's", []specs.LinuxNamespace{{Type: specs.PIDNamespace}}, false},
+	} {
+		if got := newNetworkNamespace(&specs.Spec{Linux: &specs.Linux{Namespaces: c.ns}}); got != c.want {
+			t.Errorf("%s: %v", c.name, got)
+		}
+	}
+	if newNetworkNamespace(&specs.Spec{}) {
+		t.Error("no linux section: true")
+	}
+}

@@ -116,14 +116,17 @@ install_nerdctl() {
   mod=$(cd / && go mod download -json "github.com/containerd/nerdctl/v2@$NERDCTL_VERSION" | awk -F'"' '/"Dir":/{print $4}')
   [ -d "$mod" ] || { echo "install-deps: could not download nerdctl $NERDCTL_VERSION" >&2; exit 1; }
   src=$(mktemp -d)
-  cp -r "$mod"/. "$src"
-  chmod -R u+w "$src"
-  rm "$src/cmd/nerdctl/helpers/testing_linux.go"
   log "go build nerdctl $NERDCTL_VERSION (without its test helper)"
-  (cd "$src" &&
-    go mod edit -droprequire=github.com/containerd/nerdctl/mod/tigron -dropreplace=github.com/containerd/nerdctl/mod/tigron@v0.0.0 &&
-    go build -ldflags "-X github.com/containerd/nerdctl/v2/pkg/version.Version=$NERDCTL_VERSION" -o "$BIN/nerdctl" ./cmd/nerdctl)
-  rm -rf "$src"
+  # In a subshell whose exit, however it ends, removes the copy.
+  (
+    trap 'rm -rf "$src"' EXIT
+    cp -r "$mod"/. "$src"
+    chmod -R u+w "$src"
+    rm "$src/cmd/nerdctl/helpers/testing_linux.go"
+    cd "$src"
+    go mod edit -droprequire=github.com/containerd/nerdctl/mod/tigron -dropreplace=github.com/containerd/nerdctl/mod/tigron@v0.0.0
+    go build -ldflags "-X github.com/containerd/nerdctl/v2/pkg/version.Version=$NERDCTL_VERSION" -o "$BIN/nerdctl" ./cmd/nerdctl
+  )
   "$BIN/nerdctl" --version | grep -qx "nerdctl version ${NERDCTL_VERSION#v}" || {
     echo "install-deps: $BIN/nerdctl does not report ${NERDCTL_VERSION}" >&2
     exit 1

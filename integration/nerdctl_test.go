@@ -55,9 +55,13 @@ func mustNerdctl(t *testing.T, args ...string) string {
 
 // nerdctlRun starts a detached counter with nerdctl and the snapboot
 // runtime (restored from ref if it is not ""), and returns its full ID.
-func nerdctlRun(t *testing.T, name, ref string) string {
+// flags are more `nerdctl run` flags; without them it runs with --net host.
+func nerdctlRun(t *testing.T, name, ref string, flags ...string) string {
 	t.Helper()
-	args := []string{"run", "-d", "--name", name, "--runtime", snapbootRuntime, "--net", "host"}
+	if len(flags) == 0 {
+		flags = []string{"--net", "host"}
+	}
+	args := append([]string{"run", "-d", "--name", name, "--runtime", snapbootRuntime}, flags...)
 	if ref != "" {
 		args = append(args, "--annotation", "snapboot.dev/checkpoint="+ref)
 	}
@@ -135,5 +139,39 @@ func TestNerdctl(t *testing.T) {
 	mustNerdctl(t, "rm", "-f", cloneName)
 	if out, _ := nerdctlCmd(t, "ps", "-a", "--format", "{{.Names}}"); strings.Contains(out, cloneName) {
 		t.Errorf("the clone is still listed after nerdctl rm -f:\n%s", out)
+	}
+}
+
+// TestNerdctlSysctls restores a clone whose spec sets other sysctls than
+// its donor's (nerdctl run --sysctl, in a network namespace runc makes,
+// --net none): the clone has its own spec's values, as its cold start
+// would, not the kernel's defaults (the network namespace runc's restore
+// leaves empty) or the donor's (the IPC namespace CRIU restores).
+func TestNerdctlSysctls(t *testing.T) {
+	requireShim(t)
+	sysctls := func(somaxconn, msgmax string) []string {
+		return []string{"--net", "none", "--sysctl", "net.core.somaxconn=" + somaxconn, "--sysctl", "kernel.msgmax=" + msgmax}
+	}
+	read := func(name string) string {
+		return strings.Join(strings.Fields(mustNerdctl(t, "exec", name, "cat", "/proc/sys/net/core/somaxconn", "/proc/sys/kernel/msgmax")), " ")
+	}
+	donorName, cloneName := "nerd-sysctl-donor-"+runToken, "nerd-sysctl-clone-"+runToken
+	donor := nerdctlRun(t, donorName, "", sysctls("1000", "9000")...)
+	nerdctlCount(t, donorName, 5)
+	if got := read(donorName); got != "1000 9000" {
+		t.Fatalf("the donor's sysctls: %s, want 1000 9000", got)
+	}
+	ref := registryAddr + "/it/nerdctl:sysctls"
+	mustSnapboot(t, "checkpoint", donor, ref)
+	mustNerdctl(t, "rm", "-f", donorName)
+
+	offset := containerdLogOffset()
+	clone := nerdctlRun(t, cloneName, ref, sysctls("1001", "9001")...)
+	logLine(t, offset, "snapboot.restore", clone, 60*time.Second)
+	if ns := nerdctlCount(t, cloneName, 8); ns[0] <= 5 {
+		t.Fatalf("the clone counted from %d: it cold-started", ns[0])
+	}
+	if got := read(cloneName); got != "1001 9001" {
+		t.Fatalf("the restored clone's sysctls: %s, want its spec's 1001 9001", got)
 	}
 }

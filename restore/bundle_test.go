@@ -50,22 +50,3 @@ func TestAddCreateRuntimeHook(t *testing.T) {
 		t.Fatalf("config.json: %s", data)
 	}
 }
-
-func TestNewNetworkNamespace(t *testing.T) {
-	for _, c := range []struct {
-		name string
-		ns   []specs.LinuxNamespace
-		want bool
-	}{
-		{"runc makes it", []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.NetworkNamespace}}, true},
-		{"joined by path (a pod's)", []specs.LinuxNamespace{{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"}}, false},
-		{"the host's", []specs.LinuxNamespace{{Type: specs.PIDNamespace}}, false},
-	} {
-		if got := newNetworkNamespace(&specs.Spec{Linux: &specs.Linux{Namespaces: c.ns}}); got != c.want {
-			t.Errorf("%s: %v", c.name, got)
-		}
-	}
-	if newNetworkNamespace(&specs.Spec{}) {
-		t.Error("no linux section: true")
-	}
-}

@@ -27,6 +27,7 @@ import (
 	"github.com/snapboot/snapboot/metrics"
 	"github.com/snapboot/snapboot/nodeconfig"
 	"github.com/snapboot/snapboot/oci"
+	"github.com/snapboot/snapboot/restorehook"
 	"github.com/snapboot/snapboot/unpack"
 )
 
@@ -187,10 +188,11 @@ type Restorer struct {
 	// RunCommand runs a command to its end; in a shim, through containerd's
 	// reaper. nil: exec.Cmd.Run.
 	RunCommand func(*exec.Cmd) error
-	// LoopbackHook, if set, is added to the createRuntime hooks of a
-	// restore whose spec has runc make the network namespace: runc's
-	// restore leaves that namespace's lo down (see package loopback).
-	LoopbackHook *specs.Hook
+	// NamespaceHook, if set, is added to the createRuntime hooks of a
+	// restore that needs it (restorehook.Needed): runc's restore leaves a
+	// new network namespace's lo down and writes none of the spec's
+	// sysctls (see package restorehook).
+	NamespaceHook *specs.Hook
 
 	nodeOnce sync.Once
 	node     *compat.Node
@@ -308,27 +310,12 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	if err := setAnnotation(req.Bundle, criuconf.RuncAnnotation, confPath); err != nil {
 		return nil, err
 	}
-	if r.LoopbackHook != nil && newNetworkNamespace(spec) {
-		if err := addCreateRuntimeHook(req.Bundle, *r.LoopbackHook); err != nil {
+	if r.NamespaceHook != nil && restorehook.Needed(spec) {
+		if err := addCreateRuntimeHook(req.Bundle, *r.NamespaceHook); err != nil {
 			return nil, err
 		}
 	}
 	return plan, nil
-}
-
-// newNetworkNamespace reports whether the spec has runc make the
-// container's network namespace (rather than share the host's, or join
-// one by path, as a pod's containers do).
-func newNetworkNamespace(spec *specs.Spec) bool {
-	if spec.Linux == nil {
-		return false
-	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.NetworkNamespace {
-			return ns.Path == ""
-		}
-	}
-	return false
 }
 
 // fallbackReserve is the time a pull leaves, before the caller's deadline,

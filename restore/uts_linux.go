@@ -75,12 +75,15 @@ func inUTSNamespace(ns *os.File, fn func() error) error {
 	return <-errc
 }
 
-// SetSpecHostname gives a restored container with a UTS namespace of its own
-// the host name and domain name of its spec: CRIU restores the donor's.
-// It does nothing for a container that joins a namespace by path (see
-// SaveUTS) or whose spec sets no host name.
+// SetSpecHostname gives a restored container with a UTS namespace of its
+// own the names its cold start would have, where CRIU restores the
+// donor's: the spec's host name and domain name, or, where the spec sets
+// none, this node's (runc's create leaves the namespace it makes with its
+// own), and the kernel.domainname sysctl last, as runc writes sysctls
+// after the names. It does nothing for a container that joins a namespace
+// by path (see SaveUTS).
 func SetSpecHostname(spec *specs.Spec, pid uint32) error {
-	if spec == nil || spec.Hostname == "" || pid == 0 || spec.Linux == nil {
+	if spec == nil || pid == 0 || spec.Linux == nil {
 		return nil
 	}
 	own := false
@@ -92,15 +95,29 @@ func SetSpecHostname(spec *specs.Spec, pid uint32) error {
 	if !own {
 		return nil
 	}
+	var node unix.Utsname
+	if err := unix.Uname(&node); err != nil {
+		return err
+	}
+	host, domain := unix.ByteSliceToString(node.Nodename[:]), unix.ByteSliceToString(node.Domainname[:])
+	if spec.Hostname != "" {
+		host = spec.Hostname
+	}
+	if spec.Domainname != "" {
+		domain = spec.Domainname
+	}
+	if v, ok := spec.Linux.Sysctl["kernel.domainname"]; ok {
+		domain = v
+	}
 	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/uts", pid))
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	return inUTSNamespace(f, func() error {
-		if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
+		if err := unix.Sethostname([]byte(host)); err != nil {
 			return err
 		}
-		return unix.Setdomainname([]byte(spec.Domainname))
+		return unix.Setdomainname([]byte(domain))
 	})
 }

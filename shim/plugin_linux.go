@@ -16,9 +16,9 @@ import (
 	"github.com/containerd/plugin/registry"
 
 	"github.com/snapboot/snapboot/compat"
-	"github.com/snapboot/snapboot/loopback"
 	"github.com/snapboot/snapboot/nodeconfig"
 	"github.com/snapboot/snapboot/restore"
+	"github.com/snapboot/snapboot/restorehook"
 )
 
 // RuntimeName is the containerd runtime type that resolves to this shim.
@@ -93,8 +93,8 @@ func restorers(ctx context.Context) func(string) preparer {
 		r.DetectNode = describeNode
 		r.RunCommand = runThroughReaper
 		if exe, err := os.Executable(); err == nil {
-			hook := loopback.Hook(exe)
-			r.LoopbackHook = &hook
+			hook := restorehook.Hook(exe)
+			r.NamespaceHook = &hook
 		}
 		loaded[path] = r
 		return r

@@ -12,15 +12,15 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/shim"
 
-	"github.com/snapboot/snapboot/loopback"
+	"github.com/snapboot/snapboot/restorehook"
 	snapshim "github.com/snapboot/snapboot/shim"
 )
 
 func main() {
-	if len(os.Args) == 2 && os.Args[1] == loopback.HookArg {
+	if len(os.Args) == 2 && os.Args[1] == restorehook.HookArg {
 		// runc runs the shim's binary as a restore's createRuntime hook.
-		if err := loopback.RunHook(os.Stdin); err != nil {
-			fmt.Fprintln(os.Stderr, "snapboot loopback hook:", err)
+		if err := restorehook.RunHook(os.Stdin); err != nil {
+			fmt.Fprintln(os.Stderr, "snapboot restore hook:", err)
 			os.Exit(1)
 		}
 		return

@@ -1,0 +1,122 @@
+package confine
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	ipcvar "github.com/checkpoint-restore/go-criu/v7/crit/images/ipc-var"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+)
+
+// ipcSysctls are the spec's sysctls of an IPC namespace that CRIU
+// restores from ipcns-var-*.img, each with the field it sets there.
+var ipcSysctls = map[string]func(e *ipcvar.IpcVarEntry, v string) error{
+	"kernel.msgmax":             setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MsgCtlmax = proto.Uint32(n) }),
+	"kernel.msgmnb":             setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MsgCtlmnb = proto.Uint32(n) }),
+	"kernel.msgmni":             setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MsgCtlmni = proto.Uint32(n) }),
+	"kernel.shmmax":             setU64(func(e *ipcvar.IpcVarEntry, n uint64) { e.ShmCtlmax = proto.Uint64(n) }),
+	"kernel.shmall":             setU64(func(e *ipcvar.IpcVarEntry, n uint64) { e.ShmCtlall = proto.Uint64(n) }),
+	"kernel.shmmni":             setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.ShmCtlmni = proto.Uint32(n) }),
+	"kernel.shm_rmid_forced":    setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.ShmRmidForced = proto.Uint32(n) }),
+	"fs.mqueue.queues_max":      setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqQueuesMax = proto.Uint32(n) }),
+	"fs.mqueue.msg_max":         setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgMax = proto.Uint32(n) }),
+	"fs.mqueue.msgsize_max":     setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgsizeMax = proto.Uint32(n) }),
+	"fs.mqueue.msg_default":     setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgDefault = proto.Uint32(n) }),
+	"fs.mqueue.msgsize_default": setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgsizeDefault = proto.Uint32(n) }),
+	"kernel.sem": func(e *ipcvar.IpcVarEntry, v string) error {
+		f := strings.Fields(v)
+		if len(f) != 4 {
+			return fmt.Errorf("want 4 numbers, got %q", v)
+		}
+		sem := make([]uint32, 4)
+		for i, s := range f {
+			n, err := strconv.ParseUint(s, 10, 32)
+			if err != nil {
+				return err
+			}
+			sem[i] = uint32(n)
+		}
+		e.SemCtls = sem
+		return nil
+	},
+}
+
+func setU32(set func(*ipcvar.IpcVarEntry, uint32)) func(*ipcvar.IpcVarEntry, string) error {
+	return func(e *ipcvar.IpcVarEntry, v string) error {
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+		if err != nil {
+			return err
+		}
+		set(e, uint32(n))
+		return nil
+	}
+}
+
+func setU64(set func(*ipcvar.IpcVarEntry, uint64)) func(*ipcvar.IpcVarEntry, string) error {
+	return func(e *ipcvar.IpcVarEntry, v string) error {
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return err
+		}
+		set(e, n)
+		return nil
+	}
+}
+
+// isIPCSysctl reports whether key is a sysctl of the IPC namespace, as
+// runc's validation of a spec groups them.
+func isIPCSysctl(key string) bool {
+	return strings.HasPrefix(key, "kernel.msg") || strings.HasPrefix(key, "kernel.sem") ||
+		strings.HasPrefix(key, "kernel.shm") || strings.HasPrefix(key, "fs.mqueue.")
+}
+
+// fitIPCSysctls gives the IPC namespace CRIU restores the spec's IPC
+// sysctls: runc writes them into a container's IPC namespace when it
+// creates one, and CRIU, restoring that namespace, writes the donor's
+// (ipcns-var-*.img) after the hooks have run. It returns the images it
+// changed. An IPC sysctl it cannot put in the image is refused: the cold
+// start gets it.
+func fitIPCSysctls(imagesDir string, names []string, spec *specs.Spec) (map[string]*crit.CriuImage, error) {
+	if spec.Linux == nil {
+		return nil, nil
+	}
+	var keys []string
+	for key := range spec.Linux.Sysctl {
+		if isIPCSysctl(key) {
+			if _, ok := ipcSysctls[key]; !ok {
+				return nil, fmt.Errorf("%w: the spec's sysctl %s is of the IPC namespace, which CRIU restores, and snapboot does not set it there", ErrRefused, key)
+			}
+			keys = append(keys, key)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	slices.Sort(keys)
+	out := map[string]*crit.CriuImage{}
+	for _, name := range names {
+		if !strings.HasPrefix(name, "ipcns-var-") || !strings.HasSuffix(name, ".img") {
+			continue
+		}
+		img, err := decodeImage(filepath.Join(imagesDir, name), &ipcvar.IpcVarEntry{})
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+		if len(img.Entries) != 1 {
+			return nil, fmt.Errorf("%w: %s has %d entries, want 1", ErrRefused, name, len(img.Entries))
+		}
+		e := img.Entries[0].Message.(*ipcvar.IpcVarEntry)
+		for _, key := range keys {
+			if err := ipcSysctls[key](e, spec.Linux.Sysctl[key]); err != nil {
+				return nil, fmt.Errorf("%w: the spec's sysctl %s=%q: %w", ErrRefused, key, spec.Linux.Sysctl[key], err)
+			}
+		}
+		out[name] = img
+	}
+	return out, nil
+}

@@ -1,0 +1,79 @@
+package confine
+
+import (
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	ipcvar "github.com/checkpoint-restore/go-criu/v7/crit/images/ipc-var"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
+)
+
+// donorIPCVars writes the ipcns-var image of a donor that ran with the
+// kernel's defaults, and returns its directory.
+func donorIPCVars(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeImage(t, filepath.Join(dir, "ipcns-var-11.img"), "IPC_VAR", &ipcvar.IpcVarEntry{
+		SemCtls: []uint32{32000, 1024000000, 500, 32000}, MsgCtlmax: proto.Uint32(8192), MsgCtlmnb: proto.Uint32(16384),
+		MsgCtlmni: proto.Uint32(32000), AutoMsgmni: proto.Uint32(0), ShmCtlmax: proto.Uint64(1 << 62), ShmCtlall: proto.Uint64(1 << 62),
+		ShmCtlmni: proto.Uint32(4096), ShmRmidForced: proto.Uint32(0), MqQueuesMax: proto.Uint32(256), MqMsgMax: proto.Uint32(10),
+		MqMsgsizeMax: proto.Uint32(8192), MqMsgDefault: proto.Uint32(10), MqMsgsizeDefault: proto.Uint32(8192),
+	})
+	return dir
+}
+
+func withSysctls(kv map[string]string) *specs.Spec {
+	return &specs.Spec{Linux: &specs.Linux{Sysctl: kv}}
+}
+
+// The spec's IPC sysctls go into the image CRIU restores the IPC namespace
+// from; the donor's other values stay; other sysctls change nothing.
+func TestFitIPCSysctls(t *testing.T) {
+	dir := donorIPCVars(t)
+	names := []string{"core-1.img", "ipcns-var-11.img"}
+	spec := withSysctls(map[string]string{"kernel.msgmax": "9001", "kernel.shmmax": "68719476736", "kernel.sem": "250 32000 100 128",
+		"fs.mqueue.msg_max": "64", "net.core.somaxconn": "1001"})
+	out, err := fitIPCSysctls(dir, names, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := out["ipcns-var-11.img"]
+	if len(out) != 1 || img == nil {
+		t.Fatalf("rewritten: %v", out)
+	}
+	e := img.Entries[0].Message.(*ipcvar.IpcVarEntry)
+	if e.GetMsgCtlmax() != 9001 || e.GetShmCtlmax() != 68719476736 || !slices.Equal(e.SemCtls, []uint32{250, 32000, 100, 128}) ||
+		e.GetMqMsgMax() != 64 || e.GetMsgCtlmnb() != 16384 || e.GetShmCtlmni() != 4096 {
+		t.Fatalf("image after fitting: %v", e)
+	}
+
+	if out, err := fitIPCSysctls(dir, names, withSysctls(map[string]string{"net.core.somaxconn": "1001"})); err != nil || len(out) != 0 {
+		t.Fatalf("a network sysctl only: %v %v", out, err)
+	}
+	if out, err := fitIPCSysctls(dir, names, &specs.Spec{}); err != nil || len(out) != 0 {
+		t.Fatalf("no linux section: %v %v", out, err)
+	}
+}
+
+func TestFitIPCSysctlsRefusals(t *testing.T) {
+	dir := donorIPCVars(t)
+	names := []string{"ipcns-var-11.img"}
+	for _, c := range []struct {
+		sysctls map[string]string
+		reason  string
+	}{
+		{map[string]string{"kernel.msg_next_id": "5"}, "snapboot does not set it"},
+		{map[string]string{"kernel.msgmax": "lots"}, "kernel.msgmax"},
+		{map[string]string{"kernel.sem": "1 2 3"}, "kernel.sem"},
+		{map[string]string{"kernel.shmmni": "-1"}, "kernel.shmmni"},
+	} {
+		_, err := fitIPCSysctls(dir, names, withSysctls(c.sysctls))
+		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.reason) {
+			t.Errorf("%v: %v, want a refusal saying %q", c.sysctls, err, c.reason)
+		}
+	}
+}

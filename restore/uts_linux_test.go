@@ -1,0 +1,90 @@
+//go:build linux
+
+package restore
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// utsOf returns the host name and domain name of process pid's UTS
+// namespace.
+func utsOf(t *testing.T, pid int) (host, domain string) {
+	t.Helper()
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/uts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := inUTSNamespace(f, func() error {
+		var u unix.Utsname
+		if err := unix.Uname(&u); err != nil {
+			return err
+		}
+		host, domain = unix.ByteSliceToString(u.Nodename[:]), unix.ByteSliceToString(u.Domainname[:])
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return host, domain
+}
+
+// A restored container's own UTS namespace gets its spec's names, this
+// node's where the spec sets none, and the kernel.domainname sysctl over
+// the spec's domain name; CRIU had put the donor's there.
+func TestSetSpecHostname(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a UTS namespace")
+	}
+	var node unix.Utsname
+	unix.Uname(&node)
+	nodeHost, nodeDomain := unix.ByteSliceToString(node.Nodename[:]), unix.ByteSliceToString(node.Domainname[:])
+	own := []specs.LinuxNamespace{{Type: specs.UTSNamespace}}
+	for _, c := range []struct {
+		name              string
+		spec              *specs.Spec
+		wantHost, wantDom string
+	}{
+		{"the spec's names", &specs.Spec{Hostname: "clone", Domainname: "example.org", Linux: &specs.Linux{Namespaces: own}}, "clone", "example.org"},
+		{"none in the spec", &specs.Spec{Linux: &specs.Linux{Namespaces: own}}, nodeHost, nodeDomain},
+		{"the sysctl wins", &specs.Spec{Hostname: "clone", Domainname: "example.org", Linux: &specs.Linux{Namespaces: own,
+			Sysctl: map[string]string{"kernel.domainname": "sysctl.example"}}}, "clone", "sysctl.example"},
+	} {
+		cmd := exec.Command("sleep", "60")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWUTS}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pid := cmd.Process.Pid
+		// What CRIU restores: the donor's names.
+		f, _ := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/uts")
+		inUTSNamespace(f, func() error {
+			unix.Sethostname([]byte("donor"))
+			return unix.Setdomainname([]byte("donor.example"))
+		})
+		f.Close()
+		err := SetSpecHostname(c.spec, uint32(pid))
+		host, dom := utsOf(t, pid)
+		cmd.Process.Kill()
+		cmd.Wait()
+		if err != nil || host != c.wantHost || dom != c.wantDom {
+			t.Errorf("%s: %q %q (%v), want %q %q", c.name, host, dom, err, c.wantHost, c.wantDom)
+		}
+	}
+	// A namespace joined by path is the pod's: left alone.
+	joined := &specs.Spec{Hostname: "clone", Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.UTSNamespace, Path: "/proc/1/ns/uts"}}}}
+	if err := SetSpecHostname(joined, uint32(os.Getpid())); err != nil {
+		t.Fatal(err)
+	}
+	var after unix.Utsname
+	unix.Uname(&after)
+	if unix.ByteSliceToString(after.Nodename[:]) != nodeHost {
+		t.Fatal("a joined namespace was renamed")
+	}
+}

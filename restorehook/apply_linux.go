@@ -1,0 +1,129 @@
+//go:build linux
+
+package restorehook
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// RunHook is the hook's process: it reads the container's state (OCI
+// runtime state: the restored root task's pid, the bundle) from stdin, and
+// the spec from the bundle, and applies it (Apply).
+func RunHook(stdin io.Reader) error {
+	var state specs.State
+	if err := json.NewDecoder(io.LimitReader(stdin, 1<<20)).Decode(&state); err != nil {
+		return fmt.Errorf("read the container's state: %w", err)
+	}
+	if state.Pid <= 0 {
+		return errors.New("the container's state has no pid")
+	}
+	data, err := os.ReadFile(filepath.Join(state.Bundle, "config.json"))
+	if err != nil {
+		return fmt.Errorf("read the container's spec: %w", err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return fmt.Errorf("parse the container's spec: %w", err)
+	}
+	return Apply(state.Pid, &spec)
+}
+
+// Apply sets lo up in process pid's network namespace if the spec has runc
+// make it, and writes the spec's sysctls of the network and IPC namespaces
+// into pid's.
+func Apply(pid int, spec *specs.Spec) error {
+	if newNetworkNamespace(spec) {
+		if err := inNamespace(pid, "net", func() error { return setUp("lo") }); err != nil {
+			return err
+		}
+	}
+	if spec.Linux == nil {
+		return nil
+	}
+	keys := make([]string, 0, len(spec.Linux.Sysctl))
+	for key := range spec.Linux.Sysctl {
+		keys = append(keys, key)
+	}
+	slices.Sort(keys)
+	for _, key := range keys {
+		ns, ok := sysctlNamespace(key)
+		if !ok {
+			continue
+		}
+		value := spec.Linux.Sysctl[key]
+		if err := inNamespace(pid, ns, func() error { return writeSysctl(key, value) }); err != nil {
+			return fmt.Errorf("sysctl %s: %w", key, err)
+		}
+	}
+	return nil
+}
+
+var nsFlags = map[string]int{"net": unix.CLONE_NEWNET, "ipc": unix.CLONE_NEWIPC}
+
+// inNamespace runs fn on a thread that has joined process pid's namespace
+// ns. The thread stays locked, so it ends with the goroutine.
+func inNamespace(pid int, ns string, fn func() error) error {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/" + ns)
+	if err != nil {
+		return fmt.Errorf("%s namespace of %d: %w", ns, pid, err)
+	}
+	defer f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Setns(int(f.Fd()), nsFlags[ns]); err != nil {
+			errc <- fmt.Errorf("join the %s namespace of %d: %w", ns, pid, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// writeSysctl writes a sysctl through /proc/sys, which resolves the
+// network and IPC ones in the calling thread's namespaces.
+func writeSysctl(key, value string) error {
+	name := strings.ReplaceAll(key, ".", "/")
+	if !filepath.IsLocal(name) {
+		return fmt.Errorf("not a sysctl name: %q", key)
+	}
+	return os.WriteFile(filepath.Join("/proc/sys", name), []byte(value), 0)
+}
+
+// setUp sets interface name up in the calling thread's network namespace
+// (for lo, the kernel then gives it 127.0.0.1 and ::1).
+func setUp(name string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("flags of %s: %w", name, err)
+	}
+	flags := ifr.Uint16()
+	if flags&unix.IFF_UP != 0 {
+		return nil
+	}
+	ifr.SetUint16(flags | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("set %s up: %w", name, err)
+	}
+	return nil
+}

@@ -1,0 +1,186 @@
+//go:build linux
+
+package restorehook
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// inNewNamespaces starts a process in network and IPC namespaces of its
+// own (lo down, the kernel's defaults), or skips the test where that needs
+// privileges it lacks.
+func inNewNamespaces(t *testing.T) int {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: new namespaces")
+	}
+	cmd := exec.Command("sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNET | unix.CLONE_NEWIPC}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd.Process.Pid
+}
+
+// inNS runs fn in process pid's namespace ns and fails the test on error.
+func inNS(t *testing.T, pid int, ns string, fn func() error) {
+	t.Helper()
+	if err := inNamespace(pid, ns, fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// loUp reports whether lo is up in process pid's network namespace.
+func loUp(t *testing.T, pid int) bool {
+	t.Helper()
+	var up bool
+	inNS(t, pid, "net", func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		ifr, _ := unix.NewIfreq("lo")
+		if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+			return err
+		}
+		up = ifr.Uint16()&unix.IFF_UP != 0
+		return nil
+	})
+	return up
+}
+
+// sysctl reads a sysctl in process pid's namespace ns.
+func sysctl(t *testing.T, pid int, ns, key string) string {
+	t.Helper()
+	var v string
+	inNS(t, pid, ns, func() error {
+		b, err := os.ReadFile(filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/")))
+		v = strings.TrimSpace(string(b))
+		return err
+	})
+	return v
+}
+
+// ownSysctl reads a sysctl in the test's own namespaces.
+func ownSysctl(t *testing.T, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func specWith(sysctls map[string]string, namespaces ...specs.LinuxNamespace) *specs.Spec {
+	return &specs.Spec{Linux: &specs.Linux{Namespaces: namespaces, Sysctl: sysctls}}
+}
+
+// The hook, given the state runc passes it, reads the spec from the
+// bundle, sets lo up and writes the spec's network and IPC sysctls in the
+// process's namespaces, not in the test's own; run again, it changes
+// nothing.
+func TestRunHook(t *testing.T) {
+	pid := inNewNamespaces(t)
+	if loUp(t, pid) {
+		t.Fatal("lo is up in a new network namespace already: the test shows nothing")
+	}
+	// The test's own values, read on its own threads: a thread the hook's
+	// code moved into the container's namespaces may be the main one (it
+	// stays there, locked), so /proc/<test>/ns is no reference.
+	hostSomaxconn, hostMsgmax := ownSysctl(t, "net.core.somaxconn"), ownSysctl(t, "kernel.msgmax")
+	if hostSomaxconn == "1001" || hostMsgmax == "9001" {
+		t.Fatal("the test's own namespaces have the values the test sets")
+	}
+	bundle := t.TempDir()
+	spec := specWith(map[string]string{"net.core.somaxconn": "1001", "kernel.msgmax": "9001"},
+		specs.LinuxNamespace{Type: specs.NetworkNamespace}, specs.LinuxNamespace{Type: specs.IPCNamespace})
+	data, _ := json.Marshal(spec)
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	state := fmt.Sprintf(`{"ociVersion":"1.2.0","id":"c","status":"creating","pid":%d,"bundle":%q}`, pid, bundle)
+	for i := 0; i < 2; i++ {
+		if err := RunHook(strings.NewReader(state)); err != nil {
+			t.Fatalf("run %d: %v", i+1, err)
+		}
+		if !loUp(t, pid) {
+			t.Fatalf("run %d: lo is still down", i+1)
+		}
+		if got := sysctl(t, pid, "net", "net.core.somaxconn"); got != "1001" {
+			t.Fatalf("run %d: net.core.somaxconn %s in the container", i+1, got)
+		}
+		if got := sysctl(t, pid, "ipc", "kernel.msgmax"); got != "9001" {
+			t.Fatalf("run %d: kernel.msgmax %s in the container", i+1, got)
+		}
+	}
+	if ownSysctl(t, "net.core.somaxconn") != hostSomaxconn || ownSysctl(t, "kernel.msgmax") != hostMsgmax {
+		t.Fatal("the hook wrote the test's own namespaces")
+	}
+}
+
+// A network namespace joined by path keeps its lo as it is; a sysctl the
+// kernel refuses is an error.
+func TestApply(t *testing.T) {
+	pid := inNewNamespaces(t)
+	joined := specWith(nil, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: fmt.Sprintf("/proc/%d/ns/net", pid)})
+	if err := Apply(pid, joined); err != nil {
+		t.Fatal(err)
+	}
+	if loUp(t, pid) {
+		t.Fatal("lo set up in a namespace the spec joins by path")
+	}
+	bad := specWith(map[string]string{"net.core.somaxconn": "not-a-number"}, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+	if err := Apply(pid, bad); err == nil || !strings.Contains(err.Error(), "net.core.somaxconn") {
+		t.Fatalf("a value the kernel refuses: %v", err)
+	}
+}
+
+func TestRunHookBadState(t *testing.T) {
+	for _, state := range []string{``, `{`, `{"pid":0}`, `{"pid":-3}`, `{"pid":1,"bundle":"/nonexistent"}`} {
+		if err := RunHook(strings.NewReader(state)); err == nil {
+			t.Errorf("state %q: no error", state)
+		}
+	}
+	if err := Apply(1<<30, specWith(nil, specs.LinuxNamespace{Type: specs.NetworkNamespace})); err == nil {
+		t.Error("a pid that does not exist: no error")
+	}
+}
+
+func TestNeeded(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		spec *specs.Spec
+		want bool
+	}{
+		{"runc makes the network namespace", specWith(nil, specs.LinuxNamespace{Type: specs.PIDNamespace}, specs.LinuxNamespace{Type: specs.NetworkNamespace}), true},
+		{"a pod's, joined by path", specWith(nil, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"}), false},
+		{"the host's", specWith(nil, specs.LinuxNamespace{Type: specs.PIDNamespace}), false},
+		{"an IPC sysctl", specWith(map[string]string{"kernel.shmmax": "1"}, specs.LinuxNamespace{Type: specs.IPCNamespace}), true},
+		{"a pod's with a network sysctl", specWith(map[string]string{"net.ipv4.ip_forward": "1"}, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/x"}), true},
+		{"only a UTS sysctl", specWith(map[string]string{"kernel.domainname": "d"}, specs.LinuxNamespace{Type: specs.UTSNamespace}), false},
+		{"no linux section", &specs.Spec{}, false},
+	} {
+		if got := Needed(c.spec); got != c.want {
+			t.Errorf("%s: %v", c.name, got)
+		}
+	}
+}
+
+func TestHook(t *testing.T) {
+	h := Hook("/usr/local/bin/containerd-shim-snapboot-v1")
+	if h.Path != "/usr/local/bin/containerd-shim-snapboot-v1" || len(h.Args) != 2 || h.Args[1] != HookArg || h.Timeout == nil || *h.Timeout <= 0 {
+		t.Fatalf("hook %+v", h)
+	}
+}

@@ -3,6 +3,8 @@
 package integration
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +55,43 @@ func TestRestoreOwnNetnsLoopback(t *testing.T) {
 	if err != nil || !strings.Contains(out, "loopback-ok") {
 		t.Fatalf("the restored clone does not answer on 127.0.0.1: %q %v", out, err)
 	}
+	if hooked(t, clone) {
+		t.Error("the restore's hook is still in the spec after the restore")
+	}
+
+	// A restore CRIU fails (an image it needs is gone) after the hook went
+	// into the spec: the cold start runs without it, and serves on lo.
+	broken := packAndPush(t, donor, registryAddr+"/it/loopback:broken", packOptions{tamper: func(t *testing.T, dir string) {
+		if err := os.Remove(filepath.Join(dir, "fs-1.img")); err != nil {
+			t.Fatal(err)
+		}
+	}})
+	offset = containerdLogOffset()
+	cold, coldLog := start(broken.Ref)
+	line := logLine(t, offset, "snapboot.fallback", cold, 60*time.Second)
+	if !strings.Contains(line, "reason_kind=restore") {
+		t.Errorf("the broken checkpoint should fail in the restore, after the hook went in:\n%s", line)
+	}
+	if ns := waitCount(t, coldLog, 3); ns[0] != 1 {
+		t.Fatalf("the fallback counted from %d, not 1", ns[0])
+	}
+	if hooked(t, cold) {
+		t.Error("the cold start's spec still has the restore's hook")
+	}
+	if out, err := get(cold); err != nil || !strings.Contains(out, "loopback-ok") {
+		t.Fatalf("the cold start does not answer on 127.0.0.1: %q %v", out, err)
+	}
+}
+
+// hooked reports whether container id's spec, as containerd's runc shim
+// keeps it in the task's bundle, has snapboot's restore hook.
+func hooked(t *testing.T, id string) bool {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(tmpDir, "containerd", "state", "io.containerd.runtime.v2.task", namespace, id, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(string(data), "snapboot-restore-hook")
 }
 
 type execError struct {

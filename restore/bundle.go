@@ -8,6 +8,8 @@ import (
 	"slices"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/snapboot/snapboot/restorehook"
 )
 
 // The bundle's config.json is read and edited as raw JSON, so that fields
@@ -103,6 +105,46 @@ func addCreateRuntimeHook(bundle string, hook specs.Hook) error {
 	}
 	hooks["createRuntime"] = raw
 	if doc["hooks"], err = json.Marshal(hooks); err != nil {
+		return err
+	}
+	return writeSpecDoc(bundle, doc)
+}
+
+// removeRestoreHook takes the restore's createRuntime hook (restorehook)
+// out of the bundle's config.json, if it is there.
+func removeRestoreHook(bundle string) error {
+	doc, err := readSpecDoc(bundle)
+	if err != nil {
+		return err
+	}
+	raw, ok := doc["hooks"]
+	if !ok || string(raw) == "null" {
+		return nil
+	}
+	hooks := map[string]json.RawMessage{}
+	if err := json.Unmarshal(raw, &hooks); err != nil {
+		return fmt.Errorf("spec hooks: %w", err)
+	}
+	var list []specs.Hook
+	if raw, ok := hooks["createRuntime"]; !ok || string(raw) == "null" {
+		return nil
+	} else if err := json.Unmarshal(raw, &list); err != nil {
+		return fmt.Errorf("spec createRuntime hooks: %w", err)
+	}
+	kept := slices.DeleteFunc(slices.Clone(list), func(h specs.Hook) bool {
+		return len(h.Args) == 2 && h.Args[1] == restorehook.HookArg
+	})
+	if len(kept) == len(list) {
+		return nil
+	}
+	if len(kept) == 0 {
+		delete(hooks, "createRuntime")
+	} else if hooks["createRuntime"], err = json.Marshal(kept); err != nil {
+		return err
+	}
+	if len(hooks) == 0 {
+		delete(doc, "hooks")
+	} else if doc["hooks"], err = json.Marshal(hooks); err != nil {
 		return err
 	}
 	return writeSpecDoc(bundle, doc)

@@ -804,8 +804,13 @@ func codecOf(l ocispec.Descriptor) unpack.Codec {
 // (ctr task checkpoint, snapboot checkpoint) dumps open TCP connections and
 // file locks instead of failing on them. runc reads the file when it dumps,
 // so the same path serves the restore config first and the dump config
-// after the restore.
+// after the restore. It also takes the restore's createRuntime hook
+// (restorehook) out of the spec: it has run, or, before a cold start after
+// a failed restore, the cold start gets the caller's hooks only.
 func ArmDump(bundle string) error {
+	if err := removeRestoreHook(bundle); err != nil {
+		return err
+	}
 	ann, err := readAnnotations(bundle)
 	if err != nil {
 		return err

@@ -11,6 +11,8 @@ import (
 	ipcvar "github.com/checkpoint-restore/go-criu/v7/crit/images/ipc-var"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/snapboot/snapboot/restorehook"
 )
 
 // ipcSysctls are the spec's sysctls of an IPC namespace that CRIU
@@ -68,13 +70,6 @@ func setU64(set func(*ipcvar.IpcVarEntry, uint64)) func(*ipcvar.IpcVarEntry, str
 	}
 }
 
-// isIPCSysctl reports whether key is a sysctl of the IPC namespace, as
-// runc's validation of a spec groups them.
-func isIPCSysctl(key string) bool {
-	return strings.HasPrefix(key, "kernel.msg") || strings.HasPrefix(key, "kernel.sem") ||
-		strings.HasPrefix(key, "kernel.shm") || strings.HasPrefix(key, "fs.mqueue.")
-}
-
 // fitIPCSysctls gives the IPC namespace CRIU restores the spec's IPC
 // sysctls: runc writes them into a container's IPC namespace when it
 // creates one, and CRIU, restoring that namespace, writes the donor's
@@ -85,13 +80,15 @@ func fitIPCSysctls(imagesDir string, names []string, spec *specs.Spec) (map[stri
 	if spec.Linux == nil {
 		return nil, nil
 	}
+	values := map[string]string{}
 	var keys []string
-	for key := range spec.Linux.Sysctl {
-		if isIPCSysctl(key) {
+	for name, value := range spec.Linux.Sysctl {
+		key := restorehook.SysctlKey(name)
+		if restorehook.IsIPCSysctl(key) {
 			if _, ok := ipcSysctls[key]; !ok {
-				return nil, fmt.Errorf("%w: the spec's sysctl %s is of the IPC namespace, which CRIU restores, and snapboot does not set it there", ErrRefused, key)
+				return nil, fmt.Errorf("%w: the spec's sysctl %s is of the IPC namespace, which CRIU restores, and snapboot does not set it there", ErrRefused, name)
 			}
-			keys = append(keys, key)
+			keys, values[key] = append(keys, key), value
 		}
 	}
 	if len(keys) == 0 {
@@ -112,8 +109,8 @@ func fitIPCSysctls(imagesDir string, names []string, spec *specs.Spec) (map[stri
 		}
 		e := img.Entries[0].Message.(*ipcvar.IpcVarEntry)
 		for _, key := range keys {
-			if err := ipcSysctls[key](e, spec.Linux.Sysctl[key]); err != nil {
-				return nil, fmt.Errorf("%w: the spec's sysctl %s=%q: %w", ErrRefused, key, spec.Linux.Sysctl[key], err)
+			if err := ipcSysctls[key](e, values[key]); err != nil {
+				return nil, fmt.Errorf("%w: the spec's sysctl %s=%q: %w", ErrRefused, key, values[key], err)
 			}
 		}
 		out[name] = img

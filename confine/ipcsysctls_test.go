@@ -35,7 +35,7 @@ func withSysctls(kv map[string]string) *specs.Spec {
 func TestFitIPCSysctls(t *testing.T) {
 	dir := donorIPCVars(t)
 	names := []string{"core-1.img", "ipcns-var-11.img"}
-	spec := withSysctls(map[string]string{"kernel.msgmax": "9001", "kernel.shmmax": "68719476736", "kernel.sem": "250 32000 100 128",
+	spec := withSysctls(map[string]string{"kernel.msgmax": "9001", "kernel/shmmax": "68719476736", "kernel.sem": "250 32000 100 128",
 		"fs.mqueue.msg_max": "64", "net.core.somaxconn": "1001"})
 	out, err := fitIPCSysctls(dir, names, spec)
 	if err != nil {
@@ -67,6 +67,7 @@ func TestFitIPCSysctlsRefusals(t *testing.T) {
 		reason  string
 	}{
 		{map[string]string{"kernel.msg_next_id": "5"}, "snapboot does not set it"},
+		{map[string]string{"kernel/msg_next_id": "5"}, "snapboot does not set it"},
 		{map[string]string{"kernel.msgmax": "lots"}, "kernel.msgmax"},
 		{map[string]string{"kernel.sem": "1 2 3"}, "kernel.sem"},
 		{map[string]string{"kernel.shmmni": "-1"}, "kernel.shmmni"},

@@ -252,6 +252,15 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	if err != nil {
 		return nil, fmt.Errorf("annotation %s: %w", AnnotationCRIUOptions, err)
 	}
+	hook := restorehook.Needed(spec)
+	if hook {
+		if r.NamespaceHook == nil {
+			return nil, fmt.Errorf("%w: the spec needs snapboot's restore hook (lo, sysctls) and the shim has none", confine.ErrRefused)
+		}
+		if err := restorehook.Check(spec); err != nil {
+			return nil, fmt.Errorf("%w: %w", confine.ErrRefused, err)
+		}
+	}
 	seccompFilter := r.startSeccompFilter(ctx, spec, req.Runc)
 	f, err := r.fetch(ctx, refStr, true)
 	if err != nil {
@@ -310,7 +319,7 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	if err := setAnnotation(req.Bundle, criuconf.RuncAnnotation, confPath); err != nil {
 		return nil, err
 	}
-	if r.NamespaceHook != nil && restorehook.Needed(spec) {
+	if hook {
 		if err := addCreateRuntimeHook(req.Bundle, *r.NamespaceHook); err != nil {
 			return nil, err
 		}
@@ -807,9 +816,10 @@ func codecOf(l ocispec.Descriptor) unpack.Codec {
 // after the restore. It also takes the restore's createRuntime hook
 // (restorehook) out of the spec: it has run, or, before a cold start after
 // a failed restore, the cold start gets the caller's hooks only.
-func ArmDump(bundle string) error {
+func ArmDump(bundle string) (retErr error) {
 	if err := removeRestoreHook(bundle); err != nil {
-		return err
+		// The dump config is still written; a cold start runs the hook.
+		defer func() { retErr = errors.Join(fmt.Errorf("take the restore hook out of the spec: %w", err), retErr) }()
 	}
 	ann, err := readAnnotations(bundle)
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/snapboot/snapboot/restorehook"
 )
 
 // SaveUTS is for a container that joins a UTS namespace by path, as the
@@ -106,8 +108,10 @@ func SetSpecHostname(spec *specs.Spec, pid uint32) error {
 	if spec.Domainname != "" {
 		domain = spec.Domainname
 	}
-	if v, ok := spec.Linux.Sysctl["kernel.domainname"]; ok {
-		domain = v
+	for key, v := range spec.Linux.Sysctl {
+		if restorehook.SysctlKey(key) == "kernel.domainname" {
+			domain = v
+		}
 	}
 	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/uts", pid))
 	if err != nil {

@@ -55,6 +55,8 @@ func TestSetSpecHostname(t *testing.T) {
 		{"none in the spec", &specs.Spec{Linux: &specs.Linux{Namespaces: own}}, nodeHost, nodeDomain},
 		{"the sysctl wins", &specs.Spec{Hostname: "clone", Domainname: "example.org", Linux: &specs.Linux{Namespaces: own,
 			Sysctl: map[string]string{"kernel.domainname": "sysctl.example"}}}, "clone", "sysctl.example"},
+		{"the sysctl with slashes", &specs.Spec{Linux: &specs.Linux{Namespaces: own,
+			Sysctl: map[string]string{"kernel/domainname": "slash.example"}}}, nodeHost, "slash.example"},
 	} {
 		cmd := exec.Command("sleep", "60")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWUTS}
@@ -63,13 +65,20 @@ func TestSetSpecHostname(t *testing.T) {
 		}
 		pid := cmd.Process.Pid
 		// What CRIU restores: the donor's names.
-		f, _ := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/uts")
-		inUTSNamespace(f, func() error {
-			unix.Sethostname([]byte("donor"))
-			return unix.Setdomainname([]byte("donor.example"))
-		})
-		f.Close()
-		err := SetSpecHostname(c.spec, uint32(pid))
+		f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/uts")
+		if err == nil {
+			err = inUTSNamespace(f, func() error {
+				if err := unix.Sethostname([]byte("donor")); err != nil {
+					return err
+				}
+				return unix.Setdomainname([]byte("donor.example"))
+			})
+			f.Close()
+		}
+		if h, d := utsOf(t, pid); err != nil || h != "donor" || d != "donor.example" {
+			t.Fatalf("the donor's names: %q %q %v", h, d, err)
+		}
+		err = SetSpecHostname(c.spec, uint32(pid))
 		host, dom := utsOf(t, pid)
 		cmd.Process.Kill()
 		cmd.Wait()
@@ -78,13 +87,19 @@ func TestSetSpecHostname(t *testing.T) {
 		}
 	}
 	// A namespace joined by path is the pod's: left alone.
-	joined := &specs.Spec{Hostname: "clone", Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.UTSNamespace, Path: "/proc/1/ns/uts"}}}}
-	if err := SetSpecHostname(joined, uint32(os.Getpid())); err != nil {
+	cmd := exec.Command("sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWUTS}
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	var after unix.Utsname
-	unix.Uname(&after)
-	if unix.ByteSliceToString(after.Nodename[:]) != nodeHost {
-		t.Fatal("a joined namespace was renamed")
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	pod := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/uts"
+	joined := &specs.Spec{Hostname: "clone", Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.UTSNamespace, Path: pod}},
+		Sysctl: map[string]string{"kernel/domainname": "x"}}}
+	if err := SetSpecHostname(joined, uint32(cmd.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := utsOf(t, cmd.Process.Pid); h != nodeHost {
+		t.Fatalf("a joined namespace was renamed: %q", h)
 	}
 }

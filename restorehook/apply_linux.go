@@ -41,30 +41,26 @@ func RunHook(stdin io.Reader) error {
 }
 
 // Apply sets lo up in process pid's network namespace if the spec has runc
-// make it, and writes the spec's sysctls of the network and IPC namespaces
-// into pid's.
+// make it, and writes the spec's sysctls the hook writes (see package doc)
+// into pid's namespaces.
 func Apply(pid int, spec *specs.Spec) error {
 	if newNetworkNamespace(spec) {
 		if err := inNamespace(pid, "net", func() error { return setUp("lo") }); err != nil {
 			return err
 		}
 	}
-	if spec.Linux == nil {
-		return nil
-	}
-	keys := make([]string, 0, len(spec.Linux.Sysctl))
-	for key := range spec.Linux.Sysctl {
-		keys = append(keys, key)
-	}
-	slices.Sort(keys)
-	for _, key := range keys {
-		ns, ok := sysctlNamespace(key)
-		if !ok {
-			continue
+	byNS := hookSysctls(spec)
+	for _, ns := range []string{"net", "ipc"} {
+		keys := make([]string, 0, len(byNS[ns]))
+		for key := range byNS[ns] {
+			keys = append(keys, key)
 		}
-		value := spec.Linux.Sysctl[key]
-		if err := inNamespace(pid, ns, func() error { return writeSysctl(key, value) }); err != nil {
-			return fmt.Errorf("sysctl %s: %w", key, err)
+		slices.Sort(keys)
+		for _, key := range keys {
+			value := byNS[ns][key]
+			if err := inNamespace(pid, ns, func() error { return writeSysctl(key, value) }); err != nil {
+				return fmt.Errorf("sysctl %s: %w", key, err)
+			}
 		}
 	}
 	return nil
@@ -80,6 +76,19 @@ func inNamespace(pid int, ns string, fn func() error) error {
 		return fmt.Errorf("%s namespace of %d: %w", ns, pid, err)
 	}
 	defer f.Close()
+	// Never the hook's own (the node's): runc hands it the container's.
+	// This thread's, not the process's: a thread that joined the
+	// container's namespaces before may be the main one.
+	var theirs, ours unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &theirs); err != nil {
+		return err
+	}
+	if err := unix.Stat("/proc/thread-self/ns/"+ns, &ours); err != nil {
+		return err
+	}
+	if theirs.Dev == ours.Dev && theirs.Ino == ours.Ino {
+		return fmt.Errorf("process %d is in the hook's own %s namespace", pid, ns)
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -99,7 +108,15 @@ func writeSysctl(key, value string) error {
 	if !filepath.IsLocal(name) {
 		return fmt.Errorf("not a sysctl name: %q", key)
 	}
-	return os.WriteFile(filepath.Join("/proc/sys", name), []byte(value), 0)
+	f, err := os.OpenFile(filepath.Join("/proc/sys", name), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write([]byte(value))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // setUp sets interface name up in the calling thread's network namespace

@@ -88,9 +88,10 @@ func specWith(sysctls map[string]string, namespaces ...specs.LinuxNamespace) *sp
 }
 
 // The hook, given the state runc passes it, reads the spec from the
-// bundle, sets lo up and writes the spec's network and IPC sysctls in the
-// process's namespaces, not in the test's own; run again, it changes
-// nothing.
+// bundle, sets lo up and writes the spec's network sysctls (a name with
+// slashes too, as runc reads it) and, in an IPC namespace joined by path,
+// its IPC ones, in the process's namespaces, not in the test's own; run
+// again, it changes nothing.
 func TestRunHook(t *testing.T) {
 	pid := inNewNamespaces(t)
 	if loUp(t, pid) {
@@ -104,8 +105,10 @@ func TestRunHook(t *testing.T) {
 		t.Fatal("the test's own namespaces have the values the test sets")
 	}
 	bundle := t.TempDir()
-	spec := specWith(map[string]string{"net.core.somaxconn": "1001", "kernel.msgmax": "9001"},
-		specs.LinuxNamespace{Type: specs.NetworkNamespace}, specs.LinuxNamespace{Type: specs.IPCNamespace})
+	// The IPC namespace joined by path, as a pod's containers join the
+	// sandbox's (a new one is CRIU's to restore, after the hook).
+	spec := specWith(map[string]string{"net/core/somaxconn": "1001", "kernel.msgmax": "9001"},
+		specs.LinuxNamespace{Type: specs.NetworkNamespace}, specs.LinuxNamespace{Type: specs.IPCNamespace, Path: fmt.Sprintf("/proc/%d/ns/ipc", pid)})
 	data, _ := json.Marshal(spec)
 	if err := os.WriteFile(filepath.Join(bundle, "config.json"), data, 0o600); err != nil {
 		t.Fatal(err)
@@ -145,6 +148,62 @@ func TestApply(t *testing.T) {
 	if err := Apply(pid, bad); err == nil || !strings.Contains(err.Error(), "net.core.somaxconn") {
 		t.Fatalf("a value the kernel refuses: %v", err)
 	}
+	missing := specWith(map[string]string{"net.core.no_such_sysctl": "1"}, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+	if err := Apply(pid, missing); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("a sysctl the namespace does not have: %v", err)
+	}
+	// The hook's own namespace (the node's, here the test's, which a
+	// child started without new namespaces shares): refused.
+	same := exec.Command("sleep", "60")
+	if err := same.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { same.Process.Kill(); same.Wait() }()
+	if err := Apply(same.Process.Pid, specWith(map[string]string{"net.core.somaxconn": "1001"}, specs.LinuxNamespace{Type: specs.NetworkNamespace})); err == nil ||
+		!strings.Contains(err.Error(), "own net namespace") {
+		t.Fatalf("the hook's own network namespace: %v", err)
+	}
+	if ownSysctl(t, "net.core.somaxconn") == "1001" {
+		t.Fatal("the test's own namespace was written")
+	}
+	// An IPC namespace of the container's own is CRIU's: not written.
+	ipcOwn := specWith(map[string]string{"kernel.msgmax": "9002"}, specs.LinuxNamespace{Type: specs.IPCNamespace})
+	if err := Apply(pid, ipcOwn); err != nil {
+		t.Fatal(err)
+	}
+	if got := sysctl(t, pid, "ipc", "kernel.msgmax"); got == "9002" {
+		t.Fatal("the hook wrote an IPC sysctl into a namespace CRIU restores")
+	}
+}
+
+func TestSysctlKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"net.ipv4.ip_forward":              "net.ipv4.ip_forward",
+		"net/ipv4/ip_forward":              "net.ipv4.ip_forward",
+		"net/ipv4/conf/eth0.100/rp_filter": "net.ipv4.conf.eth0/100.rp_filter",
+		"net.ipv4.conf.eth0/100.rp_filter": "net.ipv4.conf.eth0/100.rp_filter",
+		"kernel":                           "kernel",
+	} {
+		if got := SysctlKey(in); got != want {
+			t.Errorf("SysctlKey(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// With a user namespace, runc writes sysctls from inside it; the hook
+// cannot, so such a restore is refused (cold start).
+func TestCheck(t *testing.T) {
+	userns := specWith(map[string]string{"net.ipv4.ping_group_range": "0 0"},
+		specs.LinuxNamespace{Type: specs.NetworkNamespace}, specs.LinuxNamespace{Type: specs.UserNamespace})
+	if err := Check(userns); err == nil || !strings.Contains(err.Error(), "user namespace") {
+		t.Fatalf("sysctls with a user namespace: %v", err)
+	}
+	if err := Check(specWith(nil, specs.LinuxNamespace{Type: specs.NetworkNamespace}, specs.LinuxNamespace{Type: specs.UserNamespace})); err != nil {
+		t.Fatalf("a user namespace without sysctls: %v", err)
+	}
+	if err := Check(specWith(map[string]string{"net.core.somaxconn": "1"}, specs.LinuxNamespace{Type: specs.NetworkNamespace})); err != nil {
+		t.Fatalf("sysctls without a user namespace: %v", err)
+	}
 }
 
 func TestRunHookBadState(t *testing.T) {
@@ -167,7 +226,9 @@ func TestNeeded(t *testing.T) {
 		{"runc makes the network namespace", specWith(nil, specs.LinuxNamespace{Type: specs.PIDNamespace}, specs.LinuxNamespace{Type: specs.NetworkNamespace}), true},
 		{"a pod's, joined by path", specWith(nil, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/var/run/netns/cni-1"}), false},
 		{"the host's", specWith(nil, specs.LinuxNamespace{Type: specs.PIDNamespace}), false},
-		{"an IPC sysctl", specWith(map[string]string{"kernel.shmmax": "1"}, specs.LinuxNamespace{Type: specs.IPCNamespace}), true},
+		{"an IPC sysctl, its own IPC namespace (CRIU's)", specWith(map[string]string{"kernel.shmmax": "1"}, specs.LinuxNamespace{Type: specs.IPCNamespace}), false},
+		{"an IPC sysctl, an IPC namespace joined by path", specWith(map[string]string{"kernel.shmmax": "1"}, specs.LinuxNamespace{Type: specs.IPCNamespace, Path: "/x"}), true},
+		{"a network sysctl with slashes", specWith(map[string]string{"net/core/somaxconn": "1"}, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/x"}), true},
 		{"a pod's with a network sysctl", specWith(map[string]string{"net.ipv4.ip_forward": "1"}, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/x"}), true},
 		{"only a UTS sysctl", specWith(map[string]string{"kernel.domainname": "d"}, specs.LinuxNamespace{Type: specs.UTSNamespace}), false},
 		{"no linux section", &specs.Spec{}, false},

@@ -8,14 +8,16 @@
 //     leave that namespace empty, for the spec's hooks to set up, and never
 //     sets lo up as its create does. The clone would have no 127.0.0.1,
 //     which a cold start has.
-//   - The spec's sysctls of the network and IPC namespaces: runc's create
-//     writes them; its restore does not, so a new network namespace keeps
-//     the kernel's defaults and an IPC namespace the donor's values, which
-//     CRIU restores. (Those of the UTS namespace are the shim's, with the
-//     host name, after the restore.)
+//   - The spec's sysctls of the network namespace, and of an IPC namespace
+//     the spec joins by path: runc's create writes them; its restore does
+//     not, so a new network namespace kept the kernel's defaults. (An IPC
+//     namespace of the container's own CRIU restores after the hook, from
+//     the image, where confine puts the spec's values; the UTS namespace's
+//     are the shim's, with the host name, after the restore.)
 package restorehook
 
 import (
+	"errors"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -34,18 +36,86 @@ func Hook(binary string) specs.Hook {
 // Needed reports whether a restore with spec needs the hook: the spec has
 // runc make the network namespace, or sets sysctls the hook writes.
 func Needed(spec *specs.Spec) bool {
-	if spec == nil || spec.Linux == nil {
-		return false
+	return newNetworkNamespace(spec) || len(hookSysctls(spec)) > 0
+}
+
+// Check says why the hook cannot do for spec what runc's create does, or
+// returns nil. runc writes a spec's sysctls from inside the container's
+// user namespace, where the ids some of them hold (ping_group_range's)
+// are the container's; the hook writes as the node's root.
+func Check(spec *specs.Spec) error {
+	if spec == nil || spec.Linux == nil || len(hookSysctls(spec)) == 0 {
+		return nil
 	}
-	if newNetworkNamespace(spec) {
-		return true
-	}
-	for key := range spec.Linux.Sysctl {
-		if _, ok := sysctlNamespace(key); ok {
-			return true
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.UserNamespace {
+			return errors.New("the spec sets sysctls and has a user namespace: runc writes them from inside it, snapboot's restore hook cannot")
 		}
 	}
-	return false
+	return nil
+}
+
+// SysctlKey returns a spec's sysctl name with dots between its parts, as
+// runc reads it: "net/ipv4/ip_forward" is "net.ipv4.ip_forward" (the
+// first separator says which one the name uses; the other one is then
+// part of a name, as in an interface's "eth0.100").
+func SysctlKey(key string) string {
+	i := strings.IndexAny(key, "./")
+	if i < 0 || key[i] == '.' {
+		return key
+	}
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case '/':
+			return '.'
+		case '.':
+			return '/'
+		}
+		return r
+	}, key)
+}
+
+// IsIPCSysctl reports whether key (dotted) is a sysctl of the IPC
+// namespace, as runc's validation of a spec groups them.
+func IsIPCSysctl(key string) bool {
+	return strings.HasPrefix(key, "fs.mqueue.") || strings.HasPrefix(key, "kernel.msg") ||
+		strings.HasPrefix(key, "kernel.sem") || strings.HasPrefix(key, "kernel.shm")
+}
+
+// hookSysctls returns the spec's sysctls the hook writes, by the namespace
+// they go in (its name under /proc/PID/ns), with dotted names: those of
+// the network namespace, and those of the IPC namespace where the spec
+// joins it by path. An IPC namespace of the container's own is restored
+// by CRIU after the hook, from the image, where confine puts the spec's
+// values.
+func hookSysctls(spec *specs.Spec) map[string]map[string]string {
+	if spec == nil || spec.Linux == nil || len(spec.Linux.Sysctl) == 0 {
+		return nil
+	}
+	joinedIPC := false
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.IPCNamespace {
+			joinedIPC = ns.Path != ""
+		}
+	}
+	out := map[string]map[string]string{}
+	for key, value := range spec.Linux.Sysctl {
+		key = SysctlKey(key)
+		ns := ""
+		switch {
+		case strings.HasPrefix(key, "net."):
+			ns = "net"
+		case IsIPCSysctl(key) && joinedIPC:
+			ns = "ipc"
+		default:
+			continue
+		}
+		if out[ns] == nil {
+			out[ns] = map[string]string{}
+		}
+		out[ns][key] = value
+	}
+	return out
 }
 
 // newNetworkNamespace reports whether the spec has runc make the
@@ -61,18 +131,4 @@ func newNetworkNamespace(spec *specs.Spec) bool {
 		}
 	}
 	return false
-}
-
-// sysctlNamespace returns the namespace (its name under /proc/PID/ns) a
-// sysctl the hook writes belongs to, as runc's validation of a spec
-// groups them; ok is false for the others.
-func sysctlNamespace(key string) (ns string, ok bool) {
-	switch {
-	case strings.HasPrefix(key, "net."):
-		return "net", true
-	case strings.HasPrefix(key, "fs.mqueue."), strings.HasPrefix(key, "kernel.msg"),
-		strings.HasPrefix(key, "kernel.sem"), strings.HasPrefix(key, "kernel.shm"):
-		return "ipc", true
-	}
-	return "", false
 }

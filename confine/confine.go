@@ -241,6 +241,13 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	for name, img := range ipcVars {
 		rewritten[name] = img
 	}
+	utsNames, err := fitUTSNames(imagesDir, names, spec, host.utsNames)
+	if err != nil {
+		return nil, err
+	}
+	for name, img := range utsNames {
+		rewritten[name] = img
+	}
 	res.External = external
 	if len(rewritten) == 0 {
 		return res, nil
@@ -329,7 +336,7 @@ func decodeImage(path string, msg proto.Message) (*crit.CriuImage, error) {
 var magics = map[protoreflect.FullName]string{
 	"core_entry": "CORE", "inventory_entry": "INVENTORY", "task_kobj_ids_entry": "IDS", "mnt_entry": "MNTS",
 	"cgroup_entry": "CGROUP", "userns_entry": "USERNS", "pstree_entry": "PSTREE", "seccomp_entry": "SECCOMP",
-	"ipc_var_entry": "IPC_VAR",
+	"ipc_var_entry": "IPC_VAR", "utsns_entry": "UTSNS",
 }
 
 // checkFraming reads f's magic and entry headers, and leaves f at its

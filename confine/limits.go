@@ -122,6 +122,9 @@ type hostState struct {
 	// cgroupHierarchies returns the cgroup v1 hierarchies, by the base
 	// name of their mount points (see rebindCgroups).
 	cgroupHierarchies func() map[string]cgroupHierarchy
+	// utsNames returns the names of the UTS namespace at a path, or this
+	// node's for "" (see fitUTSNames).
+	utsNames func(path string) (host, domain string, err error)
 }
 
 func readHostState() (hostState, error) {
@@ -143,5 +146,6 @@ func readHostState() (hostState, error) {
 		h.selinux = true
 	}
 	h.cgroupHierarchies = cgroupHierarchies
+	h.utsNames = utsNamesOf
 	return h, nil
 }

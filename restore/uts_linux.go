@@ -5,7 +5,6 @@ package restore
 import (
 	"fmt"
 	"os"
-	"runtime"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -63,18 +62,8 @@ func SaveUTS(spec *specs.Spec) (func() error, error) {
 }
 
 // inUTSNamespace runs fn on a thread that has joined the UTS namespace ns.
-// The thread stays locked, so it ends with the goroutine.
 func inUTSNamespace(ns *os.File, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWUTS); err != nil {
-			errc <- err
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
+	return restorehook.InNamespace(ns, unix.CLONE_NEWUTS, fn)
 }
 
 // SetSpecHostname gives a restored container with a UTS namespace of its

@@ -69,7 +69,7 @@ func Apply(pid int, spec *specs.Spec) error {
 var nsFlags = map[string]int{"net": unix.CLONE_NEWNET, "ipc": unix.CLONE_NEWIPC}
 
 // inNamespace runs fn on a thread that has joined process pid's namespace
-// ns. The thread stays locked, so it ends with the goroutine.
+// ns (its name under /proc/PID/ns), which must not be the hook's own.
 func inNamespace(pid int, ns string, fn func() error) error {
 	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/" + ns)
 	if err != nil {
@@ -89,11 +89,22 @@ func inNamespace(pid int, ns string, fn func() error) error {
 	if theirs.Dev == ours.Dev && theirs.Ino == ours.Ino {
 		return fmt.Errorf("process %d is in the hook's own %s namespace", pid, ns)
 	}
+	if err := InNamespace(f, nsFlags[ns], fn); err != nil {
+		return fmt.Errorf("%s namespace of %d: %w", ns, pid, err)
+	}
+	return nil
+}
+
+// InNamespace runs fn on a thread that has joined the namespace ns (a
+// /proc/PID/ns file or a bind mount of one) of type flag (CLONE_NEWNET,
+// ...). The thread stays locked, so it ends with the goroutine; if it is
+// the process's main thread, Go parks it for good.
+func InNamespace(ns *os.File, flag int, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		if err := unix.Setns(int(f.Fd()), nsFlags[ns]); err != nil {
-			errc <- fmt.Errorf("join the %s namespace of %d: %w", ns, pid, err)
+		if err := unix.Setns(int(ns.Fd()), flag); err != nil {
+			errc <- fmt.Errorf("join: %w", err)
 			return
 		}
 		errc <- fn()

@@ -20,7 +20,7 @@ deps:
 demo-deps:
 	SNAPBOOT_DEMO_DEPS=1 bash hack/install-deps.sh
 
-DEMO_MODELS ?= 2800
+DEMO_MODELS ?= 3200
 BENCH_RUNS ?= 5
 
 ## demo: the main job: cold boot vs restored, with the table

@@ -39,7 +39,7 @@ type options struct {
 
 func main() {
 	var o options
-	flag.IntVar(&o.models, "models", 2800, "size of the generated Rails app (models)")
+	flag.IntVar(&o.models, "models", 3200, "size of the generated Rails app (models)")
 	flag.IntVar(&o.runs, "runs", 1, "repetitions of every measurement")
 	flag.StringVar(&o.bench, "bench", "", "write results.json and results.md into this directory, and measure the runc restore floor")
 	flag.StringVar(&o.binDir, "bin", "bin", "directory with containerd-shim-snapboot-v1 and snapboot")

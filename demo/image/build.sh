@@ -30,7 +30,7 @@ CREATED=2025-01-01T00:00:00Z
 # Not a secret: a fixed demo value, so that restored and cold containers agree.
 SECRET_KEY_BASE=$(printf 'snapboot-demo-secret-key-base' | sha256sum | cut -c1-64)$(printf 'snapboot-demo' | sha256sum | cut -c1-64)
 
-models=2800 # 2400 dipped to 14.74 s to the first HTTP 200 on a fast day (2000 to 14.35 s); 200 boots in ~6 s
+models=3200 # 2800 went down to 15.07 s to the first HTTP 200 on a fast day (2400 to 14.74 s, 2000 to 14.35 s); 200 boots in ~6 s
 out=""
 name=""
 cache_dir=/var/cache/snapboot-demo
@@ -45,7 +45,7 @@ usage() {
 usage: $0 [--models N] --out PATH.oci.tar [--name NAME] [--cache-dir DIR]
           [--compression none|zstd] [--mirror URL] [--no-image-cache]
 
-  --models N        number of generated Rails models (1..99999, default 2800);
+  --models N        number of generated Rails models (1..99999, default 3200);
                     YAML settings, initializers, locales and routes scale with it
   --out PATH        where to write the OCI image layout tar
   --name NAME       image name for 'ctr images import'

@@ -39,17 +39,7 @@ func fitUTSNames(imagesDir string, names []string, spec *specs.Spec, utsNames fu
 		return nil, fmt.Errorf("the UTS names the container should have: %w", err)
 	}
 	if path == "" {
-		if spec.Hostname != "" {
-			host = spec.Hostname
-		}
-		if spec.Domainname != "" {
-			domain = spec.Domainname
-		}
-		for key, v := range spec.Linux.Sysctl {
-			if restorehook.SysctlKey(key) == "kernel.domainname" {
-				domain = v
-			}
-		}
+		host, domain = restorehook.ColdStartUTSNames(spec, host, domain)
 	}
 	out := map[string]*crit.CriuImage{}
 	for _, name := range names {

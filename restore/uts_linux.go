@@ -38,32 +38,25 @@ func SaveUTS(spec *specs.Spec) (func() error, error) {
 	if err != nil {
 		return noop, fmt.Errorf("UTS namespace %s: %w", path, err)
 	}
-	var host, domain string
-	if err := inUTSNamespace(f, func() error {
-		var u unix.Utsname
-		if err := unix.Uname(&u); err != nil {
-			return err
-		}
-		host, domain = unix.ByteSliceToString(u.Nodename[:]), unix.ByteSliceToString(u.Domainname[:])
-		return nil
-	}); err != nil {
+	host, domain, err := restorehook.UTSNames(f)
+	if err != nil {
 		f.Close()
 		return noop, fmt.Errorf("UTS namespace %s: %w", path, err)
 	}
 	return func() error {
 		defer f.Close()
-		return inUTSNamespace(f, func() error {
-			if err := unix.Sethostname([]byte(host)); err != nil {
-				return err
-			}
-			return unix.Setdomainname([]byte(domain))
-		})
+		return setUTSNames(f, host, domain)
 	}, nil
 }
 
-// inUTSNamespace runs fn on a thread that has joined the UTS namespace ns.
-func inUTSNamespace(ns *os.File, fn func() error) error {
-	return restorehook.InNamespace(ns, unix.CLONE_NEWUTS, fn)
+// setUTSNames sets the host name and domain name of the UTS namespace ns.
+func setUTSNames(ns *os.File, host, domain string) error {
+	return restorehook.InNamespace(ns, unix.CLONE_NEWUTS, func() error {
+		if err := unix.Sethostname([]byte(host)); err != nil {
+			return err
+		}
+		return unix.Setdomainname([]byte(domain))
+	})
 }
 
 // SetSpecHostname gives a restored container with a UTS namespace of its
@@ -86,31 +79,15 @@ func SetSpecHostname(spec *specs.Spec, pid uint32) error {
 	if !own {
 		return nil
 	}
-	var node unix.Utsname
-	if err := unix.Uname(&node); err != nil {
+	nodeHost, nodeDomain, err := restorehook.UTSNames(nil)
+	if err != nil {
 		return err
 	}
-	host, domain := unix.ByteSliceToString(node.Nodename[:]), unix.ByteSliceToString(node.Domainname[:])
-	if spec.Hostname != "" {
-		host = spec.Hostname
-	}
-	if spec.Domainname != "" {
-		domain = spec.Domainname
-	}
-	for key, v := range spec.Linux.Sysctl {
-		if restorehook.SysctlKey(key) == "kernel.domainname" {
-			domain = v
-		}
-	}
+	host, domain := restorehook.ColdStartUTSNames(spec, nodeHost, nodeDomain)
 	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/uts", pid))
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	return inUTSNamespace(f, func() error {
-		if err := unix.Sethostname([]byte(host)); err != nil {
-			return err
-		}
-		return unix.Setdomainname([]byte(domain))
-	})
+	return setUTSNames(f, host, domain)
 }

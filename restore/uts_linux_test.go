@@ -11,6 +11,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/snapboot/snapboot/restorehook"
 )
 
 // utsOf returns the host name and domain name of process pid's UTS
@@ -22,14 +24,8 @@ func utsOf(t *testing.T, pid int) (host, domain string) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := inUTSNamespace(f, func() error {
-		var u unix.Utsname
-		if err := unix.Uname(&u); err != nil {
-			return err
-		}
-		host, domain = unix.ByteSliceToString(u.Nodename[:]), unix.ByteSliceToString(u.Domainname[:])
-		return nil
-	}); err != nil {
+	host, domain, err = restorehook.UTSNames(f)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return host, domain
@@ -67,12 +63,7 @@ func TestSetSpecHostname(t *testing.T) {
 		// What CRIU restores: the donor's names.
 		f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/uts")
 		if err == nil {
-			err = inUTSNamespace(f, func() error {
-				if err := unix.Sethostname([]byte("donor")); err != nil {
-					return err
-				}
-				return unix.Setdomainname([]byte("donor.example"))
-			})
+			err = setUTSNames(f, "donor", "donor.example")
 			f.Close()
 		}
 		if h, d := utsOf(t, pid); err != nil || h != "donor" || d != "donor.example" {

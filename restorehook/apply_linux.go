@@ -155,3 +155,22 @@ func setUp(name string) error {
 	}
 	return nil
 }
+
+// UTSNames returns the host name and domain name of the UTS namespace ns,
+// or of the caller's (this node's, for a shim) when ns is nil.
+func UTSNames(ns *os.File) (host, domain string, err error) {
+	read := func() error {
+		var u unix.Utsname
+		if err := unix.Uname(&u); err != nil {
+			return err
+		}
+		host, domain = unix.ByteSliceToString(u.Nodename[:]), unix.ByteSliceToString(u.Domainname[:])
+		return nil
+	}
+	if ns == nil {
+		err = read()
+	} else {
+		err = InNamespace(ns, unix.CLONE_NEWUTS, read)
+	}
+	return host, domain, err
+}

@@ -132,3 +132,29 @@ func newNetworkNamespace(spec *specs.Spec) bool {
 	}
 	return false
 }
+
+// ColdStartUTSNames returns the host name and domain name a container
+// with a UTS namespace of its own starts with, on a node whose names are
+// nodeHost and nodeDomain: runc's create leaves the namespace it makes
+// with the node's, sets the spec's names where it has them, and writes the
+// kernel.domainname sysctl after them.
+func ColdStartUTSNames(spec *specs.Spec, nodeHost, nodeDomain string) (host, domain string) {
+	host, domain = nodeHost, nodeDomain
+	if spec == nil {
+		return host, domain
+	}
+	if spec.Hostname != "" {
+		host = spec.Hostname
+	}
+	if spec.Domainname != "" {
+		domain = spec.Domainname
+	}
+	if spec.Linux != nil {
+		for key, v := range spec.Linux.Sysctl {
+			if SysctlKey(key) == "kernel.domainname" {
+				domain = v
+			}
+		}
+	}
+	return host, domain
+}

@@ -333,7 +333,7 @@ func TestStreamedPrepareWithRootfs(t *testing.T) {
 	if r.plan.stream == nil {
 		t.Fatal("not streamed")
 	}
-	defer r.plan.FinishStream(context.Background(), false) // no restore: abandon the stream, unmount
+	defer abandonStream(r.plan)
 	if b, err := os.ReadFile(filepath.Join(r.plan.stream.filling.Dir, "rootfs", "etc", "app.log")); err != nil || string(b) != "log line\n" {
 		t.Fatalf("rootfs changes: %q, %v", b, err)
 	}
@@ -351,6 +351,17 @@ func TestStreamedPrepareWithRootfs(t *testing.T) {
 	}
 	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), e2.cfg.Cache.Root) {
 		t.Fatalf("a stream is still mounted after the failed prepare:\n%s", mi)
+	}
+}
+
+// abandonStream ends plan's stream without a restore (unmounting it). A
+// download already complete is then cached in the background: it waits
+// for that, so that the test's temporary directories are not removed
+// under it.
+func abandonStream(plan *Plan) {
+	plan.FinishStream(context.Background(), false)
+	if filled := plan.CacheFilled(); filled != nil {
+		<-filled
 	}
 }
 
@@ -538,7 +549,7 @@ func TestLayersShareOneBudget(t *testing.T) {
 		e.reg.addStreamedLayers(t, "v1", pages, true)
 		plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
 		if err == nil {
-			plan.FinishStream(context.Background(), false) // no restore: unmount
+			abandonStream(plan)
 			plan.Release()
 		}
 		if c.fits {
@@ -594,7 +605,7 @@ func TestStreamedDownloadKeepsPullDeadline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan.FinishStream(context.Background(), false)
+	abandonStream(plan)
 	plan.Release()
 	src.mu.Lock()
 	defer src.mu.Unlock()

@@ -11,6 +11,8 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/snapboot/snapboot/restorehook"
 )
 
 // checkCgroups refuses a checkpoint whose cgroup image (cgroup.img) would
@@ -218,12 +220,6 @@ func sameNames(cnames []string, name string) bool {
 // hasCgroupNamespace reports whether the spec gives the container a cgroup
 // namespace of its own.
 func hasCgroupNamespace(spec *specs.Spec) bool {
-	if spec.Linux != nil {
-		for _, ns := range spec.Linux.Namespaces {
-			if ns.Type == specs.CgroupNamespace {
-				return true
-			}
-		}
-	}
-	return false
+	_, ok := restorehook.SpecNamespace(spec, specs.CgroupNamespace)
+	return ok
 }

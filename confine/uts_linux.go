@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/snapboot/snapboot/restorehook"
 )
 
@@ -13,15 +15,24 @@ import (
 // path, or of the calling process's when path is "" (this node's, for a
 // shim).
 func utsNamesOf(path string) (host, domain string, err error) {
+	read := func() error {
+		var u unix.Utsname
+		if err := unix.Uname(&u); err != nil {
+			return err
+		}
+		host, domain = unix.ByteSliceToString(u.Nodename[:]), unix.ByteSliceToString(u.Domainname[:])
+		return nil
+	}
 	if path == "" {
-		return restorehook.UTSNames(nil)
+		err = read()
+		return host, domain, err
 	}
 	f, err := os.Open(path)
 	if err != nil {
 		return "", "", fmt.Errorf("UTS namespace %s: %w", path, err)
 	}
 	defer f.Close()
-	if host, domain, err = restorehook.UTSNames(f); err != nil {
+	if err := restorehook.InNamespace(f, unix.CLONE_NEWUTS, read); err != nil {
 		return "", "", fmt.Errorf("UTS namespace %s: %w", path, err)
 	}
 	return host, domain, nil

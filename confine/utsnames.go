@@ -19,18 +19,14 @@ import (
 // (runc's create leaves the namespace it makes with its own), and the
 // kernel.domainname sysctl over both; in one the spec joins by path (a
 // pod's), the names it has now: CRIU writes them into it, so without this
-// the whole pod would be renamed until the shim put them back. It returns
+// the whole pod would be renamed. It returns
 // the images it changed.
 func fitUTSNames(imagesDir string, names []string, spec *specs.Spec, utsNames func(path string) (host, domain string, err error)) (map[string]*crit.CriuImage, error) {
 	if spec.Linux == nil || utsNames == nil {
 		return nil, nil
 	}
-	path, has := "", false
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.UTSNamespace {
-			path, has = ns.Path, true
-		}
-	}
+	uts, has := restorehook.SpecNamespace(spec, specs.UTSNamespace)
+	path := uts.Path
 	if !has {
 		return nil, nil // the node's UTS namespace, which CRIU leaves alone
 	}
@@ -39,7 +35,7 @@ func fitUTSNames(imagesDir string, names []string, spec *specs.Spec, utsNames fu
 		return nil, fmt.Errorf("the UTS names the container should have: %w", err)
 	}
 	if path == "" {
-		host, domain = restorehook.ColdStartUTSNames(spec, host, domain)
+		host, domain = coldStartUTSNames(spec, host, domain)
 	}
 	out := map[string]*crit.CriuImage{}
 	for _, name := range names {
@@ -61,4 +57,30 @@ func fitUTSNames(imagesDir string, names []string, spec *specs.Spec, utsNames fu
 		out[name] = img
 	}
 	return out, nil
+}
+
+// coldStartUTSNames returns the host name and domain name a container
+// with a UTS namespace of its own starts with, on a node whose names are
+// nodeHost and nodeDomain: runc's create leaves the namespace it makes
+// with the node's, sets the spec's names where it has them, and writes the
+// kernel.domainname sysctl after them.
+func coldStartUTSNames(spec *specs.Spec, nodeHost, nodeDomain string) (host, domain string) {
+	host, domain = nodeHost, nodeDomain
+	if spec == nil {
+		return host, domain
+	}
+	if spec.Hostname != "" {
+		host = spec.Hostname
+	}
+	if spec.Domainname != "" {
+		domain = spec.Domainname
+	}
+	if spec.Linux != nil {
+		for key, v := range spec.Linux.Sysctl {
+			if restorehook.SysctlKey(key) == "kernel.domainname" {
+				domain = v
+			}
+		}
+	}
+	return host, domain
 }

@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,7 +35,7 @@ func TestRestoreOwnNetnsLoopback(t *testing.T) {
 		out, errOut, err := ctrErr("task", "exec", "--fifo-dir", fifoDir, "--exec-id", "get-"+id[len(id)-6:], id,
 			"/bin/sh", "-c", `printf 'GET / HTTP/1.0\r\n\r\n' | nc 127.0.0.1 8080`)
 		if err != nil {
-			return "", &execError{err: err, stderr: errOut}
+			return "", fmt.Errorf("%w: %s", err, strings.TrimSpace(errOut))
 		}
 		return out, nil
 	}
@@ -93,10 +94,3 @@ func hooked(t *testing.T, id string) bool {
 	}
 	return strings.Contains(string(data), "snapboot-restore-hook")
 }
-
-type execError struct {
-	err    error
-	stderr string
-}
-
-func (e *execError) Error() string { return e.err.Error() + ": " + strings.TrimSpace(e.stderr) }

@@ -12,6 +12,11 @@ import (
 	"github.com/snapboot/snapboot/restorehook"
 )
 
+// addHook adds hook to the bundle's config.json.
+func addHook(bundle string, hook specs.Hook) error {
+	return editSpec(bundle, func(doc map[string]json.RawMessage) (bool, error) { return addCreateRuntimeHook(doc, hook) })
+}
+
 // The hook goes after the spec's own createRuntime hooks, once however
 // often it is added, and the rest of config.json stays as it was.
 func TestAddCreateRuntimeHook(t *testing.T) {
@@ -22,7 +27,7 @@ func TestAddCreateRuntimeHook(t *testing.T) {
 	}
 	hook := specs.Hook{Path: "/bin/shim", Args: []string{"/bin/shim", "up-lo"}}
 	for i := 0; i < 2; i++ {
-		if err := addCreateRuntimeHook(dir, hook); err != nil {
+		if err := addHook(dir, hook); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -43,7 +48,7 @@ func TestAddCreateRuntimeHook(t *testing.T) {
 	// A spec without hooks gets the one.
 	dir2 := t.TempDir()
 	os.WriteFile(filepath.Join(dir2, "config.json"), []byte(`{"ociVersion":"1.2.0"}`), 0o600)
-	if err := addCreateRuntimeHook(dir2, hook); err != nil {
+	if err := addHook(dir2, hook); err != nil {
 		t.Fatal(err)
 	}
 	data, _ = os.ReadFile(filepath.Join(dir2, "config.json"))
@@ -65,7 +70,7 @@ func TestArmDumpRemovesRestoreHook(t *testing.T) {
 		t.Fatal(err)
 	}
 	ours := restorehook.Hook("/usr/local/bin/containerd-shim-snapboot-v1")
-	if err := addCreateRuntimeHook(dir, ours); err != nil {
+	if err := addHook(dir, ours); err != nil {
 		t.Fatal(err)
 	}
 	if err := ArmDump(dir); err != nil {
@@ -84,10 +89,10 @@ func TestArmDumpRemovesRestoreHook(t *testing.T) {
 	// Ours alone: no hooks left at all.
 	dir2 := t.TempDir()
 	os.WriteFile(filepath.Join(dir2, "config.json"), []byte(`{"ociVersion":"1.2.0"}`), 0o600)
-	if err := addCreateRuntimeHook(dir2, ours); err != nil {
+	if err := addHook(dir2, ours); err != nil {
 		t.Fatal(err)
 	}
-	if err := removeRestoreHook(dir2); err != nil {
+	if err := editSpec(dir2, removeRestoreHook); err != nil {
 		t.Fatal(err)
 	}
 	data, _ = os.ReadFile(filepath.Join(dir2, "config.json"))

@@ -3,6 +3,7 @@ package restore
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -316,13 +317,15 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	if err != nil {
 		return nil, err
 	}
-	if err := setAnnotation(req.Bundle, criuconf.RuncAnnotation, confPath); err != nil {
-		return nil, err
-	}
-	if hook {
-		if err := addCreateRuntimeHook(req.Bundle, *r.NamespaceHook); err != nil {
-			return nil, err
+	if err := editSpec(req.Bundle, func(doc map[string]json.RawMessage) (bool, error) {
+		changed, err := annotate(doc, criuconf.RuncAnnotation, confPath)
+		if err != nil || !hook {
+			return changed, err
 		}
+		added, err := addCreateRuntimeHook(doc, *r.NamespaceHook)
+		return changed || added, err
+	}); err != nil {
+		return nil, err
 	}
 	return plan, nil
 }
@@ -816,27 +819,29 @@ func codecOf(l ocispec.Descriptor) unpack.Codec {
 // after the restore. It also takes the restore's createRuntime hook
 // (restorehook) out of the spec: it has run, or, before a cold start after
 // a failed restore, the cold start gets the caller's hooks only.
-func ArmDump(bundle string) (retErr error) {
-	if err := removeRestoreHook(bundle); err != nil {
-		// The dump config is still written; a cold start runs the hook.
-		defer func() { retErr = errors.Join(fmt.Errorf("take the restore hook out of the spec: %w", err), retErr) }()
-	}
-	ann, err := readAnnotations(bundle)
-	if err != nil {
-		return err
-	}
-	user, err := criuconf.ParseUserOptions(ann[AnnotationCRIUOptions])
-	if err != nil {
-		user = nil // the restore path reports it; a dump keeps the defaults
-	}
-	path, err := criuconf.WriteFile(bundle, "dump", criuconf.DumpOptions(user))
-	if err != nil {
-		return err
-	}
-	if ann[criuconf.RuncAnnotation] == path {
-		return nil
-	}
-	return setAnnotation(bundle, criuconf.RuncAnnotation, path)
+func ArmDump(bundle string) error {
+	return editSpec(bundle, func(doc map[string]json.RawMessage) (bool, error) {
+		// The dump config is written whatever becomes of the hook; a cold
+		// start would run it.
+		removed, herr := removeRestoreHook(doc)
+		if herr != nil {
+			herr = fmt.Errorf("take the restore hook out of the spec: %w", herr)
+		}
+		ann, err := annotations(doc)
+		if err != nil {
+			return removed, errors.Join(herr, err)
+		}
+		user, err := criuconf.ParseUserOptions(ann[AnnotationCRIUOptions])
+		if err != nil {
+			user = nil // the restore path reports it; a dump keeps the defaults
+		}
+		path, err := criuconf.WriteFile(bundle, "dump", criuconf.DumpOptions(user))
+		if err != nil {
+			return removed, errors.Join(herr, err)
+		}
+		annotated, err := annotate(doc, criuconf.RuncAnnotation, path)
+		return removed || annotated, errors.Join(herr, err)
+	})
 }
 
 // EnforceCacheLimits evicts checkpoints not in use beyond the node's

@@ -404,7 +404,11 @@ func TestArmDump(t *testing.T) {
 	if err := ArmDump(b); err != nil {
 		t.Fatal(err)
 	}
-	ann, err := readAnnotations(b)
+	doc, err := readSpecDoc(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann, err := annotations(doc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,25 +42,39 @@ func RunHook(stdin io.Reader) error {
 
 // Apply sets lo up in process pid's network namespace if the spec has runc
 // make it, and writes the spec's sysctls the hook writes (see package doc)
-// into pid's namespaces.
+// into pid's namespaces, joining each once.
 func Apply(pid int, spec *specs.Spec) error {
-	if newNetworkNamespace(spec) {
-		if err := inNamespace(pid, "net", func() error { return setUp("lo") }); err != nil {
+	byNS := hookSysctls(spec)
+	for _, ns := range []string{"net", "ipc"} {
+		upLo := ns == "net" && newNetworkNamespace(spec)
+		if len(byNS[ns]) == 0 && !upLo {
+			continue
+		}
+		if err := inNamespace(pid, ns, func() error {
+			if upLo {
+				if err := setUp("lo"); err != nil {
+					return err
+				}
+			}
+			return writeSysctls(byNS[ns])
+		}); err != nil {
 			return err
 		}
 	}
-	byNS := hookSysctls(spec)
-	for _, ns := range []string{"net", "ipc"} {
-		keys := make([]string, 0, len(byNS[ns]))
-		for key := range byNS[ns] {
-			keys = append(keys, key)
-		}
-		slices.Sort(keys)
-		for _, key := range keys {
-			value := byNS[ns][key]
-			if err := inNamespace(pid, ns, func() error { return writeSysctl(key, value) }); err != nil {
-				return fmt.Errorf("sysctl %s: %w", key, err)
-			}
+	return nil
+}
+
+// writeSysctls writes sysctls (dotted names), in the order of their
+// names.
+func writeSysctls(sysctls map[string]string) error {
+	keys := make([]string, 0, len(sysctls))
+	for key := range sysctls {
+		keys = append(keys, key)
+	}
+	slices.Sort(keys)
+	for _, key := range keys {
+		if err := writeSysctl(key, sysctls[key]); err != nil {
+			return fmt.Errorf("sysctl %s: %w", key, err)
 		}
 	}
 	return nil
@@ -154,23 +168,4 @@ func setUp(name string) error {
 		return fmt.Errorf("set %s up: %w", name, err)
 	}
 	return nil
-}
-
-// UTSNames returns the host name and domain name of the UTS namespace ns,
-// or of the caller's (this node's, for a shim) when ns is nil.
-func UTSNames(ns *os.File) (host, domain string, err error) {
-	read := func() error {
-		var u unix.Utsname
-		if err := unix.Uname(&u); err != nil {
-			return err
-		}
-		host, domain = unix.ByteSliceToString(u.Nodename[:]), unix.ByteSliceToString(u.Domainname[:])
-		return nil
-	}
-	if ns == nil {
-		err = read()
-	} else {
-		err = InNamespace(ns, unix.CLONE_NEWUTS, read)
-	}
-	return host, domain, err
 }

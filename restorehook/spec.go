@@ -12,8 +12,8 @@
 //     the spec joins by path: runc's create writes them; its restore does
 //     not, so a new network namespace kept the kernel's defaults. (An IPC
 //     namespace of the container's own CRIU restores after the hook, from
-//     the image, where confine puts the spec's values; the UTS namespace's
-//     are the shim's, with the host name, after the restore.)
+//     the image, where confine puts the spec's values, as it puts the UTS
+//     names and kernel.domainname into the UTS namespace's image.)
 package restorehook
 
 import (
@@ -47,10 +47,8 @@ func Check(spec *specs.Spec) error {
 	if spec == nil || spec.Linux == nil || len(hookSysctls(spec)) == 0 {
 		return nil
 	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.UserNamespace {
-			return errors.New("the spec sets sysctls and has a user namespace: runc writes them from inside it, snapboot's restore hook cannot")
-		}
+	if _, ok := SpecNamespace(spec, specs.UserNamespace); ok {
+		return errors.New("the spec sets sysctls and has a user namespace: runc writes them from inside it, snapboot's restore hook cannot")
 	}
 	return nil
 }
@@ -92,12 +90,8 @@ func hookSysctls(spec *specs.Spec) map[string]map[string]string {
 	if spec == nil || spec.Linux == nil || len(spec.Linux.Sysctl) == 0 {
 		return nil
 	}
-	joinedIPC := false
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.IPCNamespace {
-			joinedIPC = ns.Path != ""
-		}
-	}
+	ipc, _ := SpecNamespace(spec, specs.IPCNamespace)
+	joinedIPC := ipc.Path != ""
 	out := map[string]map[string]string{}
 	for key, value := range spec.Linux.Sysctl {
 		key = SysctlKey(key)
@@ -122,39 +116,20 @@ func hookSysctls(spec *specs.Spec) map[string]map[string]string {
 // container's network namespace (rather than share the host's, or join
 // one by path, as a pod's containers do).
 func newNetworkNamespace(spec *specs.Spec) bool {
-	if spec == nil || spec.Linux == nil {
-		return false
-	}
-	for _, ns := range spec.Linux.Namespaces {
-		if ns.Type == specs.NetworkNamespace {
-			return ns.Path == ""
-		}
-	}
-	return false
+	ns, ok := SpecNamespace(spec, specs.NetworkNamespace)
+	return ok && ns.Path == ""
 }
 
-// ColdStartUTSNames returns the host name and domain name a container
-// with a UTS namespace of its own starts with, on a node whose names are
-// nodeHost and nodeDomain: runc's create leaves the namespace it makes
-// with the node's, sets the spec's names where it has them, and writes the
-// kernel.domainname sysctl after them.
-func ColdStartUTSNames(spec *specs.Spec, nodeHost, nodeDomain string) (host, domain string) {
-	host, domain = nodeHost, nodeDomain
-	if spec == nil {
-		return host, domain
+// SpecNamespace returns the spec's namespace of type typ; ok is false when
+// the spec has none (the container shares the node's).
+func SpecNamespace(spec *specs.Spec, typ specs.LinuxNamespaceType) (ns specs.LinuxNamespace, ok bool) {
+	if spec == nil || spec.Linux == nil {
+		return ns, false
 	}
-	if spec.Hostname != "" {
-		host = spec.Hostname
-	}
-	if spec.Domainname != "" {
-		domain = spec.Domainname
-	}
-	if spec.Linux != nil {
-		for key, v := range spec.Linux.Sysctl {
-			if SysctlKey(key) == "kernel.domainname" {
-				domain = v
-			}
+	for _, n := range spec.Linux.Namespaces {
+		if n.Type == typ {
+			ns, ok = n, true
 		}
 	}
-	return host, domain
+	return ns, ok
 }

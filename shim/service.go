@@ -154,18 +154,10 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return s.TTRPCTaskService.Start(ctx, r)
 	}
 	began := time.Now()
-	putUTSBack, uerr := restore.SaveUTS(p.plan.Spec)
-	if uerr != nil {
-		log.G(ctx).WithError(uerr).Warn("snapboot: cannot read the pod's hostname; the restore may rename it")
-	}
 	resp, err := s.TTRPCTaskService.Start(ctx, r)
 	// A streamed restore's download ends with the restore: CRIU has read
 	// the page images, so what is left is the end of the layer.
 	streamErr := p.plan.FinishStream(ctx, err == nil)
-	// Also after a failed restore: CRIU may have renamed the pod already.
-	if uerr := putUTSBack(); uerr != nil {
-		log.G(ctx).WithError(uerr).Warn("snapboot: cannot put the pod's hostname back after the restore")
-	}
 	p.plan.RestoreDone()
 	if err == nil {
 		s.mu.Lock()
@@ -173,9 +165,6 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		s.restored[r.ID] = true
 		s.mu.Unlock()
 		p.plan.Timings.Restore = time.Since(began)
-		if err := restore.SetSpecHostname(p.plan.Spec, resp.Pid); err != nil {
-			log.G(ctx).WithError(err).Warn("snapboot: cannot give the restored container its spec's host name")
-		}
 		if err := restore.SetZeroOOMScore(p.plan.Spec, resp.Pid); err != nil {
 			log.G(ctx).WithError(err).Warn("snapboot: cannot give the restored container its spec's oom_score_adj of 0")
 		}

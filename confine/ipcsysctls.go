@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	ipcvar "github.com/checkpoint-restore/go-criu/v7/crit/images/ipc-var"
@@ -18,18 +19,18 @@ import (
 // ipcSysctls are the spec's sysctls of an IPC namespace that CRIU
 // restores from ipcns-var-*.img, each with the field it sets there.
 var ipcSysctls = map[string]func(e *ipcvar.IpcVarEntry, v string) error{
-	"kernel.msgmax":             setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MsgCtlmax = proto.Uint32(n) }),
-	"kernel.msgmnb":             setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MsgCtlmnb = proto.Uint32(n) }),
-	"kernel.msgmni":             setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MsgCtlmni = proto.Uint32(n) }),
-	"kernel.shmmax":             setU64(func(e *ipcvar.IpcVarEntry, n uint64) { e.ShmCtlmax = proto.Uint64(n) }),
-	"kernel.shmall":             setU64(func(e *ipcvar.IpcVarEntry, n uint64) { e.ShmCtlall = proto.Uint64(n) }),
-	"kernel.shmmni":             setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.ShmCtlmni = proto.Uint32(n) }),
-	"kernel.shm_rmid_forced":    setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.ShmRmidForced = proto.Uint32(n) }),
-	"fs.mqueue.queues_max":      setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqQueuesMax = proto.Uint32(n) }),
-	"fs.mqueue.msg_max":         setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgMax = proto.Uint32(n) }),
-	"fs.mqueue.msgsize_max":     setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgsizeMax = proto.Uint32(n) }),
-	"fs.mqueue.msg_default":     setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgDefault = proto.Uint32(n) }),
-	"fs.mqueue.msgsize_default": setU32(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgsizeDefault = proto.Uint32(n) }),
+	"kernel.msgmax":             setUint(func(e *ipcvar.IpcVarEntry, n uint32) { e.MsgCtlmax = proto.Uint32(n) }),
+	"kernel.msgmnb":             setUint(func(e *ipcvar.IpcVarEntry, n uint32) { e.MsgCtlmnb = proto.Uint32(n) }),
+	"kernel.msgmni":             setUint(func(e *ipcvar.IpcVarEntry, n uint32) { e.MsgCtlmni = proto.Uint32(n) }),
+	"kernel.shmmax":             setUint(func(e *ipcvar.IpcVarEntry, n uint64) { e.ShmCtlmax = proto.Uint64(n) }),
+	"kernel.shmall":             setUint(func(e *ipcvar.IpcVarEntry, n uint64) { e.ShmCtlall = proto.Uint64(n) }),
+	"kernel.shmmni":             setUint(func(e *ipcvar.IpcVarEntry, n uint32) { e.ShmCtlmni = proto.Uint32(n) }),
+	"kernel.shm_rmid_forced":    setUint(func(e *ipcvar.IpcVarEntry, n uint32) { e.ShmRmidForced = proto.Uint32(n) }),
+	"fs.mqueue.queues_max":      setUint(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqQueuesMax = proto.Uint32(n) }),
+	"fs.mqueue.msg_max":         setUint(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgMax = proto.Uint32(n) }),
+	"fs.mqueue.msgsize_max":     setUint(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgsizeMax = proto.Uint32(n) }),
+	"fs.mqueue.msg_default":     setUint(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgDefault = proto.Uint32(n) }),
+	"fs.mqueue.msgsize_default": setUint(func(e *ipcvar.IpcVarEntry, n uint32) { e.MqMsgsizeDefault = proto.Uint32(n) }),
 	"kernel.sem": func(e *ipcvar.IpcVarEntry, v string) error {
 		f := strings.Fields(v)
 		if len(f) != 4 {
@@ -48,24 +49,15 @@ var ipcSysctls = map[string]func(e *ipcvar.IpcVarEntry, v string) error{
 	},
 }
 
-func setU32(set func(*ipcvar.IpcVarEntry, uint32)) func(*ipcvar.IpcVarEntry, string) error {
+// setUint parses a sysctl's value as an unsigned number of T's size and
+// sets it with set.
+func setUint[T uint32 | uint64](set func(*ipcvar.IpcVarEntry, T)) func(*ipcvar.IpcVarEntry, string) error {
 	return func(e *ipcvar.IpcVarEntry, v string) error {
-		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 8*int(unsafe.Sizeof(T(0))))
 		if err != nil {
 			return err
 		}
-		set(e, uint32(n))
-		return nil
-	}
-}
-
-func setU64(set func(*ipcvar.IpcVarEntry, uint64)) func(*ipcvar.IpcVarEntry, string) error {
-	return func(e *ipcvar.IpcVarEntry, v string) error {
-		n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-		if err != nil {
-			return err
-		}
-		set(e, n)
+		set(e, T(n))
 		return nil
 	}
 }

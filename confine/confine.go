@@ -1,10 +1,10 @@
 // Package confine makes a checkpoint's process tree fit the restoring
 // container's spec. runc builds the container's cgroups and device rules
 // from the spec, but CRIU restores the rest from the images: every task's
-// credentials, seccomp state and limits, which namespaces it gets, which
-// cgroups it joins, and the whole mount tree. Before
-// runc restores, confine narrows each task's capability sets to the spec's,
-// and refuses a checkpoint whose tasks ran as root for a non-root spec, ran
+// credentials, seccomp state, limits, scheduling and audit login uid,
+// which namespaces it gets, which cgroups it joins, and the whole mount
+// tree. Before runc restores, confine narrows each task's capability sets,
+// limits and scheduling to what the spec grants, and refuses a checkpoint whose tasks ran as root for a non-root spec, ran
 // without the seccomp filter runc installs for the spec's profile, would
 // stay in a host
 // namespace the spec replaces or in a cgroup outside the container's, or
@@ -134,6 +134,10 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	if err != nil {
 		return nil, err
 	}
+	sched, err := schedFor(spec, m, limits, host.sched)
+	if err != nil {
+		return nil, err
+	}
 	var user specs.User
 	if spec.Process != nil {
 		user = spec.Process.User
@@ -207,6 +211,11 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		}
 		changed := limits.fitTask(core.GetTc())
 		changed = limits.fitLSM(cr) || changed
+		fitted, err := sched.fit(tc, name)
+		if err != nil {
+			return nil, err
+		}
+		changed = fitted || changed
 		if spec.Process != nil && spec.Process.NoNewPrivileges && !noNewPrivs(cr) {
 			// A donor without it could gain privileges through a setuid
 			// program of its image where a cold start could not.

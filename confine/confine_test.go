@@ -32,7 +32,8 @@ type task struct {
 	gid     *uint32
 	groups  []uint32
 	lsm     string
-	tc      *criucore.TaskCoreEntry // a thread group leader's task state
+	tc      *criucore.TaskCoreEntry   // a thread group leader's task state
+	edit    func(*criucore.CoreEntry) // if set, changes the core image further
 }
 
 // writeImages writes core images the way CRIU does, plus one other image.
@@ -65,6 +66,9 @@ func writeImages(t *testing.T, tasks ...task) string {
 		core.Tc = tk.tc
 		if tk.noCreds {
 			core.ThreadCore.Creds = nil
+		}
+		if tk.edit != nil {
+			tk.edit(core)
 		}
 		f, err := os.Create(filepath.Join(dir, "core-"+string(rune('1'+i))+".img"))
 		if err != nil {

@@ -1,6 +1,7 @@
 package confine
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/rlimit"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/snapboot/snapboot/restorehook"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,6 +29,9 @@ type processLimits struct {
 	rlimits  []unix.Rlimit // by resource number
 	oomScore int32
 	oomExact bool // the spec sets oom_score_adj: use it as is
+	// loginuid is the audit login uid a cold start's processes have: the
+	// shim's own, which they inherit, or unset (invalidUID).
+	loginuid uint32
 	// lsm is the profile (AppArmor) or label (SELinux) the spec requires,
 	// "" when the host enforces none of them.
 	lsm string
@@ -41,6 +46,12 @@ func limitsFor(spec *specs.Spec, host hostState) (processLimits, error) {
 		}
 	}
 	l.oomScore = host.oomScoreAdj
+	l.loginuid = host.loginuid
+	if _, userns := restorehook.SpecNamespace(spec, specs.UserNamespace); userns {
+		// CRIU sets a task's loginuid from inside its user namespace,
+		// where the kernel lets no one write it: unset, as CRIU leaves it.
+		l.loginuid = invalidUID
+	}
 	if spec.Process == nil {
 		return l, nil
 	}
@@ -64,14 +75,26 @@ func limitsFor(spec *specs.Spec, host hostState) (processLimits, error) {
 }
 
 // fitTask lowers a task's rlimits to the cold start's and sets its
-// oom_score_adj as a cold start would; it reports whether it changed tc.
-// A donor's lower limits, or a higher oom_score_adj when the spec sets
-// none, are kept: they give nothing.
+// oom_score_adj and loginuid as a cold start would; it reports whether it
+// changed tc. A donor's lower limits, or a higher oom_score_adj when the
+// spec sets none, are kept: they give nothing. The loginuid is the cold
+// start's: CRIU writes the image's as root (it names the user the node's
+// audit log blames for the app's actions), and leaves it unset for a task
+// whose image has none.
 func (l processLimits) fitTask(tc *criucore.TaskCoreEntry) bool {
 	if tc == nil {
 		return false // a thread: its task's core holds these
 	}
 	changed := false
+	loginuid := invalidUID // CRIU's, for an image without one
+	if tc.Loginuid != nil {
+		loginuid = *tc.Loginuid
+	}
+	if loginuid != l.loginuid {
+		want := l.loginuid
+		tc.Loginuid = &want
+		changed = true
+	}
 	for i, r := range tc.GetRlimits().GetRlimits() {
 		if i >= len(l.rlimits) {
 			break
@@ -114,8 +137,10 @@ func (l processLimits) fitLSM(cr *creds.CredsEntry) bool {
 
 // hostState is what of this host decides a cold start's limits.
 type hostState struct {
-	oomScoreAdj       int32 // the shim's own, which runc passes on
-	apparmor, selinux bool  // enforced by this host's kernel
+	oomScoreAdj       int32      // the shim's own, which runc passes on
+	loginuid          uint32     // the shim's own (invalidUID: unset)
+	sched             schedState // the shim's own
+	apparmor, selinux bool       // enforced by this host's kernel
 	// seccompFilter is the filter runc installs on this node for the
 	// spec's seccomp profile, if it has one.
 	seccompFilter []byte
@@ -138,6 +163,12 @@ func readHostState() (hostState, error) {
 		return h, fmt.Errorf("oom_score_adj: %w", err)
 	}
 	h.oomScoreAdj = int32(v)
+	if h.loginuid, err = ownLoginuid(); err != nil {
+		return h, err
+	}
+	if h.sched, err = ownSched(); err != nil {
+		return h, err
+	}
 	// As runc decides it: AppArmor's module parameter, selinuxfs.
 	if b, err := os.ReadFile("/sys/module/apparmor/parameters/enabled"); err == nil && strings.HasPrefix(string(b), "Y") {
 		h.apparmor = true
@@ -148,4 +179,24 @@ func readHostState() (hostState, error) {
 	h.cgroupHierarchies = cgroupHierarchies
 	h.utsNames = utsNamesOf
 	return h, nil
+}
+
+// invalidUID is the kernel's "unset" loginuid.
+const invalidUID = ^uint32(0)
+
+// ownLoginuid is the calling process's audit login uid (invalidUID where
+// the kernel has no audit support, or it is unset).
+func ownLoginuid() (uint32, error) {
+	data, err := os.ReadFile("/proc/self/loginuid")
+	if errors.Is(err, os.ErrNotExist) {
+		return invalidUID, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("loginuid: %w", err)
+	}
+	return uint32(v), nil
 }

@@ -37,7 +37,7 @@ func tcOf(t *testing.T, path string) *criucore.TaskCoreEntry {
 	return core.GetTc()
 }
 
-var plainHost = hostState{oomScoreAdj: 0}
+var plainHost = hostState{oomScoreAdj: 0, loginuid: invalidUID}
 
 func TestRlimitsAndOOMScoreNarrowed(t *testing.T) {
 	imgs := writeImages(t, task{tc: leader(-1000)})
@@ -75,7 +75,7 @@ func TestOOMScoreWithoutSpecValue(t *testing.T) {
 	// raised to it, a higher one kept.
 	for _, c := range []struct{ image, want int32 }{{-1000, 100}, {300, 300}} {
 		imgs := writeImages(t, task{tc: leader(c.image)})
-		res, err := apply(imgs, t.TempDir(), spec(0, nil, false), hostState{oomScoreAdj: 100}, onHost)
+		res, err := apply(imgs, t.TempDir(), spec(0, nil, false), hostState{oomScoreAdj: 100, loginuid: invalidUID}, onHost)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,8 +85,10 @@ func TestOOMScoreWithoutSpecValue(t *testing.T) {
 	}
 }
 
-func TestLimitsWithinTheSpecAreKept(t *testing.T) {
-	// The shim's own limits, as a cold start would inherit them.
+// shimLimitsLeader is leader(0) with the shim's own limits, as a cold
+// start would inherit them.
+func shimLimitsLeader(t *testing.T) *criucore.TaskCoreEntry {
+	t.Helper()
 	tc := leader(0)
 	for i, r := range tc.Rlimits.Rlimits {
 		var own unix.Rlimit
@@ -95,7 +97,11 @@ func TestLimitsWithinTheSpecAreKept(t *testing.T) {
 		}
 		r.Cur, r.Max = proto.Uint64(min(own.Cur, own.Max)), proto.Uint64(own.Max)
 	}
-	imgs := writeImages(t, task{tc: tc})
+	return tc
+}
+
+func TestLimitsWithinTheSpecAreKept(t *testing.T) {
+	imgs := writeImages(t, task{tc: shimLimitsLeader(t)})
 	res, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost)
 	if err != nil || res.ImagesDir != imgs || res.Narrowed != 0 {
 		t.Fatalf("%+v %v", res, err)
@@ -207,7 +213,7 @@ func TestLSMProfileIsTheSpecs(t *testing.T) {
 		name, image string
 		narrowed    int
 	}{{"no profile", "", 1}, {"another profile", "unconfined-ish", 1}, {"the spec's", "cri-containerd.apparmor.d", 0}} {
-		res, err := apply(writeImages(t, task{lsm: c.image}), t.TempDir(), s, hostState{apparmor: true}, onHost)
+		res, err := apply(writeImages(t, task{lsm: c.image}), t.TempDir(), s, hostState{apparmor: true, loginuid: invalidUID}, onHost)
 		if err != nil {
 			t.Fatal(err)
 		}

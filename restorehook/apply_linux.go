@@ -41,9 +41,17 @@ func RunHook(stdin io.Reader) error {
 }
 
 // Apply sets lo up in process pid's network namespace if the spec has runc
-// make it, and writes the spec's sysctls the hook writes (see package doc)
-// into pid's namespaces, joining each once.
+// make it, writes the spec's sysctls the hook writes (see package doc)
+// into pid's namespaces, joining each once, and gives pid the spec's I/O
+// priority.
 func Apply(pid int, spec *specs.Spec) error {
+	if ioprio, ok, err := IOPriority(spec); err != nil {
+		return err
+	} else if ok {
+		if _, _, errno := unix.Syscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(pid), uintptr(ioprio)); errno != 0 {
+			return fmt.Errorf("set the I/O priority of %d: %w", pid, errno)
+		}
+	}
 	byNS := hookSysctls(spec)
 	for _, ns := range []string{"net", "ipc"} {
 		upLo := ns == "net" && newNetworkNamespace(spec)
@@ -79,6 +87,9 @@ func writeSysctls(sysctls map[string]string) error {
 	}
 	return nil
 }
+
+// ioprioWhoProcess is IOPRIO_WHO_PROCESS: ioprio_set(2) of one thread.
+const ioprioWhoProcess = 1
 
 var nsFlags = map[string]int{"net": unix.CLONE_NEWNET, "ipc": unix.CLONE_NEWIPC}
 

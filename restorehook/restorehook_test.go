@@ -8,9 +8,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -232,6 +234,7 @@ func TestNeeded(t *testing.T) {
 		{"a pod's with a network sysctl", specWith(map[string]string{"net.ipv4.ip_forward": "1"}, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/x"}), true},
 		{"only a UTS sysctl", specWith(map[string]string{"kernel.domainname": "d"}, specs.LinuxNamespace{Type: specs.UTSNamespace}), false},
 		{"no linux section", &specs.Spec{}, false},
+		{"an I/O priority", withIOPriority(specWith(nil), specs.IOPRIO_CLASS_IDLE, 0), true},
 	} {
 		if got := Needed(c.spec); got != c.want {
 			t.Errorf("%s: %v", c.name, got)
@@ -243,5 +246,98 @@ func TestHook(t *testing.T) {
 	h := Hook("/usr/local/bin/containerd-shim-snapboot-v1")
 	if h.Path != "/usr/local/bin/containerd-shim-snapboot-v1" || len(h.Args) != 2 || h.Args[1] != HookArg || h.Timeout == nil || *h.Timeout <= 0 {
 		t.Fatalf("hook %+v", h)
+	}
+}
+
+func withIOPriority(s *specs.Spec, class specs.IOPriorityClass, prio int) *specs.Spec {
+	s.Process = &specs.Process{IOPriority: &specs.LinuxIOPriority{Class: class, Priority: prio}}
+	return s
+}
+
+func TestIOPriority(t *testing.T) {
+	for _, c := range []struct {
+		class specs.IOPriorityClass
+		prio  int
+		want  int
+		bad   string
+	}{
+		{class: specs.IOPRIO_CLASS_RT, prio: 0, want: 1 << 13},
+		{class: specs.IOPRIO_CLASS_BE, prio: 4, want: 2<<13 | 4},
+		{class: specs.IOPRIO_CLASS_IDLE, prio: 7, want: 3<<13 | 7},
+		{class: "IOPRIO_CLASS_NONE", bad: "class"},
+		{class: specs.IOPRIO_CLASS_BE, prio: 8, bad: "0 to 7"},
+		{class: specs.IOPRIO_CLASS_BE, prio: -1, bad: "0 to 7"},
+	} {
+		s := withIOPriority(specWith(nil), c.class, c.prio)
+		got, ok, err := IOPriority(s)
+		if c.bad != "" {
+			if err == nil || !strings.Contains(err.Error(), c.bad) || Check(s) == nil {
+				t.Errorf("%s %d: %v, want an error about %s from IOPriority and Check", c.class, c.prio, err, c.bad)
+			}
+			continue
+		}
+		if err != nil || !ok || got != c.want {
+			t.Errorf("%s %d: %#x %v %v, want %#x", c.class, c.prio, got, ok, err, c.want)
+		}
+	}
+	if _, ok, err := IOPriority(specWith(nil)); ok || err != nil {
+		t.Errorf("a spec without one: %v %v", ok, err)
+	}
+}
+
+// ioprioOf is ioprio_get(2) of one thread.
+func ioprioOf(t *testing.T, tid int) int {
+	t.Helper()
+	v, _, errno := unix.Syscall(unix.SYS_IOPRIO_GET, ioprioWhoProcess, uintptr(tid), 0)
+	if errno != 0 {
+		t.Fatal(errno)
+	}
+	return int(v)
+}
+
+// The hook gives the restored root task the spec's I/O priority, and what
+// it forks afterwards inherits it, as a cold start's children do.
+func TestApplyIOPriority(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the real-time class")
+	}
+	// A shell that forks a child only once it is told to, as CRIU's root
+	// task forks the others after the hook.
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "go")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	root := exec.Command("/bin/sh", "-c", `read x < "$1"; sleep 60 & echo $! > "$2"; wait`, "sh", fifo, filepath.Join(dir, "child"))
+	if err := root.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { root.Process.Kill(); root.Wait() })
+	want := 1<<13 | 3 // IOPRIO_CLASS_RT, 3
+	if ioprioOf(t, root.Process.Pid) == want {
+		t.Fatal("the test's process already has the priority the test sets")
+	}
+	if err := Apply(root.Process.Pid, withIOPriority(specWith(nil), specs.IOPRIO_CLASS_RT, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if got := ioprioOf(t, root.Process.Pid); got != want {
+		t.Fatalf("root task's I/O priority %#x, want %#x", got, want)
+	}
+	if err := os.WriteFile(fifo, []byte("go\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	var child int
+	deadline := time.Now().Add(10 * time.Second)
+	for child == 0 && time.Now().Before(deadline) {
+		data, _ := os.ReadFile(filepath.Join(dir, "child"))
+		child, _ = strconv.Atoi(strings.TrimSpace(string(data)))
+		time.Sleep(10 * time.Millisecond)
+	}
+	if child == 0 {
+		t.Fatal("the child was not forked")
+	}
+	defer unix.Kill(child, unix.SIGKILL)
+	if got := ioprioOf(t, child); got != want {
+		t.Fatalf("the child forked after the hook has I/O priority %#x, want %#x", got, want)
 	}
 }

@@ -14,10 +14,16 @@
 //     namespace of the container's own CRIU restores after the hook, from
 //     the image, where confine puts the spec's values, as it puts the UTS
 //     names and kernel.domainname into the UTS namespace's image.)
+//   - The spec's I/O priority (process.ioPriority): runc's create sets it
+//     on the container's first process, whose children and threads inherit
+//     it; CRIU neither saves nor restores one, so the clone had the shim's.
+//     The hook sets it on the restored root task, which CRIU has not let
+//     fork a child or a thread yet.
 package restorehook
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -34,9 +40,31 @@ func Hook(binary string) specs.Hook {
 }
 
 // Needed reports whether a restore with spec needs the hook: the spec has
-// runc make the network namespace, or sets sysctls the hook writes.
+// runc make the network namespace, sets sysctls the hook writes, or an I/O
+// priority.
 func Needed(spec *specs.Spec) bool {
-	return newNetworkNamespace(spec) || len(hookSysctls(spec)) > 0
+	return newNetworkNamespace(spec) || len(hookSysctls(spec)) > 0 || (spec != nil && spec.Process != nil && spec.Process.IOPriority != nil)
+}
+
+// ioPriorityClasses are the spec's I/O scheduling classes, by the kernel's
+// numbers.
+var ioPriorityClasses = map[specs.IOPriorityClass]int{specs.IOPRIO_CLASS_RT: 1, specs.IOPRIO_CLASS_BE: 2, specs.IOPRIO_CLASS_IDLE: 3}
+
+// IOPriority returns the value ioprio_set(2) takes for the spec's I/O
+// priority, as runc computes it, and false when the spec sets none.
+func IOPriority(spec *specs.Spec) (int, bool, error) {
+	if spec == nil || spec.Process == nil || spec.Process.IOPriority == nil {
+		return 0, false, nil
+	}
+	p := spec.Process.IOPriority
+	class, ok := ioPriorityClasses[p.Class]
+	if !ok {
+		return 0, false, fmt.Errorf("unknown I/O priority class %q in the spec", p.Class)
+	}
+	if p.Priority < 0 || p.Priority > 7 {
+		return 0, false, fmt.Errorf("I/O priority %d in the spec, want 0 to 7", p.Priority)
+	}
+	return class<<13 | p.Priority, true, nil
 }
 
 // Check says why the hook cannot do for spec what runc's create does, or
@@ -44,6 +72,9 @@ func Needed(spec *specs.Spec) bool {
 // user namespace, where the ids some of them hold (ping_group_range's)
 // are the container's; the hook writes as the node's root.
 func Check(spec *specs.Spec) error {
+	if _, _, err := IOPriority(spec); err != nil {
+		return err
+	}
 	if spec == nil || spec.Linux == nil || len(hookSysctls(spec)) == 0 {
 		return nil
 	}

@@ -111,7 +111,8 @@ func setWords(w []uint32, v uint64) []uint32 {
 }
 
 // Apply checks every core image in imagesDir against spec. When
-// capabilities, rlimits or oom_score_adj must be narrowed, it writes a
+// capabilities, rlimits, oom_score_adj, scheduling or the loginuid must be
+// narrowed, it writes a
 // per-container image directory into workDir (which must exist, on the
 // same filesystem as imagesDir for the hard links) and returns it.
 // seccompFilter is the filter runc installs on this node for the spec's
@@ -134,7 +135,7 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	if err != nil {
 		return nil, err
 	}
-	sched, err := schedFor(spec, m, limits, host.sched)
+	sched, err := schedFor(spec, m, limits, host.sched, host.schedResetOnFork)
 	if err != nil {
 		return nil, err
 	}

@@ -48,8 +48,13 @@ func limitsFor(spec *specs.Spec, host hostState) (processLimits, error) {
 	l.oomScore = host.oomScoreAdj
 	l.loginuid = host.loginuid
 	if _, userns := restorehook.SpecNamespace(spec, specs.UserNamespace); userns {
-		// CRIU sets a task's loginuid from inside its user namespace,
-		// where the kernel lets no one write it: unset, as CRIU leaves it.
+		// CRIU would write a task's loginuid from inside its user
+		// namespace, through that namespace's id mapping. Leave them
+		// unset, as CRIU does (it unsets its own before it forks), which
+		// is the cold start's only where the shim's is unset too.
+		if host.loginuid != invalidUID {
+			return l, fmt.Errorf("%w: the spec has a user namespace, and its cold start would inherit the shim's audit loginuid %d, which a restore cannot give it", ErrRefused, host.loginuid)
+		}
 		l.loginuid = invalidUID
 	}
 	if spec.Process == nil {
@@ -140,6 +145,7 @@ type hostState struct {
 	oomScoreAdj       int32      // the shim's own, which runc passes on
 	loginuid          uint32     // the shim's own (invalidUID: unset)
 	sched             schedState // the shim's own
+	schedResetOnFork  bool       // the shim's own SCHED_RESET_ON_FORK
 	apparmor, selinux bool       // enforced by this host's kernel
 	// seccompFilter is the filter runc installs on this node for the
 	// spec's seccomp profile, if it has one.
@@ -166,7 +172,7 @@ func readHostState() (hostState, error) {
 	if h.loginuid, err = ownLoginuid(); err != nil {
 		return h, err
 	}
-	if h.sched, err = ownSched(); err != nil {
+	if h.sched, h.schedResetOnFork, err = ownSched(); err != nil {
 		return h, err
 	}
 	// As runc decides it: AppArmor's module parameter, selinuxfs.

@@ -4,6 +4,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,10 +25,14 @@ import (
 )
 
 // schedOf is the nice value and scheduling policy of thread tid, from
-// /proc/<tid>/stat.
-func schedOf(t *testing.T, tid int) (nice, policy int) {
+// /proc/<tid>/stat; ok is false if the thread has gone (the counter's
+// sleeps come and go).
+func schedOf(t *testing.T, tid int) (nice, policy int, ok bool) {
 	t.Helper()
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/stat")
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return 0, 0, false
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +40,28 @@ func schedOf(t *testing.T, tid int) (nice, policy int) {
 	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]) // from field 3, the state
 	nice, _ = strconv.Atoi(fields[19-3])
 	policy, _ = strconv.Atoi(fields[41-3])
-	return nice, policy
+	return nice, policy, true
+}
+
+// hardNiceLimit is the hard RLIMIT_NICE of process pid.
+func hardNiceLimit(t *testing.T, pid int) int {
+	t.Helper()
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/limits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(l, "Max nice priority"); ok {
+			f := strings.Fields(rest)
+			if len(f) >= 2 {
+				if n, err := strconv.Atoi(f[1]); err == nil {
+					return n
+				}
+			}
+		}
+	}
+	t.Fatalf("no nice limit in /proc/%d/limits:\n%s", pid, data)
+	return 0
 }
 
 // threadsOf are the ids of every thread of every process in the container
@@ -82,16 +108,24 @@ func TestCraftedSchedulingAndLoginuid(t *testing.T) {
 	donor, donorLog := startCounterDonor(t)
 	waitCount(t, donorLog, 5)
 	donorPID := taskPID(t, donor)
-	donorNice, donorPolicy := schedOf(t, donorPID)
+	donorNice, donorPolicy, _ := schedOf(t, donorPID)
 	if donorNice <= -15 {
 		t.Fatalf("the donor's nice value is %d already", donorNice)
+	}
+	if limit := hardNiceLimit(t, donorPID); 20-limit <= -15 {
+		t.Fatalf("the cold start's RLIMIT_NICE is %d: nice -15 is its own to take", limit)
+	}
+	// A loginuid the donor does not have.
+	craftedUID := uint32(1000)
+	if loginuidOf(t, donorPID) == "1000" {
+		craftedUID = 1001
 	}
 	ck := packAndPush(t, donor, registryAddr+"/it/crafted:sched", packOptions{tamper: func(t *testing.T, dir string) {
 		editImages(t, dir, "core-*.img", &criucore.CoreEntry{}, func(img *crit.CriuImage) {
 			core := img.Entries[0].Message.(*criucore.CoreEntry)
 			core.ThreadCore.SchedPolicy, core.ThreadCore.SchedNice = proto.Uint32(0), proto.Int32(-15)
 			if core.Tc != nil {
-				core.Tc.Loginuid = proto.Uint32(1000)
+				core.Tc.Loginuid = proto.Uint32(craftedUID)
 			}
 		})
 	}})
@@ -106,7 +140,7 @@ func TestCraftedSchedulingAndLoginuid(t *testing.T) {
 	}
 	clonePID := taskPID(t, clone)
 	for _, tid := range threadsOf(t, clonePID) {
-		if nice, policy := schedOf(t, tid); nice != donorNice || policy != donorPolicy {
+		if nice, policy, ok := schedOf(t, tid); ok && (nice != donorNice || policy != donorPolicy) {
 			t.Errorf("restored thread %d has nice %d, policy %d; its cold start (the donor) has %d, %d", tid, nice, policy, donorNice, donorPolicy)
 		}
 	}
@@ -155,14 +189,20 @@ func runWithSpec(t *testing.T, id, netns string, annotations map[string]string, 
 	return logFile
 }
 
-// ioprioOf is ioprio_get(2) of thread tid.
-func ioprioOf(t *testing.T, tid int) int {
+// ioprioWhoProcess is IOPRIO_WHO_PROCESS: ioprio_get(2) of one thread.
+const ioprioWhoProcess = 1
+
+// ioprioOf is ioprio_get(2) of thread tid; ok is false if it has gone.
+func ioprioOf(t *testing.T, tid int) (prio int, ok bool) {
 	t.Helper()
-	v, _, errno := unix.Syscall(unix.SYS_IOPRIO_GET, 1 /* IOPRIO_WHO_PROCESS */, uintptr(tid), 0)
+	v, _, errno := unix.Syscall(unix.SYS_IOPRIO_GET, ioprioWhoProcess, uintptr(tid), 0)
+	if errno == unix.ESRCH {
+		return 0, false
+	}
 	if errno != 0 {
 		t.Fatalf("ioprio_get %d: %v", tid, errno)
 	}
-	return int(v)
+	return int(v), true
 }
 
 // TestSpecSchedulerAndIOPriority restores clones whose spec sets a
@@ -184,13 +224,17 @@ func TestSpecSchedulerAndIOPriority(t *testing.T) {
 	donor := uniqueID(t)
 	donorLog := runWithSpec(t, donor, newNetns(t), nil, []oci.SpecOpts{withSched(5, specs.IOPRIO_CLASS_BE, 6)}, "/bin/sh", "-c", script)
 	waitCount(t, donorLog, 5)
-	for _, tid := range threadsOf(t, taskPID(t, donor)) {
-		if nice, _ := schedOf(t, tid); nice != 5 {
+	donorPID := taskPID(t, donor)
+	for _, tid := range threadsOf(t, donorPID) {
+		if nice, _, ok := schedOf(t, tid); ok && nice != 5 {
 			t.Fatalf("the donor's thread %d has nice %d; runc should have set the spec's 5", tid, nice)
 		}
-		if got := ioprioOf(t, tid); got != 2<<13|6 {
+		if got, ok := ioprioOf(t, tid); ok && got != 2<<13|6 {
 			t.Fatalf("the donor's thread %d has I/O priority %#x; runc should have set the spec's", tid, got)
 		}
+	}
+	if limit := hardNiceLimit(t, donorPID); 20-limit <= 5 {
+		t.Fatalf("the cold start's RLIMIT_NICE is %d: the second clone could lower its nice value to 5 itself", limit)
 	}
 	ref := registryAddr + "/it/sched:v1"
 	mustSnapboot(t, "checkpoint", donor, ref)
@@ -221,10 +265,10 @@ func TestSpecSchedulerAndIOPriority(t *testing.T) {
 				t.Fatalf("the clone has %d threads, want its shell and sleep at least", len(tids))
 			}
 			for _, tid := range tids {
-				if nice, _ := schedOf(t, tid); nice != int(c.nice) {
+				if nice, _, ok := schedOf(t, tid); ok && nice != int(c.nice) {
 					t.Errorf("restored thread %d has nice %d, want the spec's %d", tid, nice, c.nice)
 				}
-				if got := ioprioOf(t, tid); got != want {
+				if got, ok := ioprioOf(t, tid); ok && got != want {
 					t.Errorf("restored thread %d has I/O priority %#x, want the spec's %#x", tid, got, want)
 				}
 			}

@@ -256,7 +256,7 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	hook := restorehook.Needed(spec)
 	if hook {
 		if r.NamespaceHook == nil {
-			return nil, fmt.Errorf("%w: the spec needs snapboot's restore hook (lo, sysctls) and the shim has none", confine.ErrRefused)
+			return nil, fmt.Errorf("%w: the spec needs snapboot's restore hook (lo, sysctls, I/O priority) and the shim has none", confine.ErrRefused)
 		}
 		if err := restorehook.Check(spec); err != nil {
 			return nil, fmt.Errorf("%w: %w", confine.ErrRefused, err)

@@ -280,6 +280,13 @@ func TestIOPriority(t *testing.T) {
 			t.Errorf("%s %d: %#x %v %v, want %#x", c.class, c.prio, got, ok, err, c.want)
 		}
 	}
+	rt := withIOPriority(specWith(nil, specs.LinuxNamespace{Type: specs.UserNamespace}), specs.IOPRIO_CLASS_RT, 0)
+	if err := Check(rt); err == nil || !strings.Contains(err.Error(), "real-time") {
+		t.Errorf("the real-time class with a user namespace: %v, want a refusal", err)
+	}
+	if err := Check(withIOPriority(specWith(nil, specs.LinuxNamespace{Type: specs.UserNamespace}), specs.IOPRIO_CLASS_BE, 0)); err != nil {
+		t.Errorf("the best-effort class with a user namespace: %v", err)
+	}
 	if _, ok, err := IOPriority(specWith(nil)); ok || err != nil {
 		t.Errorf("a spec without one: %v %v", ok, err)
 	}

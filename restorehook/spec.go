@@ -72,13 +72,18 @@ func IOPriority(spec *specs.Spec) (int, bool, error) {
 // user namespace, where the ids some of them hold (ping_group_range's)
 // are the container's; the hook writes as the node's root.
 func Check(spec *specs.Spec) error {
-	if _, _, err := IOPriority(spec); err != nil {
+	_, userns := SpecNamespace(spec, specs.UserNamespace)
+	if prio, ok, err := IOPriority(spec); err != nil {
 		return err
+	} else if ok && userns && prio>>13 == ioPriorityClasses[specs.IOPRIO_CLASS_RT] {
+		// runc sets it from inside the user namespace, where the real-time
+		// class takes a capability of the node's: its cold start fails.
+		return errors.New("the spec sets the real-time I/O priority class and has a user namespace: runc cannot set it, snapboot's restore hook would")
 	}
 	if spec == nil || spec.Linux == nil || len(hookSysctls(spec)) == 0 {
 		return nil
 	}
-	if _, ok := SpecNamespace(spec, specs.UserNamespace); ok {
+	if userns {
 		return errors.New("the spec sets sysctls and has a user namespace: runc writes them from inside it, snapboot's restore hook cannot")
 	}
 	return nil

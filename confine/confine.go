@@ -2,14 +2,16 @@
 // container's spec. runc builds the container's cgroups and device rules
 // from the spec, but CRIU restores the rest from the images: every task's
 // credentials, seccomp state, limits, scheduling and audit login uid,
-// which namespaces it gets, which cgroups it joins, and the whole mount
-// tree. Before runc restores, confine narrows each task's capability sets,
-// limits and scheduling to what the spec grants, and refuses a checkpoint whose tasks ran as root for a non-root spec, ran
-// without the seccomp filter runc installs for the spec's profile, would
-// stay in a host
-// namespace the spec replaces or in a cgroup outside the container's, or
-// whose mount tree holds a mount the spec does not grant or lacks a masked
-// or read-only path the spec sets.
+// which namespaces it gets, which cgroups it joins, the whole mount tree,
+// and every file and socket, which CRIU makes as root. Before runc
+// restores, confine narrows each task's capability sets, limits and
+// scheduling to what the spec grants, and refuses a checkpoint whose tasks
+// ran as root for a non-root spec, ran without the seccomp filter runc
+// installs for the spec's profile, would stay in a host namespace the spec
+// replaces or in a cgroup outside the container's, whose mount tree holds
+// a mount the spec does not grant or lacks a masked or read-only path the
+// spec sets, or whose files take a privilege the spec does not grant or
+// would be made by CRIU outside the container.
 package confine
 
 import (
@@ -24,6 +26,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	containerdcap "github.com/containerd/containerd/v2/pkg/cap"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -117,12 +120,15 @@ func setWords(w []uint32, v uint64) []uint32 {
 // same filesystem as imagesDir for the hard links) and returns it.
 // seccompFilter is the filter runc installs on this node for the spec's
 // seccomp profile (package seccompfilter); nil if the spec has none.
-func Apply(imagesDir, workDir string, spec *specs.Spec, seccompFilter []byte) (*Result, error) {
+// rootLayers are the directories of the container's root file system,
+// topmost first, as its mounts stack them (see checkRemaps).
+func Apply(imagesDir, workDir string, spec *specs.Spec, seccompFilter []byte, rootLayers []string) (*Result, error) {
 	host, err := readHostState()
 	if err != nil {
 		return nil, err
 	}
 	host.seccompFilter = seccompFilter
+	host.rootLayers = rootLayers
 	return apply(imagesDir, workDir, spec, host, hostHas)
 }
 
@@ -178,6 +184,15 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		return nil, err
 	}
 	if err := checkCgroups(imagesDir, names, spec); err != nil {
+		return nil, err
+	}
+	var mountEntries []*mnt.MntEntry
+	for _, img := range mountImages {
+		for _, e := range img.Entries {
+			mountEntries = append(mountEntries, e.Message.(*mnt.MntEntry))
+		}
+	}
+	if err := checkFiles(imagesDir, names, spec, m, netSpecFor(spec, host.portStart), mountEntries, host.rootLayers); err != nil {
 		return nil, err
 	}
 	images := make([]*crit.CriuImage, len(cores))
@@ -346,7 +361,7 @@ func decodeImage(path string, msg proto.Message) (*crit.CriuImage, error) {
 var magics = map[protoreflect.FullName]string{
 	"core_entry": "CORE", "inventory_entry": "INVENTORY", "task_kobj_ids_entry": "IDS", "mnt_entry": "MNTS",
 	"cgroup_entry": "CGROUP", "userns_entry": "USERNS", "pstree_entry": "PSTREE", "seccomp_entry": "SECCOMP",
-	"ipc_var_entry": "IPC_VAR", "utsns_entry": "UTSNS",
+	"ipc_var_entry": "IPC_VAR", "utsns_entry": "UTSNS", "file_entry": "FILES", "remap_file_path_entry": "REMAP_FPATH",
 }
 
 // checkFraming reads f's magic and entry headers, and leaves f at its

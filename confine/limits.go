@@ -156,6 +156,13 @@ type hostState struct {
 	// utsNames returns the names of the UTS namespace at a path, or this
 	// node's for "" (see fitUTSNames).
 	utsNames func(path string) (host, domain string, err error)
+	// portStart returns net.ipv4.ip_unprivileged_port_start in the
+	// network namespace at a path, or in this node's for "" (see
+	// checkFiles).
+	portStart func(path string) (uint32, error)
+	// rootLayers are the directories of the container's root file system,
+	// topmost first (see checkRemaps).
+	rootLayers []string
 }
 
 func readHostState() (hostState, error) {
@@ -184,6 +191,7 @@ func readHostState() (hostState, error) {
 	}
 	h.cgroupHierarchies = cgroupHierarchies
 	h.utsNames = utsNamesOf
+	h.portStart = portStartOf
 	return h, nil
 }
 

@@ -293,12 +293,6 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	if err != nil {
 		return nil, err
 	}
-	confined, err := confine.Apply(plan.ImagesDir, scratch, spec, filter)
-	if err != nil {
-		return nil, err
-	}
-	plan.ImagesDir = confined.ImagesDir
-	plan.NarrowedTasks = confined.Narrowed
 	plan.Rootfs = req.Rootfs
 	if rootfs := filepath.Join(f.Dir, "rootfs"); f.Checkpoint.Rootfs != nil && !isEmptyDir(rootfs) {
 		// A streamed restore mounts the directory before it moves into
@@ -308,6 +302,12 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 		}
 		plan.mountsCache = true
 	}
+	confined, err := confine.Apply(plan.ImagesDir, scratch, spec, filter, rootfsLayers(plan.Rootfs))
+	if err != nil {
+		return nil, err
+	}
+	plan.ImagesDir = confined.ImagesDir
+	plan.NarrowedTasks = confined.Narrowed
 
 	opts := criuconf.RestoreOptions(userOpts)
 	for _, e := range confined.External {

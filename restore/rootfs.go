@@ -42,6 +42,38 @@ func stackRootfsChanges(mounts []*types.Mount, dir string) ([]*types.Mount, erro
 	return []*types.Mount{m}, nil
 }
 
+// rootfsLayers returns the directories of a rootfs, topmost first: an
+// overlay's upper and lower directories, or a bind mount's source. It
+// returns nil for mounts it does not know.
+func rootfsLayers(mounts []*types.Mount) []string {
+	if len(mounts) != 1 {
+		return nil
+	}
+	m := mounts[0]
+	switch m.Type {
+	case "overlay":
+		var upper string
+		var lower []string
+		for _, o := range m.Options {
+			if dir, ok := strings.CutPrefix(o, "upperdir="); ok {
+				upper = dir
+			} else if dirs, ok := strings.CutPrefix(o, "lowerdir="); ok {
+				lower = strings.Split(dirs, ":")
+			}
+		}
+		if len(lower) == 0 {
+			return nil
+		}
+		if upper != "" {
+			return append([]string{upper}, lower...)
+		}
+		return lower
+	case "bind", "rbind":
+		return []string{m.Source}
+	}
+	return nil
+}
+
 // isEmptyDir reports whether dir has no entries (or does not exist).
 func isEmptyDir(dir string) bool {
 	entries, err := os.ReadDir(dir)

@@ -1,0 +1,356 @@
+package confine
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/fown"
+	fsnotify "github.com/checkpoint-restore/go-criu/v7/crit/images/fsnotify"
+	ghostfile "github.com/checkpoint-restore/go-criu/v7/crit/images/ghost-file"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
+	remapfilepath "github.com/checkpoint-restore/go-criu/v7/crit/images/remap-file-path"
+	skinet "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-inet"
+	skopts "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-opts"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/timerfd"
+	"github.com/checkpoint-restore/go-criu/v7/magic"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+)
+
+func owner() *fown.FownEntry {
+	return &fown.FownEntry{Uid: proto.Uint32(0), Euid: proto.Uint32(0), Signum: proto.Uint32(0), PidType: proto.Uint32(0), Pid: proto.Uint32(0)}
+}
+
+func sockOptions() *skopts.SkOptsEntry {
+	z := proto.Uint64(0)
+	return &skopts.SkOptsEntry{SoSndbuf: proto.Uint32(212992), SoRcvbuf: proto.Uint32(212992), SoSndTmoSec: z, SoSndTmoUsec: z, SoRcvTmoSec: z, SoRcvTmoUsec: z}
+}
+
+func regFile(id uint32, name string) *fdinfo.FileEntry {
+	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_REG.Enum(), Id: proto.Uint32(id), Reg: &regfile.RegFileEntry{
+		Id: proto.Uint32(id), Flags: proto.Uint32(0), Pos: proto.Uint64(0), Fown: owner(), Name: proto.String(name)}}
+}
+
+func inetSocket(id uint32, typ, port uint32) *fdinfo.FileEntry {
+	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_INETSK.Enum(), Id: proto.Uint32(id), Isk: &skinet.InetSkEntry{
+		Id: proto.Uint32(id), Ino: proto.Uint32(id), Family: proto.Uint32(unix.AF_INET), Type: proto.Uint32(typ),
+		Proto: proto.Uint32(unix.IPPROTO_TCP), State: proto.Uint32(10), SrcPort: proto.Uint32(port), DstPort: proto.Uint32(0),
+		Flags: proto.Uint32(0), Backlog: proto.Uint32(128), Fown: owner(), Opts: sockOptions()}}
+}
+
+// withFiles adds files.img with entries to an images directory.
+func withFiles(t *testing.T, dir string, entries ...*fdinfo.FileEntry) {
+	t.Helper()
+	msgs := make([]proto.Message, len(entries))
+	for i, e := range entries {
+		msgs[i] = e
+	}
+	writeImage(t, filepath.Join(dir, "files.img"), "FILES", msgs...)
+}
+
+func TestFilesTheSpecGrants(t *testing.T) {
+	hostPorts := func(start uint32) hostState {
+		h := plainHost
+		h.portStart = func(path string) (uint32, error) {
+			if path != "" {
+				return 0, errors.New("not the node's network namespace")
+			}
+			return start, nil
+		}
+		return h
+	}
+	for _, c := range []struct {
+		name   string
+		files  []*fdinfo.FileEntry
+		caps   []string
+		host   hostState
+		specs  func(*specs.Spec)
+		refuse string // "" if restored
+	}{
+		{name: "a canonical name", files: []*fdinfo.FileEntry{regFile(1, "/tmp/app.log")}},
+		{name: "a name that climbs out of its mount", files: []*fdinfo.FileEntry{regFile(1, "/../../../var/tmp/x")}, refuse: "not a canonical absolute path"},
+		{name: "a relative name", files: []*fdinfo.FileEntry{regFile(1, "tmp/x")}, refuse: "not a canonical"},
+		{name: "a name with a dot", files: []*fdinfo.FileEntry{regFile(1, "/tmp/./x")}, refuse: "not a canonical"},
+		{name: "a listening socket on a high port", files: []*fdinfo.FileEntry{inetSocket(1, unix.SOCK_STREAM, 8080)}, host: hostPorts(1024)},
+		{name: "a privileged port without CAP_NET_BIND_SERVICE", files: []*fdinfo.FileEntry{inetSocket(1, unix.SOCK_STREAM, 80)},
+			host: hostPorts(1024), refuse: "port 80"},
+		{name: "a privileged port with CAP_NET_BIND_SERVICE", files: []*fdinfo.FileEntry{inetSocket(1, unix.SOCK_STREAM, 80)},
+			caps: []string{"CAP_NET_BIND_SERVICE"}, host: hostPorts(1024)},
+		{name: "port 80 where every port is unprivileged", files: []*fdinfo.FileEntry{inetSocket(1, unix.SOCK_STREAM, 80)}, host: hostPorts(0)},
+		{name: "a raw socket without CAP_NET_RAW", files: []*fdinfo.FileEntry{inetSocket(1, unix.SOCK_RAW, 0)}, refuse: "raw socket"},
+		{name: "a raw socket with CAP_NET_RAW", files: []*fdinfo.FileEntry{inetSocket(1, unix.SOCK_RAW, 0)}, caps: []string{"CAP_NET_RAW"}},
+		{name: "a fanotify group", files: []*fdinfo.FileEntry{{Type: fdinfo.FdTypes_FANOTIFY.Enum(), Id: proto.Uint32(1),
+			Ffy: &fsnotify.FanotifyFileEntry{Id: proto.Uint32(1), Flags: proto.Uint32(0), Fown: owner(), Faflags: proto.Uint32(0), Evflags: proto.Uint32(0)}}},
+			caps: []string{"CAP_NET_ADMIN"}, refuse: "fanotify"},
+		{name: "an alarm timer", files: []*fdinfo.FileEntry{{Type: fdinfo.FdTypes_TIMERFD.Enum(), Id: proto.Uint32(1),
+			Tfd: &timerfd.TimerfdEntry{Id: proto.Uint32(1), Flags: proto.Uint32(0), Fown: owner(), Clockid: proto.Uint32(unix.CLOCK_BOOTTIME_ALARM),
+				Ticks: proto.Uint64(0), SettimeFlags: proto.Uint32(0), Vsec: proto.Uint64(0), Vnsec: proto.Uint64(0), Isec: proto.Uint64(0), Insec: proto.Uint64(0)}}},
+			refuse: "CAP_WAKE_ALARM"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			imgs := writeImages(t, task{tc: shimLimitsLeader(t)})
+			withFiles(t, imgs, c.files...)
+			s := spec(0, c.caps, false)
+			if c.specs != nil {
+				c.specs(s)
+			}
+			host := c.host
+			if host.portStart == nil {
+				host = plainHost
+			}
+			_, err := apply(imgs, t.TempDir(), s, host, onHost)
+			switch {
+			case c.refuse == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.refuse != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.refuse)):
+				t.Fatalf("%v, want a refusal about %q", err, c.refuse)
+			}
+		})
+	}
+}
+
+// The capability checks of each kind of file, on the entries themselves.
+func TestFileCapabilities(t *testing.T) {
+	packet := &fdinfo.FileEntry{Type: fdinfo.FdTypes_PACKETSK.Enum()}
+	tun := &fdinfo.FileEntry{Type: fdinfo.FdTypes_TUNF.Enum()}
+	bpf := &fdinfo.FileEntry{Type: fdinfo.FdTypes_BPFMAP.Enum()}
+	marked := inetSocket(1, unix.SOCK_STREAM, 0)
+	marked.Isk.Opts.SoMark = proto.Uint32(7)
+	urgent := inetSocket(1, unix.SOCK_DGRAM, 0)
+	urgent.Isk.Opts.SoPriority = proto.Uint32(7)
+	for _, c := range []struct {
+		name      string
+		file      *fdinfo.FileEntry
+		caps      []string
+		userns    bool // and the node's network namespace
+		refused   bool
+		newNetns  bool
+		portStart uint32
+	}{
+		{name: "packet socket", file: packet, refused: true},
+		{name: "packet socket, CAP_NET_RAW", file: packet, caps: []string{"CAP_NET_RAW"}},
+		{name: "packet socket, CAP_NET_RAW in a user namespace, the node's network", file: packet, caps: []string{"CAP_NET_RAW"}, userns: true, refused: true},
+		{name: "packet socket, CAP_NET_RAW in a user namespace, its own network", file: packet, caps: []string{"CAP_NET_RAW"}, userns: true, newNetns: true},
+		{name: "TUN device", file: tun, caps: []string{"CAP_NET_RAW"}, refused: true},
+		{name: "TUN device, CAP_NET_ADMIN", file: tun, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "BPF map", file: bpf, caps: []string{"CAP_NET_ADMIN"}, refused: true},
+		{name: "BPF map, CAP_BPF", file: bpf, caps: []string{"CAP_BPF"}},
+		{name: "BPF map, CAP_SYS_ADMIN", file: bpf, caps: []string{"CAP_SYS_ADMIN"}},
+		{name: "BPF map, CAP_BPF in a user namespace", file: bpf, caps: []string{"CAP_BPF"}, userns: true, newNetns: true, refused: true},
+		{name: "a socket with a mark", file: marked, refused: true},
+		{name: "a socket with a mark, CAP_NET_ADMIN", file: marked, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "priority 7", file: urgent, refused: true},
+		{name: "priority 7, CAP_NET_RAW", file: urgent, caps: []string{"CAP_NET_RAW"}},
+	} {
+		m, err := specMasks(spec(0, c.caps, false))
+		if err != nil {
+			t.Fatal(err)
+		}
+		checks := fileChecks{m: m, hostCaps: !c.userns,
+			net: netSpec{capsCount: !c.userns || c.newNetns, portStart: func() (uint32, error) { return c.portStart, nil }}}
+		err = checks.check(c.file)
+		if refused := err != nil; refused != c.refused {
+			t.Errorf("%s: %v, want refused %v", c.name, err, c.refused)
+		}
+	}
+}
+
+func TestLegacyFileImages(t *testing.T) {
+	imgs := writeImages(t, task{tc: shimLimitsLeader(t)})
+	os.WriteFile(filepath.Join(imgs, "inetsk.img"), []byte("x"), 0o600)
+	if _, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "old format") {
+		t.Fatalf("inetsk.img without files.img: %v, want a refusal", err)
+	}
+	// With files.img, CRIU does not read them.
+	withFiles(t, imgs, regFile(1, "/tmp/x"))
+	if _, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost); err != nil {
+		t.Fatalf("inetsk.img beside files.img: %v", err)
+	}
+}
+
+// writeGhost writes a ghost file image with entry g and content.
+func writeGhost(t *testing.T, path string, g *ghostfile.GhostFileEntry, content string) {
+	t.Helper()
+	entry, err := proto.Marshal(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	magics := magic.LoadMagic()
+	var b []byte
+	b = binary.LittleEndian.AppendUint32(b, uint32(magics.ByName["IMG_COMMON"]))
+	b = binary.LittleEndian.AppendUint32(b, uint32(magics.ByName["GHOST_FILE"]))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(entry)))
+	b = append(b, entry...)
+	b = append(b, content...)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGhostFiles(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		mode    uint32
+		refused bool
+	}{
+		{"a regular file", unix.S_IFREG | 0o644, false},
+		{"a setgid directory", unix.S_IFDIR | unix.S_ISGID | 0o755, false},
+		{"a setuid file", unix.S_IFREG | unix.S_ISUID | 0o755, true},
+		{"a setgid file", unix.S_IFREG | unix.S_ISGID | 0o755, true},
+		{"a character device", unix.S_IFCHR | 0o600, true},
+		{"a block device", unix.S_IFBLK | 0o600, true},
+		{"a symbolic link", unix.S_IFLNK | 0o777, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			imgs := writeImages(t, task{tc: shimLimitsLeader(t)})
+			writeGhost(t, filepath.Join(imgs, "ghost-file-1.img"), &ghostfile.GhostFileEntry{
+				Uid: proto.Uint32(0), Gid: proto.Uint32(0), Mode: proto.Uint32(c.mode), Rdev: proto.Uint32(0x801)}, "content")
+			_, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost)
+			if refused := errors.Is(err, ErrRefused); refused != c.refused || (!refused && err != nil) {
+				t.Fatalf("%v, want refused %v", err, c.refused)
+			}
+		})
+	}
+	imgs := writeImages(t, task{tc: shimLimitsLeader(t)})
+	os.WriteFile(filepath.Join(imgs, "ghost-file-2.img"), []byte("not an image"), 0o600)
+	if _, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost); !errors.Is(err, ErrRefused) {
+		t.Fatalf("a broken ghost file image: %v, want a refusal", err)
+	}
+}
+
+// Where the unprivileged ports begin: in a network namespace runc makes,
+// the spec's sysctl (which the restore hook writes before CRIU restores
+// sockets) or the kernel's default; in one joined by path, its own; else
+// the node's.
+func TestNetSpec(t *testing.T) {
+	in := func(path string) (uint32, error) {
+		if path == "/run/netns/pod" {
+			return 0, nil
+		}
+		return 1000, nil
+	}
+	for _, c := range []struct {
+		name      string
+		netns     *specs.LinuxNamespace
+		userns    bool
+		sysctl    map[string]string
+		start     uint32
+		capsCount bool
+	}{
+		{name: "the node's", start: 1000, capsCount: true},
+		{name: "a new one", netns: &specs.LinuxNamespace{Type: specs.NetworkNamespace}, start: defaultPortStart, capsCount: true},
+		{name: "a new one with the spec's sysctl", netns: &specs.LinuxNamespace{Type: specs.NetworkNamespace},
+			sysctl: map[string]string{"net/ipv4/ip_unprivileged_port_start": "80"}, start: 80, capsCount: true},
+		{name: "a pod's", netns: &specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/run/netns/pod"}, start: 0, capsCount: true},
+		{name: "a new one in a user namespace", netns: &specs.LinuxNamespace{Type: specs.NetworkNamespace}, userns: true, start: defaultPortStart, capsCount: true},
+		{name: "a pod's in a user namespace", netns: &specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/run/netns/pod"}, userns: true, start: 0},
+	} {
+		s := spec(0, nil, false)
+		if c.netns != nil {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, *c.netns)
+		}
+		if c.userns {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		}
+		s.Linux.Sysctl = c.sysctl
+		n := netSpecFor(s, in)
+		start, err := n.portStart()
+		if err != nil || start != c.start || n.capsCount != c.capsCount {
+			t.Errorf("%s: port start %d (%v), capabilities count %v; want %d, %v", c.name, start, err, n.capsCount, c.start, c.capsCount)
+		}
+	}
+}
+
+// remap is a remap-fpath entry; typ nil is CRIU's old format.
+func remap(orig, remapID uint32, typ *remapfilepath.RemapType) *remapfilepath.RemapFilePathEntry {
+	return &remapfilepath.RemapFilePathEntry{OrigId: proto.Uint32(orig), RemapId: proto.Uint32(remapID), RemapType: typ}
+}
+
+func inMount(f *fdinfo.FileEntry, id int32) *fdinfo.FileEntry {
+	f.Reg.MntId = proto.Int32(id)
+	return f
+}
+
+func TestFilesCRIUMakes(t *testing.T) {
+	// Two layers: the topmost has /tmp/out -> /var/tmp (the donor's), the
+	// lower /tmp, /var/tmp and /data/file.
+	upper, lower := t.TempDir(), t.TempDir()
+	for _, d := range []string{"tmp", "var/tmp"} {
+		os.MkdirAll(filepath.Join(lower, d), 0o755)
+	}
+	os.MkdirAll(filepath.Join(upper, "tmp"), 0o755)
+	os.Symlink("/var/tmp", filepath.Join(upper, "tmp/out"))
+	os.WriteFile(filepath.Join(lower, "data"), []byte("a file"), 0o644)
+	ghost, linked := remapfilepath.RemapType_GHOST.Enum(), remapfilepath.RemapType_LINKED.Enum()
+	rootMount := mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0)
+	tmpfs := mount(2, 1, mnt.Fstype_TMPFS, "/", "/dev/shm", 0)
+	readOnly := mount(3, 1, mnt.Fstype_TMPFS, "/", "/ro", msRdonly)
+	mounts := []*mnt.MntEntry{rootMount, tmpfs, readOnly}
+	for _, c := range []struct {
+		name   string
+		files  []*fdinfo.FileEntry
+		remaps []*remapfilepath.RemapFilePathEntry
+		layers []string
+		refuse string
+	}{
+		{name: "a ghost under directories", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}},
+		{name: "a ghost through a symbolic link", files: []*fdinfo.FileEntry{inMount(regFile(1, "/tmp/out/x"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, refuse: "/tmp/out is not a directory"},
+		{name: "a ghost under a file", files: []*fdinfo.FileEntry{inMount(regFile(1, "/data/x"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, refuse: "/data is not a directory"},
+		{name: "CRIU's old format: the ghost flag in the id", files: []*fdinfo.FileEntry{inMount(regFile(1, "/tmp/out/x"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9|remapGhost, nil)}, refuse: "/tmp/out is not a directory"},
+		{name: "a ghost in a tmpfs's root", files: []*fdinfo.FileEntry{inMount(regFile(1, "/dev/shm/x"), 2)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}},
+		{name: "a ghost in a tmpfs's directory", files: []*fdinfo.FileEntry{inMount(regFile(1, "/dev/shm/d/x"), 2)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, refuse: "cannot check"},
+		{name: "a ghost in a read-only mount", files: []*fdinfo.FileEntry{inMount(regFile(1, "/ro/x"), 3)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, refuse: "read-only"},
+		{name: "a ghost in a mount the checkpoint does not have", files: []*fdinfo.FileEntry{inMount(regFile(1, "/tmp/x"), 7)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, refuse: "mount 7"},
+		{name: "a ghost in a mount it is not in", files: []*fdinfo.FileEntry{inMount(regFile(1, "/tmp/x"), 2)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, refuse: "not in its mount"},
+		{name: "a linked remap", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1), inMount(regFile(2, "/var/tmp/link_remap.2"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 2, linked)}},
+		{name: "a linked remap's link through a symbolic link", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1), inMount(regFile(2, "/tmp/out/link_remap.2"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 2, linked)}, refuse: "link to a deleted file"},
+		{name: "a linked remap to a file the checkpoint does not have", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 2, linked)}, refuse: "does not have"},
+		{name: "no layers to check", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, layers: []string{}, refuse: "no layers"},
+		{name: "a /proc remap", files: []*fdinfo.FileEntry{inMount(regFile(1, "/proc/1/x"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, remapfilepath.RemapType_PROCFS.Enum())}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			msgs := make([]proto.Message, len(c.remaps))
+			for i, r := range c.remaps {
+				msgs[i] = r
+			}
+			writeImage(t, filepath.Join(dir, "remap-fpath.img"), "REMAP_FPATH", msgs...)
+			regs := map[uint32]*regfile.RegFileEntry{}
+			for _, f := range c.files {
+				regs[f.GetReg().GetId()] = f.GetReg()
+			}
+			layers := c.layers
+			if layers == nil {
+				layers = []string{upper, lower}
+			}
+			err := checkRemaps(dir, []string{"remap-fpath.img"}, regs, mounts, layers)
+			switch {
+			case c.refuse == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
+				t.Fatalf("%v, want a refusal about %q", err, c.refuse)
+			}
+		})
+	}
+}

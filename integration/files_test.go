@@ -1,0 +1,230 @@
+//go:build integration && linux
+
+package integration
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
+	ghostfile "github.com/checkpoint-restore/go-criu/v7/crit/images/ghost-file"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+)
+
+// watchCreates reports the names created in dir from now on, until stop
+// is called.
+func watchCreates(t *testing.T, dir string) (stop func() []string) {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	return func() []string {
+		defer unix.Close(fd)
+		var names []string
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := unix.Read(fd, buf)
+			if n <= 0 || err != nil {
+				return names
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= n; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				name := buf[off+unix.SizeofInotifyEvent : off+unix.SizeofInotifyEvent+int(ev.Len)]
+				names = append(names, string(bytes.TrimRight(name, "\x00")))
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+			}
+		}
+	}
+}
+
+// ghostScript holds a deleted file open on fd 5 (CRIU dumps it as a ghost
+// file, and creates it again at restore, as root) and counts.
+const ghostScript = `ln -sfn /var/tmp /tmp/out; exec 5>/tmp/ghost; echo secret >&5; rm /tmp/ghost; ` + counterScript
+
+// renameGhost renames the file the donor held open in its checkpoint.
+func renameGhost(name string) func(t *testing.T, dir string) {
+	return func(t *testing.T, dir string) {
+		renamed := 0
+		editImages(t, dir, "files.img", &fdinfo.FileEntry{}, func(img *crit.CriuImage) {
+			for _, e := range img.Entries {
+				if reg := e.Message.(*fdinfo.FileEntry).GetReg(); reg != nil && reg.GetName() == "/tmp/ghost" {
+					reg.Name = proto.String(name)
+					renamed++
+				}
+			}
+		})
+		if renamed != 1 {
+			t.Fatalf("%d files named /tmp/ghost in the checkpoint, want 1", renamed)
+		}
+	}
+}
+
+// rootMountID is the mount id of / in process pid's mount namespace.
+func rootMountID(t *testing.T, pid int) string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == "/" {
+			return f[0]
+		}
+	}
+	t.Fatalf("no root mount in /proc/%d/mountinfo", pid)
+	return ""
+}
+
+// fdMountID is the mount id of process pid's file descriptor fd.
+func fdMountID(t *testing.T, pid, fd int) string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%d", pid, fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(l, "mnt_id:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no mnt_id in fdinfo %d of %d", fd, pid)
+	return ""
+}
+
+// TestCraftedFileNamesStayInTheContainer restores checkpoints whose
+// deleted-but-open file was renamed to lead out of the container. CRIU
+// makes such a file again (a ghost file) as root, in a mount namespace of
+// its own whose root is the node's: through the container's symbolic link
+// /tmp/out -> /var/tmp, it created /var/tmp/<name>.cr.1.ghost on the node
+// (4 runs of 4; with a name that climbs out with "..", in one run of
+// several). Both are refused now; the untouched checkpoint is restored,
+// its deleted file in the container's root file system.
+func TestCraftedFileNamesStayInTheContainer(t *testing.T) {
+	requireShim(t)
+	const probe = "snapboot-ghost-escape-probe"
+	donor, donorLog := startScriptClone(t, "", ghostScript)
+	waitCount(t, donorLog, 5)
+	for i, c := range []struct {
+		name, path, refusal string
+	}{
+		{"untouched", "/tmp/ghost", ""},
+		{"dot-dot", strings.Repeat("/..", 24) + "/var/tmp/" + probe, "not a canonical absolute path"},
+		{"symbolic link", "/tmp/out/" + probe, "/tmp/out is not a directory"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ck := packAndPush(t, donor, registryAddr+"/it/crafted:ghost-"+strconv.Itoa(i), packOptions{tamper: renameGhost(c.path)})
+			stop := watchCreates(t, "/var/tmp")
+			offset := containerdLogOffset()
+			clone, cloneLog := startScriptClone(t, ck.Ref, ghostScript)
+			if c.refusal != "" {
+				expectSpecFallback(t, offset, clone, cloneLog, c.refusal)
+			} else {
+				if line := logLine(t, offset, "snapboot.", clone, 60*time.Second); !strings.Contains(line, "event=snapboot.restore") {
+					t.Fatalf("not restored: %s", line)
+				}
+				if ns := waitCount(t, cloneLog, 3); ns[0] == 1 {
+					t.Fatal("the clone cold-started")
+				}
+				pid := taskPID(t, clone)
+				if got, root := fdMountID(t, pid, 5), rootMountID(t, pid); got != root {
+					t.Errorf("the clone's fd 5 is on mount %s, not its root file system (%s)", got, root)
+				}
+			}
+			for _, n := range stop() {
+				if strings.HasPrefix(n, probe) {
+					t.Errorf("the restore created /var/tmp/%s on the node", n)
+				}
+			}
+		})
+	}
+}
+
+// setGhostMode rewrites the mode in every ghost file image of dir (the
+// file's content after the entry is kept).
+func setGhostMode(mode uint32) func(t *testing.T, dir string) {
+	return func(t *testing.T, dir string) {
+		paths, _ := filepath.Glob(filepath.Join(dir, "ghost-file-*.img"))
+		if len(paths) == 0 {
+			t.Fatal("no ghost file in the checkpoint")
+		}
+		for _, p := range paths {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// IMG_COMMON, GHOST_FILE, the entry's size, the entry, content.
+			n := binary.LittleEndian.Uint32(data[8:12])
+			var g ghostfile.GhostFileEntry
+			if err := proto.Unmarshal(data[12:12+n], &g); err != nil {
+				t.Fatal(err)
+			}
+			g.Mode = proto.Uint32(g.GetMode()&unix.S_IFMT | mode)
+			entry, err := proto.Marshal(&g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := append(binary.LittleEndian.AppendUint32(append([]byte{}, data[:8]...), uint32(len(entry))), entry...)
+			if err := os.WriteFile(p, append(out, data[12+n:]...), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// TestCraftedSetuidGhostColdStarts restores a checkpoint whose ghost file
+// was made setuid: CRIU would create it so, owned by root, and the clone
+// could run it through its descriptor with root's ids.
+func TestCraftedSetuidGhostColdStarts(t *testing.T) {
+	requireShim(t)
+	donor, donorLog := startScriptClone(t, "", ghostScript)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:setuid-ghost", packOptions{tamper: setGhostMode(unix.S_ISUID | 0o755)})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, ghostScript)
+	expectSpecFallback(t, offset, clone, cloneLog, "setuid or setgid")
+}
+
+// TestPrivilegedSocketsNeedTheirCapabilities restores a donor that listens
+// on port 80 and pings (a raw socket) into clones whose spec drops
+// CAP_NET_BIND_SERVICE or CAP_NET_RAW: CRIU binds and opens sockets as
+// root, so the clone would hold what its cold start could not make.
+func TestPrivilegedSocketsNeedTheirCapabilities(t *testing.T) {
+	requireShim(t)
+	const script = `httpd -p 80 -h /tmp; ping -q 127.0.0.1 >/dev/null 2>&1 & ` + counterScript
+	donor, donorLog := startScriptClone(t, "", script)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:sockets", packOptions{})
+	for _, c := range []struct{ drop, reason string }{
+		{"CAP_NET_BIND_SERVICE", "port 80"},
+		{"CAP_NET_RAW", "raw socket"},
+	} {
+		t.Run(c.drop, func(t *testing.T) {
+			offset := containerdLogOffset()
+			clone, cloneLog := startScriptClone(t, ck.Ref, script, "--cap-drop", c.drop)
+			expectSpecFallback(t, offset, clone, cloneLog, c.reason)
+		})
+	}
+	t.Run("both granted", func(t *testing.T) {
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, ck.Ref, script)
+		logLine(t, offset, "snapboot.restore", clone, 60*time.Second)
+		if ns := waitCount(t, cloneLog, 3); ns[0] == 1 {
+			t.Fatal("the clone cold-started")
+		}
+	})
+}

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
@@ -26,12 +28,13 @@ import (
 	"github.com/snapboot/snapboot/restorehook"
 )
 
-// legacyFileImages are the per-kind file images of CRIU's old format. CRIU
-// reads them only for a checkpoint without files.img, which then escapes
-// checkFiles: refused.
+// legacyFileImages are the per-kind file images of CRIU's old format.
+// CRIU 4 never writes them, and reads them when files.img has no entry
+// (an empty one, say): they would escape checkFiles, so they are refused.
 var legacyFileImages = []string{"reg-files.img", "ext-files.img", "ns-files.img", "eventfd.img", "eventpoll.img",
-	"signalfd.img", "inotify.img", "fanotify.img", "unixsk.img", "inetsk.img", "packetsk.img", "netlinksk.img",
-	"tunfile.img", "timerfd.img", "fifo.img", "pipes.img", "tty.img"}
+	"eventpoll-tfd.img", "signalfd.img", "inotify.img", "inotify-wd.img", "fanotify.img", "fanotify-mark.img",
+	"unixsk.img", "inetsk.img", "packetsk.img", "netlinksk.img", "tunfile.img", "timerfd.img", "fifo.img",
+	"pipes.img", "tty.img"}
 
 // netSpec says where the container's sockets live, for the capability
 // checks of checkFiles.
@@ -57,13 +60,19 @@ func netSpecFor(spec *specs.Spec, portStartIn func(path string) (uint32, error))
 		// runc's, where snapboot's restore hook writes the spec's
 		// sysctls before CRIU restores the sockets.
 		n.portStart = func() (uint32, error) {
-			for key, value := range spec.Linux.Sysctl {
+			start := uint32(defaultPortStart)
+			// In the order the restore hook writes them: the last wins.
+			keys := slices.Sorted(maps.Keys(spec.Linux.Sysctl))
+			for _, key := range keys {
 				if restorehook.SysctlKey(key) == "net.ipv4.ip_unprivileged_port_start" {
-					v, err := strconv.ParseUint(strings.TrimSpace(value), 10, 32)
-					return uint32(v), err
+					v, err := strconv.ParseUint(strings.TrimSpace(spec.Linux.Sysctl[key]), 10, 32)
+					if err != nil {
+						return 0, err
+					}
+					start = uint32(v)
 				}
 			}
-			return defaultPortStart, nil
+			return start, nil
 		}
 	case portStartIn == nil:
 		n.portStart = func() (uint32, error) { return 0, errors.New("unknown on this host") }
@@ -76,50 +85,58 @@ func netSpecFor(spec *specs.Spec, portStartIn func(path string) (uint32, error))
 }
 
 // checkFiles refuses a checkpoint whose tasks hold a file CRIU would make
-// for them with a privilege their spec does not grant: CRIU opens, binds
-// and creates every file as root, before it narrows the tasks'
-// capabilities. A cold start could not have made it. So are refused:
-//   - a file name that is not an absolute path without "." or ".."
-//     (CRIU dumps canonical paths; one that climbs out of its mount made
-//     CRIU create a deleted file's stand-in, a ghost file, on the node);
-//   - a ghost file that is a device node, or setuid or setgid;
+// for them with a privilege their spec does not grant, or outside the
+// container: CRIU opens, binds and creates every file as root, before it
+// narrows the tasks' capabilities, and makes some of them in a mount
+// namespace of its own, whose root is the node's. Refused:
+//   - CRIU's old per-kind file images (see legacyFileImages);
+//   - a file name that is not an absolute path without "." or "..",
+//     which CRIU dumps, and two files with one id;
+//   - a deleted file or link CRIU would make where it cannot be sure to
+//     stay in the container (see checkRemaps), and a ghost file (a deleted
+//     file's stand-in) that is not a regular file or a FIFO, is setuid or
+//     setgid, or whose image is malformed (see checkGhost);
 //   - without CAP_NET_RAW, a packet or raw socket; without
 //     CAP_NET_BIND_SERVICE, a socket on a port below the network
-//     namespace's ip_unprivileged_port_start; without CAP_NET_ADMIN, a
-//     socket with a mark or a priority above 6, or a TUN device;
+//     namespace's ip_unprivileged_port_start; without CAP_NET_ADMIN or
+//     CAP_NET_RAW, a socket with a mark or a priority above 6; without
+//     CAP_NET_ADMIN, a TUN device;
 //   - without CAP_SYS_ADMIN, a fanotify group; without CAP_BPF (or
 //     CAP_SYS_ADMIN), a BPF map; without CAP_WAKE_ALARM, an alarm timer.
+//
+// mounts are the entries of the checkpoint's mount namespace; rootLayers
+// the directories of the container's root file system, topmost first.
 func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net netSpec, mounts []*mnt.MntEntry, rootLayers []string) error {
-	has := func(name string) bool { return slices.Contains(names, name) }
-	if !has("files.img") {
-		for _, legacy := range legacyFileImages {
-			if has(legacy) {
-				return fmt.Errorf("%w: the checkpoint has files in CRIU's old format (%s), which CRIU would restore unchecked", ErrRefused, legacy)
-			}
+	for _, legacy := range legacyFileImages {
+		if slices.Contains(names, legacy) {
+			return fmt.Errorf("%w: the checkpoint has files in CRIU's old format (%s), which CRIU would restore unchecked", ErrRefused, legacy)
 		}
-		if has("remap-fpath.img") {
-			return fmt.Errorf("%w: the checkpoint remaps files (remap-fpath.img) but has no files.img", ErrRefused)
-		}
-	} else {
+	}
+	regs := map[uint32]*regfile.RegFileEntry{}
+	if slices.Contains(names, "files.img") {
 		img, err := decodeImage(filepath.Join(imagesDir, "files.img"), &fdinfo.FileEntry{})
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrRefused, err)
 		}
 		_, userns := restorehook.SpecNamespace(spec, specs.UserNamespace)
 		c := fileChecks{m: m, net: net, hostCaps: !userns}
-		regs := map[uint32]*regfile.RegFileEntry{}
 		for _, e := range img.Entries {
 			fe := e.Message.(*fdinfo.FileEntry)
 			if err := c.check(fe); err != nil {
 				return fmt.Errorf("%w: %w", ErrRefused, err)
 			}
 			if reg := fe.GetReg(); reg != nil {
+				if regs[reg.GetId()] != nil {
+					return fmt.Errorf("%w: files.img has two files with id %#x", ErrRefused, reg.GetId())
+				}
 				regs[reg.GetId()] = reg
 			}
 		}
-		if err := checkRemaps(imagesDir, names, regs, mounts, rootLayers); err != nil {
-			return fmt.Errorf("%w: %w", ErrRefused, err)
-		}
+	}
+	r := remaps{regs: regs, mounts: mounts, rootLayers: rootLayers}
+	defer r.close()
+	if err := r.check(imagesDir, names); err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	for _, name := range names {
 		if strings.HasPrefix(name, "ghost-file-") && strings.HasSuffix(name, ".img") {
@@ -184,7 +201,10 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 				return err
 			}
 		}
-		if port := sk.GetSrcPort(); port != 0 {
+		// A raw socket's port is its protocol, and an ICMP (ping) socket's
+		// its echo id: neither is bound to a port.
+		icmp := sk.GetProto() == unix.IPPROTO_ICMP || sk.GetProto() == unix.IPPROTO_ICMPV6
+		if port := sk.GetSrcPort(); port != 0 && sk.GetType() != unix.SOCK_RAW && !icmp {
 			if c.start == nil {
 				start, err := c.net.portStart()
 				if err != nil {
@@ -225,41 +245,54 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 	return nil
 }
 
-// sockOpts checks the options CRIU sets on a socket it restores.
+// sockOpts checks the options CRIU sets on a socket it restores: a mark,
+// or a priority above 6, takes CAP_NET_ADMIN or CAP_NET_RAW (as this
+// node's kernel asks; kernels before 6.x took CAP_NET_ADMIN only for the
+// priority).
 func (c *fileChecks) sockOpts(o *skopts.SkOptsEntry) error {
+	if c.granted(unix.CAP_NET_RAW, true) {
+		return nil
+	}
 	if o.GetSoMark() != 0 {
 		if err := c.need(unix.CAP_NET_ADMIN, true, "a socket with a mark (SO_MARK)"); err != nil {
 			return err
 		}
 	}
-	if o.GetSoPriority() > 6 && !c.granted(unix.CAP_NET_RAW, true) {
+	if o.GetSoPriority() > 6 {
 		return c.need(unix.CAP_NET_ADMIN, true, fmt.Sprintf("a socket with priority %d (SO_PRIORITY)", o.GetSoPriority()))
 	}
 	return nil
 }
 
-// checkFileName refuses a file name that is not an absolute path in
-// canonical form, as CRIU dumps them: CRIU makes some files (ghost files,
-// link remaps) from the name in a mount namespace of its own.
-func checkFileName(name string) error {
-	if !path.IsAbs(name) || path.Clean(name) != name || strings.ContainsRune(name, 0) {
-		return fmt.Errorf("the checkpoint has a file named %q, not a canonical absolute path", name)
-	}
-	return nil
+// remaps checks the files CRIU makes, or removes, itself, in a mount
+// namespace of its own whose root is the node's: the stand-in of a deleted
+// file the donor held open (a ghost file, created at the file's name, as
+// root, with the image's owner and mode) and the link a link-remap dump
+// made to one (removed after the restore, at its name in the deleted
+// file's mount). A symbolic link on the way, which CRIU follows from the
+// node's root, made it create a ghost file on the node. So each such name
+// must be in a mount of the container's (the one its path is in, as CRIU
+// lays mounts out in its older mode too) that is not read-only (CRIU
+// would make it writable), and that is the root file system, a tmpfs or a
+// bind mount of the node's (CRIU's error paths on proc and the like move
+// up out of the mount); directly in that mount's root, or, in the root
+// file system, under directories only: no layer of it (rootLayers,
+// topmost first) may have anything else than a directory or an overlay
+// whiteout at one of its parent directories.
+type remaps struct {
+	regs       map[uint32]*regfile.RegFileEntry
+	mounts     []*mnt.MntEntry
+	rootLayers []string
+	layers     []*os.Root // opened when first needed
 }
 
-// checkRemaps checks the files CRIU makes, or removes, itself, in a mount
-// namespace of its own, where the container's root is not the root: the
-// stand-in of a deleted file the donor held open (a ghost file, created
-// at its name, as root), and the link to one that the dump made
-// (link-remap, removed after the restore). A symbolic link on the way,
-// which CRIU follows from the node's root, made it create the ghost file
-// on the node. So each such name must be in a mount of the container's
-// that is not read-only (CRIU would make it writable), directly in that
-// mount's root, or, in the root file system, under directories only: no
-// layer of it (rootLayers, topmost first) may have anything else at any
-// of its parent directories.
-func checkRemaps(imagesDir string, names []string, regs map[uint32]*regfile.RegFileEntry, mounts []*mnt.MntEntry, rootLayers []string) error {
+func (r *remaps) close() {
+	for _, l := range r.layers {
+		l.Close()
+	}
+}
+
+func (r *remaps) check(imagesDir string, names []string) error {
 	if !slices.Contains(names, "remap-fpath.img") {
 		return nil
 	}
@@ -267,99 +300,37 @@ func checkRemaps(imagesDir string, names []string, regs map[uint32]*regfile.RegF
 	if err != nil {
 		return err
 	}
-	byID := map[int32]*mnt.MntEntry{}
-	var root *mnt.MntEntry
-	for _, m := range mounts {
-		byID[int32(m.GetMntId())] = m
-		if m.GetMountpoint() == "/" {
-			root = m
-		}
-	}
-	layers := make([]*os.Root, 0, len(rootLayers))
-	defer func() {
-		for _, l := range layers {
-			l.Close()
-		}
-	}()
-	for _, dir := range rootLayers {
-		l, err := os.OpenRoot(dir)
-		if err != nil {
-			return fmt.Errorf("a layer of the container's root file system: %w", err)
-		}
-		layers = append(layers, l)
-	}
-	made := func(id uint32, what string) error {
-		reg := regs[id]
-		if reg == nil {
-			return fmt.Errorf("remap-fpath.img names file %#x, which files.img does not have", id)
-		}
-		name := reg.GetName()
-		if err := checkFileName(name); err != nil {
-			return err
-		}
-		m := byID[reg.GetMntId()]
-		if m == nil {
-			return fmt.Errorf("%s %s is in mount %d, which the checkpoint does not have", what, name, reg.GetMntId())
-		}
-		if isReadOnly(m) || m.GetSbFlags()&msRdonly != 0 {
-			return fmt.Errorf("%s %s is in the read-only mount at %s, which CRIU would make writable for it", what, name, m.GetMountpoint())
-		}
-		rel := strings.TrimPrefix(strings.TrimPrefix(name, m.GetMountpoint()), "/")
-		if m.GetMountpoint() != "/" && !strings.HasPrefix(name, m.GetMountpoint()+"/") {
-			return fmt.Errorf("%s %s is not in its mount at %s", what, name, m.GetMountpoint())
-		}
-		dir := path.Dir(rel)
-		if dir == "." {
-			return nil // directly in the mount's root
-		}
-		if m != root {
-			return fmt.Errorf("%s %s is in a directory of the mount at %s, which snapboot cannot check for symbolic links", what, name, m.GetMountpoint())
-		}
-		if len(layers) == 0 {
-			return fmt.Errorf("%s %s: the container's root file system has no layers snapboot can check for symbolic links", what, name)
-		}
-		parts := strings.Split(dir, "/")
-		for i := range parts {
-			prefix := strings.Join(parts[:i+1], "/")
-			for j, l := range layers {
-				fi, err := l.Lstat(prefix)
-				if errors.Is(err, os.ErrNotExist) {
-					continue
-				}
-				if err != nil {
-					return fmt.Errorf("%s %s: /%s in layer %d of the root file system: %w", what, name, prefix, j, err)
-				}
-				if !fi.IsDir() {
-					kind := "a file"
-					if fi.Mode()&os.ModeSymlink != 0 {
-						kind = "a symbolic link"
-					}
-					return fmt.Errorf("%s %s: /%s is not a directory but %s in layer %d of the root file system (CRIU makes the file from the node's root, and would follow a link)", what, name, prefix, kind, j)
-				}
-			}
-		}
-		return nil
-	}
 	for _, e := range img.Entries {
-		r := e.Message.(*remapfilepath.RemapFilePathEntry)
-		typ, remapID := r.GetRemapType(), r.GetRemapId()
-		if r.RemapType == nil {
+		rp := e.Message.(*remapfilepath.RemapFilePathEntry)
+		typ, remapID := rp.GetRemapType(), rp.GetRemapId()
+		if rp.RemapType == nil {
 			// The format before the type: a flag in the id, as CRIU reads it.
 			typ = remapfilepath.RemapType_LINKED
 			if remapID&remapGhost != 0 {
 				typ, remapID = remapfilepath.RemapType_GHOST, remapID&^remapGhost
 			}
 		}
+		orig := r.regs[rp.GetOrigId()]
+		if orig == nil {
+			return fmt.Errorf("remap-fpath.img names file %#x, which files.img does not have", rp.GetOrigId())
+		}
 		switch typ {
 		case remapfilepath.RemapType_GHOST:
-			if err := made(r.GetOrigId(), "deleted file"); err != nil {
+			if err := r.made(orig.GetName(), orig.GetMntId(), "deleted file"); err != nil {
 				return err
 			}
 		case remapfilepath.RemapType_LINKED:
-			if err := made(r.GetOrigId(), "deleted file"); err != nil {
-				return err
+			// CRIU opens the deleted file through the link inside the
+			// container, and removes the link from its own namespace, at
+			// the link's name in the deleted file's mount.
+			link := r.regs[remapID]
+			if link == nil {
+				return fmt.Errorf("remap-fpath.img names file %#x, which files.img does not have", remapID)
 			}
-			if err := made(remapID, "link to a deleted file"); err != nil {
+			if link.GetMntId() != orig.GetMntId() {
+				return fmt.Errorf("the link %s to deleted file %s is in mount %d, the file in mount %d", link.GetName(), orig.GetName(), link.GetMntId(), orig.GetMntId())
+			}
+			if err := r.made(link.GetName(), orig.GetMntId(), "link to a deleted file"); err != nil {
 				return err
 			}
 		case remapfilepath.RemapType_PROCFS:
@@ -373,64 +344,187 @@ func checkRemaps(imagesDir string, names []string, regs map[uint32]*regfile.RegF
 // remapGhost is the flag of a ghost file's remap id in CRIU's old format.
 const remapGhost = 0x80000000
 
-// maxGhostEntry bounds a ghost file image's entry (its metadata; the
-// file's content follows it).
-const maxGhostEntry = 64 << 10
-
-// checkGhost refuses a ghost file (a deleted file the donor held open,
-// which CRIU creates again, as root) that is a device node, or setuid or
-// setgid: the clone would hold a device a cold start could not make, or
-// could run a file with its owner's ids (CRIU gives it the image's owner).
-func checkGhost(p string) error {
-	g, err := readGhostEntry(p)
-	if err != nil {
+// made checks a name CRIU makes or removes in mount mntID (see remaps).
+func (r *remaps) made(name string, mntID int32, what string) error {
+	if err := checkFileName(name); err != nil {
 		return err
 	}
-	mode := g.GetMode()
-	switch mode & unix.S_IFMT {
-	case unix.S_IFCHR, unix.S_IFBLK:
-		return fmt.Errorf("%s is a deleted device node, which CRIU would make again", filepath.Base(p))
+	var m *mnt.MntEntry
+	for _, e := range r.mounts {
+		if int32(e.GetMntId()) == mntID {
+			m = e
+		}
 	}
-	if mode&unix.S_IFMT == unix.S_IFLNK {
-		// CRIU would make it before the ghost files under it, and follow it.
-		return fmt.Errorf("%s is a deleted symbolic link, which CRIU would make again", filepath.Base(p))
+	if m == nil {
+		return fmt.Errorf("%s %s is in mount %d, which the checkpoint's mount namespace does not have", what, name, mntID)
 	}
-	if mode&(unix.S_ISUID|unix.S_ISGID) != 0 && mode&unix.S_IFMT != unix.S_IFDIR {
-		return fmt.Errorf("%s is a deleted setuid or setgid file (mode %o), which CRIU would make again", filepath.Base(p), mode)
+	if coveringMount(name, r.mounts) != m {
+		return fmt.Errorf("%s %s is not in its mount at %s", what, name, m.GetMountpoint())
+	}
+	if isReadOnly(m) || m.GetSbFlags()&msRdonly != 0 {
+		return fmt.Errorf("%s %s is in the read-only mount at %s, which CRIU would make writable for it", what, name, m.GetMountpoint())
+	}
+	isRoot := m.GetMountpoint() == "/"
+	if !isRoot && mnt.Fstype(m.GetFstype()) != mnt.Fstype_TMPFS && m.GetExtKey() == "" {
+		return fmt.Errorf("%s %s is in the %s mount at %s, where CRIU would not make it safely", what, name, mnt.Fstype(m.GetFstype()), m.GetMountpoint())
+	}
+	dir := path.Dir(strings.TrimPrefix(strings.TrimPrefix(name, m.GetMountpoint()), "/"))
+	if dir == "." {
+		return nil // directly in the mount's root
+	}
+	if !isRoot {
+		return fmt.Errorf("%s %s is in a directory of the mount at %s, which snapboot cannot check for symbolic links", what, name, m.GetMountpoint())
+	}
+	if err := r.openLayers(); err != nil {
+		return err
+	}
+	parts := strings.Split(dir, "/")
+	for i := range parts {
+		prefix := strings.Join(parts[:i+1], "/")
+		for j, l := range r.layers {
+			fi, err := l.Lstat(prefix)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("%s %s: /%s in layer %d of the root file system: %w", what, name, prefix, j, err)
+			}
+			if isWhiteout(fi) {
+				break // deleted: the layers below do not show
+			}
+			if !fi.IsDir() {
+				kind := "a file"
+				if fi.Mode()&os.ModeSymlink != 0 {
+					kind = "a symbolic link"
+				}
+				return fmt.Errorf("%s %s: /%s is not a directory but %s in layer %d of the root file system (CRIU makes the file from the node's root, and would follow a link)", what, name, prefix, kind, j)
+			}
+		}
 	}
 	return nil
 }
 
-// readGhostEntry reads a ghost file image's entry: its magic, the entry's
-// size and the entry (the file's content that follows is not read).
-func readGhostEntry(p string) (*ghostfile.GhostFileEntry, error) {
+func (r *remaps) openLayers() error {
+	if r.layers != nil {
+		return nil
+	}
+	if len(r.rootLayers) == 0 {
+		return errors.New("the container's root file system has no layers snapboot can check for symbolic links")
+	}
+	r.layers = []*os.Root{}
+	for _, dir := range r.rootLayers {
+		l, err := os.OpenRoot(dir)
+		if err != nil {
+			return fmt.Errorf("a layer of the container's root file system: %w", err)
+		}
+		r.layers = append(r.layers, l)
+	}
+	return nil
+}
+
+// isWhiteout reports whether fi is an overlay whiteout: a 0/0 character
+// device.
+func isWhiteout(fi os.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0
+}
+
+// checkFileName refuses a file name that is not an absolute path in
+// canonical form, as CRIU dumps them.
+func checkFileName(name string) error {
+	if !path.IsAbs(name) || path.Clean(name) != name || strings.ContainsRune(name, 0) {
+		return fmt.Errorf("the checkpoint has a file named %q, not a canonical absolute path", name)
+	}
+	return nil
+}
+
+// maxGhostEntry bounds an entry of a ghost file image (its metadata, or a
+// chunk's).
+const maxGhostEntry = 64 << 10
+
+// checkGhost refuses a ghost file (a deleted file the donor held open,
+// which CRIU creates again, as root, with the image's owner and mode)
+// that is not a regular file or a FIFO (a device a cold start could not
+// make; a symbolic link later ghost files could be made through; a
+// directory CRIU would take over if it exists), that is setuid or setgid
+// (the clone could run it with its owner's ids), or whose image is not
+// what CRIU writes: a malformed one makes CRIU fail without an error
+// number, and retry one directory up, out of the mount, or copy forever.
+func checkGhost(p string) error {
+	base := filepath.Base(p)
 	f, err := os.Open(p)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
 	magic, err := crit.ReadMagic(f)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Base(p), err)
+		return fmt.Errorf("%s: %w", base, err)
 	}
 	if magic != "GHOST_FILE" {
-		return nil, fmt.Errorf("%s: a %s image, want GHOST_FILE", filepath.Base(p), magic)
+		return fmt.Errorf("%s: a %s image, want GHOST_FILE", base, magic)
 	}
+	var g ghostfile.GhostFileEntry
+	if err := readGhostEntry(f, &g); err != nil {
+		return fmt.Errorf("%s: %w", base, err)
+	}
+	mode := g.GetMode()
+	switch mode & unix.S_IFMT {
+	case unix.S_IFREG, unix.S_IFIFO:
+	default:
+		return fmt.Errorf("%s is a deleted file of mode %o, which CRIU would make again; only regular files and FIFOs are restored", base, mode)
+	}
+	if mode&(unix.S_ISUID|unix.S_ISGID) != 0 {
+		return fmt.Errorf("%s is a deleted setuid or setgid file (mode %o), which CRIU would make again", base, mode)
+	}
+	if mode&unix.S_IFMT != unix.S_IFREG || !g.GetChunks() {
+		return nil // the rest is the content, to the end
+	}
+	if g.Size == nil {
+		return fmt.Errorf("%s: chunks without a size", base)
+	}
+	for {
+		pos, err := f.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return err
+		}
+		if pos == fi.Size() {
+			return nil
+		}
+		var c ghostfile.GhostChunkEntry
+		if err := readGhostEntry(f, &c); err != nil {
+			return fmt.Errorf("%s: chunk at %d: %w", base, pos, err)
+		}
+		if c.GetOff() > g.GetSize() || c.GetLen() > g.GetSize()-c.GetOff() {
+			return fmt.Errorf("%s: chunk of %d bytes at %d, past the file's %d", base, c.GetLen(), c.GetOff(), g.GetSize())
+		}
+		if rest := fi.Size() - pos; c.GetLen() > uint64(rest) {
+			return fmt.Errorf("%s: chunk of %d bytes, %d left in the image", base, c.GetLen(), rest)
+		}
+		if _, err := f.Seek(int64(c.GetLen()), io.SeekCurrent); err != nil {
+			return err
+		}
+	}
+}
+
+// readGhostEntry reads one entry of a ghost file image: its size, then
+// the entry.
+func readGhostEntry(f *os.File, msg proto.Message) error {
 	var size [4]byte
 	if _, err := io.ReadFull(f, size[:]); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Base(p), err)
+		return err
 	}
 	n := binary.LittleEndian.Uint32(size[:])
 	if n > maxGhostEntry {
-		return nil, fmt.Errorf("%s: an entry of %d bytes", filepath.Base(p), n)
+		return fmt.Errorf("an entry of %d bytes", n)
 	}
 	buf := make([]byte, n)
 	if _, err := io.ReadFull(f, buf); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Base(p), err)
+		return err
 	}
-	var g ghostfile.GhostFileEntry
-	if err := proto.Unmarshal(buf, &g); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Base(p), err)
-	}
-	return &g, nil
+	return proto.Unmarshal(buf, msg)
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fown"
 	fsnotify "github.com/checkpoint-restore/go-criu/v7/crit/images/fsnotify"
@@ -125,14 +126,19 @@ func TestFileCapabilities(t *testing.T) {
 	marked.Isk.Opts.SoMark = proto.Uint32(7)
 	urgent := inetSocket(1, unix.SOCK_DGRAM, 0)
 	urgent.Isk.Opts.SoPriority = proto.Uint32(7)
+	// As CRIU dumps them: a raw socket's port is its protocol, a ping
+	// socket's its echo id.
+	rawICMP := inetSocket(1, unix.SOCK_RAW, 1)
+	rawICMP.Isk.Proto = proto.Uint32(unix.IPPROTO_ICMP)
+	ping := inetSocket(1, unix.SOCK_DGRAM, 7)
+	ping.Isk.Proto = proto.Uint32(unix.IPPROTO_ICMP)
 	for _, c := range []struct {
-		name      string
-		file      *fdinfo.FileEntry
-		caps      []string
-		userns    bool // and the node's network namespace
-		refused   bool
-		newNetns  bool
-		portStart uint32
+		name     string
+		file     *fdinfo.FileEntry
+		caps     []string
+		userns   bool // and the node's network namespace
+		refused  bool
+		newNetns bool
 	}{
 		{name: "packet socket", file: packet, refused: true},
 		{name: "packet socket, CAP_NET_RAW", file: packet, caps: []string{"CAP_NET_RAW"}},
@@ -146,6 +152,9 @@ func TestFileCapabilities(t *testing.T) {
 		{name: "BPF map, CAP_BPF in a user namespace", file: bpf, caps: []string{"CAP_BPF"}, userns: true, newNetns: true, refused: true},
 		{name: "a socket with a mark", file: marked, refused: true},
 		{name: "a socket with a mark, CAP_NET_ADMIN", file: marked, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "a raw socket's protocol is no port", file: rawICMP, caps: []string{"CAP_NET_RAW"}},
+		{name: "a ping socket's id is no port", file: ping},
+		{name: "a socket with a mark, CAP_NET_RAW", file: marked, caps: []string{"CAP_NET_RAW"}},
 		{name: "priority 7", file: urgent, refused: true},
 		{name: "priority 7, CAP_NET_RAW", file: urgent, caps: []string{"CAP_NET_RAW"}},
 	} {
@@ -154,7 +163,7 @@ func TestFileCapabilities(t *testing.T) {
 			t.Fatal(err)
 		}
 		checks := fileChecks{m: m, hostCaps: !c.userns,
-			net: netSpec{capsCount: !c.userns || c.newNetns, portStart: func() (uint32, error) { return c.portStart, nil }}}
+			net: netSpec{capsCount: !c.userns || c.newNetns, portStart: func() (uint32, error) { return defaultPortStart, nil }}}
 		err = checks.check(c.file)
 		if refused := err != nil; refused != c.refused {
 			t.Errorf("%s: %v, want refused %v", c.name, err, c.refused)
@@ -168,10 +177,10 @@ func TestLegacyFileImages(t *testing.T) {
 	if _, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "old format") {
 		t.Fatalf("inetsk.img without files.img: %v, want a refusal", err)
 	}
-	// With files.img, CRIU does not read them.
-	withFiles(t, imgs, regFile(1, "/tmp/x"))
-	if _, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost); err != nil {
-		t.Fatalf("inetsk.img beside files.img: %v", err)
+	// CRIU reads them when files.img has no entry: refused beside one too.
+	withFiles(t, imgs)
+	if _, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost); !errors.Is(err, ErrRefused) {
+		t.Fatalf("inetsk.img beside an empty files.img: %v, want a refusal", err)
 	}
 }
 
@@ -201,7 +210,8 @@ func TestGhostFiles(t *testing.T) {
 		refused bool
 	}{
 		{"a regular file", unix.S_IFREG | 0o644, false},
-		{"a setgid directory", unix.S_IFDIR | unix.S_ISGID | 0o755, false},
+		{"a FIFO", unix.S_IFIFO | 0o600, false},
+		{"a directory", unix.S_IFDIR | 0o755, true},
 		{"a setuid file", unix.S_IFREG | unix.S_ISUID | 0o755, true},
 		{"a setgid file", unix.S_IFREG | unix.S_ISGID | 0o755, true},
 		{"a character device", unix.S_IFCHR | 0o600, true},
@@ -289,16 +299,27 @@ func TestFilesCRIUMakes(t *testing.T) {
 	os.Symlink("/var/tmp", filepath.Join(upper, "tmp/out"))
 	os.WriteFile(filepath.Join(lower, "data"), []byte("a file"), 0o644)
 	ghost, linked := remapfilepath.RemapType_GHOST.Enum(), remapfilepath.RemapType_LINKED.Enum()
+	if os.Geteuid() == 0 {
+		// A whiteout in the topmost layer over a link in the lower one.
+		os.Symlink("/etc", filepath.Join(lower, "gone"))
+		if err := unix.Mknod(filepath.Join(upper, "gone"), unix.S_IFCHR|0o600, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
 	rootMount := mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0)
 	tmpfs := mount(2, 1, mnt.Fstype_TMPFS, "/", "/dev/shm", 0)
 	readOnly := mount(3, 1, mnt.Fstype_TMPFS, "/", "/ro", msRdonly)
-	mounts := []*mnt.MntEntry{rootMount, tmpfs, readOnly}
+	proc := mount(4, 1, mnt.Fstype_PROC, "/", "/proc", 0)
+	volume := mount(5, 1, mnt.Fstype_AUTO, "/", "/data/volume", 0)
+	volume.ExtKey = proto.String("/data/volume")
+	mounts := []*mnt.MntEntry{rootMount, tmpfs, readOnly, proc, volume}
 	for _, c := range []struct {
 		name   string
 		files  []*fdinfo.FileEntry
 		remaps []*remapfilepath.RemapFilePathEntry
 		layers []string
 		refuse string
+		root   bool
 	}{
 		{name: "a ghost under directories", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1)},
 			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}},
@@ -318,18 +339,33 @@ func TestFilesCRIUMakes(t *testing.T) {
 			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, refuse: "mount 7"},
 		{name: "a ghost in a mount it is not in", files: []*fdinfo.FileEntry{inMount(regFile(1, "/tmp/x"), 2)},
 			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, refuse: "not in its mount"},
+		{name: "a ghost in the root file system, under another mount", files: []*fdinfo.FileEntry{inMount(regFile(1, "/dev/shm/out/x"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, refuse: "not in its mount"},
+		{name: "a ghost in the root of proc", files: []*fdinfo.FileEntry{inMount(regFile(1, "/proc/x"), 4)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, refuse: "would not make it safely"},
+		{name: "a ghost in the root of a volume", files: []*fdinfo.FileEntry{inMount(regFile(1, "/data/volume/x"), 5)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}},
+		{name: "a ghost in a directory of a volume", files: []*fdinfo.FileEntry{inMount(regFile(1, "/data/volume/logs/x"), 5)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, refuse: "cannot check"},
 		{name: "a linked remap", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1), inMount(regFile(2, "/var/tmp/link_remap.2"), 1)},
 			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 2, linked)}},
 		{name: "a linked remap's link through a symbolic link", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1), inMount(regFile(2, "/tmp/out/link_remap.2"), 1)},
 			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 2, linked)}, refuse: "link to a deleted file"},
+		{name: "a linked remap's link in another mount than the file", files: []*fdinfo.FileEntry{inMount(regFile(1, "/dev/shm/x"), 2), inMount(regFile(2, "/etc/lnk/passwd"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 2, linked)}, refuse: "is in mount 1, the file in mount 2"},
 		{name: "a linked remap to a file the checkpoint does not have", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1)},
 			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 2, linked)}, refuse: "does not have"},
 		{name: "no layers to check", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1)},
 			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, layers: []string{}, refuse: "no layers"},
 		{name: "a /proc remap", files: []*fdinfo.FileEntry{inMount(regFile(1, "/proc/1/x"), 1)},
 			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, remapfilepath.RemapType_PROCFS.Enum())}},
+		{name: "a ghost under a whiteout of a link", files: []*fdinfo.FileEntry{inMount(regFile(1, "/gone/x"), 1)},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, root: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			if c.root && os.Geteuid() != 0 {
+				t.Skip("needs root: a whiteout")
+			}
 			dir := t.TempDir()
 			msgs := make([]proto.Message, len(c.remaps))
 			for i, r := range c.remaps {
@@ -344,7 +380,9 @@ func TestFilesCRIUMakes(t *testing.T) {
 			if layers == nil {
 				layers = []string{upper, lower}
 			}
-			err := checkRemaps(dir, []string{"remap-fpath.img"}, regs, mounts, layers)
+			r := remaps{regs: regs, mounts: mounts, rootLayers: layers}
+			defer r.close()
+			err := r.check(dir, []string{"remap-fpath.img"})
 			switch {
 			case c.refuse == "" && err != nil:
 				t.Fatalf("refused: %v", err)
@@ -352,5 +390,54 @@ func TestFilesCRIUMakes(t *testing.T) {
 				t.Fatalf("%v, want a refusal about %q", err, c.refuse)
 			}
 		})
+	}
+}
+
+func TestGhostChunks(t *testing.T) {
+	chunk := func(off, n uint64) []byte {
+		e, err := proto.Marshal(&ghostfile.GhostChunkEntry{Off: proto.Uint64(off), Len: proto.Uint64(n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append(binary.LittleEndian.AppendUint32(nil, uint32(len(e))), e...)
+	}
+	data := func(n int) string { return strings.Repeat("x", n) }
+	for _, c := range []struct {
+		name    string
+		size    *uint64
+		content string
+		refused bool
+	}{
+		{"two chunks", proto.Uint64(100), string(chunk(0, 10)) + data(10) + string(chunk(50, 50)) + data(50), false},
+		{"no size", nil, string(chunk(0, 10)) + data(10), true},
+		{"a chunk past the file's size", proto.Uint64(20), string(chunk(15, 10)) + data(10), true},
+		{"a chunk past the image's end", proto.Uint64(100), string(chunk(0, 10)) + data(5), true},
+		{"a malformed chunk entry", proto.Uint64(100), "\x03\x00\x00\x00\xff\xff\xff" + string(chunk(0, 10)) + data(10), true},
+		{"a truncated chunk header", proto.Uint64(100), "\x03\x00", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "ghost-file-1.img")
+			writeGhost(t, p, &ghostfile.GhostFileEntry{Uid: proto.Uint32(0), Gid: proto.Uint32(0), Mode: proto.Uint32(unix.S_IFREG | 0o644),
+				Chunks: proto.Bool(true), Size: c.size}, c.content)
+			if err := checkGhost(p); (err != nil) != c.refused {
+				t.Fatalf("%v, want refused %v", err, c.refused)
+			}
+		})
+	}
+}
+
+func TestDuplicateFileIDs(t *testing.T) {
+	imgs := writeImages(t, task{tc: shimLimitsLeader(t)})
+	withFiles(t, imgs, regFile(1, "/tmp/a"), regFile(1, "/tmp/b"))
+	if _, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "two files") {
+		t.Fatalf("%v, want a refusal", err)
+	}
+}
+
+func TestOneMountNamespace(t *testing.T) {
+	dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, donorMounts())
+	writeImage(t, filepath.Join(dir, "mountpoints-14.img"), "MNTS", messages(donorMounts())...)
+	if err := checkTree(dir, clonesSpec()); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "more than one mount namespace") {
+		t.Fatalf("%v, want a refusal", err)
 	}
 }

@@ -76,6 +76,11 @@ func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas fun
 		if !strings.HasPrefix(name, "mountpoints-") || !strings.HasSuffix(name, ".img") {
 			continue
 		}
+		if len(images) > 0 {
+			// CRIU binds the first namespace's root from the container's
+			// rootfs, and mounts the others' roots as the images say.
+			return nil, fmt.Errorf("%w: the checkpoint has more than one mount namespace (%s), whose roots CRIU would mount from the images", ErrRefused, name)
+		}
 		img, entries, err := decodeMounts(filepath.Join(imagesDir, name))
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrRefused, err)

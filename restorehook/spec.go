@@ -24,6 +24,8 @@ package restorehook
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -129,7 +131,10 @@ func hookSysctls(spec *specs.Spec) map[string]map[string]string {
 	ipc, _ := SpecNamespace(spec, specs.IPCNamespace)
 	joinedIPC := ipc.Path != ""
 	out := map[string]map[string]string{}
-	for key, value := range spec.Linux.Sysctl {
+	// A name given both with dots and with slashes: the last in sorted
+	// order wins, here and in confine.
+	for _, key := range slices.Sorted(maps.Keys(spec.Linux.Sysctl)) {
+		value := spec.Linux.Sysctl[key]
 		key = SysctlKey(key)
 		ns := ""
 		switch {

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
@@ -113,6 +112,8 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 		}
 	}
 	regs := map[uint32]*regfile.RegFileEntry{}
+	root := &layers{dirs: rootLayers}
+	defer root.close()
 	if slices.Contains(names, "files.img") {
 		img, err := decodeImage(filepath.Join(imagesDir, "files.img"), &fdinfo.FileEntry{})
 		if err != nil {
@@ -132,9 +133,18 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 				regs[reg.GetId()] = reg
 			}
 		}
+		searched, err := searchOnly(imagesDir, names)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+		access := newFileAccess(spec, m, mounts, root)
+		for _, id := range slices.Sorted(maps.Keys(regs)) {
+			if err := access.check(regs[id], searched[id]); err != nil {
+				return fmt.Errorf("%w: %w", ErrRefused, err)
+			}
+		}
 	}
-	r := remaps{regs: regs, mounts: mounts, rootLayers: rootLayers}
-	defer r.close()
+	r := remaps{regs: regs, mounts: mounts, layers: root}
 	if err := r.check(imagesDir, names); err != nil {
 		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
@@ -280,16 +290,9 @@ func (c *fileChecks) sockOpts(o *skopts.SkOptsEntry) error {
 // topmost first) may have anything else than a directory or an overlay
 // whiteout at one of its parent directories.
 type remaps struct {
-	regs       map[uint32]*regfile.RegFileEntry
-	mounts     []*mnt.MntEntry
-	rootLayers []string
-	layers     []*os.Root // opened when first needed
-}
-
-func (r *remaps) close() {
-	for _, l := range r.layers {
-		l.Close()
-	}
+	regs   map[uint32]*regfile.RegFileEntry
+	mounts []*mnt.MntEntry
+	layers *layers
 }
 
 func (r *remaps) check(imagesDir string, names []string) error {
@@ -375,58 +378,21 @@ func (r *remaps) made(name string, mntID int32, what string) error {
 	if !isRoot {
 		return fmt.Errorf("%s %s is in a directory of the mount at %s, which snapboot cannot check for symbolic links", what, name, m.GetMountpoint())
 	}
-	if err := r.openLayers(); err != nil {
-		return err
+	found, err := r.layers.lookup(dir)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, name, err)
 	}
-	parts := strings.Split(dir, "/")
-	for i := range parts {
-		prefix := strings.Join(parts[:i+1], "/")
-		for j, l := range r.layers {
-			fi, err := l.Lstat(prefix)
-			if errors.Is(err, os.ErrNotExist) {
-				continue
+	for _, e := range found {
+		if !e.fi.IsDir() {
+			kind := "a file"
+			if e.fi.Mode()&os.ModeSymlink != 0 {
+				kind = "a symbolic link"
 			}
-			if err != nil {
-				return fmt.Errorf("%s %s: /%s in layer %d of the root file system: %w", what, name, prefix, j, err)
-			}
-			if isWhiteout(fi) {
-				break // deleted: the layers below do not show
-			}
-			if !fi.IsDir() {
-				kind := "a file"
-				if fi.Mode()&os.ModeSymlink != 0 {
-					kind = "a symbolic link"
-				}
-				return fmt.Errorf("%s %s: /%s is not a directory but %s in layer %d of the root file system (CRIU makes the file from the node's root, and would follow a link)", what, name, prefix, kind, j)
-			}
+			return fmt.Errorf("%s %s: /%s is not a directory but %s in layer %d of the root file system (CRIU makes the file from the node's root, and would follow a link)",
+				what, name, path.Join(splitPath(dir)[:len(found)]...), kind, e.layer)
 		}
 	}
 	return nil
-}
-
-func (r *remaps) openLayers() error {
-	if r.layers != nil {
-		return nil
-	}
-	if len(r.rootLayers) == 0 {
-		return errors.New("the container's root file system has no layers snapboot can check for symbolic links")
-	}
-	r.layers = []*os.Root{}
-	for _, dir := range r.rootLayers {
-		l, err := os.OpenRoot(dir)
-		if err != nil {
-			return fmt.Errorf("a layer of the container's root file system: %w", err)
-		}
-		r.layers = append(r.layers, l)
-	}
-	return nil
-}
-
-// isWhiteout reports whether fi is an overlay whiteout: a 0/0 character
-// device.
-func isWhiteout(fi os.FileInfo) bool {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	return ok && fi.Mode()&os.ModeCharDevice != 0 && st.Rdev == 0
 }
 
 // checkFileName refuses a file name that is not an absolute path in

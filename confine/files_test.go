@@ -376,12 +376,13 @@ func TestFilesCRIUMakes(t *testing.T) {
 			for _, f := range c.files {
 				regs[f.GetReg().GetId()] = f.GetReg()
 			}
-			layers := c.layers
-			if layers == nil {
-				layers = []string{upper, lower}
+			dirs := c.layers
+			if dirs == nil {
+				dirs = []string{upper, lower}
 			}
-			r := remaps{regs: regs, mounts: mounts, rootLayers: layers}
-			defer r.close()
+			root := &layers{dirs: dirs}
+			defer root.close()
+			r := remaps{regs: regs, mounts: mounts, layers: root}
 			err := r.check(dir, []string{"remap-fpath.img"})
 			switch {
 			case c.refuse == "" && err != nil:

@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
 	ghostfile "github.com/checkpoint-restore/go-criu/v7/crit/images/ghost-file"
 	"golang.org/x/sys/unix"
@@ -227,4 +228,67 @@ func TestPrivilegedSocketsNeedTheirCapabilities(t *testing.T) {
 			t.Fatal("the clone cold-started")
 		}
 	})
+}
+
+// asNobody edits every task's credentials in dir to nobody's: a donor
+// running as nobody cannot be dumped on this machine (CRIU, without
+// CAP_SYS_RESOURCE here, may not read another user's limits).
+func asNobody(t *testing.T, dir string) {
+	editImages(t, dir, "core-*.img", &criucore.CoreEntry{}, func(img *crit.CriuImage) {
+		cr := img.Entries[0].Message.(*criucore.CoreEntry).GetThreadCore().GetCreds()
+		n := proto.Uint32(65534)
+		cr.Uid, cr.Euid, cr.Suid, cr.Fsuid, cr.Gid, cr.Egid, cr.Sgid, cr.Fsgid = n, n, n, n, n, n, n, n
+		cr.Groups = nil
+	})
+}
+
+// TestFileOpenedAsRootNeedsItsPermissions restores checkpoints of a donor
+// that holds /etc/hosts open, edited to run as nobody, into clones that
+// run as nobody without capabilities. In one, the file was renamed to
+// /etc/shadow, root's only: CRIU opens every file as root, so the clone
+// would hold a file its cold start could not open.
+func TestFileOpenedAsRootNeedsItsPermissions(t *testing.T) {
+	requireShim(t)
+	const script = `exec 4</etc/hosts; i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done`
+	donor, donorLog := startScriptClone(t, "", script)
+	waitCount(t, donorLog, 5)
+	for i, c := range []struct {
+		name, file, refusal string
+	}{
+		{"its own file", "/etc/hosts", ""},
+		{"root's file", "/etc/shadow", "may not read"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ck := packAndPush(t, donor, registryAddr+"/it/crafted:held-"+strconv.Itoa(i), packOptions{tamper: func(t *testing.T, dir string) {
+				asNobody(t, dir)
+				renamed := 0
+				editImages(t, dir, "files.img", &fdinfo.FileEntry{}, func(img *crit.CriuImage) {
+					for _, e := range img.Entries {
+						if reg := e.Message.(*fdinfo.FileEntry).GetReg(); reg != nil && reg.GetName() == "/etc/hosts" {
+							reg.Name, reg.Size = proto.String(c.file), nil // CRIU compares a size it has
+							renamed++
+						}
+					}
+				})
+				if renamed != 1 {
+					t.Fatalf("%d files named /etc/hosts in the checkpoint, want 1", renamed)
+				}
+			}})
+			offset := containerdLogOffset()
+			clone, cloneLog := startScriptClone(t, ck.Ref, script, append([]string{"--user", "65534:65534"}, dropAll...)...)
+			if c.refusal != "" {
+				expectSpecFallback(t, offset, clone, cloneLog, c.refusal)
+				return
+			}
+			if line := logLine(t, offset, "snapboot.", clone, 60*time.Second); !strings.Contains(line, "event=snapboot.restore") {
+				t.Fatalf("not restored: %s", line)
+			}
+			if ns := waitCount(t, cloneLog, 3); ns[0] == 1 {
+				t.Fatal("the clone cold-started")
+			}
+			if got := statusField(t, taskPID(t, clone), "Uid"); !strings.HasPrefix(got, "65534") {
+				t.Errorf("the clone runs as %s, want nobody", got)
+			}
+		})
+	}
 }

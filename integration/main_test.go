@@ -725,14 +725,18 @@ func busyboxLayer() ([]byte, error) {
 			return nil, err
 		}
 	}
-	files := []struct{ name, data string }{
-		{"etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"},
-		{"etc/group", "root:x:0:\nnogroup:x:65534:\n"},
-		{"etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n"},
-		{"var/www/index.html", "snapboot-it\n"},
+	files := []struct {
+		name, data string
+		mode       int64
+	}{
+		{"etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n", 0o644},
+		{"etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644},
+		{"etc/shadow", "root:*:20000:0:99999:7:::\n", 0o600}, // root's only
+		{"etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n", 0o644},
+		{"var/www/index.html", "snapboot-it\n", 0o644},
 	}
 	for _, f := range files {
-		if err := hdr(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o644, Size: int64(len(f.data))}); err != nil {
+		if err := hdr(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: f.mode, Size: int64(len(f.data))}); err != nil {
 			return nil, err
 		}
 		if _, err := io.WriteString(tw, f.data); err != nil {

@@ -1,0 +1,147 @@
+package confine
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+)
+
+// put makes a file (or a directory, for a name ending in /) under dir
+// with an owner and a mode.
+func put(t *testing.T, dir, name string, uid, gid int, mode os.FileMode) {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if strings.HasSuffix(name, "/") {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte("secret"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Lchown(p, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFileAccess(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: files of other owners")
+	}
+	upper, lower, volume := t.TempDir(), t.TempDir(), t.TempDir()
+	put(t, lower, "etc/", 0, 0, 0o755)
+	put(t, lower, "etc/shadow", 0, 0, 0o600)
+	put(t, lower, "etc/group-readable", 0, 1000, 0o640)
+	put(t, lower, "etc/hosts", 0, 0, 0o644)
+	put(t, lower, "private/", 0, 0, 0o700)
+	put(t, lower, "private/readable", 0, 0, 0o644)
+	put(t, lower, "usr/bin/prog", 0, 0, 0o711)
+	put(t, upper, "home/app/", 1000, 1000, 0o700)
+	put(t, upper, "home/app/own", 1000, 1000, 0o600)
+	put(t, upper, "mapped", 100000, 100000, 0o600)
+	put(t, lower, "gone", 0, 0, 0o600)
+	if err := unix.Mknod(filepath.Join(upper, "gone"), unix.S_IFCHR|0o600, 0); err != nil {
+		t.Fatal(err)
+	}
+	put(t, volume, "token", 0, 0, 0o400)
+	put(t, volume, "public", 0, 0, 0o444)
+
+	root := mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0)
+	proc := mount(2, 1, mnt.Fstype_PROC, "/", "/proc", 0)
+	secrets := mount(3, 1, mnt.Fstype_AUTO, "/", "/secrets", msRdonly)
+	secrets.ExtKey = proto.String("/secrets")
+	tmp := mount(4, 1, mnt.Fstype_TMPFS, "/", "/tmp", 0)
+	mounts := []*mnt.MntEntry{root, proc, secrets, tmp}
+
+	app := func(caps ...string) *specs.Spec {
+		s := spec(1000, caps, false)
+		s.Process.User.GID = 1000
+		s.Mounts = []specs.Mount{{Destination: "/secrets", Type: "bind", Source: volume, Options: []string{"rbind", "ro"}}}
+		return s
+	}
+	rootSpec := func(caps ...string) *specs.Spec {
+		s := app(caps...)
+		s.Process.User = specs.User{UID: 0, GID: 0}
+		return s
+	}
+	for _, c := range []struct {
+		name     string
+		spec     *specs.Spec
+		file     string
+		flags    uint32
+		searched bool
+		refuse   string
+	}{
+		{name: "a root-only file", spec: app(), file: "/etc/shadow", refuse: "may not read"},
+		{name: "a world-readable file", spec: app(), file: "/etc/hosts"},
+		{name: "writing a world-readable file", spec: app(), file: "/etc/hosts", flags: unix.O_WRONLY, refuse: "may not write"},
+		{name: "by the group", spec: app(), file: "/etc/group-readable"},
+		{name: "its own file", spec: app(), file: "/home/app/own", flags: unix.O_RDWR},
+		{name: "through a directory it may not search", spec: app(), file: "/private/readable", refuse: "search"},
+		{name: "an execute-only program it runs", spec: app(), file: "/usr/bin/prog", searched: true},
+		{name: "an execute-only program it reads", spec: app(), file: "/usr/bin/prog", refuse: "may not read"},
+		{name: "O_PATH", spec: app(), file: "/etc/shadow", flags: unix.O_PATH},
+		{name: "CAP_DAC_OVERRIDE", spec: app("CAP_DAC_OVERRIDE"), file: "/etc/shadow", flags: unix.O_RDWR},
+		{name: "CAP_DAC_READ_SEARCH reads", spec: app("CAP_DAC_READ_SEARCH"), file: "/etc/shadow"},
+		{name: "CAP_DAC_READ_SEARCH does not write", spec: app("CAP_DAC_READ_SEARCH"), file: "/etc/shadow", flags: unix.O_WRONLY, refuse: "may not write"},
+		{name: "CAP_SETUID and CAP_SETGID", spec: app("CAP_SETUID", "CAP_SETGID"), file: "/etc/shadow"},
+		{name: "root without CAP_DAC_OVERRIDE", spec: rootSpec(), file: "/home/app/own", refuse: "may not search"},
+		{name: "root in its bounding set", spec: func() *specs.Spec {
+			s := rootSpec()
+			s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: []string{"CAP_DAC_OVERRIDE"}}
+			return s
+		}(), file: "/home/app/own"},
+		{name: "a whiteout hides the lower file", spec: app(), file: "/gone"},
+		{name: "a file of the spec's bind mount", spec: app(), file: "/secrets/token", refuse: "may not read"},
+		{name: "a readable file of the spec's bind mount", spec: app(), file: "/secrets/public"},
+		{name: "a tmpfs's file", spec: app(), file: "/tmp/whatever"},
+		{name: "a process's proc file", spec: app(), file: "/proc/1/environ"},
+		{name: "kallsyms without CAP_SYSLOG, as root", spec: rootSpec("CAP_DAC_OVERRIDE"), file: "/proc/kallsyms", refuse: "shows what its opener may see"},
+		{name: "kallsyms with CAP_SYSLOG", spec: app("CAP_SYSLOG"), file: "/proc/kallsyms"},
+		{name: "pagemap without CAP_SYS_ADMIN", spec: rootSpec("CAP_DAC_OVERRIDE"), file: "/proc/1/pagemap", refuse: "opener"},
+		{name: "a user namespace's root, its own file", spec: func() *specs.Spec {
+			s := rootSpec()
+			s.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.UserNamespace}}
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
+			s.Linux.GIDMappings = s.Linux.UIDMappings
+			return s
+		}(), file: "/mapped"},
+		{name: "a user namespace's root, the node's root's file", spec: func() *specs.Spec {
+			s := rootSpec("CAP_DAC_OVERRIDE")
+			s.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.UserNamespace}}
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
+			s.Linux.GIDMappings = s.Linux.UIDMappings
+			return s
+		}(), file: "/etc/shadow", refuse: "may not read"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m, err := specMasks(c.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := &layers{dirs: []string{upper, lower}}
+			defer l.close()
+			a := newFileAccess(c.spec, m, mounts, l)
+			reg := &regfile.RegFileEntry{Id: proto.Uint32(1), Flags: proto.Uint32(c.flags), Name: proto.String(c.file)}
+			err = a.check(reg, c.searched)
+			switch {
+			case c.refuse == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
+				t.Fatalf("%v, want a refusal about %q", err, c.refuse)
+			}
+		})
+	}
+}

@@ -1,7 +1,9 @@
 package confine
 
 import (
+	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -12,74 +14,80 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fs"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mm"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
-	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/snapboot/snapboot/restorehook"
 )
 
+// grantedCaps returns the capabilities a cold start's process of spec can
+// have, as a bitmap: root's are its permitted and bounding sets (exec
+// gives root its bounding set back); a non-root user's are its ambient
+// set with no_new_privs (exec keeps only those), else its permitted set
+// too (a program with file capabilities could give them). With a user
+// namespace none of them are the node's: nodeCaps is then false.
+func grantedCaps(spec *specs.Spec, m masks) (caps uint64, nodeCaps bool) {
+	var user specs.User
+	nnp := false
+	if spec.Process != nil {
+		user, nnp = spec.Process.User, spec.Process.NoNewPrivileges
+	}
+	switch {
+	case user.UID == 0:
+		caps = m.prm | m.bnd
+	case nnp:
+		caps = m.amb
+	default:
+		caps = m.prm | m.amb
+	}
+	_, userns := restorehook.SpecNamespace(spec, specs.UserNamespace)
+	return caps, !userns
+}
+
 // fileAccess checks that the container's cold start could open each
-// regular file the tasks hold, as the image's flags ask: CRIU opens them
-// as root, before it gives the tasks their own credentials, so a task of a
-// user who may not read a file (the node's secret on a volume, a
-// root-only file of the image) could hold it open. The check follows the
-// kernel's permission bits for the spec's user and groups (not ACLs: a
-// file an ACL opens to the user is refused), with search permission on
-// every directory on the way; CAP_DAC_OVERRIDE (or CAP_DAC_READ_SEARCH for
-// reading) skips it, and so do CAP_SETUID with CAP_SETGID (the app could
-// become the file's owner). Files of the root file system are looked up
-// in its layers, files of the spec's bind mounts under their sources, and
-// the node's global proc and sysfs files in the shim's; a tmpfs's files
-// come from the checkpoint itself. Besides, a few proc files show what
-// the opener's capabilities allow, whoever reads them later: those need
-// the capability in the spec.
+// regular file the tasks hold, as CRIU will: CRIU opens them as root,
+// before it gives the tasks their own credentials. The check follows the
+// kernel's permission bits for the spec's user and groups, with search
+// permission on every directory on the way; files of the root file
+// system are looked up in its layers, files of the spec's bind mounts
+// under their sources, the node's global proc and sysfs files in the
+// shim's. A tmpfs's files come from the checkpoint itself. Not checked:
+// ACLs (a file an ACL opens to the user is refused, one an ACL closes to
+// it is not), and any file with a user namespace in the spec (the
+// kernel's rules there depend on the namespace's mappings), nor with
+// CAP_DAC_OVERRIDE, or CAP_SETUID with CAP_SETGID (the app could become
+// the file's owner). Whoever the user: names through proc's links to
+// other files (CRIU follows them) and proc files that show what their
+// opener's capabilities allow are refused without the capability.
 type fileAccess struct {
-	uid      uint32
-	gids     []uint32
-	dac      bool // permission bits count (no CAP_DAC_OVERRIDE, no way to become the owner)
-	search   bool // CAP_DAC_READ_SEARCH: reading and searching are allowed
-	caps     uint64
-	mounts   []*mnt.MntEntry
-	binds    map[string]string // the spec's bind mounts: destination to source
-	layers   *layers
-	hostProc string // the shim's view of the node's proc and sysfs
-	hostSys  string
+	uid        uint32
+	gids       []uint32
+	checkBits  bool // permission bits count
+	readSearch bool // CAP_DAC_READ_SEARCH: reading files, reading and searching directories
+	caps       uint64
+	ownPIDNS   bool // the spec has a PID namespace: /proc/<pid> are the container's processes
+	mounts     []*mnt.MntEntry
+	binds      map[string]string // the spec's bind mounts: destination to source
+	layers     *layers
+	hostProc   string // the shim's view of the node's proc and sysfs
+	hostSys    string
 }
 
 func newFileAccess(spec *specs.Spec, m masks, mounts []*mnt.MntEntry, root *layers) *fileAccess {
 	a := &fileAccess{mounts: mounts, layers: root, binds: map[string]string{}, hostProc: "/proc", hostSys: "/sys"}
-	var user specs.User
+	caps, nodeCaps := grantedCaps(spec, m)
+	if !nodeCaps {
+		caps = 0
+	}
+	a.caps = caps
+	has := func(c int) bool { return caps&(1<<uint(c)) != 0 }
 	if spec.Process != nil {
-		user = spec.Process.User
+		a.uid, a.gids = spec.Process.User.UID, append([]uint32{spec.Process.User.GID}, spec.Process.User.AdditionalGids...)
 	}
-	granted := m.prm
-	if user.UID == 0 {
-		granted |= m.bnd // root regains its bounding set at exec
-	}
-	_, userns := restorehook.SpecNamespace(spec, specs.UserNamespace)
-	if userns {
-		granted = 0 // its capabilities are not the node's
-	}
-	a.caps = granted
-	has := func(c int) bool { return granted&(1<<uint(c)) != 0 }
-	a.uid, a.gids = user.UID, append([]uint32{user.GID}, user.AdditionalGids...)
-	a.dac = !has(unix.CAP_DAC_OVERRIDE) && !(has(unix.CAP_SETUID) && has(unix.CAP_SETGID))
-	a.search = has(unix.CAP_DAC_READ_SEARCH)
-	if userns && spec.Linux != nil {
-		// The files' owners are the node's ids: map the spec's.
-		uid, okU := hostID(user.UID, spec.Linux.UIDMappings)
-		a.uid = uid
-		a.gids = nil
-		for _, g := range append([]uint32{user.GID}, user.AdditionalGids...) {
-			if gid, ok := hostID(g, spec.Linux.GIDMappings); ok {
-				a.gids = append(a.gids, gid)
-			}
-		}
-		if !okU {
-			a.uid = ^uint32(0) // nobody's: the "other" bits
-		}
-	}
+	a.checkBits = nodeCaps && !has(unix.CAP_DAC_OVERRIDE) && !(has(unix.CAP_SETUID) && has(unix.CAP_SETGID))
+	a.readSearch = has(unix.CAP_DAC_READ_SEARCH)
+	// A pod's shared one, joined by path, holds the pod's processes only.
+	_, a.ownPIDNS = restorehook.SpecNamespace(spec, specs.PIDNamespace)
 	for _, mt := range spec.Mounts {
 		if isBind(mt) {
 			a.binds[path.Clean(mt.Destination)] = mt.Source
@@ -88,132 +96,218 @@ func newFileAccess(spec *specs.Spec, m masks, mounts []*mnt.MntEntry, root *laye
 	return a
 }
 
-// hostID maps a container id through a user namespace's mappings.
-func hostID(id uint32, maps []specs.LinuxIDMapping) (uint32, bool) {
-	for _, m := range maps {
-		if id >= m.ContainerID && id-m.ContainerID < m.Size {
-			return m.HostID + (id - m.ContainerID), true
-		}
-	}
-	return 0, false
-}
-
-// credentialFiles are proc files whose content depends on the opener's
-// capabilities (kernel addresses, physical frames), by the capability.
-var credentialFiles = []struct {
-	name func(rel string) bool
-	cap  int
+// procFiles are proc and sysfs files that show what their opener's
+// capabilities allow (kernel addresses, physical memory), whoever reads
+// them later, by the capability.
+var procFiles = []struct {
+	match func(rel string, perProcess bool) bool
+	cap   int
 }{
-	{func(rel string) bool { return rel == "kallsyms" || rel == "modules" }, unix.CAP_SYSLOG},
-	{func(rel string) bool { return strings.HasPrefix(rel, "kpage") }, unix.CAP_SYS_ADMIN},
-	{func(rel string) bool { return isPerProcess(rel) && path.Base(rel) == "pagemap" }, unix.CAP_SYS_ADMIN},
+	{func(rel string, pp bool) bool { return !pp && (rel == "kallsyms" || rel == "modules") }, unix.CAP_SYSLOG},
+	{func(rel string, pp bool) bool {
+		return !pp && (strings.HasPrefix(rel, "kpage") || rel == "iomem" || rel == "ioports")
+	}, unix.CAP_SYS_ADMIN},
+	{func(rel string, pp bool) bool {
+		return pp && (path.Base(rel) == "pagemap" || path.Base(rel) == "stack")
+	}, unix.CAP_SYS_ADMIN},
 }
 
-// isPerProcess reports whether a path in proc is under a process's
-// directory.
-func isPerProcess(rel string) bool {
-	first, _, _ := strings.Cut(rel, "/")
-	if first == "self" || first == "thread-self" {
-		return true
+// procLinks are the entries of a process's proc directory that lead to
+// other files (CRIU's open follows them); CRIU never dumps a name through
+// them.
+var procLinks = []string{"root", "cwd", "exe", "fd", "fdinfo", "map_files"}
+
+// perProcess splits a path in proc into a process's directory and the
+// rest under it (after task/<tid>/ too); ok is false for a global file.
+func perProcess(rel string) (rest string, ok bool) {
+	first, rest, _ := strings.Cut(rel, "/")
+	if first != "self" && first != "thread-self" && (first == "" || strings.Trim(first, "0123456789") != "") {
+		return "", false
 	}
-	return first != "" && strings.Trim(first, "0123456789") == ""
+	if t, r, found := strings.Cut(rest, "/"); t == "task" && found {
+		_, rest, _ = strings.Cut(r, "/")
+	}
+	return rest, true
 }
 
-// searchOnly returns the ids of the files the tasks need to execute or
-// search only, not read: each one's executable (mm-*.img; the kernel maps
-// it at exec, a program may be execute-only) and its working and root
-// directories (fs-*.img).
-func searchOnly(imagesDir string, names []string) (map[uint32]bool, error) {
-	out := map[uint32]bool{}
+// fileNeeds returns, by file id, what the tasks need of the files their
+// memory maps and their working directories are (mm-*.img, fs-*.img):
+// execute or search only for each one's program (the kernel maps it at
+// exec: a program may be execute-only) and its working and root
+// directories, and write for a shared writable mapping (CRIU opens a
+// mapped file with the mapping's flags, not the file's).
+func fileNeeds(imagesDir string, names []string) (search map[uint32]bool, write map[uint32]bool, err error) {
+	search, write = map[uint32]bool{}, map[uint32]bool{}
 	for _, name := range names {
 		switch {
 		case strings.HasPrefix(name, "mm-") && strings.HasSuffix(name, ".img"):
 			img, err := decodeOne(filepath.Join(imagesDir, name), &mm.MmEntry{})
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
-			out[img.Entries[0].Message.(*mm.MmEntry).GetExeFileId()] = true
+			e := img.Entries[0].Message.(*mm.MmEntry)
+			search[e.GetExeFileId()] = true
+			for _, v := range e.GetVmas() {
+				if v.GetStatus()&(vmaFilePrivate|vmaFileShared) != 0 && v.GetStatus()&vmaMemfd == 0 &&
+					v.GetFdflags()&unix.O_ACCMODE != unix.O_RDONLY {
+					write[uint32(v.GetShmid())] = true
+				}
+			}
 		case strings.HasPrefix(name, "fs-") && strings.HasSuffix(name, ".img"):
 			img, err := decodeOne(filepath.Join(imagesDir, name), &fs.FsEntry{})
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			e := img.Entries[0].Message.(*fs.FsEntry)
-			out[e.GetCwdId()], out[e.GetRootId()] = true, true
+			search[e.GetCwdId()], search[e.GetRootId()] = true, true
 		}
 	}
-	return out, nil
+	return search, write, nil
 }
 
-// check checks one regular file; searched: it needs execute or search
-// permission only.
-func (a *fileAccess) check(reg *regfile.RegFileEntry, searched bool) error {
-	name := reg.GetName()
+// CRIU's VMA status flags (criu/include/image.h).
+const (
+	vmaFilePrivate = 1 << 6
+	vmaFileShared  = 1 << 7
+	vmaMemfd       = 1 << 14
+)
+
+// Access wanted, as permission bits.
+const (
+	wantRead, wantWrite, wantExec = 4, 2, 1
+)
+
+// check checks one regular file at name, opened with flags; searched: it
+// needs execute or search permission instead of read; written: write too.
+func (a *fileAccess) check(name string, flags uint32, searched, written bool) error {
 	want := uint32(0)
-	if searched {
-		want = 1
-	} else if reg.GetFlags()&unix.O_PATH == 0 {
-		switch reg.GetFlags() & unix.O_ACCMODE {
+	if flags&unix.O_PATH == 0 {
+		switch flags & unix.O_ACCMODE {
 		case unix.O_RDONLY:
-			want = 4
+			want = wantRead
 		case unix.O_WRONLY:
-			want = 2
+			want = wantWrite
 		default:
-			want = 6
+			want = wantRead | wantWrite
 		}
 	}
-	m := coveringMount(name, a.mounts)
-	if name == "/" || m == nil {
-		m = nil
-		for _, e := range a.mounts {
-			if e.GetMountpoint() == "/" {
-				m = e
-			}
-		}
+	if searched {
+		want = want&^wantRead | wantExec
 	}
+	if written {
+		want |= wantWrite
+	}
+	m := a.mountOf(name)
 	if m == nil {
 		return nil
 	}
 	rel := strings.TrimPrefix(strings.TrimPrefix(name, m.GetMountpoint()), "/")
 	switch {
 	case m.GetMountpoint() == "/":
-		if !a.dac {
+		if !a.checkBits {
 			return nil
 		}
-		return a.inLayers(name, rel, want)
+		return a.inLayers(name, rel, want, flags)
 	case m.GetExtKey() != "":
-		src, ok := a.binds[path.Clean(m.GetExtKey())]
-		if !ok || !a.dac {
-			return nil // runc's own binds: devices, cgroups, masks
+		if !a.checkBits {
+			return nil
 		}
-		return a.inDir(name, src, rel, want)
-	case mnt.Fstype(m.GetFstype()) == mnt.Fstype_PROC:
-		procRel := strings.TrimPrefix(path.Join(strings.TrimPrefix(m.GetRoot(), "/"), rel), "/")
-		for _, c := range credentialFiles {
-			if c.name(procRel) && a.caps&(1<<uint(c.cap)) == 0 {
-				return fmt.Errorf("the checkpoint holds %s open, which CRIU would open with capabilities the spec does not grant (%s shows what its opener may see)", name, name)
+		// Each source the key may be (see bindSources): the file must be
+		// open to the user under all of them.
+		for _, src := range a.bindSources(m.GetExtKey()) {
+			if err := a.inDir(name, src, rel, want, flags); err != nil {
+				return err
 			}
 		}
-		if !a.dac || isPerProcess(procRel) {
+		return nil
+	case mnt.Fstype(m.GetFstype()) == mnt.Fstype_PROC:
+		procRel := strings.TrimPrefix(path.Join(m.GetRoot(), rel), "/")
+		rest, pp := perProcess(procRel)
+		if pp {
+			if first, _, _ := strings.Cut(rest, "/"); slices.Contains(procLinks, first) {
+				return fmt.Errorf("the checkpoint holds %s open, a name through a link of proc, which CRIU would follow as root", name)
+			}
+			if !a.ownPIDNS {
+				return fmt.Errorf("the checkpoint holds %s open, a file of a process of the node's (the spec has no PID namespace)", name)
+			}
+		}
+		if err := a.procFile(name, procRel, pp); err != nil {
+			return err
+		}
+		if !a.checkBits || pp {
 			return nil // the container's own processes
 		}
-		return a.inDir(name, a.hostProc, procRel, want)
+		return a.inDir(name, a.hostProc, procRel, want, flags)
 	case mnt.Fstype(m.GetFstype()) == mnt.Fstype_SYSFS:
-		if !a.dac {
+		sysRel := strings.TrimPrefix(path.Join(m.GetRoot(), rel), "/")
+		if strings.HasPrefix(sysRel, "module/") && strings.Contains(sysRel, "/sections/") && a.caps&(1<<unix.CAP_SYSLOG) == 0 {
+			return fmt.Errorf("the checkpoint holds %s open, which shows kernel addresses to an opener with CAP_SYSLOG, which the spec does not grant", name)
+		}
+		if !a.checkBits {
 			return nil
 		}
-		return a.inDir(name, a.hostSys, strings.TrimPrefix(path.Join(strings.TrimPrefix(m.GetRoot(), "/"), rel), "/"), want)
+		return a.inDir(name, a.hostSys, sysRel, want, flags)
 	}
 	return nil // a tmpfs, devpts, mqueue: the checkpoint's own files
 }
 
+func (a *fileAccess) procFile(name, rel string, perProcess bool) error {
+	for _, f := range procFiles {
+		if f.match(rel, perProcess) && a.caps&(1<<uint(f.cap)) == 0 {
+			return fmt.Errorf("the checkpoint holds %s open, which CRIU would open with capabilities the spec does not grant (it shows what its opener may see)", name)
+		}
+	}
+	return nil
+}
+
+// bindSources returns the sources of the spec's bind mounts an external
+// mount's key may stand for: the one at the key, or, as runc resolves a
+// destination's symbolic links for the key (/var/run/secrets/… is
+// /run/secrets/… where /var/run links to /run), every one of the same
+// name (see mountRules.external). runc's own binds (devices, cgroups,
+// masks) have none.
+func (a *fileAccess) bindSources(key string) []string {
+	key = path.Clean(key)
+	if src, ok := a.binds[key]; ok {
+		return []string{src}
+	}
+	var out []string
+	for _, dest := range slices.Sorted(maps.Keys(a.binds)) {
+		if path.Base(dest) == path.Base(key) {
+			out = append(out, a.binds[dest])
+		}
+	}
+	return out
+}
+
+// mountOf returns the mount a name is in: one mounted on the name itself
+// (a bind of a single file), or the one covering it.
+func (a *fileAccess) mountOf(name string) *mnt.MntEntry {
+	var at *mnt.MntEntry
+	for _, e := range a.mounts {
+		if e.GetMountpoint() == name {
+			at = e
+		}
+	}
+	if at != nil {
+		return at
+	}
+	return coveringMount(name, a.mounts)
+}
+
 // inLayers checks a file of the root file system.
-func (a *fileAccess) inLayers(name, rel string, want uint32) error {
+func (a *fileAccess) inLayers(name, rel string, want, flags uint32) error {
 	found, err := a.layers.lookup(rel)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	parts := splitPath(rel)
+	if n := len(found); n > 0 && found[n-1].fi.Mode()&os.ModeSymlink != 0 {
+		if n < len(parts) || flags&(unix.O_PATH|unix.O_NOFOLLOW) != unix.O_PATH|unix.O_NOFOLLOW {
+			return fmt.Errorf("the checkpoint holds %s open, a name through a symbolic link (/%s), which CRIU dumps no name through", name, path.Join(parts[:n]...))
+		}
+		return nil // the link itself
+	}
 	if len(found) < len(parts) {
 		return nil // not there: a deleted file's, or CRIU fails to open it
 	}
@@ -221,55 +315,73 @@ func (a *fileAccess) inLayers(name, rel string, want uint32) error {
 }
 
 // inDir checks a file under dir, a source on the node.
-func (a *fileAccess) inDir(name, dir, rel string, want uint32) error {
-	var found []entry
-	fi, err := os.Stat(dir)
+func (a *fileAccess) inDir(name, dir, rel string, want, flags uint32) error {
+	root, err := os.OpenRoot(dir)
 	if err != nil {
+		if fi, serr := os.Stat(dir); serr == nil && !fi.IsDir() && rel == "" {
+			return a.permitted(name, []entry{{fi: fi}}, want) // a bind of a single file
+		}
 		return nil // CRIU fails to bind it
 	}
-	if rel == "" {
-		return a.permitted(name, []entry{{fi: fi}}, want)
-	}
-	root, err := os.OpenRoot(dir)
+	defer root.Close()
+	top, err := root.Stat(".")
 	if err != nil {
 		return nil
 	}
-	defer root.Close()
+	found := []entry{{fi: top}} // the source itself is searched too
 	parts := splitPath(rel)
 	for i := range parts {
-		fi, err := root.Stat(filepath.Join(parts[:i+1]...))
+		prefix := filepath.Join(parts[:i+1]...)
+		fi, err := root.Lstat(prefix)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // CRIU fails to open it
+		}
 		if err != nil {
-			return nil // not there, or out of the source: CRIU fails
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if fi.Mode()&os.ModeSymlink != 0 && (i < len(parts)-1 || flags&(unix.O_PATH|unix.O_NOFOLLOW) != unix.O_PATH|unix.O_NOFOLLOW) {
+			return fmt.Errorf("the checkpoint holds %s open, a name through a symbolic link (/%s), which CRIU dumps no name through", name, prefix)
 		}
 		found = append(found, entry{fi: fi})
 	}
-	// The source directory itself is searched too.
-	return a.permitted(name, append([]entry{{fi: fi}}, found...), want)
+	return a.permitted(name, found, want)
 }
 
 // permitted checks search permission on every entry but the last, and
 // want on the last.
-func (a *fileAccess) permitted(name string, path []entry, want uint32) error {
-	for i, e := range path {
-		need := uint32(1)
-		if i == len(path)-1 {
+func (a *fileAccess) permitted(name string, entries []entry, want uint32) error {
+	for i, e := range entries {
+		last := i == len(entries)-1
+		need := uint32(wantExec)
+		if last {
 			need = want
-			if e.fi.Mode()&os.ModeSymlink != 0 || need == 0 {
-				return nil
-			}
-		} else if !e.fi.IsDir() {
-			return nil // not a directory on the way: CRIU fails to open it
 		}
-		if !a.allows(e.fi, need) {
-			what := "search"
-			if i == len(path)-1 {
-				what = map[uint32]string{4: "read", 2: "write", 6: "read and write", 1: "execute or search"}[need]
-			}
-			return fmt.Errorf("the checkpoint holds %s open, which the spec's user (%d) may not %s (mode %o, owner %d:%d at %s); CRIU would open it as root",
-				name, a.uid, what, e.fi.Mode().Perm(), statOf(e.fi).Uid, statOf(e.fi).Gid, map[bool]string{true: "the file", false: "a directory on the way"}[i == len(path)-1])
+		if need == 0 || e.fi.Mode()&os.ModeSymlink != 0 || a.allows(e.fi, need) {
+			continue
 		}
+		st := statOf(e.fi)
+		if last {
+			return fmt.Errorf("the checkpoint holds %s open, which the spec's user (%d) may not %s (mode %o, owner %d:%d); CRIU would open it as root",
+				name, a.uid, accessWords(need), e.fi.Mode().Perm(), st.Uid, st.Gid)
+		}
+		return fmt.Errorf("the checkpoint holds %s open, under a directory the spec's user (%d) may not search (mode %o, owner %d:%d); CRIU would open it as root",
+			name, a.uid, e.fi.Mode().Perm(), st.Uid, st.Gid)
 	}
 	return nil
+}
+
+func accessWords(need uint32) string {
+	var w []string
+	if need&wantRead != 0 {
+		w = append(w, "read")
+	}
+	if need&wantWrite != 0 {
+		w = append(w, "write")
+	}
+	if need&wantExec != 0 {
+		w = append(w, "execute")
+	}
+	return strings.Join(w, " and ")
 }
 
 func statOf(fi os.FileInfo) *syscall.Stat_t {
@@ -279,11 +391,18 @@ func statOf(fi os.FileInfo) *syscall.Stat_t {
 	return &syscall.Stat_t{}
 }
 
-// allows reports whether the spec's user may access fi as need (r=4,
-// w=2, x=1), by its permission bits.
+// allows reports whether the spec's user may access fi as need, by its
+// permission bits and CAP_DAC_READ_SEARCH.
 func (a *fileAccess) allows(fi os.FileInfo, need uint32) bool {
-	if a.search && need&2 == 0 {
-		return true
+	if a.readSearch {
+		if fi.IsDir() {
+			need &^= wantRead | wantExec
+		} else {
+			need &^= wantRead
+		}
+		if need == 0 {
+			return true
+		}
 	}
 	st := statOf(fi)
 	perm := uint32(fi.Mode().Perm())

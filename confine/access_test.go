@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
-	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -56,6 +55,15 @@ func TestFileAccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(t, volume, "token", 0, 0, 0o400)
+	put(t, volume, "data/", 0, 0, 0o755)
+	if err := os.Symlink("/etc/shadow", filepath.Join(volume, "data/abs")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("usr/bin", filepath.Join(lower, "lib")); err != nil {
+		t.Fatal(err)
+	}
+	single := filepath.Join(t.TempDir(), "secret.key")
+	put(t, filepath.Dir(single), "secret.key", 0, 0, 0o400)
 	put(t, volume, "public", 0, 0, 0o444)
 
 	root := mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0)
@@ -63,12 +71,19 @@ func TestFileAccess(t *testing.T) {
 	secrets := mount(3, 1, mnt.Fstype_AUTO, "/", "/secrets", msRdonly)
 	secrets.ExtKey = proto.String("/secrets")
 	tmp := mount(4, 1, mnt.Fstype_TMPFS, "/", "/tmp", 0)
-	mounts := []*mnt.MntEntry{root, proc, secrets, tmp}
+	key := mount(5, 1, mnt.Fstype_AUTO, "/", "/etc/secret.key", msRdonly)
+	key.ExtKey = proto.String("/etc/secret.key")
+	resolved := mount(6, 1, mnt.Fstype_AUTO, "/", "/run/secrets", msRdonly)
+	resolved.ExtKey = proto.String("/run/secrets") // runc's key for /var/run/secrets, /var/run a link to /run
+	mounts := []*mnt.MntEntry{root, proc, secrets, tmp, key, resolved}
 
 	app := func(caps ...string) *specs.Spec {
 		s := spec(1000, caps, false)
 		s.Process.User.GID = 1000
-		s.Mounts = []specs.Mount{{Destination: "/secrets", Type: "bind", Source: volume, Options: []string{"rbind", "ro"}}}
+		s.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}}
+		s.Mounts = []specs.Mount{{Destination: "/secrets", Type: "bind", Source: volume, Options: []string{"rbind", "ro"}},
+			{Destination: "/etc/secret.key", Type: "bind", Source: single, Options: []string{"rbind", "ro"}},
+			{Destination: "/var/run/secrets", Type: "bind", Source: volume, Options: []string{"rbind", "ro"}}}
 		return s
 	}
 	rootSpec := func(caps ...string) *specs.Spec {
@@ -82,6 +97,7 @@ func TestFileAccess(t *testing.T) {
 		file     string
 		flags    uint32
 		searched bool
+		written  bool
 		refuse   string
 	}{
 		{name: "a root-only file", spec: app(), file: "/etc/shadow", refuse: "may not read"},
@@ -111,6 +127,22 @@ func TestFileAccess(t *testing.T) {
 		{name: "kallsyms without CAP_SYSLOG, as root", spec: rootSpec("CAP_DAC_OVERRIDE"), file: "/proc/kallsyms", refuse: "shows what its opener may see"},
 		{name: "kallsyms with CAP_SYSLOG", spec: app("CAP_SYSLOG"), file: "/proc/kallsyms"},
 		{name: "pagemap without CAP_SYS_ADMIN", spec: rootSpec("CAP_DAC_OVERRIDE"), file: "/proc/1/pagemap", refuse: "opener"},
+		{name: "through proc's link to a process's root", spec: rootSpec("CAP_DAC_OVERRIDE"), file: "/proc/1/root/etc/shadow", refuse: "link of proc"},
+		{name: "through proc's link of a thread", spec: rootSpec("CAP_DAC_OVERRIDE"), file: "/proc/self/task/7/fd/3", refuse: "link of proc"},
+		{name: "a process's file without a PID namespace", spec: func() *specs.Spec {
+			s := rootSpec("CAP_DAC_OVERRIDE")
+			s.Linux.Namespaces = nil
+			return s
+		}(), file: "/proc/1/environ", refuse: "no PID namespace"},
+		{name: "iomem without CAP_SYS_ADMIN", spec: rootSpec("CAP_DAC_OVERRIDE"), file: "/proc/iomem", refuse: "opener"},
+		{name: "a program opened for writing is not only executed", spec: app(), file: "/usr/bin/prog", flags: unix.O_RDWR, searched: true, refuse: "may not write"},
+		{name: "a shared writable mapping", spec: app(), file: "/etc/hosts", written: true, refuse: "may not read and write"},
+		{name: "a name through a symbolic link", spec: app(), file: "/lib/prog", refuse: "symbolic link"},
+		{name: "a volume's link out of it", spec: app(), file: "/secrets/data/abs", refuse: "symbolic link"},
+		{name: "a bind of one file", spec: app(), file: "/etc/secret.key", refuse: "may not read"},
+		{name: "a bind whose key runc resolved", spec: app(), file: "/run/secrets/token", refuse: "may not read"},
+		{name: "a readable file of a bind whose key runc resolved", spec: app(), file: "/run/secrets/public"},
+		{name: "CAP_DAC_READ_SEARCH does not execute", spec: app("CAP_DAC_READ_SEARCH"), file: "/usr/bin/prog", flags: unix.O_RDWR, searched: true, refuse: "may not write"},
 		{name: "a user namespace's root, its own file", spec: func() *specs.Spec {
 			s := rootSpec()
 			s.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.UserNamespace}}
@@ -124,7 +156,7 @@ func TestFileAccess(t *testing.T) {
 			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
 			s.Linux.GIDMappings = s.Linux.UIDMappings
 			return s
-		}(), file: "/etc/shadow", refuse: "may not read"},
+		}(), file: "/etc/shadow"}, // not checked in a user namespace
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m, err := specMasks(c.spec)
@@ -134,13 +166,49 @@ func TestFileAccess(t *testing.T) {
 			l := &layers{dirs: []string{upper, lower}}
 			defer l.close()
 			a := newFileAccess(c.spec, m, mounts, l)
-			reg := &regfile.RegFileEntry{Id: proto.Uint32(1), Flags: proto.Uint32(c.flags), Name: proto.String(c.file)}
-			err = a.check(reg, c.searched)
+			err = a.check(c.file, c.flags, c.searched, c.written)
 			switch {
 			case c.refuse == "" && err != nil:
 				t.Fatalf("refused: %v", err)
 			case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
 				t.Fatalf("%v, want a refusal about %q", err, c.refuse)
+			}
+		})
+	}
+}
+
+// A non-root user's cold start keeps only its ambient capabilities at
+// exec, and with no_new_privs gains none from file capabilities: a
+// task's permitted and effective sets are narrowed to the ambient set.
+func TestNonRootCapabilitiesAreTheAmbientSet(t *testing.T) {
+	const dacOverride = 1 << unix.CAP_DAC_OVERRIDE
+	for _, c := range []struct {
+		name    string
+		nnp     bool
+		ambient []string
+		want    uint64
+	}{
+		{"no_new_privs", true, nil, 0},
+		{"no_new_privs, ambient", true, []string{"CAP_DAC_OVERRIDE"}, dacOverride},
+		{"file capabilities possible", false, nil, dacOverride},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			imgs := writeImages(t, task{uid: 1000, caps: dacOverride, tc: shimLimitsLeader(t)})
+			s := spec(1000, []string{"CAP_DAC_OVERRIDE"}, false)
+			s.Process.NoNewPrivileges = c.nnp
+			s.Process.Capabilities.Ambient = c.ambient
+			s.Process.Capabilities.Inheritable = c.ambient
+			res, err := apply(imgs, t.TempDir(), s, plainHost, onHost)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, core, err := decodeCore(filepath.Join(res.ImagesDir, "core-1.img"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cr := core.GetThreadCore().GetCreds()
+			if eff, prm := words(cr.CapEff), words(cr.CapPrm); eff != c.want || prm != c.want {
+				t.Errorf("effective %x, permitted %x; want %x", eff, prm, c.want)
 			}
 		})
 	}

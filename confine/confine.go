@@ -149,6 +149,13 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	if spec.Process != nil {
 		user = spec.Process.User
 	}
+	// A non-root user's process keeps only its ambient capabilities at
+	// exec, and with no_new_privs gains none from a program's file
+	// capabilities: that is all a cold start of it has.
+	effMask, prmMask := m.eff, m.prm
+	if user.UID != 0 && spec.Process.NoNewPrivileges {
+		effMask, prmMask = m.eff&m.amb, m.prm&m.amb
+	}
 	// Without CAP_SETUID or CAP_SETGID, a cold-started process keeps the
 	// spec's ids.
 	anyUID, anyGID := m.bnd&(1<<unix.CAP_SETUID) != 0, m.bnd&(1<<unix.CAP_SETGID) != 0
@@ -184,15 +191,6 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		return nil, err
 	}
 	if err := checkCgroups(imagesDir, names, spec); err != nil {
-		return nil, err
-	}
-	var mountEntries []*mnt.MntEntry
-	for _, img := range mountImages {
-		for _, e := range img.Entries {
-			mountEntries = append(mountEntries, e.Message.(*mnt.MntEntry))
-		}
-	}
-	if err := checkFiles(imagesDir, names, spec, m, netSpecFor(spec, host.portStart), mountEntries, host.rootLayers); err != nil {
 		return nil, err
 	}
 	images := make([]*crit.CriuImage, len(cores))
@@ -240,9 +238,9 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		}
 		eff, prm, inh, bnd := words(cr.CapEff), words(cr.CapPrm), words(cr.CapInh), words(cr.CapBnd)
 		changed = narrowAmbient(cr, m.amb) || changed
-		if eff&^m.eff != 0 || prm&^m.prm != 0 || inh&^m.inh != 0 || bnd&^m.bnd != 0 {
-			cr.CapEff = setWords(cr.CapEff, eff&m.eff)
-			cr.CapPrm = setWords(cr.CapPrm, prm&m.prm)
+		if eff&^effMask != 0 || prm&^prmMask != 0 || inh&^m.inh != 0 || bnd&^m.bnd != 0 {
+			cr.CapEff = setWords(cr.CapEff, eff&effMask)
+			cr.CapPrm = setWords(cr.CapPrm, prm&prmMask)
 			cr.CapInh = setWords(cr.CapInh, inh&m.inh)
 			cr.CapBnd = setWords(cr.CapBnd, bnd&m.bnd)
 			changed = true
@@ -251,6 +249,16 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 			rewritten[name] = img
 			res.Narrowed++
 		}
+	}
+	// After the tasks' own checks, which name the first thing wrong.
+	var mountEntries []*mnt.MntEntry
+	for _, img := range mountImages {
+		for _, e := range img.Entries {
+			mountEntries = append(mountEntries, e.Message.(*mnt.MntEntry))
+		}
+	}
+	if err := checkFiles(imagesDir, names, spec, m, netSpecFor(spec, host.portStart), mountEntries, host.rootLayers); err != nil {
+		return nil, err
 	}
 	mounts, external, err := rebindCgroups(mountImages, spec, host.cgroupHierarchies)
 	if err != nil {

@@ -119,8 +119,8 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrRefused, err)
 		}
-		_, userns := restorehook.SpecNamespace(spec, specs.UserNamespace)
-		c := fileChecks{m: m, net: net, hostCaps: !userns}
+		caps, nodeCaps := grantedCaps(spec, m)
+		c := fileChecks{caps: caps, net: net, hostCaps: nodeCaps}
 		for _, e := range img.Entries {
 			fe := e.Message.(*fdinfo.FileEntry)
 			if err := c.check(fe); err != nil {
@@ -133,20 +133,29 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 				regs[reg.GetId()] = reg
 			}
 		}
-		searched, err := searchOnly(imagesDir, names)
+	}
+	r := remaps{regs: regs, mounts: mounts, layers: root}
+	if err := r.check(imagesDir, names); err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if len(regs) > 0 {
+		searched, written, err := fileNeeds(imagesDir, names)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrRefused, err)
 		}
 		access := newFileAccess(spec, m, mounts, root)
 		for _, id := range slices.Sorted(maps.Keys(regs)) {
-			if err := access.check(regs[id], searched[id]); err != nil {
+			reg, name := regs[id], regs[id].GetName()
+			if r.ghosts[id] {
+				continue // CRIU makes it from the image (see remaps)
+			}
+			if link, ok := r.links[id]; ok {
+				name = link // CRIU opens the deleted file through its link
+			}
+			if err := access.check(name, reg.GetFlags(), searched[id], written[id]); err != nil {
 				return fmt.Errorf("%w: %w", ErrRefused, err)
 			}
 		}
-	}
-	r := remaps{regs: regs, mounts: mounts, layers: root}
-	if err := r.check(imagesDir, names); err != nil {
-		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	for _, name := range names {
 		if strings.HasPrefix(name, "ghost-file-") && strings.HasSuffix(name, ".img") {
@@ -159,20 +168,20 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 }
 
 type fileChecks struct {
-	m        masks
+	caps     uint64 // what the spec grants (grantedCaps)
 	net      netSpec
 	hostCaps bool // the spec's capabilities are the node's (no user namespace)
 	start    *uint32
 }
 
-// granted reports whether the spec lets the app have capability c: in its
-// permitted set, counted where it applies (the node, or the container's
+// granted reports whether the spec lets the app have capability c
+// (grantedCaps), counted where it applies (the node, or the container's
 // network namespace).
 func (c *fileChecks) granted(cap int, network bool) bool {
 	if network && !c.net.capsCount || !network && !c.hostCaps {
 		return false
 	}
-	return c.m.prm&(1<<uint(cap)) != 0
+	return c.caps&(1<<uint(cap)) != 0
 }
 
 func (c *fileChecks) need(cap int, network bool, what string) error {
@@ -203,6 +212,11 @@ func capName(c int) string {
 func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 	switch fe.GetType() {
 	case fdinfo.FdTypes_REG:
+		// CRIU opens a file with the flags it has; the kernel keeps none of
+		// these in an open file's, so no dump has them.
+		if f := fe.GetReg().GetFlags(); f&(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC) != 0 {
+			return fmt.Errorf("the checkpoint opens %s with flags %#o, which create or truncate it", fe.GetReg().GetName(), f)
+		}
 		return checkFileName(fe.GetReg().GetName())
 	case fdinfo.FdTypes_INETSK:
 		sk := fe.GetIsk()
@@ -293,6 +307,11 @@ type remaps struct {
 	regs   map[uint32]*regfile.RegFileEntry
 	mounts []*mnt.MntEntry
 	layers *layers
+	// ghosts are the ids of deleted files CRIU makes from their images;
+	// links the names of the links a link-remap dump made, by the
+	// deleted file's id.
+	ghosts map[uint32]bool
+	links  map[uint32]string
 }
 
 func (r *remaps) check(imagesDir string, names []string) error {
@@ -303,6 +322,7 @@ func (r *remaps) check(imagesDir string, names []string) error {
 	if err != nil {
 		return err
 	}
+	r.ghosts, r.links = map[uint32]bool{}, map[uint32]string{}
 	for _, e := range img.Entries {
 		rp := e.Message.(*remapfilepath.RemapFilePathEntry)
 		typ, remapID := rp.GetRemapType(), rp.GetRemapId()
@@ -322,6 +342,7 @@ func (r *remaps) check(imagesDir string, names []string) error {
 			if err := r.made(orig.GetName(), orig.GetMntId(), "deleted file"); err != nil {
 				return err
 			}
+			r.ghosts[rp.GetOrigId()] = true
 		case remapfilepath.RemapType_LINKED:
 			// CRIU opens the deleted file through the link inside the
 			// container, and removes the link from its own namespace, at
@@ -336,6 +357,7 @@ func (r *remaps) check(imagesDir string, names []string) error {
 			if err := r.made(link.GetName(), orig.GetMntId(), "link to a deleted file"); err != nil {
 				return err
 			}
+			r.links[rp.GetOrigId()] = link.GetName()
 		case remapfilepath.RemapType_PROCFS:
 		default:
 			return fmt.Errorf("remap-fpath.img has remap type %d", typ)

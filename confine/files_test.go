@@ -162,7 +162,8 @@ func TestFileCapabilities(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		checks := fileChecks{m: m, hostCaps: !c.userns,
+		caps, _ := grantedCaps(spec(0, c.caps, false), m)
+		checks := fileChecks{caps: caps, hostCaps: !c.userns,
 			net: netSpec{capsCount: !c.userns || c.newNetns, portStart: func() (uint32, error) { return defaultPortStart, nil }}}
 		err = checks.check(c.file)
 		if refused := err != nil; refused != c.refused {

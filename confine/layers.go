@@ -17,6 +17,14 @@ import (
 type layers struct {
 	dirs  []string
 	roots []*os.Root
+	steps map[string]step // lookup's results, by path
+}
+
+// step is what lookup found at a path: the entry shown (nil: none), and
+// the layers to look into below it.
+type step struct {
+	top  *entry
+	next []int
 }
 
 func (l *layers) close() {
@@ -52,54 +60,87 @@ type entry struct {
 
 // lookup returns the entries the root file system shows at each prefix of
 // rel (a relative path without "." or ".."), from the first component on,
-// as far as they exist: a missing one ends the list. A symbolic link that
-// is not the last component ends it too (the caller sees it), as does
-// anything else than a directory.
+// as far as they exist: a missing one ends the list, and so does anything
+// else than a directory (a symbolic link, which the caller sees last). It
+// resolves one component at a time, as overlayfs merges directories: the
+// topmost layer's entry is shown; only the layers below it that have a
+// directory there too (down to an opaque one, a whiteout or anything else)
+// are looked into further, so no layer's path goes through a link.
 func (l *layers) lookup(rel string) ([]entry, error) {
 	if err := l.open(); err != nil {
 		return nil, err
 	}
 	var out []entry
+	active := make([]int, len(l.roots))
+	for j := range active {
+		active[j] = j
+	}
 	parts := splitPath(rel)
-	limit := len(l.roots) // an opaque directory hides the layers below it
+	if l.steps == nil {
+		l.steps = map[string]step{}
+	}
 	for i := range parts {
 		prefix := filepath.Join(parts[:i+1]...)
-		var found *entry
-		for j := 0; j < limit; j++ {
-			fi, err := l.roots[j].Lstat(prefix)
-			if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
-				continue
+		st, known := l.steps[prefix]
+		if !known {
+			var err error
+			if st, err = l.step(prefix, active); err != nil {
+				return nil, err
 			}
-			if err != nil {
-				return nil, fmt.Errorf("/%s in layer %d of the root file system: %w", prefix, j, err)
-			}
-			if isWhiteout(fi) {
-				break
-			}
-			found = &entry{fi: fi, layer: j}
-			break
+			l.steps[prefix] = st
 		}
-		if found == nil {
+		if st.top == nil {
 			return out, nil
 		}
-		out = append(out, *found)
-		if !found.fi.IsDir() {
+		out = append(out, *st.top)
+		if !st.top.fi.IsDir() {
 			return out, nil
 		}
-		if l.opaque(found.layer, prefix) {
-			limit = found.layer + 1
-		}
+		active = st.next
 	}
 	return out, nil
+}
+
+// step looks prefix up in the active layers.
+func (l *layers) step(prefix string, active []int) (step, error) {
+	var top *entry
+	var next []int
+	for _, j := range active {
+		fi, err := l.roots[j].Lstat(prefix)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return step{}, fmt.Errorf("/%s in layer %d of the root file system: %w", prefix, j, err)
+		}
+		if isWhiteout(fi) {
+			break
+		}
+		if top == nil {
+			top = &entry{fi: fi, layer: j}
+		}
+		if !fi.IsDir() {
+			break // the topmost, or what ends the merge below a directory
+		}
+		next = append(next, j)
+		if l.opaque(j, prefix) {
+			break
+		}
+	}
+	return step{top: top, next: next}, nil
 }
 
 // opaque reports whether directory prefix of layer j is an overlay opaque
 // directory, which hides what the layers below have under it.
 func (l *layers) opaque(j int, prefix string) bool {
-	p := filepath.Join(l.dirs[j], prefix)
+	d, err := l.roots[j].Open(prefix)
+	if err != nil {
+		return false
+	}
+	defer d.Close()
 	for _, name := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
 		buf := make([]byte, 8)
-		if n, err := unix.Lgetxattr(p, name, buf); err == nil && n == 1 && buf[0] == 'y' {
+		if n, err := unix.Fgetxattr(int(d.Fd()), name, buf); err == nil && n == 1 && buf[0] == 'y' {
 			return true
 		}
 	}

@@ -6,7 +6,6 @@ import (
 
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"github.com/snapboot/snapboot/restorehook"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 )
@@ -90,12 +89,8 @@ func schedFor(spec *specs.Spec, m masks, limits processLimits, own schedState, o
 		}
 		b.start.nice = max(b.start.nice, 0)
 	}
-	_, userns := restorehook.SpecNamespace(spec, specs.UserNamespace)
-	granted := m.prm
-	if spec.Process != nil && spec.Process.User.UID == 0 {
-		granted |= m.bnd // root regains its bounding set at exec
-	}
-	b.unbounded = granted&(1<<unix.CAP_SYS_NICE|1<<unix.CAP_SYS_RESOURCE) != 0 && !userns
+	granted, nodeCaps := grantedCaps(spec, m)
+	b.unbounded = granted&(1<<unix.CAP_SYS_NICE|1<<unix.CAP_SYS_RESOURCE) != 0 && nodeCaps
 	// RLIMIT_NICE r lets a thread lower its nice value to 20 - r.
 	r := min(limits.rlimits[unix.RLIMIT_NICE].Max, 40)
 	b.niceByLimit = 20 - int32(r)

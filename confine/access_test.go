@@ -198,14 +198,7 @@ func TestNonRootCapabilitiesAreTheAmbientSet(t *testing.T) {
 			s.Process.NoNewPrivileges = c.nnp
 			s.Process.Capabilities.Ambient = c.ambient
 			s.Process.Capabilities.Inheritable = c.ambient
-			res, err := apply(imgs, t.TempDir(), s, plainHost, onHost)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, core, err := decodeCore(filepath.Join(res.ImagesDir, "core-1.img"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, core := applied(t, imgs, s)
 			cr := core.GetThreadCore().GetCreds()
 			if eff, prm := words(cr.CapEff), words(cr.CapPrm); eff != c.want || prm != c.want {
 				t.Errorf("effective %x, permitted %x; want %x", eff, prm, c.want)

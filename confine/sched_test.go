@@ -21,6 +21,21 @@ func withSched(policy uint32, prio uint32, nice int32) func(*criucore.CoreEntry)
 	}
 }
 
+// applied applies s to the images in imgs, and returns the result and the
+// first task's core image as it will be restored.
+func applied(t *testing.T, imgs string, s *specs.Spec) (*Result, *criucore.CoreEntry) {
+	t.Helper()
+	res, err := apply(imgs, t.TempDir(), s, plainHost, onHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, core, err := decodeCore(filepath.Join(res.ImagesDir, "core-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, core
+}
+
 func TestSchedulingFitsTheSpec(t *testing.T) {
 	nice := func(s *specs.Spec, soft uint64) {
 		s.Process.Rlimits = append(s.Process.Rlimits, specs.POSIXRlimit{Type: "RLIMIT_NICE", Soft: soft, Hard: soft})
@@ -119,14 +134,7 @@ func TestSchedulingFitsTheSpec(t *testing.T) {
 				c.specs(s)
 			}
 			imgs := writeImages(t, task{edit: c.image})
-			res, err := apply(imgs, t.TempDir(), s, plainHost, onHost)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, core, err := decodeCore(filepath.Join(res.ImagesDir, "core-1.img"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			res, core := applied(t, imgs, s)
 			tc := core.GetThreadCore()
 			got := schedState{policy: tc.GetSchedPolicy() &^ unix.SCHED_RESET_ON_FORK, prio: tc.GetSchedPrio(), nice: tc.GetSchedNice()}
 			if got != c.want {

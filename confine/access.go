@@ -8,12 +8,14 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fs"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mm"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -21,24 +23,21 @@ import (
 )
 
 // grantedCaps returns the capabilities a cold start's process of spec can
-// have, as a bitmap: root's are its permitted and bounding sets (exec
-// gives root its bounding set back); a non-root user's are its ambient
-// set with no_new_privs (exec keeps only those), else its permitted set
-// too (a program with file capabilities could give them). With a user
-// namespace none of them are the node's: nodeCaps is then false.
+// have, as a bitmap: its permitted and ambient sets (a program's file
+// capabilities can give a non-root user its permitted ones at exec, even
+// with no_new_privs, which only bounds them by the permitted set runc's
+// init holds), and for root without no_new_privs its bounding set too
+// (exec gives root its bounding set back). With a user namespace none of
+// them are the node's: nodeCaps is then false.
 func grantedCaps(spec *specs.Spec, m masks) (caps uint64, nodeCaps bool) {
 	var user specs.User
 	nnp := false
 	if spec.Process != nil {
 		user, nnp = spec.Process.User, spec.Process.NoNewPrivileges
 	}
-	switch {
-	case user.UID == 0:
-		caps = m.prm | m.bnd
-	case nnp:
-		caps = m.amb
-	default:
-		caps = m.prm | m.amb
+	caps = m.prm | m.amb
+	if user.UID == 0 && !nnp {
+		caps |= m.bnd
 	}
 	_, userns := restorehook.SpecNamespace(spec, specs.UserNamespace)
 	return caps, !userns
@@ -65,12 +64,18 @@ type fileAccess struct {
 	checkBits  bool // permission bits count
 	readSearch bool // CAP_DAC_READ_SEARCH: reading files, reading and searching directories
 	caps       uint64
-	ownPIDNS   bool // the spec has a PID namespace: /proc/<pid> are the container's processes
-	mounts     []*mnt.MntEntry
-	binds      map[string]string // the spec's bind mounts: destination to source
-	layers     *layers
-	hostProc   string // the shim's view of the node's proc and sysfs
-	hostSys    string
+	ownPIDNS   bool // the spec has a PID namespace of its own: /proc/<pid> are the container's processes
+	// sharedPIDNS: the spec joins one by path (a pod's shared one), where
+	// other containers' processes are too: only the checkpoint's own pids
+	// (pids) count.
+	sharedPIDNS bool
+	pids        map[string]bool
+	cwd         string // the spec's working directory, which runc enters as root
+	mounts      []*mnt.MntEntry
+	binds       map[string]string // the spec's bind mounts: destination to source
+	layers      *layers
+	hostProc    string // the shim's view of the node's proc and sysfs
+	hostSys     string
 }
 
 func newFileAccess(spec *specs.Spec, m masks, mounts []*mnt.MntEntry, root *layers) *fileAccess {
@@ -86,14 +91,39 @@ func newFileAccess(spec *specs.Spec, m masks, mounts []*mnt.MntEntry, root *laye
 	}
 	a.checkBits = nodeCaps && !has(unix.CAP_DAC_OVERRIDE) && !(has(unix.CAP_SETUID) && has(unix.CAP_SETGID))
 	a.readSearch = has(unix.CAP_DAC_READ_SEARCH)
-	// A pod's shared one, joined by path, holds the pod's processes only.
-	_, a.ownPIDNS = restorehook.SpecNamespace(spec, specs.PIDNamespace)
+	pidns, ok := restorehook.SpecNamespace(spec, specs.PIDNamespace)
+	a.ownPIDNS = ok && pidns.Path == ""
+	a.sharedPIDNS = ok && pidns.Path != ""
 	for _, mt := range spec.Mounts {
 		if isBind(mt) {
 			a.binds[path.Clean(mt.Destination)] = mt.Source
 		}
 	}
+	if spec.Process != nil && spec.Process.Cwd != "" {
+		a.cwd = path.Clean(spec.Process.Cwd)
+	}
 	return a
+}
+
+// checkpointPids returns the pids and thread ids of the checkpoint's
+// tasks (pstree.img), as proc names them.
+func checkpointPids(imagesDir string, names []string) (map[string]bool, error) {
+	out := map[string]bool{}
+	if !slices.Contains(names, "pstree.img") {
+		return out, nil
+	}
+	img, err := decodeImage(filepath.Join(imagesDir, "pstree.img"), &pstree.PstreeEntry{})
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range img.Entries {
+		t := e.Message.(*pstree.PstreeEntry)
+		out[strconv.FormatUint(uint64(t.GetPid()), 10)] = true
+		for _, tid := range t.GetThreads() {
+			out[strconv.FormatUint(uint64(tid), 10)] = true
+		}
+	}
+	return out, nil
 }
 
 // procFiles are proc and sysfs files that show what their opener's
@@ -134,8 +164,9 @@ func perProcess(rel string) (rest string, ok bool) {
 // memory maps and their working directories are (mm-*.img, fs-*.img):
 // execute or search only for each one's program (the kernel maps it at
 // exec: a program may be execute-only) and its working and root
-// directories, and write for a shared writable mapping (CRIU opens a
-// mapped file with the mapping's flags, not the file's).
+// directories, and write for a file mapping whose open flags are not
+// read-only (CRIU opens a mapped file with the mapping's flags, not the
+// file's).
 func fileNeeds(imagesDir string, names []string) (search map[uint32]bool, write map[uint32]bool, err error) {
 	search, write = map[uint32]bool{}, map[uint32]bool{}
 	for _, name := range names {
@@ -197,6 +228,9 @@ func (a *fileAccess) check(name string, flags uint32, searched, written bool) er
 	if written {
 		want |= wantWrite
 	}
+	if searched && flags&unix.O_ACCMODE == unix.O_RDONLY && name == a.cwd {
+		return nil // runc enters the spec's working directory as root
+	}
 	m := a.mountOf(name)
 	if m == nil {
 		return nil
@@ -227,7 +261,12 @@ func (a *fileAccess) check(name string, flags uint32, searched, written bool) er
 			if first, _, _ := strings.Cut(rest, "/"); slices.Contains(procLinks, first) {
 				return fmt.Errorf("the checkpoint holds %s open, a name through a link of proc, which CRIU would follow as root", name)
 			}
-			if !a.ownPIDNS {
+			switch first, _, _ := strings.Cut(procRel, "/"); {
+			case first == "self" || first == "thread-self" || a.ownPIDNS:
+			case a.sharedPIDNS && a.pids[first]:
+			case a.sharedPIDNS:
+				return fmt.Errorf("the checkpoint holds %s open, a file of a process that is not the checkpoint's, in the PID namespace the spec shares", name)
+			default:
 				return fmt.Errorf("the checkpoint holds %s open, a file of a process of the node's (the spec has no PID namespace)", name)
 			}
 		}
@@ -248,7 +287,7 @@ func (a *fileAccess) check(name string, flags uint32, searched, written bool) er
 		}
 		return a.inDir(name, a.hostSys, sysRel, want, flags)
 	}
-	return nil // a tmpfs, devpts, mqueue: the checkpoint's own files
+	return nil // a tmpfs, devpts, mqueue, cgroup: files of the checkpoint's own, or of none
 }
 
 func (a *fileAccess) procFile(name, rel string, perProcess bool) error {
@@ -303,10 +342,7 @@ func (a *fileAccess) inLayers(name, rel string, want, flags uint32) error {
 	}
 	parts := splitPath(rel)
 	if n := len(found); n > 0 && found[n-1].fi.Mode()&os.ModeSymlink != 0 {
-		if n < len(parts) || flags&(unix.O_PATH|unix.O_NOFOLLOW) != unix.O_PATH|unix.O_NOFOLLOW {
-			return fmt.Errorf("the checkpoint holds %s open, a name through a symbolic link (/%s), which CRIU dumps no name through", name, path.Join(parts[:n]...))
-		}
-		return nil // the link itself
+		return throughLink(name, path.Join(parts[:n]...), n < len(parts), flags)
 	}
 	if len(found) < len(parts) {
 		return nil // not there: a deleted file's, or CRIU fails to open it
@@ -339,12 +375,24 @@ func (a *fileAccess) inDir(name, dir, rel string, want, flags uint32) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		if fi.Mode()&os.ModeSymlink != 0 && (i < len(parts)-1 || flags&(unix.O_PATH|unix.O_NOFOLLOW) != unix.O_PATH|unix.O_NOFOLLOW) {
-			return fmt.Errorf("the checkpoint holds %s open, a name through a symbolic link (/%s), which CRIU dumps no name through", name, prefix)
+		if fi.Mode()&os.ModeSymlink != 0 {
+			if err := throughLink(name, prefix, i < len(parts)-1, flags); err != nil {
+				return err
+			}
 		}
 		found = append(found, entry{fi: fi})
 	}
 	return a.permitted(name, found, want)
+}
+
+// throughLink refuses a name with a symbolic link at link (on the way, or
+// its last component opened without O_PATH|O_NOFOLLOW): CRIU dumps names
+// the kernel resolved, through no link.
+func throughLink(name, link string, onTheWay bool, flags uint32) error {
+	if onTheWay || flags&(unix.O_PATH|unix.O_NOFOLLOW) != unix.O_PATH|unix.O_NOFOLLOW {
+		return fmt.Errorf("the checkpoint holds %s open, a name through a symbolic link (/%s), which CRIU dumps no name through", name, link)
+	}
+	return nil // the link itself
 }
 
 // permitted checks search permission on every entry but the last, and

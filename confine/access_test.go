@@ -91,6 +91,11 @@ func TestFileAccess(t *testing.T) {
 		s.Process.User = specs.User{UID: 0, GID: 0}
 		return s
 	}
+	sharedPID := func() *specs.Spec {
+		s := app()
+		s.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace, Path: "/proc/42/ns/pid"}}
+		return s
+	}
 	for _, c := range []struct {
 		name     string
 		spec     *specs.Spec
@@ -134,6 +139,13 @@ func TestFileAccess(t *testing.T) {
 			s.Linux.Namespaces = nil
 			return s
 		}(), file: "/proc/1/environ", refuse: "no PID namespace"},
+		{name: "a checkpoint's process in a shared PID namespace", spec: sharedPID(), file: "/proc/1/environ"},
+		{name: "another container's process in a shared PID namespace", spec: sharedPID(), file: "/proc/7/mem", flags: unix.O_RDWR, refuse: "not the checkpoint's"},
+		{name: "the working directory runc enters as root", spec: func() *specs.Spec {
+			s := app()
+			s.Process.Cwd = "/private"
+			return s
+		}(), file: "/private", searched: true},
 		{name: "iomem without CAP_SYS_ADMIN", spec: rootSpec("CAP_DAC_OVERRIDE"), file: "/proc/iomem", refuse: "opener"},
 		{name: "a program opened for writing is not only executed", spec: app(), file: "/usr/bin/prog", flags: unix.O_RDWR, searched: true, refuse: "may not write"},
 		{name: "a shared writable mapping", spec: app(), file: "/etc/hosts", written: true, refuse: "may not read and write"},
@@ -166,42 +178,13 @@ func TestFileAccess(t *testing.T) {
 			l := &layers{dirs: []string{upper, lower}}
 			defer l.close()
 			a := newFileAccess(c.spec, m, mounts, l)
+			a.pids = map[string]bool{"1": true, "2": true} // the checkpoint's tasks
 			err = a.check(c.file, c.flags, c.searched, c.written)
 			switch {
 			case c.refuse == "" && err != nil:
 				t.Fatalf("refused: %v", err)
 			case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
 				t.Fatalf("%v, want a refusal about %q", err, c.refuse)
-			}
-		})
-	}
-}
-
-// A non-root user's cold start keeps only its ambient capabilities at
-// exec, and with no_new_privs gains none from file capabilities: a
-// task's permitted and effective sets are narrowed to the ambient set.
-func TestNonRootCapabilitiesAreTheAmbientSet(t *testing.T) {
-	const dacOverride = 1 << unix.CAP_DAC_OVERRIDE
-	for _, c := range []struct {
-		name    string
-		nnp     bool
-		ambient []string
-		want    uint64
-	}{
-		{"no_new_privs", true, nil, 0},
-		{"no_new_privs, ambient", true, []string{"CAP_DAC_OVERRIDE"}, dacOverride},
-		{"file capabilities possible", false, nil, dacOverride},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			imgs := writeImages(t, task{uid: 1000, caps: dacOverride, tc: shimLimitsLeader(t)})
-			s := spec(1000, []string{"CAP_DAC_OVERRIDE"}, false)
-			s.Process.NoNewPrivileges = c.nnp
-			s.Process.Capabilities.Ambient = c.ambient
-			s.Process.Capabilities.Inheritable = c.ambient
-			_, core := applied(t, imgs, s)
-			cr := core.GetThreadCore().GetCreds()
-			if eff, prm := words(cr.CapEff), words(cr.CapPrm); eff != c.want || prm != c.want {
-				t.Errorf("effective %x, permitted %x; want %x", eff, prm, c.want)
 			}
 		})
 	}

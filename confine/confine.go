@@ -121,7 +121,7 @@ func setWords(w []uint32, v uint64) []uint32 {
 // seccompFilter is the filter runc installs on this node for the spec's
 // seccomp profile (package seccompfilter); nil if the spec has none.
 // rootLayers are the directories of the container's root file system,
-// topmost first, as its mounts stack them (see checkRemaps).
+// topmost first, as its mounts stack them (see remaps.check).
 func Apply(imagesDir, workDir string, spec *specs.Spec, seccompFilter []byte, rootLayers []string) (*Result, error) {
 	host, err := readHostState()
 	if err != nil {
@@ -148,13 +148,6 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	var user specs.User
 	if spec.Process != nil {
 		user = spec.Process.User
-	}
-	// A non-root user's process keeps only its ambient capabilities at
-	// exec, and with no_new_privs gains none from a program's file
-	// capabilities: that is all a cold start of it has.
-	effMask, prmMask := m.eff, m.prm
-	if user.UID != 0 && spec.Process.NoNewPrivileges {
-		effMask, prmMask = m.eff&m.amb, m.prm&m.amb
 	}
 	// Without CAP_SETUID or CAP_SETGID, a cold-started process keeps the
 	// spec's ids.
@@ -238,9 +231,9 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		}
 		eff, prm, inh, bnd := words(cr.CapEff), words(cr.CapPrm), words(cr.CapInh), words(cr.CapBnd)
 		changed = narrowAmbient(cr, m.amb) || changed
-		if eff&^effMask != 0 || prm&^prmMask != 0 || inh&^m.inh != 0 || bnd&^m.bnd != 0 {
-			cr.CapEff = setWords(cr.CapEff, eff&effMask)
-			cr.CapPrm = setWords(cr.CapPrm, prm&prmMask)
+		if eff&^m.eff != 0 || prm&^m.prm != 0 || inh&^m.inh != 0 || bnd&^m.bnd != 0 {
+			cr.CapEff = setWords(cr.CapEff, eff&m.eff)
+			cr.CapPrm = setWords(cr.CapPrm, prm&m.prm)
 			cr.CapInh = setWords(cr.CapInh, inh&m.inh)
 			cr.CapBnd = setWords(cr.CapBnd, bnd&m.bnd)
 			changed = true

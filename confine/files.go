@@ -59,19 +59,12 @@ func netSpecFor(spec *specs.Spec, portStartIn func(path string) (uint32, error))
 		// runc's, where snapboot's restore hook writes the spec's
 		// sysctls before CRIU restores the sockets.
 		n.portStart = func() (uint32, error) {
-			start := uint32(defaultPortStart)
-			// In the order the restore hook writes them: the last wins.
-			keys := slices.Sorted(maps.Keys(spec.Linux.Sysctl))
-			for _, key := range keys {
-				if restorehook.SysctlKey(key) == "net.ipv4.ip_unprivileged_port_start" {
-					v, err := strconv.ParseUint(strings.TrimSpace(spec.Linux.Sysctl[key]), 10, 32)
-					if err != nil {
-						return 0, err
-					}
-					start = uint32(v)
-				}
+			value, ok := restorehook.Sysctl(spec, "net.ipv4.ip_unprivileged_port_start")
+			if !ok {
+				return defaultPortStart, nil
 			}
-			return start, nil
+			v, err := strconv.ParseUint(strings.TrimSpace(value), 10, 32)
+			return uint32(v), err
 		}
 	case portStartIn == nil:
 		n.portStart = func() (uint32, error) { return 0, errors.New("unknown on this host") }
@@ -90,16 +83,18 @@ func netSpecFor(spec *specs.Spec, portStartIn func(path string) (uint32, error))
 // namespace of its own, whose root is the node's. Refused:
 //   - CRIU's old per-kind file images (see legacyFileImages);
 //   - a file name that is not an absolute path without "." or "..",
-//     which CRIU dumps, and two files with one id;
+//     which CRIU dumps, two files with one id, and flags that create or
+//     truncate a file;
+//   - a file the cold start's user could not open as CRIU will (see
+//     fileAccess);
 //   - a deleted file or link CRIU would make where it cannot be sure to
-//     stay in the container (see checkRemaps), and a ghost file (a deleted
+//     stay in the container (see remaps), and a ghost file (a deleted
 //     file's stand-in) that is not a regular file or a FIFO, is setuid or
 //     setgid, or whose image is malformed (see checkGhost);
 //   - without CAP_NET_RAW, a packet or raw socket; without
 //     CAP_NET_BIND_SERVICE, a socket on a port below the network
-//     namespace's ip_unprivileged_port_start; without CAP_NET_ADMIN or
-//     CAP_NET_RAW, a socket with a mark or a priority above 6; without
-//     CAP_NET_ADMIN, a TUN device;
+//     namespace's ip_unprivileged_port_start; without CAP_NET_ADMIN, a
+//     socket with a mark or a priority above 6, or a TUN device;
 //   - without CAP_SYS_ADMIN, a fanotify group; without CAP_BPF (or
 //     CAP_SYS_ADMIN), a BPF map; without CAP_WAKE_ALARM, an alarm timer.
 //
@@ -144,6 +139,9 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 			return fmt.Errorf("%w: %w", ErrRefused, err)
 		}
 		access := newFileAccess(spec, m, mounts, root)
+		if access.pids, err = checkpointPids(imagesDir, names); err != nil {
+			return fmt.Errorf("%w: %w", ErrRefused, err)
+		}
 		for _, id := range slices.Sorted(maps.Keys(regs)) {
 			reg, name := regs[id], regs[id].GetName()
 			if r.ghosts[id] {
@@ -270,13 +268,9 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 }
 
 // sockOpts checks the options CRIU sets on a socket it restores: a mark,
-// or a priority above 6, takes CAP_NET_ADMIN or CAP_NET_RAW (as this
-// node's kernel asks; kernels before 6.x took CAP_NET_ADMIN only for the
-// priority).
+// or a priority above 6, takes CAP_NET_ADMIN (newer kernels also take
+// CAP_NET_RAW, kernels before 5.17 do not: not counted).
 func (c *fileChecks) sockOpts(o *skopts.SkOptsEntry) error {
-	if c.granted(unix.CAP_NET_RAW, true) {
-		return nil
-	}
 	if o.GetSoMark() != 0 {
 		if err := c.need(unix.CAP_NET_ADMIN, true, "a socket with a mark (SO_MARK)"); err != nil {
 			return err
@@ -300,9 +294,9 @@ func (c *fileChecks) sockOpts(o *skopts.SkOptsEntry) error {
 // would make it writable), and that is the root file system, a tmpfs or a
 // bind mount of the node's (CRIU's error paths on proc and the like move
 // up out of the mount); directly in that mount's root, or, in the root
-// file system, under directories only: no layer of it (rootLayers,
-// topmost first) may have anything else than a directory or an overlay
-// whiteout at one of its parent directories.
+// file system, under directories only: the root file system, as its
+// layers merge (see layers.lookup), may show nothing but a directory at
+// one of its parent directories.
 type remaps struct {
 	regs   map[uint32]*regfile.RegFileEntry
 	mounts []*mnt.MntEntry

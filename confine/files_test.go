@@ -154,9 +154,10 @@ func TestFileCapabilities(t *testing.T) {
 		{name: "a socket with a mark, CAP_NET_ADMIN", file: marked, caps: []string{"CAP_NET_ADMIN"}},
 		{name: "a raw socket's protocol is no port", file: rawICMP, caps: []string{"CAP_NET_RAW"}},
 		{name: "a ping socket's id is no port", file: ping},
-		{name: "a socket with a mark, CAP_NET_RAW", file: marked, caps: []string{"CAP_NET_RAW"}},
+		{name: "a socket with a mark, CAP_NET_RAW (not before 5.17)", file: marked, caps: []string{"CAP_NET_RAW"}, refused: true},
 		{name: "priority 7", file: urgent, refused: true},
-		{name: "priority 7, CAP_NET_RAW", file: urgent, caps: []string{"CAP_NET_RAW"}},
+		{name: "priority 7, CAP_NET_RAW (not before 6.x)", file: urgent, caps: []string{"CAP_NET_RAW"}, refused: true},
+		{name: "priority 7, CAP_NET_ADMIN", file: urgent, caps: []string{"CAP_NET_ADMIN"}},
 	} {
 		m, err := specMasks(spec(0, c.caps, false))
 		if err != nil {
@@ -357,7 +358,7 @@ func TestFilesCRIUMakes(t *testing.T) {
 		{name: "a linked remap to a file the checkpoint does not have", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1)},
 			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 2, linked)}, refuse: "does not have"},
 		{name: "no layers to check", files: []*fdinfo.FileEntry{inMount(regFile(1, "/var/tmp/x"), 1)},
-			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, layers: []string{}, refuse: "no layers"},
+			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, ghost)}, layers: []string{}, refuse: "not an overlay or a bind mount"},
 		{name: "a /proc remap", files: []*fdinfo.FileEntry{inMount(regFile(1, "/proc/1/x"), 1)},
 			remaps: []*remapfilepath.RemapFilePathEntry{remap(1, 9, remapfilepath.RemapType_PROCFS.Enum())}},
 		{name: "a ghost under a whiteout of a link", files: []*fdinfo.FileEntry{inMount(regFile(1, "/gone/x"), 1)},

@@ -38,16 +38,20 @@ func (l *layers) open() error {
 		return nil
 	}
 	if len(l.dirs) == 0 {
-		return errors.New("the container's root file system has no layers snapboot can look into")
+		return errors.New("this container's root file system is not an overlay or a bind mount, which snapboot can look into (a limit of the node's snapshotter, not of the checkpoint)")
 	}
-	l.roots = []*os.Root{}
+	roots := make([]*os.Root, 0, len(l.dirs))
 	for _, dir := range l.dirs {
 		r, err := os.OpenRoot(dir)
 		if err != nil {
+			for _, o := range roots {
+				o.Close()
+			}
 			return fmt.Errorf("a layer of the container's root file system: %w", err)
 		}
-		l.roots = append(l.roots, r)
+		roots = append(roots, r)
 	}
+	l.roots = roots
 	return nil
 }
 

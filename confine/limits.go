@@ -161,7 +161,7 @@ type hostState struct {
 	// checkFiles).
 	portStart func(path string) (uint32, error)
 	// rootLayers are the directories of the container's root file system,
-	// topmost first (see checkRemaps).
+	// topmost first (see remaps.check).
 	rootLayers []string
 }
 

@@ -111,6 +111,21 @@ func SysctlKey(key string) string {
 	}, key)
 }
 
+// Sysctl returns the spec's value of sysctl key (dotted), as the hook and
+// runc read it: of a name given both with dots and with slashes, the last
+// in sorted order.
+func Sysctl(spec *specs.Spec, key string) (value string, ok bool) {
+	if spec == nil || spec.Linux == nil {
+		return "", false
+	}
+	for _, k := range slices.Sorted(maps.Keys(spec.Linux.Sysctl)) {
+		if SysctlKey(k) == key {
+			value, ok = spec.Linux.Sysctl[k], true
+		}
+	}
+	return value, ok
+}
+
 // IsIPCSysctl reports whether key (dotted) is a sysctl of the IPC
 // namespace, as runc's validation of a spec groups them.
 func IsIPCSysctl(key string) bool {

@@ -3,7 +3,6 @@ package confine
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -72,14 +71,14 @@ type fileAccess struct {
 	pids        map[string]bool
 	cwd         string // the spec's working directory, which runc enters as root
 	mounts      []*mnt.MntEntry
-	binds       map[string]string // the spec's bind mounts: destination to source
+	binds       map[string]specs.Mount // the spec's mounts, by destination
 	layers      *layers
 	hostProc    string // the shim's view of the node's proc and sysfs
 	hostSys     string
 }
 
 func newFileAccess(spec *specs.Spec, m masks, mounts []*mnt.MntEntry, root *layers) *fileAccess {
-	a := &fileAccess{mounts: mounts, layers: root, binds: map[string]string{}, hostProc: "/proc", hostSys: "/sys"}
+	a := &fileAccess{mounts: mounts, layers: root, binds: map[string]specs.Mount{}, hostProc: "/proc", hostSys: "/sys"}
 	caps, nodeCaps := grantedCaps(spec, m)
 	if !nodeCaps {
 		caps = 0
@@ -95,9 +94,7 @@ func newFileAccess(spec *specs.Spec, m masks, mounts []*mnt.MntEntry, root *laye
 	a.ownPIDNS = ok && pidns.Path == ""
 	a.sharedPIDNS = ok && pidns.Path != ""
 	for _, mt := range spec.Mounts {
-		if isBind(mt) {
-			a.binds[path.Clean(mt.Destination)] = mt.Source
-		}
+		a.binds[path.Clean(mt.Destination)] = mt
 	}
 	if spec.Process != nil && spec.Process.Cwd != "" {
 		a.cwd = path.Clean(spec.Process.Cwd)
@@ -300,21 +297,12 @@ func (a *fileAccess) procFile(name, rel string, perProcess bool) error {
 }
 
 // bindSources returns the sources of the spec's bind mounts an external
-// mount's key may stand for: the one at the key, or, as runc resolves a
-// destination's symbolic links for the key (/var/run/secrets/… is
-// /run/secrets/… where /var/run links to /run), every one of the same
-// name (see mountRules.external). runc's own binds (devices, cgroups,
-// masks) have none.
+// mount's key may stand for (bindsForKey). runc's own binds (devices,
+// cgroups, masks) have none.
 func (a *fileAccess) bindSources(key string) []string {
-	key = path.Clean(key)
-	if src, ok := a.binds[key]; ok {
-		return []string{src}
-	}
 	var out []string
-	for _, dest := range slices.Sorted(maps.Keys(a.binds)) {
-		if path.Base(dest) == path.Base(key) {
-			out = append(out, a.binds[dest])
-		}
+	for _, m := range bindsForKey(a.binds, key) {
+		out = append(out, m.Source)
 	}
 	return out
 }

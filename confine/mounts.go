@@ -2,6 +2,7 @@ package confine
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -252,26 +253,14 @@ func (r *mountRules) external(e *mnt.MntEntry) error {
 	if key == nullKey || r.devices[key] {
 		return nil
 	}
-	if m, ok := r.byDest[key]; ok && isBind(m) {
-		if slices.Contains(m.Options, "ro") && !isReadOnly(e) {
-			return fmt.Errorf("%s binds %s read-write, the spec mounts it read-only", where, key)
-		}
-		return nil
+	// Read-only if any of the binds the key may stand for is. (A key runc
+	// does not have fails the restore in CRIU.)
+	binds := bindsForKey(r.byDest, key)
+	ro := false
+	for _, m := range binds {
+		ro = ro || slices.Contains(m.Options, "ro")
 	}
-	// runc resolves a destination's symbolic links in the rootfs for the
-	// key (/var/run/secrets/… is /run/secrets/… where /var/run is a link
-	// to /run), and the rootfs is not at hand here: a key that is not a
-	// destination is taken for the spec's bind mounts of the same name,
-	// read-only if any of them is. (A key runc does not have fails the
-	// restore in CRIU.)
-	found, ro := false, false
-	for dest, m := range r.byDest {
-		if isBind(m) && path.Base(dest) == path.Base(key) {
-			found = true
-			ro = ro || slices.Contains(m.Options, "ro")
-		}
-	}
-	if found {
+	if len(binds) > 0 {
 		if ro && !isReadOnly(e) {
 			return fmt.Errorf("%s binds %s read-write, the spec mounts it read-only", where, key)
 		}
@@ -284,6 +273,25 @@ func (r *mountRules) external(e *mnt.MntEntry) error {
 		return nil
 	}
 	return fmt.Errorf("%s is an external mount %q that the spec does not have", where, e.GetExtKey())
+}
+
+// bindsForKey returns the spec's bind mounts (byDest, by destination) an
+// external mount's key may stand for: the one at the key, or, as runc
+// resolves a destination's symbolic links in the rootfs for the key
+// (/var/run/secrets/… is /run/secrets/… where /var/run is a link to
+// /run), and the rootfs is not at hand here, every one of the same name.
+func bindsForKey(byDest map[string]specs.Mount, key string) []specs.Mount {
+	key = path.Clean(key)
+	if m, ok := byDest[key]; ok && isBind(m) {
+		return []specs.Mount{m}
+	}
+	var out []specs.Mount
+	for _, dest := range slices.Sorted(maps.Keys(byDest)) {
+		if m := byDest[dest]; isBind(m) && path.Base(dest) == path.Base(key) {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // cgroupMount finds the spec's cgroup mount at or above p.

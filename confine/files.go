@@ -109,13 +109,13 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 	regs := map[uint32]*regfile.RegFileEntry{}
 	root := &layers{dirs: rootLayers}
 	defer root.close()
+	caps, nodeCaps := grantedCaps(spec, m)
+	c := fileChecks{caps: caps, net: net, hostCaps: nodeCaps}
 	if slices.Contains(names, "files.img") {
 		img, err := decodeImage(filepath.Join(imagesDir, "files.img"), &fdinfo.FileEntry{})
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrRefused, err)
 		}
-		caps, nodeCaps := grantedCaps(spec, m)
-		c := fileChecks{caps: caps, net: net, hostCaps: nodeCaps}
 		for _, e := range img.Entries {
 			fe := e.Message.(*fdinfo.FileEntry)
 			if err := c.check(fe); err != nil {
@@ -133,7 +133,7 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 	if err := r.check(imagesDir, names); err != nil {
 		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
-	if len(regs) > 0 {
+	if len(regs) > 0 || len(c.watched) > 0 {
 		searched, written, err := fileNeeds(imagesDir, names)
 		if err != nil {
 			return fmt.Errorf("%w: %w", ErrRefused, err)
@@ -154,6 +154,11 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 				return fmt.Errorf("%w: %w", ErrRefused, err)
 			}
 		}
+		for _, p := range c.watched {
+			if err := access.check(p, unix.O_RDONLY, false, false); err != nil {
+				return fmt.Errorf("%w: an inotify watch: %w", ErrRefused, err)
+			}
+		}
 	}
 	for _, name := range names {
 		if strings.HasPrefix(name, "ghost-file-") && strings.HasSuffix(name, ".img") {
@@ -166,7 +171,8 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 }
 
 type fileChecks struct {
-	caps     uint64 // what the spec grants (grantedCaps)
+	caps     uint64   // what the spec grants (grantedCaps)
+	watched  []string // paths of inotify watches
 	net      netSpec
 	hostCaps bool // the spec's capabilities are the node's (no user namespace)
 	start    *uint32
@@ -252,6 +258,22 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 		return c.sockOpts(fe.GetUsk().GetOpts())
 	case fdinfo.FdTypes_TUNF:
 		return c.need(unix.CAP_NET_ADMIN, true, "a TUN/TAP device")
+	case fdinfo.FdTypes_INOTIFY:
+		// CRIU finds a watched file by the path it dumped, opened in the
+		// task, or else by its file handle, as root, on any mount of its
+		// file system, past the mount's root (a node's directory, behind a
+		// bind of one of its files): that is refused. The user must be
+		// able to read what it watches (checked with the files).
+		for _, wd := range fe.GetIfy().GetWd() {
+			p := wd.GetFHandle().GetPath()
+			if p == "" {
+				return fmt.Errorf("the checkpoint has an inotify watch without a path, which CRIU would find by file handle, as root")
+			}
+			if err := checkFileName(p); err != nil {
+				return err
+			}
+			c.watched = append(c.watched, p)
+		}
 	case fdinfo.FdTypes_FANOTIFY:
 		return c.need(unix.CAP_SYS_ADMIN, false, "a fanotify group")
 	case fdinfo.FdTypes_BPFMAP:

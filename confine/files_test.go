@@ -10,6 +10,7 @@ import (
 
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/fh"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fown"
 	fsnotify "github.com/checkpoint-restore/go-criu/v7/crit/images/fsnotify"
 	ghostfile "github.com/checkpoint-restore/go-criu/v7/crit/images/ghost-file"
@@ -44,6 +45,17 @@ func inetSocket(id uint32, typ, port uint32) *fdinfo.FileEntry {
 		Id: proto.Uint32(id), Ino: proto.Uint32(id), Family: proto.Uint32(unix.AF_INET), Type: proto.Uint32(typ),
 		Proto: proto.Uint32(unix.IPPROTO_TCP), State: proto.Uint32(10), SrcPort: proto.Uint32(port), DstPort: proto.Uint32(0),
 		Flags: proto.Uint32(0), Backlog: proto.Uint32(128), Fown: owner(), Opts: sockOptions()}}
+}
+
+// inotifyWatch is an inotify group watching path ("": none dumped).
+func inotifyWatch(path string) *fdinfo.FileEntry {
+	handle := &fh.FhEntry{Bytes: proto.Uint32(8), Type: proto.Uint32(1), Handle: []uint64{7}}
+	if path != "" {
+		handle.Path = proto.String(path)
+	}
+	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_INOTIFY.Enum(), Id: proto.Uint32(1), Ify: &fsnotify.InotifyFileEntry{
+		Id: proto.Uint32(1), Flags: proto.Uint32(0), Fown: owner(), Wd: []*fsnotify.InotifyWdEntry{{
+			Id: proto.Uint32(1), IIno: proto.Uint64(2), Mask: proto.Uint32(2), IgnoredMask: proto.Uint32(0), SDev: proto.Uint32(3), Wd: proto.Uint32(1), FHandle: handle}}}}
 }
 
 // withFiles adds files.img with entries to an images directory.
@@ -90,6 +102,9 @@ func TestFilesTheSpecGrants(t *testing.T) {
 		{name: "a fanotify group", files: []*fdinfo.FileEntry{{Type: fdinfo.FdTypes_FANOTIFY.Enum(), Id: proto.Uint32(1),
 			Ffy: &fsnotify.FanotifyFileEntry{Id: proto.Uint32(1), Flags: proto.Uint32(0), Fown: owner(), Faflags: proto.Uint32(0), Evflags: proto.Uint32(0)}}},
 			caps: []string{"CAP_NET_ADMIN"}, refuse: "fanotify"},
+		{name: "an inotify watch by path", files: []*fdinfo.FileEntry{inotifyWatch("/tmp")}},
+		{name: "an inotify watch by file handle alone", files: []*fdinfo.FileEntry{inotifyWatch("")}, refuse: "without a path"},
+		{name: "an inotify watch through ..", files: []*fdinfo.FileEntry{inotifyWatch("/tmp/../etc")}, refuse: "not a canonical"},
 		{name: "an alarm timer", files: []*fdinfo.FileEntry{{Type: fdinfo.FdTypes_TIMERFD.Enum(), Id: proto.Uint32(1),
 			Tfd: &timerfd.TimerfdEntry{Id: proto.Uint32(1), Flags: proto.Uint32(0), Fown: owner(), Clockid: proto.Uint32(unix.CLOCK_BOOTTIME_ALARM),
 				Ticks: proto.Uint64(0), SettimeFlags: proto.Uint32(0), Vsec: proto.Uint64(0), Vnsec: proto.Uint64(0), Isec: proto.Uint64(0), Insec: proto.Uint64(0)}}},

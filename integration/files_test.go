@@ -292,3 +292,84 @@ func TestFileOpenedAsRootNeedsItsPermissions(t *testing.T) {
 		})
 	}
 }
+
+// TestInotifyWatchNeedsItsPath restores a donor that watches /etc with
+// inotify: restored, with the path CRIU dumped. With the path taken out
+// of the images, CRIU would find the watched directory by its file handle
+// alone, as root, on any mount of its file system: refused.
+func TestInotifyWatchNeedsItsPath(t *testing.T) {
+	requireShim(t)
+	dir := buildProgram(t, "watch", watchProgram)
+	const script = `exec /opt/watch/watch`
+	flags := []string{"--mount", "type=bind,src=" + dir + ",dst=/opt/watch,options=rbind:ro"}
+	donor, donorLog := startScriptClone(t, "", script, flags...)
+	waitCount(t, donorLog, 5)
+	for i, c := range []struct {
+		name    string
+		tamper  bool
+		refusal string
+	}{
+		{"as dumped", false, ""},
+		{"by file handle alone", true, "without a path"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ck := packAndPush(t, donor, registryAddr+"/it/crafted:inotify-"+strconv.Itoa(i), packOptions{tamper: func(t *testing.T, dir string) {
+				watches := 0
+				editImages(t, dir, "files.img", &fdinfo.FileEntry{}, func(img *crit.CriuImage) {
+					for _, e := range img.Entries {
+						for _, wd := range e.Message.(*fdinfo.FileEntry).GetIfy().GetWd() {
+							if wd.GetFHandle().GetPath() == "" {
+								t.Fatalf("CRIU dumped a watch without a path: %v", wd)
+							}
+							if c.tamper {
+								wd.FHandle.Path = nil
+							}
+							watches++
+						}
+					}
+				})
+				if watches == 0 {
+					t.Fatal("no inotify watch in the checkpoint")
+				}
+			}})
+			offset := containerdLogOffset()
+			clone, cloneLog := startScriptClone(t, ck.Ref, script, flags...)
+			if c.refusal != "" {
+				expectSpecFallback(t, offset, clone, cloneLog, c.refusal)
+				return
+			}
+			if line := logLine(t, offset, "snapboot.", clone, 60*time.Second); !strings.Contains(line, "event=snapboot.restore") {
+				t.Fatalf("not restored: %s", line)
+			}
+			if ns := waitCount(t, cloneLog, 3); ns[0] == 1 {
+				t.Fatal("the clone cold-started")
+			}
+		})
+	}
+}
+
+// watchProgram watches /etc with inotify (a directory CRIU finds by
+// name: its hints hold /etc; it could not dump a watch on /tmp here) and counts, as counterScript
+// does.
+const watchProgram = `package main
+
+import (
+	"fmt"
+	"syscall"
+	"time"
+)
+
+func main() {
+	fd, err := syscall.InotifyInit()
+	if err != nil {
+		panic(err)
+	}
+	if _, err := syscall.InotifyAddWatch(fd, "/etc", syscall.IN_CREATE); err != nil {
+		panic(err)
+	}
+	for i := 1; ; i++ {
+		fmt.Println(i)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+`

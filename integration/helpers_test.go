@@ -701,3 +701,21 @@ func shimProcess(t testing.TB, id string) (pid int, exe string) {
 	t.Fatalf("no shim process for container %s (address %s)", id, containerdAddr)
 	return 0, ""
 }
+
+// buildProgram builds a static Go program from source into a test
+// directory, as name, and returns the directory (to bind-mount into a
+// container).
+func buildProgram(t *testing.T, name, source string) string {
+	t.Helper()
+	dir := testDir(t)
+	src := filepath.Join(dir, "main.go")
+	if err := os.WriteFile(src, []byte(source), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, name), src)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, out)
+	}
+	return dir
+}

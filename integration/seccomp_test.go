@@ -6,8 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -147,16 +145,7 @@ func threadsSeccomp(t *testing.T, pid int) []string {
 // each running runc's filter once, and the program goes on counting.
 func TestSeccompMultiThreaded(t *testing.T) {
 	requireShim(t)
-	dir := testDir(t)
-	src := filepath.Join(dir, "main.go")
-	if err := os.WriteFile(src, []byte(threadsProgram), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	build := exec.Command("go", "build", "-o", filepath.Join(dir, "threads"), src)
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the threaded program: %v\n%s", err, out)
-	}
+	dir := buildProgram(t, "threads", threadsProgram)
 	flags := []string{"--seccomp", "--mount", "type=bind,src=" + dir + ",dst=/opt/threads,options=rbind:ro"}
 	start := func(ref string) (string, string) {
 		return startScriptClone(t, ref, "exec /opt/threads/threads", flags...)

@@ -75,6 +75,18 @@ func renameGhost(name string) func(t *testing.T, dir string) {
 	}
 }
 
+// expectRestored waits for clone's restore (not a cold start) and for it
+// to count on.
+func expectRestored(t *testing.T, offset int64, clone, cloneLog string) {
+	t.Helper()
+	if line := logLine(t, offset, "snapboot.", clone, 60*time.Second); !strings.Contains(line, "event=snapboot.restore") {
+		t.Fatalf("not restored: %s", line)
+	}
+	if ns := waitCount(t, cloneLog, 3); ns[0] == 1 {
+		t.Fatal("the clone cold-started")
+	}
+}
+
 // rootMountID is the mount id of / in process pid's mount namespace.
 func rootMountID(t *testing.T, pid int) string {
 	t.Helper()
@@ -135,12 +147,7 @@ func TestCraftedFileNamesStayInTheContainer(t *testing.T) {
 			if c.refusal != "" {
 				expectSpecFallback(t, offset, clone, cloneLog, c.refusal)
 			} else {
-				if line := logLine(t, offset, "snapboot.", clone, 60*time.Second); !strings.Contains(line, "event=snapboot.restore") {
-					t.Fatalf("not restored: %s", line)
-				}
-				if ns := waitCount(t, cloneLog, 3); ns[0] == 1 {
-					t.Fatal("the clone cold-started")
-				}
+				expectRestored(t, offset, clone, cloneLog)
 				pid := taskPID(t, clone)
 				if got, root := fdMountID(t, pid, 5), rootMountID(t, pid); got != root {
 					t.Errorf("the clone's fd 5 is on mount %s, not its root file system (%s)", got, root)
@@ -280,12 +287,7 @@ func TestFileOpenedAsRootNeedsItsPermissions(t *testing.T) {
 				expectSpecFallback(t, offset, clone, cloneLog, c.refusal)
 				return
 			}
-			if line := logLine(t, offset, "snapboot.", clone, 60*time.Second); !strings.Contains(line, "event=snapboot.restore") {
-				t.Fatalf("not restored: %s", line)
-			}
-			if ns := waitCount(t, cloneLog, 3); ns[0] == 1 {
-				t.Fatal("the clone cold-started")
-			}
+			expectRestored(t, offset, clone, cloneLog)
 			if got := statusField(t, taskPID(t, clone), "Uid"); !strings.HasPrefix(got, "65534") {
 				t.Errorf("the clone runs as %s, want nobody", got)
 			}
@@ -338,12 +340,7 @@ func TestInotifyWatchNeedsItsPath(t *testing.T) {
 				expectSpecFallback(t, offset, clone, cloneLog, c.refusal)
 				return
 			}
-			if line := logLine(t, offset, "snapboot.", clone, 60*time.Second); !strings.Contains(line, "event=snapboot.restore") {
-				t.Fatalf("not restored: %s", line)
-			}
-			if ns := waitCount(t, cloneLog, 3); ns[0] == 1 {
-				t.Fatal("the clone cold-started")
-			}
+			expectRestored(t, offset, clone, cloneLog)
 		})
 	}
 }

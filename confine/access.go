@@ -1,6 +1,7 @@
 package confine
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -49,10 +50,10 @@ func grantedCaps(spec *specs.Spec, m masks) (caps uint64, nodeCaps bool) {
 // permission on every directory on the way; files of the root file
 // system are looked up in its layers, files of the spec's bind mounts
 // under their sources, the node's global proc and sysfs files in the
-// shim's. A tmpfs's files come from the checkpoint itself. Not checked:
-// ACLs (a file an ACL opens to the user is refused, one an ACL closes to
-// it is not), and any file with a user namespace in the spec (the
-// kernel's rules there depend on the namespace's mappings), nor with
+// shim's; a file's POSIX ACL counts where it has one. A tmpfs's files
+// come from the checkpoint itself. Not checked: any file with a user
+// namespace in the spec (the kernel's rules there depend on the
+// namespace's mappings), nor with
 // CAP_DAC_OVERRIDE, or CAP_SETUID with CAP_SETGID (the app could become
 // the file's owner). Whoever the user: names through proc's links to
 // other files (CRIU follows them) and proc files that show what their
@@ -343,7 +344,7 @@ func (a *fileAccess) inDir(name, dir, rel string, want, flags uint32) error {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		if fi, serr := os.Stat(dir); serr == nil && !fi.IsDir() && rel == "" {
-			return a.permitted(name, []entry{{fi: fi}}, want) // a bind of a single file
+			return a.permitted(name, []entry{{fi: fi, path: dir}}, want) // a bind of a single file
 		}
 		return nil // CRIU fails to bind it
 	}
@@ -352,7 +353,7 @@ func (a *fileAccess) inDir(name, dir, rel string, want, flags uint32) error {
 	if err != nil {
 		return nil
 	}
-	found := []entry{{fi: top}} // the source itself is searched too
+	found := []entry{{fi: top, path: dir}} // the source itself is searched too
 	parts := splitPath(rel)
 	for i := range parts {
 		prefix := filepath.Join(parts[:i+1]...)
@@ -368,7 +369,7 @@ func (a *fileAccess) inDir(name, dir, rel string, want, flags uint32) error {
 				return err
 			}
 		}
-		found = append(found, entry{fi: fi})
+		found = append(found, entry{fi: fi, path: filepath.Join(dir, prefix)})
 	}
 	return a.permitted(name, found, want)
 }
@@ -392,7 +393,7 @@ func (a *fileAccess) permitted(name string, entries []entry, want uint32) error 
 		if last {
 			need = want
 		}
-		if need == 0 || e.fi.Mode()&os.ModeSymlink != 0 || a.allows(e.fi, need) {
+		if need == 0 || e.fi.Mode()&os.ModeSymlink != 0 || a.allows(e, need) {
 			continue
 		}
 		st := statOf(e.fi)
@@ -427,9 +428,11 @@ func statOf(fi os.FileInfo) *syscall.Stat_t {
 	return &syscall.Stat_t{}
 }
 
-// allows reports whether the spec's user may access fi as need, by its
-// permission bits and CAP_DAC_READ_SEARCH.
-func (a *fileAccess) allows(fi os.FileInfo, need uint32) bool {
+// allows reports whether the spec's user may access e as need, by its
+// permission bits, or its POSIX ACL where it has one, and
+// CAP_DAC_READ_SEARCH.
+func (a *fileAccess) allows(e entry, need uint32) bool {
+	fi := e.fi
 	if a.readSearch {
 		if fi.IsDir() {
 			need &^= wantRead | wantExec
@@ -441,6 +444,15 @@ func (a *fileAccess) allows(fi os.FileInfo, need uint32) bool {
 		}
 	}
 	st := statOf(fi)
+	if e.path != "" {
+		buf := make([]byte, 4+8*64)
+		if n, err := unix.Lgetxattr(e.path, "system.posix_acl_access", buf); err == nil {
+			if ok, valid := aclAllows(buf[:n], st, a.uid, a.gids, need); valid {
+				return ok
+			}
+			return false // an ACL this does not read: not granted
+		}
+	}
 	perm := uint32(fi.Mode().Perm())
 	switch {
 	case st.Uid == a.uid:
@@ -449,4 +461,66 @@ func (a *fileAccess) allows(fi os.FileInfo, need uint32) bool {
 		perm >>= 3
 	}
 	return perm&need == need
+}
+
+// POSIX ACL entry tags, as the kernel stores them in
+// system.posix_acl_access.
+const (
+	aclUserObj, aclUser, aclGroupObj, aclGroup, aclMask, aclOther = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+)
+
+// aclAllows evaluates a POSIX ACL (the xattr's bytes: a version, then
+// tag, permissions and id for each entry) as the kernel's
+// posix_acl_permission does: the owner's entry, else a named user's
+// (within the mask), else every group entry that matches (within the
+// mask: one that grants need allows), else the other entry. valid is
+// false for bytes it cannot read.
+func aclAllows(acl []byte, st *syscall.Stat_t, uid uint32, gids []uint32, need uint32) (ok, valid bool) {
+	if len(acl) < 4 || (len(acl)-4)%8 != 0 || binary.LittleEndian.Uint32(acl) != 2 {
+		return false, false
+	}
+	type aclEntry struct {
+		tag, perm uint16
+		id        uint32
+	}
+	var entries []aclEntry
+	mask := uint16(7)
+	for b := acl[4:]; len(b) > 0; b = b[8:] {
+		e := aclEntry{tag: binary.LittleEndian.Uint16(b), perm: binary.LittleEndian.Uint16(b[2:]), id: binary.LittleEndian.Uint32(b[4:])}
+		if e.tag == aclMask {
+			mask = e.perm
+		}
+		entries = append(entries, e)
+	}
+	has := func(perm uint16) bool { return uint32(perm)&need == need }
+	for _, e := range entries {
+		if e.tag == aclUserObj && st.Uid == uid {
+			return has(e.perm), true
+		}
+	}
+	for _, e := range entries {
+		if e.tag == aclUser && e.id == uid {
+			return has(e.perm & mask), true
+		}
+	}
+	found := false
+	for _, e := range entries {
+		matches := (e.tag == aclGroupObj && slices.Contains(gids, st.Gid)) || (e.tag == aclGroup && slices.Contains(gids, e.id))
+		if !matches {
+			continue
+		}
+		found = true
+		if has(e.perm & mask) {
+			return true, true
+		}
+	}
+	if found {
+		return false, true
+	}
+	for _, e := range entries {
+		if e.tag == aclOther {
+			return has(e.perm), true
+		}
+	}
+	return false, true
 }

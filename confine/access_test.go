@@ -1,6 +1,7 @@
 package confine
 
 import (
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,6 +55,32 @@ func TestFileAccess(t *testing.T) {
 	if err := unix.Mknod(filepath.Join(upper, "gone"), unix.S_IFCHR|0o600, 0); err != nil {
 		t.Fatal(err)
 	}
+	// POSIX ACLs: user 1000 may read acl-open (root's, 0600) and not
+	// acl-closed (0644); group 1000 may read acl-group (0600); the mask
+	// keeps user 1000 from writing acl-masked.
+	type ace struct {
+		tag, perm uint16
+		id        uint32
+	}
+	setACL := func(name string, aces ...ace) {
+		b := binary.LittleEndian.AppendUint32(nil, 2)
+		for _, e := range aces {
+			b = binary.LittleEndian.AppendUint16(b, e.tag)
+			b = binary.LittleEndian.AppendUint16(b, e.perm)
+			b = binary.LittleEndian.AppendUint32(b, e.id)
+		}
+		if err := unix.Setxattr(filepath.Join(lower, name), "system.posix_acl_access", b, 0); err != nil {
+			t.Skipf("no POSIX ACLs here: %v", err)
+		}
+	}
+	put(t, lower, "acl-open", 0, 0, 0o600)
+	setACL("acl-open", ace{aclUserObj, 6, 0}, ace{aclUser, 4, 1000}, ace{aclGroupObj, 0, 0}, ace{aclMask, 4, 0}, ace{aclOther, 0, 0})
+	put(t, lower, "acl-closed", 0, 0, 0o644)
+	setACL("acl-closed", ace{aclUserObj, 6, 0}, ace{aclUser, 0, 1000}, ace{aclGroupObj, 4, 0}, ace{aclMask, 4, 0}, ace{aclOther, 4, 0})
+	put(t, lower, "acl-group", 0, 0, 0o600)
+	setACL("acl-group", ace{aclUserObj, 6, 0}, ace{aclGroupObj, 0, 0}, ace{aclGroup, 4, 1000}, ace{aclMask, 4, 0}, ace{aclOther, 0, 0})
+	put(t, lower, "acl-masked", 0, 0, 0o600)
+	setACL("acl-masked", ace{aclUserObj, 6, 0}, ace{aclUser, 6, 1000}, ace{aclGroupObj, 0, 0}, ace{aclMask, 4, 0}, ace{aclOther, 0, 0})
 	put(t, volume, "token", 0, 0, 0o400)
 	put(t, volume, "data/", 0, 0, 0o755)
 	if err := os.Symlink("/etc/shadow", filepath.Join(volume, "data/abs")); err != nil {
@@ -106,6 +133,11 @@ func TestFileAccess(t *testing.T) {
 		refuse   string
 	}{
 		{name: "a root-only file", spec: app(), file: "/etc/shadow", refuse: "may not read"},
+		{name: "an ACL lets the user read", spec: app(), file: "/acl-open"},
+		{name: "an ACL keeps the user from reading", spec: app(), file: "/acl-closed", refuse: "may not read"},
+		{name: "an ACL lets the group read", spec: app(), file: "/acl-group"},
+		{name: "an ACL's mask keeps the user from writing", spec: app(), file: "/acl-masked", flags: unix.O_RDWR, refuse: "may not read and write"},
+		{name: "an ACL's mask lets the user read", spec: app(), file: "/acl-masked"},
 		{name: "a world-readable file", spec: app(), file: "/etc/hosts"},
 		{name: "writing a world-readable file", spec: app(), file: "/etc/hosts", flags: unix.O_WRONLY, refuse: "may not write"},
 		{name: "by the group", spec: app(), file: "/etc/group-readable"},

@@ -60,6 +60,7 @@ func (l *layers) open() error {
 type entry struct {
 	fi    os.FileInfo
 	layer int
+	path  string // on the node (for its ACL)
 }
 
 // lookup returns the entries the root file system shows at each prefix of
@@ -121,7 +122,7 @@ func (l *layers) step(prefix string, active []int) (step, error) {
 			break
 		}
 		if top == nil {
-			top = &entry{fi: fi, layer: j}
+			top = &entry{fi: fi, layer: j, path: filepath.Join(l.dirs[j], prefix)}
 		}
 		if !fi.IsDir() {
 			break // the topmost, or what ends the merge below a directory

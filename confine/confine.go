@@ -204,6 +204,9 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		img, name := images[i], filepath.Base(path)
 		core := decoded[name]
 		res.Tasks++
+		if isZombie(core) {
+			continue // CRIU makes it exit at once, with nothing of the image but its name and exit code
+		}
 		tc := core.GetThreadCore()
 		cr := tc.GetCreds()
 		if cr == nil {
@@ -324,6 +327,16 @@ func contains(ids []uint32, id uint32) bool {
 		}
 	}
 	return false
+}
+
+// taskDead is CRIU's task state of a zombie (TASK_DEAD).
+const taskDead = 2
+
+// isZombie reports whether a core image is a zombie's: a task that had
+// exited, which CRIU restores as one that exits at once, and dumps
+// without credentials or any other thread state.
+func isZombie(core *criucore.CoreEntry) bool {
+	return core.GetTc() != nil && core.GetTc().GetTaskState() == taskDead
 }
 
 func decodeCore(path string) (*crit.CriuImage, *criucore.CoreEntry, error) {

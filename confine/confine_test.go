@@ -218,3 +218,22 @@ func TestRefusals(t *testing.T) {
 		t.Error("garbage core image: want an error")
 	}
 }
+
+// A zombie's core image (a task that had exited: CRIU dumps its name and
+// exit code only) needs no credentials, limits or seccomp state: CRIU
+// makes it exit at once.
+func TestZombieTask(t *testing.T) {
+	imgs := writeImages(t, task{tc: shimLimitsLeader(t)}, task{edit: func(c *criucore.CoreEntry) {
+		c.ThreadCore = nil
+		c.Tc = &criucore.TaskCoreEntry{TaskState: proto.Uint32(taskDead), ExitCode: proto.Uint32(0), Personality: proto.Uint32(0),
+			Flags: proto.Uint32(0), BlkSigset: proto.Uint64(0), Comm: proto.String("sleep")}
+	}})
+	if _, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost); err != nil {
+		t.Fatalf("a zombie: %v", err)
+	}
+	// A live task without credentials is still refused.
+	imgs = writeImages(t, task{tc: shimLimitsLeader(t)}, task{noCreds: true, tc: shimLimitsLeader(t)})
+	if _, err := apply(imgs, t.TempDir(), spec(0, nil, false), plainHost, onHost); !errors.Is(err, ErrRefused) {
+		t.Fatalf("a live task without credentials: %v, want a refusal", err)
+	}
+}

@@ -115,6 +115,9 @@ func (c *seccompChecker) checkTask(task *pstree.PstreeEntry, cores map[string]*c
 	if leader == nil {
 		return fmt.Errorf("%w: pstree.img names a task without a core image (%s)", ErrRefused, leaderName)
 	}
+	if isZombie(leader) {
+		return nil // it runs nothing
+	}
 	mode, top := effectiveSeccomp(leader)
 	chain, err := c.chain(mode, top, leaderName)
 	if err != nil {

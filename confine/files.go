@@ -134,13 +134,21 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	if len(regs) > 0 || len(c.watched) > 0 {
-		searched, written, err := fileNeeds(imagesDir, names)
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrRefused, err)
-		}
 		access := newFileAccess(spec, m, mounts, root)
-		if access.pids, err = checkpointPids(imagesDir, names); err != nil {
-			return fmt.Errorf("%w: %w", ErrRefused, err)
+		// The memory maps and the process tree are read only where they
+		// count: most restores (root with CAP_DAC_OVERRIDE, a PID
+		// namespace of the container's own) need neither.
+		var searched, written map[uint32]bool
+		var err error
+		if access.checkBits {
+			if searched, written, err = fileNeeds(imagesDir, names); err != nil {
+				return fmt.Errorf("%w: %w", ErrRefused, err)
+			}
+		}
+		if access.sharedPIDNS {
+			if access.pids, err = checkpointPids(imagesDir, names); err != nil {
+				return fmt.Errorf("%w: %w", ErrRefused, err)
+			}
 		}
 		for _, id := range slices.Sorted(maps.Keys(regs)) {
 			reg, name := regs[id], regs[id].GetName()

@@ -95,6 +95,8 @@ func netSpecFor(spec *specs.Spec, portStartIn func(path string) (uint32, error))
 //     CAP_NET_BIND_SERVICE, a socket on a port below the network
 //     namespace's ip_unprivileged_port_start; without CAP_NET_ADMIN, a
 //     socket with a mark or a priority above 6, or a TUN device;
+//   - a netlink socket in a multicast group, or connected, where the
+//     kernel asks a capability of the cold start (see netlink);
 //   - without CAP_SYS_ADMIN, a fanotify group; without CAP_BPF (or
 //     CAP_SYS_ADMIN), a BPF map; without CAP_WAKE_ALARM, an alarm timer.
 //
@@ -217,6 +219,8 @@ func capName(c int) string {
 		return "CAP_BPF"
 	case unix.CAP_WAKE_ALARM:
 		return "CAP_WAKE_ALARM"
+	case unix.CAP_AUDIT_READ:
+		return "CAP_AUDIT_READ"
 	}
 	return "capability " + strconv.Itoa(c)
 }
@@ -261,7 +265,7 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 		}
 		return c.sockOpts(fe.GetPsk().GetOpts())
 	case fdinfo.FdTypes_NETLINKSK:
-		return c.sockOpts(fe.GetNlsk().GetOpts())
+		return c.netlink(fe.GetNlsk())
 	case fdinfo.FdTypes_UNIXSK:
 		return c.sockOpts(fe.GetUsk().GetOpts())
 	case fdinfo.FdTypes_TUNF:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
 	remapfilepath "github.com/checkpoint-restore/go-criu/v7/crit/images/remap-file-path"
 	skinet "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-inet"
+	sknetlink "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-netlink"
 	skopts "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-opts"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/timerfd"
 	"github.com/checkpoint-restore/go-criu/v7/magic"
@@ -45,6 +47,13 @@ func inetSocket(id uint32, typ, port uint32) *fdinfo.FileEntry {
 		Id: proto.Uint32(id), Ino: proto.Uint32(id), Family: proto.Uint32(unix.AF_INET), Type: proto.Uint32(typ),
 		Proto: proto.Uint32(unix.IPPROTO_TCP), State: proto.Uint32(10), SrcPort: proto.Uint32(port), DstPort: proto.Uint32(0),
 		Flags: proto.Uint32(0), Backlog: proto.Uint32(128), Fown: owner(), Opts: sockOptions()}}
+}
+
+// netlinkSocket is a bound netlink socket in the groups of words.
+func netlinkSocket(protocol uint32, words ...uint32) *fdinfo.FileEntry {
+	return &fdinfo.FileEntry{Type: fdinfo.FdTypes_NETLINKSK.Enum(), Id: proto.Uint32(1), Nlsk: &sknetlink.NetlinkSkEntry{
+		Id: proto.Uint32(1), Ino: proto.Uint32(1), Protocol: proto.Uint32(protocol), State: proto.Uint32(0), Flags: proto.Uint32(0),
+		Portid: proto.Uint32(4242), Groups: words, DstPortid: proto.Uint32(0), DstGroup: proto.Uint32(0), Fown: owner(), Opts: sockOptions()}}
 }
 
 // inotifyWatch is an inotify group watching path ("": none dumped).
@@ -147,6 +156,22 @@ func TestFileCapabilities(t *testing.T) {
 	rawICMP.Isk.Proto = proto.Uint32(unix.IPPROTO_ICMP)
 	ping := inetSocket(1, unix.SOCK_DGRAM, 7)
 	ping.Isk.Proto = proto.Uint32(unix.IPPROTO_ICMP)
+	links := netlinkSocket(unix.NETLINK_ROUTE, 1<<(unix.RTNLGRP_LINK-1)|1<<(unix.RTNLGRP_IPV4_ROUTE-1))
+	mroute := netlinkSocket(unix.NETLINK_ROUTE, 1<<(unix.RTNLGRP_LINK-1)|1<<(rtnlgrpIPv4MrouteR-1))
+	conntrack := netlinkSocket(unix.NETLINK_NETFILTER, 1)
+	uevents := netlinkSocket(unix.NETLINK_KOBJECT_UEVENT, 1)
+	audit := netlinkSocket(unix.NETLINK_AUDIT, 1)
+	genlCtrl := netlinkSocket(unix.NETLINK_GENERIC, 1<<(genlCtrlNotify-1))
+	genlFamily := netlinkSocket(unix.NETLINK_GENERIC, 1<<8)
+	beyond32 := netlinkSocket(unix.NETLINK_NETFILTER, 0, 1)
+	toKernel := netlinkSocket(unix.NETLINK_ROUTE, 0)
+	toKernel.Nlsk.State = proto.Uint32(netlinkConnected)
+	toGroup := netlinkSocket(unix.NETLINK_ROUTE, 0)
+	toGroup.Nlsk.State, toGroup.Nlsk.DstGroup = proto.Uint32(netlinkConnected), proto.Uint32(unix.RTNLGRP_LINK)
+	toPeer := netlinkSocket(unix.NETLINK_USERSOCK, 0)
+	toPeer.Nlsk.State, toPeer.Nlsk.DstPortid = proto.Uint32(netlinkConnected), proto.Uint32(77)
+	toPeerGroup := netlinkSocket(unix.NETLINK_USERSOCK, 0)
+	toPeerGroup.Nlsk.State, toPeerGroup.Nlsk.DstPortid, toPeerGroup.Nlsk.DstGroup = proto.Uint32(netlinkConnected), proto.Uint32(77), proto.Uint32(3)
 	for _, c := range []struct {
 		name     string
 		file     *fdinfo.FileEntry
@@ -173,6 +198,25 @@ func TestFileCapabilities(t *testing.T) {
 		{name: "priority 7", file: urgent, refused: true},
 		{name: "priority 7, CAP_NET_RAW (not before 6.x)", file: urgent, caps: []string{"CAP_NET_RAW"}, refused: true},
 		{name: "priority 7, CAP_NET_ADMIN", file: urgent, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "netlink route, link and route groups", file: links},
+		{name: "netlink route, a multicast routing group", file: mroute, refused: true},
+		{name: "netlink route, a multicast routing group, CAP_NET_ADMIN", file: mroute, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "netlink route, a multicast routing group, CAP_NET_ADMIN in a user namespace, the node's network", file: mroute, caps: []string{"CAP_NET_ADMIN"}, userns: true, refused: true},
+		{name: "netfilter, a group in the second word", file: beyond32, refused: true},
+		{name: "netfilter events", file: conntrack, caps: []string{"CAP_NET_RAW"}, refused: true},
+		{name: "netfilter events, CAP_NET_ADMIN", file: conntrack, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "kobject uevents", file: uevents},
+		{name: "audit events, CAP_NET_ADMIN", file: audit, caps: []string{"CAP_NET_ADMIN"}, refused: true},
+		{name: "audit events, CAP_AUDIT_READ", file: audit, caps: []string{"CAP_AUDIT_READ"}},
+		{name: "audit events, CAP_AUDIT_READ in a user namespace", file: audit, caps: []string{"CAP_AUDIT_READ"}, userns: true, newNetns: true, refused: true},
+		{name: "generic netlink, the controller's group", file: genlCtrl},
+		{name: "generic netlink, a family's group, CAP_NET_ADMIN", file: genlFamily, caps: []string{"CAP_NET_ADMIN"}, refused: true},
+		{name: "generic netlink, a family's group, CAP_NET_ADMIN and CAP_SYS_ADMIN", file: genlFamily, caps: []string{"CAP_NET_ADMIN", "CAP_SYS_ADMIN"}},
+		{name: "netlink route, connected to the kernel (CRIU would make it group 32)", file: toKernel, caps: []string{"CAP_NET_ADMIN"}, refused: true},
+		{name: "netlink route, connected to a group", file: toGroup, refused: true},
+		{name: "netlink route, connected to a group, CAP_NET_ADMIN", file: toGroup, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "netlink usersock, connected to a peer without a group", file: toPeer, refused: true},
+		{name: "netlink usersock, connected to a peer and a group", file: toPeerGroup},
 	} {
 		m, err := specMasks(spec(0, c.caps, false))
 		if err != nil {
@@ -185,6 +229,13 @@ func TestFileCapabilities(t *testing.T) {
 		if refused := err != nil; refused != c.refused {
 			t.Errorf("%s: %v, want refused %v", c.name, err, c.refused)
 		}
+	}
+}
+
+func TestNetlinkGroups(t *testing.T) {
+	got := netlinkGroups([]uint32{1<<0 | 1<<29, 0, 1 << 31})
+	if want := []int{1, 30, 96}; !slices.Equal(got, want) {
+		t.Errorf("groups %v, want %v", got, want)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -371,5 +372,109 @@ func main() {
 		fmt.Println(i)
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+`
+
+// TestNetlinkGroupsNeedTheirCapabilities restores a donor with
+// CAP_NET_ADMIN that holds a route netlink socket in the link group and in
+// the IPv4 multicast routing group, which the kernel lets only
+// CAP_NET_ADMIN join. CRIU joins the groups again as root: a clone
+// without the capability cold-starts, with the reason; one with it gets
+// both groups back. A donor whose socket is connected to the kernel
+// cold-starts even with the capability: CRIU would connect the clone's to
+// group 32.
+func TestNetlinkGroupsNeedTheirCapabilities(t *testing.T) {
+	requireShim(t)
+	dir := buildProgram(t, "netlink", netlinkProgram)
+	const script = `exec /opt/netlink/netlink`
+	flags := []string{"--mount", "type=bind,src=" + dir + ",dst=/opt/netlink,options=rbind:ro"}
+	donor, donorLog := startScriptClone(t, "", script, append(flags, "--cap-add", "CAP_NET_ADMIN")...)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:netlink", packOptions{})
+
+	t.Run("without CAP_NET_ADMIN", func(t *testing.T) {
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, ck.Ref, script, flags...)
+		expectSpecFallback(t, offset, clone, cloneLog, "NETLINK_ROUTE socket in multicast group 30")
+		if groups := netlinkGroups(t, clone); !slices.Equal(groups, []string{"00000001"}) {
+			t.Errorf("the cold start's route netlink sockets are in groups %v, want the link group only (00000001)", groups)
+		}
+	})
+	t.Run("with CAP_NET_ADMIN", func(t *testing.T) {
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, ck.Ref, script, append(flags, "--cap-add", "CAP_NET_ADMIN")...)
+		expectRestored(t, offset, clone, cloneLog)
+		// RTNLGRP_LINK and RTNLGRP_IPV4_MROUTE_R
+		if groups := netlinkGroups(t, clone); !slices.Equal(groups, []string{"20000001"}) {
+			t.Errorf("the clone's route netlink sockets are in groups %v, want 20000001", groups)
+		}
+	})
+	t.Run("connected to the kernel", func(t *testing.T) {
+		const script = `exec /opt/netlink/netlink connect`
+		flags := append(flags, "--cap-add", "CAP_NET_ADMIN")
+		donor, donorLog := startScriptClone(t, "", script, flags...)
+		waitCount(t, donorLog, 5)
+		ck := packAndPush(t, donor, registryAddr+"/it/crafted:netlink-connected", packOptions{})
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, ck.Ref, script, flags...)
+		expectSpecFallback(t, offset, clone, cloneLog, "connected to port 0 without a group, which CRIU would connect to group 32")
+	})
+}
+
+// netlinkGroups lists the first 32 groups, in hex, of each route netlink
+// socket of a process in a task's network namespace (/proc/net/netlink: sk, protocol,
+// port id, groups, ...).
+func netlinkGroups(t *testing.T, id string) []string {
+	t.Helper()
+	table, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/netlink", taskPID(t, id)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var groups []string
+	for _, line := range strings.Split(string(table), "\n")[1:] {
+		if f := strings.Fields(line); len(f) > 3 && f[1] == "0" && f[2] != "0" { // not the kernel's
+			groups = append(groups, f[3])
+		}
+	}
+	return groups
+}
+
+const netlinkProgram = `package main
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+)
+
+func main() {
+	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_RAW, syscall.NETLINK_ROUTE)
+	if err != nil {
+		panic(err)
+	}
+	if len(os.Args) > 1 && os.Args[1] == "connect" {
+		// To the kernel: port 0, no group.
+		err = syscall.Connect(fd, &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK})
+	} else {
+		err = join(fd)
+	}
+	if err != nil {
+		panic(err)
+	}
+	for i := 1; ; i++ {
+		fmt.Println(i)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func join(fd int) error {
+	// RTNLGRP_LINK (1) and RTNLGRP_IPV4_MROUTE_R (30), which takes
+	// CAP_NET_ADMIN; without it, the link group only.
+	err := syscall.Bind(fd, &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK, Groups: 1<<0 | 1<<29})
+	if err == syscall.EPERM {
+		err = syscall.Bind(fd, &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK, Groups: 1 << 0})
+	}
+	return err
 }
 `

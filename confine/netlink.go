@@ -1,0 +1,131 @@
+package confine
+
+import (
+	"fmt"
+	"math/bits"
+
+	sknetlink "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Netlink protocols and groups whose rules differ from the kernel's
+// default (uapi linux/netlink.h, linux/rtnetlink.h, linux/genetlink.h).
+const (
+	rtnlgrpIPv4MrouteR = 30 // RTNLGRP_IPV4_MROUTE_R
+	rtnlgrpIPv6MrouteR = 31 // RTNLGRP_IPV6_MROUTE_R
+	genlCtrlNotify     = 16 // the generic netlink controller's "notify" group (GENL_ID_CTRL)
+	netlinkConnected   = 1  // NETLINK_CONNECTED, the state of a connected socket
+)
+
+// netlink checks a netlink socket as CRIU restores it: it binds the
+// socket to the first 32 multicast groups of the image and, if the socket
+// was connected, connects it to the image's destination, as root, in the
+// task, before the task gets its own credentials. The cold start's
+// process would have been refused (EPERM) where the kernel asks for a
+// capability, so such a socket needs that capability in the spec:
+//   - joining a group: free for the protocols the kernel lets any user
+//     listen to (route, sock_diag, SELinux, kobject uevents, generic
+//     netlink), except route's multicast-routing groups (30 and 31) and
+//     generic netlink's groups other than its controller's, which may be
+//     any family's, some of them privileged (drop_monitor's events take
+//     CAP_SYS_ADMIN, psample's packets CAP_NET_ADMIN: both are asked);
+//     audit's take CAP_AUDIT_READ on the node; every other protocol's
+//     CAP_NET_ADMIN;
+//   - a connected socket: free for NETLINK_USERSOCK only, CAP_NET_ADMIN
+//     otherwise (the kernel lets anyone connect to the kernel itself, port
+//     0 and no group, but CRIU never connects so: below).
+//
+// A socket connected without a group is refused whatever the spec: CRIU
+// connects it to group 1<<(dst_group-1), which for dst_group 0 is group
+// 32 on x86 and arm64 (the shift's count wraps). The clone's sends would
+// go to that group's listeners too (RTNLGRP_NEXTHOP for a route socket),
+// which the donor's did not; seen on this node's CRIU 4.2 by dumping the
+// clone again.
+//
+// CAP_NET_ADMIN counts in the socket's network namespace, as the kernel
+// asks it there.
+func (c *fileChecks) netlink(sk *sknetlink.NetlinkSkEntry) error {
+	proto := sk.GetProtocol()
+	for _, g := range netlinkGroups(sk.GetGroups()) {
+		if err := c.netlinkGroup(proto, g); err != nil {
+			return err
+		}
+	}
+	if sk.GetState() == netlinkConnected {
+		if sk.GetDstGroup() == 0 {
+			return fmt.Errorf("the checkpoint holds a %s socket connected to port %d without a group, which CRIU would connect to group 32", netlinkName(proto), sk.GetDstPortid())
+		}
+		if proto != unix.NETLINK_USERSOCK {
+			what := fmt.Sprintf("a %s socket connected to port %d, group %d", netlinkName(proto), sk.GetDstPortid(), sk.GetDstGroup())
+			if err := c.need(unix.CAP_NET_ADMIN, true, what); err != nil {
+				return err
+			}
+		}
+	}
+	return c.sockOpts(sk.GetOpts())
+}
+
+func (c *fileChecks) netlinkGroup(proto uint32, group int) error {
+	what := fmt.Sprintf("a %s socket in multicast group %d", netlinkName(proto), group)
+	switch proto {
+	case unix.NETLINK_ROUTE:
+		if group == rtnlgrpIPv4MrouteR || group == rtnlgrpIPv6MrouteR {
+			return c.need(unix.CAP_NET_ADMIN, true, what)
+		}
+		return nil
+	case unix.NETLINK_SOCK_DIAG, unix.NETLINK_SELINUX, unix.NETLINK_KOBJECT_UEVENT:
+		return nil
+	case unix.NETLINK_GENERIC:
+		if group == genlCtrlNotify {
+			return nil
+		}
+		if err := c.need(unix.CAP_NET_ADMIN, true, what); err != nil {
+			return err
+		}
+		return c.need(unix.CAP_SYS_ADMIN, true, what)
+	case unix.NETLINK_AUDIT:
+		return c.need(unix.CAP_AUDIT_READ, false, what)
+	}
+	return c.need(unix.CAP_NET_ADMIN, true, what)
+}
+
+// netlinkGroups lists the groups (numbered from 1) of a socket's group
+// bitmap, in CRIU's 32-bit words. CRIU restores the first word only (it
+// fails on more), but every group is checked.
+func netlinkGroups(words []uint32) []int {
+	var groups []int
+	for i, w := range words {
+		for w != 0 {
+			b := bits.TrailingZeros32(w)
+			groups = append(groups, 32*i+b+1)
+			w &^= 1 << b
+		}
+	}
+	return groups
+}
+
+func netlinkName(proto uint32) string {
+	switch proto {
+	case unix.NETLINK_ROUTE:
+		return "NETLINK_ROUTE"
+	case unix.NETLINK_USERSOCK:
+		return "NETLINK_USERSOCK"
+	case unix.NETLINK_SOCK_DIAG:
+		return "NETLINK_SOCK_DIAG"
+	case unix.NETLINK_XFRM:
+		return "NETLINK_XFRM"
+	case unix.NETLINK_SELINUX:
+		return "NETLINK_SELINUX"
+	case unix.NETLINK_AUDIT:
+		return "NETLINK_AUDIT"
+	case unix.NETLINK_CONNECTOR:
+		return "NETLINK_CONNECTOR"
+	case unix.NETLINK_NETFILTER:
+		return "NETLINK_NETFILTER"
+	case unix.NETLINK_KOBJECT_UEVENT:
+		return "NETLINK_KOBJECT_UEVENT"
+	case unix.NETLINK_GENERIC:
+		return "NETLINK_GENERIC"
+	}
+	return fmt.Sprintf("netlink protocol %d", proto)
+}

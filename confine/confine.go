@@ -376,7 +376,7 @@ var magics = map[protoreflect.FullName]string{
 	"core_entry": "CORE", "inventory_entry": "INVENTORY", "task_kobj_ids_entry": "IDS", "mnt_entry": "MNTS",
 	"cgroup_entry": "CGROUP", "userns_entry": "USERNS", "pstree_entry": "PSTREE", "seccomp_entry": "SECCOMP",
 	"ipc_var_entry": "IPC_VAR", "utsns_entry": "UTSNS", "file_entry": "FILES", "remap_file_path_entry": "REMAP_FPATH",
-	"mm_entry": "MM", "fs_entry": "FS",
+	"mm_entry": "MM", "fs_entry": "FS", "file_lock_entry": "FILE_LOCKS", "fdinfo_entry": "FDINFO",
 }
 
 // checkFraming reads f's magic and entry headers, and leaves f at its

@@ -97,6 +97,8 @@ func netSpecFor(spec *specs.Spec, portStartIn func(path string) (uint32, error))
 //     socket with a mark or a priority above 6, or a TUN device;
 //   - a netlink socket in a multicast group, or connected, where the
 //     kernel asks a capability of the cold start (see netlink);
+//   - without CAP_LEASE, a lease on a file the spec's user does not own
+//     (see checkLeases);
 //   - without CAP_SYS_ADMIN, a fanotify group; without CAP_BPF (or
 //     CAP_SYS_ADMIN), a BPF map; without CAP_WAKE_ALARM, an alarm timer.
 //
@@ -135,8 +137,15 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 	if err := r.check(imagesDir, names); err != nil {
 		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
+	var made *fileAccess
+	accessOnce := func() *fileAccess {
+		if made == nil {
+			made = newFileAccess(spec, m, mounts, root)
+		}
+		return made
+	}
 	if len(regs) > 0 || len(c.watched) > 0 {
-		access := newFileAccess(spec, m, mounts, root)
+		access := accessOnce()
 		// The memory maps and the process tree are read only where they
 		// count: most restores (root with CAP_DAC_OVERRIDE, a PID
 		// namespace of the container's own) need neither.
@@ -169,6 +178,9 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 				return fmt.Errorf("%w: an inotify watch: %w", ErrRefused, err)
 			}
 		}
+	}
+	if err := checkLeases(imagesDir, names, regs, &c, accessOnce); err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	for _, name := range names {
 		if strings.HasPrefix(name, "ghost-file-") && strings.HasSuffix(name, ".img") {
@@ -221,6 +233,8 @@ func capName(c int) string {
 		return "CAP_WAKE_ALARM"
 	case unix.CAP_AUDIT_READ:
 		return "CAP_AUDIT_READ"
+	case unix.CAP_LEASE:
+		return "CAP_LEASE"
 	}
 	return "capability " + strconv.Itoa(c)
 }

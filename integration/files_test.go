@@ -478,3 +478,80 @@ func join(fd int) error {
 	return err
 }
 `
+
+// TestLeaseNeedsTheFilesOwner restores a donor that holds a read lease on
+// /etc/hosts, root's. CRIU takes leases again as the file's owner: as
+// dumped, the clone (root) has its lease; with the images edited to run
+// as nobody, a clone that runs as nobody without CAP_LEASE, which the
+// kernel would refuse the lease, cold-starts.
+func TestLeaseNeedsTheFilesOwner(t *testing.T) {
+	requireShim(t)
+	dir := buildProgram(t, "lease", leaseProgram)
+	const script = `exec /opt/lease/lease`
+	flags := []string{"--mount", "type=bind,src=" + dir + ",dst=/opt/lease,options=rbind:ro"}
+	donor, donorLog := startScriptClone(t, "", script, flags...)
+	waitCount(t, donorLog, 5)
+	if got := leases(t, donor); got != 1 {
+		t.Fatalf("the donor holds %d leases, want 1", got)
+	}
+	t.Run("as dumped", func(t *testing.T) {
+		ck := packAndPush(t, donor, registryAddr+"/it/crafted:lease", packOptions{})
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, ck.Ref, script, flags...)
+		expectRestored(t, offset, clone, cloneLog)
+		if got := leases(t, clone); got != 1 {
+			t.Errorf("the clone holds %d leases, want 1", got)
+		}
+	})
+	t.Run("as nobody", func(t *testing.T) {
+		ck := packAndPush(t, donor, registryAddr+"/it/crafted:lease-nobody", packOptions{tamper: func(t *testing.T, dir string) { asNobody(t, dir) }})
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, ck.Ref, script, append(append([]string{"--user", "65534:65534"}, dropAll...), flags...)...)
+		expectSpecFallback(t, offset, clone, cloneLog, "lease on /etc/hosts, owned by uid 0")
+		if got := leases(t, clone); got != 0 {
+			t.Errorf("the cold start holds %d leases, want none", got)
+		}
+	})
+}
+
+// leases counts the leases a task's process holds (/proc/locks: number,
+// kind, ..., pid, ...).
+func leases(t *testing.T, id string) int {
+	t.Helper()
+	table, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, n := strconv.Itoa(taskPID(t, id)), 0
+	for _, line := range strings.Split(string(table), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[1] == "LEASE" && f[4] == pid {
+			n++
+		}
+	}
+	return n
+}
+
+const leaseProgram = `package main
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+)
+
+func main() {
+	fd, err := syscall.Open("/etc/hosts", syscall.O_RDONLY, 0)
+	if err != nil {
+		panic(err)
+	}
+	// F_SETLEASE, F_RDLCK: the owner's (or CAP_LEASE's) only.
+	if _, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), 1024, syscall.F_RDLCK); errno != 0 {
+		fmt.Fprintln(os.Stderr, "no lease:", errno)
+	}
+	for i := 1; ; i++ {
+		fmt.Println(i)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+`

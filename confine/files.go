@@ -15,6 +15,7 @@ import (
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/fown"
 	ghostfile "github.com/checkpoint-restore/go-criu/v7/crit/images/ghost-file"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
@@ -23,6 +24,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/snapboot/snapboot/restorehook"
 )
@@ -95,6 +97,8 @@ func netSpecFor(spec *specs.Spec, portStartIn func(path string) (uint32, error))
 //     CAP_NET_BIND_SERVICE, a socket on a port below the network
 //     namespace's ip_unprivileged_port_start; without CAP_NET_ADMIN, a
 //     socket with a mark or a priority above 6, or a TUN device;
+//   - a file whose signals CRIU would send as another user than the
+//     spec's (see owner);
 //   - a netlink socket in a multicast group, or connected, where the
 //     kernel asks a capability of the cold start (see netlink);
 //   - without CAP_LEASE, a lease on a file the spec's user does not own
@@ -115,6 +119,9 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 	defer root.close()
 	caps, nodeCaps := grantedCaps(spec, m)
 	c := fileChecks{caps: caps, net: net, hostCaps: nodeCaps}
+	if spec.Process != nil {
+		c.uid = spec.Process.User.UID
+	}
 	if slices.Contains(names, "files.img") {
 		img, err := decodeImage(filepath.Join(imagesDir, "files.img"), &fdinfo.FileEntry{})
 		if err != nil {
@@ -193,6 +200,7 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 }
 
 type fileChecks struct {
+	uid      uint32   // the spec's user
 	caps     uint64   // what the spec grants (grantedCaps)
 	watched  []string // paths of inotify watches
 	net      netSpec
@@ -240,6 +248,9 @@ func capName(c int) string {
 }
 
 func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
+	if err := c.owner(fe); err != nil {
+		return err
+	}
 	switch fe.GetType() {
 	case fdinfo.FdTypes_REG:
 		// CRIU opens a file with the flags it has; the kernel keeps none of
@@ -313,6 +324,44 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 		}
 	}
 	return nil
+}
+
+// owner checks the owner CRIU sets for a file's signals (F_SETOWN_EX,
+// the fown entry of every kind of file): CRIU takes on the image's uid and
+// euid first, as root may, and the kernel records them as the owner's.
+// They decide whom the file's SIGIO (or the signal F_SETSIG chose) may
+// reach: anyone, for an owner whose euid is root. The cold start's process
+// records its own, so they must be the spec's user's, unless the spec
+// grants CAP_SETUID (counted in the container's user namespace, where
+// CRIU sets them). CRIU sets no owner for a file whose owner pid is 0.
+func (c *fileChecks) owner(fe *fdinfo.FileEntry) error {
+	o := fownOf(fe)
+	if o == nil || o.GetPid() == 0 || c.caps&(1<<unix.CAP_SETUID) != 0 {
+		return nil
+	}
+	if o.GetUid() != c.uid || o.GetEuid() != c.uid {
+		return fmt.Errorf("file %#x (%s) sends its signals to pid %d as uid %d, euid %d; the spec's user is %d, without CAP_SETUID", fe.GetId(), fe.GetType(), o.GetPid(), o.GetUid(), o.GetEuid(), c.uid)
+	}
+	return nil
+}
+
+// fownOf returns the owner entry of whichever kind of file fe holds (each
+// kind's entry has its own), nil if it has none.
+func fownOf(fe *fdinfo.FileEntry) *fown.FownEntry {
+	var out *fown.FownEntry
+	fe.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind || fd.IsList() || fd.IsMap() {
+			return true
+		}
+		kind := v.Message()
+		f := kind.Descriptor().Fields().ByName("fown")
+		if f == nil || !kind.Has(f) {
+			return true
+		}
+		out, _ = kind.Get(f).Message().Interface().(*fown.FownEntry)
+		return out == nil
+	})
+	return out
 }
 
 // sockOpts checks the options CRIU sets on a socket it restores: a mark,

@@ -164,6 +164,12 @@ func TestFileCapabilities(t *testing.T) {
 	genlCtrl := netlinkSocket(unix.NETLINK_GENERIC, 1<<(genlCtrlNotify-1))
 	genlFamily := netlinkSocket(unix.NETLINK_GENERIC, 1<<8)
 	beyond32 := netlinkSocket(unix.NETLINK_NETFILTER, 0, 1)
+	signalsAs := func(f *fdinfo.FileEntry, uid, euid uint32) *fdinfo.FileEntry {
+		f = proto.Clone(f).(*fdinfo.FileEntry)
+		o := fownOf(f)
+		o.Pid, o.Uid, o.Euid, o.Signum = proto.Uint32(1), proto.Uint32(uid), proto.Uint32(euid), proto.Uint32(9)
+		return f
+	}
 	toKernel := netlinkSocket(unix.NETLINK_ROUTE, 0)
 	toKernel.Nlsk.State = proto.Uint32(netlinkConnected)
 	toGroup := netlinkSocket(unix.NETLINK_ROUTE, 0)
@@ -176,6 +182,7 @@ func TestFileCapabilities(t *testing.T) {
 		name     string
 		file     *fdinfo.FileEntry
 		caps     []string
+		uid      uint32
 		userns   bool // and the node's network namespace
 		refused  bool
 		newNetns bool
@@ -198,6 +205,15 @@ func TestFileCapabilities(t *testing.T) {
 		{name: "priority 7", file: urgent, refused: true},
 		{name: "priority 7, CAP_NET_RAW (not before 6.x)", file: urgent, caps: []string{"CAP_NET_RAW"}, refused: true},
 		{name: "priority 7, CAP_NET_ADMIN", file: urgent, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "a file signalling as root, for root", file: signalsAs(regFile(1, "/tmp/x"), 0, 0)},
+		{name: "a file signalling as root, for a user", file: signalsAs(regFile(1, "/tmp/x"), 0, 0), uid: 1000, refused: true},
+		{name: "a file signalling with root's euid, for a user", file: signalsAs(regFile(1, "/tmp/x"), 1000, 0), uid: 1000, refused: true},
+		{name: "a file signalling as the user", file: signalsAs(regFile(1, "/tmp/x"), 1000, 1000), uid: 1000},
+		{name: "a file signalling as root, for a user with CAP_SETUID", file: signalsAs(regFile(1, "/tmp/x"), 0, 0), uid: 1000, caps: []string{"CAP_SETUID"}},
+		{name: "a file signalling as root, for a user with CAP_SETUID in a user namespace", file: signalsAs(regFile(1, "/tmp/x"), 0, 0), uid: 1000, caps: []string{"CAP_SETUID"}, userns: true},
+		{name: "a socket signalling as root, for a user", file: signalsAs(inetSocket(1, unix.SOCK_STREAM, 8080), 0, 0), uid: 1000, refused: true},
+		{name: "a netlink socket signalling as root, for a user", file: signalsAs(links, 0, 0), uid: 1000, refused: true},
+		{name: "an inotify group signalling as root, for a user", file: signalsAs(inotifyWatch("/tmp"), 0, 0), uid: 1000, refused: true},
 		{name: "netlink route, link and route groups", file: links},
 		{name: "netlink route, a multicast routing group", file: mroute, refused: true},
 		{name: "netlink route, a multicast routing group, CAP_NET_ADMIN", file: mroute, caps: []string{"CAP_NET_ADMIN"}},
@@ -223,7 +239,7 @@ func TestFileCapabilities(t *testing.T) {
 			t.Fatal(err)
 		}
 		caps, _ := grantedCaps(spec(0, c.caps, false), m)
-		checks := fileChecks{caps: caps, hostCaps: !c.userns,
+		checks := fileChecks{uid: c.uid, caps: caps, hostCaps: !c.userns,
 			net: netSpec{capsCount: !c.userns || c.newNetns, portStart: func() (uint32, error) { return defaultPortStart, nil }}}
 		err = checks.check(c.file)
 		if refused := err != nil; refused != c.refused {

@@ -555,3 +555,33 @@ func main() {
 	}
 }
 `
+
+// TestSignalOwnerIsTheSpecsUser restores a donor's checkpoint edited to
+// run as nobody, with /etc/hosts, which it holds open, set to send its signals (F_SETOWN_EX)
+// to PID 1 as root: CRIU would set that owner as root, and a root owner's
+// SIGIO reaches any process. A clone that runs as nobody cold-starts.
+func TestSignalOwnerIsTheSpecsUser(t *testing.T) {
+	requireShim(t)
+	const script = `exec 4</etc/hosts; i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done`
+	donor, donorLog := startScriptClone(t, "", script)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:fown", packOptions{tamper: func(t *testing.T, dir string) {
+		asNobody(t, dir)
+		edited := 0
+		editImages(t, dir, "files.img", &fdinfo.FileEntry{}, func(img *crit.CriuImage) {
+			for _, e := range img.Entries {
+				if reg := e.Message.(*fdinfo.FileEntry).GetReg(); reg != nil && reg.GetName() == "/etc/hosts" {
+					o := reg.GetFown()
+					o.Pid, o.PidType, o.Uid, o.Euid, o.Signum = proto.Uint32(1), proto.Uint32(1), proto.Uint32(0), proto.Uint32(0), proto.Uint32(9)
+					edited++
+				}
+			}
+		})
+		if edited != 1 {
+			t.Fatalf("%d files named /etc/hosts in the checkpoint, want 1", edited)
+		}
+	}})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, script, append([]string{"--user", "65534:65534"}, dropAll...)...)
+	expectSpecFallback(t, offset, clone, cloneLog, "sends its signals to pid 1 as uid 0, euid 0")
+}

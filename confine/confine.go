@@ -253,7 +253,7 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 			mountEntries = append(mountEntries, e.Message.(*mnt.MntEntry))
 		}
 	}
-	if err := checkFiles(imagesDir, names, spec, m, netSpecFor(spec, host.portStart), mountEntries, host.rootLayers); err != nil {
+	if err := checkFiles(imagesDir, names, spec, m, netSpecFor(spec, host.netSysctl), mountEntries, host.rootLayers); err != nil {
 		return nil, err
 	}
 	mounts, external, err := rebindCgroups(mountImages, spec, host.cgroupHierarchies)

@@ -44,38 +44,61 @@ type netSpec struct {
 	// namespace (no user namespace, or one that owns a network namespace
 	// runc makes).
 	capsCount bool
-	// portStart returns net.ipv4.ip_unprivileged_port_start there.
-	portStart func() (uint32, error)
+	// sysctl returns a network sysctl's value (dotted name) in the
+	// container's network namespace; node the node's (the global ones,
+	// net.core's, are read there).
+	sysctl, node func(name string) (string, error)
 }
+
+// newNetnsDefaults are the values of the sysctls confine reads that a
+// new network namespace does not copy from the node's (the TCP buffer
+// sizes, tcp_rmem and tcp_wmem, it copies).
+var newNetnsDefaults = map[string]string{"net.ipv4.ip_unprivileged_port_start": "1024"}
 
 // defaultPortStart is the kernel's net.ipv4.ip_unprivileged_port_start in
 // a new network namespace.
 const defaultPortStart = 1024
 
-func netSpecFor(spec *specs.Spec, portStartIn func(path string) (uint32, error)) netSpec {
+func netSpecFor(spec *specs.Spec, sysctlIn func(path, name string) (string, error)) netSpec {
 	_, userns := restorehook.SpecNamespace(spec, specs.UserNamespace)
 	netns, has := restorehook.SpecNamespace(spec, specs.NetworkNamespace)
 	n := netSpec{capsCount: !userns || (has && netns.Path == "")}
+	if sysctlIn == nil {
+		unknown := func(string) (string, error) { return "", errors.New("unknown on this host") }
+		n.sysctl, n.node = unknown, unknown
+		return n
+	}
+	n.node = func(name string) (string, error) { return sysctlIn("", name) }
 	switch {
 	case has && netns.Path == "":
 		// runc's, where snapboot's restore hook writes the spec's
 		// sysctls before CRIU restores the sockets.
-		n.portStart = func() (uint32, error) {
-			value, ok := restorehook.Sysctl(spec, "net.ipv4.ip_unprivileged_port_start")
-			if !ok {
-				return defaultPortStart, nil
+		n.sysctl = func(name string) (string, error) {
+			if value, ok := restorehook.Sysctl(spec, name); ok {
+				return value, nil
 			}
-			v, err := strconv.ParseUint(strings.TrimSpace(value), 10, 32)
-			return uint32(v), err
+			if value, ok := newNetnsDefaults[name]; ok {
+				return value, nil
+			}
+			return sysctlIn("", name)
 		}
-	case portStartIn == nil:
-		n.portStart = func() (uint32, error) { return 0, errors.New("unknown on this host") }
 	case has:
-		n.portStart = func() (uint32, error) { return portStartIn(netns.Path) }
+		n.sysctl = func(name string) (string, error) { return sysctlIn(netns.Path, name) }
 	default:
-		n.portStart = func() (uint32, error) { return portStartIn("") }
+		n.sysctl = n.node
 	}
 	return n
+}
+
+// portStart returns net.ipv4.ip_unprivileged_port_start in the
+// container's network namespace.
+func (n netSpec) portStart() (uint32, error) {
+	value, err := n.sysctl("net.ipv4.ip_unprivileged_port_start")
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(value), 10, 32)
+	return uint32(v), err
 }
 
 // checkFiles refuses a checkpoint whose tasks hold a file CRIU would make
@@ -99,6 +122,8 @@ func netSpecFor(spec *specs.Spec, portStartIn func(path string) (uint32, error))
 //     socket with a mark or a priority above 6, or a TUN device;
 //   - a file whose signals CRIU would send as another user than the
 //     spec's (see owner);
+//   - a socket in another network namespace than the tasks', and tasks
+//     in more than one (see netnsOf, checkpointNetns);
 //   - a netlink socket in a multicast group, or connected, where the
 //     kernel asks a capability of the cold start (see netlink);
 //   - without CAP_LEASE, a lease on a file the spec's user does not own
@@ -121,6 +146,10 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 	c := fileChecks{caps: caps, net: net, hostCaps: nodeCaps}
 	if spec.Process != nil {
 		c.uid = spec.Process.User.UID
+	}
+	var err error
+	if c.netns, c.netnsKnown, err = checkpointNetns(imagesDir, names); err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	if slices.Contains(names, "files.img") {
 		img, err := decodeImage(filepath.Join(imagesDir, "files.img"), &fdinfo.FileEntry{})
@@ -206,6 +235,11 @@ type fileChecks struct {
 	net      netSpec
 	hostCaps bool // the spec's capabilities are the node's (no user namespace)
 	start    *uint32
+	// netns is the network namespace id of the checkpoint's tasks, if
+	// netnsKnown (checkpointNetns).
+	netns      uint32
+	netnsKnown bool
+	limits     map[string]uint32 // bufLimit's, read once each
 }
 
 // granted reports whether the spec lets the app have capability c
@@ -251,6 +285,9 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 	if err := c.owner(fe); err != nil {
 		return err
 	}
+	if err := c.netnsOf(fe); err != nil {
+		return err
+	}
 	switch fe.GetType() {
 	case fdinfo.FdTypes_REG:
 		// CRIU opens a file with the flags it has; the kernel keeps none of
@@ -283,16 +320,16 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 				}
 			}
 		}
-		return c.sockOpts(sk.GetOpts())
+		return c.sockOpts(sk.GetOpts(), sk.GetType() == unix.SOCK_STREAM && (sk.GetProto() == unix.IPPROTO_TCP || sk.GetProto() == unix.IPPROTO_MPTCP))
 	case fdinfo.FdTypes_PACKETSK:
 		if err := c.need(unix.CAP_NET_RAW, true, "a packet socket"); err != nil {
 			return err
 		}
-		return c.sockOpts(fe.GetPsk().GetOpts())
+		return c.sockOpts(fe.GetPsk().GetOpts(), false)
 	case fdinfo.FdTypes_NETLINKSK:
 		return c.netlink(fe.GetNlsk())
 	case fdinfo.FdTypes_UNIXSK:
-		return c.sockOpts(fe.GetUsk().GetOpts())
+		return c.sockOpts(fe.GetUsk().GetOpts(), false)
 	case fdinfo.FdTypes_TUNF:
 		return c.need(unix.CAP_NET_ADMIN, true, "a TUN/TAP device")
 	case fdinfo.FdTypes_INOTIFY:
@@ -326,6 +363,83 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 	return nil
 }
 
+// sockBufs checks the buffer sizes CRIU gives a socket: it forces the
+// image's (SO_SNDBUFFORCE, SO_RCVBUFFORCE), which takes CAP_NET_ADMIN on
+// the node, as root. Without it, the cold start's socket has at most the
+// default size (net.core.wmem_default, rmem_default), twice
+// net.core.wmem_max (rmem_max) through SO_SNDBUF (SO_RCVBUF), or, for
+// TCP, what the kernel's autotuning grows it to: the largest of
+// net.ipv4.tcp_wmem (tcp_rmem) in the container's network namespace. The
+// memory a socket's buffers hold is the kernel's, and a socket's own
+// peer can fill them (a socket pair of the app's).
+func (c *fileChecks) sockBufs(o *skopts.SkOptsEntry, tcp bool) error {
+	if c.granted(unix.CAP_NET_ADMIN, false) {
+		return nil
+	}
+	for _, b := range []struct {
+		what, core, tcp string
+		size            uint32
+	}{
+		{"send", "wmem", "net.ipv4.tcp_wmem", o.GetSoSndbuf()},
+		{"receive", "rmem", "net.ipv4.tcp_rmem", o.GetSoRcvbuf()},
+	} {
+		limit, err := c.bufLimit(b.core, tcp, b.tcp)
+		if err != nil {
+			return fmt.Errorf("the largest %s buffer of a socket there: %w", b.what, err)
+		}
+		if b.size > limit {
+			return fmt.Errorf("the checkpoint holds a socket with a %s buffer of %d bytes, larger than the spec's user may make one (%d), which takes CAP_NET_ADMIN; the spec does not grant it", b.what, b.size, limit)
+		}
+	}
+	return nil
+}
+
+// bufLimit returns the largest buffer the cold start's socket could have
+// (see sockBufs), by core: "wmem" or "rmem", and for a TCP socket also
+// the maximum of tcpName. Read once each.
+func (c *fileChecks) bufLimit(core string, tcp bool, tcpName string) (uint32, error) {
+	if c.limits == nil {
+		c.limits = map[string]uint32{}
+	}
+	key := core + strconv.FormatBool(tcp)
+	if v, ok := c.limits[key]; ok {
+		return v, nil
+	}
+	var limit uint64
+	for _, r := range []struct {
+		name   string
+		netns  bool
+		factor uint64
+	}{
+		{"net.core." + core + "_max", false, 2},
+		{"net.core." + core + "_default", false, 1},
+		{tcpName, true, 1},
+	} {
+		if r.netns && !tcp {
+			continue
+		}
+		read := c.net.node
+		if r.netns {
+			read = c.net.sysctl
+		}
+		value, err := read(r.name)
+		if err != nil {
+			return 0, err
+		}
+		fields := strings.Fields(value)
+		if len(fields) == 0 {
+			return 0, fmt.Errorf("%s is empty", r.name)
+		}
+		v, err := strconv.ParseUint(fields[len(fields)-1], 10, 32)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", r.name, err)
+		}
+		limit = max(limit, v*r.factor)
+	}
+	c.limits[key] = uint32(min(limit, 1<<32-1))
+	return c.limits[key], nil
+}
+
 // owner checks the owner CRIU sets for a file's signals (F_SETOWN_EX,
 // the fown entry of every kind of file): CRIU takes on the image's uid and
 // euid first, as root may, and the kernel records them as the owner's.
@@ -345,29 +459,61 @@ func (c *fileChecks) owner(fe *fdinfo.FileEntry) error {
 	return nil
 }
 
-// fownOf returns the owner entry of whichever kind of file fe holds (each
-// kind's entry has its own), nil if it has none.
-func fownOf(fe *fdinfo.FileEntry) *fown.FownEntry {
-	var out *fown.FownEntry
+// kindField returns field name of the entry of whichever kind of file fe
+// holds (each kind has its own message), if it is set.
+func kindField(fe *fdinfo.FileEntry, name protoreflect.Name) (protoreflect.Value, bool) {
+	var out protoreflect.Value
+	found := false
 	fe.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if fd.Kind() != protoreflect.MessageKind || fd.IsList() || fd.IsMap() {
 			return true
 		}
 		kind := v.Message()
-		f := kind.Descriptor().Fields().ByName("fown")
+		f := kind.Descriptor().Fields().ByName(name)
 		if f == nil || !kind.Has(f) {
 			return true
 		}
-		out, _ = kind.Get(f).Message().Interface().(*fown.FownEntry)
-		return out == nil
+		out, found = kind.Get(f), true
+		return false
 	})
-	return out
+	return out, found
+}
+
+// fownOf returns the owner entry of the kind of file fe holds, nil if it
+// has none.
+func fownOf(fe *fdinfo.FileEntry) *fown.FownEntry {
+	v, ok := kindField(fe, "fown")
+	if !ok {
+		return nil
+	}
+	o, _ := v.Message().Interface().(*fown.FownEntry)
+	return o
+}
+
+// netnsOf checks the network namespace CRIU makes a socket (or opens a
+// TUN device) in: the ns_id of its entry, where 0 (or none) is the
+// tasks'. It must be the tasks' own (see checkpointNetns): CRIU would
+// otherwise switch to another namespace of the checkpoint's, which it
+// made and filled itself, as root.
+func (c *fileChecks) netnsOf(fe *fdinfo.FileEntry) error {
+	v, ok := kindField(fe, "ns_id")
+	if !ok {
+		return nil
+	}
+	if id := uint32(v.Uint()); id != 0 && (!c.netnsKnown || id != c.netns) {
+		return fmt.Errorf("file %#x (%s) is in network namespace %d, not the tasks'", fe.GetId(), fe.GetType(), id)
+	}
+	return nil
 }
 
 // sockOpts checks the options CRIU sets on a socket it restores: a mark,
 // or a priority above 6, takes CAP_NET_ADMIN (newer kernels also take
-// CAP_NET_RAW, kernels before 5.17 do not: not counted).
-func (c *fileChecks) sockOpts(o *skopts.SkOptsEntry) error {
+// CAP_NET_RAW, kernels before 5.17 do not: not counted); so do buffers
+// larger than the cold start's could be (see sockBufs).
+func (c *fileChecks) sockOpts(o *skopts.SkOptsEntry, tcp bool) error {
+	if err := c.sockBufs(o, tcp); err != nil {
+		return err
+	}
 	if o.GetSoMark() != 0 {
 		if err := c.need(unix.CAP_NET_ADMIN, true, "a socket with a mark (SO_MARK)"); err != nil {
 			return err

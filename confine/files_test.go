@@ -3,9 +3,11 @@ package confine
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -80,11 +82,14 @@ func withFiles(t *testing.T, dir string, entries ...*fdinfo.FileEntry) {
 func TestFilesTheSpecGrants(t *testing.T) {
 	hostPorts := func(start uint32) hostState {
 		h := plainHost
-		h.portStart = func(path string) (uint32, error) {
-			if path != "" {
-				return 0, errors.New("not the node's network namespace")
+		h.netSysctl = func(path, name string) (string, error) {
+			switch {
+			case path != "":
+				return "", errors.New("not the node's network namespace")
+			case name == "net.ipv4.ip_unprivileged_port_start":
+				return strconv.Itoa(int(start)), nil
 			}
-			return start, nil
+			return nodeSysctls(name)
 		}
 		return h
 	}
@@ -127,7 +132,7 @@ func TestFilesTheSpecGrants(t *testing.T) {
 				c.specs(s)
 			}
 			host := c.host
-			if host.portStart == nil {
+			if host.netSysctl == nil {
 				host = plainHost
 			}
 			_, err := apply(imgs, t.TempDir(), s, host, onHost)
@@ -163,13 +168,43 @@ func TestFileCapabilities(t *testing.T) {
 	audit := netlinkSocket(unix.NETLINK_AUDIT, 1)
 	genlCtrl := netlinkSocket(unix.NETLINK_GENERIC, 1<<(genlCtrlNotify-1))
 	genlFamily := netlinkSocket(unix.NETLINK_GENERIC, 1<<8)
-	beyond32 := netlinkSocket(unix.NETLINK_NETFILTER, 0, 1)
+	beyond32 := netlinkSocket(unix.NETLINK_ROUTE, 0, 1)
+	usersock := netlinkSocket(unix.NETLINK_USERSOCK, 1)
+	procEvents := netlinkSocket(unix.NETLINK_CONNECTOR, 1)
+	xfrm := netlinkSocket(unix.NETLINK_XFRM, 1)
+	mroute6 := netlinkSocket(unix.NETLINK_ROUTE, 1<<(rtnlgrpIPv6MrouteR-1))
+	markedNetlink := netlinkSocket(unix.NETLINK_ROUTE, 1)
+	markedNetlink.Nlsk.Opts.SoMark = proto.Uint32(7)
+	toGroup33 := netlinkSocket(unix.NETLINK_USERSOCK, 0)
+	toGroup33.Nlsk.State, toGroup33.Nlsk.DstGroup = proto.Uint32(netlinkConnected), proto.Uint32(33)
 	signalsAs := func(f *fdinfo.FileEntry, uid, euid uint32) *fdinfo.FileEntry {
 		f = proto.Clone(f).(*fdinfo.FileEntry)
 		o := fownOf(f)
 		o.Pid, o.Uid, o.Euid, o.Signum = proto.Uint32(1), proto.Uint32(uid), proto.Uint32(euid), proto.Uint32(9)
 		return f
 	}
+	inNetns := func(f *fdinfo.FileEntry, id uint32) *fdinfo.FileEntry {
+		f = proto.Clone(f).(*fdinfo.FileEntry)
+		switch {
+		case f.Isk != nil:
+			f.Isk.NsId = proto.Uint32(id)
+		case f.Nlsk != nil:
+			f.Nlsk.NsId = proto.Uint32(id)
+		}
+		return f
+	}
+	withBufs := func(f *fdinfo.FileEntry, snd, rcv uint32) *fdinfo.FileEntry {
+		f = proto.Clone(f).(*fdinfo.FileEntry)
+		o := f.GetIsk().GetOpts()
+		if o == nil {
+			o = f.GetNlsk().GetOpts()
+		}
+		o.SoSndbuf, o.SoRcvbuf = proto.Uint32(snd), proto.Uint32(rcv)
+		return f
+	}
+	tcp := inetSocket(1, unix.SOCK_STREAM, 8080)
+	udp := inetSocket(1, unix.SOCK_DGRAM, 8080)
+	udp.Isk.Proto = proto.Uint32(unix.IPPROTO_UDP)
 	toKernel := netlinkSocket(unix.NETLINK_ROUTE, 0)
 	toKernel.Nlsk.State = proto.Uint32(netlinkConnected)
 	toGroup := netlinkSocket(unix.NETLINK_ROUTE, 0)
@@ -214,11 +249,31 @@ func TestFileCapabilities(t *testing.T) {
 		{name: "a socket signalling as root, for a user", file: signalsAs(inetSocket(1, unix.SOCK_STREAM, 8080), 0, 0), uid: 1000, refused: true},
 		{name: "a netlink socket signalling as root, for a user", file: signalsAs(links, 0, 0), uid: 1000, refused: true},
 		{name: "an inotify group signalling as root, for a user", file: signalsAs(inotifyWatch("/tmp"), 0, 0), uid: 1000, refused: true},
+		{name: "a socket in the tasks' network namespace", file: inNetns(inetSocket(1, unix.SOCK_STREAM, 8080), 10)},
+		{name: "a socket without a network namespace id (the tasks')", file: inNetns(inetSocket(1, unix.SOCK_STREAM, 8080), 0)},
+		{name: "a socket in another network namespace", file: inNetns(inetSocket(1, unix.SOCK_STREAM, 8080), 11), refused: true},
+		{name: "a netlink socket in another network namespace", file: inNetns(links, 11), refused: true},
+		{name: "TCP, autotuned to tcp_wmem's and tcp_rmem's largest", file: withBufs(tcp, 4194304, 6291456)},
+		{name: "TCP, a receive buffer above tcp_rmem's largest", file: withBufs(tcp, 4194304, 6291457), refused: true},
+		{name: "TCP, a 1 GiB send buffer", file: withBufs(tcp, 1<<30, 131072), refused: true},
+		{name: "TCP, a 1 GiB send buffer, CAP_NET_ADMIN", file: withBufs(tcp, 1<<30, 131072), caps: []string{"CAP_NET_ADMIN"}},
+		{name: "TCP, a 1 GiB send buffer, CAP_NET_ADMIN in a user namespace", file: withBufs(tcp, 1<<30, 131072), caps: []string{"CAP_NET_ADMIN"}, userns: true, newNetns: true, refused: true},
+		{name: "UDP, twice rmem_max", file: withBufs(udp, 212992, 425984)},
+		{name: "UDP, a receive buffer of TCP's size", file: withBufs(udp, 212992, 6291456), refused: true},
+		{name: "netlink, a 64 MiB receive buffer", file: withBufs(links, 212992, 64<<20), refused: true},
 		{name: "netlink route, link and route groups", file: links},
 		{name: "netlink route, a multicast routing group", file: mroute, refused: true},
 		{name: "netlink route, a multicast routing group, CAP_NET_ADMIN", file: mroute, caps: []string{"CAP_NET_ADMIN"}},
 		{name: "netlink route, a multicast routing group, CAP_NET_ADMIN in a user namespace, the node's network", file: mroute, caps: []string{"CAP_NET_ADMIN"}, userns: true, refused: true},
-		{name: "netfilter, a group in the second word", file: beyond32, refused: true},
+		{name: "netlink route, a free group in the second word (CRIU fails on it)", file: beyond32, caps: []string{"CAP_NET_ADMIN"}, refused: true},
+		{name: "netlink usersock, a group", file: usersock, refused: true},
+		{name: "netlink connector, process events", file: procEvents, refused: true},
+		{name: "netlink connector, process events, CAP_NET_ADMIN", file: procEvents, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "netlink xfrm, a group", file: xfrm, refused: true},
+		{name: "netlink route, group 31", file: mroute6, refused: true},
+		{name: "netlink route, group 31, CAP_NET_ADMIN in a user namespace, its own network", file: mroute6, caps: []string{"CAP_NET_ADMIN"}, userns: true, newNetns: true},
+		{name: "netlink route, a mark", file: markedNetlink, refused: true},
+		{name: "netlink usersock, connected to group 33", file: toGroup33, caps: []string{"CAP_NET_ADMIN"}, refused: true},
 		{name: "netfilter events", file: conntrack, caps: []string{"CAP_NET_RAW"}, refused: true},
 		{name: "netfilter events, CAP_NET_ADMIN", file: conntrack, caps: []string{"CAP_NET_ADMIN"}},
 		{name: "kobject uevents", file: uevents},
@@ -231,6 +286,8 @@ func TestFileCapabilities(t *testing.T) {
 		{name: "netlink route, connected to the kernel (CRIU would make it group 32)", file: toKernel, caps: []string{"CAP_NET_ADMIN"}, refused: true},
 		{name: "netlink route, connected to a group", file: toGroup, refused: true},
 		{name: "netlink route, connected to a group, CAP_NET_ADMIN", file: toGroup, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "netlink route, connected to a group, CAP_NET_ADMIN in a user namespace, the node's network", file: toGroup, caps: []string{"CAP_NET_ADMIN"}, userns: true, refused: true},
+		{name: "netlink route, connected to a group, CAP_NET_ADMIN in a user namespace, its own network", file: toGroup, caps: []string{"CAP_NET_ADMIN"}, userns: true, newNetns: true},
 		{name: "netlink usersock, connected to a peer without a group", file: toPeer, refused: true},
 		{name: "netlink usersock, connected to a peer and a group", file: toPeerGroup},
 	} {
@@ -239,11 +296,46 @@ func TestFileCapabilities(t *testing.T) {
 			t.Fatal(err)
 		}
 		caps, _ := grantedCaps(spec(0, c.caps, false), m)
-		checks := fileChecks{uid: c.uid, caps: caps, hostCaps: !c.userns,
-			net: netSpec{capsCount: !c.userns || c.newNetns, portStart: func() (uint32, error) { return defaultPortStart, nil }}}
+		checks := fileChecks{uid: c.uid, caps: caps, hostCaps: !c.userns, netns: 10, netnsKnown: true,
+			net: netSpec{capsCount: !c.userns || c.newNetns, sysctl: nodeSysctls, node: nodeSysctls}}
 		err = checks.check(c.file)
 		if refused := err != nil; refused != c.refused {
 			t.Errorf("%s: %v, want refused %v", c.name, err, c.refused)
+		}
+	}
+}
+
+func TestCheckpointNetns(t *testing.T) {
+	withNet := func(id uint32) *criucore.TaskKobjIdsEntry {
+		ids := hostIDs()
+		ids.NetNsId = proto.Uint32(id)
+		return ids
+	}
+	for _, c := range []struct {
+		name   string
+		tasks  []uint32 // net ns ids
+		netns  []string // netns images
+		refuse string
+	}{
+		{name: "one namespace", tasks: []uint32{10, 10}, netns: []string{"netns-10.img"}},
+		{name: "an external one", tasks: []uint32{7}},
+		{name: "a task in another", tasks: []uint32{10, 11}, netns: []string{"netns-10.img"}, refuse: "tasks are in more than one network namespace"},
+		{name: "two namespaces' images", tasks: []uint32{10}, netns: []string{"netns-10.img", "netns-11.img"}, refuse: "more than one network namespace (netns-11.img)"},
+	} {
+		dir := t.TempDir()
+		var names []string
+		for i, id := range c.tasks {
+			name := fmt.Sprintf("ids-%d.img", i+1)
+			writeImage(t, filepath.Join(dir, name), "IDS", withNet(id))
+			names = append(names, name)
+		}
+		names = append(names, c.netns...)
+		id, known, err := checkpointNetns(dir, names)
+		switch {
+		case c.refuse == "" && (err != nil || !known || id != c.tasks[0]):
+			t.Errorf("%s: %d %v %v, want %d", c.name, id, known, err, c.tasks[0])
+		case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
+			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
 		}
 	}
 }
@@ -323,12 +415,28 @@ func TestGhostFiles(t *testing.T) {
 // the spec's sysctl (which the restore hook writes before CRIU restores
 // sockets) or the kernel's default; in one joined by path, its own; else
 // the node's.
+// nodeSysctls are a node's network sysctls, as the kernel sets them.
+func nodeSysctls(name string) (string, error) {
+	values := map[string]string{
+		"net.ipv4.ip_unprivileged_port_start": "1024",
+		"net.core.wmem_max": "212992", "net.core.rmem_max": "212992", "net.core.wmem_default": "212992", "net.core.rmem_default": "212992",
+		"net.ipv4.tcp_wmem": "4096\t16384\t4194304", "net.ipv4.tcp_rmem": "4096\t131072\t6291456",
+	}
+	if v, ok := values[name]; ok {
+		return v, nil
+	}
+	return "", fmt.Errorf("no sysctl %s", name)
+}
+
 func TestNetSpec(t *testing.T) {
-	in := func(path string) (uint32, error) {
-		if path == "/run/netns/pod" {
-			return 0, nil
+	in := func(path, name string) (string, error) {
+		if name != "net.ipv4.ip_unprivileged_port_start" {
+			return "", errors.New("not the port start")
 		}
-		return 1000, nil
+		if path == "/run/netns/pod" {
+			return "0", nil
+		}
+		return "1000", nil
 	}
 	for _, c := range []struct {
 		name      string
@@ -358,6 +466,42 @@ func TestNetSpec(t *testing.T) {
 		start, err := n.portStart()
 		if err != nil || start != c.start || n.capsCount != c.capsCount {
 			t.Errorf("%s: port start %d (%v), capabilities count %v; want %d, %v", c.name, start, err, n.capsCount, c.start, c.capsCount)
+		}
+	}
+}
+
+// The TCP buffer sizes: in a network namespace runc makes, the spec's or
+// (copied when the kernel makes it) the node's; in a pod's, its own.
+func TestNetSpecTCPBuffers(t *testing.T) {
+	in := func(path, name string) (string, error) {
+		if name != "net.ipv4.tcp_rmem" {
+			return "", errors.New("not tcp_rmem")
+		}
+		if path == "/run/netns/pod" {
+			return "4096 131072 33554432", nil
+		}
+		return "4096 131072 6291456", nil
+	}
+	for _, c := range []struct {
+		name   string
+		netns  *specs.LinuxNamespace
+		sysctl map[string]string
+		want   string
+	}{
+		{name: "the node's", want: "6291456"},
+		{name: "a new one", netns: &specs.LinuxNamespace{Type: specs.NetworkNamespace}, want: "6291456"},
+		{name: "a new one with the spec's sysctl", netns: &specs.LinuxNamespace{Type: specs.NetworkNamespace},
+			sysctl: map[string]string{"net.ipv4.tcp_rmem": "4096 131072 16777216"}, want: "16777216"},
+		{name: "a pod's", netns: &specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/run/netns/pod"}, want: "33554432"},
+	} {
+		s := spec(0, nil, false)
+		if c.netns != nil {
+			s.Linux.Namespaces = append(s.Linux.Namespaces, *c.netns)
+		}
+		s.Linux.Sysctl = c.sysctl
+		got, err := netSpecFor(s, in).sysctl("net.ipv4.tcp_rmem")
+		if f := strings.Fields(got); err != nil || len(f) != 3 || f[2] != c.want {
+			t.Errorf("%s: tcp_rmem %q (%v), want its largest %s", c.name, got, err, c.want)
 		}
 	}
 }

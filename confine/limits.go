@@ -156,10 +156,10 @@ type hostState struct {
 	// utsNames returns the names of the UTS namespace at a path, or this
 	// node's for "" (see fitUTSNames).
 	utsNames func(path string) (host, domain string, err error)
-	// portStart returns net.ipv4.ip_unprivileged_port_start in the
+	// netSysctl returns a network sysctl's value (dotted name) in the
 	// network namespace at a path, or in this node's for "" (see
-	// checkFiles).
-	portStart func(path string) (uint32, error)
+	// netSpecFor).
+	netSysctl func(path, name string) (string, error)
 	// rootLayers are the directories of the container's root file system,
 	// topmost first (see remaps.check).
 	rootLayers []string
@@ -191,7 +191,7 @@ func readHostState() (hostState, error) {
 	}
 	h.cgroupHierarchies = cgroupHierarchies
 	h.utsNames = utsNamesOf
-	h.portStart = portStartOf
+	h.netSysctl = netSysctlOf
 	return h, nil
 }
 

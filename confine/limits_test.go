@@ -37,7 +37,8 @@ func tcOf(t *testing.T, path string) *criucore.TaskCoreEntry {
 	return core.GetTc()
 }
 
-var plainHost = hostState{oomScoreAdj: 0, loginuid: invalidUID}
+var plainHost = hostState{oomScoreAdj: 0, loginuid: invalidUID,
+	netSysctl: func(path, name string) (string, error) { return nodeSysctls(name) }}
 
 func TestRlimitsAndOOMScoreNarrowed(t *testing.T) {
 	imgs := writeImages(t, task{tc: leader(-1000)})

@@ -147,3 +147,35 @@ func decodeOne(path string, msg proto.Message) (*crit.CriuImage, error) {
 	}
 	return img, nil
 }
+
+// checkpointNetns returns the network namespace id of the checkpoint's
+// tasks (known is false without task ids), and refuses tasks in more than
+// one network namespace, or images of more than one (netns-*.img): CRIU
+// would make the others and fill them from the images (links, addresses,
+// routes, firewall rules) as root, where runc leaves the container's own
+// empty for its hooks or joins the one the spec names.
+func checkpointNetns(imagesDir string, names []string) (id uint32, known bool, err error) {
+	images := 0
+	for _, name := range names {
+		switch {
+		case strings.HasPrefix(name, "netns-") && strings.HasSuffix(name, ".img"):
+			if images++; images > 1 {
+				return 0, false, fmt.Errorf("the checkpoint has more than one network namespace (%s); CRIU would make and fill the others as root", name)
+			}
+		case strings.HasPrefix(name, "ids-") && strings.HasSuffix(name, ".img"):
+			img, err := decodeOne(filepath.Join(imagesDir, name), &criucore.TaskKobjIdsEntry{})
+			if err != nil {
+				return 0, false, err
+			}
+			ids := img.Entries[0].Message.(*criucore.TaskKobjIdsEntry)
+			if ids.NetNsId == nil {
+				continue
+			}
+			if known && ids.GetNetNsId() != id {
+				return 0, false, fmt.Errorf("the checkpoint's tasks are in more than one network namespace (%s: %d, another: %d); CRIU would make and fill the others as root", name, ids.GetNetNsId(), id)
+			}
+			id, known = ids.GetNetNsId(), true
+		}
+	}
+	return id, known, nil
+}

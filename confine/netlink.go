@@ -42,18 +42,27 @@ const (
 // which the donor's did not; seen on this node's CRIU 4.2 by dumping the
 // clone again.
 //
-// CAP_NET_ADMIN counts in the socket's network namespace, as the kernel
-// asks it there.
+// CAP_NET_ADMIN counts in the container's network namespace, as the
+// kernel asks it in the socket's (checkSocketNetns keeps every socket
+// there).
 func (c *fileChecks) netlink(sk *sknetlink.NetlinkSkEntry) error {
 	proto := sk.GetProtocol()
+	if n := len(sk.GetGroups()); n > 1 {
+		// CRIU fails on them; refused before they are counted.
+		return fmt.Errorf("the checkpoint holds a %s socket with %d words of groups; CRIU restores the first 32 groups only", netlinkName(proto), n)
+	}
 	for _, g := range netlinkGroups(sk.GetGroups()) {
 		if err := c.netlinkGroup(proto, g); err != nil {
 			return err
 		}
 	}
 	if sk.GetState() == netlinkConnected {
-		if sk.GetDstGroup() == 0 {
+		switch g := sk.GetDstGroup(); {
+		case g == 0:
 			return fmt.Errorf("the checkpoint holds a %s socket connected to port %d without a group, which CRIU would connect to group 32", netlinkName(proto), sk.GetDstPortid())
+		case g > 32:
+			// The kernel records the first group of a 32-bit mask.
+			return fmt.Errorf("the checkpoint holds a %s socket connected to group %d, which no socket can be", netlinkName(proto), g)
 		}
 		if proto != unix.NETLINK_USERSOCK {
 			what := fmt.Sprintf("a %s socket connected to port %d, group %d", netlinkName(proto), sk.GetDstPortid(), sk.GetDstGroup())
@@ -62,7 +71,7 @@ func (c *fileChecks) netlink(sk *sknetlink.NetlinkSkEntry) error {
 			}
 		}
 	}
-	return c.sockOpts(sk.GetOpts())
+	return c.sockOpts(sk.GetOpts(), false)
 }
 
 func (c *fileChecks) netlinkGroup(proto uint32, group int) error {
@@ -90,8 +99,7 @@ func (c *fileChecks) netlinkGroup(proto uint32, group int) error {
 }
 
 // netlinkGroups lists the groups (numbered from 1) of a socket's group
-// bitmap, in CRIU's 32-bit words. CRIU restores the first word only (it
-// fails on more), but every group is checked.
+// bitmap, in CRIU's 32-bit words.
 func netlinkGroups(words []uint32) []int {
 	var groups []int
 	for i, w := range words {

@@ -5,7 +5,7 @@ package confine
 import (
 	"fmt"
 	"os"
-	"strconv"
+	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -13,30 +13,29 @@ import (
 	"github.com/snapboot/snapboot/restorehook"
 )
 
-// portStartOf returns net.ipv4.ip_unprivileged_port_start in the network
-// namespace at path, or in the calling process's when path is "" (this
-// node's, for a shim).
-func portStartOf(path string) (uint32, error) {
-	var start uint32
+// netSysctlOf returns the value of a network sysctl (dotted name, under
+// net.) in the network namespace at path, or in the calling process's
+// when path is "" (this node's, for a shim).
+func netSysctlOf(path, name string) (string, error) {
+	if !strings.HasPrefix(name, "net.") || strings.Contains(name, "/") || strings.Contains(name, "..") {
+		return "", fmt.Errorf("not a network sysctl: %q", name)
+	}
+	var value string
 	read := func() error {
-		data, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-		if err != nil {
-			return err
-		}
-		v, err := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 32)
-		start = uint32(v)
+		data, err := os.ReadFile(filepath.Join("/proc/sys", strings.ReplaceAll(name, ".", "/")))
+		value = strings.TrimSpace(string(data))
 		return err
 	}
 	if path == "" {
-		return start, read()
+		return value, read()
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, fmt.Errorf("network namespace %s: %w", path, err)
+		return "", fmt.Errorf("network namespace %s: %w", path, err)
 	}
 	defer f.Close()
 	if err := restorehook.InNamespace(f, unix.CLONE_NEWNET, read); err != nil {
-		return 0, fmt.Errorf("network namespace %s: %w", path, err)
+		return "", fmt.Errorf("network namespace %s: %w", path, err)
 	}
-	return start, nil
+	return value, nil
 }

@@ -238,10 +238,18 @@ func TestPrivilegedSocketsNeedTheirCapabilities(t *testing.T) {
 	})
 }
 
-// asNobody edits every task's credentials in dir to nobody's: a donor
+// asNobody edits every task's credentials in dir to nobody's, and the
+// signal owner's of each file that has one (a lease sets it): a donor
 // running as nobody cannot be dumped on this machine (CRIU, without
 // CAP_SYS_RESOURCE here, may not read another user's limits).
 func asNobody(t *testing.T, dir string) {
+	editImages(t, dir, "files.img", &fdinfo.FileEntry{}, func(img *crit.CriuImage) {
+		for _, e := range img.Entries {
+			if o := e.Message.(*fdinfo.FileEntry).GetReg().GetFown(); o.GetPid() != 0 {
+				o.Uid, o.Euid = proto.Uint32(65534), proto.Uint32(65534)
+			}
+		}
+	})
 	editImages(t, dir, "core-*.img", &criucore.CoreEntry{}, func(img *crit.CriuImage) {
 		cr := img.Entries[0].Message.(*criucore.CoreEntry).GetThreadCore().GetCreds()
 		if cr == nil {
@@ -584,4 +592,32 @@ func TestSignalOwnerIsTheSpecsUser(t *testing.T) {
 	offset := containerdLogOffset()
 	clone, cloneLog := startScriptClone(t, ck.Ref, script, append([]string{"--user", "65534:65534"}, dropAll...)...)
 	expectSpecFallback(t, offset, clone, cloneLog, "sends its signals to pid 1 as uid 0, euid 0")
+}
+
+// TestSocketBuffersNeedCAPNetAdmin restores a donor listening on port
+// 8080, its images edited to give the listening socket a 1 GiB receive
+// buffer. CRIU forces the image's size (SO_RCVBUFFORCE, which takes
+// CAP_NET_ADMIN) as root: a clone without the capability cold-starts.
+func TestSocketBuffersNeedCAPNetAdmin(t *testing.T) {
+	requireShim(t)
+	const script = `httpd -p 8080 -h /tmp; ` + counterScript
+	donor, donorLog := startScriptClone(t, "", script)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:buffers", packOptions{tamper: func(t *testing.T, dir string) {
+		edited := 0
+		editImages(t, dir, "files.img", &fdinfo.FileEntry{}, func(img *crit.CriuImage) {
+			for _, e := range img.Entries {
+				if sk := e.Message.(*fdinfo.FileEntry).GetIsk(); sk.GetSrcPort() == 8080 {
+					sk.Opts.SoRcvbuf = proto.Uint32(1 << 30)
+					edited++
+				}
+			}
+		})
+		if edited != 1 {
+			t.Fatalf("%d sockets on port 8080 in the checkpoint, want 1", edited)
+		}
+	}})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, script)
+	expectSpecFallback(t, offset, clone, cloneLog, "a receive buffer of 1073741824 bytes")
 }

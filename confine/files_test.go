@@ -419,8 +419,12 @@ func TestGhostFiles(t *testing.T) {
 func nodeSysctls(name string) (string, error) {
 	values := map[string]string{
 		"net.ipv4.ip_unprivileged_port_start": "1024",
-		"net.core.wmem_max": "212992", "net.core.rmem_max": "212992", "net.core.wmem_default": "212992", "net.core.rmem_default": "212992",
-		"net.ipv4.tcp_wmem": "4096\t16384\t4194304", "net.ipv4.tcp_rmem": "4096\t131072\t6291456",
+		"net.core.wmem_max":                   "212992",
+		"net.core.rmem_max":                   "212992",
+		"net.core.wmem_default":               "212992",
+		"net.core.rmem_default":               "212992",
+		"net.ipv4.tcp_wmem":                   "4096\t16384\t4194304",
+		"net.ipv4.tcp_rmem":                   "4096\t131072\t6291456",
 	}
 	if v, ok := values[name]; ok {
 		return v, nil

@@ -112,28 +112,17 @@ func netlinkGroups(words []uint32) []int {
 	return groups
 }
 
+// netlinkNames are the protocols' names in refusals.
+var netlinkNames = map[uint32]string{
+	unix.NETLINK_ROUTE: "NETLINK_ROUTE", unix.NETLINK_USERSOCK: "NETLINK_USERSOCK", unix.NETLINK_SOCK_DIAG: "NETLINK_SOCK_DIAG",
+	unix.NETLINK_XFRM: "NETLINK_XFRM", unix.NETLINK_SELINUX: "NETLINK_SELINUX", unix.NETLINK_AUDIT: "NETLINK_AUDIT",
+	unix.NETLINK_CONNECTOR: "NETLINK_CONNECTOR", unix.NETLINK_NETFILTER: "NETLINK_NETFILTER",
+	unix.NETLINK_KOBJECT_UEVENT: "NETLINK_KOBJECT_UEVENT", unix.NETLINK_GENERIC: "NETLINK_GENERIC",
+}
+
 func netlinkName(proto uint32) string {
-	switch proto {
-	case unix.NETLINK_ROUTE:
-		return "NETLINK_ROUTE"
-	case unix.NETLINK_USERSOCK:
-		return "NETLINK_USERSOCK"
-	case unix.NETLINK_SOCK_DIAG:
-		return "NETLINK_SOCK_DIAG"
-	case unix.NETLINK_XFRM:
-		return "NETLINK_XFRM"
-	case unix.NETLINK_SELINUX:
-		return "NETLINK_SELINUX"
-	case unix.NETLINK_AUDIT:
-		return "NETLINK_AUDIT"
-	case unix.NETLINK_CONNECTOR:
-		return "NETLINK_CONNECTOR"
-	case unix.NETLINK_NETFILTER:
-		return "NETLINK_NETFILTER"
-	case unix.NETLINK_KOBJECT_UEVENT:
-		return "NETLINK_KOBJECT_UEVENT"
-	case unix.NETLINK_GENERIC:
-		return "NETLINK_GENERIC"
+	if name, ok := netlinkNames[proto]; ok {
+		return name
 	}
 	return fmt.Sprintf("netlink protocol %d", proto)
 }

@@ -313,9 +313,7 @@ func TestFileOpenedAsRootNeedsItsPermissions(t *testing.T) {
 // alone, as root, on any mount of its file system: refused.
 func TestInotifyWatchNeedsItsPath(t *testing.T) {
 	requireShim(t)
-	dir := buildProgram(t, "watch", watchProgram)
-	const script = `exec /opt/watch/watch`
-	flags := []string{"--mount", "type=bind,src=" + dir + ",dst=/opt/watch,options=rbind:ro"}
+	script, flags := buildProgram(t, "watch", watchProgram)
 	donor, donorLog := startScriptClone(t, "", script, flags...)
 	waitCount(t, donorLog, 5)
 	for i, c := range []struct {
@@ -393,9 +391,7 @@ func main() {
 // group 32.
 func TestNetlinkGroupsNeedTheirCapabilities(t *testing.T) {
 	requireShim(t)
-	dir := buildProgram(t, "netlink", netlinkProgram)
-	const script = `exec /opt/netlink/netlink`
-	flags := []string{"--mount", "type=bind,src=" + dir + ",dst=/opt/netlink,options=rbind:ro"}
+	script, flags := buildProgram(t, "netlink", netlinkProgram)
 	donor, donorLog := startScriptClone(t, "", script, append(flags, "--cap-add", "CAP_NET_ADMIN")...)
 	waitCount(t, donorLog, 5)
 	ck := packAndPush(t, donor, registryAddr+"/it/crafted:netlink", packOptions{})
@@ -418,7 +414,7 @@ func TestNetlinkGroupsNeedTheirCapabilities(t *testing.T) {
 		}
 	})
 	t.Run("connected to the kernel", func(t *testing.T) {
-		const script = `exec /opt/netlink/netlink connect`
+		script := script + " connect"
 		flags := append(flags, "--cap-add", "CAP_NET_ADMIN")
 		donor, donorLog := startScriptClone(t, "", script, flags...)
 		waitCount(t, donorLog, 5)
@@ -494,9 +490,7 @@ func join(fd int) error {
 // kernel would refuse the lease, cold-starts.
 func TestLeaseNeedsTheFilesOwner(t *testing.T) {
 	requireShim(t)
-	dir := buildProgram(t, "lease", leaseProgram)
-	const script = `exec /opt/lease/lease`
-	flags := []string{"--mount", "type=bind,src=" + dir + ",dst=/opt/lease,options=rbind:ro"}
+	script, flags := buildProgram(t, "lease", leaseProgram)
 	donor, donorLog := startScriptClone(t, "", script, flags...)
 	waitCount(t, donorLog, 5)
 	if got := leases(t, donor); got != 1 {

@@ -703,9 +703,9 @@ func shimProcess(t testing.TB, id string) (pid int, exe string) {
 }
 
 // buildProgram builds a static Go program from source into a test
-// directory, as name, and returns the directory (to bind-mount into a
-// container).
-func buildProgram(t *testing.T, name, source string) string {
+// directory, as name, and returns the script that runs it in a container
+// (at /opt/<name>/<name>) and the ctr flags that mount it there.
+func buildProgram(t *testing.T, name, source string) (script string, flags []string) {
 	t.Helper()
 	dir := testDir(t)
 	src := filepath.Join(dir, "main.go")
@@ -717,5 +717,6 @@ func buildProgram(t *testing.T, name, source string) string {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build %s: %v\n%s", name, err, out)
 	}
-	return dir
+	at := "/opt/" + name
+	return "exec " + at + "/" + name, []string{"--mount", "type=bind,src=" + dir + ",dst=" + at + ",options=rbind:ro"}
 }

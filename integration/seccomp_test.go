@@ -145,10 +145,10 @@ func threadsSeccomp(t *testing.T, pid int) []string {
 // each running runc's filter once, and the program goes on counting.
 func TestSeccompMultiThreaded(t *testing.T) {
 	requireShim(t)
-	dir := buildProgram(t, "threads", threadsProgram)
-	flags := []string{"--seccomp", "--mount", "type=bind,src=" + dir + ",dst=/opt/threads,options=rbind:ro"}
+	script, flags := buildProgram(t, "threads", threadsProgram)
+	flags = append(flags, "--seccomp")
 	start := func(ref string) (string, string) {
-		return startScriptClone(t, ref, "exec /opt/threads/threads", flags...)
+		return startScriptClone(t, ref, script, flags...)
 	}
 	threadsOK := func(who string, pid int) {
 		t.Helper()

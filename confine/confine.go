@@ -121,14 +121,16 @@ func setWords(w []uint32, v uint64) []uint32 {
 // seccompFilter is the filter runc installs on this node for the spec's
 // seccomp profile (package seccompfilter); nil if the spec has none.
 // rootLayers are the directories of the container's root file system,
-// topmost first, as its mounts stack them (see remaps.check).
-func Apply(imagesDir, workDir string, spec *specs.Spec, seccompFilter []byte, rootLayers []string) (*Result, error) {
+// topmost first, as its mounts stack them (see remaps.check). tcpRepair:
+// the restore keeps established TCP connections (tcp-established).
+func Apply(imagesDir, workDir string, spec *specs.Spec, seccompFilter []byte, rootLayers []string, tcpRepair bool) (*Result, error) {
 	host, err := readHostState()
 	if err != nil {
 		return nil, err
 	}
 	host.seccompFilter = seccompFilter
 	host.rootLayers = rootLayers
+	host.tcpRepair = tcpRepair
 	return apply(imagesDir, workDir, spec, host, hostHas)
 }
 
@@ -253,7 +255,9 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 			mountEntries = append(mountEntries, e.Message.(*mnt.MntEntry))
 		}
 	}
-	if err := checkFiles(imagesDir, names, spec, m, netSpecFor(spec, host.netSysctl), mountEntries, host.rootLayers); err != nil {
+	net := netSpecFor(spec, host.netSysctl)
+	net.tcpRepair = host.tcpRepair
+	if err := checkFiles(imagesDir, names, spec, m, net, mountEntries, host.rootLayers); err != nil {
 		return nil, err
 	}
 	mounts, external, err := rebindCgroups(mountImages, spec, host.cgroupHierarchies)

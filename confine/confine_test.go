@@ -108,7 +108,7 @@ func capsOf(t *testing.T, path string) (eff, prm, inh, bnd uint64) {
 func TestNarrowsCapabilities(t *testing.T) {
 	imgs := writeImages(t, task{caps: allCapsLow32}, task{caps: 1 << capChown})
 	work := t.TempDir()
-	res, err := Apply(imgs, work, spec(0, []string{"CAP_CHOWN"}, false), nil, nil)
+	res, err := Apply(imgs, work, spec(0, []string{"CAP_CHOWN"}, false), nil, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func TestNarrowsCapabilities(t *testing.T) {
 
 func TestNoCapabilitiesSpec(t *testing.T) {
 	imgs := writeImages(t, task{caps: 1<<capSysAdmin | 1<<capNetAdmin})
-	res, err := Apply(imgs, t.TempDir(), spec(0, nil, false), nil, nil)
+	res, err := Apply(imgs, t.TempDir(), spec(0, nil, false), nil, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestFittingCheckpointIsUsedAsIs(t *testing.T) {
 	ref := runcFilter(t)
 	writeSeccomp(t, imgs, &seccomp.SeccompFilter{Filter: withPrefix(ref, otherStubs[0])})
 	writePstree(t, imgs, 1)
-	res, err := Apply(imgs, t.TempDir(), spec(0, []string{"CAP_CHOWN", "CAP_KILL"}, true), ref, nil)
+	res, err := Apply(imgs, t.TempDir(), spec(0, []string{"CAP_CHOWN", "CAP_KILL"}, true), ref, nil, false)
 	if err != nil || res.ImagesDir != imgs || res.Narrowed != 0 {
 		t.Fatalf("%+v %v", res, err)
 	}
@@ -169,25 +169,25 @@ func TestRefusals(t *testing.T) {
 	for name, c := range cases {
 		imgs := writeImages(t, c.task)
 		writePstree(t, imgs, 1)
-		_, err := Apply(imgs, t.TempDir(), c.spec, ref, nil)
+		_, err := Apply(imgs, t.TempDir(), c.spec, ref, nil, false)
 		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: got %v, want ErrRefused saying %q", name, err, c.want)
 		}
 	}
-	if _, err := Apply(t.TempDir(), t.TempDir(), spec(0, nil, false), nil, nil); !errors.Is(err, ErrRefused) {
+	if _, err := Apply(t.TempDir(), t.TempDir(), spec(0, nil, false), nil, nil, false); !errors.Is(err, ErrRefused) {
 		t.Errorf("no core images: got %v", err)
 	}
-	if _, err := Apply(writeImages(t, task{}), t.TempDir(), spec(0, []string{"CAP_NONSENSE"}, false), nil, nil); err == nil {
+	if _, err := Apply(writeImages(t, task{}), t.TempDir(), spec(0, []string{"CAP_NONSENSE"}, false), nil, nil, false); err == nil {
 		t.Error("unknown capability in the spec: want an error")
 	}
 	legacy := writeImages(t, task{uid: 0})
 	os.WriteFile(filepath.Join(legacy, "creds-1.img"), []byte("creds"), 0o600)
-	if _, err := Apply(legacy, t.TempDir(), spec(0, nil, false), nil, nil); !errors.Is(err, ErrRefused) {
+	if _, err := Apply(legacy, t.TempDir(), spec(0, nil, false), nil, nil, false); !errors.Is(err, ErrRefused) {
 		t.Errorf("a separate credentials image: got %v, want ErrRefused", err)
 	}
 	policy := writeImages(t, task{uid: 0})
 	os.WriteFile(filepath.Join(policy, "apparmor.img"), []byte("policy"), 0o600)
-	if _, err := Apply(policy, t.TempDir(), spec(0, nil, false), nil, nil); !errors.Is(err, ErrRefused) {
+	if _, err := Apply(policy, t.TempDir(), spec(0, nil, false), nil, nil, false); !errors.Is(err, ErrRefused) {
 		t.Errorf("AppArmor policy in the checkpoint: got %v, want ErrRefused", err)
 	}
 	// An entry header that claims 4 GiB: refused before anything is
@@ -199,7 +199,7 @@ func TestRefusals(t *testing.T) {
 		hdr = binary.LittleEndian.AppendUint32(hdr, uint32(v))
 	}
 	os.WriteFile(filepath.Join(huge, "core-1.img"), append(hdr, "short"...), 0o600)
-	if _, err := Apply(huge, t.TempDir(), spec(0, nil, false), nil, nil); err == nil || !strings.Contains(err.Error(), "past the end") {
+	if _, err := Apply(huge, t.TempDir(), spec(0, nil, false), nil, nil, false); err == nil || !strings.Contains(err.Error(), "past the end") {
 		t.Errorf("an entry past the end of its image: got %v", err)
 	}
 	// The magic of another kind under a core image's name.
@@ -209,12 +209,12 @@ func TestRefusals(t *testing.T) {
 		hdr = binary.LittleEndian.AppendUint32(hdr, uint32(v))
 	}
 	os.WriteFile(filepath.Join(other, "core-1.img"), hdr, 0o600)
-	if _, err := Apply(other, t.TempDir(), spec(0, nil, false), nil, nil); err == nil || !strings.Contains(err.Error(), "want CORE") {
+	if _, err := Apply(other, t.TempDir(), spec(0, nil, false), nil, nil, false); err == nil || !strings.Contains(err.Error(), "want CORE") {
 		t.Errorf("a page map under a core image's name: got %v", err)
 	}
 	bad := t.TempDir()
 	os.WriteFile(filepath.Join(bad, "core-1.img"), []byte("garbage"), 0o600)
-	if _, err := Apply(bad, t.TempDir(), spec(0, nil, false), nil, nil); err == nil {
+	if _, err := Apply(bad, t.TempDir(), spec(0, nil, false), nil, nil, false); err == nil {
 		t.Error("garbage core image: want an error")
 	}
 }

@@ -48,6 +48,9 @@ type netSpec struct {
 	// container's network namespace; node the node's (the global ones,
 	// net.core's, are read there).
 	sysctl, node func(name string) (string, error)
+	// tcpRepair: CRIU rebuilds established TCP connections in TCP repair
+	// mode (the restore's tcp-established); otherwise it shuts them down.
+	tcpRepair bool
 }
 
 // newNetnsDefaults are the values of the sysctls confine reads that a
@@ -128,6 +131,8 @@ func (n netSpec) portStart() (uint32, error) {
 //     kernel asks a capability of the cold start (see netlink);
 //   - without CAP_LEASE, a lease on a file the spec's user does not own
 //     (see checkLeases);
+//   - without CAP_NET_ADMIN, an established TCP connection that CRIU
+//     rebuilds in TCP repair mode (a restore with tcp-established);
 //   - without CAP_SYS_ADMIN, a fanotify group; without CAP_BPF (or
 //     CAP_SYS_ADMIN), a BPF map; without CAP_WAKE_ALARM, an alarm timer.
 //
@@ -300,6 +305,14 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 		sk := fe.GetIsk()
 		if sk.GetType() == unix.SOCK_RAW {
 			if err := c.need(unix.CAP_NET_RAW, true, "a raw socket"); err != nil {
+				return err
+			}
+		}
+		// A connection CRIU rebuilds sets its addresses, sequence numbers
+		// and windows in TCP repair mode, which takes CAP_NET_ADMIN: the
+		// clone's packets would be whatever the images say.
+		if c.net.tcpRepair && sk.GetProto() == unix.IPPROTO_TCP && sk.GetDstPort() != 0 {
+			if err := c.need(unix.CAP_NET_ADMIN, true, "an established TCP connection, which CRIU rebuilds in TCP repair mode (tcp-established)"); err != nil {
 				return err
 			}
 		}

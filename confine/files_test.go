@@ -203,6 +203,8 @@ func TestFileCapabilities(t *testing.T) {
 		return f
 	}
 	tcp := inetSocket(1, unix.SOCK_STREAM, 8080)
+	connection := inetSocket(1, unix.SOCK_STREAM, 41000)
+	connection.Isk.DstPort, connection.Isk.State = proto.Uint32(5432), proto.Uint32(1) // TCP_ESTABLISHED
 	udp := inetSocket(1, unix.SOCK_DGRAM, 8080)
 	udp.Isk.Proto = proto.Uint32(unix.IPPROTO_UDP)
 	toKernel := netlinkSocket(unix.NETLINK_ROUTE, 0)
@@ -218,6 +220,7 @@ func TestFileCapabilities(t *testing.T) {
 		file     *fdinfo.FileEntry
 		caps     []string
 		uid      uint32
+		repair   bool // the restore keeps established TCP connections
 		userns   bool // and the node's network namespace
 		refused  bool
 		newNetns bool
@@ -253,6 +256,10 @@ func TestFileCapabilities(t *testing.T) {
 		{name: "a socket without a network namespace id (the tasks')", file: inNetns(inetSocket(1, unix.SOCK_STREAM, 8080), 0)},
 		{name: "a socket in another network namespace", file: inNetns(inetSocket(1, unix.SOCK_STREAM, 8080), 11), refused: true},
 		{name: "a netlink socket in another network namespace", file: inNetns(links, 11), refused: true},
+		{name: "an established connection, shut down (tcp-close)", file: connection},
+		{name: "an established connection, rebuilt (tcp-established)", file: connection, repair: true, refused: true},
+		{name: "an established connection, rebuilt, CAP_NET_ADMIN", file: connection, repair: true, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "a listening socket, tcp-established", file: tcp, repair: true},
 		{name: "TCP, autotuned to tcp_wmem's and tcp_rmem's largest", file: withBufs(tcp, 4194304, 6291456)},
 		{name: "TCP, a receive buffer above tcp_rmem's largest", file: withBufs(tcp, 4194304, 6291457), refused: true},
 		{name: "TCP, a 1 GiB send buffer", file: withBufs(tcp, 1<<30, 131072), refused: true},
@@ -297,7 +304,7 @@ func TestFileCapabilities(t *testing.T) {
 		}
 		caps, _ := grantedCaps(spec(0, c.caps, false), m)
 		checks := fileChecks{uid: c.uid, caps: caps, hostCaps: !c.userns, netns: 10, netnsKnown: true,
-			net: netSpec{capsCount: !c.userns || c.newNetns, sysctl: nodeSysctls, node: nodeSysctls}}
+			net: netSpec{capsCount: !c.userns || c.newNetns, sysctl: nodeSysctls, node: nodeSysctls, tcpRepair: c.repair}}
 		err = checks.check(c.file)
 		if refused := err != nil; refused != c.refused {
 			t.Errorf("%s: %v, want refused %v", c.name, err, c.refused)

@@ -163,6 +163,9 @@ type hostState struct {
 	// rootLayers are the directories of the container's root file system,
 	// topmost first (see remaps.check).
 	rootLayers []string
+	// tcpRepair: the restore keeps established TCP connections
+	// (tcp-established), which CRIU rebuilds in TCP repair mode.
+	tcpRepair bool
 }
 
 func readHostState() (hostState, error) {

@@ -155,7 +155,7 @@ func TestDonorTreeFits(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Through Apply too, which reads the host's own /proc and /sys.
-	if _, err := Apply(dir, t.TempDir(), clonesSpec(), nil, nil); err != nil {
+	if _, err := Apply(dir, t.TempDir(), clonesSpec(), nil, nil, false); err != nil {
 		t.Fatal(err)
 	}
 }

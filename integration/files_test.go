@@ -615,3 +615,68 @@ func TestSocketBuffersNeedCAPNetAdmin(t *testing.T) {
 	clone, cloneLog := startScriptClone(t, ck.Ref, script)
 	expectSpecFallback(t, offset, clone, cloneLog, "a receive buffer of 1073741824 bytes")
 }
+
+// TestRebuiltConnectionNeedsCAPNetAdmin restores a donor that holds both
+// ends of a TCP connection to itself, with tcp-established: CRIU rebuilds
+// the connection in TCP repair mode, which takes CAP_NET_ADMIN, so a clone
+// without it cold-starts; one with it gets the connection back, and the
+// program goes on sending a byte through it on every count.
+func TestRebuiltConnectionNeedsCAPNetAdmin(t *testing.T) {
+	requireShim(t)
+	script, flags := buildProgram(t, "loop", loopbackProgram)
+	donor, donorLog := startScriptClone(t, "", script, flags...)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:connection", packOptions{})
+	keep := append(flags, "--annotation", "snapboot.dev/criu-options=tcp-established")
+	t.Run("without CAP_NET_ADMIN", func(t *testing.T) {
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, ck.Ref, script, keep...)
+		expectSpecFallback(t, offset, clone, cloneLog, "an established TCP connection, which CRIU rebuilds in TCP repair mode")
+	})
+	t.Run("with CAP_NET_ADMIN", func(t *testing.T) {
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, ck.Ref, script, append(keep, "--cap-add", "CAP_NET_ADMIN")...)
+		expectRestored(t, offset, clone, cloneLog)
+		ns := waitCount(t, cloneLog, 3)
+		waitCount(t, cloneLog, ns[len(ns)-1]+5) // five more trips through the connection
+	})
+}
+
+const loopbackProgram = `// CRIU cannot dump the MPTCP listeners Go makes by default.
+//go:debug multipathtcp=0
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"time"
+)
+
+func main() {
+	l, err := net.Listen("tcp", "127.0.0.1:9000")
+	if err != nil {
+		panic(err)
+	}
+	client, err := net.Dial("tcp", "127.0.0.1:9000")
+	if err != nil {
+		panic(err)
+	}
+	server, err := l.Accept()
+	if err != nil {
+		panic(err)
+	}
+	b := make([]byte, 1)
+	for i := 1; ; i++ {
+		// Through the connection, both ways: a broken one ends the count.
+		if _, err := client.Write([]byte{byte(i)}); err != nil {
+			panic(err)
+		}
+		if _, err := io.ReadFull(server, b); err != nil || b[0] != byte(i) {
+			panic(fmt.Sprint("read ", b, err))
+		}
+		fmt.Println(i)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+`

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -302,14 +303,15 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 		}
 		plan.mountsCache = true
 	}
-	confined, err := confine.Apply(plan.ImagesDir, scratch, spec, filter, rootfsLayers(plan.Rootfs))
+	opts := criuconf.RestoreOptions(userOpts)
+	tcpRepair := slices.ContainsFunc(opts, func(o criuconf.Option) bool { return o.Name == "tcp-established" })
+	confined, err := confine.Apply(plan.ImagesDir, scratch, spec, filter, rootfsLayers(plan.Rootfs), tcpRepair)
 	if err != nil {
 		return nil, err
 	}
 	plan.ImagesDir = confined.ImagesDir
 	plan.NarrowedTasks = confined.Narrowed
 
-	opts := criuconf.RestoreOptions(userOpts)
 	for _, e := range confined.External {
 		opts = append(opts, criuconf.Option{Name: "external", Value: e})
 	}

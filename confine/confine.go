@@ -202,6 +202,7 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	}
 	res := &Result{ImagesDir: imagesDir}
 	rewritten := map[string]*crit.CriuImage{}
+	taskUIDs := map[uint32]bool{}
 	for i, path := range cores {
 		img, name := images[i], filepath.Base(path)
 		core := decoded[name]
@@ -216,6 +217,9 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		}
 		if err := checkIDs(cr, name, user, anyUID, anyGID); err != nil {
 			return nil, err
+		}
+		for _, id := range []uint32{cr.GetUid(), cr.GetEuid(), cr.GetSuid(), cr.GetFsuid()} {
+			taskUIDs[id] = true
 		}
 		if tc := core.GetTc(); tc != nil && len(tc.GetRlimits().GetRlimits()) < len(rlimitNames) {
 			// CRIU leaves the missing ones as its own: NOFILE raised.
@@ -257,7 +261,7 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	}
 	net := netSpecFor(spec, host.netSysctl)
 	net.tcpRepair = host.tcpRepair
-	if err := checkFiles(imagesDir, names, spec, m, net, mountEntries, host.rootLayers); err != nil {
+	if err := checkFiles(imagesDir, names, spec, m, net, mountEntries, host.rootLayers, taskUIDs); err != nil {
 		return nil, err
 	}
 	mounts, external, err := rebindCgroups(mountImages, spec, host.cgroupHierarchies)

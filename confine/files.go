@@ -15,7 +15,6 @@ import (
 
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
-	"github.com/checkpoint-restore/go-criu/v7/crit/images/fown"
 	ghostfile "github.com/checkpoint-restore/go-criu/v7/crit/images/ghost-file"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
@@ -24,7 +23,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/snapboot/snapboot/restorehook"
 )
@@ -137,8 +135,9 @@ func (n netSpec) portStart() (uint32, error) {
 //     CAP_SYS_ADMIN), a BPF map; without CAP_WAKE_ALARM, an alarm timer.
 //
 // mounts are the entries of the checkpoint's mount namespace; rootLayers
-// the directories of the container's root file system, topmost first.
-func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net netSpec, mounts []*mnt.MntEntry, rootLayers []string) error {
+// the directories of the container's root file system, topmost first;
+// taskUIDs the user ids the checkpoint's tasks run with.
+func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net netSpec, mounts []*mnt.MntEntry, rootLayers []string, taskUIDs map[uint32]bool) error {
 	for _, legacy := range legacyFileImages {
 		if slices.Contains(names, legacy) {
 			return fmt.Errorf("%w: the checkpoint has files in CRIU's old format (%s), which CRIU would restore unchecked", ErrRefused, legacy)
@@ -148,7 +147,7 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 	root := &layers{dirs: rootLayers}
 	defer root.close()
 	caps, nodeCaps := grantedCaps(spec, m)
-	c := fileChecks{caps: caps, net: net, hostCaps: nodeCaps}
+	c := fileChecks{caps: caps, net: net, hostCaps: nodeCaps, taskUIDs: taskUIDs}
 	if spec.Process != nil {
 		c.uid = spec.Process.User.UID
 	}
@@ -220,7 +219,7 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 			}
 		}
 	}
-	if err := checkLeases(imagesDir, names, regs, &c, accessOnce); err != nil {
+	if err := checkLeases(imagesDir, names, regs, &r, &c, accessOnce); err != nil {
 		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	for _, name := range names {
@@ -234,9 +233,10 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 }
 
 type fileChecks struct {
-	uid      uint32   // the spec's user
-	caps     uint64   // what the spec grants (grantedCaps)
-	watched  []string // paths of inotify watches
+	uid      uint32          // the spec's user
+	taskUIDs map[uint32]bool // the user ids the checkpoint's tasks run with
+	caps     uint64          // what the spec grants (grantedCaps)
+	watched  []string        // paths of inotify watches
 	net      netSpec
 	hostCaps bool // the spec's capabilities are the node's (no user namespace)
 	start    *uint32
@@ -287,10 +287,14 @@ func capName(c int) string {
 }
 
 func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
-	if err := c.owner(fe); err != nil {
+	k, err := kindOf(fe)
+	if err != nil {
 		return err
 	}
-	if err := c.netnsOf(fe); err != nil {
+	if err := c.owner(fe, k.owner); err != nil {
+		return err
+	}
+	if err := c.netnsOf(fe, k); err != nil {
 		return err
 	}
 	switch fe.GetType() {
@@ -451,72 +455,6 @@ func (c *fileChecks) bufLimit(core string, tcp bool, tcpName string) (uint32, er
 	}
 	c.limits[key] = uint32(min(limit, 1<<32-1))
 	return c.limits[key], nil
-}
-
-// owner checks the owner CRIU sets for a file's signals (F_SETOWN_EX,
-// the fown entry of every kind of file): CRIU takes on the image's uid and
-// euid first, as root may, and the kernel records them as the owner's.
-// They decide whom the file's SIGIO (or the signal F_SETSIG chose) may
-// reach: anyone, for an owner whose euid is root. The cold start's process
-// records its own, so they must be the spec's user's, unless the spec
-// grants CAP_SETUID (counted in the container's user namespace, where
-// CRIU sets them). CRIU sets no owner for a file whose owner pid is 0.
-func (c *fileChecks) owner(fe *fdinfo.FileEntry) error {
-	o := fownOf(fe)
-	if o == nil || o.GetPid() == 0 || c.caps&(1<<unix.CAP_SETUID) != 0 {
-		return nil
-	}
-	if o.GetUid() != c.uid || o.GetEuid() != c.uid {
-		return fmt.Errorf("file %#x (%s) sends its signals to pid %d as uid %d, euid %d; the spec's user is %d, without CAP_SETUID", fe.GetId(), fe.GetType(), o.GetPid(), o.GetUid(), o.GetEuid(), c.uid)
-	}
-	return nil
-}
-
-// kindField returns field name of the entry of whichever kind of file fe
-// holds (each kind has its own message), if it is set.
-func kindField(fe *fdinfo.FileEntry, name protoreflect.Name) (protoreflect.Value, bool) {
-	var out protoreflect.Value
-	found := false
-	fe.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		if fd.Kind() != protoreflect.MessageKind || fd.IsList() || fd.IsMap() {
-			return true
-		}
-		kind := v.Message()
-		f := kind.Descriptor().Fields().ByName(name)
-		if f == nil || !kind.Has(f) {
-			return true
-		}
-		out, found = kind.Get(f), true
-		return false
-	})
-	return out, found
-}
-
-// fownOf returns the owner entry of the kind of file fe holds, nil if it
-// has none.
-func fownOf(fe *fdinfo.FileEntry) *fown.FownEntry {
-	v, ok := kindField(fe, "fown")
-	if !ok {
-		return nil
-	}
-	o, _ := v.Message().Interface().(*fown.FownEntry)
-	return o
-}
-
-// netnsOf checks the network namespace CRIU makes a socket (or opens a
-// TUN device) in: the ns_id of its entry, where 0 (or none) is the
-// tasks'. It must be the tasks' own (see checkpointNetns): CRIU would
-// otherwise switch to another namespace of the checkpoint's, which it
-// made and filled itself, as root.
-func (c *fileChecks) netnsOf(fe *fdinfo.FileEntry) error {
-	v, ok := kindField(fe, "ns_id")
-	if !ok {
-		return nil
-	}
-	if id := uint32(v.Uint()); id != 0 && (!c.netnsKnown || id != c.netns) {
-		return fmt.Errorf("file %#x (%s) is in network namespace %d, not the tasks'", fe.GetId(), fe.GetType(), id)
-	}
-	return nil
 }
 
 // sockOpts checks the options CRIU sets on a socket it restores: a mark,

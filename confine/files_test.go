@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	bpfmapfile "github.com/checkpoint-restore/go-criu/v7/crit/images/bpfmap-file"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fh"
@@ -18,15 +19,21 @@ import (
 	fsnotify "github.com/checkpoint-restore/go-criu/v7/crit/images/fsnotify"
 	ghostfile "github.com/checkpoint-restore/go-criu/v7/crit/images/ghost-file"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	nsimg "github.com/checkpoint-restore/go-criu/v7/crit/images/ns"
+	packetsock "github.com/checkpoint-restore/go-criu/v7/crit/images/packet-sock"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
 	remapfilepath "github.com/checkpoint-restore/go-criu/v7/crit/images/remap-file-path"
 	skinet "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-inet"
 	sknetlink "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-netlink"
 	skopts "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-opts"
+	skunix "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-unix"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/timerfd"
+	ttyimg "github.com/checkpoint-restore/go-criu/v7/crit/images/tty"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/tun"
 	"github.com/checkpoint-restore/go-criu/v7/magic"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -148,9 +155,9 @@ func TestFilesTheSpecGrants(t *testing.T) {
 
 // The capability checks of each kind of file, on the entries themselves.
 func TestFileCapabilities(t *testing.T) {
-	packet := &fdinfo.FileEntry{Type: fdinfo.FdTypes_PACKETSK.Enum()}
-	tun := &fdinfo.FileEntry{Type: fdinfo.FdTypes_TUNF.Enum()}
-	bpf := &fdinfo.FileEntry{Type: fdinfo.FdTypes_BPFMAP.Enum()}
+	packet := &fdinfo.FileEntry{Type: fdinfo.FdTypes_PACKETSK.Enum(), Psk: &packetsock.PacketSockEntry{Opts: sockOptions()}}
+	tun := &fdinfo.FileEntry{Type: fdinfo.FdTypes_TUNF.Enum(), Tunf: &tun.TunfileEntry{}}
+	bpf := &fdinfo.FileEntry{Type: fdinfo.FdTypes_BPFMAP.Enum(), Bpf: &bpfmapfile.BpfmapFileEntry{}}
 	marked := inetSocket(1, unix.SOCK_STREAM, 0)
 	marked.Isk.Opts.SoMark = proto.Uint32(7)
 	urgent := inetSocket(1, unix.SOCK_DGRAM, 0)
@@ -179,7 +186,11 @@ func TestFileCapabilities(t *testing.T) {
 	toGroup33.Nlsk.State, toGroup33.Nlsk.DstGroup = proto.Uint32(netlinkConnected), proto.Uint32(33)
 	signalsAs := func(f *fdinfo.FileEntry, uid, euid uint32) *fdinfo.FileEntry {
 		f = proto.Clone(f).(*fdinfo.FileEntry)
-		o := fownOf(f)
+		k, err := kindOf(f)
+		if err != nil || k.owner == nil {
+			t.Fatalf("%v: no owner (%v)", f, err)
+		}
+		o := k.owner
 		o.Pid, o.Uid, o.Euid, o.Signum = proto.Uint32(1), proto.Uint32(uid), proto.Uint32(euid), proto.Uint32(9)
 		return f
 	}
@@ -246,6 +257,8 @@ func TestFileCapabilities(t *testing.T) {
 		{name: "a file signalling as root, for root", file: signalsAs(regFile(1, "/tmp/x"), 0, 0)},
 		{name: "a file signalling as root, for a user", file: signalsAs(regFile(1, "/tmp/x"), 0, 0), uid: 1000, refused: true},
 		{name: "a file signalling with root's euid, for a user", file: signalsAs(regFile(1, "/tmp/x"), 1000, 0), uid: 1000, refused: true},
+		{name: "a file signalling with root's uid, for a user", file: signalsAs(regFile(1, "/tmp/x"), 0, 1000), uid: 1000, refused: true},
+		{name: "a file signalling as another user a task runs as", file: signalsAs(regFile(1, "/tmp/x"), 1001, 1001), uid: 1000},
 		{name: "a file signalling as the user", file: signalsAs(regFile(1, "/tmp/x"), 1000, 1000), uid: 1000},
 		{name: "a file signalling as root, for a user with CAP_SETUID", file: signalsAs(regFile(1, "/tmp/x"), 0, 0), uid: 1000, caps: []string{"CAP_SETUID"}},
 		{name: "a file signalling as root, for a user with CAP_SETUID in a user namespace", file: signalsAs(regFile(1, "/tmp/x"), 0, 0), uid: 1000, caps: []string{"CAP_SETUID"}, userns: true},
@@ -303,7 +316,7 @@ func TestFileCapabilities(t *testing.T) {
 			t.Fatal(err)
 		}
 		caps, _ := grantedCaps(spec(0, c.caps, false), m)
-		checks := fileChecks{uid: c.uid, caps: caps, hostCaps: !c.userns, netns: 10, netnsKnown: true,
+		checks := fileChecks{uid: c.uid, taskUIDs: map[uint32]bool{c.uid: true, 1001: true}, caps: caps, hostCaps: !c.userns, netns: 10, netnsKnown: true,
 			net: netSpec{capsCount: !c.userns || c.newNetns, sysctl: nodeSysctls, node: nodeSysctls, tcpRepair: c.repair}}
 		err = checks.check(c.file)
 		if refused := err != nil; refused != c.refused {
@@ -343,6 +356,120 @@ func TestCheckpointNetns(t *testing.T) {
 			t.Errorf("%s: %d %v %v, want %d", c.name, id, known, err, c.tasks[0])
 		case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
 			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
+		}
+	}
+}
+
+// Entries CRIU would read otherwise than confine: another kind's entry
+// beside or instead of the type's own (CRIU reads its type's only), a
+// pidfd (which go-criu does not know, and CRIU restores with its owner),
+// and types or fields confine does not know.
+func TestFileKinds(t *testing.T) {
+	rootOwner := func() *fown.FownEntry {
+		o := owner()
+		o.Pid, o.Uid, o.Euid, o.Signum = proto.Uint32(1), proto.Uint32(0), proto.Uint32(0), proto.Uint32(9)
+		return o
+	}
+	tty := &fdinfo.FileEntry{Type: fdinfo.FdTypes_TTY.Enum(), Id: proto.Uint32(1), Tty: &ttyimg.TtyFileEntry{
+		Id: proto.Uint32(1), TtyInfoId: proto.Uint32(1), Flags: proto.Uint32(0), Fown: rootOwner()}}
+	decoyTTY := proto.Clone(tty).(*fdinfo.FileEntry)
+	decoyTTY.Reg = regFile(1, "/tmp/x").Reg
+	unixIn := func(id uint32) *fdinfo.FileEntry {
+		return &fdinfo.FileEntry{Type: fdinfo.FdTypes_UNIXSK.Enum(), Id: proto.Uint32(1), Usk: &skunix.UnixSkEntry{
+			Id: proto.Uint32(1), Ino: proto.Uint32(1), Type: proto.Uint32(unix.SOCK_STREAM), State: proto.Uint32(10), Flags: proto.Uint32(0),
+			Uflags: proto.Uint32(0), Backlog: proto.Uint32(0), Peer: proto.Uint32(0), Fown: owner(), Opts: sockOptions(), NsId: proto.Uint32(id)}}
+	}
+	decoyUnix := unixIn(11)
+	decoyUnix.Isk = inetSocket(1, unix.SOCK_STREAM, 8080).Isk
+	decoyUnix.Isk.NsId = proto.Uint32(10)
+	wrongKind := &fdinfo.FileEntry{Type: fdinfo.FdTypes_TTY.Enum(), Id: proto.Uint32(1), Reg: regFile(1, "/tmp/x").Reg}
+	nsFile := &fdinfo.FileEntry{Type: fdinfo.FdTypes_NS.Enum(), Id: proto.Uint32(1), Nsf: &nsimg.NsFileEntry{
+		Id: proto.Uint32(1), NsId: proto.Uint32(13), NsCflag: proto.Uint32(unix.CLONE_NEWNS), Flags: proto.Uint32(0)}}
+	pidfd := func(o *fown.FownEntry, extra ...byte) *fdinfo.FileEntry {
+		fownBytes, err := proto.Marshal(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var entry []byte
+		for _, f := range []struct {
+			num protowire.Number
+			v   uint64
+		}{{1, 1}, {2, 7}, {3, 0}, {4, 12}} {
+			entry = protowire.AppendVarint(protowire.AppendTag(entry, f.num, protowire.VarintType), f.v)
+		}
+		entry = protowire.AppendBytes(protowire.AppendTag(entry, 5, protowire.BytesType), fownBytes)
+		fe := &fdinfo.FileEntry{Type: fdinfo.FdTypes(20).Enum(), Id: proto.Uint32(1)}
+		fe.ProtoReflect().SetUnknown(append(protowire.AppendBytes(protowire.AppendTag(nil, 22, protowire.BytesType), entry), extra...))
+		return fe
+	}
+	userOwner := owner()
+	userOwner.Pid, userOwner.Uid, userOwner.Euid = proto.Uint32(1), proto.Uint32(1000), proto.Uint32(1000)
+	unknownType := &fdinfo.FileEntry{Type: fdinfo.FdTypes(42).Enum(), Id: proto.Uint32(1)}
+	unknownField := regFile(1, "/tmp/x")
+	unknownField.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 30, protowire.VarintType), 1))
+	for _, c := range []struct {
+		name   string
+		file   *fdinfo.FileEntry
+		refuse string
+	}{
+		{name: "a TTY signalling as root", file: tty, refuse: "as uid 0, euid 0"},
+		{name: "a TTY signalling as root, behind a regular file's entry", file: decoyTTY, refuse: "exactly its own kind's entry"},
+		{name: "a TTY with a regular file's entry only", file: wrongKind, refuse: "exactly its own kind's entry"},
+		{name: "a unix socket in another network namespace", file: unixIn(11), refuse: "network namespace 11"},
+		{name: "a unix socket in another network namespace, behind an inet socket's entry", file: decoyUnix, refuse: "exactly its own kind's entry"},
+		{name: "a unix socket in the tasks'", file: unixIn(10)},
+		{name: "a mount namespace file (its ns_id is no network namespace)", file: nsFile},
+		{name: "a pidfd signalling as the user", file: pidfd(userOwner)},
+		{name: "a pidfd signalling as root", file: pidfd(rootOwner()), refuse: "as uid 0, euid 0"},
+		{name: "a pidfd with another field", file: pidfd(userOwner, protowire.AppendVarint(protowire.AppendTag(nil, 3, protowire.VarintType), 1)...), refuse: "unexpected field 3"},
+		{name: "an unknown type", file: unknownType, refuse: "type 42"},
+		{name: "an unknown field", file: unknownField, refuse: "fields snapboot does not know"},
+	} {
+		checks := fileChecks{uid: 1000, taskUIDs: map[uint32]bool{1000: true}, hostCaps: true, netns: 10, netnsKnown: true,
+			net: netSpec{capsCount: true, sysctl: nodeSysctls, node: nodeSysctls}}
+		err := checks.check(c.file)
+		switch {
+		case c.refuse == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.name, err)
+		case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
+			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
+		}
+	}
+}
+
+// Socket buffers: TCP's bound is tcp_rmem's largest in the container's
+// network namespace, not the node's; other sockets' twice rmem_max.
+func TestSocketBufferBounds(t *testing.T) {
+	podNetns := func(name string) (string, error) {
+		if name == "net.ipv4.tcp_rmem" {
+			return "4096 131072 33554432", nil
+		}
+		return nodeSysctls(name)
+	}
+	tcp := inetSocket(1, unix.SOCK_STREAM, 8080)
+	tcp.Isk.Opts.SoRcvbuf = proto.Uint32(16 << 20)
+	udp := proto.Clone(tcp).(*fdinfo.FileEntry)
+	udp.Isk.Type, udp.Isk.Proto = proto.Uint32(unix.SOCK_DGRAM), proto.Uint32(unix.IPPROTO_UDP)
+	usk := func(rcv uint32) *fdinfo.FileEntry {
+		return &fdinfo.FileEntry{Type: fdinfo.FdTypes_UNIXSK.Enum(), Id: proto.Uint32(1), Usk: &skunix.UnixSkEntry{
+			Id: proto.Uint32(1), Ino: proto.Uint32(1), Type: proto.Uint32(unix.SOCK_STREAM), State: proto.Uint32(10), Flags: proto.Uint32(0),
+			Uflags: proto.Uint32(0), Backlog: proto.Uint32(0), Peer: proto.Uint32(0), Fown: owner(), Opts: &skopts.SkOptsEntry{
+				SoSndbuf: proto.Uint32(212992), SoRcvbuf: proto.Uint32(rcv), SoSndTmoSec: proto.Uint64(0), SoSndTmoUsec: proto.Uint64(0),
+				SoRcvTmoSec: proto.Uint64(0), SoRcvTmoUsec: proto.Uint64(0)}}}
+	}
+	for _, c := range []struct {
+		name    string
+		file    *fdinfo.FileEntry
+		refused bool
+	}{
+		{name: "TCP, 16 MiB, within the pod's tcp_rmem", file: tcp},
+		{name: "UDP, 16 MiB", file: udp, refused: true},
+		{name: "unix, twice rmem_max", file: usk(425984)},
+		{name: "unix, a byte more", file: usk(425985), refused: true},
+	} {
+		checks := fileChecks{hostCaps: true, net: netSpec{capsCount: true, sysctl: podNetns, node: nodeSysctls}}
+		if err := checks.check(c.file); (err != nil) != c.refused {
+			t.Errorf("%s: %v, want refused %v", c.name, err, c.refused)
 		}
 	}
 }
@@ -418,10 +545,6 @@ func TestGhostFiles(t *testing.T) {
 	}
 }
 
-// Where the unprivileged ports begin: in a network namespace runc makes,
-// the spec's sysctl (which the restore hook writes before CRIU restores
-// sockets) or the kernel's default; in one joined by path, its own; else
-// the node's.
 // nodeSysctls are a node's network sysctls, as the kernel sets them.
 func nodeSysctls(name string) (string, error) {
 	values := map[string]string{
@@ -439,6 +562,10 @@ func nodeSysctls(name string) (string, error) {
 	return "", fmt.Errorf("no sysctl %s", name)
 }
 
+// Where the unprivileged ports begin: in a network namespace runc makes,
+// the spec's sysctl (which the restore hook writes before CRIU restores
+// sockets) or the kernel's default; in one joined by path, its own; else
+// the node's.
 func TestNetSpec(t *testing.T) {
 	in := func(path, name string) (string, error) {
 		if name != "net.ipv4.ip_unprivileged_port_start" {

@@ -27,7 +27,7 @@ const (
 // each file lock of filelocks.img in its task, as root, and takes a lease
 // as the file's owner (it sets its fsuid to the file's uid first); the
 // kernel lets a process take one only on a file its fsuid owns, or with
-// CAP_LEASE. A lease on a file the user does not own (one of the node's,
+// CAP_LEASE (with CAP_SETUID, the cold start could set its fsuid too). A lease on a file the user does not own (one of the node's,
 // through a bind mount, say) would make every other opener for writing
 // wait for the app, up to the node's lease-break-time. Other locks need
 // only the file open as it is, which checkFiles checks.
@@ -35,8 +35,10 @@ const (
 // A lease's file is found through its task's file table (ids-<pid>.img,
 // fdinfo-<files id>.img) and looked up as the access check does; where it
 // cannot be (a tmpfs, proc, a user namespace in the spec), the lease is
-// refused unless the spec grants CAP_LEASE.
-func checkLeases(imagesDir string, names []string, regs map[uint32]*regfile.RegFileEntry, c *fileChecks, access func() *fileAccess) error {
+// refused unless the spec grants CAP_LEASE or CAP_SETUID. A deleted file's
+// is looked up at its link (r.links); one CRIU makes from its image (a
+// ghost) no one else can open, and is not looked up.
+func checkLeases(imagesDir string, names []string, regs map[uint32]*regfile.RegFileEntry, r *remaps, c *fileChecks, access func() *fileAccess) error {
 	if !slices.Contains(names, "filelocks.img") {
 		return nil
 	}
@@ -52,7 +54,9 @@ func checkLeases(imagesDir string, names []string, regs map[uint32]*regfile.RegF
 			leases = append(leases, l)
 		}
 	}
-	if len(leases) == 0 || c.granted(unix.CAP_LEASE, false) {
+	// With CAP_SETUID, the cold start could do as CRIU does: take the
+	// owner's fsuid, then the lease.
+	if len(leases) == 0 || c.granted(unix.CAP_LEASE, false) || c.caps&(1<<unix.CAP_SETUID) != 0 {
 		return nil
 	}
 	a := access()
@@ -61,17 +65,24 @@ func checkLeases(imagesDir string, names []string, regs map[uint32]*regfile.RegF
 		if err != nil {
 			return err
 		}
-		if reg == nil {
-			continue // not a regular file: the kernel refuses CRIU the lease
+		if reg == nil || r.ghosts[reg.GetId()] {
+			// Not a regular file: the kernel refuses CRIU the lease. A
+			// deleted file CRIU makes from its image: no one else can
+			// open it.
+			continue
 		}
-		uid, ok, err := a.owner(reg.GetName())
+		name := reg.GetName()
+		if link, ok := r.links[reg.GetId()]; ok {
+			name = link // CRIU opens the deleted file through its link
+		}
+		uid, ok, err := a.owner(name)
 		switch {
 		case err != nil:
 			return err
 		case !ok || !c.hostCaps:
-			return fmt.Errorf("task %d holds a lease on %s, whose owner snapboot cannot tell; the spec does not grant CAP_LEASE", l.GetPid(), reg.GetName())
+			return fmt.Errorf("task %d holds a lease on %s, whose owner snapboot cannot tell; the spec does not grant CAP_LEASE", l.GetPid(), name)
 		case uid != a.uid:
-			return fmt.Errorf("task %d holds a lease on %s, owned by uid %d: the spec's user (%d) may not take one without CAP_LEASE, which the spec does not grant", l.GetPid(), reg.GetName(), uid, a.uid)
+			return fmt.Errorf("task %d holds a lease on %s, owned by uid %d: the spec's user (%d) may not take one without CAP_LEASE or CAP_SETUID, which the spec does not grant", l.GetPid(), name, uid, a.uid)
 		}
 	}
 	return nil

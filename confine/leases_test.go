@@ -48,6 +48,8 @@ func TestLeases(t *testing.T) {
 	}
 	lease := &filelock.FileLockEntry{Flag: proto.Uint32(lockLease), Type: proto.Uint32(unix.F_RDLCK), Pid: proto.Int32(1), Fd: proto.Int32(3),
 		Start: proto.Int64(0), Len: proto.Int64(0)}
+	leaseFlag24 := proto.Clone(lease).(*filelock.FileLockEntry)
+	leaseFlag24.Flag = proto.Uint32(lockLease | 16)
 	flock := &filelock.FileLockEntry{Flag: proto.Uint32(lockFlock), Type: proto.Uint32(unix.F_WRLCK), Pid: proto.Int32(1), Fd: proto.Int32(3),
 		Start: proto.Int64(0), Len: proto.Int64(0)}
 	for _, c := range []struct {
@@ -55,11 +57,17 @@ func TestLeases(t *testing.T) {
 		spec   *specs.Spec
 		file   string
 		lock   *filelock.FileLockEntry
+		link   string // the deleted file's link, if any
+		ghost  bool   // a deleted file CRIU makes from its image
 		refuse string // "" if allowed
 	}{
 		{name: "root's lease on root's file", spec: app(0), file: "/etc/hosts", lock: lease},
 		{name: "a user's lease on root's file", spec: app(1000), file: "/etc/hosts", lock: lease, refuse: "owned by uid 0"},
 		{name: "a user's lease on root's file, CAP_LEASE", spec: app(1000, "CAP_LEASE"), file: "/etc/hosts", lock: lease},
+		{name: "a user's lease on root's file, CAP_SETUID", spec: app(1000, "CAP_SETUID"), file: "/etc/hosts", lock: lease},
+		{name: "a user's lease on root's file, with a flag CRIU takes for a lease", spec: app(1000), file: "/etc/hosts", lock: leaseFlag24, refuse: "owned by uid 0"},
+		{name: "a user's lease on its own deleted file, linked to root's", spec: app(1000), file: "/data/mine", link: "/data/theirs", lock: lease, refuse: "lease on /data/theirs, owned by uid 0"},
+		{name: "a user's lease on a deleted file CRIU makes", spec: app(1000), file: "/etc/hosts", ghost: true, lock: lease},
 		{name: "a user's lock on root's file", spec: app(1000), file: "/etc/hosts", lock: flock},
 		{name: "a user's lease on its own file", spec: app(1000), file: "/home/app/own", lock: lease},
 		{name: "root's lease on a user's file", spec: app(0, "CAP_DAC_OVERRIDE", "CAP_FOWNER"), file: "/home/app/own", lock: lease, refuse: "owned by uid 1000"},
@@ -86,7 +94,11 @@ func TestLeases(t *testing.T) {
 			checks := &fileChecks{caps: caps, hostCaps: nodeCaps}
 			layers := &layers{dirs: []string{upper, lower}}
 			defer layers.close()
-			err = checkLeases(dir, names, regs, checks, func() *fileAccess { return newFileAccess(c.spec, m, mounts, layers) })
+			r := &remaps{ghosts: map[uint32]bool{9: c.ghost}, links: map[uint32]string{}}
+			if c.link != "" {
+				r.links[9] = c.link
+			}
+			err = checkLeases(dir, names, regs, r, checks, func() *fileAccess { return newFileAccess(c.spec, m, mounts, layers) })
 			switch {
 			case c.refuse == "" && err != nil:
 				t.Fatalf("refused: %v", err)
@@ -122,7 +134,7 @@ func TestLeaseOfNoFile(t *testing.T) {
 		s := spec(1000, nil, false)
 		m, _ := specMasks(s)
 		err := checkLeases(dir, []string{"ids-1.img", "fdinfo-7.img", "filelocks.img"}, map[uint32]*regfile.RegFileEntry{9: regFile(9, "/x").Reg},
-			&fileChecks{hostCaps: true}, func() *fileAccess { return newFileAccess(s, m, nil, &layers{}) })
+			&remaps{}, &fileChecks{hostCaps: true}, func() *fileAccess { return newFileAccess(s, m, nil, &layers{}) })
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("pid %d fd %d: %v, want %q", c.pid, c.fd, err, c.want)
 		}

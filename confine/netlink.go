@@ -43,8 +43,7 @@ const (
 // clone again.
 //
 // CAP_NET_ADMIN counts in the container's network namespace, as the
-// kernel asks it in the socket's (checkSocketNetns keeps every socket
-// there).
+// kernel asks it in the socket's (netnsOf keeps every socket there).
 func (c *fileChecks) netlink(sk *sknetlink.NetlinkSkEntry) error {
 	proto := sk.GetProtocol()
 	if n := len(sk.GetGroups()); n > 1 {

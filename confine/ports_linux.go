@@ -27,7 +27,8 @@ func netSysctlOf(path, name string) (string, error) {
 		return err
 	}
 	if path == "" {
-		return value, read()
+		err := read()
+		return value, err
 	}
 	f, err := os.Open(path)
 	if err != nil {

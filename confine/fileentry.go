@@ -113,6 +113,9 @@ func pidfdOwner(unknown []byte) (*fown.FownEntry, error) {
 			return nil, protowire.ParseError(n)
 		}
 		if num == pidfdOwnerField {
+			if typ != protowire.BytesType {
+				return nil, fmt.Errorf("its owner has wire type %d", typ)
+			}
 			v, _ := protowire.ConsumeBytes(entry[:n])
 			owner = &fown.FownEntry{}
 			if err := proto.Unmarshal(v, owner); err != nil {
@@ -143,7 +146,7 @@ func (c *fileChecks) owner(fe *fdinfo.FileEntry, o *fown.FownEntry) error {
 	}
 	for _, id := range []uint32{o.GetUid(), o.GetEuid()} {
 		if id != c.uid && !c.taskUIDs[id] {
-			return fmt.Errorf("file %#x (%s) sends its signals to pid %d as uid %d, euid %d; the spec's user is %d, without CAP_SETUID", fe.GetId(), fe.GetType(), o.GetPid(), o.GetUid(), o.GetEuid(), c.uid)
+			return fmt.Errorf("file %#x (%s) sends its signals to pid %d as uid %d, euid %d, which no task runs as (the spec's user is %d); the spec does not grant CAP_SETUID", fe.GetId(), fe.GetType(), o.GetPid(), o.GetUid(), o.GetEuid(), c.uid)
 		}
 	}
 	return nil

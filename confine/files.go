@@ -121,14 +121,15 @@ func (n netSpec) portStart() (uint32, error) {
 //     CAP_NET_BIND_SERVICE, a socket on a port below the network
 //     namespace's ip_unprivileged_port_start; without CAP_NET_ADMIN, a
 //     socket with a mark or a priority above 6, or a TUN device;
-//   - a file whose signals CRIU would send as another user than the
-//     spec's (see owner);
+//   - a file entry CRIU would read otherwise (see kindOf), and a file
+//     whose signals CRIU would send as a user no task runs as (see
+//     owner);
 //   - a socket in another network namespace than the tasks', and tasks
 //     in more than one (see netnsOf, checkpointNetns);
 //   - a netlink socket in a multicast group, or connected, where the
 //     kernel asks a capability of the cold start (see netlink);
-//   - without CAP_LEASE, a lease on a file the spec's user does not own
-//     (see checkLeases);
+//   - without CAP_LEASE or CAP_SETUID, a lease on a file the spec's user
+//     does not own (see checkLeases);
 //   - without CAP_NET_ADMIN, an established TCP connection that CRIU
 //     rebuilds in TCP repair mode (a restore with tcp-established);
 //   - without CAP_SYS_ADMIN, a fanotify group; without CAP_BPF (or

@@ -156,7 +156,7 @@ func TestFilesTheSpecGrants(t *testing.T) {
 // The capability checks of each kind of file, on the entries themselves.
 func TestFileCapabilities(t *testing.T) {
 	packet := &fdinfo.FileEntry{Type: fdinfo.FdTypes_PACKETSK.Enum(), Psk: &packetsock.PacketSockEntry{Opts: sockOptions()}}
-	tun := &fdinfo.FileEntry{Type: fdinfo.FdTypes_TUNF.Enum(), Tunf: &tun.TunfileEntry{}}
+	tunDev := &fdinfo.FileEntry{Type: fdinfo.FdTypes_TUNF.Enum(), Tunf: &tun.TunfileEntry{}}
 	bpf := &fdinfo.FileEntry{Type: fdinfo.FdTypes_BPFMAP.Enum(), Bpf: &bpfmapfile.BpfmapFileEntry{}}
 	marked := inetSocket(1, unix.SOCK_STREAM, 0)
 	marked.Isk.Opts.SoMark = proto.Uint32(7)
@@ -240,8 +240,8 @@ func TestFileCapabilities(t *testing.T) {
 		{name: "packet socket, CAP_NET_RAW", file: packet, caps: []string{"CAP_NET_RAW"}},
 		{name: "packet socket, CAP_NET_RAW in a user namespace, the node's network", file: packet, caps: []string{"CAP_NET_RAW"}, userns: true, refused: true},
 		{name: "packet socket, CAP_NET_RAW in a user namespace, its own network", file: packet, caps: []string{"CAP_NET_RAW"}, userns: true, newNetns: true},
-		{name: "TUN device", file: tun, caps: []string{"CAP_NET_RAW"}, refused: true},
-		{name: "TUN device, CAP_NET_ADMIN", file: tun, caps: []string{"CAP_NET_ADMIN"}},
+		{name: "TUN device", file: tunDev, caps: []string{"CAP_NET_RAW"}, refused: true},
+		{name: "TUN device, CAP_NET_ADMIN", file: tunDev, caps: []string{"CAP_NET_ADMIN"}},
 		{name: "BPF map", file: bpf, caps: []string{"CAP_NET_ADMIN"}, refused: true},
 		{name: "BPF map, CAP_BPF", file: bpf, caps: []string{"CAP_BPF"}},
 		{name: "BPF map, CAP_SYS_ADMIN", file: bpf, caps: []string{"CAP_SYS_ADMIN"}},
@@ -385,11 +385,9 @@ func TestFileKinds(t *testing.T) {
 	wrongKind := &fdinfo.FileEntry{Type: fdinfo.FdTypes_TTY.Enum(), Id: proto.Uint32(1), Reg: regFile(1, "/tmp/x").Reg}
 	nsFile := &fdinfo.FileEntry{Type: fdinfo.FdTypes_NS.Enum(), Id: proto.Uint32(1), Nsf: &nsimg.NsFileEntry{
 		Id: proto.Uint32(1), NsId: proto.Uint32(13), NsCflag: proto.Uint32(unix.CLONE_NEWNS), Flags: proto.Uint32(0)}}
-	pidfd := func(o *fown.FownEntry, extra ...byte) *fdinfo.FileEntry {
-		fownBytes, err := proto.Marshal(o)
-		if err != nil {
-			t.Fatal(err)
-		}
+	// pidfdEntry is a pidfd_entry (CRIU's images/pidfd.proto) with owner o
+	// (none if nil), as its bytes.
+	pidfdEntry := func(o *fown.FownEntry) []byte {
 		var entry []byte
 		for _, f := range []struct {
 			num protowire.Number
@@ -397,11 +395,36 @@ func TestFileKinds(t *testing.T) {
 		}{{1, 1}, {2, 7}, {3, 0}, {4, 12}} {
 			entry = protowire.AppendVarint(protowire.AppendTag(entry, f.num, protowire.VarintType), f.v)
 		}
-		entry = protowire.AppendBytes(protowire.AppendTag(entry, 5, protowire.BytesType), fownBytes)
-		fe := &fdinfo.FileEntry{Type: fdinfo.FdTypes(20).Enum(), Id: proto.Uint32(1)}
-		fe.ProtoReflect().SetUnknown(append(protowire.AppendBytes(protowire.AppendTag(nil, 22, protowire.BytesType), entry), extra...))
+		if o != nil {
+			fownBytes, err := proto.Marshal(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			entry = protowire.AppendBytes(protowire.AppendTag(entry, 5, protowire.BytesType), fownBytes)
+		}
+		return entry
+	}
+	// pidfdFile is a files.img entry of type 20 with these bytes after its
+	// type and id, as CRIU writes one: decoded by go-criu, they are
+	// unknown fields.
+	pidfdFile := func(rest []byte) *fdinfo.FileEntry {
+		wire := protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 20)
+		wire = protowire.AppendVarint(protowire.AppendTag(wire, 2, protowire.VarintType), 1)
+		fe := &fdinfo.FileEntry{}
+		if err := proto.Unmarshal(append(wire, rest...), fe); err != nil {
+			t.Fatal(err)
+		}
 		return fe
 	}
+	pidfd := func(o *fown.FownEntry, extra ...byte) *fdinfo.FileEntry {
+		return pidfdFile(append(protowire.AppendBytes(protowire.AppendTag(nil, 22, protowire.BytesType), pidfdEntry(o)), extra...))
+	}
+	fixedOwner := append(pidfdEntry(nil), protowire.AppendFixed64(protowire.AppendTag(nil, 5, protowire.Fixed64Type), 1)...)
+	cut := protowire.AppendVarint(protowire.AppendTag(pidfdEntry(nil), 5, protowire.BytesType), 10)
+	cut = append(cut, 1, 2) // 2 of the owner's 10 bytes
+	pidfdAndReg := pidfd(nil)
+	pidfdAndReg.Reg = regFile(1, "/tmp/x").Reg
+	tunIn := &fdinfo.FileEntry{Type: fdinfo.FdTypes_TUNF.Enum(), Id: proto.Uint32(1), Tunf: &tun.TunfileEntry{NsId: proto.Uint32(11)}}
 	userOwner := owner()
 	userOwner.Pid, userOwner.Uid, userOwner.Euid = proto.Uint32(1), proto.Uint32(1000), proto.Uint32(1000)
 	unknownType := &fdinfo.FileEntry{Type: fdinfo.FdTypes(42).Enum(), Id: proto.Uint32(1)}
@@ -422,6 +445,12 @@ func TestFileKinds(t *testing.T) {
 		{name: "a pidfd signalling as the user", file: pidfd(userOwner)},
 		{name: "a pidfd signalling as root", file: pidfd(rootOwner()), refuse: "as uid 0, euid 0"},
 		{name: "a pidfd with another field", file: pidfd(userOwner, protowire.AppendVarint(protowire.AppendTag(nil, 3, protowire.VarintType), 1)...), refuse: "unexpected field 3"},
+		{name: "a pidfd without an owner", file: pidfd(nil), refuse: "no owner"},
+		{name: "a pidfd twice", file: pidfd(userOwner, protowire.AppendBytes(protowire.AppendTag(nil, 22, protowire.BytesType), pidfdEntry(userOwner))...), refuse: "unexpected field 22"},
+		{name: "a pidfd whose owner is no message", file: pidfdFile(protowire.AppendBytes(protowire.AppendTag(nil, 22, protowire.BytesType), fixedOwner)), refuse: "wire type"},
+		{name: "a pidfd cut short", file: pidfdFile(protowire.AppendBytes(protowire.AppendTag(nil, 22, protowire.BytesType), cut)), refuse: "a pidfd"},
+		{name: "a pidfd with a regular file's entry", file: pidfdAndReg, refuse: "another kind"},
+		{name: "a TUN device in another network namespace", file: tunIn, refuse: "network namespace 11"},
 		{name: "an unknown type", file: unknownType, refuse: "type 42"},
 		{name: "an unknown field", file: unknownField, refuse: "fields snapboot does not know"},
 	} {

@@ -27,9 +27,10 @@ const (
 // each file lock of filelocks.img in its task, as root, and takes a lease
 // as the file's owner (it sets its fsuid to the file's uid first); the
 // kernel lets a process take one only on a file its fsuid owns, or with
-// CAP_LEASE (with CAP_SETUID, the cold start could set its fsuid too). A lease on a file the user does not own (one of the node's,
-// through a bind mount, say) would make every other opener for writing
-// wait for the app, up to the node's lease-break-time. Other locks need
+// CAP_LEASE (with CAP_SETUID, the cold start could set its fsuid too). A
+// lease on a file the user does not own (one of the node's, through a
+// bind mount, say) would make every other opener for writing wait for
+// the app, up to the node's lease-break-time. Other locks need
 // only the file open as it is, which checkFiles checks.
 //
 // A lease's file is found through its task's file table (ids-<pid>.img,
@@ -80,9 +81,9 @@ func checkLeases(imagesDir string, names []string, regs map[uint32]*regfile.RegF
 		case err != nil:
 			return err
 		case !ok || !c.hostCaps:
-			return fmt.Errorf("task %d holds a lease on %s, whose owner snapboot cannot tell; the spec does not grant CAP_LEASE", l.GetPid(), name)
+			return fmt.Errorf("task %d holds a lease on %s, whose owner snapboot cannot tell; the spec grants neither CAP_LEASE nor CAP_SETUID", l.GetPid(), name)
 		case uid != a.uid:
-			return fmt.Errorf("task %d holds a lease on %s, owned by uid %d: the spec's user (%d) may not take one without CAP_LEASE or CAP_SETUID, which the spec does not grant", l.GetPid(), name, uid, a.uid)
+			return fmt.Errorf("task %d holds a lease on %s, owned by uid %d: the spec's user (%d) may not take one without CAP_LEASE or CAP_SETUID, which the spec grants neither of", l.GetPid(), name, uid, a.uid)
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/cgroup"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/pstree"
@@ -105,6 +106,13 @@ func checkCgroupEntry(cg *cgroup.CgroupEntry) error {
 	for _, c := range cg.GetControllers() {
 		if len(c.GetCnames()) == 0 || (len(c.GetCnames()) > 1 && slices.Contains(c.GetCnames(), "")) {
 			return fmt.Errorf("controller names %q", c.GetCnames())
+		}
+		for _, n := range c.GetCnames() {
+			// CRIU mounts each hierarchy at a directory of these names and
+			// opens paths under it: names only ("name=systemd" too).
+			if strings.ContainsAny(n, "/\x00") || n == "." || n == ".." {
+				return fmt.Errorf("controller name %q", n)
+			}
 		}
 		if len(c.GetDirs()) != 1 {
 			return fmt.Errorf("controller %s has %d top directories, want 1", strings.Join(c.GetCnames(), ","), len(c.GetDirs()))
@@ -222,4 +230,46 @@ func sameNames(cnames []string, name string) bool {
 func hasCgroupNamespace(spec *specs.Spec) bool {
 	_, ok := restorehook.SpecNamespace(spec, specs.CgroupNamespace)
 	return ok
+}
+
+// stripCgroupSettings returns cgroup.img without the settings CRIU would
+// write into the hierarchy as root: each directory's owner and mode
+// (dir_perms, which CRIU applies to the container's own cgroup directory
+// too, making it the app's to change) and properties (the files of a
+// cgroup CRIU creates below the container's, opened by a name from the
+// image, "../" included, and written, chowned and chmodded as root: any
+// file of the node, and net_cls.classid or net_prio.ifpriomap, which the
+// node's traffic rules trust). The cold start gets runc's cgroup with the
+// spec's limits, and the kernel's defaults below it. nil if there is
+// nothing to strip.
+func stripCgroupSettings(imagesDir string, names []string) (map[string]*crit.CriuImage, error) {
+	if !slices.Contains(names, "cgroup.img") {
+		return nil, nil
+	}
+	img, err := decodeImage(filepath.Join(imagesDir, "cgroup.img"), &cgroup.CgroupEntry{})
+	if err != nil {
+		return nil, err
+	}
+	var strip func(dirs []*cgroup.CgroupDirEntry) bool
+	strip = func(dirs []*cgroup.CgroupDirEntry) bool {
+		changed := false
+		for _, d := range dirs {
+			if d.DirPerms != nil || len(d.Properties) > 0 {
+				d.DirPerms, d.Properties = nil, nil
+				changed = true
+			}
+			changed = strip(d.Children) || changed
+		}
+		return changed
+	}
+	changed := false
+	for _, e := range img.Entries {
+		for _, c := range e.Message.(*cgroup.CgroupEntry).GetControllers() {
+			changed = strip(c.Dirs) || changed
+		}
+	}
+	if !changed {
+		return nil, nil
+	}
+	return map[string]*crit.CriuImage{"cgroup.img": img}, nil
 }

@@ -74,6 +74,8 @@ func TestCgroupRefusals(t *testing.T) {
 		"a child that is a path": func(cg *cgroup.CgroupEntry) {
 			cg.Controllers[1].Dirs[0].Children[0].DirName = proto.String("a/b")
 		},
+		"a controller named with a path": func(cg *cgroup.CgroupEntry) { cg.Controllers[0].Cnames = []string{"../../etc"} },
+		"a controller named ..":          func(cg *cgroup.CgroupEntry) { cg.Controllers[0].Cnames = []string{".."} },
 	}
 	for name, edit := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -139,5 +141,53 @@ func TestCRIUMatchesNamesAsSubstrings(t *testing.T) {
 	cg.Sets[0].Ctls[0].Name = proto.String("memory,xname=systemd")
 	if err := checkCgroupImage(t, cg); !errors.Is(err, ErrRefused) {
 		t.Errorf("an entry two controllers match by substring: got %v", err)
+	}
+}
+
+// CRIU writes each directory's owner and mode, and the properties of the
+// cgroups it makes, by names from the image, as root: all stripped.
+func TestCgroupSettingsStripped(t *testing.T) {
+	dir := t.TempDir()
+	cg := donorCgroups()
+	perms := func() *cgroup.CgroupPerms {
+		return &cgroup.CgroupPerms{Mode: proto.Uint32(0o40777), Uid: proto.Uint32(1000), Gid: proto.Uint32(1000)}
+	}
+	top := cg.Controllers[0].Dirs[0]
+	top.DirPerms = perms()
+	top.Properties = []*cgroup.CgroupPropEntry{{Name: proto.String("memory.limit_in_bytes"), Value: proto.String("-1")}}
+	child := top.Children[0]
+	child.DirPerms = perms()
+	child.Properties = []*cgroup.CgroupPropEntry{{Name: proto.String("../../../../../../../etc/passwd"), Value: proto.String("x"), Perms: perms()}}
+	writeImage(t, filepath.Join(dir, "cgroup.img"), "CGROUP", cg)
+	out, err := stripCgroupSettings(dir, []string{"cgroup.img"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := out["cgroup.img"]
+	if img == nil {
+		t.Fatal("cgroup.img not rewritten")
+	}
+	var walk func(dirs []*cgroup.CgroupDirEntry) int
+	walk = func(dirs []*cgroup.CgroupDirEntry) int {
+		n := 0
+		for _, d := range dirs {
+			if d.DirPerms != nil || len(d.Properties) > 0 {
+				t.Errorf("%s keeps %v %v", d.GetDirName(), d.DirPerms, d.Properties)
+			}
+			n += 1 + walk(d.Children)
+		}
+		return n
+	}
+	dirs := 0
+	for _, c := range img.Entries[0].Message.(*cgroup.CgroupEntry).GetControllers() {
+		dirs += walk(c.Dirs)
+	}
+	if dirs != 10 {
+		t.Errorf("%d directories after stripping, want the 10 of the image", dirs)
+	}
+	// Nothing to strip: not rewritten.
+	writeImage(t, filepath.Join(dir, "cgroup.img"), "CGROUP", donorCgroups())
+	if out, err := stripCgroupSettings(dir, []string{"cgroup.img"}); err != nil || out != nil {
+		t.Errorf("plain image: %v, %v; want no rewrite", out, err)
 	}
 }

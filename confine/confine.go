@@ -271,6 +271,16 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	for name, img := range mounts {
 		rewritten[name] = img
 	}
+	if err := checkInventory(imagesDir, names); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	cgroupImage, err := stripCgroupSettings(imagesDir, names)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	for name, img := range cgroupImage {
+		rewritten[name] = img
+	}
 	ipcVars, err := fitIPCSysctls(imagesDir, names, spec)
 	if err != nil {
 		return nil, err

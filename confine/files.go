@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -121,6 +122,7 @@ func (n netSpec) portStart() (uint32, error) {
 //     CAP_NET_BIND_SERVICE, a socket on a port below the network
 //     namespace's ip_unprivileged_port_start; without CAP_NET_ADMIN, a
 //     socket with a mark or a priority above 6, or a TUN device;
+//   - a TTY opened by a file that is not a terminal (see checkTTYs);
 //   - a file entry CRIU would read otherwise (see kindOf), and a file
 //     whose signals CRIU would send as a user no task runs as (see
 //     owner);
@@ -173,6 +175,9 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 				regs[reg.GetId()] = reg
 			}
 		}
+	}
+	if err := checkTTYs(c.ttys, regs); err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	r := remaps{regs: regs, mounts: mounts, layers: root}
 	if err := r.check(imagesDir, names); err != nil {
@@ -246,6 +251,7 @@ type fileChecks struct {
 	netns      uint32
 	netnsKnown bool
 	limits     map[string]uint32 // bufLimit's, read once each
+	ttys       []uint32          // the regular files TTYs are opened by (checkTTYs)
 }
 
 // granted reports whether the spec lets the app have capability c
@@ -350,6 +356,8 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 		return c.sockOpts(fe.GetUsk().GetOpts(), false)
 	case fdinfo.FdTypes_TUNF:
 		return c.need(unix.CAP_NET_ADMIN, true, "a TUN/TAP device")
+	case fdinfo.FdTypes_TTY:
+		c.ttys = append(c.ttys, fe.GetTty().GetRegfId())
 	case fdinfo.FdTypes_INOTIFY:
 		// CRIU finds a watched file by the path it dumped, opened in the
 		// task, or else by its file handle, as root, on any mount of its
@@ -456,6 +464,34 @@ func (c *fileChecks) bufLimit(core string, tcp bool, tcpName string) (uint32, er
 	}
 	c.limits[key] = uint32(min(limit, 1<<32-1))
 	return c.limits[key], nil
+}
+
+// ttyName is what a TTY's file may be named: a pseudo-terminal of the
+// container's devpts, its multiplexer, the console or the process's own
+// terminal.
+var ttyName = regexp.MustCompile(`^/dev/(ptmx|pts/ptmx|pts/[0-9]+|console|tty)$`)
+
+// checkTTYs checks the files CRIU opens TTYs by: it opens each by its
+// regular file's name, with the TTY's flags, then, as root, sets the
+// file's mode from the image (fchmod) and the owner from tty-info.img
+// (fchown), and writes the queued input into it. Named otherwise than a
+// terminal, that would chmod, chown or write any file the user can reach
+// (a setuid copy of a program, say): refused, and so are setuid, setgid
+// and sticky modes.
+func checkTTYs(ttys []uint32, regs map[uint32]*regfile.RegFileEntry) error {
+	for _, id := range ttys {
+		reg := regs[id]
+		if reg == nil {
+			return fmt.Errorf("a TTY is opened by file %#x, which files.img does not have", id)
+		}
+		if !ttyName.MatchString(reg.GetName()) {
+			return fmt.Errorf("a TTY is opened by %s, which is not a terminal; CRIU would set its mode and owner as root", reg.GetName())
+		}
+		if reg.GetMode()&0o7000 != 0 {
+			return fmt.Errorf("a TTY (%s) has mode %#o, which CRIU would set as root", reg.GetName(), reg.GetMode())
+		}
+	}
+	return nil
 }
 
 // sockOpts checks the options CRIU sets on a socket it restores: a mark,

@@ -235,3 +235,41 @@ func statusField(t *testing.T, pid int, name string) string {
 	t.Fatalf("no %s in /proc/%d/status", name, pid)
 	return ""
 }
+
+// TestCraftedCgroupPropertyStaysInTheHierarchy restores images edited to
+// add a cgroup below the container's with a property whose name climbs out
+// of the hierarchy to a file of the node's (the test's). CRIU would open
+// it by that name, as root, and write the value into it; snapboot strips
+// the properties (and directory owners) from cgroup.img: the clone
+// restores and the file is untouched.
+func TestCraftedCgroupPropertyStaysInTheHierarchy(t *testing.T) {
+	requireShim(t)
+	target := filepath.Join(testDir(t), "target")
+	if err := os.WriteFile(target, []byte("intact\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	donor, donorLog := startScriptClone(t, "", counterScript)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:cgroup-property", packOptions{tamper: func(t *testing.T, dir string) {
+		added := 0
+		editImages(t, dir, "cgroup.img", &cgroup.CgroupEntry{}, func(img *crit.CriuImage) {
+			for _, c := range img.Entries[0].Message.(*cgroup.CgroupEntry).GetControllers() {
+				if added == 0 && strings.Contains(strings.Join(c.GetCnames(), ","), "memory") && len(c.GetDirs()) == 1 {
+					top := c.GetDirs()[0]
+					top.Children = append(top.Children, &cgroup.CgroupDirEntry{DirName: proto.String("crafted"),
+						Properties: []*cgroup.CgroupPropEntry{{Name: proto.String(strings.Repeat("../", 40) + strings.TrimPrefix(target, "/")), Value: proto.String("written by CRIU")}}})
+					added++
+				}
+			}
+		})
+		if added != 1 {
+			t.Fatal("no memory controller in cgroup.img")
+		}
+	}})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, counterScript)
+	expectRestored(t, offset, clone, cloneLog)
+	if got, err := os.ReadFile(target); err != nil || string(got) != "intact\n" {
+		t.Errorf("the node's file reads %q (%v) after the restore, want it untouched", got, err)
+	}
+}

@@ -221,6 +221,9 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		for _, id := range []uint32{cr.GetUid(), cr.GetEuid(), cr.GetSuid(), cr.GetFsuid()} {
 			taskUIDs[id] = true
 		}
+		if err := checkAlarmTimers(core, name, spec, m); err != nil {
+			return nil, err
+		}
 		if tc := core.GetTc(); tc != nil && len(tc.GetRlimits().GetRlimits()) < len(rlimitNames) {
 			// CRIU leaves the missing ones as its own: NOFILE raised.
 			return nil, fmt.Errorf("%w: %s has %d rlimits, want %d", ErrRefused, name, len(tc.GetRlimits().GetRlimits()), len(rlimitNames))
@@ -271,7 +274,17 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	for name, img := range mounts {
 		rewritten[name] = img
 	}
+	conntrack, err := emptyConntrack(imagesDir, names, spec, m, net.capsCount)
+	if err != nil {
+		return nil, err
+	}
+	for name, img := range conntrack {
+		rewritten[name] = img
+	}
 	if err := checkInventory(imagesDir, names); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if err := checkDescriptors(imagesDir, names); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	cgroupImage, err := stripCgroupSettings(imagesDir, names)
@@ -345,6 +358,23 @@ func contains(ids []uint32, id uint32) bool {
 		}
 	}
 	return false
+}
+
+// checkAlarmTimers refuses a task's POSIX timer on an alarm clock
+// (CLOCK_REALTIME_ALARM, CLOCK_BOOTTIME_ALARM, which wake the node from
+// suspend) without CAP_WAKE_ALARM on the node: CRIU's restorer creates the
+// timers before it gives the task its own credentials.
+func checkAlarmTimers(core *criucore.CoreEntry, name string, spec *specs.Spec, m masks) error {
+	caps, nodeCaps := grantedCaps(spec, m)
+	if nodeCaps && caps&(1<<unix.CAP_WAKE_ALARM) != 0 {
+		return nil
+	}
+	for _, t := range core.GetTc().GetTimers().GetPosix() {
+		if id := t.GetClockId(); id == unix.CLOCK_REALTIME_ALARM || id == unix.CLOCK_BOOTTIME_ALARM {
+			return fmt.Errorf("%w: %s has a timer on an alarm clock, which takes CAP_WAKE_ALARM; the spec does not grant it", ErrRefused, name)
+		}
+	}
+	return nil
 }
 
 // taskDead is CRIU's task state of a zombie (TASK_DEAD).
@@ -463,7 +493,9 @@ func populate(src, dir string, rewritten map[string]*crit.CriuImage) error {
 			if err != nil {
 				return err
 			}
-			err = crit.New(nil, f, "", false, false).Encode(img)
+			if img != nil { // nil: an empty raw image
+				err = crit.New(nil, f, "", false, false).Encode(img)
+			}
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}

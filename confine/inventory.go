@@ -1,7 +1,9 @@
 package confine
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -50,6 +52,29 @@ func checkInventory(imagesDir string, names []string) error {
 			}
 		}
 		unknown = unknown[n:]
+	}
+	return nil
+}
+
+// checkDescriptors refuses a descriptors.json (runc's record of the
+// container's stdio at the dump) with more than the three stdio entries:
+// runc's restore makes each entry naming a pipe CRIU's inherited fd of
+// that index, and CRIU's fd 3 is its RPC socket to runc, which the app
+// would then hold (and could tell runc to run the spec's hooks again).
+func checkDescriptors(imagesDir string, names []string) error {
+	if !slices.Contains(names, "descriptors.json") {
+		return nil
+	}
+	data, err := os.ReadFile(filepath.Join(imagesDir, "descriptors.json"))
+	if err != nil {
+		return err
+	}
+	var fds []string
+	if err := json.Unmarshal(data, &fds); err != nil {
+		return fmt.Errorf("descriptors.json: %w", err)
+	}
+	if len(fds) > 3 {
+		return fmt.Errorf("descriptors.json lists %d descriptors, want the 3 of stdio; runc would hand CRIU's own to the app", len(fds))
 	}
 	return nil
 }

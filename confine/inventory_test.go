@@ -1,12 +1,16 @@
 package confine
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
+	timerimg "github.com/checkpoint-restore/go-criu/v7/crit/images/timer"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
@@ -60,6 +64,102 @@ func TestTTYFiles(t *testing.T) {
 			t.Errorf("%s: refused: %v", c.name, err)
 		case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
 			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
+		}
+	}
+}
+
+func TestConntrackEmptied(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "netns-ct-10.img"), []byte("a netlink message"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "netns-exp-10.img"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"netns-ct-10.img", "netns-exp-10.img"}
+	for _, c := range []struct {
+		name      string
+		caps      []string
+		capsCount bool
+		emptied   bool
+	}{
+		{name: "without CAP_NET_ADMIN", capsCount: true, emptied: true},
+		{name: "with CAP_NET_ADMIN", caps: []string{"CAP_NET_ADMIN"}, capsCount: true},
+		{name: "with CAP_NET_ADMIN that does not count there", caps: []string{"CAP_NET_ADMIN"}, emptied: true},
+	} {
+		s := spec(0, c.caps, false)
+		m, err := specMasks(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := emptyConntrack(dir, names, s, m, c.capsCount)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, emptied := out["netns-ct-10.img"]
+		if emptied != c.emptied || img != nil || len(out) > 1 {
+			t.Errorf("%s: %v, want netns-ct-10.img emptied %v (and the empty one left)", c.name, out, c.emptied)
+		}
+		if !emptied {
+			continue
+		}
+		work := t.TempDir()
+		if err := populate(dir, work, out); err != nil {
+			t.Fatal(err)
+		}
+		if fi, err := os.Stat(filepath.Join(work, "netns-ct-10.img")); err != nil || fi.Size() != 0 {
+			t.Errorf("%s: the rewritten image: %v %v, want an empty file", c.name, fi, err)
+		}
+	}
+}
+
+func TestAlarmTimers(t *testing.T) {
+	core := func(clock uint32) *criucore.CoreEntry {
+		z64, z32 := proto.Uint64(0), proto.Uint32(0)
+		it := func() *timerimg.ItimerEntry {
+			return &timerimg.ItimerEntry{Isec: z64, Iusec: z64, Vsec: z64, Vusec: z64}
+		}
+		return &criucore.CoreEntry{Tc: &criucore.TaskCoreEntry{Timers: &timerimg.TaskTimersEntry{Real: it(), Virt: it(), Prof: it(),
+			Posix: []*timerimg.PosixTimerEntry{{ItId: z32, ClockId: proto.Uint32(clock), SiSigno: proto.Uint32(14), ItSigevNotify: z32,
+				SivalPtr: z64, Overrun: z32, Isec: z64, Insec: z64, Vsec: z64, Vnsec: z64}}}}}
+	}
+	for _, c := range []struct {
+		name  string
+		clock uint32
+		caps  []string
+		ok    bool
+	}{
+		{name: "a monotonic timer", clock: unix.CLOCK_MONOTONIC, ok: true},
+		{name: "a boottime alarm", clock: unix.CLOCK_BOOTTIME_ALARM},
+		{name: "a realtime alarm", clock: unix.CLOCK_REALTIME_ALARM},
+		{name: "a realtime alarm, CAP_WAKE_ALARM", clock: unix.CLOCK_REALTIME_ALARM, caps: []string{"CAP_WAKE_ALARM"}, ok: true},
+	} {
+		s := spec(0, c.caps, false)
+		m, err := specMasks(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkAlarmTimers(core(c.clock), "core-1.img", s, m); (err == nil) != c.ok {
+			t.Errorf("%s: %v, want allowed %v", c.name, err, c.ok)
+		}
+	}
+}
+
+func TestDescriptors(t *testing.T) {
+	for _, c := range []struct {
+		json   string
+		refuse bool
+	}{
+		{json: `["/dev/null","pipe:[123]","pipe:[124]"]`},
+		{json: `["/dev/null","pipe:[123]","pipe:[124]","pipe:[125]"]`, refuse: true},
+		{json: `{"not": "a list"}`, refuse: true},
+	} {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "descriptors.json"), []byte(c.json), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := checkDescriptors(dir, []string{"descriptors.json"}); (err != nil) != c.refuse {
+			t.Errorf("%s: %v, want refused %v", c.json, err, c.refuse)
 		}
 	}
 }

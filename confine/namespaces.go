@@ -2,6 +2,7 @@ package confine
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/userns"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -178,4 +180,36 @@ func checkpointNetns(imagesDir string, names []string) (id uint32, known bool, e
 		}
 	}
 	return id, known, nil
+}
+
+// emptyConntrack returns, to be written empty, the conntrack images
+// (netns-ct-*.img, netns-exp-*.img) that have entries, unless the spec
+// grants CAP_NET_ADMIN where the sockets are (capsCount): CRIU sends their
+// netlink messages to the kernel's netfilter as they are, as root, in the
+// container's network namespace, even in one runc leaves empty or the
+// spec joins (a pod's): conntrack entries and expectations, NAT mappings
+// included, that the cold start could not make. rewritten values are nil:
+// empty raw images.
+func emptyConntrack(imagesDir string, names []string, spec *specs.Spec, m masks, capsCount bool) (map[string]*crit.CriuImage, error) {
+	caps, _ := grantedCaps(spec, m)
+	if capsCount && caps&(1<<unix.CAP_NET_ADMIN) != 0 {
+		return nil, nil
+	}
+	var out map[string]*crit.CriuImage
+	for _, name := range names {
+		if !strings.HasSuffix(name, ".img") || !strings.HasPrefix(name, "netns-ct-") && !strings.HasPrefix(name, "netns-exp-") {
+			continue
+		}
+		fi, err := os.Stat(filepath.Join(imagesDir, name))
+		if err != nil {
+			return nil, err
+		}
+		if fi.Size() > 0 {
+			if out == nil {
+				out = map[string]*crit.CriuImage{}
+			}
+			out[name] = nil
+		}
+	}
+	return out, nil
 }

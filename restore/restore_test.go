@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/containerd/containerd/api/types"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
@@ -126,7 +128,7 @@ func (f *fakeRegistry) add(t *testing.T, tag string, a testArtifact) (manifest, 
 	if a.artifactType == "" {
 		a.artifactType = oci.ArtifactType
 	}
-	criu = push(t, f.store, oci.MediaTypeCRIUImages, tarZstd(t, entry{name: "inventory.img", body: "criu inventory " + tag},
+	criu = push(t, f.store, oci.MediaTypeCRIUImages, tarZstd(t, entry{name: "inventory.img", body: inventoryImage(t, tag)},
 		entry{name: "core-1.img", body: coreImage(t)}))
 	layers := []ocispec.Descriptor{criu}
 	if a.rootfs {
@@ -175,12 +177,25 @@ func coreImage(t *testing.T) string {
 			CapEff: []uint32{1 << 21, 0}, CapPrm: []uint32{1 << 21, 0}, CapInh: []uint32{0, 0}, CapBnd: []uint32{1 << 21, 0},
 		}},
 	}
-	f, err := os.CreateTemp(t.TempDir(), "core")
+	return encodeImage(t, "CORE", core)
+}
+
+// inventoryImage is an inventory.img whose content tells tag apart (its
+// dump_uptime).
+func inventoryImage(t *testing.T, tag string) string {
+	t.Helper()
+	return encodeImage(t, "INVENTORY", &inventory.InventoryEntry{ImgVersion: proto.Uint32(2), DumpUptime: proto.Uint64(uint64(crc32.ChecksumIEEE([]byte(tag))))})
+}
+
+// encodeImage is a CRIU image of one entry, as CRIU writes it.
+func encodeImage(t *testing.T, magic string, msg proto.Message) string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "image")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := crit.New(nil, f, "", false, false).Encode(&crit.CriuImage{Magic: "CORE", Entries: []*crit.CriuEntry{{Message: core}}}); err != nil {
+	if err := crit.New(nil, f, "", false, false).Encode(&crit.CriuImage{Magic: magic, Entries: []*crit.CriuEntry{{Message: msg}}}); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(f.Name())
@@ -251,7 +266,7 @@ func TestPrepareRestoresAndCaches(t *testing.T) {
 	if plan.Cached || plan.PulledBytes < criu.Size {
 		t.Fatalf("first restore: cached=%v pulled=%d", plan.Cached, plan.PulledBytes)
 	}
-	if got, _ := os.ReadFile(filepath.Join(plan.ImagesDir, "inventory.img")); string(got) != "criu inventory v1" {
+	if got, _ := os.ReadFile(filepath.Join(plan.ImagesDir, "inventory.img")); string(got) != inventoryImage(t, "v1") {
 		t.Fatalf("CRIU images not unpacked: %q", got)
 	}
 	// The spec grants no capabilities: the donor's CAP_SYS_ADMIN is cut

@@ -70,7 +70,7 @@ type packed struct {
 func (f *fakeRegistry) addPackedWith(t *testing.T, tag string, pages []byte, level pack.Level, p packed) (criu, rootfsLayer ocispec.Descriptor, st *oci.Stream) {
 	t.Helper()
 	src := t.TempDir()
-	for name, data := range map[string][]byte{"inventory.img": []byte("inventory " + tag), "core-1.img": []byte(coreImage(t)), "pages-1.img": pages} {
+	for name, data := range map[string][]byte{"inventory.img": []byte(inventoryImage(t, tag)), "core-1.img": []byte(coreImage(t)), "pages-1.img": pages} {
 		if err := os.WriteFile(filepath.Join(src, name), data, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -161,7 +161,7 @@ func testStreamedPrepare(t *testing.T, level pack.Level) {
 	if plan.stream == nil || plan.Cached {
 		t.Fatalf("not streamed: cached=%v", plan.Cached)
 	}
-	if b, _ := os.ReadFile(filepath.Join(plan.ImagesDir, "inventory.img")); string(b) != "inventory v1" {
+	if b, _ := os.ReadFile(filepath.Join(plan.ImagesDir, "inventory.img")); string(b) != inventoryImage(t, "v1") {
 		t.Fatalf("inventory.img: %q", b)
 	}
 	link, err := os.Readlink(filepath.Join(plan.ImagesDir, "pages-1.img"))
@@ -529,7 +529,7 @@ func TestStreamedMountFails(t *testing.T) {
 func TestLayersShareOneBudget(t *testing.T) {
 	needFUSE(t)
 	pages := randomPages(9 << 20)
-	criuBytes := int64(len("inventory v1") + len(coreImage(t)) + len(pages))
+	criuBytes := int64(len(inventoryImage(t, "v1")) + len(coreImage(t)) + len(pages))
 	const rootfsBytes = int64(len("log line\n"))
 	for _, c := range []struct {
 		limit  int64
@@ -768,7 +768,7 @@ func TestStreamedPrepareFromManifest(t *testing.T) {
 	if plan.stream == nil {
 		t.Fatal("not streamed")
 	}
-	if b, _ := os.ReadFile(filepath.Join(plan.ImagesDir, "inventory.img")); string(b) != "inventory v1" {
+	if b, _ := os.ReadFile(filepath.Join(plan.ImagesDir, "inventory.img")); string(b) != inventoryImage(t, "v1") {
 		t.Fatalf("inventory.img: %q", b)
 	}
 	if b, err := os.ReadFile(filepath.Join(plan.stream.filling.Dir, "rootfs", "etc", "app.log")); err != nil || string(b) != "log line\n" {

@@ -108,9 +108,7 @@ func checkCgroupEntry(cg *cgroup.CgroupEntry) error {
 			return fmt.Errorf("controller names %q", c.GetCnames())
 		}
 		for _, n := range c.GetCnames() {
-			// CRIU mounts each hierarchy at a directory of these names and
-			// opens paths under it: names only ("name=systemd" too).
-			if strings.ContainsAny(n, "/\x00") || n == "." || n == ".." {
+			if !controllerName(n) {
 				return fmt.Errorf("controller name %q", n)
 			}
 		}
@@ -232,6 +230,32 @@ func hasCgroupNamespace(spec *specs.Spec) bool {
 	return ok
 }
 
+// controllerName reports whether n is a controller's name as CRIU may use
+// it: it mounts each hierarchy at a directory named after its controllers
+// ("name=" taken off a named hierarchy's) and passes the names as the
+// mount's options. "" is cgroup v2's.
+func controllerName(n string) bool {
+	if n == "" {
+		return true // cgroup v2's
+	}
+	if rest, named := strings.CutPrefix(n, "name="); named {
+		if n = rest; n == "" {
+			return false
+		}
+	}
+	return n != "." && n != ".." && !strings.ContainsAny(n, "/,=\x00")
+}
+
+// keptProperties are the properties of a cgroup CRIU makes below the
+// container's that stay in cgroup.img: without them CRIU could not put
+// a task there (a v1 cpuset's CPUs and memory nodes, a v2 threaded
+// cgroup's type). The kernel keeps a child's within its parent's.
+var keptProperties = map[string]func(value string) bool{
+	"cpuset.cpus": func(string) bool { return true },
+	"cpuset.mems": func(string) bool { return true },
+	"cgroup.type": func(v string) bool { return v == "threaded" },
+}
+
 // stripCgroupSettings returns cgroup.img without the settings CRIU would
 // write into the hierarchy as root: each directory's owner and mode
 // (dir_perms, which CRIU applies to the container's own cgroup directory
@@ -240,8 +264,9 @@ func hasCgroupNamespace(spec *specs.Spec) bool {
 // image, "../" included, and written, chowned and chmodded as root: any
 // file of the node, and net_cls.classid or net_prio.ifpriomap, which the
 // node's traffic rules trust). The cold start gets runc's cgroup with the
-// spec's limits, and the kernel's defaults below it. nil if there is
-// nothing to strip.
+// spec's limits, and the kernel's defaults below it; a cgroup below the
+// container's keeps only keptProperties, by exact name, without owners.
+// nil if there is nothing to strip.
 func stripCgroupSettings(imagesDir string, names []string) (map[string]*crit.CriuImage, error) {
 	if !slices.Contains(names, "cgroup.img") {
 		return nil, nil
@@ -250,22 +275,31 @@ func stripCgroupSettings(imagesDir string, names []string) (map[string]*crit.Cri
 	if err != nil {
 		return nil, err
 	}
-	var strip func(dirs []*cgroup.CgroupDirEntry) bool
-	strip = func(dirs []*cgroup.CgroupDirEntry) bool {
+	var strip func(dirs []*cgroup.CgroupDirEntry, child bool) bool
+	strip = func(dirs []*cgroup.CgroupDirEntry, child bool) bool {
 		changed := false
 		for _, d := range dirs {
-			if d.DirPerms != nil || len(d.Properties) > 0 {
-				d.DirPerms, d.Properties = nil, nil
+			var kept []*cgroup.CgroupPropEntry
+			for _, p := range d.Properties {
+				if ok := keptProperties[p.GetName()]; child && ok != nil && ok(p.GetValue()) {
+					if p.Perms != nil {
+						p.Perms, changed = nil, true
+					}
+					kept = append(kept, p)
+				}
+			}
+			if d.DirPerms != nil || len(kept) != len(d.Properties) {
+				d.DirPerms, d.Properties = nil, kept
 				changed = true
 			}
-			changed = strip(d.Children) || changed
+			changed = strip(d.Children, true) || changed
 		}
 		return changed
 	}
 	changed := false
 	for _, e := range img.Entries {
 		for _, c := range e.Message.(*cgroup.CgroupEntry).GetControllers() {
-			changed = strip(c.Dirs) || changed
+			changed = strip(c.Dirs, false) || changed
 		}
 	}
 	if !changed {

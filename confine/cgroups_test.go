@@ -49,6 +49,15 @@ func TestCgroupsOfTheDonorFit(t *testing.T) {
 	}
 }
 
+// renamed renames the first controller, and the set entry it matches,
+// to name: only the name is wrong.
+func renamed(name string) func(*cgroup.CgroupEntry) {
+	return func(cg *cgroup.CgroupEntry) {
+		cg.Controllers[0].Cnames = []string{name}
+		cg.Sets[0].Ctls[0].Name = proto.String(name)
+	}
+}
+
 func TestCgroupRefusals(t *testing.T) {
 	cases := map[string]func(*cgroup.CgroupEntry){
 		"the root cgroup":           func(cg *cgroup.CgroupEntry) { cg.Sets[0].Ctls[0].Path = proto.String("/") },
@@ -74,8 +83,11 @@ func TestCgroupRefusals(t *testing.T) {
 		"a child that is a path": func(cg *cgroup.CgroupEntry) {
 			cg.Controllers[1].Dirs[0].Children[0].DirName = proto.String("a/b")
 		},
-		"a controller named with a path": func(cg *cgroup.CgroupEntry) { cg.Controllers[0].Cnames = []string{"../../etc"} },
-		"a controller named ..":          func(cg *cgroup.CgroupEntry) { cg.Controllers[0].Cnames = []string{".."} },
+		"a controller named with a path": renamed("../../etc"),
+		"a controller named ..":          renamed(".."),
+		"a named hierarchy named ..":     renamed("name=.."),
+		"a named hierarchy without name": renamed("name="),
+		"mount options in a name":        renamed("name=x,release_agent=/tmp/y"),
 	}
 	for name, edit := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -157,7 +169,9 @@ func TestCgroupSettingsStripped(t *testing.T) {
 	top.Properties = []*cgroup.CgroupPropEntry{{Name: proto.String("memory.limit_in_bytes"), Value: proto.String("-1")}}
 	child := top.Children[0]
 	child.DirPerms = perms()
-	child.Properties = []*cgroup.CgroupPropEntry{{Name: proto.String("../../../../../../../etc/passwd"), Value: proto.String("x"), Perms: perms()}}
+	child.Properties = []*cgroup.CgroupPropEntry{{Name: proto.String("../../../../../../../etc/passwd"), Value: proto.String("x"), Perms: perms()},
+		{Name: proto.String("cpuset.cpus"), Value: proto.String("0-1"), Perms: perms()}, {Name: proto.String("cgroup.type"), Value: proto.String("domain")}}
+	top.Properties = append(top.Properties, &cgroup.CgroupPropEntry{Name: proto.String("cpuset.cpus"), Value: proto.String("0")})
 	writeImage(t, filepath.Join(dir, "cgroup.img"), "CGROUP", cg)
 	out, err := stripCgroupSettings(dir, []string{"cgroup.img"})
 	if err != nil {
@@ -167,20 +181,29 @@ func TestCgroupSettingsStripped(t *testing.T) {
 	if img == nil {
 		t.Fatal("cgroup.img not rewritten")
 	}
-	var walk func(dirs []*cgroup.CgroupDirEntry) int
-	walk = func(dirs []*cgroup.CgroupDirEntry) int {
+	var walk func(dirs []*cgroup.CgroupDirEntry, first bool) int
+	walk = func(dirs []*cgroup.CgroupDirEntry, first bool) int {
 		n := 0
 		for _, d := range dirs {
-			if d.DirPerms != nil || len(d.Properties) > 0 {
+			want := 0
+			if first && d.GetDirName() == child.GetDirName() {
+				want = 1 // cpuset.cpus, which CRIU needs to put a task there
+			}
+			if d.DirPerms != nil || len(d.Properties) != want {
 				t.Errorf("%s keeps %v %v", d.GetDirName(), d.DirPerms, d.Properties)
 			}
-			n += 1 + walk(d.Children)
+			for _, p := range d.Properties {
+				if p.GetName() != "cpuset.cpus" || p.Perms != nil {
+					t.Errorf("%s keeps %v", d.GetDirName(), p)
+				}
+			}
+			n += 1 + walk(d.Children, first)
 		}
 		return n
 	}
 	dirs := 0
-	for _, c := range img.Entries[0].Message.(*cgroup.CgroupEntry).GetControllers() {
-		dirs += walk(c.Dirs)
+	for i, c := range img.Entries[0].Message.(*cgroup.CgroupEntry).GetControllers() {
+		dirs += walk(c.Dirs, i == 0)
 	}
 	if dirs != 10 {
 		t.Errorf("%d directories after stripping, want the 10 of the image", dirs)

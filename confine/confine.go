@@ -287,6 +287,13 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	if err := checkDescriptors(imagesDir, names); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
+	for _, name := range names {
+		// CRIU's old format, read for a core image without timers: past
+		// checkAlarmTimers.
+		if strings.HasPrefix(name, "posix-timers-") {
+			return nil, fmt.Errorf("%w: the checkpoint has timers in CRIU's old format (%s)", ErrRefused, name)
+		}
+	}
 	cgroupImage, err := stripCgroupSettings(imagesDir, names)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrRefused, err)

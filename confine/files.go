@@ -122,7 +122,8 @@ func (n netSpec) portStart() (uint32, error) {
 //     CAP_NET_BIND_SERVICE, a socket on a port below the network
 //     namespace's ip_unprivileged_port_start; without CAP_NET_ADMIN, a
 //     socket with a mark or a priority above 6, or a TUN device;
-//   - a TTY opened by a file that is not a terminal (see checkTTYs);
+//   - a TTY opened by a file that is not a pseudo-terminal (see
+//     checkTTYs);
 //   - a file entry CRIU would read otherwise (see kindOf), and a file
 //     whose signals CRIU would send as a user no task runs as (see
 //     owner);
@@ -176,7 +177,7 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 			}
 		}
 	}
-	if err := checkTTYs(c.ttys, regs); err != nil {
+	if err := checkTTYs(c.ttys, regs, mounts); err != nil {
 		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	r := remaps{regs: regs, mounts: mounts, layers: root}
@@ -357,7 +358,13 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 	case fdinfo.FdTypes_TUNF:
 		return c.need(unix.CAP_NET_ADMIN, true, "a TUN/TAP device")
 	case fdinfo.FdTypes_TTY:
-		c.ttys = append(c.ttys, fe.GetTty().GetRegfId())
+		// CRIU opens the file regf_id names, or, without one, the file of
+		// the TTY's own id.
+		id := fe.GetTty().GetRegfId()
+		if fe.GetTty().RegfId == nil {
+			id = fe.GetTty().GetId()
+		}
+		c.ttys = append(c.ttys, id)
 	case fdinfo.FdTypes_INOTIFY:
 		// CRIU finds a watched file by the path it dumped, opened in the
 		// task, or else by its file handle, as root, on any mount of its
@@ -467,25 +474,31 @@ func (c *fileChecks) bufLimit(core string, tcp bool, tcpName string) (uint32, er
 }
 
 // ttyName is what a TTY's file may be named: a pseudo-terminal of the
-// container's devpts, its multiplexer, the console or the process's own
-// terminal.
-var ttyName = regexp.MustCompile(`^/dev/(ptmx|pts/ptmx|pts/[0-9]+|console|tty)$`)
+// container's devpts, or its multiplexer there.
+var ttyName = regexp.MustCompile(`^/dev/pts/(ptmx|[0-9]+)$`)
 
 // checkTTYs checks the files CRIU opens TTYs by: it opens each by its
 // regular file's name, with the TTY's flags, then, as root, sets the
 // file's mode from the image (fchmod) and the owner from tty-info.img
-// (fchown), and writes the queued input into it. Named otherwise than a
-// terminal, that would chmod, chown or write any file the user can reach
-// (a setuid copy of a program, say): refused, and so are setuid, setgid
-// and sticky modes.
-func checkTTYs(ttys []uint32, regs map[uint32]*regfile.RegFileEntry) error {
+// (fchown), and writes the queued input into it. Anything but a
+// pseudo-terminal of a devpts mount (where no symbolic link can be made:
+// /dev's own names are on a tmpfs the images fill) would have CRIU chmod,
+// chown or write another file the user can reach (a setuid copy of a
+// program, say): refused, and so are setuid, setgid and sticky modes.
+func checkTTYs(ttys []uint32, regs map[uint32]*regfile.RegFileEntry, mounts []*mnt.MntEntry) error {
 	for _, id := range ttys {
 		reg := regs[id]
 		if reg == nil {
 			return fmt.Errorf("a TTY is opened by file %#x, which files.img does not have", id)
 		}
-		if !ttyName.MatchString(reg.GetName()) {
-			return fmt.Errorf("a TTY is opened by %s, which is not a terminal; CRIU would set its mode and owner as root", reg.GetName())
+		devpts := false
+		for _, m := range mounts {
+			if int32(m.GetMntId()) == reg.GetMntId() {
+				devpts = mnt.Fstype(m.GetFstype()) == mnt.Fstype_DEVPTS && m.GetMountpoint() == "/dev/pts"
+			}
+		}
+		if !ttyName.MatchString(reg.GetName()) || !devpts {
+			return fmt.Errorf("a TTY is opened by %s, which is not a pseudo-terminal of the devpts at /dev/pts; CRIU would set its mode and owner as root", reg.GetName())
 		}
 		if reg.GetMode()&0o7000 != 0 {
 			return fmt.Errorf("a TTY (%s) has mode %#o, which CRIU would set as root", reg.GetName(), reg.GetMode())

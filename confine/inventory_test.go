@@ -7,9 +7,12 @@ import (
 	"testing"
 
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
 	timerimg "github.com/checkpoint-restore/go-criu/v7/crit/images/timer"
+	ttyimg "github.com/checkpoint-restore/go-criu/v7/crit/images/tty"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -40,9 +43,13 @@ func TestDumpRunID(t *testing.T) {
 }
 
 func TestTTYFiles(t *testing.T) {
-	tty := func(name string, mode uint32) map[uint32]*regfile.RegFileEntry {
+	devpts := mount(5, 1, mnt.Fstype_DEVPTS, "/", "/dev/pts", 0)
+	devTmpfs := mount(4, 1, mnt.Fstype_TMPFS, "/", "/dev", 0)
+	root := mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0)
+	mounts := []*mnt.MntEntry{root, devTmpfs, devpts}
+	tty := func(name string, mntID int32, mode uint32) map[uint32]*regfile.RegFileEntry {
 		f := regFile(9, name).Reg
-		f.Mode = proto.Uint32(mode)
+		f.Mode, f.MntId = proto.Uint32(mode), proto.Int32(mntID)
 		return map[uint32]*regfile.RegFileEntry{9: f}
 	}
 	for _, c := range []struct {
@@ -50,20 +57,34 @@ func TestTTYFiles(t *testing.T) {
 		regs   map[uint32]*regfile.RegFileEntry
 		refuse string
 	}{
-		{name: "a pty", regs: tty("/dev/pts/3", 0o20620)},
-		{name: "the multiplexer", regs: tty("/dev/ptmx", 0o20666)},
-		{name: "the console", regs: tty("/dev/console", 0o20620)},
-		{name: "a program", regs: tty("/usr/bin/python3", 0o100755), refuse: "not a terminal"},
-		{name: "a pty made setuid", regs: tty("/dev/pts/3", 0o24755), refuse: "mode"},
-		{name: "a pty through ..", regs: tty("/dev/pts/../../etc/passwd", 0o20620), refuse: "not a terminal"},
+		{name: "a pty", regs: tty("/dev/pts/3", 5, 0o20620)},
+		{name: "the multiplexer", regs: tty("/dev/pts/ptmx", 5, 0o20666)},
+		{name: "/dev/ptmx on /dev's tmpfs (a link there could lead anywhere)", regs: tty("/dev/ptmx", 4, 0o20666), refuse: "not a pseudo-terminal"},
+		{name: "a pty name on another mount", regs: tty("/dev/pts/3", 1, 0o20620), refuse: "not a pseudo-terminal"},
+		{name: "a program", regs: tty("/usr/bin/python3", 1, 0o100755), refuse: "not a pseudo-terminal"},
+		{name: "a pty made setuid", regs: tty("/dev/pts/3", 5, 0o24755), refuse: "mode"},
+		{name: "a pty through ..", regs: tty("/dev/pts/../../etc/passwd", 5, 0o20620), refuse: "not a pseudo-terminal"},
 		{name: "a file files.img does not have", regs: nil, refuse: "does not have"},
 	} {
-		err := checkTTYs([]uint32{9}, c.regs)
+		err := checkTTYs([]uint32{9}, c.regs, mounts)
 		switch {
 		case c.refuse == "" && err != nil:
 			t.Errorf("%s: refused: %v", c.name, err)
 		case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
 			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
+		}
+	}
+	// The file a TTY is opened by, as CRIU finds it: regf_id's, or the
+	// TTY's own id's without one.
+	for _, c := range []struct {
+		regf *uint32
+		want uint32
+	}{{regf: proto.Uint32(9), want: 9}, {want: 7}} {
+		checks := fileChecks{}
+		fe := &fdinfo.FileEntry{Type: fdinfo.FdTypes_TTY.Enum(), Id: proto.Uint32(7), Tty: &ttyimg.TtyFileEntry{
+			Id: proto.Uint32(7), TtyInfoId: proto.Uint32(1), RegfId: c.regf, Flags: proto.Uint32(0), Fown: owner()}}
+		if err := checks.check(fe); err != nil || len(checks.ttys) != 1 || checks.ttys[0] != c.want {
+			t.Errorf("regf_id %v: %v %v, want file %d", c.regf, checks.ttys, err, c.want)
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
 	remapfilepath "github.com/checkpoint-restore/go-criu/v7/crit/images/remap-file-path"
 	skopts "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-opts"
+	skunix "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-unix"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -123,7 +124,8 @@ func (n netSpec) portStart() (uint32, error) {
 //     namespace's ip_unprivileged_port_start; without CAP_NET_ADMIN, a
 //     socket with a mark or a priority above 6, or a TUN device;
 //   - a TTY opened by a file that is not a pseudo-terminal (see
-//     checkTTYs);
+//     checkTTYs), and a unix socket connected to one outside the
+//     checkpoint (see unixPeers);
 //   - a file entry CRIU would read otherwise (see kindOf), and a file
 //     whose signals CRIU would send as a user no task runs as (see
 //     owner);
@@ -178,6 +180,9 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 		}
 	}
 	if err := checkTTYs(c.ttys, regs, mounts); err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if err := c.unixPeers(imagesDir, names); err != nil {
 		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	r := remaps{regs: regs, mounts: mounts, layers: root}
@@ -253,6 +258,7 @@ type fileChecks struct {
 	netnsKnown bool
 	limits     map[string]uint32 // bufLimit's, read once each
 	ttys       []uint32          // the regular files TTYs are opened by (checkTTYs)
+	unix       []*skunix.UnixSkEntry
 }
 
 // granted reports whether the spec lets the app have capability c
@@ -354,6 +360,7 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 	case fdinfo.FdTypes_NETLINKSK:
 		return c.netlink(fe.GetNlsk())
 	case fdinfo.FdTypes_UNIXSK:
+		c.unix = append(c.unix, fe.GetUsk())
 		return c.sockOpts(fe.GetUsk().GetOpts(), false)
 	case fdinfo.FdTypes_TUNF:
 		return c.need(unix.CAP_NET_ADMIN, true, "a TUN/TAP device")
@@ -505,6 +512,63 @@ func checkTTYs(ttys []uint32, regs map[uint32]*regfile.RegFileEntry, mounts []*m
 		}
 	}
 	return nil
+}
+
+// usockExtern is CRIU's flag of a unix socket outside the checkpoint
+// (USK_EXTERN), dumped with ext-unix-sk.
+const usockExtern = 1
+
+// unixPeers refuses a unix socket CRIU would connect by its peer's name
+// to a socket outside the checkpoint: one flagged external (ext-unix-sk),
+// or one no task holds, which CRIU does not make and connects to by name
+// all the same. CRIU connects as root, in the task before it drops its
+// credentials: the socket file's permissions are not checked, and the
+// server sees the clone's credentials as root's (SO_PEERCRED). A cold
+// start of root with CAP_DAC_OVERRIDE would connect the same way.
+func (c *fileChecks) unixPeers(imagesDir string, names []string) error {
+	if c.uid == 0 && c.granted(unix.CAP_DAC_OVERRIDE, false) {
+		return nil
+	}
+	byIno := map[uint32]*skunix.UnixSkEntry{}
+	for _, u := range c.unix {
+		byIno[u.GetIno()] = u
+	}
+	var held map[uint32]bool
+	for _, u := range c.unix {
+		peer := byIno[u.GetPeer()]
+		if u.GetPeer() == 0 || peer == nil {
+			continue // no peer, or one CRIU does not find: it fails
+		}
+		if held == nil {
+			var err error
+			if held, err = heldFiles(imagesDir, names); err != nil {
+				return err
+			}
+		}
+		if peer.GetUflags()&usockExtern != 0 || !held[peer.GetId()] {
+			return fmt.Errorf("a unix socket is connected to %q, outside the checkpoint, which CRIU would connect to as root; the spec's user (%d) has no CAP_DAC_OVERRIDE or is not root", peer.GetName(), c.uid)
+		}
+	}
+	return nil
+}
+
+// heldFiles returns the ids of the files the checkpoint's tasks hold
+// (fdinfo-*.img).
+func heldFiles(imagesDir string, names []string) (map[uint32]bool, error) {
+	held := map[uint32]bool{}
+	for _, name := range names {
+		if !strings.HasPrefix(name, "fdinfo-") || !strings.HasSuffix(name, ".img") {
+			continue
+		}
+		img, err := decodeImage(filepath.Join(imagesDir, name), &fdinfo.FdinfoEntry{})
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range img.Entries {
+			held[e.Message.(*fdinfo.FdinfoEntry).GetId()] = true
+		}
+	}
+	return held, nil
 }
 
 // sockOpts checks the options CRIU sets on a socket it restores: a mark,

@@ -11,6 +11,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/regfile"
+	skunix "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-unix"
 	timerimg "github.com/checkpoint-restore/go-criu/v7/crit/images/timer"
 	ttyimg "github.com/checkpoint-restore/go-criu/v7/crit/images/tty"
 	"golang.org/x/sys/unix"
@@ -181,6 +182,43 @@ func TestDescriptors(t *testing.T) {
 		}
 		if err := checkDescriptors(dir, []string{"descriptors.json"}); (err != nil) != c.refuse {
 			t.Errorf("%s: %v, want refused %v", c.json, err, c.refuse)
+		}
+	}
+}
+
+func TestUnixPeers(t *testing.T) {
+	usk := func(id, ino, peer, uflags uint32, name string) *skunix.UnixSkEntry {
+		return &skunix.UnixSkEntry{Id: proto.Uint32(id), Ino: proto.Uint32(ino), Type: proto.Uint32(unix.SOCK_STREAM), State: proto.Uint32(1),
+			Flags: proto.Uint32(0), Uflags: proto.Uint32(uflags), Backlog: proto.Uint32(0), Peer: proto.Uint32(peer), Fown: owner(),
+			Opts: sockOptions(), Name: []byte(name)}
+	}
+	dir := t.TempDir()
+	writeImage(t, filepath.Join(dir, "fdinfo-7.img"), "FDINFO",
+		&fdinfo.FdinfoEntry{Id: proto.Uint32(1), Flags: proto.Uint32(0), Type: fdinfo.FdTypes_UNIXSK.Enum(), Fd: proto.Uint32(3)},
+		&fdinfo.FdinfoEntry{Id: proto.Uint32(2), Flags: proto.Uint32(0), Type: fdinfo.FdTypes_UNIXSK.Enum(), Fd: proto.Uint32(4)})
+	names := []string{"fdinfo-7.img"}
+	for _, c := range []struct {
+		name    string
+		sockets []*skunix.UnixSkEntry
+		uid     uint32
+		caps    []string
+		refuse  bool
+	}{
+		{name: "a connection within the checkpoint", sockets: []*skunix.UnixSkEntry{usk(1, 10, 11, 0, ""), usk(2, 11, 10, 0, "/tmp/app.sock")}, uid: 1000},
+		{name: "a peer flagged external", sockets: []*skunix.UnixSkEntry{usk(1, 10, 11, 0, ""), usk(3, 11, 0, usockExtern, "/run/docker.sock")}, uid: 1000, refuse: true},
+		{name: "a peer no task holds", sockets: []*skunix.UnixSkEntry{usk(1, 10, 11, 0, ""), usk(3, 11, 0, 0, "/run/docker.sock")}, uid: 1000, refuse: true},
+		{name: "a peer no task holds, for root without CAP_DAC_OVERRIDE", sockets: []*skunix.UnixSkEntry{usk(1, 10, 11, 0, ""), usk(3, 11, 0, 0, "/run/docker.sock")}, refuse: true},
+		{name: "a peer no task holds, for root with CAP_DAC_OVERRIDE", sockets: []*skunix.UnixSkEntry{usk(1, 10, 11, 0, ""), usk(3, 11, 0, 0, "/run/docker.sock")}, caps: []string{"CAP_DAC_OVERRIDE"}},
+	} {
+		s := spec(c.uid, c.caps, false)
+		m, err := specMasks(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		caps, nodeCaps := grantedCaps(s, m)
+		checks := fileChecks{uid: c.uid, caps: caps, hostCaps: nodeCaps, unix: c.sockets}
+		if err := checks.unixPeers(dir, names); (err != nil) != c.refuse {
+			t.Errorf("%s: %v, want refused %v", c.name, err, c.refuse)
 		}
 	}
 }

@@ -301,7 +301,7 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	for name, img := range cgroupImage {
 		rewritten[name] = img
 	}
-	ipcVars, err := fitIPCSysctls(imagesDir, names, spec)
+	ipcVars, err := fitIPCSysctls(imagesDir, names, spec, host.ipcSysctls)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package confine
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -49,6 +50,10 @@ var ipcSysctls = map[string]func(e *ipcvar.IpcVarEntry, v string) error{
 	},
 }
 
+// emptyImageSize is the size of a CRIU image without entries: its two
+// magics.
+const emptyImageSize = 8
+
 // setUint parses a sysctl's value as an unsigned number of T's size and
 // sets it with set.
 func setUint[T uint32 | uint64](set func(*ipcvar.IpcVarEntry, T)) func(*ipcvar.IpcVarEntry, string) error {
@@ -68,19 +73,50 @@ func setUint[T uint32 | uint64](set func(*ipcvar.IpcVarEntry, T)) func(*ipcvar.I
 // (ipcns-var-*.img) after the hooks have run. It returns the images it
 // changed. An IPC sysctl it cannot put in the image is refused: the cold
 // start gets it.
-func fitIPCSysctls(imagesDir string, names []string, spec *specs.Spec) (map[string]*crit.CriuImage, error) {
+//
+// In an IPC namespace the spec joins (a pod's), CRIU writes the images'
+// values, and makes the images' SysV objects, into that namespace, which
+// other containers share: the images get that namespace's values as they
+// are (read by joined, this node's reader of a namespace's IPC sysctls),
+// the spec's on top as runc writes them, and SysV objects there are
+// refused.
+func fitIPCSysctls(imagesDir string, names []string, spec *specs.Spec, joined func(path string) (map[string]string, error)) (map[string]*crit.CriuImage, error) {
 	if spec.Linux == nil {
 		return nil, nil
 	}
 	values := map[string]string{}
 	var keys []string
+	if ns, ok := restorehook.SpecNamespace(spec, specs.IPCNamespace); ok && ns.Path != "" {
+		for _, name := range names {
+			for _, kind := range []string{"ipcns-shm-", "ipcns-msg-", "ipcns-sem-"} {
+				if strings.HasPrefix(name, kind) && strings.HasSuffix(name, ".img") {
+					if fi, err := os.Stat(filepath.Join(imagesDir, name)); err != nil || fi.Size() > emptyImageSize {
+						return nil, fmt.Errorf("%w: %s has SysV IPC objects, which CRIU would make in the IPC namespace the spec joins (%s), as root", ErrRefused, name, ns.Path)
+					}
+				}
+			}
+		}
+		if joined == nil {
+			return nil, fmt.Errorf("%w: the sysctls of the IPC namespace the spec joins are unknown on this host", ErrRefused)
+		}
+		current, err := joined(ns.Path)
+		if err != nil {
+			return nil, fmt.Errorf("%w: the IPC namespace the spec joins: %w", ErrRefused, err)
+		}
+		for key, value := range current {
+			keys, values[key] = append(keys, key), value
+		}
+	}
 	for name, value := range spec.Linux.Sysctl {
 		key := restorehook.SysctlKey(name)
 		if restorehook.IsIPCSysctl(key) {
 			if _, ok := ipcSysctls[key]; !ok {
 				return nil, fmt.Errorf("%w: the spec's sysctl %s is of the IPC namespace, which CRIU restores, and snapboot does not set it there", ErrRefused, name)
 			}
-			keys, values[key] = append(keys, key), value
+			if _, seen := values[key]; !seen {
+				keys = append(keys, key)
+			}
+			values[key] = value
 		}
 	}
 	if len(keys) == 0 {

@@ -2,6 +2,7 @@ package confine
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -37,7 +38,7 @@ func TestFitIPCSysctls(t *testing.T) {
 	names := []string{"core-1.img", "ipcns-var-11.img"}
 	spec := withSysctls(map[string]string{"kernel.msgmax": "9001", "kernel/shmmax": "68719476736", "kernel.sem": "250 32000 100 128",
 		"fs.mqueue.msg_max": "64", "net.core.somaxconn": "1001"})
-	out, err := fitIPCSysctls(dir, names, spec)
+	out, err := fitIPCSysctls(dir, names, spec, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,10 +52,10 @@ func TestFitIPCSysctls(t *testing.T) {
 		t.Fatalf("image after fitting: %v", e)
 	}
 
-	if out, err := fitIPCSysctls(dir, names, withSysctls(map[string]string{"net.core.somaxconn": "1001"})); err != nil || len(out) != 0 {
+	if out, err := fitIPCSysctls(dir, names, withSysctls(map[string]string{"net.core.somaxconn": "1001"}), nil); err != nil || len(out) != 0 {
 		t.Fatalf("a network sysctl only: %v %v", out, err)
 	}
-	if out, err := fitIPCSysctls(dir, names, &specs.Spec{}); err != nil || len(out) != 0 {
+	if out, err := fitIPCSysctls(dir, names, &specs.Spec{}, nil); err != nil || len(out) != 0 {
 		t.Fatalf("no linux section: %v %v", out, err)
 	}
 }
@@ -72,9 +73,46 @@ func TestFitIPCSysctlsRefusals(t *testing.T) {
 		{map[string]string{"kernel.sem": "1 2 3"}, "kernel.sem"},
 		{map[string]string{"kernel.shmmni": "-1"}, "kernel.shmmni"},
 	} {
-		_, err := fitIPCSysctls(dir, names, withSysctls(c.sysctls))
+		_, err := fitIPCSysctls(dir, names, withSysctls(c.sysctls), nil)
 		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.reason) {
 			t.Errorf("%v: %v, want a refusal saying %q", c.sysctls, err, c.reason)
 		}
+	}
+}
+
+// In an IPC namespace the spec joins (a pod's), the images get that
+// namespace's values, the spec's on top; SysV objects there are refused.
+func TestIPCNamespaceTheSpecJoins(t *testing.T) {
+	dir := donorIPCVars(t)
+	names := []string{"ipcns-var-11.img"}
+	spec := withSysctls(map[string]string{"kernel.msgmax": "9001"})
+	spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.IPCNamespace, Path: "/proc/42/ns/ipc"}}
+	pod := func(path string) (map[string]string, error) {
+		if path != "/proc/42/ns/ipc" {
+			return nil, errors.New("not the pod's")
+		}
+		return map[string]string{"kernel.shm_rmid_forced": "0", "kernel.msgmni": "100", "kernel.msgmax": "8192", "kernel.sem": "250 32000 100 128"}, nil
+	}
+	out, err := fitIPCSysctls(dir, names, spec, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := out["ipcns-var-11.img"].Entries[0].Message.(*ipcvar.IpcVarEntry)
+	if e.GetMsgCtlmni() != 100 || e.GetMsgCtlmax() != 9001 || !slices.Equal(e.GetSemCtls(), []uint32{250, 32000, 100, 128}) {
+		t.Errorf("msgmni %d, msgmax %d, sem %v; want the pod's 100, the spec's 9001, the pod's sem", e.GetMsgCtlmni(), e.GetMsgCtlmax(), e.GetSemCtls())
+	}
+	// A SysV segment: refused. An image of none (its magics only): not.
+	writeImage(t, filepath.Join(dir, "ipcns-shm-11.img"), "IPCNS_SHM")
+	if _, err := fitIPCSysctls(dir, append(names, "ipcns-shm-11.img"), spec, pod); err != nil {
+		t.Errorf("no segments: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ipcns-shm-11.img"), make([]byte, 64), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fitIPCSysctls(dir, append(names, "ipcns-shm-11.img"), spec, pod); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "SysV") {
+		t.Errorf("segments in the pod's namespace: %v, want a refusal", err)
+	}
+	if _, err := fitIPCSysctls(dir, names, spec, nil); !errors.Is(err, ErrRefused) {
+		t.Errorf("unknown values: %v, want a refusal", err)
 	}
 }

@@ -156,6 +156,9 @@ type hostState struct {
 	// utsNames returns the names of the UTS namespace at a path, or this
 	// node's for "" (see fitUTSNames).
 	utsNames func(path string) (host, domain string, err error)
+	// ipcSysctls returns the IPC sysctls (ipcSysctls' keys) of the IPC
+	// namespace at a path (see fitIPCSysctls).
+	ipcSysctls func(path string) (map[string]string, error)
 	// netSysctl returns a network sysctl's value (dotted name) in the
 	// network namespace at a path, or in this node's for "" (see
 	// netSpecFor).
@@ -194,6 +197,7 @@ func readHostState() (hostState, error) {
 	}
 	h.cgroupHierarchies = cgroupHierarchies
 	h.utsNames = utsNamesOf
+	h.ipcSysctls = ipcSysctlsOf
 	h.netSysctl = netSysctlOf
 	return h, nil
 }

@@ -5,6 +5,7 @@ package confine
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -36,4 +37,30 @@ func utsNamesOf(path string) (host, domain string, err error) {
 		return "", "", fmt.Errorf("UTS namespace %s: %w", path, err)
 	}
 	return host, domain, nil
+}
+
+// ipcSysctlsOf returns the IPC sysctls snapboot sets (ipcSysctls' keys) of
+// the IPC namespace at path, read through /proc/sys, which shows the
+// reading thread's.
+func ipcSysctlsOf(path string) (map[string]string, error) {
+	values := map[string]string{}
+	read := func() error {
+		for key := range ipcSysctls {
+			data, err := os.ReadFile("/proc/sys/" + strings.ReplaceAll(key, ".", "/"))
+			if err != nil {
+				return err
+			}
+			values[key] = strings.Join(strings.Fields(string(data)), " ")
+		}
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("IPC namespace %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := restorehook.InNamespace(f, unix.CLONE_NEWIPC, read); err != nil {
+		return nil, fmt.Errorf("IPC namespace %s: %w", path, err)
+	}
+	return values, nil
 }

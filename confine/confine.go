@@ -203,6 +203,8 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	res := &Result{ImagesDir: imagesDir}
 	rewritten := map[string]*crit.CriuImage{}
 	taskUIDs := map[uint32]bool{}
+	caps, nodeCaps := grantedCaps(spec, m)
+	wakeAlarm := nodeCaps && caps&(1<<unix.CAP_WAKE_ALARM) != 0
 	for i, path := range cores {
 		img, name := images[i], filepath.Base(path)
 		core := decoded[name]
@@ -221,7 +223,7 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 		for _, id := range []uint32{cr.GetUid(), cr.GetEuid(), cr.GetSuid(), cr.GetFsuid()} {
 			taskUIDs[id] = true
 		}
-		if err := checkAlarmTimers(core, name, spec, m); err != nil {
+		if err := checkAlarmTimers(core, name, wakeAlarm); err != nil {
 			return nil, err
 		}
 		if tc := core.GetTc(); tc != nil && len(tc.GetRlimits().GetRlimits()) < len(rlimitNames) {
@@ -369,11 +371,11 @@ func contains(ids []uint32, id uint32) bool {
 
 // checkAlarmTimers refuses a task's POSIX timer on an alarm clock
 // (CLOCK_REALTIME_ALARM, CLOCK_BOOTTIME_ALARM, which wake the node from
-// suspend) without CAP_WAKE_ALARM on the node: CRIU's restorer creates the
-// timers before it gives the task its own credentials.
-func checkAlarmTimers(core *criucore.CoreEntry, name string, spec *specs.Spec, m masks) error {
-	caps, nodeCaps := grantedCaps(spec, m)
-	if nodeCaps && caps&(1<<unix.CAP_WAKE_ALARM) != 0 {
+// suspend) without CAP_WAKE_ALARM on the node (wakeAlarm: the spec grants
+// it): CRIU's restorer creates the timers before it gives the task its
+// own credentials.
+func checkAlarmTimers(core *criucore.CoreEntry, name string, wakeAlarm bool) error {
+	if wakeAlarm {
 		return nil
 	}
 	for _, t := range core.GetTc().GetTimers().GetPosix() {

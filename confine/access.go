@@ -226,7 +226,7 @@ func (a *fileAccess) check(name string, flags uint32, searched, written bool) er
 	if written {
 		want |= wantWrite
 	}
-	if searched && flags&unix.O_ACCMODE == unix.O_RDONLY && name == a.cwd {
+	if searched && !written && flags&unix.O_ACCMODE == unix.O_RDONLY && name == a.cwd {
 		return nil // runc enters the spec's working directory as root
 	}
 	m := a.mountOf(name)

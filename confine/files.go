@@ -126,6 +126,9 @@ func (n netSpec) portStart() (uint32, error) {
 //   - a TTY opened by a file that is not a pseudo-terminal (see
 //     checkTTYs), and a unix socket connected to one outside the
 //     checkpoint (see unixPeers);
+//   - a unix socket's name in a directory where the spec's user could not
+//     bind it or remove a socket already there, or a socket file owned by
+//     another user (see unixNames);
 //   - a file entry CRIU would read otherwise (see kindOf), and a file
 //     whose signals CRIU would send as a user no task runs as (see
 //     owner);
@@ -195,6 +198,9 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 			made = newFileAccess(spec, m, mounts, root)
 		}
 		return made
+	}
+	if err := unixNames(c.unix, &c, accessOnce); err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	if len(regs) > 0 || len(c.watched) > 0 {
 		access := accessOnce()

@@ -169,3 +169,12 @@ func splitPath(rel string) []string {
 	}
 	return parts
 }
+
+// rootInfo returns the file information of the root file system's root
+// directory, which overlayfs takes from its topmost layer.
+func (l *layers) rootInfo() (os.FileInfo, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
+	return l.roots[0].Stat(".")
+}

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -677,6 +678,95 @@ func main() {
 		}
 		fmt.Println(i)
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+`
+
+// TestUnixSocketNameNeedsItsDirectory restores a donor that listens on a
+// unix socket in a volume whose directory is root's. CRIU unlinks the
+// socket file at that name and binds the socket there again, as root.
+// Restored as dumped, for root; in a checkpoint edited to run as nobody,
+// into a clone that runs as nobody, it would remove whatever socket is at
+// the name, here one the node's root listens on: that clone cold-starts,
+// and the node's socket stays.
+func TestUnixSocketNameNeedsItsDirectory(t *testing.T) {
+	requireShim(t)
+	script, flags := buildProgram(t, "unixsock", unixSocketProgram)
+	volume := testDir(t)
+	flags = append(flags, "--mount", "type=bind,src="+volume+",dst=/vol,options=rbind:rw")
+	donor, donorLog := startScriptClone(t, "", script, flags...)
+	waitCount(t, donorLog, 5)
+	sock := filepath.Join(volume, "app.sock")
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("the donor's socket: %v, %v", fi, err)
+	}
+	asDumped := packAndPush(t, donor, registryAddr+"/it/crafted:unixsock", packOptions{})
+	nobody := packAndPush(t, donor, registryAddr+"/it/crafted:unixsock-nobody", packOptions{tamper: func(t *testing.T, dir string) {
+		asNobody(t, dir)
+		edited := 0
+		editImages(t, dir, "files.img", &fdinfo.FileEntry{}, func(img *crit.CriuImage) {
+			for _, e := range img.Entries {
+				if u := e.Message.(*fdinfo.FileEntry).GetUsk(); u != nil && strings.HasPrefix(string(u.GetName()), "/vol/app.sock") {
+					// Its file nobody's too, so that only its directory is not.
+					u.FilePerms.Uid, u.FilePerms.Gid = proto.Uint32(65534), proto.Uint32(65534)
+					edited++
+				}
+			}
+		})
+		if edited != 1 {
+			t.Fatalf("%d unix sockets named /vol/app.sock in the checkpoint, want 1", edited)
+		}
+	}})
+	t.Run("as dumped", func(t *testing.T) {
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, asDumped.Ref, script, flags...)
+		expectRestored(t, offset, clone, cloneLog)
+	})
+	t.Run("as nobody", func(t *testing.T) {
+		if err := os.Remove(sock); err != nil {
+			t.Fatal(err)
+		}
+		node, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer node.Close()
+		before, err := os.Lstat(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		offset := containerdLogOffset()
+		clone, cloneLog := startScriptClone(t, nobody.Ref, script, append(append([]string{"--user", "65534:65534"}, dropAll...), flags...)...)
+		waitCount(t, cloneLog, 3) // restored or cold-started
+		after, err := os.Lstat(sock)
+		if err != nil || !os.SameFile(before, after) {
+			t.Errorf("the node's socket at %s was replaced or removed: %v", sock, err)
+		}
+		expectSpecFallback(t, offset, clone, cloneLog, "the unix socket /vol/app.sock is in /vol, where the spec's user (65534) may not make or remove files")
+	})
+}
+
+// unixSocketProgram listens on /vol/app.sock (a cold start that may not
+// says so) and counts, as counterScript does.
+const unixSocketProgram = `package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"time"
+)
+
+func main() {
+	l, err := net.Listen("unix", "/vol/app.sock")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "no socket:", err)
+	}
+	for i := 1; ; i++ {
+		fmt.Println(i)
+		time.Sleep(100 * time.Millisecond)
+		runtime.KeepAlive(l)
 	}
 }
 `

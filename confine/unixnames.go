@@ -1,0 +1,372 @@
+package confine
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	skunix "github.com/checkpoint-restore/go-criu/v7/crit/images/sk-unix"
+	"golang.org/x/sys/unix"
+)
+
+// unixNames checks the file system names of the checkpoint's unix sockets,
+// which CRIU handles as root, in the container's mount namespace, before
+// the tasks drop to their own credentials. For each socket with a path
+// name (not an abstract one, nor a peer outside the checkpoint):
+//   - it unlinks a socket file already at the name;
+//   - it binds the socket there again, which creates the file;
+//   - it sets that file's owner and mode from the image;
+//   - for a socket whose name was deleted, it makes the missing
+//     directories on the way, and moves any file at the name aside and
+//     back.
+//
+// A cold start's app does each of those as the spec's user. So the
+// directory the name is in, as far as it exists, must be one that user may
+// write to and search (and, where it is sticky, any file at the name must
+// be the user's or the directory's owner's, unless the spec grants
+// CAP_FOWNER), and the socket file's owner must be a user the tasks run as
+// and its group one of the spec's, unless the spec grants CAP_CHOWN.
+// Otherwise a crafted checkpoint could remove another program's socket in
+// a volume the container shares, or make files where its user may not.
+//
+// The name is resolved as the kernel would, through the symbolic links of
+// the root file system's layers and of the bind mounts' sources; a name
+// whose directory is further inside a mount whose entries snapboot cannot
+// look up (a tmpfs, filled from the checkpoint; proc; sysfs) is refused.
+// Not checked, as for the files the tasks hold (see fileAccess): a spec
+// with a user namespace, or one that grants CAP_DAC_OVERRIDE (its user may
+// write anywhere in the container).
+func unixNames(socks []*skunix.UnixSkEntry, c *fileChecks, access func() *fileAccess) error {
+	for _, u := range socks {
+		name := u.GetName()
+		if len(name) == 0 || name[0] == 0 || u.GetUflags()&usockExtern != 0 {
+			continue
+		}
+		full, err := socketPath(u)
+		if err != nil {
+			return err
+		}
+		a := access()
+		if err := c.socketOwner(u, full, a); err != nil {
+			return err
+		}
+		if !a.checkBits {
+			continue
+		}
+		if id := u.GetMntId(); id >= 0 && u.MntId != nil && !slices.ContainsFunc(a.mounts, func(e *mnt.MntEntry) bool { return int32(e.GetMntId()) == id }) {
+			return fmt.Errorf("the unix socket %s is in mount %d, which the checkpoint's mount namespace does not have", full, id)
+		}
+		if err := a.socketDir(full); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// socketPath returns a socket's name as an absolute path: CRIU binds a
+// relative one in its directory (name_dir), or in the root when it has
+// none. The name ends at its first NUL, as the kernel reads it (the name
+// a program binds often ends with one). A name with ".." in it is
+// refused: the kernel resolves ".." after any link on the way.
+func socketPath(u *skunix.UnixSkEntry) (string, error) {
+	name := u.GetName()
+	if i := bytes.IndexByte(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	p := string(name)
+	if !path.IsAbs(p) {
+		dir := u.GetNameDir()
+		if dir == "" {
+			dir = "/"
+		}
+		if !path.IsAbs(dir) {
+			return "", fmt.Errorf("the unix socket %q is named in directory %q, not an absolute path", p, dir)
+		}
+		p = dir + "/" + p
+	}
+	if slices.Contains(strings.Split(p, "/"), "..") {
+		return "", fmt.Errorf("the unix socket %q has \"..\" in its name", p)
+	}
+	return path.Clean(p), nil
+}
+
+// socketOwner checks the owner CRIU gives a socket's file (see unixNames).
+func (c *fileChecks) socketOwner(u *skunix.UnixSkEntry, name string, a *fileAccess) error {
+	perms := u.GetFilePerms()
+	if perms == nil || !c.hostCaps || c.granted(unix.CAP_CHOWN, false) {
+		return nil
+	}
+	if uid := perms.GetUid(); uid != c.uid && !c.taskUIDs[uid] {
+		return fmt.Errorf("the unix socket %s would be owned by uid %d, which CRIU sets as root; the tasks do not run as that user and the spec does not grant CAP_CHOWN", name, uid)
+	}
+	if gid := perms.GetGid(); !slices.Contains(a.gids, gid) && !a.inSetgidDir(name, gid) {
+		return fmt.Errorf("the unix socket %s would be in group %d, which CRIU sets as root; it is not among the spec's groups and the spec does not grant CAP_CHOWN", name, gid)
+	}
+	return nil
+}
+
+// inSetgidDir reports whether name's directory is set-group-ID with group
+// gid, which the kernel then gives the files made in it.
+func (a *fileAccess) inSetgidDir(name string, gid uint32) bool {
+	dir, exists, err := a.resolveDir(path.Dir(name))
+	if err != nil || !exists {
+		return false
+	}
+	fi, err := a.dirInfo(dir)
+	return err == nil && fi != nil && fi.Mode()&os.ModeSetgid != 0 && statOf(fi).Gid == gid
+}
+
+// socketDir checks the directory of a socket's name (see unixNames).
+func (a *fileAccess) socketDir(name string) error {
+	dir, exists, err := a.resolveDir(path.Dir(name))
+	if err != nil {
+		return fmt.Errorf("the unix socket %s: %w", name, err)
+	}
+	if dir == "" {
+		return nil // not a directory on the way: CRIU's bind fails
+	}
+	fi, err := a.dirInfo(dir)
+	if err != nil {
+		return fmt.Errorf("the unix socket %s: %w", name, err)
+	}
+	if fi == nil {
+		return nil // a tmpfs's root: the container's own
+	}
+	if !a.allows(entry{fi: fi, path: a.nodePath(dir)}, wantWrite|wantExec) {
+		st := statOf(fi)
+		return fmt.Errorf("the unix socket %s is in %s, where the spec's user (%d) may not make or remove files (mode %o, owner %d:%d); CRIU would unlink and bind it as root",
+			name, dir, a.uid, fi.Mode().Perm(), st.Uid, st.Gid)
+	}
+	if err := a.searchable(dir); err != nil {
+		return fmt.Errorf("the unix socket %s: %w", name, err)
+	}
+	if !exists || fi.Mode()&os.ModeSticky == 0 || a.caps&(1<<unix.CAP_FOWNER) != 0 {
+		return nil
+	}
+	_, there, err := a.shownAt(path.Join(dir, path.Base(name)))
+	if err != nil {
+		return fmt.Errorf("the unix socket %s: %w", name, err)
+	}
+	if there == nil {
+		return nil
+	}
+	if owner, dirOwner := statOf(there).Uid, statOf(fi).Uid; owner != a.uid && dirOwner != a.uid {
+		return fmt.Errorf("the unix socket %s would replace a file of uid %d in sticky directory %s, which the spec's user (%d) may not remove; CRIU would unlink it as root", name, owner, dir, a.uid)
+	}
+	return nil
+}
+
+// searchable checks search permission on the directories above dir, as
+// the kernel needs them to reach it.
+func (a *fileAccess) searchable(dir string) error {
+	if dir == "/" {
+		return nil
+	}
+	if err := a.check(path.Dir(dir), unix.O_PATH, true, false); err != nil {
+		return fmt.Errorf("the spec's user (%d) may not search a directory on the way to %s, which CRIU reaches as root", a.uid, dir)
+	}
+	return nil
+}
+
+// maxLinks is the kernel's limit of symbolic links in one path's
+// resolution (MAXSYMLINKS).
+const maxLinks = 40
+
+// resolveDir resolves dir as the kernel would in the container, following
+// symbolic links: it returns the directory it ends in, with exists false
+// where a component is missing (dir is then the deepest one there, where
+// CRIU would make the rest), or "" where something else than a directory is
+// on the way.
+func (a *fileAccess) resolveDir(dir string) (resolved string, exists bool, err error) {
+	pending := splitPath(dir)
+	cur, links := "/", 0
+	for len(pending) > 0 {
+		part := pending[0]
+		pending = pending[1:]
+		switch part {
+		case ".":
+			continue
+		case "..":
+			cur = path.Dir(cur) // cur has no link in it
+			continue
+		}
+		next := path.Join(cur, part)
+		s, _, err := a.shownAt(next)
+		if err != nil {
+			return "", false, err
+		}
+		switch s.kind {
+		case shownNone:
+			return cur, false, nil
+		case shownDir:
+			cur = next
+		case shownLink:
+			if links++; links > maxLinks {
+				return "", false, fmt.Errorf("more than %d symbolic links on the way to %s", maxLinks, dir)
+			}
+			if path.IsAbs(s.target) {
+				cur = "/"
+			}
+			pending = append(splitPath(s.target), pending...)
+		default:
+			return "", false, nil
+		}
+	}
+	return cur, true, nil
+}
+
+// The kinds of entries shownAt finds.
+const (
+	shownNone = iota
+	shownDir
+	shownLink
+	shownOther
+)
+
+type shown struct {
+	kind   int
+	target string // a link's
+}
+
+// shownAt returns what the container shows at name, an absolute path with
+// no link on the way to its last component, and its file information (nil
+// for none). Entries are looked up in the root file system's layers and in
+// the bind mounts' sources; a mount's root is a directory (or a bound
+// file).
+func (a *fileAccess) shownAt(name string) (shown, os.FileInfo, error) {
+	m := a.mountOf(name)
+	if m == nil {
+		return shown{}, nil, fmt.Errorf("%s is in no mount of the checkpoint's", name)
+	}
+	rel := strings.TrimPrefix(strings.TrimPrefix(name, m.GetMountpoint()), "/")
+	isRoot := m.GetMountpoint() == "/"
+	switch {
+	case isRoot && rel == "":
+		fi, err := a.layers.rootInfo()
+		return shown{kind: shownDir}, fi, err
+	case isRoot:
+		found, err := a.layers.lookup(rel)
+		if err != nil {
+			return shown{}, nil, err
+		}
+		if len(found) < len(splitPath(rel)) {
+			return shown{kind: shownNone}, nil, nil
+		}
+		e := found[len(found)-1]
+		return shownKind(e.fi, func() (string, error) { return a.layers.roots[e.layer].Readlink(rel) })
+	case m.GetExtKey() != "":
+		return a.shownInSources(name, m, rel)
+	case rel == "":
+		return shown{kind: shownDir}, nil, nil // a tmpfs's root, proc's, ...
+	}
+	return shown{}, nil, fmt.Errorf("%s is inside the %s mount at %s, whose entries snapboot cannot look up", name, mnt.Fstype(m.GetFstype()), m.GetMountpoint())
+}
+
+// shownInSources looks rel up under each source a bind mount's key may
+// stand for: they must show the same.
+func (a *fileAccess) shownInSources(name string, m *mnt.MntEntry, rel string) (shown, os.FileInfo, error) {
+	sources := a.bindSources(m.GetExtKey())
+	if len(sources) == 0 {
+		return shown{}, nil, fmt.Errorf("%s is in the mount at %s, whose source snapboot does not know", name, m.GetMountpoint())
+	}
+	var first shown
+	var firstInfo os.FileInfo
+	for i, src := range sources {
+		s, fi, err := shownUnder(src, rel)
+		if err != nil {
+			return shown{}, nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if i == 0 {
+			first, firstInfo = s, fi
+		} else if s != first {
+			return shown{}, nil, fmt.Errorf("%s differs between the sources of the mount at %s", name, m.GetMountpoint())
+		}
+	}
+	return first, firstInfo, nil
+}
+
+// shownUnder looks rel up under src, a directory (or file) on the node.
+func shownUnder(src, rel string) (shown, os.FileInfo, error) {
+	if rel == "" {
+		fi, err := os.Stat(src)
+		if err != nil {
+			return shown{}, nil, err
+		}
+		if !fi.IsDir() {
+			return shown{kind: shownOther}, fi, nil
+		}
+		return shown{kind: shownDir}, fi, nil
+	}
+	root, err := os.OpenRoot(src)
+	if err != nil {
+		return shown{}, nil, err
+	}
+	defer root.Close()
+	fi, err := root.Lstat(rel)
+	if errors.Is(err, os.ErrNotExist) {
+		return shown{kind: shownNone}, nil, nil
+	}
+	if err != nil {
+		return shown{}, nil, err
+	}
+	return shownKind(fi, func() (string, error) { return root.Readlink(rel) })
+}
+
+// shownKind tells a directory, a link (with its target) and anything else
+// apart.
+func shownKind(fi os.FileInfo, readlink func() (string, error)) (shown, os.FileInfo, error) {
+	switch {
+	case fi.IsDir():
+		return shown{kind: shownDir}, fi, nil
+	case fi.Mode()&os.ModeSymlink != 0:
+		t, err := readlink()
+		if err != nil {
+			return shown{}, nil, err
+		}
+		return shown{kind: shownLink, target: t}, fi, nil
+	}
+	return shown{kind: shownOther}, fi, nil
+}
+
+// dirInfo returns a resolved directory's file information, nil for the
+// root of a mount whose files are the container's own (a tmpfs).
+func (a *fileAccess) dirInfo(dir string) (os.FileInfo, error) {
+	m := a.mountOf(dir)
+	if m.GetMountpoint() == dir && m.GetMountpoint() != "/" && m.GetExtKey() == "" {
+		if mnt.Fstype(m.GetFstype()) == mnt.Fstype_TMPFS {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("%s is the root of the %s mount there, where snapboot does not judge sockets", dir, mnt.Fstype(m.GetFstype()))
+	}
+	_, fi, err := a.shownAt(dir)
+	return fi, err
+}
+
+// nodePath returns where a directory of the container is on the node, for
+// its ACL: its topmost layer's, or its first bind source's.
+func (a *fileAccess) nodePath(dir string) string {
+	m := a.mountOf(dir)
+	rel := strings.TrimPrefix(strings.TrimPrefix(dir, m.GetMountpoint()), "/")
+	if m.GetMountpoint() == "/" {
+		if rel == "" {
+			if len(a.layers.dirs) > 0 {
+				return a.layers.dirs[0]
+			}
+			return ""
+		}
+		found, err := a.layers.lookup(rel)
+		if err != nil || len(found) == 0 {
+			return ""
+		}
+		return found[len(found)-1].path
+	}
+	if srcs := a.bindSources(m.GetExtKey()); len(srcs) > 0 {
+		return path.Join(srcs[0], rel)
+	}
+	return ""
+}

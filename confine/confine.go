@@ -10,8 +10,9 @@
 // installs for the spec's profile, would stay in a host namespace the spec
 // replaces or in a cgroup outside the container's, whose mount tree holds
 // a mount the spec does not grant or lacks a masked or read-only path the
-// spec sets, or whose files take a privilege the spec does not grant or
-// would be made by CRIU outside the container.
+// spec sets, whose files take a privilege the spec does not grant or
+// would be made by CRIU outside the container, or whose locked memory or
+// pipe buffers exceed what the kernel lets the cold start have.
 package confine
 
 import (
@@ -268,6 +269,16 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	net.tcpRepair = host.tcpRepair
 	if err := checkFiles(imagesDir, names, spec, m, net, mountEntries, host.rootLayers, taskUIDs); err != nil {
 		return nil, err
+	}
+	if err := checkLockedMemory(imagesDir, names, limits.rlimits[unix.RLIMIT_MEMLOCK], nodeCaps && caps&(1<<unix.CAP_IPC_LOCK) != 0); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	maxSize := host.pipeMaxSize
+	if maxSize == nil {
+		maxSize = pipeMaxSize
+	}
+	if err := checkPipeSizes(imagesDir, names, maxSize, nodeCaps && caps&(1<<unix.CAP_SYS_RESOURCE) != 0); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	mounts, external, err := rebindCgroups(mountImages, spec, host.cgroupHierarchies)
 	if err != nil {

@@ -163,6 +163,9 @@ type hostState struct {
 	// network namespace at a path, or in this node's for "" (see
 	// netSpecFor).
 	netSysctl func(path, name string) (string, error)
+	// pipeMaxSize returns this node's fs.pipe-max-size (see
+	// checkPipeSizes).
+	pipeMaxSize func() (uint32, error)
 	// rootLayers are the directories of the container's root file system,
 	// topmost first (see remaps.check).
 	rootLayers []string
@@ -199,6 +202,7 @@ func readHostState() (hostState, error) {
 	h.utsNames = utsNamesOf
 	h.ipcSysctls = ipcSysctlsOf
 	h.netSysctl = netSysctlOf
+	h.pipeMaxSize = pipeMaxSize
 	return h, nil
 }
 

@@ -1,0 +1,159 @@
+package confine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mm"
+	pipedata "github.com/checkpoint-restore/go-criu/v7/crit/images/pipe-data"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+)
+
+// checkLockedMemory refuses a process whose locked memory (its mappings
+// with MAP_LOCKED, which CRIU's restorer maps locked before it drops the
+// task's capabilities) is more than limit, the RLIMIT_MEMLOCK a cold
+// start's processes get, unless ipcLock: the spec grants CAP_IPC_LOCK on
+// the node. The kernel holds a process's locked memory to that limit
+// without the capability; as root, CRIU's restorer is not held to it, and
+// locked memory is never reclaimed or swapped.
+func checkLockedMemory(imagesDir string, names []string, limit unix.Rlimit, ipcLock bool) error {
+	if ipcLock || limit.Cur == unix.RLIM_INFINITY {
+		return nil
+	}
+	for _, name := range names {
+		if !strings.HasPrefix(name, "mm-") || !strings.HasSuffix(name, ".img") {
+			continue
+		}
+		img, err := decodeOne(filepath.Join(imagesDir, name), &mm.MmEntry{})
+		if err != nil {
+			return err
+		}
+		var locked uint64
+		for _, v := range img.Entries[0].Message.(*mm.MmEntry).GetVmas() {
+			if v.GetFlags()&unix.MAP_LOCKED != 0 && v.GetEnd() > v.GetStart() {
+				locked += v.GetEnd() - v.GetStart()
+			}
+		}
+		if locked > limit.Cur {
+			return fmt.Errorf("%s locks %d bytes of memory (MAP_LOCKED), more than RLIMIT_MEMLOCK lets a cold start's process lock (%d), which takes CAP_IPC_LOCK; the spec does not grant it", name, locked, limit.Cur)
+		}
+	}
+	return nil
+}
+
+// pipeDataImages are the images of the pipes' and FIFOs' buffered data,
+// with the size of each buffer.
+var pipeDataImages = map[string]string{"pipes-data.img": "PIPES_DATA", "fifo-data.img": "FIFO_DATA"}
+
+// checkPipeSizes refuses a pipe or FIFO whose buffer is larger than
+// fs.pipe-max-size (maxSize), unless sysResource: the spec grants
+// CAP_SYS_RESOURCE on the node. CRIU sets the image's size
+// (F_SETPIPE_SZ) as root, where the kernel holds a cold start's process
+// to that limit.
+func checkPipeSizes(imagesDir string, names []string, maxSize func() (uint32, error), sysResource bool) error {
+	if sysResource {
+		return nil
+	}
+	var max uint32
+	for _, name := range names {
+		magic, ok := pipeDataImages[name]
+		if !ok {
+			continue
+		}
+		err := eachPipeData(filepath.Join(imagesDir, name), magic, func(e *pipedata.PipeDataEntry) error {
+			if e.Size == nil {
+				return nil
+			}
+			if max == 0 {
+				var err error
+				if max, err = maxSize(); err != nil {
+					return fmt.Errorf("fs.pipe-max-size: %w", err)
+				}
+			}
+			if e.GetSize() > max {
+				return fmt.Errorf("%s gives pipe %#x a buffer of %d bytes, more than fs.pipe-max-size (%d), which takes CAP_SYS_RESOURCE; the spec does not grant it", name, e.GetPipeId(), e.GetSize(), max)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// eachPipeData reads a pipe data image: entries each followed by the
+// pipe's bytes, which are skipped.
+func eachPipeData(path, want string, each func(*pipedata.PipeDataEntry) error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	base := filepath.Base(path)
+	magic, err := crit.ReadMagic(f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", base, err)
+	}
+	if magic != want {
+		return fmt.Errorf("%s: a %s image, want %s", base, magic, want)
+	}
+	pos, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return err
+	}
+	var size [4]byte
+	for pos < fi.Size() {
+		if _, err := io.ReadFull(f, size[:]); err != nil {
+			return fmt.Errorf("%s: entry header at %d: %w", base, pos, err)
+		}
+		n := int64(binary.LittleEndian.Uint32(size[:]))
+		pos += 4
+		if n > fi.Size()-pos || n > 1<<10 {
+			return fmt.Errorf("%s: entry at %d of %d bytes, past the end of the image or larger than a pipe's entry", base, pos-4, n)
+		}
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(f, buf); err != nil {
+			return fmt.Errorf("%s: %w", base, err)
+		}
+		e := &pipedata.PipeDataEntry{}
+		if err := proto.Unmarshal(buf, e); err != nil {
+			return fmt.Errorf("%s: entry at %d: %w", base, pos-4, err)
+		}
+		if err := each(e); err != nil {
+			return err
+		}
+		pos += n
+		if int64(e.GetBytes()) > fi.Size()-pos {
+			return fmt.Errorf("%s: pipe %#x has %d bytes, past the end of the image", base, e.GetPipeId(), e.GetBytes())
+		}
+		if pos, err = f.Seek(int64(e.GetBytes()), io.SeekCurrent); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pipeMaxSize reads this node's fs.pipe-max-size.
+func pipeMaxSize() (uint32, error) {
+	b, err := os.ReadFile("/proc/sys/fs/pipe-max-size")
+	if err != nil {
+		return 0, err
+	}
+	var v uint32
+	if _, err := fmt.Sscan(string(b), &v); err != nil || v == 0 {
+		return 0, errors.Join(errors.New("not a size: "+strings.TrimSpace(string(b))), err)
+	}
+	return v, nil
+}

@@ -77,16 +77,32 @@ func setUint[T uint32 | uint64](set func(*ipcvar.IpcVarEntry, T)) func(*ipcvar.I
 // In an IPC namespace the spec joins (a pod's), CRIU writes the images'
 // values, and makes the images' SysV objects, into that namespace, which
 // other containers share: the images get that namespace's values as they
-// are (read by joined, this node's reader of a namespace's IPC sysctls),
+// are (read by current, this node's reader of a namespace's IPC sysctls),
 // the spec's on top as runc writes them, and SysV objects there are
-// refused.
-func fitIPCSysctls(imagesDir string, names []string, spec *specs.Spec, joined func(path string) (map[string]string, error)) (map[string]*crit.CriuImage, error) {
+// refused. In an IPC namespace of the container's own, the images get
+// what a new namespace has on this node (current("")), the spec's on top:
+// a cold start's runc makes the namespace, and its /proc/sys is
+// read-only, so the app could not have set others.
+func fitIPCSysctls(imagesDir string, names []string, spec *specs.Spec, current func(path string) (map[string]string, error)) (map[string]*crit.CriuImage, error) {
 	if spec.Linux == nil {
 		return nil, nil
 	}
 	values := map[string]string{}
 	var keys []string
-	if ns, ok := restorehook.SpecNamespace(spec, specs.IPCNamespace); ok && ns.Path != "" {
+	ns, ok := restorehook.SpecNamespace(spec, specs.IPCNamespace)
+	if ok && ns.Path == "" {
+		if current == nil {
+			return nil, fmt.Errorf("%w: the sysctls of a new IPC namespace are unknown on this host", ErrRefused)
+		}
+		fresh, err := current("")
+		if err != nil {
+			return nil, fmt.Errorf("%w: a new IPC namespace's sysctls: %w", ErrRefused, err)
+		}
+		for key, value := range fresh {
+			keys, values[key] = append(keys, key), value
+		}
+	}
+	if ok && ns.Path != "" {
 		for _, name := range names {
 			for _, kind := range []string{"ipcns-shm-", "ipcns-msg-", "ipcns-sem-"} {
 				if strings.HasPrefix(name, kind) && strings.HasSuffix(name, ".img") {
@@ -96,14 +112,14 @@ func fitIPCSysctls(imagesDir string, names []string, spec *specs.Spec, joined fu
 				}
 			}
 		}
-		if joined == nil {
+		if current == nil {
 			return nil, fmt.Errorf("%w: the sysctls of the IPC namespace the spec joins are unknown on this host", ErrRefused)
 		}
-		current, err := joined(ns.Path)
+		joined, err := current(ns.Path)
 		if err != nil {
 			return nil, fmt.Errorf("%w: the IPC namespace the spec joins: %w", ErrRefused, err)
 		}
-		for key, value := range current {
+		for key, value := range joined {
 			keys, values[key] = append(keys, key), value
 		}
 	}

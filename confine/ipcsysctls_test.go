@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -114,5 +115,66 @@ func TestIPCNamespaceTheSpecJoins(t *testing.T) {
 	}
 	if _, err := fitIPCSysctls(dir, names, spec, nil); !errors.Is(err, ErrRefused) {
 		t.Errorf("unknown values: %v, want a refusal", err)
+	}
+}
+
+// In an IPC namespace of the container's own, the images get a new
+// namespace's values, the spec's on top: not the donor's.
+func TestOwnIPCNamespaceGetsANewOnesSysctls(t *testing.T) {
+	dir := t.TempDir()
+	writeImage(t, filepath.Join(dir, "ipcns-var-11.img"), "IPC_VAR", &ipcvar.IpcVarEntry{
+		SemCtls: []uint32{32000, 1024000000, 500, 32000}, MsgCtlmax: proto.Uint32(8192), MsgCtlmnb: proto.Uint32(16384),
+		MsgCtlmni: proto.Uint32(1 << 30), AutoMsgmni: proto.Uint32(0), ShmCtlmax: proto.Uint64(1 << 62), ShmCtlall: proto.Uint64(1 << 62),
+		ShmCtlmni: proto.Uint32(1 << 20), ShmRmidForced: proto.Uint32(0), MqQueuesMax: proto.Uint32(1 << 20), MqMsgMax: proto.Uint32(10),
+		MqMsgsizeMax: proto.Uint32(8192), MqMsgDefault: proto.Uint32(10), MqMsgsizeDefault: proto.Uint32(8192),
+	})
+	names := []string{"ipcns-var-11.img"}
+	spec := withSysctls(map[string]string{"kernel.msgmax": "9001"})
+	spec.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.IPCNamespace}}
+	fresh := func(path string) (map[string]string, error) {
+		if path != "" {
+			return nil, errors.New("not a new namespace")
+		}
+		return map[string]string{"kernel.msgmni": "32000", "kernel.shmmni": "4096", "fs.mqueue.queues_max": "256", "kernel.msgmax": "8192"}, nil
+	}
+	out, err := fitIPCSysctls(dir, names, spec, fresh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := out["ipcns-var-11.img"].Entries[0].Message.(*ipcvar.IpcVarEntry)
+	if e.GetMsgCtlmni() != 32000 || e.GetShmCtlmni() != 4096 || e.GetMqQueuesMax() != 256 || e.GetMsgCtlmax() != 9001 {
+		t.Errorf("msgmni %d, shmmni %d, queues_max %d, msgmax %d; want a new namespace's 32000, 4096, 256 and the spec's 9001",
+			e.GetMsgCtlmni(), e.GetShmCtlmni(), e.GetMqQueuesMax(), e.GetMsgCtlmax())
+	}
+	if _, err := fitIPCSysctls(dir, names, spec, nil); !errors.Is(err, ErrRefused) {
+		t.Errorf("unknown values: %v, want a refusal", err)
+	}
+}
+
+// This node's new IPC namespace: every key read, and the process's own
+// namespace kept.
+func TestNewIPCNamespaceSysctlsOfThisNode(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a new IPC namespace")
+	}
+	before, err := os.Readlink("/proc/self/ns/ipc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	values, err := ipcSysctlsOf("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(values) != len(ipcSysctls) {
+		t.Errorf("%d values, want %d: %v", len(values), len(ipcSysctls), values)
+	}
+	if values["kernel.shmmni"] != "4096" || len(strings.Fields(values["kernel.sem"])) != 4 {
+		t.Errorf("kernel.shmmni %q, kernel.sem %q: not a new namespace's", values["kernel.shmmni"], values["kernel.sem"])
+	}
+	for i := 0; i < 20; i++ { // the threads it used run other goroutines again
+		if after, err := os.Readlink("/proc/thread-self/ns/ipc"); err != nil || after != before {
+			t.Fatalf("a thread of the process is in IPC namespace %s (%v), want %s", after, err, before)
+		}
+		runtime.Gosched()
 	}
 }

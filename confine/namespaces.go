@@ -63,6 +63,7 @@ func checkNamespaces(imagesDir string, names []string, spec *specs.Spec) error {
 		return fmt.Errorf("%w: inventory.img has no namespace ids of the dumping CRIU", ErrRefused)
 	}
 	ownUserNS := slices.Contains(wanted, specs.UserNamespace)
+	ownTimeNS := slices.Contains(wanted, specs.TimeNamespace)
 	tasks := 0
 	for _, name := range names {
 		if !strings.HasPrefix(name, "ids-") || !strings.HasSuffix(name, ".img") {
@@ -90,6 +91,14 @@ func checkNamespaces(imagesDir string, names []string, spec *specs.Spec) error {
 		if id, ok := nsIDs[specs.UserNamespace](ids); ok && !ownUserNS {
 			if outside, known := nsIDs[specs.UserNamespace](root); !known || id != outside {
 				return fmt.Errorf("%w: %s puts the task in a user namespace of its own, the spec has none", ErrRefused, name)
+			}
+		}
+		// A time namespace the spec does not have would come with the
+		// images' clock offsets (timens-*.img), which CRIU writes as root:
+		// a cold start's process may make none without CAP_SYS_ADMIN.
+		if id, ok := nsIDs[specs.TimeNamespace](ids); ok && !ownTimeNS {
+			if outside, known := nsIDs[specs.TimeNamespace](root); !known || id != outside {
+				return fmt.Errorf("%w: %s puts the task in a time namespace of its own, the spec has none", ErrRefused, name)
 			}
 		}
 		if ownUserNS {

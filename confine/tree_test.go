@@ -210,6 +210,19 @@ func TestNamespaceRefusals(t *testing.T) {
 			t.Fatalf("got %v, want a user namespace refusal", err)
 		}
 	})
+	t.Run("a time namespace the spec does not have", func(t *testing.T) {
+		child := containerIDs()
+		child.TimeNsId = proto.Uint32(99)
+		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs(), child}, donorMounts()), clonesSpec())
+		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "time namespace of its own") {
+			t.Fatalf("got %v, want a time namespace refusal", err)
+		}
+		s := clonesSpec()
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.TimeNamespace})
+		if err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{child}, donorMounts()), s); err != nil {
+			t.Fatalf("the spec's time namespace: %v", err)
+		}
+	})
 	t.Run("the spec's user namespace", func(t *testing.T) {
 		s := clonesSpec()
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})

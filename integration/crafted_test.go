@@ -4,6 +4,7 @@ package integration
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/cgroup"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
+	ipcvar "github.com/checkpoint-restore/go-criu/v7/crit/images/ipc-var"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -272,4 +274,41 @@ func TestCraftedCgroupPropertyStaysInTheHierarchy(t *testing.T) {
 	if got, err := os.ReadFile(target); err != nil || string(got) != "intact\n" {
 		t.Errorf("the node's file reads %q (%v) after the restore, want it untouched", got, err)
 	}
+}
+
+// TestCraftedIPCSysctlsAreANewNamespaces restores a donor whose images
+// were edited to raise the IPC namespace's limits (kernel.msgmnb, a
+// message queue's bytes, to 1 GiB; kernel.shmmni). CRIU writes them, as root, into the clone's new IPC
+// namespace, where a cold start's app could set none (/proc/sys is
+// read-only): the clone restores with a new namespace's values (the
+// spec's on top: unit tests; ctr sets no sysctls).
+func TestCraftedIPCSysctlsAreANewNamespaces(t *testing.T) {
+	requireShim(t)
+	donor, donorLog := startScriptClone(t, "", counterScript)
+	waitCount(t, donorLog, 5)
+	want := map[string]string{"kernel/msgmnb": ipcSysctl(t, taskPID(t, donor), "kernel/msgmnb"), "kernel/shmmni": ipcSysctl(t, taskPID(t, donor), "kernel/shmmni")}
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:ipc-sysctls", packOptions{tamper: func(t *testing.T, dir string) {
+		editImages(t, dir, "ipcns-var-*.img", &ipcvar.IpcVarEntry{}, func(img *crit.CriuImage) {
+			e := img.Entries[0].Message.(*ipcvar.IpcVarEntry)
+			e.MsgCtlmnb, e.ShmCtlmni = proto.Uint32(1<<30), proto.Uint32(32768) // the kernel's largest shmmni
+		})
+	}})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, counterScript)
+	expectRestored(t, offset, clone, cloneLog)
+	for key, value := range want {
+		if got := ipcSysctl(t, taskPID(t, clone), key); got != value {
+			t.Errorf("the clone's %s is %s, want %s", key, got, value)
+		}
+	}
+}
+
+// ipcSysctl reads an IPC sysctl in a process's IPC namespace.
+func ipcSysctl(t *testing.T, pid int, key string) string {
+	t.Helper()
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-i", "cat", "/proc/sys/"+key).CombinedOutput()
+	if err != nil {
+		t.Fatalf("read %s of %d: %v: %s", key, pid, err, out)
+	}
+	return strings.TrimSpace(string(out))
 }

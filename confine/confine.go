@@ -447,6 +447,26 @@ var magics = map[protoreflect.FullName]string{
 	"mm_entry": "MM", "fs_entry": "FS", "file_lock_entry": "FILE_LOCKS", "fdinfo_entry": "FDINFO",
 }
 
+// openImage opens a CRIU image, past its magic, which must be want.
+func openImage(path, want string) (*os.File, os.FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil {
+		var magic string
+		if magic, err = crit.ReadMagic(f); err == nil && magic != want {
+			err = fmt.Errorf("a %s image, want %s", magic, want)
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	return f, fi, nil
+}
+
 // checkFraming reads f's magic and entry headers, and leaves f at its
 // start: the magic must be want, each entry no longer than what is left.
 func checkFraming(f *os.File, want string) error {

@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/fdinfo"
 	ghostfile "github.com/checkpoint-restore/go-criu/v7/crit/images/ghost-file"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
@@ -748,22 +747,11 @@ const maxGhostEntry = 64 << 10
 // number, and retry one directory up, out of the mount, or copy forever.
 func checkGhost(p string) error {
 	base := filepath.Base(p)
-	f, err := os.Open(p)
+	f, fi, err := openImage(p, "GHOST_FILE")
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	magic, err := crit.ReadMagic(f)
-	if err != nil {
-		return fmt.Errorf("%s: %w", base, err)
-	}
-	if magic != "GHOST_FILE" {
-		return fmt.Errorf("%s: a %s image, want GHOST_FILE", base, magic)
-	}
 	var g ghostfile.GhostFileEntry
 	if err := readGhostEntry(f, &g); err != nil {
 		return fmt.Errorf("%s: %w", base, err)

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mm"
 	pipedata "github.com/checkpoint-restore/go-criu/v7/crit/images/pipe-data"
 	"golang.org/x/sys/unix"
@@ -92,23 +91,12 @@ func checkPipeSizes(imagesDir string, names []string, maxSize func() (uint32, er
 // eachPipeData reads a pipe data image: entries each followed by the
 // pipe's bytes, which are skipped.
 func eachPipeData(path, want string, each func(*pipedata.PipeDataEntry) error) error {
-	f, err := os.Open(path)
+	f, fi, err := openImage(path, want)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
 	base := filepath.Base(path)
-	magic, err := crit.ReadMagic(f)
-	if err != nil {
-		return fmt.Errorf("%s: %w", base, err)
-	}
-	if magic != want {
-		return fmt.Errorf("%s: a %s image, want %s", base, magic, want)
-	}
 	pos, err := f.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return err

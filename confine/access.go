@@ -1,6 +1,7 @@
 package confine
 
 import (
+	"archive/tar"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -76,6 +77,9 @@ type fileAccess struct {
 	layers      *layers
 	hostProc    string // the shim's view of the node's proc and sysfs
 	hostSys     string
+	// tmpfs lists the tmpfs mounts' contents CRIU restores (nil: not
+	// known, and names inside a tmpfs cannot be looked up).
+	tmpfs *tmpfsTrees
 }
 
 func newFileAccess(spec *specs.Spec, m masks, mounts []*mnt.MntEntry, root *layers) *fileAccess {
@@ -284,8 +288,42 @@ func (a *fileAccess) check(name string, flags uint32, searched, written bool) er
 			return nil
 		}
 		return a.inDir(name, a.hostSys, sysRel, want, flags)
+	case mnt.Fstype(m.GetFstype()) == mnt.Fstype_TMPFS:
+		if !a.checkBits {
+			return nil // the link resolves in the container, where the user may open anything
+		}
+		return a.inTmpfs(name, m, rel, flags)
 	}
-	return nil // a tmpfs, devpts, mqueue, cgroup: files of the checkpoint's own, or of none
+	return nil // devpts, mqueue, cgroup: files of the container's own, or of none
+}
+
+// inTmpfs checks a file of a tmpfs, whose files are the container's own
+// (the tmpfs is new, filled from the checkpoint): no permission counts,
+// but a symbolic link on the way, which the checkpoint's contents may hold
+// (and CRIU would follow, as root, out of the tmpfs), is refused, as in
+// the root file system (throughLink). Nothing to look at without the
+// contents' listing, or where an entry is missing.
+func (a *fileAccess) inTmpfs(name string, m *mnt.MntEntry, rel string, flags uint32) error {
+	if a.tmpfs == nil || rel == "" {
+		return nil
+	}
+	parts := splitPath(rel)
+	for i := range parts {
+		prefix := path.Join(parts[:i+1]...)
+		h, err := a.tmpfs.lookup(m, path.Join("/", m.GetRoot(), prefix))
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		switch {
+		case h == nil:
+			return nil // CRIU fails to open it
+		case h.Typeflag == tar.TypeSymlink:
+			return throughLink(name, path.Join(strings.TrimPrefix(m.GetMountpoint(), "/"), prefix), i < len(parts)-1, flags)
+		case h.Typeflag != tar.TypeDir:
+			return nil // the file itself, or CRIU fails on the way
+		}
+	}
+	return nil
 }
 
 func (a *fileAccess) procFile(name, rel string, perProcess bool) error {

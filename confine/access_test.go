@@ -1,6 +1,7 @@
 package confine
 
 import (
+	"archive/tar"
 	"encoding/binary"
 	"os"
 	"path/filepath"
@@ -212,6 +213,49 @@ func TestFileAccess(t *testing.T) {
 			a := newFileAccess(c.spec, m, mounts, l)
 			a.pids = map[string]bool{"1": true, "2": true} // the checkpoint's tasks
 			err = a.check(c.file, c.flags, c.searched, c.written)
+			switch {
+			case c.refuse == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
+				t.Fatalf("%v, want a refusal about %q", err, c.refuse)
+			}
+		})
+	}
+}
+
+// A file named through a symbolic link in a tmpfs's contents (which come
+// from the checkpoint, and CRIU would follow as root) is refused, as in
+// the root file system.
+func TestFileThroughATmpfsLink(t *testing.T) {
+	images := t.TempDir()
+	writeTmpfs(t, filepath.Join(images, "tmpfs-dev-2.tar.gz.img"), []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o1777},
+		{Name: "./sub/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "./sub/file", Typeflag: tar.TypeReg, Mode: 0o600},
+		{Name: "./out", Typeflag: tar.TypeSymlink, Linkname: "/data"},
+	})
+	mounts := []*mnt.MntEntry{mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0), mount(2, 1, mnt.Fstype_TMPFS, "/", "/tmp", 0)}
+	for _, c := range []struct {
+		name   string
+		uid    uint32
+		caps   []string
+		file   string
+		refuse string
+	}{
+		{"a file of the tmpfs", 1000, nil, "/tmp/sub/file", ""},
+		{"through a link", 1000, nil, "/tmp/out/secret", "through a symbolic link (/tmp/out)"},
+		{"through a link, CAP_DAC_OVERRIDE", 1000, []string{"CAP_DAC_OVERRIDE"}, "/tmp/out/secret", ""},
+		{"not in the tmpfs", 1000, nil, "/tmp/none/x", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := spec(c.uid, c.caps, false)
+			m, err := specMasks(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := newFileAccess(s, m, mounts, &layers{dirs: []string{t.TempDir()}})
+			a.tmpfs = &tmpfsTrees{imagesDir: images, names: []string{"tmpfs-dev-2.tar.gz.img"}}
+			err = a.check(c.file, unix.O_RDONLY, false, false)
 			switch {
 			case c.refuse == "" && err != nil:
 				t.Fatalf("refused: %v", err)

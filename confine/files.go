@@ -195,8 +195,17 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 	accessOnce := func() *fileAccess {
 		if made == nil {
 			made = newFileAccess(spec, m, mounts, root)
+			made.tmpfs = &tmpfsTrees{imagesDir: imagesDir, names: names}
 		}
 		return made
+	}
+	if len(c.unix) > 0 || len(regs) > 0 {
+		// Names are matched against mount points as written.
+		if a := accessOnce(); a.checkBits {
+			if err := a.mountPointsDirect(); err != nil {
+				return fmt.Errorf("%w: %w", ErrRefused, err)
+			}
+		}
 	}
 	if err := unixNames(c.unix, &c, accessOnce); err != nil {
 		return fmt.Errorf("%w: %w", ErrRefused, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,14 +18,19 @@ import (
 
 // checkLockedMemory refuses a process whose locked memory (its mappings
 // with MAP_LOCKED, which CRIU's restorer maps locked before it drops the
-// task's capabilities) is more than limit, the RLIMIT_MEMLOCK a cold
-// start's processes get, unless ipcLock: the spec grants CAP_IPC_LOCK on
-// the node. The kernel holds a process's locked memory to that limit
-// without the capability; as root, CRIU's restorer is not held to it, and
-// locked memory is never reclaimed or swapped.
+// task's capabilities) is more than limit allows, the RLIMIT_MEMLOCK a
+// cold start's processes get (up to its hard limit, to which a process
+// may raise its own), unless ipcLock: the spec grants CAP_IPC_LOCK on the
+// node. The kernel holds a process's locked memory to that limit without
+// the capability; as root, CRIU's restorer is not held to it, and locked
+// memory is never reclaimed or swapped. The memory maps must be in the
+// mm image: CRIU reads them from CRIU's old vmas-<pid>.img for an mm image
+// without any, which is refused (a process has at least one).
 func checkLockedMemory(imagesDir string, names []string, limit unix.Rlimit, ipcLock bool) error {
-	if ipcLock || limit.Cur == unix.RLIM_INFINITY {
-		return nil
+	for _, name := range names {
+		if strings.HasPrefix(name, "vmas-") {
+			return fmt.Errorf("the checkpoint has memory maps in CRIU's old format (%s)", name)
+		}
 	}
 	for _, name := range names {
 		if !strings.HasPrefix(name, "mm-") || !strings.HasSuffix(name, ".img") {
@@ -34,14 +40,23 @@ func checkLockedMemory(imagesDir string, names []string, limit unix.Rlimit, ipcL
 		if err != nil {
 			return err
 		}
+		vmas := img.Entries[0].Message.(*mm.MmEntry).GetVmas()
+		if len(vmas) == 0 {
+			return fmt.Errorf("%s has no memory maps; CRIU would read them from elsewhere, unchecked", name)
+		}
+		if ipcLock || limit.Max == unix.RLIM_INFINITY {
+			continue
+		}
 		var locked uint64
-		for _, v := range img.Entries[0].Message.(*mm.MmEntry).GetVmas() {
+		for _, v := range vmas {
 			if v.GetFlags()&unix.MAP_LOCKED != 0 && v.GetEnd() > v.GetStart() {
-				locked += v.GetEnd() - v.GetStart()
+				if locked += v.GetEnd() - v.GetStart(); locked < v.GetEnd()-v.GetStart() {
+					locked = math.MaxUint64 // wrapped
+				}
 			}
 		}
-		if locked > limit.Cur {
-			return fmt.Errorf("%s locks %d bytes of memory (MAP_LOCKED), more than RLIMIT_MEMLOCK lets a cold start's process lock (%d), which takes CAP_IPC_LOCK; the spec does not grant it", name, locked, limit.Cur)
+		if locked > limit.Max {
+			return fmt.Errorf("%s locks %d bytes of memory (MAP_LOCKED), more than RLIMIT_MEMLOCK lets a cold start's process lock (%d), which takes CAP_IPC_LOCK; the spec does not grant it", name, locked, limit.Max)
 		}
 	}
 	return nil

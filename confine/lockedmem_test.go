@@ -36,6 +36,10 @@ func TestLockedMemoryWithinRLIMITMemlock(t *testing.T) {
 		{name: "locked past the limit, CAP_IPC_LOCK", areas: []*vma.VmaEntry{area(0x10000, 0x10000+64<<20, private|unix.MAP_LOCKED)}, limit: limit, ipcLock: true},
 		{name: "locked, no limit", areas: []*vma.VmaEntry{area(0x10000, 0x10000+64<<20, private|unix.MAP_LOCKED)}, limit: unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}},
 		{name: "locked, a limit of 0", areas: []*vma.VmaEntry{area(0x10000, 0x11000, private|unix.MAP_LOCKED)}, limit: unix.Rlimit{}, refuse: "locks 4096 bytes"},
+		{name: "locked past the soft limit, within the hard one", areas: []*vma.VmaEntry{area(0x10000, 0x10000+16<<20, private|unix.MAP_LOCKED)}, limit: unix.Rlimit{Cur: 8 << 20, Max: 16 << 20}},
+		{name: "locked sizes that wrap", areas: []*vma.VmaEntry{area(0x1000, 1<<63+0x1000, private|unix.MAP_LOCKED), area(0x1000, 1<<63+0x1000, private|unix.MAP_LOCKED)}, limit: limit,
+			refuse: "locks 18446744073709551615 bytes"},
+		{name: "no memory maps", areas: nil, limit: limit, ipcLock: true, refuse: "has no memory maps"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -43,6 +47,11 @@ func TestLockedMemoryWithinRLIMITMemlock(t *testing.T) {
 				MmEndData: proto.Uint64(0), MmStartStack: proto.Uint64(0), MmStartBrk: proto.Uint64(0), MmBrk: proto.Uint64(0), MmArgStart: proto.Uint64(0),
 				MmArgEnd: proto.Uint64(0), MmEnvStart: proto.Uint64(0), MmEnvEnd: proto.Uint64(0), ExeFileId: proto.Uint32(1), Vmas: c.areas})
 			err := checkLockedMemory(dir, []string{"mm-1.img"}, c.limit, c.ipcLock)
+			if c.refuse == "" {
+				if err := checkLockedMemory(dir, []string{"mm-1.img", "vmas-1.img"}, c.limit, true); err == nil || !strings.Contains(err.Error(), "old format (vmas-1.img)") {
+					t.Errorf("with vmas-1.img: %v, want a refusal", err)
+				}
+			}
 			switch {
 			case c.refuse == "" && err != nil:
 				t.Fatalf("refused: %v", err)

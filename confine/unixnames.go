@@ -1,11 +1,13 @@
 package confine
 
 import (
+	"archive/tar"
 	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -30,7 +32,8 @@ import (
 // write to and search (and, where it is sticky, any file at the name must
 // be the user's or the directory's owner's, unless the spec grants
 // CAP_FOWNER), and the socket file's owner must be a user the tasks run as
-// and its group one of the spec's, unless the spec grants CAP_CHOWN.
+// and its group one of the spec's, unless the spec grants CAP_CHOWN (or
+// CAP_SETUID and CAP_SETGID, with which the app could become them).
 // Otherwise a crafted checkpoint could remove another program's socket in
 // a volume the container shares, or make files where its user may not.
 //
@@ -43,8 +46,12 @@ import (
 // write anywhere in the container).
 func unixNames(socks []*skunix.UnixSkEntry, c *fileChecks, access func() *fileAccess) error {
 	for _, u := range socks {
+		// Every socket with a path name: one flagged external that a task
+		// holds is bound like any other (only the unlink skips it), and
+		// one no task holds, which CRIU leaves alone, is refused by
+		// unixPeers where it counts.
 		name := u.GetName()
-		if len(name) == 0 || name[0] == 0 || u.GetUflags()&usockExtern != 0 {
+		if len(name) == 0 || name[0] == 0 {
 			continue
 		}
 		full, err := socketPath(u)
@@ -70,15 +77,18 @@ func unixNames(socks []*skunix.UnixSkEntry, c *fileChecks, access func() *fileAc
 
 // socketPath returns a socket's name as an absolute path: CRIU binds a
 // relative one in its directory (name_dir), or in the root when it has
-// none. The name ends at its first NUL, as the kernel reads it (the name
-// a program binds often ends with one). A name with ".." in it is
-// refused: the kernel resolves ".." after any link on the way.
+// none. The kernel keeps, and CRIU dumps, a path name with one NUL, its
+// last byte; any other is refused: CRIU binds the name's bytes, but
+// unlinks, renames and stats the name as a C string, which would end
+// elsewhere (at an earlier NUL, or past the name without one). A name with
+// ".." in it is refused: the kernel resolves ".." after any link on the
+// way.
 func socketPath(u *skunix.UnixSkEntry) (string, error) {
 	name := u.GetName()
-	if i := bytes.IndexByte(name, 0); i >= 0 {
-		name = name[:i]
+	if bytes.IndexByte(name, 0) != len(name)-1 {
+		return "", fmt.Errorf("the unix socket %q has a path name that does not end with its only NUL, as the kernel keeps them", name)
 	}
-	p := string(name)
+	p := string(name[:len(name)-1])
 	if !path.IsAbs(p) {
 		dir := u.GetNameDir()
 		if dir == "" {
@@ -101,10 +111,10 @@ func (c *fileChecks) socketOwner(u *skunix.UnixSkEntry, name string, a *fileAcce
 	if perms == nil || !c.hostCaps || c.granted(unix.CAP_CHOWN, false) {
 		return nil
 	}
-	if uid := perms.GetUid(); uid != c.uid && !c.taskUIDs[uid] {
+	if uid := perms.GetUid(); uid != c.uid && !c.taskUIDs[uid] && !c.granted(unix.CAP_SETUID, false) {
 		return fmt.Errorf("the unix socket %s would be owned by uid %d, which CRIU sets as root; the tasks do not run as that user and the spec does not grant CAP_CHOWN", name, uid)
 	}
-	if gid := perms.GetGid(); !slices.Contains(a.gids, gid) && !a.inSetgidDir(name, gid) {
+	if gid := perms.GetGid(); !slices.Contains(a.gids, gid) && !c.granted(unix.CAP_SETGID, false) && !a.inSetgidDir(name, gid) {
 		return fmt.Errorf("the unix socket %s would be in group %d, which CRIU sets as root; it is not among the spec's groups and the spec does not grant CAP_CHOWN", name, gid)
 	}
 	return nil
@@ -117,8 +127,16 @@ func (a *fileAccess) inSetgidDir(name string, gid uint32) bool {
 	if err != nil || !exists {
 		return false
 	}
-	fi, err := a.dirInfo(dir)
-	return err == nil && fi != nil && fi.Mode()&os.ModeSetgid != 0 && statOf(fi).Gid == gid
+	entries, err := a.dirEntries(dir)
+	if err != nil || len(entries) == 0 {
+		return false
+	}
+	for _, e := range entries {
+		if e.fi.Mode()&os.ModeSetgid == 0 || statOf(e.fi).Gid != gid {
+			return false
+		}
+	}
+	return true
 }
 
 // socketDir checks the directory of a socket's name (see unixNames).
@@ -130,33 +148,51 @@ func (a *fileAccess) socketDir(name string) error {
 	if dir == "" {
 		return nil // not a directory on the way: CRIU's bind fails
 	}
-	fi, err := a.dirInfo(dir)
+	entries, err := a.dirEntries(dir)
 	if err != nil {
 		return fmt.Errorf("the unix socket %s: %w", name, err)
 	}
-	if fi == nil {
-		return nil // a tmpfs's root: the container's own
+	if len(entries) == 0 {
+		return nil // a tmpfs's: the container's own
 	}
-	if !a.allows(entry{fi: fi, path: a.nodePath(dir)}, wantWrite|wantExec) {
-		st := statOf(fi)
-		return fmt.Errorf("the unix socket %s is in %s, where the spec's user (%d) may not make or remove files (mode %o, owner %d:%d); CRIU would unlink and bind it as root",
-			name, dir, a.uid, fi.Mode().Perm(), st.Uid, st.Gid)
+	// Each place the directory may be on the node (one, but for a bind
+	// whose key stands for several of the spec's).
+	for _, e := range entries {
+		if !a.allows(e, wantWrite|wantExec) {
+			st := statOf(e.fi)
+			return fmt.Errorf("the unix socket %s is in %s, where the spec's user (%d) may not make or remove files (mode %o, owner %d:%d); CRIU would unlink and bind it as root",
+				name, dir, a.uid, e.fi.Mode().Perm(), st.Uid, st.Gid)
+		}
 	}
 	if err := a.searchable(dir); err != nil {
 		return fmt.Errorf("the unix socket %s: %w", name, err)
 	}
-	if !exists || fi.Mode()&os.ModeSticky == 0 || a.caps&(1<<unix.CAP_FOWNER) != 0 {
+	if !exists || a.caps&(1<<unix.CAP_FOWNER) != 0 {
 		return nil
 	}
-	_, there, err := a.shownAt(path.Join(dir, path.Base(name)))
-	if err != nil {
-		return fmt.Errorf("the unix socket %s: %w", name, err)
-	}
-	if there == nil {
-		return nil
-	}
-	if owner, dirOwner := statOf(there).Uid, statOf(fi).Uid; owner != a.uid && dirOwner != a.uid {
-		return fmt.Errorf("the unix socket %s would replace a file of uid %d in sticky directory %s, which the spec's user (%d) may not remove; CRIU would unlink it as root", name, owner, dir, a.uid)
+	for _, e := range entries {
+		if e.fi.Mode()&os.ModeSticky == 0 {
+			continue
+		}
+		var there os.FileInfo
+		if len(entries) == 1 {
+			// The container's view: the root file system's layers merged.
+			_, there, err = a.shownAt(path.Join(dir, path.Base(name)))
+		} else {
+			there, err = os.Lstat(filepath.Join(e.path, path.Base(name)))
+			if errors.Is(err, os.ErrNotExist) {
+				there, err = nil, nil
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("the unix socket %s: %w", name, err)
+		}
+		if there == nil {
+			continue
+		}
+		if owner, dirOwner := statOf(there).Uid, statOf(e.fi).Uid; owner != a.uid && dirOwner != a.uid {
+			return fmt.Errorf("the unix socket %s would replace a file of uid %d in sticky directory %s, which the spec's user (%d) may not remove; CRIU would unlink it as root", name, owner, dir, a.uid)
+		}
 	}
 	return nil
 }
@@ -263,6 +299,21 @@ func (a *fileAccess) shownAt(name string) (shown, os.FileInfo, error) {
 		return a.shownInSources(name, m, rel)
 	case rel == "":
 		return shown{kind: shownDir}, nil, nil // a tmpfs's root, proc's, ...
+	case mnt.Fstype(m.GetFstype()) == mnt.Fstype_TMPFS && a.tmpfs != nil:
+		h, err := a.tmpfs.lookup(m, path.Join("/", m.GetRoot(), rel))
+		if err != nil {
+			return shown{}, nil, err
+		}
+		if h == nil {
+			return shown{kind: shownNone}, nil, nil
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			return shown{kind: shownDir}, h.FileInfo(), nil
+		case tar.TypeSymlink:
+			return shown{kind: shownLink, target: h.Linkname}, h.FileInfo(), nil
+		}
+		return shown{kind: shownOther}, h.FileInfo(), nil
 	}
 	return shown{}, nil, fmt.Errorf("%s is inside the %s mount at %s, whose entries snapboot cannot look up", name, mnt.Fstype(m.GetFstype()), m.GetMountpoint())
 }
@@ -333,40 +384,73 @@ func shownKind(fi os.FileInfo, readlink func() (string, error)) (shown, os.FileI
 	return shown{kind: shownOther}, fi, nil
 }
 
-// dirInfo returns a resolved directory's file information, nil for the
-// root of a mount whose files are the container's own (a tmpfs).
-func (a *fileAccess) dirInfo(dir string) (os.FileInfo, error) {
-	m := a.mountOf(dir)
-	if m.GetMountpoint() == dir && m.GetMountpoint() != "/" && m.GetExtKey() == "" {
-		if mnt.Fstype(m.GetFstype()) == mnt.Fstype_TMPFS {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("%s is the root of the %s mount there, where snapboot does not judge sockets", dir, mnt.Fstype(m.GetFstype()))
-	}
-	_, fi, err := a.shownAt(dir)
-	return fi, err
-}
-
-// nodePath returns where a directory of the container is on the node, for
-// its ACL: its topmost layer's, or its first bind source's.
-func (a *fileAccess) nodePath(dir string) string {
+// dirEntries returns a resolved directory as the node has it, for each
+// place it may be: its root file system entry (with its topmost layer's
+// path, for its ACL), or its entry under each source of its bind mount's
+// key. None for a directory of a mount whose files are the container's
+// own (a tmpfs, new for the container and filled from the checkpoint).
+func (a *fileAccess) dirEntries(dir string) ([]entry, error) {
 	m := a.mountOf(dir)
 	rel := strings.TrimPrefix(strings.TrimPrefix(dir, m.GetMountpoint()), "/")
-	if m.GetMountpoint() == "/" {
-		if rel == "" {
-			if len(a.layers.dirs) > 0 {
-				return a.layers.dirs[0]
+	switch {
+	case m.GetExtKey() != "":
+		var out []entry
+		for _, src := range a.bindSources(m.GetExtKey()) {
+			_, fi, err := shownUnder(src, rel)
+			if err != nil {
+				return nil, err
 			}
-			return ""
+			if fi == nil {
+				return nil, fmt.Errorf("%s is not in %s, a source of the mount at %s", rel, src, m.GetMountpoint())
+			}
+			out = append(out, entry{fi: fi, path: filepath.Join(src, rel)})
 		}
-		found, err := a.layers.lookup(rel)
-		if err != nil || len(found) == 0 {
-			return ""
+		return out, nil
+	case mnt.Fstype(m.GetFstype()) == mnt.Fstype_TMPFS:
+		return nil, nil
+	case m.GetMountpoint() != "/":
+		return nil, fmt.Errorf("%s is in the %s mount at %s, where snapboot does not judge sockets", dir, mnt.Fstype(m.GetFstype()), m.GetMountpoint())
+	case rel == "":
+		fi, err := a.layers.rootInfo()
+		if err != nil {
+			return nil, err
 		}
-		return found[len(found)-1].path
+		return []entry{{fi: fi, path: a.layers.dirs[0]}}, nil
 	}
-	if srcs := a.bindSources(m.GetExtKey()); len(srcs) > 0 {
-		return path.Join(srcs[0], rel)
+	found, err := a.layers.lookup(rel)
+	if err != nil {
+		return nil, err
 	}
-	return ""
+	if len(found) < len(splitPath(rel)) {
+		return nil, fmt.Errorf("%s is not in the root file system", dir)
+	}
+	return found[len(found)-1:], nil
+}
+
+// mountPointsDirect refuses a mount whose mount point goes through a
+// symbolic link (in the root file system's layers, a bind source or a
+// tmpfs's contents): CRIU mounts it where the link leads, as root, while
+// snapboot matches names against mount points as written. The kernel
+// shows, and CRIU dumps, mount points without links. Where an entry on
+// the way cannot be looked up (proc, sysfs, a root file system snapboot
+// cannot look into), nothing is refused: those are the kernel's, or
+// checked where a name needs them.
+func (a *fileAccess) mountPointsDirect() error {
+	for _, m := range a.mounts {
+		parts := splitPath(m.GetMountpoint())
+		for i := 1; i < len(parts); i++ {
+			prefix := "/" + path.Join(parts[:i]...)
+			s, _, err := a.shownAt(prefix)
+			if err != nil {
+				break
+			}
+			if s.kind == shownLink {
+				return fmt.Errorf("the mount at %s goes through a symbolic link at %s, which CRIU would follow, as root, to mount it elsewhere", m.GetMountpoint(), prefix)
+			}
+			if s.kind != shownDir {
+				break
+			}
+		}
+	}
+	return nil
 }

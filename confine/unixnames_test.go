@@ -1,6 +1,9 @@
 package confine
 
 import (
+	"archive/tar"
+	"compress/gzip"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,6 +44,14 @@ func TestUnixSocketNames(t *testing.T) {
 	}
 	root := mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0)
 	tmp := mount(2, 1, mnt.Fstype_TMPFS, "/", "/tmp", 0)
+	images := t.TempDir()
+	writeTmpfs(t, filepath.Join(images, "tmpfs-dev-2.tar.gz.img"), []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o1777},
+		{Name: "./sub/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "./out", Typeflag: tar.TypeSymlink, Linkname: "/data/rootonly"},
+		{Name: "./in", Typeflag: tar.TypeSymlink, Linkname: "../run/app"},
+		{Name: "./../escape", Typeflag: tar.TypeSymlink, Linkname: "/data/rootonly"},
+	})
 	proc := mount(4, 1, mnt.Fstype_PROC, "/", "/proc", 0)
 	data := mount(3, 1, mnt.Fstype_AUTO, "/", "/data", 0)
 	data.ExtKey = proto.String("/data")
@@ -56,7 +67,13 @@ func TestUnixSocketNames(t *testing.T) {
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
 		return s
 	}
-	sock := func(name string) *skunix.UnixSkEntry {
+	sock := func(name string) *skunix.UnixSkEntry { // a path name gets its NUL, as the kernel keeps it
+		if name != "" && name[0] != 0 {
+			name += "\x00"
+		}
+		return &skunix.UnixSkEntry{Id: proto.Uint32(1), Ino: proto.Uint32(1), Name: []byte(name), MntId: proto.Int32(-1)}
+	}
+	raw := func(name string) *skunix.UnixSkEntry {
 		return &skunix.UnixSkEntry{Id: proto.Uint32(1), Ino: proto.Uint32(1), Name: []byte(name), MntId: proto.Int32(-1)}
 	}
 	relative := func(dir, name string) *skunix.UnixSkEntry {
@@ -69,7 +86,7 @@ func TestUnixSocketNames(t *testing.T) {
 		u.FilePerms = &skunix.FilePermsEntry{Mode: proto.Uint32(0o140755), Uid: proto.Uint32(uid), Gid: proto.Uint32(gid)}
 		return u
 	}
-	external := sock("/run/x.sock")
+	external := sock("/run/x.sock") // held by a task: CRIU binds it all the same
 	external.Uflags = proto.Uint32(usockExtern)
 	inMount := func(name string, id int32) *skunix.UnixSkEntry {
 		u := sock(name)
@@ -96,16 +113,19 @@ func TestUnixSocketNames(t *testing.T) {
 		{"through a loop of links", app(1000), sock("/data/loop/x.sock"), "more than 40 symbolic links"},
 		{"under a directory the user may not search", app(1000), sock("/closed/open/x.sock"), "may not search"},
 		{"in a tmpfs's root", app(1000), sock("/tmp/x.sock"), ""},
-		{"inside a tmpfs", app(1000), sock("/tmp/sub/x.sock"), "whose entries snapboot cannot look up"},
-		{"through a link inside a tmpfs", app(1000), sock("/tmplink/x.sock"), "whose entries snapboot cannot look up"},
+		{"inside a tmpfs", app(1000), sock("/tmp/sub/x.sock"), ""},
+		{"through a link into a tmpfs", app(1000), sock("/tmplink/x.sock"), ""},
+		{"through a tmpfs's link into root's directory of a volume", app(1000), sock("/tmp/out/x.sock"), "is in /data/rootonly, where"},
+		{"through a tmpfs's link into the user's directory", app(1000), sock("/tmp/in/x.sock"), ""},
+		{"through a tmpfs member tar skips (../escape)", app(1000), sock("/tmp/escape/x.sock"), ""},
 		{"in proc", app(1000), sock("/proc/self/cwd/x.sock"), "cannot look up"},
 		{"relative, in the user's directory", app(1000), relative("/run/app", "x.sock"), ""},
 		{"relative, in root's directory", app(1000), relative("/run", "x.sock"), "is in /run, where"},
 		{"relative, without a directory", app(1000), relative("", "x.sock"), "is in /, where"},
 		{"relative, a relative directory", app(1000), relative("run", "x.sock"), "not an absolute path"},
 		{"with ..", app(1000), sock("/run/app/../x.sock"), `".." in its name`},
-		{"ending with a NUL", app(1000), sock("/run/app/x.sock\x00"), ""},
-		{"cut short by a NUL, in root's directory", app(1000), sock("/run/x.sock\x00/app/x.sock"), "is in /run, where"},
+		{"without its NUL", app(1000), raw("/run/app/x.sock"), "does not end with its only NUL"},
+		{"with a NUL before its last", app(1000), raw("/run/app/x.sock\x00/../x\x00"), "does not end with its only NUL"},
 		{"deleted, under missing directories of the user's", app(1000), sock("/run/app/a/b/x.sock"), ""},
 		{"deleted, under missing directories of root's", app(1000), sock("/run/a/b/x.sock"), "is in /run, where"},
 		{"under a file", app(1000), sock("/shared/mine.sock/x.sock"), ""},
@@ -114,12 +134,15 @@ func TestUnixSocketNames(t *testing.T) {
 		{"replacing its own file in a sticky directory", app(1000), sock("/shared/mine.sock"), ""},
 		{"new in a sticky directory", app(1000), sock("/shared/new.sock"), ""},
 		{"abstract", app(1000), sock("\x00/run/x.sock"), ""},
-		{"a peer outside the checkpoint", app(1000), external, ""},
+		{"flagged external, in root's directory", app(1000), external, "is in /run, where"},
 		{"in a mount the checkpoint does not have", app(1000), inMount("/run/app/x.sock", 9), "mount 9"},
 		{"in the root mount", app(1000), inMount("/run/app/x.sock", 1), ""},
 		{"owned by the user", app(1000), owned("/run/app/x.sock", 1000, 1000), ""},
 		{"owned by root", app(1000), owned("/run/app/x.sock", 0, 1000), "owned by uid 0"},
 		{"owned by root, CAP_CHOWN", app(1000, "CAP_CHOWN"), owned("/run/app/x.sock", 0, 0), ""},
+		{"owned by root, CAP_SETUID", app(1000, "CAP_SETUID"), owned("/run/app/x.sock", 0, 1000), ""},
+		{"in root's group, CAP_SETUID", app(1000, "CAP_SETUID"), owned("/run/app/x.sock", 0, 0), "in group 0"},
+		{"in root's group, CAP_SETGID", app(1000, "CAP_SETGID"), owned("/run/app/x.sock", 1000, 0), ""},
 		{"in another of the spec's groups", app(1000), owned("/run/app/x.sock", 1000, 4000), ""},
 		{"in a group not the spec's", app(1000), owned("/run/app/x.sock", 1000, 5000), "in group 5000"},
 		{"in a set-group-ID directory's group", app(1000, "CAP_DAC_OVERRIDE"), owned("/data/group/x.sock", 1000, 5000), ""},
@@ -138,6 +161,7 @@ func TestUnixSocketNames(t *testing.T) {
 			err = unixNames([]*skunix.UnixSkEntry{c.sock}, checks, func() *fileAccess {
 				if access == nil {
 					access = newFileAccess(c.spec, m, mounts, layers)
+					access.tmpfs = &tmpfsTrees{imagesDir: images, names: []string{"tmpfs-dev-2.tar.gz.img"}}
 				}
 				return access
 			})
@@ -148,5 +172,106 @@ func TestUnixSocketNames(t *testing.T) {
 				t.Fatalf("%v, want a refusal about %q", err, c.refuse)
 			}
 		})
+	}
+}
+
+// writeTmpfs writes a tmpfs image as CRIU dumps one: a gzipped tar.
+func writeTmpfs(t *testing.T, p string, entries []*tar.Header) {
+	t.Helper()
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := gzip.NewWriter(f)
+	w := tar.NewWriter(z)
+	for _, h := range entries {
+		if err := w.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []io.Closer{w, z, f} {
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Without the tmpfs's listing, a name inside it cannot be resolved.
+func TestUnixSocketInsideAnUnlistedTmpfs(t *testing.T) {
+	s := spec(1000, nil, false)
+	m, _ := specMasks(s)
+	mounts := []*mnt.MntEntry{mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0), mount(2, 1, mnt.Fstype_TMPFS, "/", "/tmp", 0)}
+	caps, nodeCaps := grantedCaps(s, m)
+	u := &skunix.UnixSkEntry{Id: proto.Uint32(1), Ino: proto.Uint32(1), Name: []byte("/tmp/sub/x.sock\x00"), MntId: proto.Int32(-1)}
+	err := unixNames([]*skunix.UnixSkEntry{u}, &fileChecks{caps: caps, hostCaps: nodeCaps, uid: 1000}, func() *fileAccess {
+		return newFileAccess(s, m, mounts, &layers{dirs: []string{t.TempDir()}})
+	})
+	if err == nil || !strings.Contains(err.Error(), "whose entries snapboot cannot look up") {
+		t.Fatalf("%v, want a refusal", err)
+	}
+}
+
+// A mount point through a symbolic link: CRIU would mount the volume where
+// the link leads.
+func TestMountPointThroughALink(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: directories of other owners")
+	}
+	upper, volume := t.TempDir(), t.TempDir()
+	put(t, upper, "w/y/", 1000, 1000, 0o755)
+	if err := os.Symlink("w", filepath.Join(upper, "x")); err != nil {
+		t.Fatal(err)
+	}
+	s := spec(1000, nil, false)
+	s.Mounts = []specs.Mount{{Destination: "/x/y", Type: "bind", Source: volume, Options: []string{"rbind"}}}
+	m, _ := specMasks(s)
+	for _, c := range []struct {
+		at     string
+		refuse string
+	}{
+		{"/x/y", "the mount at /x/y goes through a symbolic link at /x"},
+		{"/w/y", ""},
+	} {
+		data := mount(3, 1, mnt.Fstype_AUTO, "/", c.at, 0)
+		data.ExtKey = proto.String("/x/y")
+		a := newFileAccess(s, m, []*mnt.MntEntry{mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0), data}, &layers{dirs: []string{upper}})
+		err := a.mountPointsDirect()
+		a.layers.close()
+		switch {
+		case c.refuse == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.at, err)
+		case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
+			t.Errorf("%s: %v, want a refusal about %q", c.at, err, c.refuse)
+		}
+	}
+}
+
+// A bind whose key stands for two of the spec's binds: the directory must
+// be the user's under both sources.
+func TestUnixSocketInABindOfTwoSources(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: directories of other owners")
+	}
+	mine, theirs := t.TempDir(), t.TempDir()
+	put(t, mine, "w/", 1000, 1000, 0o755)
+	put(t, theirs, "w/", 0, 0, 0o755)
+	s := spec(1000, nil, false)
+	s.Mounts = []specs.Mount{
+		{Destination: "/a/data", Type: "bind", Source: mine, Options: []string{"rbind"}},
+		{Destination: "/z/data", Type: "bind", Source: theirs, Options: []string{"rbind"}},
+	}
+	m, _ := specMasks(s)
+	vol := mount(3, 1, mnt.Fstype_AUTO, "/", "/vol", 0)
+	vol.ExtKey = proto.String("/srv/data")
+	mounts := []*mnt.MntEntry{mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0), vol}
+	caps, nodeCaps := grantedCaps(s, m)
+	u := &skunix.UnixSkEntry{Id: proto.Uint32(1), Ino: proto.Uint32(1), Name: []byte("/vol/w/x.sock\x00"), MntId: proto.Int32(-1)}
+	l := &layers{dirs: []string{t.TempDir()}}
+	defer l.close()
+	err := unixNames([]*skunix.UnixSkEntry{u}, &fileChecks{caps: caps, hostCaps: nodeCaps, uid: 1000}, func() *fileAccess {
+		return newFileAccess(s, m, mounts, l)
+	})
+	if err == nil || !strings.Contains(err.Error(), "may not make or remove files (mode 755, owner 0:0)") {
+		t.Fatalf("%v, want a refusal for the root-owned source", err)
 	}
 }

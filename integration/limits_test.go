@@ -15,8 +15,8 @@ import (
 )
 
 // TestLockedMemoryNeedsCAPIPCLock restores a donor with CAP_IPC_LOCK that
-// maps 16 MiB MAP_LOCKED, past the RLIMIT_MEMLOCK of 8 MiB the test's
-// containerd passes on. CRIU's restorer maps it locked as root: a clone
+// maps 16 MiB MAP_LOCKED, past the RLIMIT_MEMLOCK of 8 MiB (soft and hard)
+// the test's containerd passes on. CRIU's restorer maps it locked as root: a clone
 // without the capability cold-starts, one with it gets its locked memory
 // back.
 func TestLockedMemoryNeedsCAPIPCLock(t *testing.T) {
@@ -25,8 +25,8 @@ func TestLockedMemoryNeedsCAPIPCLock(t *testing.T) {
 	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &memlock); err != nil {
 		t.Fatal(err)
 	}
-	if memlock.Cur == unix.RLIM_INFINITY || memlock.Cur >= 16<<20 {
-		t.Skipf("RLIMIT_MEMLOCK is %d here: a lock of 16 MiB takes no capability", memlock.Cur)
+	if memlock.Max == unix.RLIM_INFINITY || memlock.Max >= 16<<20 {
+		t.Skipf("RLIMIT_MEMLOCK's hard limit is %d here: a lock of 16 MiB takes no capability", memlock.Max)
 	}
 	program, flags := buildProgram(t, "limits", limitsProgram)
 	script := program + " lock"

@@ -746,8 +746,8 @@ func TestUnixSocketNameNeedsItsDirectory(t *testing.T) {
 	})
 }
 
-// unixSocketProgram listens on /vol/app.sock (a cold start that may not
-// says so) and counts, as counterScript does.
+// unixSocketProgram listens on /vol/app.sock, or the name it is given (a
+// cold start that may not says so), and counts, as counterScript does.
 const unixSocketProgram = `package main
 
 import (
@@ -759,7 +759,11 @@ import (
 )
 
 func main() {
-	l, err := net.Listen("unix", "/vol/app.sock")
+	name := "/vol/app.sock"
+	if len(os.Args) > 1 {
+		name = os.Args[1]
+	}
+	l, err := net.Listen("unix", name)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "no socket:", err)
 	}
@@ -770,3 +774,34 @@ func main() {
 	}
 }
 `
+
+// TestUnixSocketInRunRestoresForItsUser restores a donor listening on
+// /run/app/app.sock, in a directory of nobody's on /run, a tmpfs in
+// containerd's default spec, its images edited to run as nobody, into a
+// clone that runs as nobody: the name is looked up in the tmpfs's
+// contents, which are the checkpoint's, and the clone restores.
+func TestUnixSocketInRunRestoresForItsUser(t *testing.T) {
+	requireShim(t)
+	program, flags := buildProgram(t, "unixsock", unixSocketProgram)
+	script := "mkdir -p /run/app 2>/dev/null; chown 65534:65534 /run/app 2>/dev/null; " + program + " /run/app/app.sock"
+	donor, donorLog := startScriptClone(t, "", script, flags...)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:unixsock-run", packOptions{tamper: func(t *testing.T, dir string) {
+		asNobody(t, dir)
+		edited := 0
+		editImages(t, dir, "files.img", &fdinfo.FileEntry{}, func(img *crit.CriuImage) {
+			for _, e := range img.Entries {
+				if u := e.Message.(*fdinfo.FileEntry).GetUsk(); u != nil && strings.HasPrefix(string(u.GetName()), "/run/app/app.sock") {
+					u.FilePerms.Uid, u.FilePerms.Gid = proto.Uint32(65534), proto.Uint32(65534)
+					edited++
+				}
+			}
+		})
+		if edited != 1 {
+			t.Fatalf("%d unix sockets named /run/app/app.sock in the checkpoint, want 1", edited)
+		}
+	}})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, script, append(append([]string{"--user", "65534:65534"}, dropAll...), flags...)...)
+	expectRestored(t, offset, clone, cloneLog)
+}

@@ -203,7 +203,11 @@ func (a *fileAccess) searchable(dir string) error {
 	if dir == "/" {
 		return nil
 	}
-	if err := a.check(path.Dir(dir), unix.O_PATH, true, false); err != nil {
+	// O_PATH asks search permission alone; its access mode, which O_PATH
+	// ignores, keeps check's exception for the spec's working directory
+	// (runc enters it as root) out: reaching a name in or below it takes
+	// search permission on it and every directory above.
+	if err := a.check(path.Dir(dir), unix.O_PATH|unix.O_WRONLY, true, false); err != nil {
 		return fmt.Errorf("the spec's user (%d) may not search a directory on the way to %s, which CRIU reaches as root", a.uid, dir)
 	}
 	return nil

@@ -62,6 +62,10 @@ func TestUnixSocketNames(t *testing.T) {
 		s.Mounts = []specs.Mount{{Destination: "/data", Type: "bind", Source: volume, Options: []string{"rbind"}}}
 		return s
 	}
+	withCwd := func(s *specs.Spec, cwd string) *specs.Spec {
+		s.Process.Cwd = cwd
+		return s
+	}
 	userns := func() *specs.Spec {
 		s := app(1000)
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
@@ -112,6 +116,7 @@ func TestUnixSocketNames(t *testing.T) {
 		{"through a volume's link into root's directory of it", app(1000), sock("/data/escape/x.sock"), "is in /data/rootonly, where"},
 		{"through a loop of links", app(1000), sock("/data/loop/x.sock"), "more than 40 symbolic links"},
 		{"under a directory the user may not search", app(1000), sock("/closed/open/x.sock"), "may not search"},
+		{"under a directory the user may not search, its working directory", withCwd(app(1000), "/closed"), sock("/closed/open/x.sock"), "may not search"},
 		{"in a tmpfs's root", app(1000), sock("/tmp/x.sock"), ""},
 		{"inside a tmpfs", app(1000), sock("/tmp/sub/x.sock"), ""},
 		{"through a link into a tmpfs", app(1000), sock("/tmplink/x.sock"), ""},

@@ -310,16 +310,16 @@ func (a *fileAccess) inTmpfs(name string, m *mnt.MntEntry, rel string, flags uin
 	parts := splitPath(rel)
 	for i := range parts {
 		prefix := path.Join(parts[:i+1]...)
-		h, err := a.tmpfs.lookup(m, path.Join("/", m.GetRoot(), prefix))
+		e, ok, err := a.tmpfs.lookup(m, path.Join("/", m.GetRoot(), prefix))
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		switch {
-		case h == nil:
+		case !ok:
 			return nil // CRIU fails to open it
-		case h.Typeflag == tar.TypeSymlink:
+		case e.kind == tar.TypeSymlink:
 			return throughLink(name, path.Join(strings.TrimPrefix(m.GetMountpoint(), "/"), prefix), i < len(parts)-1, flags)
-		case h.Typeflag != tar.TypeDir:
+		case e.kind != tar.TypeDir:
 			return nil // the file itself, or CRIU fails on the way
 		}
 	}

@@ -38,7 +38,7 @@ func (l *layers) open() error {
 		return nil
 	}
 	if len(l.dirs) == 0 {
-		return errors.New("this container's root file system is not an overlay or a bind mount, which snapboot can look into (a limit of the node's snapshotter, not of the checkpoint)")
+		return errNoLayers
 	}
 	roots := make([]*os.Root, 0, len(l.dirs))
 	for _, dir := range l.dirs {
@@ -54,6 +54,9 @@ func (l *layers) open() error {
 	l.roots = roots
 	return nil
 }
+
+// errNoLayers is open's error for a root file system it cannot look into.
+var errNoLayers = errors.New("this container's root file system is not an overlay or a bind mount, which snapboot can look into (a limit of the node's snapshotter, not of the checkpoint)")
 
 // entry is what the root file system shows at a path: the topmost layer's
 // entry, none where a whiteout hides the ones below.

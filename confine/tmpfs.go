@@ -16,47 +16,79 @@ import (
 )
 
 // tmpfsTrees lists what CRIU puts in the container's tmpfs mounts: the
-// contents CRIU dumped with tar, which it unpacks there as root before the
-// files and sockets are restored (tmpfs-dev-<device>.tar.gz.img, or the
-// older tmpfs-<mount id>.tar.gz.img when that one is missing or empty,
-// as CRIU picks them). Each image is listed once, when first needed.
+// contents CRIU dumped with GNU tar, which it unpacks there as root with
+// GNU tar before the files and sockets are restored
+// (tmpfs-dev-<device>.tar.gz.img, or the older tmpfs-<mount id>.tar.gz.img
+// where that one is missing, as CRIU picks them). Each image is listed
+// once, when first needed.
+//
+// Only the form CRIU's `tar --create` makes is listed (see listTar):
+// GNU tar and Go's archive/tar read other forms differently, and GNU tar
+// resolves members through the links earlier members made, so a listing
+// of anything else could show no link where GNU tar leaves one.
 type tmpfsTrees struct {
 	imagesDir string
 	names     []string
-	trees     map[string]map[string]*tar.Header // by image name: entries by path from the tmpfs's root
+	trees     map[string]tmpfsTree // by image name
 }
 
-// maxTmpfsEntries bounds the entries of one tmpfs image that are listed.
-const maxTmpfsEntries = 1 << 20
+type tmpfsTree struct {
+	entries map[string]tmpfsEntry // by path from the tmpfs's root
+	err     error
+}
+
+// tmpfsEntry is what a member makes: its kind (a tar type flag) and, for a
+// symbolic link, its target.
+type tmpfsEntry struct {
+	kind   byte
+	target string
+}
+
+// Bounds of one tmpfs image's listing: members, bytes of their names and
+// link targets, and bytes unpacked (the members' data, skipped over).
+const (
+	maxTmpfsEntries   = 1 << 18
+	maxTmpfsNameBytes = 64 << 20
+	maxTmpfsBytes     = 8 << 30
+	maxPathLen        = 4096 // PATH_MAX
+)
 
 // lookup returns the entry the tmpfs m shows at p (an absolute path within
-// the file system, from its root), or nil for none.
-func (t *tmpfsTrees) lookup(m *mnt.MntEntry, p string) (*tar.Header, error) {
+// the file system, from its root); ok is false for none.
+func (t *tmpfsTrees) lookup(m *mnt.MntEntry, p string) (e tmpfsEntry, ok bool, err error) {
 	name := fmt.Sprintf("tmpfs-dev-%d.tar.gz.img", m.GetRootDev())
-	if fi, err := os.Stat(filepath.Join(t.imagesDir, name)); err != nil || fi.Size() == 0 || !slices.Contains(t.names, name) {
+	if !slices.Contains(t.names, name) {
 		name = fmt.Sprintf("tmpfs-%d.tar.gz.img", m.GetMntId())
 	}
-	tree, ok := t.trees[name]
-	if !ok {
-		var err error
-		if tree, err = listTar(filepath.Join(t.imagesDir, name)); err != nil {
-			return nil, fmt.Errorf("the contents of the tmpfs at %s (%s): %w", m.GetMountpoint(), name, err)
+	tree, listed := t.trees[name]
+	if !listed {
+		tree.entries, tree.err = listTar(filepath.Join(t.imagesDir, name))
+		if tree.err != nil {
+			tree.err = fmt.Errorf("the contents of the tmpfs at %s (%s): %w", m.GetMountpoint(), name, tree.err)
 		}
 		if t.trees == nil {
-			t.trees = map[string]map[string]*tar.Header{}
+			t.trees = map[string]tmpfsTree{}
 		}
 		t.trees[name] = tree
 	}
-	return tree[path.Clean(p)], nil
+	if tree.err != nil {
+		return tmpfsEntry{}, false, tree.err
+	}
+	e, ok = tree.entries[path.Clean(p)]
+	return e, ok, nil
 }
 
-// listTar lists a gzipped tar file's entries by their paths, cleaned and
-// rooted at "/" (tar gives CRIU's as "./a/b"). A missing file lists none:
-// CRIU then fails to fill the tmpfs.
-func listTar(p string) (map[string]*tar.Header, error) {
+// listTar lists a gzipped tar file's members by their paths, rooted at
+// "/", as CRIU's GNU tar made it: GNU-format headers only (no PAX records,
+// global headers, volume labels or other extensions), names relative to
+// "." without "..", each path once, each member in a directory listed
+// before it (so that no member goes through a link), hard links to regular
+// files listed before them. Anything else is refused. A missing file lists
+// nothing: CRIU then fails to fill the tmpfs.
+func listTar(p string) (map[string]tmpfsEntry, error) {
 	f, err := os.Open(p)
 	if errors.Is(err, os.ErrNotExist) {
-		return map[string]*tar.Header{}, nil
+		return map[string]tmpfsEntry{}, nil
 	}
 	if err != nil {
 		return nil, err
@@ -67,22 +99,80 @@ func listTar(p string) (map[string]*tar.Header, error) {
 		return nil, err
 	}
 	defer z.Close()
-	r := tar.NewReader(z)
-	out := map[string]*tar.Header{}
+	unpacked := &io.LimitedReader{R: z, N: maxTmpfsBytes + 1}
+	r := tar.NewReader(unpacked)
+	out := map[string]tmpfsEntry{}
+	nameBytes := 0
 	for {
 		h, err := r.Next()
 		if err == io.EOF {
+			if _, ok := out["/"]; !ok && len(out) > 0 {
+				return nil, errors.New("no member for the tmpfs's root (./)")
+			}
 			return out, nil
+		}
+		if unpacked.N <= 0 {
+			return nil, fmt.Errorf("more than %d bytes unpacked", int64(maxTmpfsBytes))
 		}
 		if err != nil {
 			return nil, err
 		}
 		if len(out) == maxTmpfsEntries {
-			return nil, fmt.Errorf("more than %d entries", maxTmpfsEntries)
+			return nil, fmt.Errorf("more than %d members", maxTmpfsEntries)
 		}
-		if slices.Contains(strings.Split(h.Name, "/"), "..") {
-			continue // GNU tar, which CRIU runs, skips such a member
+		if nameBytes += len(h.Name) + len(h.Linkname); nameBytes > maxTmpfsNameBytes {
+			return nil, fmt.Errorf("more than %d bytes of names", maxTmpfsNameBytes)
 		}
-		out[path.Clean("/"+h.Name)] = h
+		key, err := memberPath(h)
+		if err != nil {
+			return nil, err
+		}
+		if _, seen := out[key]; seen {
+			return nil, fmt.Errorf("member %q twice", h.Name)
+		}
+		if key != "/" {
+			if parent, ok := out[path.Dir(key)]; !ok || parent.kind != tar.TypeDir {
+				return nil, fmt.Errorf("member %q is not in a directory listed before it", h.Name)
+			}
+		} else if h.Typeflag != tar.TypeDir {
+			return nil, fmt.Errorf("the tmpfs's root (%q) is not a directory", h.Name)
+		}
+		e := tmpfsEntry{kind: h.Typeflag}
+		switch h.Typeflag {
+		case tar.TypeReg, tar.TypeDir, tar.TypeChar, tar.TypeBlock, tar.TypeFifo, tar.TypeGNUSparse:
+		case tar.TypeSymlink:
+			if len(h.Linkname) > maxPathLen || strings.ContainsRune(h.Linkname, 0) {
+				return nil, fmt.Errorf("member %q links to a name that is too long", h.Name)
+			}
+			e.target = h.Linkname
+		case tar.TypeLink:
+			target, ok := out[path.Clean("/"+h.Linkname)]
+			if !ok || (target.kind != tar.TypeReg && target.kind != tar.TypeGNUSparse) {
+				return nil, fmt.Errorf("member %q is a hard link to %q, not a regular file listed before it", h.Name, h.Linkname)
+			}
+			e.kind = tar.TypeReg
+		default:
+			return nil, fmt.Errorf("member %q is of type %q, which CRIU's tar does not make", h.Name, h.Typeflag)
+		}
+		out[key] = e
 	}
+}
+
+// memberPath returns a member's path from the tmpfs's root, refusing any
+// header CRIU's tar does not make.
+func memberPath(h *tar.Header) (string, error) {
+	if h.Format&tar.FormatGNU == 0 || len(h.PAXRecords) > 0 {
+		return "", fmt.Errorf("member %q has a %v header, not GNU tar's", h.Name, h.Format)
+	}
+	name := h.Name
+	if len(name) > maxPathLen || strings.ContainsRune(name, 0) {
+		return "", fmt.Errorf("member name %.64q… is too long", name)
+	}
+	if name != "./" && name != "." && !strings.HasPrefix(name, "./") {
+		return "", fmt.Errorf("member %q is not relative to \".\"", name)
+	}
+	if slices.Contains(strings.Split(name, "/"), "..") {
+		return "", fmt.Errorf("member %q has \"..\" in its name", name)
+	}
+	return path.Clean("/" + name), nil
 }

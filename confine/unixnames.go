@@ -68,7 +68,7 @@ func unixNames(socks []*skunix.UnixSkEntry, c *fileChecks, access func() *fileAc
 		if id := u.GetMntId(); id >= 0 && u.MntId != nil && !slices.ContainsFunc(a.mounts, func(e *mnt.MntEntry) bool { return int32(e.GetMntId()) == id }) {
 			return fmt.Errorf("the unix socket %s is in mount %d, which the checkpoint's mount namespace does not have", full, id)
 		}
-		if err := a.socketDir(full); err != nil {
+		if err := a.socketDir(full, name[0] != '/'); err != nil {
 			return err
 		}
 	}
@@ -140,13 +140,16 @@ func (a *fileAccess) inSetgidDir(name string, gid uint32) bool {
 }
 
 // socketDir checks the directory of a socket's name (see unixNames).
-func (a *fileAccess) socketDir(name string) error {
+func (a *fileAccess) socketDir(name string, relative bool) error {
 	dir, exists, err := a.resolveDir(path.Dir(name))
 	if err != nil {
 		return fmt.Errorf("the unix socket %s: %w", name, err)
 	}
 	if dir == "" {
 		return nil // not a directory on the way: CRIU's bind fails
+	}
+	if err := a.searchable(dir, relative); err != nil {
+		return fmt.Errorf("the unix socket %s: %w", name, err)
 	}
 	entries, err := a.dirEntries(dir)
 	if err != nil {
@@ -163,9 +166,6 @@ func (a *fileAccess) socketDir(name string) error {
 			return fmt.Errorf("the unix socket %s is in %s, where the spec's user (%d) may not make or remove files (mode %o, owner %d:%d); CRIU would unlink and bind it as root",
 				name, dir, a.uid, e.fi.Mode().Perm(), st.Uid, st.Gid)
 		}
-	}
-	if err := a.searchable(dir); err != nil {
-		return fmt.Errorf("the unix socket %s: %w", name, err)
 	}
 	if !exists || a.caps&(1<<unix.CAP_FOWNER) != 0 {
 		return nil
@@ -198,17 +198,32 @@ func (a *fileAccess) socketDir(name string) error {
 }
 
 // searchable checks search permission on the directories above dir, as
-// the kernel needs them to reach it.
-func (a *fileAccess) searchable(dir string) error {
-	if dir == "/" {
-		return nil
+// the kernel needs them to reach it, each as the node has it (dirEntries:
+// a mount's root is its source's, or its file system's), from the root,
+// or from the spec's working directory for a name bound relative to it,
+// where runc's cold start begins (it enters that directory as root).
+func (a *fileAccess) searchable(dir string, relative bool) error {
+	top := "/"
+	if relative && a.cwd != "" && (dir == a.cwd || strings.HasPrefix(dir, a.cwd+"/")) {
+		top = a.cwd
 	}
-	// O_PATH asks search permission alone; its access mode, which O_PATH
-	// ignores, keeps check's exception for the spec's working directory
-	// (runc enters it as root) out: reaching a name in or below it takes
-	// search permission on it and every directory above.
-	if err := a.check(path.Dir(dir), unix.O_PATH|unix.O_WRONLY, true, false); err != nil {
-		return fmt.Errorf("the spec's user (%d) may not search a directory on the way to %s, which CRIU reaches as root", a.uid, dir)
+	if dir == top {
+		return nil // its own search permission is checked with its write permission
+	}
+	for above := path.Dir(dir); ; above = path.Dir(above) {
+		entries, err := a.dirEntries(above)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if !a.allows(e, wantExec) {
+				st := statOf(e.fi)
+				return fmt.Errorf("the spec's user (%d) may not search %s (mode %o, owner %d:%d), on the way to %s, which CRIU reaches as root", a.uid, above, e.fi.Mode().Perm(), st.Uid, st.Gid, dir)
+			}
+		}
+		if above == top || above == "/" {
+			break
+		}
 	}
 	return nil
 }
@@ -279,7 +294,11 @@ type shown struct {
 // the bind mounts' sources; a mount's root is a directory (or a bound
 // file).
 func (a *fileAccess) shownAt(name string) (shown, os.FileInfo, error) {
-	m := a.mountOf(name)
+	return a.shownIn(a.mountOf(name), name)
+}
+
+// shownIn is shownAt in mount m, which name is in or at.
+func (a *fileAccess) shownIn(m *mnt.MntEntry, name string) (shown, os.FileInfo, error) {
 	if m == nil {
 		return shown{}, nil, fmt.Errorf("%s is in no mount of the checkpoint's", name)
 	}
@@ -304,23 +323,25 @@ func (a *fileAccess) shownAt(name string) (shown, os.FileInfo, error) {
 	case rel == "":
 		return shown{kind: shownDir}, nil, nil // a tmpfs's root, proc's, ...
 	case mnt.Fstype(m.GetFstype()) == mnt.Fstype_TMPFS && a.tmpfs != nil:
-		h, err := a.tmpfs.lookup(m, path.Join("/", m.GetRoot(), rel))
-		if err != nil {
+		e, ok, err := a.tmpfs.lookup(m, path.Join("/", m.GetRoot(), rel))
+		switch {
+		case err != nil:
 			return shown{}, nil, err
-		}
-		if h == nil {
+		case !ok:
 			return shown{kind: shownNone}, nil, nil
+		case e.kind == tar.TypeDir:
+			return shown{kind: shownDir}, nil, nil // the container's own: no information needed
+		case e.kind == tar.TypeSymlink:
+			return shown{kind: shownLink, target: e.target}, nil, nil
 		}
-		switch h.Typeflag {
-		case tar.TypeDir:
-			return shown{kind: shownDir}, h.FileInfo(), nil
-		case tar.TypeSymlink:
-			return shown{kind: shownLink, target: h.Linkname}, h.FileInfo(), nil
-		}
-		return shown{kind: shownOther}, h.FileInfo(), nil
+		return shown{kind: shownOther}, nil, nil
 	}
-	return shown{}, nil, fmt.Errorf("%s is inside the %s mount at %s, whose entries snapboot cannot look up", name, mnt.Fstype(m.GetFstype()), m.GetMountpoint())
+	return shown{}, nil, fmt.Errorf("%s is inside the %s mount at %s, whose %w", name, mnt.Fstype(m.GetFstype()), m.GetMountpoint(), errCannotLookUp)
 }
+
+// errCannotLookUp is the error of a name in a mount whose entries snapboot
+// cannot look up (proc, sysfs; a tmpfs without its listing).
+var errCannotLookUp = errors.New("entries snapboot cannot look up")
 
 // shownInSources looks rel up under each source a bind mount's key may
 // stand for: they must show the same.
@@ -432,27 +453,32 @@ func (a *fileAccess) dirEntries(dir string) ([]entry, error) {
 }
 
 // mountPointsDirect refuses a mount whose mount point goes through a
-// symbolic link (in the root file system's layers, a bind source or a
-// tmpfs's contents): CRIU mounts it where the link leads, as root, while
-// snapboot matches names against mount points as written. The kernel
-// shows, and CRIU dumps, mount points without links. Where an entry on
-// the way cannot be looked up (proc, sysfs, a root file system snapboot
-// cannot look into), nothing is refused: those are the kernel's, or
-// checked where a name needs them.
+// symbolic link, or is one (in the root file system's layers, a bind
+// source or a tmpfs's contents): CRIU mounts it where the link leads, as
+// root, while snapboot matches names against mount points as written. The
+// kernel shows, and CRIU dumps, mount points without links. Each
+// component is looked up as an entry of the directory it is in, in the
+// mount that directory is in. Where that cannot be looked up (proc,
+// sysfs, a root file system snapboot cannot look into), that component
+// is not judged: those are the kernel's, or refused where a name needs
+// them; any other error refuses.
 func (a *fileAccess) mountPointsDirect() error {
 	for _, m := range a.mounts {
 		parts := splitPath(m.GetMountpoint())
-		for i := 1; i < len(parts); i++ {
-			prefix := "/" + path.Join(parts[:i]...)
-			s, _, err := a.shownAt(prefix)
+		for i := 1; i <= len(parts); i++ {
+			p := "/" + path.Join(parts[:i]...)
+			s, _, err := a.shownIn(a.mountOf(path.Dir(p)), p)
+			if errors.Is(err, errCannotLookUp) || errors.Is(err, errNoLayers) {
+				continue // the next components may be in a mount that can be looked up
+			}
 			if err != nil {
-				break
+				return fmt.Errorf("the mount at %s: %w", m.GetMountpoint(), err)
 			}
 			if s.kind == shownLink {
-				return fmt.Errorf("the mount at %s goes through a symbolic link at %s, which CRIU would follow, as root, to mount it elsewhere", m.GetMountpoint(), prefix)
+				return fmt.Errorf("the mount at %s goes through a symbolic link at %s, which CRIU would follow, as root, to mount it elsewhere", m.GetMountpoint(), p)
 			}
 			if s.kind != shownDir {
-				break
+				break // none (CRIU makes it, or fails), or a file a file is bound on
 			}
 		}
 	}

@@ -50,7 +50,6 @@ func TestUnixSocketNames(t *testing.T) {
 		{Name: "./sub/", Typeflag: tar.TypeDir, Mode: 0o755},
 		{Name: "./out", Typeflag: tar.TypeSymlink, Linkname: "/data/rootonly"},
 		{Name: "./in", Typeflag: tar.TypeSymlink, Linkname: "../run/app"},
-		{Name: "./../escape", Typeflag: tar.TypeSymlink, Linkname: "/data/rootonly"},
 	})
 	proc := mount(4, 1, mnt.Fstype_PROC, "/", "/proc", 0)
 	data := mount(3, 1, mnt.Fstype_AUTO, "/", "/data", 0)
@@ -122,7 +121,6 @@ func TestUnixSocketNames(t *testing.T) {
 		{"through a link into a tmpfs", app(1000), sock("/tmplink/x.sock"), ""},
 		{"through a tmpfs's link into root's directory of a volume", app(1000), sock("/tmp/out/x.sock"), "is in /data/rootonly, where"},
 		{"through a tmpfs's link into the user's directory", app(1000), sock("/tmp/in/x.sock"), ""},
-		{"through a tmpfs member tar skips (../escape)", app(1000), sock("/tmp/escape/x.sock"), ""},
 		{"in proc", app(1000), sock("/proc/self/cwd/x.sock"), "cannot look up"},
 		{"relative, in the user's directory", app(1000), relative("/run/app", "x.sock"), ""},
 		{"relative, in root's directory", app(1000), relative("/run", "x.sock"), "is in /run, where"},
@@ -190,6 +188,9 @@ func writeTmpfs(t *testing.T, p string, entries []*tar.Header) {
 	z := gzip.NewWriter(f)
 	w := tar.NewWriter(z)
 	for _, h := range entries {
+		if h.Format == tar.FormatUnknown {
+			h.Format = tar.FormatGNU // as CRIU's GNU tar writes them
+		}
 		if err := w.WriteHeader(h); err != nil {
 			t.Fatal(err)
 		}
@@ -278,5 +279,82 @@ func TestUnixSocketInABindOfTwoSources(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "may not make or remove files (mode 755, owner 0:0)") {
 		t.Fatalf("%v, want a refusal for the root-owned source", err)
+	}
+}
+
+// A mount point that is a link in a tmpfs's contents, and one below a
+// tmpfs whose contents do not list: refused.
+func TestMountPointInATmpfs(t *testing.T) {
+	s := spec(1000, nil, false)
+	m, _ := specMasks(s)
+	for _, c := range []struct {
+		name    string
+		members []*tar.Header
+		refuse  string
+	}{
+		{"a directory", []*tar.Header{{Name: "./", Typeflag: tar.TypeDir}, {Name: "./shm/", Typeflag: tar.TypeDir}}, ""},
+		{"a link", []*tar.Header{{Name: "./", Typeflag: tar.TypeDir}, {Name: "./shm", Typeflag: tar.TypeSymlink, Linkname: "/data"}}, "goes through a symbolic link at /dev/shm"},
+		{"contents that do not list", []*tar.Header{{Name: "./", Typeflag: tar.TypeDir}, {Name: "./shm", Typeflag: tar.TypeSymlink, Linkname: "/data"}, {Name: "./shm/", Typeflag: tar.TypeDir}}, "member \"./shm/\" twice"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			images := t.TempDir()
+			writeTmpfs(t, filepath.Join(images, "tmpfs-dev-2.tar.gz.img"), c.members)
+			dev := mount(2, 1, mnt.Fstype_TMPFS, "/", "/dev", 0)
+			shm := mount(3, 2, mnt.Fstype_TMPFS, "/", "/dev/shm", 0)
+			a := newFileAccess(s, m, []*mnt.MntEntry{mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0), dev, shm}, &layers{})
+			a.tmpfs = &tmpfsTrees{imagesDir: images, names: []string{"tmpfs-dev-2.tar.gz.img"}}
+			err := a.mountPointsDirect()
+			switch {
+			case c.refuse == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
+				t.Fatalf("%v, want a refusal about %q", err, c.refuse)
+			}
+		})
+	}
+}
+
+// Search permission on the way to a socket's directory, across mounts, and
+// from the working directory for a name bound relative to it.
+func TestUnixSocketDirectoryReached(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: directories of other owners")
+	}
+	upper, volume := t.TempDir(), t.TempDir()
+	put(t, upper, "closed/", 0, 0, 0o700)
+	put(t, upper, "closed/vol/", 0, 0, 0o755)
+	put(t, upper, "closed/open/", 1000, 1000, 0o755)
+	put(t, volume, "w/", 1000, 1000, 0o755)
+	s := spec(1000, nil, false)
+	s.Process.Cwd = "/closed/open"
+	s.Mounts = []specs.Mount{{Destination: "/closed/vol", Type: "bind", Source: volume, Options: []string{"rbind"}}}
+	m, _ := specMasks(s)
+	vol := mount(3, 1, mnt.Fstype_AUTO, "/", "/closed/vol", 0)
+	vol.ExtKey = proto.String("/closed/vol")
+	mounts := []*mnt.MntEntry{mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0), vol}
+	caps, nodeCaps := grantedCaps(s, m)
+	for _, c := range []struct {
+		name, dir, refuse string
+	}{
+		{"/closed/vol/w/x.sock", "", "may not search /closed (mode 700, owner 0:0)"},
+		{"/closed/open/x.sock", "", "may not search /closed (mode 700, owner 0:0)"},
+		{"x.sock", "/closed/open", ""},
+		{"x.sock", "/closed/vol/w", "may not search /closed (mode 700, owner 0:0)"},
+	} {
+		u := &skunix.UnixSkEntry{Id: proto.Uint32(1), Ino: proto.Uint32(1), Name: []byte(c.name + "\x00"), MntId: proto.Int32(-1)}
+		if c.dir != "" {
+			u.NameDir = proto.String(c.dir)
+		}
+		l := &layers{dirs: []string{upper}}
+		err := unixNames([]*skunix.UnixSkEntry{u}, &fileChecks{caps: caps, hostCaps: nodeCaps, uid: 1000}, func() *fileAccess {
+			return newFileAccess(s, m, mounts, l)
+		})
+		l.close()
+		switch {
+		case c.refuse == "" && err != nil:
+			t.Errorf("%s in %q: refused: %v", c.name, c.dir, err)
+		case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
+			t.Errorf("%s in %q: %v, want a refusal about %q", c.name, c.dir, err, c.refuse)
+		}
 	}
 }

@@ -1,0 +1,101 @@
+package confine
+
+import (
+	"archive/tar"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// A tmpfs's contents as CRIU's GNU tar packs them list; anything GNU tar
+// and Go's archive/tar could read apart, or that reaches through a link,
+// is refused.
+func TestListTar(t *testing.T) {
+	dir := func(name string) *tar.Header { return &tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755} }
+	file := func(name string) *tar.Header { return &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644} }
+	link := func(name, target string) *tar.Header {
+		return &tar.Header{Name: name, Typeflag: tar.TypeSymlink, Linkname: target}
+	}
+	hard := func(name, target string) *tar.Header {
+		return &tar.Header{Name: name, Typeflag: tar.TypeLink, Linkname: target}
+	}
+	pax := file("./p")
+	pax.Format, pax.PAXRecords = tar.FormatPAX, map[string]string{"path": "./q"}
+	global := &tar.Header{Name: "./L", Typeflag: tar.TypeXGlobalHeader, Format: tar.FormatPAX, PAXRecords: map[string]string{"comment": "x"}}
+	ustar := file("./u")
+	ustar.Format = tar.FormatUSTAR
+	for _, c := range []struct {
+		name    string
+		members []*tar.Header
+		refuse  string
+	}{
+		{"as CRIU packs it", []*tar.Header{dir("./"), dir("./d/"), file("./d/f"), link("./l", "/data"), hard("./d/h", "./d/f")}, ""},
+		{"a PAX header", []*tar.Header{dir("./"), pax}, "header, not GNU tar's"},
+		{"a PAX global header", []*tar.Header{dir("./"), link("./L", "/data"), global}, "not GNU tar's"},
+		{"a ustar header", []*tar.Header{dir("./"), ustar}, "header, not GNU tar's"},
+		{"a member twice", []*tar.Header{dir("./"), link("./L", "/data"), dir("./L/")}, `member "./L/" twice`},
+		{"a member through an earlier link", []*tar.Header{dir("./"), dir("./d/"), link("./L", "d"), link("./L/e", "/data")}, "not in a directory listed before it"},
+		{"a member before its directory", []*tar.Header{dir("./"), file("./d/f"), dir("./d/")}, "not in a directory listed before it"},
+		{"a hard link to a link", []*tar.Header{dir("./"), link("./L", "/data"), hard("./h", "./L")}, "not a regular file listed before it"},
+		{"a hard link to nothing", []*tar.Header{dir("./"), hard("./h", "./f")}, "not a regular file listed before it"},
+		{"a name with ..", []*tar.Header{dir("./"), link("./../x", "/data")}, `".." in its name`},
+		{"a name not from .", []*tar.Header{dir("./"), file("x")}, `not relative to "."`},
+		{"an absolute name", []*tar.Header{dir("./"), file("/x")}, `not relative to "."`},
+		{"a root that is a file", []*tar.Header{file(".")}, "is not a directory"},
+		{"no root", []*tar.Header{file("./x")}, "not in a directory listed before it"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "tmpfs-dev-2.tar.gz.img")
+			writeTmpfs(t, p, c.members)
+			got, err := listTar(p)
+			switch {
+			case c.refuse == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
+				t.Fatalf("%v, want a refusal about %q", err, c.refuse)
+			case c.refuse == "" && (got["/l"].kind != tar.TypeSymlink || got["/l"].target != "/data" || got["/d/h"].kind != tar.TypeReg || got["/d"].kind != tar.TypeDir):
+				t.Fatalf("listed %v", got)
+			}
+		})
+	}
+}
+
+// GNU tar's own archive, made as CRIU makes it, lists.
+func TestListTarOfGNUTar(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("no tar")
+	}
+	src := t.TempDir()
+	for _, d := range []string{"d/e", "x"} {
+		if err := os.MkdirAll(filepath.Join(src, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(src, "d/f"), []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(src, "d/f"), filepath.Join(src, "x/h")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/data/"+strings.Repeat("long/", 30), filepath.Join(src, "d/e/"+strings.Repeat("n", 120))); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "tmpfs-dev-2.tar.gz.img")
+	out, err := exec.Command("tar", "--create", "--gzip", "--no-unquote", "--no-wildcards", "--one-file-system", "--check-links",
+		"--preserve-permissions", "--sparse", "--numeric-owner", "--file", p, "--directory", src, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tar: %v: %s", err, out)
+	}
+	got, err := listTar(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := got["/d/e/"+strings.Repeat("n", 120)]; e.kind != tar.TypeSymlink || e.target != "/data/"+strings.Repeat("long/", 30) {
+		t.Errorf("the long link: %+v", e)
+	}
+	if got["/x/h"].kind != tar.TypeReg || got["/d"].kind != tar.TypeDir || got["/"].kind != tar.TypeDir {
+		t.Errorf("listed %v", got)
+	}
+}

@@ -250,8 +250,22 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 // runc does not map fails the restore.
 func (r *mountRules) external(e *mnt.MntEntry) error {
 	where, key := e.GetMountpoint(), path.Clean(e.GetExtKey())
-	if key == nullKey || r.devices[key] {
+	if key == nullKey {
+		return nil // runc's /dev/null, bound over a masked file
+	}
+	// runc keys a mount by its destination with the rootfs's links
+	// resolved, when it dumps as when it restores, and CRIU mounts it at
+	// the image's mount point: a crafted one could put the spec's volume
+	// elsewhere, CRIU making the directories on the way, as root, in
+	// another volume.
+	at := func() error {
+		if where != key {
+			return fmt.Errorf("%s is the external mount %q, which runc mounts at %s", where, e.GetExtKey(), key)
+		}
 		return nil
+	}
+	if r.devices[key] {
+		return at()
 	}
 	// Read-only if any of the binds the key may stand for is. (A key runc
 	// does not have fails the restore in CRIU.)
@@ -264,13 +278,13 @@ func (r *mountRules) external(e *mnt.MntEntry) error {
 		if ro && !isReadOnly(e) {
 			return fmt.Errorf("%s binds %s read-write, the spec mounts it read-only", where, key)
 		}
-		return nil
+		return at()
 	}
 	if dest, m, ok := r.cgroupMount(key); ok {
 		if slices.Contains(m.Options, "ro") && !isReadOnly(e) {
 			return fmt.Errorf("%s binds cgroup %s read-write, the spec mounts %s read-only", where, key, dest)
 		}
-		return nil
+		return at()
 	}
 	return fmt.Errorf("%s is an external mount %q that the spec does not have", where, e.GetExtKey())
 }

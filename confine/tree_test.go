@@ -316,6 +316,7 @@ func TestMountRefusals(t *testing.T) {
 		"debugfs":                           {add(mount(97, 74, mnt.Fstype_DEBUGFS, "/", "/mnt", 0)), "/mnt is a mount of type DEBUGFS"},
 		"a cgroup mount":                    {add(mount(98, 74, mnt.Fstype_CGROUP, "/", "/mnt", 0)), "/mnt is a cgroup mount the spec does not have"},
 		"an external mount not in the spec": {add(unknownKey), `external mount "/etc" that the spec does not have`},
+		"the spec's volume elsewhere":       {edit("/data", func(m *mnt.MntEntry) { m.Mountpoint = proto.String("/srv/else") }), `/srv/else is the external mount "/data", which runc mounts at /data`},
 		"a path with ..":                    {add(mount(99, 74, mnt.Fstype_PROC, "/", "/proc/../mnt", 0)), "not clean and absolute"},
 		"two roots":                         {add(mount(100, 1, mnt.Fstype_TMPFS, "/", "/", 0)), "two mounts at /"},
 		"a tmpfs without nosuid":            {add(mount(108, 74, mnt.Fstype_TMPFS, "/", "/mnt", 0)), "/mnt is a tmpfs without nosuid"},

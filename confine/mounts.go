@@ -44,9 +44,10 @@ type mountRules struct {
 // would give the clone more than its spec: CRIU rebuilds the mount tree
 // from the images, and runc applies nothing of the spec's over it. Every
 // mount must be the container's root, a fresh tmpfs (nosuid or read-only),
-// devpts or mqueue, one of the spec's own mounts (bind mounts by their
-// external key, proc, sysfs and cgroup file systems at the spec's
-// destinations), or a read-only view of a path the spec makes read-only;
+// devpts or mqueue at one of the spec's destinations or masked
+// directories, one of the spec's own mounts (bind mounts at their external
+// key, proc, sysfs and cgroup file systems at the spec's destinations), or
+// a read-only view of a path the spec makes read-only;
 // one a place, on the mount its place is in. Every masked path and
 // read-only path of the spec that the host's kernel has must be masked or
 // read-only in the images, and every mount the spec makes read-only (the
@@ -203,6 +204,13 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 		// programs too, which only nosuid (or read-only) keeps unused.
 		if mnt.Fstype(e.GetFstype()) == mnt.Fstype_TMPFS && e.GetFlags()&(msNosuid|msRdonly) == 0 {
 			return fmt.Errorf("%s is a tmpfs without nosuid", where)
+		}
+		// Where runc mounts one: a mount of the spec's, or a masked
+		// directory (a read-only tmpfs). CRIU would make a mount point
+		// the spec does not have as root where it is missing, in a
+		// volume too.
+		if !inSpec && !slices.Contains(r.masked, where) {
+			return fmt.Errorf("%s is a %s mount the spec does not have", where, mnt.Fstype(e.GetFstype()))
 		}
 		return nil
 	case mnt.Fstype_PROC, mnt.Fstype_SYSFS:

@@ -320,6 +320,7 @@ func TestMountRefusals(t *testing.T) {
 		"a path with ..":                    {add(mount(99, 74, mnt.Fstype_PROC, "/", "/proc/../mnt", 0)), "not clean and absolute"},
 		"two roots":                         {add(mount(100, 1, mnt.Fstype_TMPFS, "/", "/", 0)), "two mounts at /"},
 		"a tmpfs without nosuid":            {add(mount(108, 74, mnt.Fstype_TMPFS, "/", "/mnt", 0)), "/mnt is a tmpfs without nosuid"},
+		"a tmpfs the spec does not have":    {add(mount(109, 74, mnt.Fstype_TMPFS, "/", "/mnt", nosuid)), "/mnt is a TMPFS mount the spec does not have"},
 		"a mount id used twice":             {add(mount(82, 74, mnt.Fstype_TMPFS, "/", "/mnt", nosuid)), "mount id 82 used twice"},
 		"a second proc over the masked one": {add(mount(107, 76, mnt.Fstype_PROC, "/", "/proc", 0)), "two mounts at /proc"},
 		"a mask mounted on another parent":  {edit("/proc/keys", func(m *mnt.MntEntry) { m.ParentMntId = proto.Uint32(74) }), "/proc/keys is mounted on /, which is not the mount it is in"},

@@ -481,26 +481,53 @@ func checkFraming(f *os.File, want string) error {
 	if want == "" || magic != want {
 		return fmt.Errorf("a %s image, want %s", magic, want)
 	}
+	if err := walkEntries(f, fi.Size(), fi.Size(), nil); err != nil {
+		return err
+	}
+	_, err = f.Seek(0, io.SeekStart)
+	return err
+}
+
+// walkEntries walks the entries of an image of size bytes from f's
+// offset (past its magic): each a 4-byte length and that many bytes, no
+// more than limit, nor than what is left. visit, if set, gets each
+// entry's bytes and its offset, and returns how many bytes follow the
+// entry before the next one (a pipe's data); without it, the entries are
+// skipped unread.
+func walkEntries(f *os.File, size, limit int64, visit func(entry []byte, at int64) (int64, error)) error {
 	pos, err := f.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return err
 	}
-	var size [4]byte
-	for pos < fi.Size() {
-		if _, err := io.ReadFull(f, size[:]); err != nil {
+	var header [4]byte
+	for pos < size {
+		if _, err := io.ReadFull(f, header[:]); err != nil {
 			return fmt.Errorf("entry header at %d: %w", pos, err)
 		}
-		n := int64(binary.LittleEndian.Uint32(size[:]))
+		at, n := pos, int64(binary.LittleEndian.Uint32(header[:]))
 		pos += 4
-		if n > fi.Size()-pos {
-			return fmt.Errorf("entry at %d of %d bytes, past the end of the image", pos-4, n)
+		if n > size-pos || n > limit {
+			return fmt.Errorf("entry at %d of %d bytes, past the end of the image or larger than its kind's entries", at, n)
 		}
-		if pos, err = f.Seek(n, io.SeekCurrent); err != nil {
+		skip := n
+		if visit != nil {
+			entry := make([]byte, n)
+			if _, err := io.ReadFull(f, entry); err != nil {
+				return fmt.Errorf("entry at %d: %w", at, err)
+			}
+			pos += n
+			if skip, err = visit(entry, at); err != nil {
+				return err
+			}
+			if skip > size-pos {
+				return fmt.Errorf("entry at %d has %d bytes after it, past the end of the image", at, skip)
+			}
+		}
+		if pos, err = f.Seek(skip, io.SeekCurrent); err != nil {
 			return err
 		}
 	}
-	_, err = f.Seek(0, io.SeekStart)
-	return err
+	return nil
 }
 
 // populate fills dir with the images of src: rewritten ones encoded anew,

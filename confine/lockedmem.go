@@ -1,10 +1,8 @@
 package confine
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -92,7 +90,7 @@ func checkPipeSizes(imagesDir string, names []string, maxSize func() (uint32, er
 				}
 			}
 			if e.GetSize() > max {
-				return fmt.Errorf("%s gives pipe %#x a buffer of %d bytes, more than fs.pipe-max-size (%d), which takes CAP_SYS_RESOURCE; the spec does not grant it", name, e.GetPipeId(), e.GetSize(), max)
+				return fmt.Errorf("pipe %#x gets a buffer of %d bytes, more than fs.pipe-max-size (%d), which takes CAP_SYS_RESOURCE; the spec does not grant it", e.GetPipeId(), e.GetSize(), max)
 			}
 			return nil
 		})
@@ -111,39 +109,15 @@ func eachPipeData(path, want string, each func(*pipedata.PipeDataEntry) error) e
 		return err
 	}
 	defer f.Close()
-	base := filepath.Base(path)
-	pos, err := f.Seek(0, io.SeekCurrent)
-	if err != nil {
-		return err
-	}
-	var size [4]byte
-	for pos < fi.Size() {
-		if _, err := io.ReadFull(f, size[:]); err != nil {
-			return fmt.Errorf("%s: entry header at %d: %w", base, pos, err)
-		}
-		n := int64(binary.LittleEndian.Uint32(size[:]))
-		pos += 4
-		if n > fi.Size()-pos || n > 1<<10 {
-			return fmt.Errorf("%s: entry at %d of %d bytes, past the end of the image or larger than a pipe's entry", base, pos-4, n)
-		}
-		buf := make([]byte, n)
-		if _, err := io.ReadFull(f, buf); err != nil {
-			return fmt.Errorf("%s: %w", base, err)
-		}
+	err = walkEntries(f, fi.Size(), 1<<10, func(entry []byte, at int64) (int64, error) {
 		e := &pipedata.PipeDataEntry{}
-		if err := proto.Unmarshal(buf, e); err != nil {
-			return fmt.Errorf("%s: entry at %d: %w", base, pos-4, err)
+		if err := proto.Unmarshal(entry, e); err != nil {
+			return 0, fmt.Errorf("entry at %d: %w", at, err)
 		}
-		if err := each(e); err != nil {
-			return err
-		}
-		pos += n
-		if int64(e.GetBytes()) > fi.Size()-pos {
-			return fmt.Errorf("%s: pipe %#x has %d bytes, past the end of the image", base, e.GetPipeId(), e.GetBytes())
-		}
-		if pos, err = f.Seek(int64(e.GetBytes()), io.SeekCurrent); err != nil {
-			return err
-		}
+		return int64(e.GetBytes()), each(e)
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", filepath.Base(path), err)
 	}
 	return nil
 }

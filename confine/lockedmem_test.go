@@ -83,8 +83,8 @@ func TestPipeSizesWithinPipeMaxSize(t *testing.T) {
 		{name: "no size", image: "pipes-data.img", magic: "PIPES_DATA", pipes: []*crit.CriuEntry{pipe(1, 0, "hello")}},
 		{name: "at the limit, after a pipe's data", image: "pipes-data.img", magic: "PIPES_DATA", pipes: []*crit.CriuEntry{pipe(1, 64<<10, strings.Repeat("x", 5000)), pipe(2, 1<<20, "")}},
 		{name: "past the limit, after a pipe's data", image: "pipes-data.img", magic: "PIPES_DATA", pipes: []*crit.CriuEntry{pipe(1, 64<<10, strings.Repeat("x", 5000)), pipe(2, 256<<20, "y")},
-			refuse: "gives pipe 0x2 a buffer of 268435456 bytes, more than fs.pipe-max-size (1048576), which takes CAP_SYS_RESOURCE"},
-		{name: "a FIFO past the limit", image: "fifo-data.img", magic: "FIFO_DATA", pipes: []*crit.CriuEntry{pipe(3, 2<<20, "")}, refuse: "fifo-data.img gives pipe 0x3"},
+			refuse: "pipes-data.img: pipe 0x2 gets a buffer of 268435456 bytes, more than fs.pipe-max-size (1048576), which takes CAP_SYS_RESOURCE"},
+		{name: "a FIFO past the limit", image: "fifo-data.img", magic: "FIFO_DATA", pipes: []*crit.CriuEntry{pipe(3, 2<<20, "")}, refuse: "fifo-data.img: pipe 0x3 gets"},
 		{name: "past the limit, CAP_SYS_RESOURCE", image: "pipes-data.img", magic: "PIPES_DATA", pipes: []*crit.CriuEntry{pipe(1, 256<<20, "")}, sysResource: true},
 		{name: "the wrong magic", image: "pipes-data.img", magic: "FIFO_DATA", pipes: []*crit.CriuEntry{pipe(1, 64<<10, "")}, refuse: "a FIFO_DATA image, want PIPES_DATA"},
 	} {

@@ -701,22 +701,8 @@ func TestUnixSocketNameNeedsItsDirectory(t *testing.T) {
 		t.Fatalf("the donor's socket: %v, %v", fi, err)
 	}
 	asDumped := packAndPush(t, donor, registryAddr+"/it/crafted:unixsock", packOptions{})
-	nobody := packAndPush(t, donor, registryAddr+"/it/crafted:unixsock-nobody", packOptions{tamper: func(t *testing.T, dir string) {
-		asNobody(t, dir)
-		edited := 0
-		editImages(t, dir, "files.img", &fdinfo.FileEntry{}, func(img *crit.CriuImage) {
-			for _, e := range img.Entries {
-				if u := e.Message.(*fdinfo.FileEntry).GetUsk(); u != nil && strings.HasPrefix(string(u.GetName()), "/vol/app.sock") {
-					// Its file nobody's too, so that only its directory is not.
-					u.FilePerms.Uid, u.FilePerms.Gid = proto.Uint32(65534), proto.Uint32(65534)
-					edited++
-				}
-			}
-		})
-		if edited != 1 {
-			t.Fatalf("%d unix sockets named /vol/app.sock in the checkpoint, want 1", edited)
-		}
-	}})
+	// Its file nobody's too, so that only its directory is not.
+	nobody := packAndPush(t, donor, registryAddr+"/it/crafted:unixsock-nobody", packOptions{tamper: asNobodyWithSocket("/vol/app.sock")})
 	t.Run("as dumped", func(t *testing.T) {
 		offset := containerdLogOffset()
 		clone, cloneLog := startScriptClone(t, asDumped.Ref, script, flags...)
@@ -786,22 +772,28 @@ func TestUnixSocketInRunRestoresForItsUser(t *testing.T) {
 	script := "mkdir -p /run/app 2>/dev/null; chown 65534:65534 /run/app 2>/dev/null; " + program + " /run/app/app.sock"
 	donor, donorLog := startScriptClone(t, "", script, flags...)
 	waitCount(t, donorLog, 5)
-	ck := packAndPush(t, donor, registryAddr+"/it/crafted:unixsock-run", packOptions{tamper: func(t *testing.T, dir string) {
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:unixsock-run", packOptions{tamper: asNobodyWithSocket("/run/app/app.sock")})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, script, append(append([]string{"--user", "65534:65534"}, dropAll...), flags...)...)
+	expectRestored(t, offset, clone, cloneLog)
+}
+
+// asNobodyWithSocket edits a checkpoint to run as nobody (asNobody), the
+// file of the unix socket named name nobody's too.
+func asNobodyWithSocket(name string) func(t *testing.T, dir string) {
+	return func(t *testing.T, dir string) {
 		asNobody(t, dir)
 		edited := 0
 		editImages(t, dir, "files.img", &fdinfo.FileEntry{}, func(img *crit.CriuImage) {
 			for _, e := range img.Entries {
-				if u := e.Message.(*fdinfo.FileEntry).GetUsk(); u != nil && strings.HasPrefix(string(u.GetName()), "/run/app/app.sock") {
+				if u := e.Message.(*fdinfo.FileEntry).GetUsk(); u != nil && string(u.GetName()) == name+"\x00" {
 					u.FilePerms.Uid, u.FilePerms.Gid = proto.Uint32(65534), proto.Uint32(65534)
 					edited++
 				}
 			}
 		})
 		if edited != 1 {
-			t.Fatalf("%d unix sockets named /run/app/app.sock in the checkpoint, want 1", edited)
+			t.Fatalf("%d unix sockets named %s in the checkpoint, want 1", edited, name)
 		}
-	}})
-	offset := containerdLogOffset()
-	clone, cloneLog := startScriptClone(t, ck.Ref, script, append(append([]string{"--user", "65534:65534"}, dropAll...), flags...)...)
-	expectRestored(t, offset, clone, cloneLog)
+	}
 }

@@ -68,7 +68,7 @@ func unixNames(socks []*skunix.UnixSkEntry, c *fileChecks, access func() *fileAc
 		if id := u.GetMntId(); id >= 0 && u.MntId != nil && !slices.ContainsFunc(a.mounts, func(e *mnt.MntEntry) bool { return int32(e.GetMntId()) == id }) {
 			return fmt.Errorf("the unix socket %s is in mount %d, which the checkpoint's mount namespace does not have", full, id)
 		}
-		if err := a.socketDir(full, name[0] != '/'); err != nil {
+		if err := a.socketDir(full, name[0] != '/', u.GetDeleted()); err != nil {
 			return err
 		}
 	}
@@ -140,7 +140,7 @@ func (a *fileAccess) inSetgidDir(name string, gid uint32) bool {
 }
 
 // socketDir checks the directory of a socket's name (see unixNames).
-func (a *fileAccess) socketDir(name string, relative bool) error {
+func (a *fileAccess) socketDir(name string, relative, deleted bool) error {
 	dir, exists, err := a.resolveDir(path.Dir(name))
 	if err != nil {
 		return fmt.Errorf("the unix socket %s: %w", name, err)
@@ -170,32 +170,45 @@ func (a *fileAccess) socketDir(name string, relative bool) error {
 	if !exists || a.caps&(1<<unix.CAP_FOWNER) != 0 {
 		return nil
 	}
+	// The files CRIU may remove or move there: one at the name, and for a
+	// deleted name, one at the name CRIU parks that one at.
+	bases := []string{path.Base(name)}
+	if deleted {
+		bases = append(bases, path.Base(name)+ghostSocketSuffix)
+	}
 	for _, e := range entries {
 		if e.fi.Mode()&os.ModeSticky == 0 {
 			continue
 		}
-		var there os.FileInfo
-		if len(entries) == 1 {
-			// The container's view: the root file system's layers merged.
-			_, there, err = a.shownAt(path.Join(dir, path.Base(name)))
-		} else {
-			there, err = os.Lstat(filepath.Join(e.path, path.Base(name)))
-			if errors.Is(err, os.ErrNotExist) {
-				there, err = nil, nil
+		for _, base := range bases {
+			var there os.FileInfo
+			if len(entries) == 1 {
+				// The container's view: the root file system's layers merged.
+				_, there, err = a.shownAt(path.Join(dir, base))
+			} else {
+				there, err = os.Lstat(filepath.Join(e.path, base))
+				if errors.Is(err, os.ErrNotExist) {
+					there, err = nil, nil
+				}
 			}
-		}
-		if err != nil {
-			return fmt.Errorf("the unix socket %s: %w", name, err)
-		}
-		if there == nil {
-			continue
-		}
-		if owner, dirOwner := statOf(there).Uid, statOf(e.fi).Uid; owner != a.uid && dirOwner != a.uid {
-			return fmt.Errorf("the unix socket %s would replace a file of uid %d in sticky directory %s, which the spec's user (%d) may not remove; CRIU would unlink it as root", name, owner, dir, a.uid)
+			if err != nil {
+				return fmt.Errorf("the unix socket %s: %w", name, err)
+			}
+			if there == nil {
+				continue
+			}
+			if owner, dirOwner := statOf(there).Uid, statOf(e.fi).Uid; owner != a.uid && dirOwner != a.uid {
+				return fmt.Errorf("the unix socket %s would remove or move %s, a file of uid %d in sticky directory %s, which the spec's user (%d) may not; CRIU would do it as root", name, base, owner, dir, a.uid)
+			}
 		}
 	}
 	return nil
 }
+
+// ghostSocketSuffix is the name CRIU parks a file at, beside a deleted
+// socket's name, while it binds the socket there (UNIX_GHOST_FMT); it
+// removes a file already there first.
+const ghostSocketSuffix = ".criu-sk-ghost"
 
 // searchable checks search permission on the directories above dir, as
 // the kernel needs them to reach it, each as the node has it (dirEntries:

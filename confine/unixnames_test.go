@@ -26,6 +26,7 @@ func TestUnixSocketNames(t *testing.T) {
 	put(t, lower, "shared/", 0, 0, 0o777|os.ModeSticky)
 	put(t, lower, "shared/theirs.sock", 0, 0, 0o666)
 	put(t, lower, "shared/mine.sock", 1000, 1000, 0o666)
+	put(t, lower, "shared/x.sock.criu-sk-ghost", 0, 0, 0o666)
 	put(t, upper, "closed/", 0, 0, 0o700)
 	put(t, upper, "closed/open/", 1000, 1000, 0o777)
 	put(t, volume, "mine/", 1000, 1000, 0o755)
@@ -89,6 +90,11 @@ func TestUnixSocketNames(t *testing.T) {
 		u.FilePerms = &skunix.FilePermsEntry{Mode: proto.Uint32(0o140755), Uid: proto.Uint32(uid), Gid: proto.Uint32(gid)}
 		return u
 	}
+	deleted := func(name string) *skunix.UnixSkEntry {
+		u := sock(name)
+		u.Deleted = proto.Bool(true)
+		return u
+	}
 	external := sock("/run/x.sock") // held by a task: CRIU binds it all the same
 	external.Uflags = proto.Uint32(usockExtern)
 	inMount := func(name string, id int32) *skunix.UnixSkEntry {
@@ -136,6 +142,8 @@ func TestUnixSocketNames(t *testing.T) {
 		{"replacing another user's file in a sticky directory, CAP_FOWNER", app(1000, "CAP_FOWNER"), sock("/shared/theirs.sock"), ""},
 		{"replacing its own file in a sticky directory", app(1000), sock("/shared/mine.sock"), ""},
 		{"new in a sticky directory", app(1000), sock("/shared/new.sock"), ""},
+		{"deleted, beside another user's parked file in a sticky directory", app(1000), deleted("/shared/x.sock"), "would remove or move x.sock.criu-sk-ghost, a file of uid 0"},
+		{"deleted, in a sticky directory", app(1000), deleted("/shared/y.sock"), ""},
 		{"abstract", app(1000), sock("\x00/run/x.sock"), ""},
 		{"flagged external, in root's directory", app(1000), external, "is in /run, where"},
 		{"in a mount the checkpoint does not have", app(1000), inMount("/run/app/x.sock", 9), "mount 9"},

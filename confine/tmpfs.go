@@ -22,7 +22,7 @@ import (
 // where that one is missing, as CRIU picks them). Each image is listed
 // once, when first needed.
 //
-// Only the form CRIU's `tar --create` makes is listed (see listTar):
+// Only the forms CRIU's `tar --create` makes are listed (see listTar):
 // GNU tar and Go's archive/tar read other forms differently, and GNU tar
 // resolves members through the links earlier members made, so a listing
 // of anything else could show no link where GNU tar leaves one.
@@ -79,8 +79,9 @@ func (t *tmpfsTrees) lookup(m *mnt.MntEntry, p string) (e tmpfsEntry, ok bool, e
 }
 
 // listTar lists a gzipped tar file's members by their paths, rooted at
-// "/", as CRIU's GNU tar made it: GNU-format headers only (no PAX records,
-// global headers, volume labels or other extensions), names relative to
+// "/", as CRIU's GNU tar made it: GNU, ustar or PAX headers (PAX records
+// of times, ids and sizes only; no global headers, volume labels or other
+// extensions), names relative to
 // "." without "..", each path once, each member in a directory listed
 // before it (so that no member goes through a link), hard links to regular
 // files listed before them. Anything else is refused. A missing file lists
@@ -158,11 +159,23 @@ func listTar(p string) (map[string]tmpfsEntry, error) {
 	}
 }
 
+// paxKeys are the PAX records a member may have: those GNU tar writes, in
+// its posix format (a distribution's default), for times, ids and sizes
+// that do not fit the header. Any other (a path, a link's target, a sparse
+// file's name) is refused: GNU tar and Go's archive/tar pick names
+// differently where they meet other headers.
+var paxKeys = map[string]bool{"atime": true, "ctime": true, "mtime": true, "uid": true, "gid": true, "uname": true, "gname": true, "size": true}
+
 // memberPath returns a member's path from the tmpfs's root, refusing any
 // header CRIU's tar does not make.
 func memberPath(h *tar.Header) (string, error) {
-	if h.Format&tar.FormatGNU == 0 || len(h.PAXRecords) > 0 {
+	if h.Format&(tar.FormatGNU|tar.FormatUSTAR|tar.FormatPAX) == 0 {
 		return "", fmt.Errorf("member %q has a %v header, not GNU tar's", h.Name, h.Format)
+	}
+	for key := range h.PAXRecords {
+		if !paxKeys[key] {
+			return "", fmt.Errorf("member %q has a PAX record %q, which snapboot does not read as GNU tar would", h.Name, key)
+		}
 	}
 	name := h.Name
 	if len(name) > maxPathLen || strings.ContainsRune(name, 0) {

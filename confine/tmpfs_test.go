@@ -21,20 +21,23 @@ func TestListTar(t *testing.T) {
 	hard := func(name, target string) *tar.Header {
 		return &tar.Header{Name: name, Typeflag: tar.TypeLink, Linkname: target}
 	}
-	pax := file("./p")
-	pax.Format, pax.PAXRecords = tar.FormatPAX, map[string]string{"path": "./q"}
+	pax := file("./" + strings.Repeat("p", 120)) // too long for ustar: a PAX path record
+	pax.Format = tar.FormatPAX
 	global := &tar.Header{Name: "./L", Typeflag: tar.TypeXGlobalHeader, Format: tar.FormatPAX, PAXRecords: map[string]string{"comment": "x"}}
 	ustar := file("./u")
 	ustar.Format = tar.FormatUSTAR
+	paxTime := file("./t")
+	paxTime.Format, paxTime.PAXRecords = tar.FormatPAX, map[string]string{"mtime": "1700000000.5"}
 	for _, c := range []struct {
 		name    string
 		members []*tar.Header
 		refuse  string
 	}{
 		{"as CRIU packs it", []*tar.Header{dir("./"), dir("./d/"), file("./d/f"), link("./l", "/data"), hard("./d/h", "./d/f")}, ""},
-		{"a PAX header", []*tar.Header{dir("./"), pax}, "header, not GNU tar's"},
-		{"a PAX global header", []*tar.Header{dir("./"), link("./L", "/data"), global}, "not GNU tar's"},
-		{"a ustar header", []*tar.Header{dir("./"), ustar}, "header, not GNU tar's"},
+		{"a PAX global header", []*tar.Header{dir("./"), link("./L", "/data"), global}, `a PAX record "comment"`},
+		{"a ustar header", []*tar.Header{dir("./"), ustar}, ""},
+		{"a PAX path", []*tar.Header{dir("./"), pax}, `a PAX record "path"`},
+		{"a PAX time", []*tar.Header{dir("./"), paxTime}, ""},
 		{"a member twice", []*tar.Header{dir("./"), link("./L", "/data"), dir("./L/")}, `member "./L/" twice`},
 		{"a member through an earlier link", []*tar.Header{dir("./"), dir("./d/"), link("./L", "d"), link("./L/e", "/data")}, "not in a directory listed before it"},
 		{"a member before its directory", []*tar.Header{dir("./"), file("./d/f"), dir("./d/")}, "not in a directory listed before it"},
@@ -55,7 +58,7 @@ func TestListTar(t *testing.T) {
 				t.Fatalf("refused: %v", err)
 			case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
 				t.Fatalf("%v, want a refusal about %q", err, c.refuse)
-			case c.refuse == "" && (got["/l"].kind != tar.TypeSymlink || got["/l"].target != "/data" || got["/d/h"].kind != tar.TypeReg || got["/d"].kind != tar.TypeDir):
+			case c.name == "as CRIU packs it" && (got["/l"].kind != tar.TypeSymlink || got["/l"].target != "/data" || got["/d/h"].kind != tar.TypeReg || got["/d"].kind != tar.TypeDir):
 				t.Fatalf("listed %v", got)
 			}
 		})
@@ -97,5 +100,33 @@ func TestListTarOfGNUTar(t *testing.T) {
 	}
 	if got["/x/h"].kind != tar.TypeReg || got["/d"].kind != tar.TypeDir || got["/"].kind != tar.TypeDir {
 		t.Errorf("listed %v", got)
+	}
+}
+
+// GNU tar's posix format (a distribution's default) lists too, with names
+// that fit its headers.
+func TestListTarOfGNUTarPosix(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("no tar")
+	}
+	src := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(src, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/data", filepath.Join(src, "d/l")); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "tmpfs-dev-2.tar.gz.img")
+	out, err := exec.Command("tar", "--create", "--gzip", "--format=posix", "--no-unquote", "--no-wildcards", "--one-file-system", "--check-links",
+		"--preserve-permissions", "--sparse", "--numeric-owner", "--file", p, "--directory", src, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tar: %v: %s", err, out)
+	}
+	got, err := listTar(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := got["/d/l"]; e.kind != tar.TypeSymlink || e.target != "/data" {
+		t.Errorf("the link: %+v (listed %v)", e, got)
 	}
 }

@@ -19,13 +19,14 @@ import (
 // unixNames checks the file system names of the checkpoint's unix sockets,
 // which CRIU handles as root, in the container's mount namespace, before
 // the tasks drop to their own credentials. For each socket with a path
-// name (not an abstract one, nor a peer outside the checkpoint):
-//   - it unlinks a socket file already at the name;
+// name (not an abstract one) that a task holds:
+//   - it unlinks a socket file already at the name (unless the socket is
+//     flagged external);
 //   - it binds the socket there again, which creates the file;
 //   - it sets that file's owner and mode from the image;
 //   - for a socket whose name was deleted, it makes the missing
-//     directories on the way, and moves any file at the name aside and
-//     back.
+//     directories on the way, and moves any file at the name aside (to
+//     <name>.criu-sk-ghost, removing a file there first) and back.
 //
 // A cold start's app does each of those as the spec's user. So the
 // directory the name is in, as far as it exists, must be one that user may
@@ -38,9 +39,10 @@ import (
 // a volume the container shares, or make files where its user may not.
 //
 // The name is resolved as the kernel would, through the symbolic links of
-// the root file system's layers and of the bind mounts' sources; a name
-// whose directory is further inside a mount whose entries snapboot cannot
-// look up (a tmpfs, filled from the checkpoint; proc; sysfs) is refused.
+// the root file system's layers, of the bind mounts' sources and of the
+// tmpfs mounts' contents (see tmpfsTrees); a name whose directory is
+// inside a mount whose entries snapboot cannot look up (proc, sysfs, a
+// tmpfs whose contents do not list) is refused.
 // Not checked, as for the files the tasks hold (see fileAccess): a spec
 // with a user namespace, or one that grants CAP_DAC_OVERRIDE (its user may
 // write anywhere in the container).

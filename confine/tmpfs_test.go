@@ -85,16 +85,7 @@ func TestListTarOfGNUTar(t *testing.T) {
 	if err := os.Symlink("/data/"+strings.Repeat("long/", 30), filepath.Join(src, "d/e/"+strings.Repeat("n", 120))); err != nil {
 		t.Fatal(err)
 	}
-	p := filepath.Join(t.TempDir(), "tmpfs-dev-2.tar.gz.img")
-	out, err := exec.Command("tar", "--create", "--gzip", "--no-unquote", "--no-wildcards", "--one-file-system", "--check-links",
-		"--preserve-permissions", "--sparse", "--numeric-owner", "--file", p, "--directory", src, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("tar: %v: %s", err, out)
-	}
-	got, err := listTar(p)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := gnuTarListing(t, src)
 	if e := got["/d/e/"+strings.Repeat("n", 120)]; e.kind != tar.TypeSymlink || e.target != "/data/"+strings.Repeat("long/", 30) {
 		t.Errorf("the long link: %+v", e)
 	}
@@ -116,17 +107,26 @@ func TestListTarOfGNUTarPosix(t *testing.T) {
 	if err := os.Symlink("/data", filepath.Join(src, "d/l")); err != nil {
 		t.Fatal(err)
 	}
+	got := gnuTarListing(t, src, "--format=posix")
+	if e := got["/d/l"]; e.kind != tar.TypeSymlink || e.target != "/data" {
+		t.Errorf("the link: %+v (listed %v)", e, got)
+	}
+}
+
+// gnuTarListing packs src with GNU tar as CRIU dumps a tmpfs (with extra
+// flags), and lists the archive.
+func gnuTarListing(t *testing.T, src string, extra ...string) map[string]tmpfsEntry {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "tmpfs-dev-2.tar.gz.img")
-	out, err := exec.Command("tar", "--create", "--gzip", "--format=posix", "--no-unquote", "--no-wildcards", "--one-file-system", "--check-links",
-		"--preserve-permissions", "--sparse", "--numeric-owner", "--file", p, "--directory", src, ".").CombinedOutput()
-	if err != nil {
+	args := append([]string{"--create", "--gzip"}, extra...)
+	args = append(args, "--no-unquote", "--no-wildcards", "--one-file-system", "--check-links",
+		"--preserve-permissions", "--sparse", "--numeric-owner", "--file", p, "--directory", src, ".")
+	if out, err := exec.Command("tar", args...).CombinedOutput(); err != nil {
 		t.Fatalf("tar: %v: %s", err, out)
 	}
 	got, err := listTar(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e := got["/d/l"]; e.kind != tar.TypeSymlink || e.target != "/data" {
-		t.Errorf("the link: %+v (listed %v)", e, got)
-	}
+	return got
 }

@@ -44,7 +44,11 @@ type Cache struct {
 // that stream page images to CRIU (which CRIU may reach from a user
 // namespace, so the kernel does not check who opens their files): root and
 // its directories are made private to root, as they are created, or
-// tightened if they were made with wider permissions.
+// tightened if they were made with wider permissions. tmp/ may also be
+// searched by others, not listed (mode 711): a restore into a user
+// namespace reads its streamed page images through it, from its images
+// directory's descriptor, as the namespace's root (see ShareDir). No one
+// but root reaches it by a path: the cache root is root's alone.
 func Open(root string) (*Cache, error) {
 	if !filepath.IsAbs(root) {
 		return nil, fmt.Errorf("cache root %q must be absolute", root)
@@ -54,7 +58,11 @@ func Open(root string) (*Cache, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("create cache: %w", err)
 		}
-		if err := private(dir); err != nil {
+		mode := os.FileMode(0o700)
+		if d == "tmp" {
+			mode = sharedDirMode
+		}
+		if err := private(dir, mode); err != nil {
 			return nil, fmt.Errorf("create cache: %w", err)
 		}
 	}
@@ -65,8 +73,13 @@ func Open(root string) (*Cache, error) {
 	return &Cache{root: root, blobs: blobs}, nil
 }
 
-// private makes dir, a directory, reachable by its owner only.
-func private(dir string) error {
+// sharedDirMode is the mode of a directory that a user namespace's root
+// may search but not list, in a tree only root may enter.
+const sharedDirMode = 0o711
+
+// private gives dir, a directory, mode (0700, reachable by its owner only,
+// or sharedDirMode).
+func private(dir string, mode os.FileMode) error {
 	fi, err := os.Lstat(dir)
 	if err != nil {
 		return err
@@ -74,10 +87,10 @@ func private(dir string) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("%s is not a directory", dir)
 	}
-	if fi.Mode().Perm()&0o077 == 0 {
+	if fi.Mode().Perm() == mode {
 		return nil
 	}
-	return os.Chmod(dir, fi.Mode().Perm()&0o700)
+	return os.Chmod(dir, mode)
 }
 
 // Root is the cache's directory.

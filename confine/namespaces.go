@@ -124,9 +124,28 @@ func checkUserNSMaps(imagesDir string, id uint32, l *specs.Linux) error {
 	}
 	e := img.Entries[0].Message.(*userns.UsernsEntry)
 	if !sameMaps(e.GetUidMap(), l.UIDMappings) || !sameMaps(e.GetGidMap(), l.GIDMappings) {
-		return fmt.Errorf("%w: %s maps other ids than the spec's", ErrRefused, name)
+		return fmt.Errorf("%w: the checkpoint's user namespace (%s) maps uids %s and gids %s, the spec's maps uids %s and gids %s; CRIU would make it with the checkpoint's maps",
+			ErrRefused, name, imageMaps(e.GetUidMap()), imageMaps(e.GetGidMap()), specMaps(l.UIDMappings), specMaps(l.GIDMappings))
 	}
 	return nil
+}
+
+// imageMaps and specMaps write id maps as uid_map does, one
+// "inside outside count" per range, ranges separated by commas.
+func imageMaps(m []*userns.UidGidExtent) string {
+	var out []string
+	for _, x := range m {
+		out = append(out, fmt.Sprintf("%d %d %d", x.GetFirst(), x.GetLowerFirst(), x.GetCount()))
+	}
+	return "[" + strings.Join(out, ", ") + "]"
+}
+
+func specMaps(m []specs.LinuxIDMapping) string {
+	var out []string
+	for _, x := range m {
+		out = append(out, fmt.Sprintf("%d %d %d", x.ContainerID, x.HostID, x.Size))
+	}
+	return "[" + strings.Join(out, ", ") + "]"
 }
 
 func sameMaps(image []*userns.UidGidExtent, spec []specs.LinuxIDMapping) bool {

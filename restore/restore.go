@@ -311,6 +311,11 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	}
 	plan.ImagesDir = confined.ImagesDir
 	plan.NarrowedTasks = confined.Narrowed
+	if _, ok := restorehook.SpecNamespace(spec, specs.UserNamespace); ok {
+		if err := shareWithUserNamespace(plan.ImagesDir, scratch); err != nil {
+			return nil, err
+		}
+	}
 
 	for _, e := range confined.External {
 		opts = append(opts, criuconf.Option{Name: "external", Value: e})

@@ -1,0 +1,90 @@
+//go:build integration && linux
+
+package integration
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// userNamespace is a ctr run's user namespace, mapping the container's
+// ids 0–65535 to the node's from base.
+func userNamespace(base string) []string {
+	return []string{"--uidmap", "0:" + base + ":65536", "--gidmap", "0:" + base + ":65536"}
+}
+
+// searchableTmpDir lets a user namespace's root reach the containers'
+// bundles and rootfs under tmpDir (runc needs it for a cold start as much
+// as for a restore), for the test.
+func searchableTmpDir(t *testing.T) {
+	t.Helper()
+	if err := os.Chmod(tmpDir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Chmod(tmpDir, 0o700) })
+}
+
+// startInUserNamespace starts script in a container of its own user
+// namespace (and so a network namespace runc makes in it), restored from
+// ref unless it is "".
+func startInUserNamespace(t *testing.T, ref, base, script string) (id, logFile string) {
+	t.Helper()
+	id = uniqueID(t)
+	ann := map[string]string{}
+	if ref != "" {
+		ann["snapboot.dev/checkpoint"] = ref
+	}
+	return id, runDetachedOpts(t, id, runOptions{Runtime: snapbootRuntime, Annotations: ann, Flags: userNamespace(base)}, "/bin/sh", "-c", script)
+}
+
+// A container with a user namespace restores, streamed from the registry
+// and then from the cache: CRIU reads the images as the namespace's root.
+// The clone's processes are the node's user 100000, as the spec maps them.
+// A clone whose spec maps the ids elsewhere cold-starts: CRIU would make
+// the namespace with the image's maps.
+func TestUserNamespaceRestores(t *testing.T) {
+	requireShim(t)
+	searchableTmpDir(t)
+	donor, donorLog := startInUserNamespace(t, "", "100000", bigCounterScript)
+	waitCount(t, donorLog, 10)
+	ref := registryAddr + "/it/userns:v1"
+	mustSnapboot(t, "checkpoint", donor, ref)
+	lastBeforeDump := numbers(donorLog)[len(numbers(donorLog))-1]
+
+	for _, want := range []string{"cached=false streamed=true", "cached=true streamed=false"} {
+		offset := containerdLogOffset()
+		clone, cloneLog := startInUserNamespace(t, ref, "100000", bigCounterScript)
+		line := logLine(t, offset, "snapboot.", clone, 60*time.Second)
+		if !strings.Contains(line, "event=snapboot.restore") {
+			t.Fatalf("not restored: %s", line)
+		}
+		for _, w := range strings.Fields(want) {
+			if !strings.Contains(line, w) {
+				t.Errorf("restore log line should say %s:\n%s", w, line)
+			}
+		}
+		if cs := waitCount(t, cloneLog, lastBeforeDump+3); cs[0] <= 5 || cs[0] > lastBeforeDump+1 {
+			t.Fatalf("clone counted from %d; the donor was at %d when the dump ended", cs[0], lastBeforeDump)
+		}
+		pid := taskPID(t, clone)
+		if uids := strings.Fields(statusField(t, pid, "Uid")); len(uids) != 4 || uids[0] != "100000" || uids[3] != "100000" {
+			t.Errorf("the clone runs as the node's users %v, want 100000 (its spec's root)", uids)
+		}
+		if m := strings.Fields(readFile(fmt.Sprintf("/proc/%d/uid_map", pid))); strings.Join(m, " ") != "0 100000 65536" {
+			t.Errorf("the clone's uid map is %q, want its spec's", m)
+		}
+		if got := ctr(t, "task", "exec", "--fifo-dir", fifoDir, "--exec-id", "ls", clone, "/bin/stat", "-c", "%u:%g %n", "/tmp/app.log"); got != "0:0 /tmp/app.log\n" {
+			t.Errorf("rootfs changes: the clone sees %q, want its root's /tmp/app.log", got)
+		}
+		if err := removeContainer(clone); err != nil {
+			t.Error(err)
+		}
+	}
+
+	offset := containerdLogOffset()
+	clone, cloneLog := startInUserNamespace(t, ref, "200000", bigCounterScript)
+	expectSpecFallback(t, offset, clone, cloneLog, "maps uids [0 100000 65536] and gids [0 100000 65536], the spec's maps uids [0 200000 65536]")
+}

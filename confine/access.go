@@ -52,20 +52,29 @@ func grantedCaps(spec *specs.Spec, m masks) (caps uint64, nodeCaps bool) {
 // system are looked up in its layers, files of the spec's bind mounts
 // under their sources, the node's global proc and sysfs files in the
 // shim's; a file's POSIX ACL counts where it has one. A tmpfs's files
-// come from the checkpoint itself. Not checked: any file with a user
-// namespace in the spec (the kernel's rules there depend on the
-// namespace's mappings), nor with
+// come from the checkpoint itself. Not checked: any file, with
 // CAP_DAC_OVERRIDE, or CAP_SETUID with CAP_SETGID (the app could become
 // the file's owner). Whoever the user: names through proc's links to
 // other files (CRIU follows them) and proc files that show what their
 // opener's capabilities allow are refused without the capability.
+//
+// With a user namespace in the spec, CRIU opens them as the namespace's
+// root, whose capabilities count only for a file whose owner and group
+// the namespace maps (the kernel's privileged_wrt_inode_uidgid): the
+// user and groups are then the node's ids the spec's map to, and the
+// spec's capabilities let the user past the bits of such files only.
 type fileAccess struct {
-	uid        uint32
-	gids       []uint32
-	checkBits  bool // permission bits count
-	readSearch bool // CAP_DAC_READ_SEARCH: reading files, reading and searching directories
-	caps       uint64
-	ownPIDNS   bool // the spec has a PID namespace of its own: /proc/<pid> are the container's processes
+	uid        uint32   // the spec's user, as the node sees it
+	gids       []uint32 // the spec's groups, as the node sees them
+	checkBits  bool     // permission bits count
+	readSearch bool     // CAP_DAC_READ_SEARCH: reading files, reading and searching directories
+	caps       uint64   // the capabilities the spec grants on the node (none with a user namespace)
+	// userns is the spec's user namespace, if it has one: its capabilities
+	// (nsCaps) count for files whose owner and group it maps.
+	userns   *idMaps
+	nsCaps   uint64
+	specUID  uint32 // the spec's user, in its user namespace
+	ownPIDNS bool   // the spec has a PID namespace of its own: /proc/<pid> are the container's processes
 	// sharedPIDNS: the spec joins one by path (a pod's shared one), where
 	// other containers' processes are too: only the checkpoint's own pids
 	// (pids) count.
@@ -85,15 +94,22 @@ type fileAccess struct {
 func newFileAccess(spec *specs.Spec, m masks, mounts []*mnt.MntEntry, root *layers) *fileAccess {
 	a := &fileAccess{mounts: mounts, layers: root, binds: map[string]specs.Mount{}, hostProc: "/proc", hostSys: "/sys"}
 	caps, nodeCaps := grantedCaps(spec, m)
+	if spec.Process != nil {
+		a.specUID = spec.Process.User.UID
+		a.uid, a.gids = spec.Process.User.UID, append([]uint32{spec.Process.User.GID}, spec.Process.User.AdditionalGids...)
+	}
 	if !nodeCaps {
+		a.userns = specIDMaps(spec)
+		a.nsCaps = caps
+		a.uid = a.userns.uid(a.uid)
+		for i, g := range a.gids {
+			a.gids[i] = a.userns.gid(g)
+		}
 		caps = 0
 	}
 	a.caps = caps
 	has := func(c int) bool { return caps&(1<<uint(c)) != 0 }
-	if spec.Process != nil {
-		a.uid, a.gids = spec.Process.User.UID, append([]uint32{spec.Process.User.GID}, spec.Process.User.AdditionalGids...)
-	}
-	a.checkBits = nodeCaps && !has(unix.CAP_DAC_OVERRIDE) && !(has(unix.CAP_SETUID) && has(unix.CAP_SETGID))
+	a.checkBits = !has(unix.CAP_DAC_OVERRIDE) && !(has(unix.CAP_SETUID) && has(unix.CAP_SETGID))
 	a.readSearch = has(unix.CAP_DAC_READ_SEARCH)
 	pidns, ok := restorehook.SpecNamespace(spec, specs.PIDNamespace)
 	a.ownPIDNS = ok && pidns.Path == ""
@@ -105,6 +121,22 @@ func newFileAccess(spec *specs.Spec, m masks, mounts []*mnt.MntEntry, root *laye
 		a.cwd = path.Clean(spec.Process.Cwd)
 	}
 	return a
+}
+
+// user names the spec's user in messages: with a user namespace, with the
+// node's id too.
+func (a *fileAccess) user() string {
+	if a.userns == nil {
+		return strconv.FormatUint(uint64(a.uid), 10)
+	}
+	return fmt.Sprintf("%d, the node's %d", a.specUID, a.uid)
+}
+
+// nsCapable reports whether the spec's capability c, in its user
+// namespace, covers a file with the node's ids in st: the namespace must
+// map both its owner and its group.
+func (a *fileAccess) nsCapable(c int, st *syscall.Stat_t) bool {
+	return a.userns != nil && a.nsCaps&(1<<uint(c)) != 0 && a.userns.maps(st.Uid, st.Gid)
 }
 
 // checkpointPids returns the pids and thread ids of the checkpoint's
@@ -436,11 +468,11 @@ func (a *fileAccess) permitted(name string, entries []entry, want uint32) error 
 		}
 		st := statOf(e.fi)
 		if last {
-			return fmt.Errorf("the checkpoint holds %s open, which the spec's user (%d) may not %s (mode %o, owner %d:%d); CRIU would open it as root",
-				name, a.uid, accessWords(need), e.fi.Mode().Perm(), st.Uid, st.Gid)
+			return fmt.Errorf("the checkpoint holds %s open, which the spec's user (%s) may not %s (mode %o, owner %d:%d); CRIU would open it as root",
+				name, a.user(), accessWords(need), e.fi.Mode().Perm(), st.Uid, st.Gid)
 		}
-		return fmt.Errorf("the checkpoint holds %s open, under a directory the spec's user (%d) may not search (mode %o, owner %d:%d); CRIU would open it as root",
-			name, a.uid, e.fi.Mode().Perm(), st.Uid, st.Gid)
+		return fmt.Errorf("the checkpoint holds %s open, under a directory the spec's user (%s) may not search (mode %o, owner %d:%d); CRIU would open it as root",
+			name, a.user(), e.fi.Mode().Perm(), st.Uid, st.Gid)
 	}
 	return nil
 }
@@ -468,10 +500,15 @@ func statOf(fi os.FileInfo) *syscall.Stat_t {
 
 // allows reports whether the spec's user may access e as need, by its
 // permission bits, or its POSIX ACL where it has one, and
-// CAP_DAC_READ_SEARCH.
+// CAP_DAC_READ_SEARCH; with a user namespace, by the capabilities the
+// spec grants in it where they cover e (nsCapable).
 func (a *fileAccess) allows(e entry, need uint32) bool {
 	fi := e.fi
-	if a.readSearch {
+	st := statOf(fi)
+	if a.nsCapable(unix.CAP_DAC_OVERRIDE, st) || a.nsCapable(unix.CAP_SETUID, st) && a.nsCapable(unix.CAP_SETGID, st) {
+		return true
+	}
+	if a.readSearch || a.nsCapable(unix.CAP_DAC_READ_SEARCH, st) {
 		if fi.IsDir() {
 			need &^= wantRead | wantExec
 		} else {
@@ -481,7 +518,6 @@ func (a *fileAccess) allows(e entry, need uint32) bool {
 			return true
 		}
 	}
-	st := statOf(fi)
 	if e.path != "" {
 		buf := make([]byte, 4+8*64)
 		if n, err := unix.Lgetxattr(e.path, "system.posix_acl_access", buf); err == nil {

@@ -188,20 +188,23 @@ func TestFileAccess(t *testing.T) {
 		{name: "a bind whose key runc resolved", spec: app(), file: "/run/secrets/token", refuse: "may not read"},
 		{name: "a readable file of a bind whose key runc resolved", spec: app(), file: "/run/secrets/public"},
 		{name: "CAP_DAC_READ_SEARCH does not execute", spec: app("CAP_DAC_READ_SEARCH"), file: "/usr/bin/prog", flags: unix.O_RDWR, searched: true, refuse: "may not write"},
-		{name: "a user namespace's root, its own file", spec: func() *specs.Spec {
-			s := rootSpec()
-			s.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.UserNamespace}}
-			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
+		{name: "a user namespace's root, its own file", spec: inUserNS(rootSpec()), file: "/mapped", flags: unix.O_RDWR},
+		// The node's root is not in the namespace: CRIU, its root, could
+		// not open the file either.
+		{name: "a user namespace's root, the node's root's file", spec: inUserNS(rootSpec("CAP_DAC_OVERRIDE")), file: "/etc/shadow", refuse: "(0, the node's 100000) may not read (mode 600, owner 0:0)"},
+		{name: "a user namespace's root, the node's root's readable file", spec: inUserNS(rootSpec("CAP_DAC_OVERRIDE")), file: "/etc/hosts"},
+		{name: "a user namespace's user, its root's file", spec: inUserNS(app()), file: "/mapped", refuse: "(1000, the node's 101000) may not read"},
+		{name: "a user namespace's user, its root's file, CAP_DAC_OVERRIDE", spec: inUserNS(app("CAP_DAC_OVERRIDE")), file: "/mapped", flags: unix.O_RDWR},
+		{name: "a user namespace's user, its root's file, CAP_DAC_READ_SEARCH", spec: inUserNS(app("CAP_DAC_READ_SEARCH")), file: "/mapped"},
+		{name: "a user namespace's user, its root's file, CAP_SETUID and CAP_SETGID", spec: inUserNS(app("CAP_SETUID", "CAP_SETGID")), file: "/mapped"},
+		{name: "a user namespace's user, the node's root's file, CAP_SETUID and CAP_SETGID", spec: inUserNS(app("CAP_SETUID", "CAP_SETGID")), file: "/etc/shadow", refuse: "may not read"},
+		{name: "a user namespace's user, under the node's root's directory, CAP_DAC_READ_SEARCH", spec: inUserNS(app("CAP_DAC_READ_SEARCH")), file: "/private/readable", refuse: "may not search"},
+		{name: "a user namespace mapping the node's ids as they are, CAP_DAC_OVERRIDE", spec: func() *specs.Spec {
+			s := inUserNS(app("CAP_DAC_OVERRIDE"))
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 0, Size: 65536}}
 			s.Linux.GIDMappings = s.Linux.UIDMappings
 			return s
-		}(), file: "/mapped"},
-		{name: "a user namespace's root, the node's root's file", spec: func() *specs.Spec {
-			s := rootSpec("CAP_DAC_OVERRIDE")
-			s.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.UserNamespace}}
-			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
-			s.Linux.GIDMappings = s.Linux.UIDMappings
-			return s
-		}(), file: "/etc/shadow"}, // not checked in a user namespace
+		}(), file: "/etc/shadow", flags: unix.O_RDWR},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m, err := specMasks(c.spec)
@@ -221,6 +224,15 @@ func TestFileAccess(t *testing.T) {
 			}
 		})
 	}
+}
+
+// inUserNS gives s a user namespace that maps its ids 0–65535 to the
+// node's from 100000.
+func inUserNS(s *specs.Spec) *specs.Spec {
+	s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+	s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
+	s.Linux.GIDMappings = s.Linux.UIDMappings
+	return s
 }
 
 // A file named through a symbolic link in a tmpfs's contents (which come

@@ -158,6 +158,7 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 	c := fileChecks{caps: caps, net: net, hostCaps: nodeCaps, taskUIDs: taskUIDs}
 	if spec.Process != nil {
 		c.uid = spec.Process.User.UID
+		c.gids = append([]uint32{spec.Process.User.GID}, spec.Process.User.AdditionalGids...)
 	}
 	var err error
 	if c.netns, c.netnsKnown, err = checkpointNetns(imagesDir, names); err != nil {
@@ -260,6 +261,7 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 
 type fileChecks struct {
 	uid      uint32          // the spec's user
+	gids     []uint32        // the spec's groups
 	taskUIDs map[uint32]bool // the user ids the checkpoint's tasks run with
 	caps     uint64          // what the spec grants (grantedCaps)
 	watched  []string        // paths of inotify watches
@@ -282,6 +284,14 @@ func (c *fileChecks) granted(cap int, network bool) bool {
 	if network && !c.net.capsCount || !network && !c.hostCaps {
 		return false
 	}
+	return c.caps&(1<<uint(cap)) != 0
+}
+
+// grantedOwn reports whether the spec lets the app have capability c
+// over the container's own ids: ownership and credentials, which a user
+// namespace's capabilities cover for the ids it maps, as CRIU sets them
+// in it.
+func (c *fileChecks) grantedOwn(cap int) bool {
 	return c.caps&(1<<uint(cap)) != 0
 }
 

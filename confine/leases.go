@@ -35,7 +35,7 @@ const (
 //
 // A lease's file is found through its task's file table (ids-<pid>.img,
 // fdinfo-<files id>.img) and looked up as the access check does; where it
-// cannot be (a tmpfs, proc, a user namespace in the spec), the lease is
+// cannot be (a tmpfs, proc), the lease is
 // refused unless the spec grants CAP_LEASE or CAP_SETUID. A deleted file's
 // is looked up at its link (r.links); one CRIU makes from its image (a
 // ghost) no one else can open, and is not looked up.
@@ -80,10 +80,10 @@ func checkLeases(imagesDir string, names []string, regs map[uint32]*regfile.RegF
 		switch {
 		case err != nil:
 			return err
-		case !ok || !c.hostCaps:
+		case !ok:
 			return fmt.Errorf("task %d holds a lease on %s, whose owner snapboot cannot tell; the spec grants neither CAP_LEASE nor CAP_SETUID", l.GetPid(), name)
 		case uid != a.uid:
-			return fmt.Errorf("task %d holds a lease on %s, owned by uid %d: the spec's user (%d) may not take one without CAP_LEASE or CAP_SETUID, which the spec grants neither of", l.GetPid(), name, uid, a.uid)
+			return fmt.Errorf("task %d holds a lease on %s, owned by uid %d: the spec's user (%s) may not take one without CAP_LEASE or CAP_SETUID, which the spec grants neither of", l.GetPid(), name, uid, a.user())
 		}
 	}
 	return nil

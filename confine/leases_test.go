@@ -27,6 +27,7 @@ func TestLeases(t *testing.T) {
 	put(t, upper, "home/app/own", 1000, 1000, 0o644)
 	put(t, volume, "theirs", 0, 0, 0o644)
 	put(t, volume, "mine", 1000, 1000, 0o644)
+	put(t, volume, "mapped", 100000, 100000, 0o644)
 	put(t, volume, "dir/", 0, 0, 0o755)
 	if err := os.Symlink("../mine", filepath.Join(volume, "dir/link")); err != nil {
 		t.Fatal(err)
@@ -41,11 +42,8 @@ func TestLeases(t *testing.T) {
 		s.Mounts = []specs.Mount{{Destination: "/data", Type: "bind", Source: volume, Options: []string{"rbind"}}}
 		return s
 	}
-	userns := func() *specs.Spec {
-		s := app(1000, "CAP_LEASE")
-		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
-		return s
-	}
+	// CAP_LEASE counts on the node only (the kernel's capable()).
+	userns := func(uid uint32) *specs.Spec { return inUserNS(app(uid, "CAP_LEASE")) }
 	lease := &filelock.FileLockEntry{Flag: proto.Uint32(lockLease), Type: proto.Uint32(unix.F_RDLCK), Pid: proto.Int32(1), Fd: proto.Int32(3),
 		Start: proto.Int64(0), Len: proto.Int64(0)}
 	leaseFlag24 := proto.Clone(lease).(*filelock.FileLockEntry)
@@ -75,7 +73,8 @@ func TestLeases(t *testing.T) {
 		{name: "a user's lease on root's file in a volume", spec: app(1000), file: "/data/theirs", lock: lease, refuse: "owned by uid 0"},
 		{name: "a lease through a link in a volume", spec: app(1000), file: "/data/dir/link", lock: lease, refuse: "cannot tell"},
 		{name: "a lease on a tmpfs file", spec: app(1000), file: "/tmp/x", lock: lease, refuse: "cannot tell"},
-		{name: "a user's lease on its own file, in a user namespace", spec: userns(), file: "/home/app/own", lock: lease, refuse: "cannot tell"},
+		{name: "a user's lease on its own file, in a user namespace", spec: userns(0), file: "/data/mapped", lock: lease},
+		{name: "a user's lease on a file of the node's same id, in a user namespace", spec: userns(1000), file: "/home/app/own", lock: lease, refuse: "owned by uid 1000: the spec's user (1000, the node's 101000)"},
 		{name: "a lease on a tmpfs file, CAP_LEASE", spec: app(1000, "CAP_LEASE"), file: "/tmp/x", lock: lease},
 	} {
 		t.Run(c.name, func(t *testing.T) {

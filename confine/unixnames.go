@@ -44,8 +44,11 @@ import (
 // inside a mount whose entries snapboot cannot look up (proc, sysfs, a
 // tmpfs whose contents do not list) is refused.
 // Not checked, as for the files the tasks hold (see fileAccess): a spec
-// with a user namespace, or one that grants CAP_DAC_OVERRIDE (its user may
-// write anywhere in the container).
+// that grants CAP_DAC_OVERRIDE (its user may write anywhere in the
+// container). With a user namespace, CRIU binds as the namespace's root:
+// the user and groups are the node's ids the spec's map to, and the
+// capabilities the spec grants in it count for files whose owner and
+// group it maps.
 func unixNames(socks []*skunix.UnixSkEntry, c *fileChecks, access func() *fileAccess) error {
 	for _, u := range socks {
 		// Every socket with a path name: one flagged external that a task
@@ -108,22 +111,26 @@ func socketPath(u *skunix.UnixSkEntry) (string, error) {
 }
 
 // socketOwner checks the owner CRIU gives a socket's file (see unixNames).
+// The image's ids, the tasks' and the spec's are all the container's (in
+// its user namespace, if it has one, where CRIU sets them as the
+// namespace's root and the spec's capabilities count for them).
 func (c *fileChecks) socketOwner(u *skunix.UnixSkEntry, name string, a *fileAccess) error {
 	perms := u.GetFilePerms()
-	if perms == nil || !c.hostCaps || c.granted(unix.CAP_CHOWN, false) {
+	if perms == nil || c.grantedOwn(unix.CAP_CHOWN) {
 		return nil
 	}
-	if uid := perms.GetUid(); uid != c.uid && !c.taskUIDs[uid] && !c.granted(unix.CAP_SETUID, false) {
+	if uid := perms.GetUid(); uid != c.uid && !c.taskUIDs[uid] && !c.grantedOwn(unix.CAP_SETUID) {
 		return fmt.Errorf("the unix socket %s would be owned by uid %d, which CRIU sets as root; the tasks do not run as that user and the spec does not grant CAP_CHOWN", name, uid)
 	}
-	if gid := perms.GetGid(); !slices.Contains(a.gids, gid) && !c.granted(unix.CAP_SETGID, false) && !a.inSetgidDir(name, gid) {
+	if gid := perms.GetGid(); !slices.Contains(c.gids, gid) && !c.grantedOwn(unix.CAP_SETGID) && !a.inSetgidDir(name, gid) {
 		return fmt.Errorf("the unix socket %s would be in group %d, which CRIU sets as root; it is not among the spec's groups and the spec does not grant CAP_CHOWN", name, gid)
 	}
 	return nil
 }
 
 // inSetgidDir reports whether name's directory is set-group-ID with group
-// gid, which the kernel then gives the files made in it.
+// gid (the container's id), which the kernel then gives the files made in
+// it.
 func (a *fileAccess) inSetgidDir(name string, gid uint32) bool {
 	dir, exists, err := a.resolveDir(path.Dir(name))
 	if err != nil || !exists {
@@ -132,6 +139,9 @@ func (a *fileAccess) inSetgidDir(name string, gid uint32) bool {
 	entries, err := a.dirEntries(dir)
 	if err != nil || len(entries) == 0 {
 		return false
+	}
+	if a.userns != nil {
+		gid = a.userns.gid(gid)
 	}
 	for _, e := range entries {
 		if e.fi.Mode()&os.ModeSetgid == 0 || statOf(e.fi).Gid != gid {
@@ -165,8 +175,8 @@ func (a *fileAccess) socketDir(name string, relative, deleted bool) error {
 	for _, e := range entries {
 		if !a.allows(e, wantWrite|wantExec) {
 			st := statOf(e.fi)
-			return fmt.Errorf("the unix socket %s is in %s, where the spec's user (%d) may not make or remove files (mode %o, owner %d:%d); CRIU would unlink and bind it as root",
-				name, dir, a.uid, e.fi.Mode().Perm(), st.Uid, st.Gid)
+			return fmt.Errorf("the unix socket %s is in %s, where the spec's user (%s) may not make or remove files (mode %o, owner %d:%d); CRIU would unlink and bind it as root",
+				name, dir, a.user(), e.fi.Mode().Perm(), st.Uid, st.Gid)
 		}
 	}
 	if !exists || a.caps&(1<<unix.CAP_FOWNER) != 0 {
@@ -199,8 +209,11 @@ func (a *fileAccess) socketDir(name string, relative, deleted bool) error {
 			if there == nil {
 				continue
 			}
+			if a.nsCapable(unix.CAP_FOWNER, statOf(there)) {
+				continue
+			}
 			if owner, dirOwner := statOf(there).Uid, statOf(e.fi).Uid; owner != a.uid && dirOwner != a.uid {
-				return fmt.Errorf("the unix socket %s would remove or move %s, a file of uid %d in sticky directory %s, which the spec's user (%d) may not; CRIU would do it as root", name, base, owner, dir, a.uid)
+				return fmt.Errorf("the unix socket %s would remove or move %s, a file of uid %d in sticky directory %s, which the spec's user (%s) may not; CRIU would do it as root", name, base, owner, dir, a.user())
 			}
 		}
 	}
@@ -233,7 +246,7 @@ func (a *fileAccess) searchable(dir string, relative bool) error {
 		for _, e := range entries {
 			if !a.allows(e, wantExec) {
 				st := statOf(e.fi)
-				return fmt.Errorf("the spec's user (%d) may not search %s (mode %o, owner %d:%d), on the way to %s, which CRIU reaches as root", a.uid, above, e.fi.Mode().Perm(), st.Uid, st.Gid, dir)
+				return fmt.Errorf("the spec's user (%s) may not search %s (mode %o, owner %d:%d), on the way to %s, which CRIU reaches as root", a.user(), above, e.fi.Mode().Perm(), st.Uid, st.Gid, dir)
 			}
 		}
 		if above == top || above == "/" {

@@ -66,9 +66,12 @@ func TestUnixSocketNames(t *testing.T) {
 		s.Process.Cwd = cwd
 		return s
 	}
-	userns := func() *specs.Spec {
-		s := app(1000)
+	// A user namespace that maps the node's ids from base, size ids of
+	// them.
+	userns := func(s *specs.Spec, base, size uint32) *specs.Spec {
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: base, Size: size}}
+		s.Linux.GIDMappings = s.Linux.UIDMappings
 		return s
 	}
 	sock := func(name string) *skunix.UnixSkEntry { // a path name gets its NUL, as the kernel keeps it
@@ -111,7 +114,17 @@ func TestUnixSocketNames(t *testing.T) {
 		{"in the user's directory", app(1000), sock("/run/app/x.sock"), ""},
 		{"in root's directory", app(1000), sock("/run/x.sock"), "may not make or remove files (mode 755, owner 0:0)"},
 		{"in root's directory, CAP_DAC_OVERRIDE", app(1000, "CAP_DAC_OVERRIDE"), sock("/run/x.sock"), ""},
-		{"in root's directory, a user namespace", userns(), sock("/run/x.sock"), ""},
+		{"in root's directory, a user namespace", userns(app(1000), 0, 65536), sock("/run/x.sock"), "user (1000, the node's 1000) may not make or remove files"},
+		{"in root's directory, a user namespace, CAP_DAC_OVERRIDE", userns(app(1000, "CAP_DAC_OVERRIDE"), 0, 65536), sock("/run/x.sock"), ""},
+		{"in the node's root's directory, a user namespace's root", userns(app(0, "CAP_DAC_OVERRIDE"), 100000, 65536), sock("/run/x.sock"), "user (0, the node's 100000) may not make or remove files (mode 755, owner 0:0)"},
+		{"in its user's directory, a user namespace's user", userns(app(0), 1000, 1), sock("/run/app/x.sock"), ""},
+		{"in a volume's directory of its root's, a user namespace's user", userns(app(1000), 0, 65536), sock("/data/rootonly/x.sock"), "is in /data/rootonly, where"},
+		{"replacing its root's file in a sticky directory, a user namespace, CAP_FOWNER", userns(app(1000, "CAP_FOWNER"), 0, 65536), sock("/shared/theirs.sock"), ""},
+		{"replacing the node's root's file in a sticky directory, a user namespace, CAP_FOWNER", userns(app(0, "CAP_FOWNER"), 1000, 1), sock("/shared/theirs.sock"), "a file of uid 0 in sticky directory /shared, which the spec's user (0, the node's 1000) may not"},
+		{"owned by root, a user namespace, CAP_CHOWN", userns(app(1000, "CAP_CHOWN"), 0, 65536), owned("/run/app/x.sock", 0, 0), ""},
+		{"owned by root, a user namespace", userns(app(1000), 0, 65536), owned("/run/app/x.sock", 0, 1000), "owned by uid 0"},
+		{"in a set-group-ID directory's group, a user namespace", userns(app(1000, "CAP_DAC_OVERRIDE"), 1000, 65536), owned("/data/group/x.sock", 1000, 4000), ""},
+		{"in another group than a set-group-ID directory's, a user namespace", userns(app(1000, "CAP_DAC_OVERRIDE"), 1000, 65536), owned("/data/group/x.sock", 1000, 5000), "in group 5000"},
 		{"in root's directory, as root", app(0), sock("/run/x.sock"), ""},
 		{"through Debian's /var/run", app(1000), sock("/var/run/app/x.sock"), ""},
 		{"through Debian's /var/run, into root's directory", app(1000), sock("/var/run/x.sock"), "is in /run, where"},
@@ -165,7 +178,8 @@ func TestUnixSocketNames(t *testing.T) {
 				t.Fatal(err)
 			}
 			caps, nodeCaps := grantedCaps(c.spec, m)
-			checks := &fileChecks{caps: caps, hostCaps: nodeCaps, uid: c.spec.Process.User.UID, taskUIDs: map[uint32]bool{c.spec.Process.User.UID: true}}
+			u := c.spec.Process.User
+			checks := &fileChecks{caps: caps, hostCaps: nodeCaps, uid: u.UID, gids: append([]uint32{u.GID}, u.AdditionalGids...), taskUIDs: map[uint32]bool{u.UID: true}}
 			layers := &layers{dirs: []string{upper, lower}}
 			defer layers.close()
 			var access *fileAccess

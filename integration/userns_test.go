@@ -4,8 +4,11 @@ package integration
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -87,4 +90,70 @@ func TestUserNamespaceRestores(t *testing.T) {
 	offset := containerdLogOffset()
 	clone, cloneLog := startInUserNamespace(t, ref, "200000", bigCounterScript)
 	expectSpecFallback(t, offset, clone, cloneLog, "maps uids [0 100000 65536] and gids [0 100000 65536], the spec's maps uids [0 200000 65536]")
+}
+
+// TestUnixSocketNameInUserNamespaceNeedsItsDirectory is
+// TestUnixSocketNameNeedsItsDirectory in a user namespace: the volume is
+// the namespace's root's (the node's 100000), and so is the socket another
+// program listens on there. CRIU binds the clone's socket as the
+// namespace's root, whose capabilities cover the volume: without the
+// check it replaced that socket for a clone running as the namespace's
+// nobody, without capabilities, who may not write there.
+func TestUnixSocketNameInUserNamespaceNeedsItsDirectory(t *testing.T) {
+	requireShim(t)
+	searchableTmpDir(t)
+	program, flags := buildProgram(t, "unixsock", unixSocketProgram)
+	volume := testDir(t)
+	if err := os.Chown(volume, 100000, 100000); err != nil {
+		t.Fatal(err)
+	}
+	flags = append(flags, "--mount", "type=bind,src="+volume+",dst=/vol,options=rbind:rw")
+	start := func(ref string, extra ...string) (id, logFile string) {
+		id = uniqueID(t)
+		ann := map[string]string{}
+		if ref != "" {
+			ann["snapboot.dev/checkpoint"] = ref
+		}
+		f := append(append(userNamespace("100000"), flags...), extra...)
+		return id, runDetachedOpts(t, id, runOptions{Runtime: snapbootRuntime, Annotations: ann, Flags: f}, "/bin/sh", "-c", program)
+	}
+	donor, donorLog := start("")
+	waitCount(t, donorLog, 5)
+	sock := filepath.Join(volume, "app.sock")
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Sys().(*syscall.Stat_t).Uid != 100000 {
+		t.Fatalf("the donor's socket: %v, %v", fi, err)
+	}
+	asDumped := packAndPush(t, donor, registryAddr+"/it/userns:unixsock", packOptions{})
+	nobody := packAndPush(t, donor, registryAddr+"/it/userns:unixsock-nobody", packOptions{tamper: asNobodyWithSocket("/vol/app.sock")})
+	t.Run("as dumped", func(t *testing.T) {
+		offset := containerdLogOffset()
+		clone, cloneLog := start(asDumped.Ref)
+		expectRestored(t, offset, clone, cloneLog)
+		if err := removeContainer(clone); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Run("as nobody", func(t *testing.T) {
+		os.Remove(sock)
+		node, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer node.Close()
+		if err := os.Lchown(sock, 100000, 100000); err != nil {
+			t.Fatal(err)
+		}
+		before, err := os.Lstat(sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		offset := containerdLogOffset()
+		clone, cloneLog := start(nobody.Ref, append([]string{"--user", "65534:65534"}, dropAll...)...)
+		waitCount(t, cloneLog, 3) // restored or cold-started
+		after, err := os.Lstat(sock)
+		if err != nil || !os.SameFile(before, after) {
+			t.Errorf("the socket at %s was replaced or removed: %v", sock, err)
+		}
+		expectSpecFallback(t, offset, clone, cloneLog, "the unix socket /vol/app.sock is in /vol, where the spec's user (65534, the node's 165534) may not make or remove files")
+	})
 }

@@ -44,12 +44,19 @@ func stackRootfsChanges(mounts []*types.Mount, dir string) ([]*types.Mount, erro
 
 // rootfsLayers returns the directories of a rootfs, topmost first: an
 // overlay's upper and lower directories, or a bind mount's source. It
-// returns nil for mounts it does not know.
+// returns nil for mounts it does not know, and for an ID-mapped one
+// (containerd's uidmap and gidmap options, for a user namespace): the
+// owners its directories hold are not the ones the container sees.
 func rootfsLayers(mounts []*types.Mount) []string {
 	if len(mounts) != 1 {
 		return nil
 	}
 	m := mounts[0]
+	for _, o := range m.Options {
+		if strings.HasPrefix(o, "uidmap=") || strings.HasPrefix(o, "gidmap=") {
+			return nil
+		}
+	}
 	switch m.Type {
 	case "overlay":
 		var upper string

@@ -20,7 +20,8 @@ func TestRootfsLayers(t *testing.T) {
 	if got := rootfsLayers(bind); !slices.Equal(got, []string{"/s/1/fs"}) {
 		t.Errorf("bind: %q", got)
 	}
-	for _, m := range [][]*types.Mount{nil, {{Type: "ext4", Source: "/dev/vdb"}}, append(bind, bind...)} {
+	idmapped := []*types.Mount{{Type: "overlay", Options: []string{"upperdir=/s/2/fs", "lowerdir=/s/1/fs", "uidmap=0:100000:65536", "gidmap=0:100000:65536"}}}
+	for _, m := range [][]*types.Mount{nil, {{Type: "ext4", Source: "/dev/vdb"}}, append(bind, bind...), idmapped} {
 		if got := rootfsLayers(m); got != nil {
 			t.Errorf("%v: %q, want none", m, got)
 		}

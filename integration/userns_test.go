@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,16 +32,17 @@ func searchableTmpDir(t *testing.T) {
 }
 
 // startInUserNamespace starts script in a container of its own user
-// namespace (and so a network namespace runc makes in it), restored from
-// ref unless it is "".
-func startInUserNamespace(t *testing.T, ref, base, script string) (id, logFile string) {
+// namespace (userNamespace(base), and so a network namespace runc makes
+// in it), with more ctr run flags, restored from ref unless it is "".
+func startInUserNamespace(t *testing.T, ref, base, script string, flags ...string) (id, logFile string) {
 	t.Helper()
 	id = uniqueID(t)
 	ann := map[string]string{}
 	if ref != "" {
 		ann["snapboot.dev/checkpoint"] = ref
 	}
-	return id, runDetachedOpts(t, id, runOptions{Runtime: snapbootRuntime, Annotations: ann, Flags: userNamespace(base)}, "/bin/sh", "-c", script)
+	f := slices.Concat(userNamespace(base), flags)
+	return id, runDetachedOpts(t, id, runOptions{Runtime: snapbootRuntime, Annotations: ann, Flags: f}, "/bin/sh", "-c", script)
 }
 
 // A container with a user namespace restores, streamed from the registry
@@ -109,13 +111,7 @@ func TestUnixSocketNameInUserNamespaceNeedsItsDirectory(t *testing.T) {
 	}
 	flags = append(flags, "--mount", "type=bind,src="+volume+",dst=/vol,options=rbind:rw")
 	start := func(ref string, extra ...string) (id, logFile string) {
-		id = uniqueID(t)
-		ann := map[string]string{}
-		if ref != "" {
-			ann["snapboot.dev/checkpoint"] = ref
-		}
-		f := append(append(userNamespace("100000"), flags...), extra...)
-		return id, runDetachedOpts(t, id, runOptions{Runtime: snapbootRuntime, Annotations: ann, Flags: f}, "/bin/sh", "-c", program)
+		return startInUserNamespace(t, ref, "100000", program, slices.Concat(flags, extra)...)
 	}
 	donor, donorLog := start("")
 	waitCount(t, donorLog, 5)

@@ -683,11 +683,30 @@ func (r *remaps) check(imagesDir string, names []string) error {
 			if err := r.made(link.GetName(), orig.GetMntId(), "link to a deleted file"); err != nil {
 				return err
 			}
+			if err := linkRemapName(link.GetName(), orig.GetName(), remapID); err != nil {
+				return err
+			}
 			r.links[rp.GetOrigId()] = link.GetName()
 		case remapfilepath.RemapType_PROCFS:
 		default:
 			return fmt.Errorf("remap-fpath.img has remap type %d", typ)
 		}
+	}
+	return nil
+}
+
+// linkRemapName checks the name of a deleted file's link: once the
+// restore is done, CRIU's own process removes it, as the node's root
+// (clean_one_remap), whatever the container's user or user namespace. So
+// it must be a link CRIU's dump made: link_remap.<its id> in the deleted
+// file's directory, or in one above it where that one was gone
+// (create_link_remap). Any other name could be another program's file,
+// in a volume say, which the restore would remove.
+func linkRemapName(link, deleted string, id uint32) error {
+	want := "link_remap." + strconv.Itoa(int(int32(id))) // CRIU's %d
+	dir, file := path.Dir(link), path.Base(link)
+	if file != want || !path.IsAbs(link) || (dir != path.Dir(deleted) && !strings.HasPrefix(path.Dir(deleted), strings.TrimSuffix(dir, "/")+"/")) {
+		return fmt.Errorf("the link %s to deleted file %s is not the %s CRIU's dump makes in the file's directory, and CRIU would remove it as root after the restore", link, deleted, want)
 	}
 	return nil
 }

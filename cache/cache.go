@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -47,8 +48,10 @@ type Cache struct {
 // tightened if they were made with wider permissions. tmp/ may also be
 // searched by others, not listed (mode 711): a restore into a user
 // namespace reads its streamed page images through it, from its images
-// directory's descriptor, as the namespace's root (see ShareDir). No one
-// but root reaches it by a path: the cache root is root's alone.
+// directory's descriptor, as the namespace's root (see package restore's
+// shareWithUserNamespace). No one but root reaches it by a path: the cache
+// root is root's alone. A directory owned by another user is refused: its
+// owner could change its mode or its entries.
 func Open(root string) (*Cache, error) {
 	if !filepath.IsAbs(root) {
 		return nil, fmt.Errorf("cache root %q must be absolute", root)
@@ -86,6 +89,9 @@ func private(dir string, mode os.FileMode) error {
 	}
 	if !fi.IsDir() {
 		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s is owned by uid %d, not by this process's user (%d): the cache holds the donors' memory", dir, st.Uid, os.Geteuid())
 	}
 	if fi.Mode().Perm() == mode {
 		return nil

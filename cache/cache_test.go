@@ -277,6 +277,19 @@ func TestOpenMakesCachePrivate(t *testing.T) {
 			t.Errorf("%s/%s has mode %o, want %o", root, d, perm, want)
 		}
 	}
+	// A directory of another user's is an error: its owner could change it.
+	if os.Geteuid() == 0 {
+		theirs := filepath.Join(t.TempDir(), "cache")
+		if err := os.MkdirAll(filepath.Join(theirs, "tmp"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(filepath.Join(theirs, "tmp"), 1000, 1000); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Open(theirs); err == nil || !strings.Contains(err.Error(), "owned by uid 1000") {
+			t.Errorf("a tmp/ of uid 1000's: %v", err)
+		}
+	}
 	// A file where a directory belongs is an error, not something to chmod.
 	bad := filepath.Join(t.TempDir(), "cache")
 	if err := os.MkdirAll(bad, 0o700); err != nil {

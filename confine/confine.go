@@ -136,6 +136,9 @@ func Apply(imagesDir, workDir string, spec *specs.Spec, seccompFilter []byte, ro
 }
 
 func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas func(string) bool) (*Result, error) {
+	if err := checkIDMappedMounts(spec); err != nil {
+		return nil, err
+	}
 	m, err := specMasks(spec)
 	if err != nil {
 		return nil, err

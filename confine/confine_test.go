@@ -237,3 +237,24 @@ func TestZombieTask(t *testing.T) {
 		t.Fatalf("a live task without credentials: %v, want a refusal", err)
 	}
 }
+
+// An ID-mapped mount is refused: CRIU binds its source unmapped.
+func TestIDMappedMountsRefused(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		mount  specs.Mount
+		refuse bool
+	}{
+		{"a plain bind", specs.Mount{Destination: "/data", Type: "bind", Source: "/srv", Options: []string{"rbind", "rw"}}, false},
+		{"its own maps", specs.Mount{Destination: "/data", Type: "bind", Source: "/srv", Options: []string{"rbind"},
+			UIDMappings: []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}}, true},
+		{"runc's idmap option", specs.Mount{Destination: "/data", Type: "bind", Source: "/srv", Options: []string{"rbind", "idmap"}}, true},
+		{"runc's ridmap option", specs.Mount{Destination: "/data", Type: "bind", Source: "/srv", Options: []string{"rbind", "ridmap"}}, true},
+	} {
+		s := spec(0, nil, false)
+		s.Mounts = []specs.Mount{c.mount}
+		if err := checkIDMappedMounts(s); errors.Is(err, ErrRefused) != c.refuse {
+			t.Errorf("%s: got %v", c.name, err)
+		}
+	}
+}

@@ -393,3 +393,18 @@ func hostHas(p string) bool {
 	_, err := os.Lstat(p)
 	return err == nil
 }
+
+// checkIDMappedMounts refuses a spec with an ID-mapped mount (its own uid
+// and gid maps, or runc's idmap and ridmap options): runc hands CRIU the
+// mount's source as it is, and CRIU binds it without the maps, so the
+// restored app would see, and CRIU judge, other owners than a cold start.
+func checkIDMappedMounts(spec *specs.Spec) error {
+	for _, m := range spec.Mounts {
+		mapped := len(m.UIDMappings) > 0 || len(m.GIDMappings) > 0 ||
+			slices.Contains(m.Options, "idmap") || slices.Contains(m.Options, "ridmap")
+		if mapped {
+			return fmt.Errorf("%w: the spec's mount at %s is ID-mapped, which CRIU does not restore (it binds the source unmapped)", ErrRefused, m.Destination)
+		}
+	}
+	return nil
+}

@@ -122,6 +122,9 @@ func checkUserNSMaps(imagesDir string, id uint32, l *specs.Linux) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
+	if len(l.UIDMappings) == 0 || len(l.GIDMappings) == 0 {
+		return fmt.Errorf("%w: the spec's user namespace lists no uid or gid maps, so snapboot cannot tell which of the node's ids its users are", ErrRefused)
+	}
 	e := img.Entries[0].Message.(*userns.UsernsEntry)
 	if !sameMaps(e.GetUidMap(), l.UIDMappings) || !sameMaps(e.GetGidMap(), l.GIDMappings) {
 		return fmt.Errorf("%w: the checkpoint's user namespace (%s) maps uids %s and gids %s, the spec's maps uids %s and gids %s; CRIU would make it with the checkpoint's maps",

@@ -242,6 +242,15 @@ func TestNamespaceRefusals(t *testing.T) {
 				t.Errorf("%s: got %v", c.name, err)
 			}
 		}
+		// A spec that joins one by path need not list its maps; snapboot
+		// then cannot tell the node's ids of its users.
+		joined := clonesSpec()
+		joined.Linux.Namespaces = append(joined.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: "/proc/42/ns/user"})
+		dir := writeTree(t, []*criucore.TaskKobjIdsEntry{ids}, donorMounts())
+		writeImage(t, filepath.Join(dir, "userns-14.img"), "USERNS", &userns.UsernsEntry{})
+		if err := checkTree(dir, joined); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "no uid or gid maps") {
+			t.Errorf("no maps: got %v", err)
+		}
 	})
 	t.Run("an image of another kind under the inventory's name", func(t *testing.T) {
 		dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, donorMounts())

@@ -11,12 +11,17 @@ import (
 // which are then the namespace's root: a user the node maps to another id,
 // whose capabilities count only for files owned by ids the namespace maps.
 // The images are root's, mode 600, as CRIU dumped them, so each one (a hard
-// link of the cache's, or a file confine rewrote) becomes readable by all,
-// and imagesDir and scratch (the restore's directory in the cache's tmp/,
-// which a streamed page image's relative link goes up through) searchable
-// by all: the cache root above them is root's alone (see cache.Open), so
-// only a holder of CRIU's descriptor of imagesDir reaches them. CRIU closes
-// it before the restored tasks run.
+// link of the cache's, whose files keep the mode, or a file confine
+// rewrote) becomes readable by all, and imagesDir and scratch (the
+// restore's directory in the cache's tmp/, which a streamed page image's
+// relative link goes up through) searchable by all: the cache root above
+// them is root's alone (see cache.Open), so only a holder of CRIU's
+// descriptor of imagesDir reaches them. CRIU closes it before the restored
+// tasks run. While they restore, they run as the node's id of the
+// namespace's root, and a process of that id that sees them could open
+// the descriptor through /proc/<pid>/fd: no one else may have that id (a
+// range of it delegated to a user in /etc/subuid, say), as for any
+// container in a user namespace, whose files and processes it owns.
 func shareWithUserNamespace(imagesDir, scratch string) error {
 	for _, dir := range []string{scratch, imagesDir} {
 		if err := os.Chmod(dir, 0o711); err != nil {

@@ -36,7 +36,15 @@ import (
 // dumping CRIU's, inventory.img's root_cg_set) whose entries have a cgroup
 // namespace prefix; otherwise the clone stays in the host's, where a
 // cgroup mount shows the whole hierarchy.
-func checkCgroups(imagesDir string, names []string, spec *specs.Spec) error {
+//
+// CRIU mounts each controller's hierarchy with the image's names, and
+// makes every directory below the top one, as root: the names must be
+// those of hierarchies the node has (nodeNames, cgroup v1's; "" is cgroup
+// v2's), or the mount would make a new hierarchy on the node, which the
+// directory CRIU leaves in it keeps for good; and there may be at most
+// maxCgroupDirs such directories in all: each one takes kernel memory,
+// and in the memory hierarchy one of the node's 65535 memory cgroup ids.
+func checkCgroups(imagesDir string, names []string, spec *specs.Spec, nodeNames map[string]bool) error {
 	wantNS := hasCgroupNamespace(spec)
 	if !slices.Contains(names, "cgroup.img") {
 		if wantNS {
@@ -54,6 +62,9 @@ func checkCgroups(imagesDir string, names []string, spec *specs.Spec) error {
 			return fmt.Errorf("%w: cgroup.img: not a cgroup entry", ErrRefused)
 		}
 		if err := checkCgroupEntry(cg); err != nil {
+			return fmt.Errorf("%w: cgroup.img: %w", ErrRefused, err)
+		}
+		if err := checkCgroupHierarchies(cg, nodeNames); err != nil {
 			return fmt.Errorf("%w: cgroup.img: %w", ErrRefused, err)
 		}
 		if wantNS {
@@ -169,6 +180,39 @@ func checkCgroupChild(d *cgroup.CgroupDirEntry) error {
 		if err := checkCgroupChild(c); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// maxCgroupDirs is the most directories below the container's cgroup,
+// in all hierarchies, that a checkpoint may have CRIU make.
+const maxCgroupDirs = 256
+
+// checkCgroupHierarchies checks the controllers' names against the node's
+// hierarchies and counts the directories below the top ones (see
+// checkCgroups).
+func checkCgroupHierarchies(cg *cgroup.CgroupEntry, nodeNames map[string]bool) error {
+	dirs := 0
+	var count func(ds []*cgroup.CgroupDirEntry)
+	count = func(ds []*cgroup.CgroupDirEntry) {
+		for _, d := range ds {
+			if dirs++; dirs <= maxCgroupDirs {
+				count(d.GetChildren())
+			}
+		}
+	}
+	for _, c := range cg.GetControllers() {
+		for _, n := range c.GetCnames() {
+			if n != "" && !nodeNames[n] {
+				return fmt.Errorf("controller %q is no cgroup v1 hierarchy of this node's: CRIU would mount a new one", n)
+			}
+		}
+		for _, d := range c.GetDirs() {
+			count(d.GetChildren())
+		}
+	}
+	if dirs > maxCgroupDirs {
+		return fmt.Errorf("more than %d cgroups below the container's, which CRIU would make as root", maxCgroupDirs)
 	}
 	return nil
 }

@@ -2,7 +2,9 @@ package confine
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/cgroup"
@@ -27,11 +29,14 @@ func donorCgroups() *cgroup.CgroupEntry {
 	return cg
 }
 
+// testNodeCgroups are the cgroup v1 names of the tests' node.
+var testNodeCgroups = map[string]bool{"memory": true, "devices": true, "cpu": true, "cpuacct": true, "name=systemd": true}
+
 func checkCgroupImage(t *testing.T, cg *cgroup.CgroupEntry) error {
 	t.Helper()
 	dir := t.TempDir()
 	writeImage(t, filepath.Join(dir, "cgroup.img"), "CGROUP", cg)
-	return checkCgroups(dir, []string{"cgroup.img"}, &specs.Spec{})
+	return checkCgroups(dir, []string{"cgroup.img"}, &specs.Spec{}, testNodeCgroups)
 }
 
 func TestCgroupsOfTheDonorFit(t *testing.T) {
@@ -44,7 +49,7 @@ func TestCgroupsOfTheDonorFit(t *testing.T) {
 	if err := checkCgroupImage(t, cg); err != nil {
 		t.Fatal(err)
 	}
-	if err := checkCgroups(t.TempDir(), nil, &specs.Spec{}); err != nil {
+	if err := checkCgroups(t.TempDir(), nil, &specs.Spec{}, testNodeCgroups); err != nil {
 		t.Fatalf("no cgroup image: %v", err)
 	}
 }
@@ -125,7 +130,7 @@ func TestCgroupNamespaceTheSpecHas(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return checkCgroups(dir, names, s)
+		return checkCgroups(dir, names, s, testNodeCgroups)
 	}
 	if err := check(write(t, 2, true, true)); err != nil {
 		t.Fatalf("a cgroup v2 dump with its namespace: %v", err)
@@ -212,5 +217,45 @@ func TestCgroupSettingsStripped(t *testing.T) {
 	writeImage(t, filepath.Join(dir, "cgroup.img"), "CGROUP", donorCgroups())
 	if out, err := stripCgroupSettings(dir, []string{"cgroup.img"}); err != nil || out != nil {
 		t.Errorf("plain image: %v, %v; want no rewrite", out, err)
+	}
+}
+
+// CRIU mounts each controller's hierarchy by the image's names and makes
+// the directories below the container's as root: a hierarchy the node
+// lacks would be a new one, and the directories are bounded.
+func TestCgroupHierarchiesAndDirectoriesOfTheNode(t *testing.T) {
+	withController := func(name string) *cgroup.CgroupEntry {
+		cg := donorCgroups()
+		cg.Controllers = append(cg.Controllers, &cgroup.CgControllerEntry{Cnames: []string{name},
+			Dirs: []*cgroup.CgroupDirEntry{{DirName: proto.String(containerCgroup)}}})
+		return cg
+	}
+	withChildren := func(n int) *cgroup.CgroupEntry {
+		cg := donorCgroups()
+		top := cg.Controllers[0].Dirs[0]
+		top.Children = nil
+		for i := range n {
+			top.Children = append(top.Children, &cgroup.CgroupDirEntry{DirName: proto.String(fmt.Sprintf("w%d", i))})
+		}
+		return cg // and the other hierarchies' one each
+	}
+	for _, c := range []struct {
+		name   string
+		cg     *cgroup.CgroupEntry
+		refuse string
+	}{
+		{"the node's hierarchies", donorCgroups(), ""},
+		{"a named hierarchy the node lacks", withController("name=x"), `"name=x" is no cgroup v1 hierarchy`},
+		{"a controller the node has no hierarchy of", withController("net_cls"), `"net_cls" is no cgroup v1 hierarchy`},
+		{"as many cgroups below the container's as allowed", withChildren(maxCgroupDirs - 4), ""},
+		{"more cgroups below the container's", withChildren(maxCgroupDirs - 3), "more than 256 cgroups"},
+	} {
+		err := checkCgroupImage(t, c.cg)
+		switch {
+		case c.refuse == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.name, err)
+		case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
+			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
+		}
 	}
 }

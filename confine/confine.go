@@ -189,7 +189,11 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	if err != nil {
 		return nil, err
 	}
-	if err := checkCgroups(imagesDir, names, spec); err != nil {
+	var nodeCgroups map[string]bool
+	if host.cgroupNames != nil {
+		nodeCgroups = host.cgroupNames()
+	}
+	if err := checkCgroups(imagesDir, names, spec, nodeCgroups); err != nil {
 		return nil, err
 	}
 	images := make([]*crit.CriuImage, len(cores))

@@ -47,3 +47,31 @@ func cgroupHierarchies() map[string]cgroupHierarchy {
 	}
 	return out
 }
+
+// v1Controllers are the kernel's cgroup v1 controllers.
+var v1Controllers = map[string]bool{
+	"cpuset": true, "cpu": true, "cpuacct": true, "io": true, "blkio": true, "memory": true, "devices": true,
+	"freezer": true, "net_cls": true, "perf_event": true, "net_prio": true, "hugetlb": true, "pids": true,
+	"rdma": true, "misc": true, "debug": true,
+}
+
+// cgroupNames returns the names of this node's cgroup v1 hierarchies'
+// controllers and named hierarchies ("name=systemd"), as their mounts'
+// options list them.
+func cgroupNames() map[string]bool {
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return m.FSType != "cgroup", false
+	})
+	if err != nil {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, m := range mounts {
+		for _, o := range strings.Split(m.VFSOptions, ",") {
+			if v1Controllers[o] || strings.HasPrefix(o, "name=") {
+				out[o] = true
+			}
+		}
+	}
+	return out
+}

@@ -153,6 +153,9 @@ type hostState struct {
 	// cgroupHierarchies returns the cgroup v1 hierarchies, by the base
 	// name of their mount points (see rebindCgroups).
 	cgroupHierarchies func() map[string]cgroupHierarchy
+	// cgroupNames returns the names of the cgroup v1 controllers and
+	// named hierarchies this node has (see checkCgroups).
+	cgroupNames func() map[string]bool
 	// utsNames returns the names of the UTS namespace at a path, or this
 	// node's for "" (see fitUTSNames).
 	utsNames func(path string) (host, domain string, err error)
@@ -199,6 +202,7 @@ func readHostState() (hostState, error) {
 		h.selinux = true
 	}
 	h.cgroupHierarchies = cgroupHierarchies
+	h.cgroupNames = cgroupNames
 	h.utsNames = utsNamesOf
 	h.ipcSysctls = ipcSysctlsOf
 	h.netSysctl = netSysctlOf

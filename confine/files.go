@@ -236,7 +236,11 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 			if link, ok := r.links[id]; ok {
 				name = link // CRIU opens the deleted file through its link
 			}
-			if err := access.check(name, reg.GetFlags(), searched[id], written[id]); err != nil {
+			flags := reg.GetFlags()
+			if c.fifos[id] {
+				flags = flags&^unix.O_ACCMODE | unix.O_RDWR
+			}
+			if err := access.check(name, flags, searched[id], written[id]); err != nil {
 				return fmt.Errorf("%w: %w", ErrRefused, err)
 			}
 		}
@@ -274,6 +278,7 @@ type fileChecks struct {
 	netnsKnown bool
 	limits     map[string]uint32 // bufLimit's, read once each
 	ttys       []uint32          // the regular files TTYs are opened by (checkTTYs)
+	fifos      map[uint32]bool   // the regular files FIFOs are opened by
 	unix       []*skunix.UnixSkEntry
 }
 
@@ -412,6 +417,14 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 			}
 			c.watched = append(c.watched, p)
 		}
+	case fdinfo.FdTypes_FIFO:
+		// CRIU opens a FIFO's file read-write first, as root, whatever
+		// the flags, and writes the image's data for it into it
+		// (do_open_fifo): the user must be able to.
+		if c.fifos == nil {
+			c.fifos = map[uint32]bool{}
+		}
+		c.fifos[fe.GetFifo().GetRegfId()] = true
 	case fdinfo.FdTypes_FANOTIFY:
 		return c.need(unix.CAP_SYS_ADMIN, false, "a fanotify group")
 	case fdinfo.FdTypes_BPFMAP:

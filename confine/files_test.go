@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	fifopb "github.com/checkpoint-restore/go-criu/v7/crit/images/fifo"
 	"os"
 	"path/filepath"
 	"slices"
@@ -846,5 +847,48 @@ func TestOneMountNamespace(t *testing.T) {
 	writeImage(t, filepath.Join(dir, "mountpoints-14.img"), "MNTS", messages(donorMounts())...)
 	if err := checkTree(dir, clonesSpec()); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "more than one mount namespace") {
 		t.Fatalf("%v, want a refusal", err)
+	}
+}
+
+// CRIU opens a FIFO's file read-write, as root, whatever the descriptor's
+// flags, and writes the image's data into it: a FIFO held read-only needs
+// write permission too.
+func TestFIFOOpenedReadWrite(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: files of other owners")
+	}
+	layer := t.TempDir()
+	put(t, layer, "run/", 0, 0, 0o755)
+	put(t, layer, "run/theirs", 0, 0, 0o644)
+	put(t, layer, "run/shared", 0, 0, 0o666)
+	mounts := []*mnt.MntEntry{mount(1, 0, mnt.Fstype_AUTO, "/", "/", 0)}
+	fifo := func(name string) []*fdinfo.FileEntry {
+		reg := regFile(1, name) // O_RDONLY
+		return []*fdinfo.FileEntry{reg, {Type: fdinfo.FdTypes_FIFO.Enum(), Id: proto.Uint32(2),
+			Fifo: &fifopb.FifoEntry{Id: proto.Uint32(2), PipeId: proto.Uint32(5), RegfId: proto.Uint32(1)}}}
+	}
+	for _, c := range []struct {
+		name   string
+		files  []*fdinfo.FileEntry
+		refuse string
+	}{
+		{"a FIFO the user may only read", fifo("/run/theirs"), "may not read and write"},
+		{"a FIFO the user may write", fifo("/run/shared"), ""},
+		{"a regular file the user may only read", fifo("/run/theirs")[:1], ""},
+	} {
+		dir := t.TempDir()
+		withFiles(t, dir, c.files...)
+		s := spec(1000, nil, false)
+		m, err := specMasks(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = checkFiles(dir, []string{"files.img"}, s, m, netSpec{}, mounts, []string{layer}, map[uint32]bool{1000: true})
+		switch {
+		case c.refuse == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.name, err)
+		case c.refuse != "" && (err == nil || !strings.Contains(err.Error(), c.refuse)):
+			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
+		}
 	}
 }

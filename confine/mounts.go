@@ -17,7 +17,29 @@ import (
 const (
 	msRdonly = 0x1 // MS_RDONLY in a mount entry's flags
 	msNosuid = 0x2 // MS_NOSUID
+	msNodev  = 0x4 // MS_NODEV
+	msNoexec = 0x8 // MS_NOEXEC
 )
+
+// flagOptions are the spec's mount options a restored mount must keep as
+// its flags: CRIU mounts (and remounts a bind) with the image's flags, so
+// a crafted one could run a volume's setuid programs, open its devices
+// or execute from a noexec /dev/shm. Every dump has them, as the kernel
+// shows the mounts runc made.
+var flagOptions = []struct {
+	option string
+	flag   uint32
+}{{"nosuid", msNosuid}, {"nodev", msNodev}, {"noexec", msNoexec}}
+
+// keepsFlags checks that e has the flags of the spec's options.
+func keepsFlags(e *mnt.MntEntry, options []string, what string) error {
+	for _, f := range flagOptions {
+		if slices.Contains(options, f.option) && e.GetFlags()&f.flag == 0 {
+			return fmt.Errorf("%s is not %s, the spec mounts %s %s", e.GetMountpoint(), f.option, what, f.option)
+		}
+	}
+	return nil
+}
 
 // nullKey is the external-mount key runc gives CRIU for the masked paths
 // that are files: /dev/null bound over them.
@@ -185,6 +207,11 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 	if inSpec && slices.Contains(specMount.Options, "ro") && !isReadOnly(e) && !v1Holder {
 		return fmt.Errorf("%s is read-write, the spec mounts it read-only", where)
 	}
+	if inSpec && !v1Holder && !isCgroup(specMount) {
+		if err := keepsFlags(e, specMount.Options, "it"); err != nil {
+			return err
+		}
+	}
 	if e.GetWithPlugin() {
 		return fmt.Errorf("%s is restored by a CRIU plugin", where)
 	}
@@ -285,6 +312,11 @@ func (r *mountRules) external(e *mnt.MntEntry) error {
 	if len(binds) > 0 {
 		if ro && !isReadOnly(e) {
 			return fmt.Errorf("%s binds %s read-write, the spec mounts it read-only", where, key)
+		}
+		for _, m := range binds {
+			if err := keepsFlags(e, m.Options, key); err != nil {
+				return err
+			}
 		}
 		return at()
 	}

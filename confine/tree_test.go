@@ -72,7 +72,7 @@ func donorMounts() []*mnt.MntEntry {
 		mount(78, 77, mnt.Fstype_DEVPTS, "/", "/dev/pts", 0),
 		mount(79, 77, mnt.Fstype_TMPFS, "/", "/dev/shm", nosuid),
 		mount(80, 77, mnt.Fstype_MQUEUE, "/", "/dev/mqueue", 0),
-		mount(81, 74, mnt.Fstype_SYSFS, "/", "/sys", ro),
+		mount(81, 74, mnt.Fstype_SYSFS, "/", "/sys", ro|nosuid),
 		mount(82, 74, mnt.Fstype_TMPFS, "/", "/run", nosuid),
 		mount(54, 76, mnt.Fstype_PROC, "/sys", "/proc/sys", ro),
 		mount(51, 76, mnt.Fstype_PROC, "/bus", "/proc/bus", ro),
@@ -566,6 +566,43 @@ func TestRebindCgroups(t *testing.T) {
 		h["elogind"] = cgroupHierarchy{"/sys/fs/cgroup/elogind", false}
 		if rewritten, external, err := rebindCgroups(tree(m), spec(), func() map[string]cgroupHierarchy { return h }); err != nil || len(rewritten) != 0 || len(external) != 0 {
 			t.Errorf("%s: got %d images, %q, %v; want nothing", name, len(rewritten), external, err)
+		}
+	}
+}
+
+// A mount keeps the nosuid, nodev and noexec of the spec's options: CRIU
+// mounts and binds with the image's flags.
+func TestMountsKeepTheSpecsFlags(t *testing.T) {
+	s := clonesSpec()
+	s.Mounts[3].Options = []string{"nosuid", "noexec", "nodev"} // /dev/shm
+	s.Mounts[7].Options = []string{"rbind", "ro", "nosuid", "nodev"}
+	with := func(shm, data uint32) []*mnt.MntEntry {
+		ms := donorMounts()
+		for _, m := range ms {
+			switch m.GetMountpoint() {
+			case "/dev/shm":
+				m.Flags = proto.Uint32(shm)
+			case "/data":
+				m.Flags = proto.Uint32(data)
+			}
+		}
+		return ms
+	}
+	for _, c := range []struct {
+		name   string
+		mounts []*mnt.MntEntry
+		refuse string
+	}{
+		{"as runc made them", with(nosuid|msNoexec|msNodev, ro|nosuid|msNodev), ""},
+		{"a tmpfs without noexec", with(nosuid|msNodev, ro|nosuid|msNodev), "/dev/shm is not noexec"},
+		{"a bind without nosuid", with(nosuid|msNoexec|msNodev, ro|msNodev), "/data is not nosuid"},
+	} {
+		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, c.mounts), s)
+		switch {
+		case c.refuse == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.name, err)
+		case c.refuse != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.refuse)):
+			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
 		}
 	}
 }

@@ -309,6 +309,12 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	if err != nil {
 		return nil, err
 	}
+	if plan.mountsCache {
+		// Stacked on the image's layers: held to what the user could change.
+		if err := confine.CheckRootfsChanges(filepath.Join(f.Dir, "rootfs"), rootfsLayers(req.Rootfs), spec); err != nil {
+			return nil, err
+		}
+	}
 	plan.ImagesDir = confined.ImagesDir
 	plan.NarrowedTasks = confined.Narrowed
 	if _, ok := restorehook.SpecNamespace(spec, specs.UserNamespace); ok {

@@ -229,7 +229,11 @@ var overlayRootfs = []*types.Mount{{Type: "overlay", Source: "overlay",
 func bundle(t *testing.T, annotations map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
-	spec := map[string]any{"ociVersion": "1.2.0", "process": map[string]any{"args": []string{"/bin/sh"}}, "annotations": annotations, "x-unknown": 7}
+	// Root with CAP_DAC_OVERRIDE, as containerd's default spec has it:
+	// confine does not look into the test's rootfs, which is not there.
+	caps := []string{"CAP_DAC_OVERRIDE"}
+	process := map[string]any{"args": []string{"/bin/sh"}, "capabilities": map[string]any{"bounding": caps, "effective": caps, "permitted": caps}}
+	spec := map[string]any{"ociVersion": "1.2.0", "process": process, "annotations": annotations, "x-unknown": 7}
 	b, _ := json.Marshal(spec)
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,57 @@
+//go:build integration && linux
+
+package integration
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+)
+
+// TestRootfsChangesNeedTheSpecsUser restores checkpoints of a root donor,
+// edited to run as nobody, into clones that run as nobody without
+// capabilities. In one the donor rewrote /etc/shadow, root's only: the
+// checkpoint's rootfs changes are stacked on the clone's image, and a
+// clone allowed to gain privileges could then su to root with a password
+// of the checkpoint's. The previous build restored it with the new
+// /etc/shadow. A donor's change its user could make (a file of nobody's
+// in /tmp) restores.
+func TestRootfsChangesNeedTheSpecsUser(t *testing.T) {
+	requireShim(t)
+	const count = `i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done`
+	for i, c := range []struct {
+		name, change, refusal string
+	}{
+		{"nobody's file in /tmp", `echo mine > /tmp/mine; chown 65534:65534 /tmp/mine; `, ""},
+		{"root's /etc/shadow", `echo 'root:$1$known$hash:20000:0:99999:7:::' > /etc/shadow; `,
+			"the checkpoint's rootfs changes /etc/shadow (-rw-------, owner 0:0), which the spec's user (65534) could not: it may not write the image's file"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			donor, donorLog := startScriptClone(t, "", c.change+count)
+			waitCount(t, donorLog, 5)
+			ck := packAndPush(t, donor, registryAddr+"/it/crafted:rootfs-"+fmt.Sprint(i), packOptions{tamper: asNobody})
+			offset := containerdLogOffset()
+			clone, cloneLog := startScriptClone(t, ck.Ref, count, append([]string{"--user", "65534:65534"}, dropAll...)...)
+			shadow := func() string {
+				data, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/etc/shadow", taskPID(t, clone)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return string(data)
+			}
+			if c.refusal == "" {
+				expectRestored(t, offset, clone, cloneLog)
+				if got := readFile(fmt.Sprintf("/proc/%d/root/tmp/mine", taskPID(t, clone))); got != "mine\n" {
+					t.Errorf("the clone's /tmp/mine: %q", got)
+				}
+				return
+			}
+			waitCount(t, cloneLog, 3) // restored or cold-started
+			if got := shadow(); strings.Contains(got, "known") {
+				t.Errorf("the clone's /etc/shadow is the checkpoint's: %q", got)
+			}
+			expectSpecFallback(t, offset, clone, cloneLog, c.refusal)
+		})
+	}
+}

@@ -27,8 +27,8 @@ import (
 //   - a directory the image has, with its owner, group and mode (overlayfs
 //     copies a changed file's directories up);
 //   - a directory the image lacks that is one of the spec's mount points,
-//     or on the way to one, writable by its owner only (runc makes them,
-//     as root);
+//     or on the way to one, the container root's and writable by it only
+//     (runc makes them, as root);
 //   - a whiteout of nothing the image has;
 //   - the image's regular file, with its owner and group, that the user
 //     may write (its contents changed);
@@ -89,7 +89,7 @@ func (a *fileAccess) rootfsChange(rel string, fi os.FileInfo, parentPath string)
 	switch {
 	case isWhiteout(fi) && below == nil:
 		return nil
-	case fi.IsDir() && below == nil && a.mountPointDir(rel) && fi.Mode()&(os.ModeSticky|os.ModeSetgid|os.ModeSetuid) == 0 && fi.Mode().Perm()&0o022 == 0:
+	case fi.IsDir() && below == nil && a.mountPointDir(rel) && a.rootOwned(st) && fi.Mode()&(os.ModeSticky|os.ModeSetgid|os.ModeSetuid) == 0 && fi.Mode().Perm()&0o022 == 0:
 		return nil // runc makes a mount's missing mount point, and the directories on the way, as root
 	case fi.IsDir() && below != nil && below.IsDir() && sameOwner(below) && below.Mode() == fi.Mode() && !isOpaque(filepath.Join(parentPath, path.Base(rel))):
 		return nil // a directory copied up
@@ -135,6 +135,15 @@ func (a *fileAccess) rootfsChange(rel string, fi os.FileInfo, parentPath string)
 		return refuse(fmt.Sprintf("it would be owned by %d:%d", st.Uid, st.Gid))
 	}
 	return nil
+}
+
+// rootOwned reports whether st's owner and group are the container's root
+// (the node's, or the one its user namespace maps root to).
+func (a *fileAccess) rootOwned(st *syscall.Stat_t) bool {
+	if a.userns != nil {
+		return st.Uid == a.userns.uid(0) && st.Gid == a.userns.gid(0)
+	}
+	return st.Uid == 0 && st.Gid == 0
 }
 
 // mountPointDir reports whether rel is one of the spec's mount

@@ -35,6 +35,8 @@ func TestRootfsChanges(t *testing.T) {
 		}
 	}
 	user := spec(1000, nil, false)
+	withMount := spec(1000, nil, false)
+	withMount.Mounts = []specs.Mount{{Destination: "/opt/app", Type: "bind", Source: "/srv/app", Options: []string{"rbind"}}}
 	for _, c := range []struct {
 		name    string
 		spec    *specs.Spec
@@ -92,6 +94,18 @@ func TestRootfsChanges(t *testing.T) {
 			put(t, d, "etc/", 0, 0, 0o755)
 			opaque(t, d, "etc")
 		}, "may not make or remove files"},
+		{"runc's mount point and the directory on the way", withMount, func(t *testing.T, d string) {
+			put(t, d, "opt/", 0, 0, 0o755)
+			put(t, d, "opt/app/", 0, 0, 0o755)
+		}, ""},
+		{"a mount point's directory on the way, the user's", withMount, func(t *testing.T, d string) {
+			put(t, d, "opt/", 1000, 1000, 0o755)
+			put(t, d, "opt/app/", 0, 0, 0o755)
+		}, "/opt (drwxr-xr-x, owner 1000:1000), which the spec's user (1000) could not"},
+		{"a file beside runc's mount point", withMount, func(t *testing.T, d string) {
+			put(t, d, "opt/", 0, 0, 0o755)
+			put(t, d, "opt/evil", 1000, 1000, 0o644)
+		}, "may not make or remove files in its directory"},
 		{"a whiteout of nothing", user, func(t *testing.T, d string) {
 			put(t, d, "etc/", 0, 0, 0o755)
 			whiteout(t, d, "etc/none")

@@ -181,3 +181,32 @@ func (l *layers) rootInfo() (os.FileInfo, error) {
 	}
 	return l.roots[0].Stat(".")
 }
+
+// names returns the names of the entries the layers have in directory
+// rel, each once: those a whiteout or an opaque directory hides among
+// them (imageEntry tells).
+func (l *layers) names(rel string) ([]string, error) {
+	if err := l.open(); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, root := range l.roots {
+		d, err := root.Open(rel)
+		if err != nil {
+			continue
+		}
+		ents, err := d.ReadDir(-1)
+		d.Close()
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if !seen[e.Name()] {
+				seen[e.Name()] = true
+				out = append(out, e.Name())
+			}
+		}
+	}
+	return out, nil
+}

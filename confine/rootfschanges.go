@@ -24,19 +24,21 @@ import (
 // privileges). Where the spec's capabilities let its user past any
 // file's permission bits (see fileAccess), nothing is checked. Otherwise
 // each entry must be one of:
-//   - a directory the image has, with its owner, group and mode (overlayfs
-//     copies a changed file's directories up);
-//   - a directory the image lacks that is one of the spec's mount points,
-//     or on the way to one, the container root's and writable by it only
-//     (runc makes them, as root);
-//   - a whiteout of nothing the image has;
-//   - the image's regular file, with its owner and group, that the user
-//     may write (its contents changed);
-//   - a directory of the image's that the user owns, its mode changed;
-//   - a new entry, or one that replaces or removes the image's, in a
-//     directory the user may write to and search (and where it is sticky,
-//     replacing the user's own), owned by the user and one of the spec's
-//     groups (or the directory's, where it is set-group-ID).
+//   - what runc makes, as root, for a cold start: a missing mount point of
+//     the spec's (an empty file for a file's) or the working directory,
+//     and the directories on the way, the container root's and writable
+//     by it only, at the path runc resolves through the image's links;
+//   - the image's directory or file changed in place: its owner the
+//     image's (or another with CAP_CHOWN), its group too or, for the
+//     user's own, another of the user's groups; its mode the image's, or
+//     the user's own (CAP_FOWNER), without a set-group-ID bit for a group
+//     not the user's; a file's contents the user may write (or own);
+//   - an entry made, replaced or removed in a directory the user may write
+//     to and search (or owns), with the sticky rule, a directory of the
+//     image's there (or one an opaque directory hides) only if the user
+//     could have emptied it; owned by the user and one of its groups (or
+//     the directory's, where that is set-group-ID), or by anyone with
+//     CAP_CHOWN.
 func CheckRootfsChanges(dir string, imageLayers []string, spec *specs.Spec) error {
 	m, err := specMasks(spec)
 	if err != nil {
@@ -51,6 +53,21 @@ func CheckRootfsChanges(dir string, imageLayers []string, spec *specs.Spec) erro
 	if a.userns != nil && a.uid == unmappedID {
 		return fmt.Errorf("%w: the spec's user %d is not mapped in its user namespace", ErrRefused, a.specUID)
 	}
+	r := &rootfsChanges{a: a, runcMade: map[string]bool{}}
+	dests := []string{}
+	for dest := range a.binds {
+		dests = append(dests, dest)
+	}
+	if a.cwd != "" {
+		dests = append(dests, a.cwd)
+	}
+	for _, d := range dests {
+		d, err := a.resolveInImage(d)
+		if err != nil {
+			return fmt.Errorf("%w: the checkpoint's rootfs changes: %w", ErrRefused, err)
+		}
+		r.destinations = append(r.destinations, d)
+	}
 	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -63,7 +80,7 @@ func CheckRootfsChanges(dir string, imageLayers []string, spec *specs.Spec) erro
 		if err != nil {
 			return err
 		}
-		return a.rootfsChange(filepath.ToSlash(rel), fi, filepath.Dir(p))
+		return r.check(filepath.ToSlash(rel), fi, p)
 	})
 	if err != nil && !errors.Is(err, ErrRefused) {
 		return fmt.Errorf("%w: the checkpoint's rootfs changes: %w", ErrRefused, err)
@@ -71,9 +88,20 @@ func CheckRootfsChanges(dir string, imageLayers []string, spec *specs.Spec) erro
 	return err
 }
 
-// rootfsChange checks one entry of the rootfs changes (see
-// CheckRootfsChanges); parentPath is its directory in the changes.
-func (a *fileAccess) rootfsChange(rel string, fi os.FileInfo, parentPath string) error {
+// rootfsChanges checks the entries of a checkpoint's rootfs changes (see
+// CheckRootfsChanges).
+type rootfsChanges struct {
+	a *fileAccess
+	// destinations are the spec's mount destinations and working
+	// directory, resolved in the image as runc resolves them.
+	destinations []string
+	runcMade     map[string]bool
+	emptied      int // entries looked at by couldEmpty, bounded
+}
+
+// check checks the entry at rel (at p in the changes).
+func (r *rootfsChanges) check(rel string, fi os.FileInfo, p string) error {
+	a := r.a
 	below, err := a.imageEntry(rel)
 	if err != nil {
 		return err
@@ -82,59 +110,131 @@ func (a *fileAccess) rootfsChange(rel string, fi os.FileInfo, parentPath string)
 	refuse := func(why string) error {
 		return fmt.Errorf("%w: the checkpoint's rootfs changes /%s (%s), which the spec's user (%s) could not: %s", ErrRefused, rel, describe(fi), a.user(), why)
 	}
-	sameOwner := func(b os.FileInfo) bool {
-		bs := statOf(b)
-		return bs.Uid == st.Uid && bs.Gid == st.Gid
-	}
+	opaque := fi.IsDir() && isOpaque(p)
 	switch {
 	case isWhiteout(fi) && below == nil:
 		return nil
-	case fi.IsDir() && below == nil && a.mountPointDir(rel) && a.rootOwned(st) && fi.Mode()&(os.ModeSticky|os.ModeSetgid|os.ModeSetuid) == 0 && fi.Mode().Perm()&0o022 == 0:
-		return nil // runc makes a mount's missing mount point, and the directories on the way, as root
-	case fi.IsDir() && below != nil && below.IsDir() && sameOwner(below) && below.Mode() == fi.Mode() && !isOpaque(filepath.Join(parentPath, path.Base(rel))):
-		return nil // a directory copied up
-	case fi.Mode().IsRegular() && below != nil && below.Mode().IsRegular() && sameOwner(below):
-		owner := statOf(below).Uid == a.uid || a.nsCapable(unix.CAP_FOWNER, statOf(below)) || a.caps&(1<<unix.CAP_FOWNER) != 0
+	case below == nil && r.madeByRunc(rel, fi, st):
+		return nil
+	case below != nil && !opaque && (fi.IsDir() && below.fi.IsDir() || fi.Mode().IsRegular() && below.fi.Mode().IsRegular()):
+		bs := statOf(below.fi)
+		owner := a.owns(bs)
 		switch {
 		case !a.searchableTo(rel):
 			return refuse("it may not search a directory on the way")
-		case below.Mode().Perm() != fi.Mode().Perm() && !owner:
-			return refuse("it does not own the image's file, whose mode changed")
-		case below.Mode().Perm() == fi.Mode().Perm() && !owner && !a.allows(entry{fi: below}, wantWrite):
+		case bs.Uid != st.Uid && !a.mayChown(st):
+			return refuse(fmt.Sprintf("it would be owned by uid %d, the image's is %d", st.Uid, bs.Uid))
+		case bs.Gid != st.Gid && !a.mayChown(st) && !(owner && slices.Contains(a.gids, st.Gid)):
+			return refuse(fmt.Sprintf("it would be in group %d, the image's is %d", st.Gid, bs.Gid))
+		case below.fi.Mode() != fi.Mode() && !owner:
+			return refuse("it does not own the image's entry, whose mode changed")
+		case fi.Mode()&os.ModeSetgid != 0 && below.fi.Mode()&os.ModeSetgid == 0 && !slices.Contains(a.gids, st.Gid) && !a.mayChown(st):
+			return refuse(fmt.Sprintf("it would be set-group-ID for group %d, not one of the user's", st.Gid))
+		case fi.Mode().IsRegular() && !owner && !a.allows(*below, wantWrite):
 			return refuse("it may not write the image's file")
 		}
 		return nil
-	case fi.IsDir() && below != nil && below.IsDir() && sameOwner(below) && !isOpaque(filepath.Join(parentPath, path.Base(rel))):
-		if statOf(below).Uid == a.uid || a.nsCapable(unix.CAP_FOWNER, statOf(below)) {
-			return nil
-		}
-		return refuse("it does not own the image's directory, whose mode changed")
 	}
 	// Made, replaced or removed in the directory above.
-	parent, err := a.changedParent(path.Dir(rel), parentPath)
+	parent, err := a.changedParent(path.Dir(rel), filepath.Dir(p))
 	if err != nil {
 		return err
 	}
-	if !a.allows(entry{fi: parent}, wantWrite|wantExec) || !a.searchableTo(path.Dir(rel)) {
+	ps := statOf(parent.fi)
+	if !a.allows(parent, wantWrite|wantExec) && !(a.owns(ps) && a.allows(parent, wantExec)) || !a.searchableTo(path.Dir(rel)) {
 		return refuse("it may not make or remove files in its directory")
 	}
-	if below != nil && parent.Mode()&os.ModeSticky != 0 && statOf(below).Uid != a.uid && statOf(parent).Uid != a.uid &&
-		!a.nsCapable(unix.CAP_FOWNER, statOf(below)) && a.caps&(1<<unix.CAP_FOWNER) == 0 {
-		return refuse("its directory is sticky, and the image's entry another user's")
+	if below != nil {
+		if parent.fi.Mode()&os.ModeSticky != 0 && !a.mayRemoveSticky(statOf(below.fi), ps) {
+			return refuse("its directory is sticky, and the image's entry another user's")
+		}
+		if below.fi.IsDir() && !r.couldEmpty(rel, *below) {
+			return refuse("it replaces the image's directory, whose entries the user could not all remove")
+		}
 	}
 	if isWhiteout(fi) {
 		return nil
 	}
-	if isOpaque(filepath.Join(parentPath, path.Base(rel))) && below != nil {
-		// It hides the image's entries in the directory: each is removed.
-		return refuse("it hides what the image has in the directory")
-	}
-	chown := a.caps&(1<<unix.CAP_CHOWN) != 0 || a.nsCapable(unix.CAP_CHOWN, st)
-	setgidDir := parent.Mode()&os.ModeSetgid != 0 && statOf(parent).Gid == st.Gid
-	if !chown && (st.Uid != a.uid || !slices.Contains(a.gids, st.Gid) && !setgidDir) {
-		return refuse(fmt.Sprintf("it would be owned by %d:%d", st.Uid, st.Gid))
+	if !a.mayChown(st) {
+		setgidDir := parent.fi.Mode()&os.ModeSetgid != 0 && ps.Gid == st.Gid
+		if st.Uid != a.uid || !slices.Contains(a.gids, st.Gid) && !setgidDir {
+			return refuse(fmt.Sprintf("it would be owned by %d:%d", st.Uid, st.Gid))
+		}
 	}
 	return nil
+}
+
+// madeByRunc reports whether a new entry is one runc makes, as root, for
+// a cold start (see CheckRootfsChanges).
+func (r *rootfsChanges) madeByRunc(rel string, fi os.FileInfo, st *syscall.Stat_t) bool {
+	if !r.a.rootOwned(st) || fi.Mode()&(os.ModeSticky|os.ModeSetgid|os.ModeSetuid) != 0 || fi.Mode().Perm()&0o022 != 0 {
+		return false
+	}
+	p := "/" + rel
+	for _, d := range r.destinations {
+		switch {
+		case d == p && (fi.IsDir() || fi.Mode().IsRegular() && fi.Size() == 0):
+			return true
+		case strings.HasPrefix(d, p+"/") && fi.IsDir():
+			return true
+		}
+	}
+	return false
+}
+
+// maxEmptied bounds the image's entries couldEmpty looks at, in all.
+const maxEmptied = 100000
+
+// couldEmpty reports whether the user could have removed every entry the
+// image has under rel, a directory (e).
+func (r *rootfsChanges) couldEmpty(rel string, e entry) bool {
+	a := r.a
+	names, err := a.layers.names(rel)
+	if err != nil {
+		return false
+	}
+	ds := statOf(e.fi)
+	for _, name := range names {
+		child := path.Join(rel, name)
+		c, err := a.imageEntry(child)
+		if err != nil {
+			return false
+		}
+		if c == nil {
+			continue // hidden by a whiteout
+		}
+		if r.emptied++; r.emptied > maxEmptied {
+			return false
+		}
+		if !a.allows(e, wantWrite|wantExec) && !(a.owns(ds) && a.allows(e, wantExec)) {
+			return false
+		}
+		if e.fi.Mode()&os.ModeSticky != 0 && !a.mayRemoveSticky(statOf(c.fi), ds) {
+			return false
+		}
+		if c.fi.IsDir() && !r.couldEmpty(child, *c) {
+			return false
+		}
+	}
+	return true
+}
+
+// owns reports whether the user owns st's file or may act as its owner
+// (CAP_FOWNER).
+func (a *fileAccess) owns(st *syscall.Stat_t) bool {
+	return st.Uid == a.uid || a.caps&(1<<unix.CAP_FOWNER) != 0 || a.nsCapable(unix.CAP_FOWNER, st)
+}
+
+// mayChown reports whether the user could give a file st's owner and
+// group (CAP_CHOWN).
+func (a *fileAccess) mayChown(st *syscall.Stat_t) bool {
+	return a.caps&(1<<unix.CAP_CHOWN) != 0 || a.nsCapable(unix.CAP_CHOWN, st)
+}
+
+// mayRemoveSticky is the kernel's sticky rule: the user may remove a file
+// (st) from a sticky directory (dir) it or the directory is the user's.
+func (a *fileAccess) mayRemoveSticky(st, dir *syscall.Stat_t) bool {
+	return st.Uid == a.uid || dir.Uid == a.uid || a.caps&(1<<unix.CAP_FOWNER) != 0 || a.nsCapable(unix.CAP_FOWNER, st)
 }
 
 // rootOwned reports whether st's owner and group are the container's root
@@ -146,20 +246,54 @@ func (a *fileAccess) rootOwned(st *syscall.Stat_t) bool {
 	return st.Uid == 0 && st.Gid == 0
 }
 
-// mountPointDir reports whether rel is one of the spec's mount
-// destinations or a directory on the way to one.
-func (a *fileAccess) mountPointDir(rel string) bool {
-	p := "/" + rel
-	for dest := range a.binds {
-		if dest == p || strings.HasPrefix(dest, p+"/") {
-			return true
+// resolveInImage resolves p, an absolute path, through the symbolic links
+// of the image's layers, as runc resolves a mount's destination in the
+// rootfs; the part past what the image has is kept as it is.
+func (a *fileAccess) resolveInImage(p string) (string, error) {
+	pending := splitPath(p)
+	cur, links := "", 0
+	for len(pending) > 0 {
+		part := pending[0]
+		pending = pending[1:]
+		switch part {
+		case ".":
+			continue
+		case "..":
+			if cur = path.Dir(cur); cur == "." || cur == "/" {
+				cur = ""
+			}
+			continue
 		}
+		next := path.Join(cur, part)
+		found, err := a.layers.lookup(next)
+		if err != nil {
+			return "", err
+		}
+		if len(found) < len(splitPath(next)) {
+			return "/" + path.Join(append([]string{next}, pending...)...), nil
+		}
+		e := found[len(found)-1]
+		if e.fi.Mode()&os.ModeSymlink == 0 {
+			cur = next
+			continue
+		}
+		if links++; links > maxLinks {
+			return "", fmt.Errorf("more than %d symbolic links on the way to %s", maxLinks, p)
+		}
+		target, err := a.layers.roots[e.layer].Readlink(next)
+		if err != nil {
+			return "", err
+		}
+		if path.IsAbs(target) {
+			cur = ""
+		}
+		pending = append(splitPath(target), pending...)
 	}
-	return false
+	return "/" + cur, nil
 }
 
 // imageEntry returns what the image's layers show at rel (nil for none).
-func (a *fileAccess) imageEntry(rel string) (os.FileInfo, error) {
+func (a *fileAccess) imageEntry(rel string) (*entry, error) {
 	found, err := a.layers.lookup(rel)
 	if err != nil {
 		return nil, err
@@ -167,19 +301,26 @@ func (a *fileAccess) imageEntry(rel string) (os.FileInfo, error) {
 	if len(found) < len(splitPath(rel)) {
 		return nil, nil
 	}
-	return found[len(found)-1].fi, nil
+	return &found[len(found)-1], nil
 }
 
 // changedParent returns the directory rel is in as the user found it:
-// the image's, or, for one the changes make, the changes' own.
-func (a *fileAccess) changedParent(rel, inChanges string) (os.FileInfo, error) {
+// the image's, or, for one the changes make, the changes' own (at
+// inChanges).
+func (a *fileAccess) changedParent(rel, inChanges string) (entry, error) {
 	if rel == "." {
-		return a.layers.rootInfo()
+		fi, err := a.layers.rootInfo()
+		return entry{fi: fi, path: a.layers.dirs[0]}, err
 	}
-	if below, err := a.imageEntry(rel); err != nil || (below != nil && below.IsDir()) {
-		return below, err
+	below, err := a.imageEntry(rel)
+	if err != nil {
+		return entry{}, err
 	}
-	return os.Lstat(inChanges)
+	if below != nil && below.fi.IsDir() {
+		return *below, nil
+	}
+	fi, err := os.Lstat(inChanges)
+	return entry{fi: fi, path: inChanges}, err
 }
 
 // searchableTo reports whether the user may search every directory of the

@@ -11,8 +11,10 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 )
 
 // CheckRootfsChanges holds a checkpoint's rootfs changes, unpacked in dir
@@ -46,7 +48,8 @@ func CheckRootfsChanges(dir string, imageLayers []string, spec *specs.Spec) erro
 	}
 	l := &layers{dirs: imageLayers}
 	defer l.close()
-	a := newFileAccess(spec, m, nil, l)
+	root := &mnt.MntEntry{MntId: proto.Uint32(1), Mountpoint: proto.String("/"), Root: proto.String("/")}
+	a := newFileAccess(spec, m, []*mnt.MntEntry{root}, l)
 	if !a.checkBits {
 		return nil
 	}
@@ -247,49 +250,15 @@ func (a *fileAccess) rootOwned(st *syscall.Stat_t) bool {
 }
 
 // resolveInImage resolves p, an absolute path, through the symbolic links
-// of the image's layers, as runc resolves a mount's destination in the
-// rootfs; the part past what the image has is kept as it is.
+// of the image's layers (a.mounts the root alone), as runc resolves a
+// mount's destination in the rootfs; the part past what the image has is
+// kept as it is.
 func (a *fileAccess) resolveInImage(p string) (string, error) {
-	pending := splitPath(p)
-	cur, links := "", 0
-	for len(pending) > 0 {
-		part := pending[0]
-		pending = pending[1:]
-		switch part {
-		case ".":
-			continue
-		case "..":
-			if cur = path.Dir(cur); cur == "." || cur == "/" {
-				cur = ""
-			}
-			continue
-		}
-		next := path.Join(cur, part)
-		found, err := a.layers.lookup(next)
-		if err != nil {
-			return "", err
-		}
-		if len(found) < len(splitPath(next)) {
-			return "/" + path.Join(append([]string{next}, pending...)...), nil
-		}
-		e := found[len(found)-1]
-		if e.fi.Mode()&os.ModeSymlink == 0 {
-			cur = next
-			continue
-		}
-		if links++; links > maxLinks {
-			return "", fmt.Errorf("more than %d symbolic links on the way to %s", maxLinks, p)
-		}
-		target, err := a.layers.roots[e.layer].Readlink(next)
-		if err != nil {
-			return "", err
-		}
-		if path.IsAbs(target) {
-			cur = ""
-		}
-		pending = append(splitPath(target), pending...)
+	resolved, rest, err := a.resolve(p)
+	if err != nil {
+		return "", err
 	}
-	return "/" + cur, nil
+	return path.Join(append([]string{resolved}, rest...)...), nil
 }
 
 // imageEntry returns what the image's layers show at rel (nil for none).

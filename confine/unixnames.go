@@ -266,6 +266,23 @@ const maxLinks = 40
 // CRIU would make the rest), or "" where something else than a directory is
 // on the way.
 func (a *fileAccess) resolveDir(dir string) (resolved string, exists bool, err error) {
+	resolved, rest, err := a.resolve(dir)
+	switch {
+	case err != nil:
+		return "", false, err
+	case rest == nil:
+		return resolved, true, nil
+	case len(rest) == 0:
+		return "", false, nil // something else than a directory
+	}
+	return resolved, false, nil
+}
+
+// resolve follows dir's symbolic links as resolveDir does; rest is nil
+// where all of dir is there, the components past the deepest directory
+// there where one is missing, and empty where something else than a
+// directory is on the way.
+func (a *fileAccess) resolve(dir string) (resolved string, rest []string, err error) {
 	pending := splitPath(dir)
 	cur, links := "/", 0
 	for len(pending) > 0 {
@@ -281,26 +298,26 @@ func (a *fileAccess) resolveDir(dir string) (resolved string, exists bool, err e
 		next := path.Join(cur, part)
 		s, _, err := a.shownAt(next)
 		if err != nil {
-			return "", false, err
+			return "", nil, err
 		}
 		switch s.kind {
 		case shownNone:
-			return cur, false, nil
+			return cur, append([]string{part}, pending...), nil
 		case shownDir:
 			cur = next
 		case shownLink:
 			if links++; links > maxLinks {
-				return "", false, fmt.Errorf("more than %d symbolic links on the way to %s", maxLinks, dir)
+				return "", nil, fmt.Errorf("more than %d symbolic links on the way to %s", maxLinks, dir)
 			}
 			if path.IsAbs(s.target) {
 				cur = "/"
 			}
 			pending = append(splitPath(s.target), pending...)
 		default:
-			return "", false, nil
+			return "", []string{}, nil
 		}
 	}
-	return cur, true, nil
+	return cur, nil, nil
 }
 
 // The kinds of entries shownAt finds.

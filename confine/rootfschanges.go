@@ -56,7 +56,7 @@ func CheckRootfsChanges(dir string, imageLayers []string, spec *specs.Spec) erro
 	if a.userns != nil && a.uid == unmappedID {
 		return fmt.Errorf("%w: the spec's user %d is not mapped in its user namespace", ErrRefused, a.specUID)
 	}
-	r := &rootfsChanges{a: a, runcMade: map[string]bool{}}
+	r := &rootfsChanges{a: a}
 	dests := []string{}
 	for dest := range a.binds {
 		dests = append(dests, dest)
@@ -98,7 +98,6 @@ type rootfsChanges struct {
 	// destinations are the spec's mount destinations and working
 	// directory, resolved in the image as runc resolves them.
 	destinations []string
-	runcMade     map[string]bool
 	emptied      int // entries looked at by couldEmpty, bounded
 }
 

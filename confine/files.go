@@ -182,6 +182,9 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 			}
 		}
 	}
+	if err := c.inotifyCharge(); err != nil {
+		return fmt.Errorf("%w: %w", ErrRefused, err)
+	}
 	if err := checkTTYs(c.ttys, regs, mounts); err != nil {
 		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
@@ -279,7 +282,10 @@ type fileChecks struct {
 	limits     map[string]uint32 // bufLimit's, read once each
 	ttys       []uint32          // the regular files TTYs are opened by (checkTTYs)
 	fifos      map[uint32]bool   // the regular files FIFOs are opened by
-	unix       []*skunix.UnixSkEntry
+	// inotify and inotifyWatches count the inotify instances and their
+	// watches (see inotifyCharge).
+	inotify, inotifyWatches int
+	unix                    []*skunix.UnixSkEntry
 }
 
 // granted reports whether the spec lets the app have capability c
@@ -290,6 +296,27 @@ func (c *fileChecks) granted(cap int, network bool) bool {
 		return false
 	}
 	return c.caps&(1<<uint(cap)) != 0
+}
+
+// The most inotify instances, and watches in all, a checkpoint of a
+// non-root spec may have (see inotifyCharge).
+const maxInotifyInstances, maxInotifyWatches = 16, 8192
+
+// inotifyCharge bounds the inotify instances and watches of a checkpoint
+// whose spec's user is not root, without a user namespace: CRIU makes them
+// in the task while it is still root, and the kernel counts them to root's
+// fs.inotify.max_user_instances (128 by default) and max_user_watches for
+// as long as the clone holds them, where the node's own services need
+// theirs. A cold start's would count to its own user. (With a user
+// namespace they count to the node's id of its root.)
+func (c *fileChecks) inotifyCharge() error {
+	if !c.hostCaps || c.uid == 0 {
+		return nil
+	}
+	if c.inotify > maxInotifyInstances || c.inotifyWatches > maxInotifyWatches {
+		return fmt.Errorf("the checkpoint has %d inotify instances with %d watches, which CRIU makes as root and the kernel counts to root's; a spec whose user is not root may have at most %d and %d", c.inotify, c.inotifyWatches, maxInotifyInstances, maxInotifyWatches)
+	}
+	return nil
 }
 
 // grantedOwn reports whether the spec lets the app have capability c
@@ -417,6 +444,8 @@ func (c *fileChecks) check(fe *fdinfo.FileEntry) error {
 			}
 			c.watched = append(c.watched, p)
 		}
+		c.inotify++
+		c.inotifyWatches += len(fe.GetIfy().GetWd())
 	case fdinfo.FdTypes_FIFO:
 		// CRIU opens a FIFO's file read-write first, as root, whatever
 		// the flags, and writes the image's data for it into it

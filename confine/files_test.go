@@ -892,3 +892,30 @@ func TestFIFOOpenedReadWrite(t *testing.T) {
 		}
 	}
 }
+
+// A non-root spec's inotify instances, which CRIU makes as root, are
+// bounded: the kernel counts them to root's.
+func TestInotifyChargedToRootBounded(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		uid       uint32
+		hostCaps  bool
+		instances int
+		refuse    bool
+	}{
+		{"a user's few", 1000, true, maxInotifyInstances, false},
+		{"a user's many", 1000, true, maxInotifyInstances + 1, true},
+		{"root's many", 0, true, maxInotifyInstances + 1, false},
+		{"many in a user namespace", 1000, false, maxInotifyInstances + 1, false},
+	} {
+		checks := &fileChecks{uid: c.uid, hostCaps: c.hostCaps}
+		for range c.instances {
+			if err := checks.check(inotifyWatch("/tmp")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := checks.inotifyCharge(); (err != nil) != c.refuse {
+			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+}

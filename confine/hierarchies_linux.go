@@ -17,37 +17,6 @@ var runcManaged = map[string]bool{
 	"misc": true, "name=systemd": true,
 }
 
-// cgroupHierarchies returns this node's cgroup v1 hierarchies by the name
-// runc gives their binds in a container (the base name of their mount
-// point): the first mount of each hierarchy's root, as runc's cgroupfs
-// manager finds it (a node whose hierarchies are mounted from elsewhere,
-// nested in a container, keeps runc's binds).
-// The manager makes a container's cgroup at that mount point joined with
-// the spec's (absolute) cgroups path, whatever the mount's root, in the
-// hierarchies of the controllers it knows (not in a named hierarchy of
-// another init system's, such as name=elogind).
-func cgroupHierarchies() map[string]cgroupHierarchy {
-	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
-		return m.FSType != "cgroup" || m.Root != "/", false
-	})
-	if err != nil {
-		return nil
-	}
-	out := map[string]cgroupHierarchy{}
-	for _, m := range mounts {
-		name := path.Base(m.Mountpoint)
-		if _, dup := out[name]; dup {
-			continue
-		}
-		h := cgroupHierarchy{Mountpoint: m.Mountpoint}
-		for _, o := range strings.Split(m.VFSOptions, ",") {
-			h.Managed = h.Managed || runcManaged[o]
-		}
-		out[name] = h
-	}
-	return out
-}
-
 // v1Controllers are the kernel's cgroup v1 controllers.
 var v1Controllers = map[string]bool{
 	"cpuset": true, "cpu": true, "cpuacct": true, "io": true, "blkio": true, "memory": true, "devices": true,
@@ -55,23 +24,41 @@ var v1Controllers = map[string]bool{
 	"rdma": true, "misc": true, "debug": true,
 }
 
-// cgroupNames returns the names of this node's cgroup v1 hierarchies'
-// controllers and named hierarchies ("name=systemd"), as their mounts'
-// options list them.
-func cgroupNames() map[string]bool {
+// cgroupV1Mounts reads this node's cgroup v1 mounts. It returns:
+//   - its hierarchies by the name runc gives their binds in a container
+//     (the base name of their mount point): the first mount of each
+//     hierarchy's root, as runc's cgroupfs manager finds it (a node whose
+//     hierarchies are mounted from elsewhere, nested in a container, keeps
+//     runc's binds). The manager makes a container's cgroup at that mount
+//     point joined with the spec's (absolute) cgroups path, whatever the
+//     mount's root, in the hierarchies of the controllers it knows (not in
+//     a named hierarchy of another init system's, such as name=elogind);
+//   - the names of their controllers and named hierarchies
+//     ("name=systemd"), as the mounts' options list them.
+func cgroupV1Mounts() (hierarchies map[string]cgroupHierarchy, names map[string]bool) {
 	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
 		return m.FSType != "cgroup", false
 	})
 	if err != nil {
-		return nil
+		return nil, nil
 	}
-	out := map[string]bool{}
+	hierarchies, names = map[string]cgroupHierarchy{}, map[string]bool{}
 	for _, m := range mounts {
-		for _, o := range strings.Split(m.VFSOptions, ",") {
+		opts := strings.Split(m.VFSOptions, ",")
+		for _, o := range opts {
 			if v1Controllers[o] || strings.HasPrefix(o, "name=") {
-				out[o] = true
+				names[o] = true
 			}
 		}
+		name := path.Base(m.Mountpoint)
+		if _, dup := hierarchies[name]; dup || m.Root != "/" {
+			continue
+		}
+		h := cgroupHierarchy{Mountpoint: m.Mountpoint}
+		for _, o := range opts {
+			h.Managed = h.Managed || runcManaged[o]
+		}
+		hierarchies[name] = h
 	}
-	return out
+	return hierarchies, names
 }

@@ -12,7 +12,10 @@ func TestCgroupHierarchiesOfThisNode(t *testing.T) {
 	if _, err := os.Stat("/sys/fs/cgroup/memory/memory.limit_in_bytes"); err != nil {
 		t.Skip("no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory")
 	}
-	h := cgroupHierarchies()
+	h, names := cgroupV1Mounts()
+	if !names["memory"] {
+		t.Errorf("controller names %v, without memory", names)
+	}
 	if got := h["memory"]; got != (cgroupHierarchy{"/sys/fs/cgroup/memory", true}) {
 		t.Errorf("memory: %+v", got)
 	}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
@@ -201,8 +202,10 @@ func readHostState() (hostState, error) {
 	if _, err := os.Stat("/sys/fs/selinux/enforce"); err == nil {
 		h.selinux = true
 	}
-	h.cgroupHierarchies = cgroupHierarchies
-	h.cgroupNames = cgroupNames
+	// One read of the node's cgroup mounts for both, when first needed.
+	cgroupMounts := sync.OnceValues(cgroupV1Mounts)
+	h.cgroupHierarchies = func() map[string]cgroupHierarchy { h, _ := cgroupMounts(); return h }
+	h.cgroupNames = func() map[string]bool { _, n := cgroupMounts(); return n }
 	h.utsNames = utsNamesOf
 	h.ipcSysctls = ipcSysctlsOf
 	h.netSysctl = netSysctlOf

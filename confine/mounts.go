@@ -58,6 +58,7 @@ type mountRules struct {
 	hostHas   func(string) bool      // whether a path exists in the host's /proc or /sys
 	imageName string
 	rootRO    bool            // the spec's root is read-only
+	rootProp  propagation     // what the spec's rootfs propagation lets the root, and binds without their own, be
 	cgroupNS  bool            // the spec has a cgroup namespace
 	ids       map[uint32]bool // mount ids of the images checked so far
 }
@@ -82,7 +83,7 @@ type mountRules struct {
 // It returns the mount images it decoded, by name.
 func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas func(string) bool) (map[string]*crit.CriuImage, error) {
 	r := mountRules{byDest: map[string]specs.Mount{}, devices: map[string]bool{}, hostHas: hostHas, ids: map[uint32]bool{},
-		rootRO: spec.Root != nil && spec.Root.Readonly, cgroupNS: hasCgroupNamespace(spec)}
+		rootRO: spec.Root != nil && spec.Root.Readonly, cgroupNS: hasCgroupNamespace(spec), rootProp: rootPropagation(spec)}
 	for _, m := range spec.Mounts {
 		r.byDest[path.Clean(m.Destination)] = m
 	}
@@ -180,6 +181,9 @@ func (r *mountRules) check(entries []*mnt.MntEntry) error {
 	}
 	if root == nil || root.GetMountpoint() != "/" || root.GetRoot() != "/" {
 		return fmt.Errorf("%s: no root mount at /", r.imageName)
+	}
+	if err := r.rootProp.allowsRoot(root, "the spec's rootfs propagation"); err != nil {
+		return fmt.Errorf("%s: %w", r.imageName, err)
 	}
 	// CRIU remounts the root with the image's flags.
 	if r.rootRO && !isReadOnly(root) {
@@ -286,7 +290,8 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 func (r *mountRules) external(e *mnt.MntEntry) error {
 	where, key := e.GetMountpoint(), path.Clean(e.GetExtKey())
 	if key == nullKey {
-		return nil // runc's /dev/null, bound over a masked file
+		// runc's /dev/null, bound over a masked file
+		return r.rootProp.allows(e, "the spec's rootfs propagation")
 	}
 	// runc keys a mount by its destination with the rootfs's links
 	// resolved, when it dumps as when it restores, and CRIU mounts it at
@@ -300,6 +305,9 @@ func (r *mountRules) external(e *mnt.MntEntry) error {
 		return nil
 	}
 	if r.devices[key] {
+		if err := r.rootProp.allows(e, "the spec's rootfs propagation"); err != nil {
+			return err
+		}
 		return at()
 	}
 	// Read-only if any of the binds the key may stand for is. (A key runc
@@ -317,12 +325,18 @@ func (r *mountRules) external(e *mnt.MntEntry) error {
 			if err := keepsFlags(e, m.Options, key); err != nil {
 				return err
 			}
+			if err := r.bindPropagation(m).allows(e, "the spec's propagation of "+m.Destination); err != nil {
+				return err
+			}
 		}
 		return at()
 	}
 	if dest, m, ok := r.cgroupMount(key); ok {
 		if slices.Contains(m.Options, "ro") && !isReadOnly(e) {
 			return fmt.Errorf("%s binds cgroup %s read-write, the spec mounts %s read-only", where, key, dest)
+		}
+		if err := r.rootProp.allows(e, "the spec's rootfs propagation"); err != nil {
+			return err
 		}
 		return at()
 	}

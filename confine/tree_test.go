@@ -606,3 +606,54 @@ func TestMountsKeepTheSpecsFlags(t *testing.T) {
 		}
 	}
 }
+
+// The root and the external mounts share with the node's mounts no more
+// than the spec's propagation: CRIU binds them from the node's tree and
+// leaves them shared, or makes them slaves, as the images say.
+func TestMountsKeepTheSpecsPropagation(t *testing.T) {
+	with := func(at string, shared, master uint32, internal bool) []*mnt.MntEntry {
+		ms := donorMounts()
+		for _, m := range ms {
+			if m.GetMountpoint() == at {
+				m.SharedId, m.MasterId, m.InternalSharing = proto.Uint32(shared), proto.Uint32(master), proto.Bool(internal)
+			}
+		}
+		return ms
+	}
+	specWith := func(rootfs string, data ...string) *specs.Spec {
+		s := clonesSpec()
+		s.Linux.RootfsPropagation = rootfs
+		s.Mounts[7].Options = append(s.Mounts[7].Options, data...)
+		return s
+	}
+	for _, c := range []struct {
+		name   string
+		spec   *specs.Spec
+		mounts []*mnt.MntEntry
+		refuse string
+	}{
+		{"private, as on a node whose mounts are private", specWith(""), donorMounts(), ""},
+		{"the root a slave, runc's default", specWith(""), with("/", 0, 7, false), ""},
+		{"a bind a slave, the root's propagation", specWith(""), with("/data", 0, 7, false), ""},
+		{"the root shared", specWith(""), with("/", 7, 0, false), "/ is shared (peer group 7)"},
+		{"the root shared within the images", specWith(""), with("/", 7, 0, true), "/ is shared (peer group 7)"},
+		{"the root a slave, rprivate", specWith("rprivate"), with("/", 0, 7, false), "/ is a slave (of peer group 7)"},
+		{"the root shared, rshared", specWith("rshared"), with("/", 7, 3, false), ""},
+		{"a bind a slave, rprivate", specWith("", "rprivate"), with("/data", 0, 7, false), "/data is a slave (of peer group 7) of the node's mounts, which the spec's propagation of /data"},
+		{"a bind shared, rslave", specWith("", "rslave"), with("/data", 7, 0, false), "/data is shared (peer group 7)"},
+		{"a bind shared, the root's propagation", specWith(""), with("/data", 7, 0, false), "/data is shared"},
+		{"a bind shared within the images", specWith("", "rprivate"), with("/data", 7, 0, true), ""},
+		{"a bind shared, rshared after rprivate", specWith("", "rprivate", "rshared"), with("/data", 7, 0, false), ""},
+		{"a bind shared, rprivate after rshared", specWith("", "rshared", "rprivate"), with("/data", 7, 0, false), "/data is shared"},
+		{"a mask shared", specWith(""), with("/proc/keys", 7, 0, false), "/proc/keys is shared"},
+		{"a mask a slave, rprivate", specWith("rprivate"), with("/proc/keys", 0, 7, false), "/proc/keys is a slave"},
+	} {
+		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, c.mounts), c.spec)
+		switch {
+		case c.refuse == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.name, err)
+		case c.refuse != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.refuse)):
+			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
+		}
+	}
+}

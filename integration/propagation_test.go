@@ -1,0 +1,127 @@
+//go:build integration && linux
+
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/checkpoint-restore/go-criu/v7/crit"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
+	"google.golang.org/protobuf/proto"
+)
+
+// TestCraftedVolumeStaysPrivate restores a checkpoint whose volume mount
+// was edited into a slave of a peer group outside the container. The
+// node's volume is a shared mount, as every mount is on a systemd node,
+// and the spec mounts it rprivate. CRIU binds the volume from the node and
+// makes the bind a slave of the node's mount it came from, as the image
+// says: mounts the node makes in the volume then appear in the clone. The
+// previous build restored it so; the clone must cold-start, its /vol
+// private.
+func TestCraftedVolumeStaysPrivate(t *testing.T) {
+	requireShim(t)
+	volume := testDir(t)
+	for _, args := range [][]string{{"--bind", volume, volume}, {"--make-shared", volume}} {
+		if out, err := exec.Command("mount", args...).CombinedOutput(); err != nil {
+			t.Fatalf("mount %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "--recursive", "--lazy", volume).Run() })
+	sub := filepath.Join(volume, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	flags := []string{"--mount", "type=bind,src=" + volume + ",dst=/vol,options=rbind:rprivate:rw"}
+	donor, donorLog := startScriptClone(t, "", counterScript, flags...)
+	waitCount(t, donorLog, 5)
+	if p := propagationAt(t, taskPID(t, donor), "/vol"); p != "" {
+		t.Fatalf("the donor's /vol is %q, want private", p)
+	}
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:shared-volume", packOptions{tamper: func(t *testing.T, dir string) {
+		slaveMount(t, dir, "/vol")
+	}})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, counterScript, flags...)
+	waitCount(t, cloneLog, 3) // restored or cold-started
+	pid := taskPID(t, clone)
+	if p := propagationAt(t, pid, "/vol"); p != "" {
+		t.Errorf("the clone's /vol is %q, the node's volume %q; the spec mounts it rprivate", p, propagationAt(t, os.Getpid(), volume))
+	}
+	// A mount the node makes in the volume stays out of the clone.
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "node-mount", sub).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs at %s: %v: %s", sub, err, out)
+	}
+	if hasMount(t, pid, "/vol/sub") {
+		t.Errorf("the node's mount at %s appeared in the clone at /vol/sub", sub)
+	}
+	expectSpecFallback(t, offset, clone, cloneLog, "/vol is a slave (of peer group 1000) of the node's mounts, which the spec's propagation of /vol does not allow")
+}
+
+// slaveMount makes the mount at the mount point at in the images of dir a
+// slave of a peer group of no mount of the images: CRIU takes it for the
+// group of the node's mount it binds.
+func slaveMount(t *testing.T, dir, at string) {
+	t.Helper()
+	done := false
+	editImages(t, dir, "mountpoints-*.img", &mnt.MntEntry{}, func(img *crit.CriuImage) {
+		for _, e := range img.Entries {
+			if m := e.Message.(*mnt.MntEntry); m.GetMountpoint() == at {
+				m.MasterId = proto.Uint32(1000)
+				done = true
+			}
+		}
+	})
+	if !done {
+		t.Fatalf("no mount at %s in the donor's mount tree", at)
+	}
+}
+
+// hasMount reports whether process pid's mount namespace has a mount at at.
+func hasMount(t *testing.T, pid int, at string) bool {
+	t.Helper()
+	_, ok := mountinfoAt(t, pid, at)
+	return ok
+}
+
+// propagationAt returns the propagation fields (shared:N, master:N) of the
+// mount at at in the mount namespace of process pid: empty for a private
+// mount.
+func propagationAt(t *testing.T, pid int, at string) string {
+	t.Helper()
+	p, ok := mountinfoAt(t, pid, at)
+	if !ok {
+		t.Fatalf("no mount at %s in process %d's mount namespace", at, pid)
+	}
+	return p
+}
+
+// mountinfoAt returns the propagation fields of the mount at at in process
+// pid's mount namespace, and whether there is one.
+func mountinfoAt(t *testing.T, pid int, at string) (string, bool) {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		// id parent major:minor root mountpoint options [optional fields...] - type source super
+		f := strings.Fields(line)
+		if len(f) < 7 || f[4] != at {
+			continue
+		}
+		var out []string
+		for _, o := range f[6:] {
+			if o == "-" {
+				break
+			}
+			out = append(out, o)
+		}
+		return strings.Join(out, " "), true
+	}
+	return "", false
+}

@@ -211,6 +211,11 @@ func checkFiles(imagesDir string, names []string, spec *specs.Spec, m masks, net
 			}
 		}
 	}
+	if a := accessOnce(); a.checkBits {
+		if err := a.checkTmpfsContents(spec); err != nil {
+			return fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+	}
 	if err := unixNames(c.unix, &c, accessOnce); err != nil {
 		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}

@@ -12,6 +12,8 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/snapboot/snapboot/restorehook"
 )
 
 const (
@@ -45,10 +47,6 @@ func keepsFlags(e *mnt.MntEntry, options []string, what string) error {
 // that are files: /dev/null bound over them.
 const nullKey = "/dev/null"
 
-// runcDefaultDevices are the device nodes runc gives every container,
-// listed in the spec or not.
-var runcDefaultDevices = []string{"/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/random", "/dev/urandom"}
-
 // mountRules is what the spec allows the restored mount tree to hold.
 type mountRules struct {
 	byDest    map[string]specs.Mount // the spec's mounts by destination
@@ -59,6 +57,8 @@ type mountRules struct {
 	imageName string
 	rootRO    bool            // the spec's root is read-only
 	rootProp  propagation     // what the spec's rootfs propagation lets the root, and binds without their own, be
+	userns    bool            // the spec has a user namespace
+	memPages  uint64          // the node's memory, in pages
 	cgroupNS  bool            // the spec has a cgroup namespace
 	ids       map[uint32]bool // mount ids of the images checked so far
 }
@@ -83,12 +83,13 @@ type mountRules struct {
 // It returns the mount images it decoded, by name.
 func checkMounts(imagesDir string, names []string, spec *specs.Spec, hostHas func(string) bool) (map[string]*crit.CriuImage, error) {
 	r := mountRules{byDest: map[string]specs.Mount{}, devices: map[string]bool{}, hostHas: hostHas, ids: map[uint32]bool{},
-		rootRO: spec.Root != nil && spec.Root.Readonly, cgroupNS: hasCgroupNamespace(spec), rootProp: rootPropagation(spec)}
+		rootRO: spec.Root != nil && spec.Root.Readonly, cgroupNS: hasCgroupNamespace(spec), rootProp: rootPropagation(spec), memPages: nodeMemPages()}
+	_, r.userns = restorehook.SpecNamespace(spec, specs.UserNamespace)
 	for _, m := range spec.Mounts {
 		r.byDest[path.Clean(m.Destination)] = m
 	}
-	for _, d := range runcDefaultDevices {
-		r.devices[d] = true
+	for _, d := range runcDevices {
+		r.devices[d.Path] = true
 	}
 	if spec.Linux != nil {
 		r.masked, r.readonly = cleaned(spec.Linux.MaskedPaths), cleaned(spec.Linux.ReadonlyPaths)
@@ -236,12 +237,19 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 		if mnt.Fstype(e.GetFstype()) == mnt.Fstype_TMPFS && e.GetFlags()&(msNosuid|msRdonly) == 0 {
 			return fmt.Errorf("%s is a tmpfs without nosuid", where)
 		}
-		// Where runc mounts one: a mount of the spec's, or a masked
-		// directory (a read-only tmpfs). CRIU would make a mount point
-		// the spec does not have as root where it is missing, in a
-		// volume too.
+		// Where runc mounts one: a mount of the spec's, of its type, or a
+		// masked directory (a read-only tmpfs). CRIU would make a mount
+		// point the spec does not have as root where it is missing, in a
+		// volume too, and one at a volume's place would hide the volume.
 		if !inSpec && !slices.Contains(r.masked, where) {
 			return fmt.Errorf("%s is a %s mount the spec does not have", where, mnt.Fstype(e.GetFstype()))
+		}
+		if inSpec && !v1Holder && specMount.Type != fsTypeNames[fs] {
+			return fmt.Errorf("%s is a %s mount, the spec mounts %s there", where, fsTypeNames[fs], describeType(specMount))
+		}
+		// CRIU mounts it with the image's options.
+		if inSpec && fs == mnt.Fstype_TMPFS && !v1Holder {
+			return checkTmpfsOptions(e, specMount, r.userns, r.memPages)
 		}
 		return nil
 	case mnt.Fstype_PROC, mnt.Fstype_SYSFS:
@@ -418,6 +426,17 @@ func isReadOnly(e *mnt.MntEntry) bool { return e.GetFlags()&msRdonly != 0 }
 // empty read-only tmpfs for a directory.
 func isMask(e *mnt.MntEntry) bool {
 	return e.GetExtKey() == nullKey || (mnt.Fstype(e.GetFstype()) == mnt.Fstype_TMPFS && isReadOnly(e))
+}
+
+// fsTypeNames are the spec's types of the file systems CRIU mounts anew.
+var fsTypeNames = map[mnt.Fstype]string{mnt.Fstype_TMPFS: "tmpfs", mnt.Fstype_DEVPTS: "devpts", mnt.Fstype_MQUEUE: "mqueue"}
+
+// describeType names what the spec mounts in m.
+func describeType(m specs.Mount) string {
+	if isBind(m) {
+		return "a bind of " + m.Source
+	}
+	return "a " + m.Type + " mount"
 }
 
 func isCgroup(m specs.Mount) bool { return m.Type == "cgroup" || m.Type == "cgroup2" }

@@ -34,14 +34,20 @@ type tmpfsTrees struct {
 
 type tmpfsTree struct {
 	entries map[string]tmpfsEntry // by path from the tmpfs's root
+	order   []string              // the paths, as the members come
 	err     error
 }
 
 // tmpfsEntry is what a member makes: its kind (a tar type flag) and, for a
-// symbolic link, its target.
+// symbolic link, its target; its owner (in the ids of the container's user
+// namespace, where CRIU runs tar), mode and, for a device, its numbers.
 type tmpfsEntry struct {
-	kind   byte
-	target string
+	kind         byte
+	target       string
+	uid, gid     uint32
+	mode         os.FileMode // permission and set-id bits, as tar unpacks them
+	size         int64
+	major, minor int64
 }
 
 // Bounds of one tmpfs image's listing: members, bytes of their names and
@@ -56,13 +62,23 @@ const (
 // lookup returns the entry the tmpfs m shows at p (an absolute path within
 // the file system, from its root); ok is false for none.
 func (t *tmpfsTrees) lookup(m *mnt.MntEntry, p string) (e tmpfsEntry, ok bool, err error) {
+	tree := t.tree(m)
+	if tree.err != nil {
+		return tmpfsEntry{}, false, tree.err
+	}
+	e, ok = tree.entries[path.Clean(p)]
+	return e, ok, nil
+}
+
+// tree lists the contents CRIU puts in the tmpfs m, once.
+func (t *tmpfsTrees) tree(m *mnt.MntEntry) tmpfsTree {
 	name := fmt.Sprintf("tmpfs-dev-%d.tar.gz.img", m.GetRootDev())
 	if !slices.Contains(t.names, name) {
 		name = fmt.Sprintf("tmpfs-%d.tar.gz.img", m.GetMntId())
 	}
 	tree, listed := t.trees[name]
 	if !listed {
-		tree.entries, tree.err = listTar(filepath.Join(t.imagesDir, name))
+		tree.entries, tree.order, tree.err = listTar(filepath.Join(t.imagesDir, name))
 		if tree.err != nil {
 			tree.err = fmt.Errorf("the contents of the tmpfs at %s (%s): %w", m.GetMountpoint(), name, tree.err)
 		}
@@ -71,11 +87,7 @@ func (t *tmpfsTrees) lookup(m *mnt.MntEntry, p string) (e tmpfsEntry, ok bool, e
 		}
 		t.trees[name] = tree
 	}
-	if tree.err != nil {
-		return tmpfsEntry{}, false, tree.err
-	}
-	e, ok = tree.entries[path.Clean(p)]
-	return e, ok, nil
+	return tree
 }
 
 // listTar lists a gzipped tar file's members by their paths, rooted at
@@ -86,77 +98,94 @@ func (t *tmpfsTrees) lookup(m *mnt.MntEntry, p string) (e tmpfsEntry, ok bool, e
 // before it (so that no member goes through a link), hard links to regular
 // files listed before them. Anything else is refused. A missing file lists
 // nothing: CRIU then fails to fill the tmpfs.
-func listTar(p string) (map[string]tmpfsEntry, error) {
+func listTar(p string) (map[string]tmpfsEntry, []string, error) {
 	f, err := os.Open(p)
 	if errors.Is(err, os.ErrNotExist) {
-		return map[string]tmpfsEntry{}, nil
+		return map[string]tmpfsEntry{}, nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer f.Close()
 	z, err := gzip.NewReader(f)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer z.Close()
 	unpacked := &io.LimitedReader{R: z, N: maxTmpfsBytes + 1}
 	r := tar.NewReader(unpacked)
 	out := map[string]tmpfsEntry{}
+	var order []string
 	nameBytes := 0
 	for {
 		h, err := r.Next()
 		if err == io.EOF {
 			if _, ok := out["/"]; !ok && len(out) > 0 {
-				return nil, errors.New("no member for the tmpfs's root (./)")
+				return nil, nil, errors.New("no member for the tmpfs's root (./)")
 			}
-			return out, nil
+			return out, order, nil
 		}
 		if unpacked.N <= 0 {
-			return nil, fmt.Errorf("more than %d bytes unpacked", int64(maxTmpfsBytes))
+			return nil, nil, fmt.Errorf("more than %d bytes unpacked", int64(maxTmpfsBytes))
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if len(out) == maxTmpfsEntries {
-			return nil, fmt.Errorf("more than %d members", maxTmpfsEntries)
+			return nil, nil, fmt.Errorf("more than %d members", maxTmpfsEntries)
 		}
 		if nameBytes += len(h.Name) + len(h.Linkname); nameBytes > maxTmpfsNameBytes {
-			return nil, fmt.Errorf("more than %d bytes of names", maxTmpfsNameBytes)
+			return nil, nil, fmt.Errorf("more than %d bytes of names", maxTmpfsNameBytes)
 		}
 		key, err := memberPath(h)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if _, seen := out[key]; seen {
-			return nil, fmt.Errorf("member %q twice", h.Name)
+			return nil, nil, fmt.Errorf("member %q twice", h.Name)
 		}
 		if key != "/" {
 			if parent, ok := out[path.Dir(key)]; !ok || parent.kind != tar.TypeDir {
-				return nil, fmt.Errorf("member %q is not in a directory listed before it", h.Name)
+				return nil, nil, fmt.Errorf("member %q is not in a directory listed before it", h.Name)
 			}
 		} else if h.Typeflag != tar.TypeDir {
-			return nil, fmt.Errorf("the tmpfs's root (%q) is not a directory", h.Name)
+			return nil, nil, fmt.Errorf("the tmpfs's root (%q) is not a directory", h.Name)
 		}
-		e := tmpfsEntry{kind: h.Typeflag}
+		e := tmpfsEntry{kind: h.Typeflag, uid: uint32(h.Uid), gid: uint32(h.Gid), mode: tarMode(h.Mode), size: h.Size, major: h.Devmajor, minor: h.Devminor}
 		switch h.Typeflag {
 		case tar.TypeReg, tar.TypeDir, tar.TypeChar, tar.TypeBlock, tar.TypeFifo, tar.TypeGNUSparse:
 		case tar.TypeSymlink:
 			if len(h.Linkname) > maxPathLen || strings.ContainsRune(h.Linkname, 0) {
-				return nil, fmt.Errorf("member %q links to a name that is too long", h.Name)
+				return nil, nil, fmt.Errorf("member %q links to a name that is too long", h.Name)
 			}
 			e.target = h.Linkname
 		case tar.TypeLink:
 			target, ok := out[path.Clean("/"+h.Linkname)]
 			if !ok || (target.kind != tar.TypeReg && target.kind != tar.TypeGNUSparse) {
-				return nil, fmt.Errorf("member %q is a hard link to %q, not a regular file listed before it", h.Name, h.Linkname)
+				return nil, nil, fmt.Errorf("member %q is a hard link to %q, not a regular file listed before it", h.Name, h.Linkname)
 			}
-			e.kind = tar.TypeReg
+			e.kind, e.uid, e.gid, e.mode, e.size = tar.TypeReg, target.uid, target.gid, target.mode, target.size
 		default:
-			return nil, fmt.Errorf("member %q is of type %q, which CRIU's tar does not make", h.Name, h.Typeflag)
+			return nil, nil, fmt.Errorf("member %q is of type %q, which CRIU's tar does not make", h.Name, h.Typeflag)
 		}
 		out[key] = e
+		order = append(order, key)
 	}
+}
+
+// tarMode is a member's permission and set-id bits as an os.FileMode.
+func tarMode(m int64) os.FileMode {
+	mode := os.FileMode(m & 0o777)
+	if m&0o4000 != 0 {
+		mode |= os.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		mode |= os.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		mode |= os.ModeSticky
+	}
+	return mode
 }
 
 // paxKeys are the PAX records a member may have: those GNU tar writes, in

@@ -52,7 +52,7 @@ func TestListTar(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "tmpfs-dev-2.tar.gz.img")
 			writeTmpfs(t, p, c.members)
-			got, err := listTar(p)
+			got, _, err := listTar(p)
 			switch {
 			case c.refuse == "" && err != nil:
 				t.Fatalf("refused: %v", err)
@@ -124,7 +124,7 @@ func gnuTarListing(t *testing.T, src string, extra ...string) map[string]tmpfsEn
 	if out, err := exec.Command("tar", args...).CombinedOutput(); err != nil {
 		t.Fatalf("tar: %v: %s", err, out)
 	}
-	got, err := listTar(p)
+	got, _, err := listTar(p)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,6 +83,18 @@ func donorMounts() []*mnt.MntEntry {
 	}
 }
 
+// usernsMounts is donorMounts as a container with a user namespace has
+// them: the kernel shows its tmpfs mounts' owner, the namespace's root.
+func usernsMounts() []*mnt.MntEntry {
+	ms := donorMounts()
+	for _, m := range ms {
+		if mnt.Fstype(m.GetFstype()) == mnt.Fstype_TMPFS && m.ExtKey == nil {
+			m.Options = proto.String(strings.TrimPrefix(m.GetOptions()+",uid=0,gid=0", ","))
+		}
+	}
+	return ms
+}
+
 // clonesSpec is the restoring container's spec: what containerd's default
 // spec has for these paths.
 func clonesSpec() *specs.Spec {
@@ -112,6 +124,7 @@ func onHost(p string) bool { return p != "/proc/kcore" }
 func writeTree(t *testing.T, ids []*criucore.TaskKobjIdsEntry, mounts []*mnt.MntEntry) string {
 	t.Helper()
 	dir := writeImages(t, task{})
+	os.Remove(filepath.Join(dir, "ids-1.img")) // writeImages's
 	writeImage(t, filepath.Join(dir, "inventory.img"), "INVENTORY", &inventory.InventoryEntry{ImgVersion: proto.Uint32(2), RootIds: hostIDs()})
 	for i, id := range ids {
 		writeImage(t, filepath.Join(dir, "ids-"+string(rune('1'+i))+".img"), "IDS", id)
@@ -235,7 +248,7 @@ func TestNamespaceRefusals(t *testing.T) {
 			host   uint32
 			refuse bool
 		}{{"same maps", 100000, false}, {"root outside", 0, true}} {
-			dir := writeTree(t, []*criucore.TaskKobjIdsEntry{ids}, donorMounts())
+			dir := writeTree(t, []*criucore.TaskKobjIdsEntry{ids}, usernsMounts())
 			ext := &userns.UidGidExtent{First: proto.Uint32(0), LowerFirst: proto.Uint32(c.host), Count: proto.Uint32(65536)}
 			writeImage(t, filepath.Join(dir, "userns-14.img"), "USERNS", &userns.UsernsEntry{UidMap: []*userns.UidGidExtent{ext}, GidMap: []*userns.UidGidExtent{ext}})
 			if err := checkTree(dir, s); errors.Is(err, ErrRefused) != c.refuse || (!c.refuse && err != nil) {
@@ -654,6 +667,108 @@ func TestMountsKeepTheSpecsPropagation(t *testing.T) {
 			t.Errorf("%s: refused: %v", c.name, err)
 		case c.refuse != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.refuse)):
 			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
+		}
+	}
+}
+
+// CRIU mounts a tmpfs with the image's options: its root's mode and owner
+// must be the spec's, and its size and inodes no more than the spec's.
+func TestTmpfsOptionsAreTheSpecs(t *testing.T) {
+	with := func(shmOptions string) []*mnt.MntEntry {
+		ms := donorMounts()
+		for _, m := range ms {
+			if m.GetMountpoint() == "/dev/shm" {
+				m.Options = proto.String(shmOptions)
+			}
+		}
+		return ms
+	}
+	specWith := func(shm ...string) *specs.Spec {
+		s := clonesSpec()
+		s.Mounts[3].Options = shm // /dev/shm
+		return s
+	}
+	half := nodeMemPages() / 2 * pageSize / 1024
+	for _, c := range []struct {
+		name   string
+		spec   *specs.Spec
+		image  string
+		refuse string
+	}{
+		{"as runc mounted it", specWith("nosuid", "mode=1777", "size=65536k"), "size=65536k", ""},
+		{"the size in other units", specWith("size=64m"), "size=65536k", ""},
+		{"smaller", specWith("size=64m"), "size=4k", ""},
+		{"no size in the spec", specWith(), "size=1073741824k", ""},
+		{"larger", specWith("size=64m"), "size=131072k", "may hold 32768 pages, the spec's 16384"},
+		{"unbounded", specWith("size=64m"), "", "may hold"},
+		{"the node's default, in percent", specWith("size=50%"), "", ""},
+		{"in blocks", specWith("nr_blocks=100"), "size=400k", ""},
+		{"inodes", specWith("nr_inodes=1k"), "nr_inodes=1024", ""},
+		{"more inodes", specWith("nr_inodes=1k"), "nr_inodes=1025", "may hold 1025 inodes, the spec's 1024"},
+		{"another mode", specWith("mode=1777"), "mode=777", "has mode 0777, the spec's is 1777"},
+		{"mode 755", specWith("mode=0755"), "mode=755", ""},
+		{"another owner", specWith(), "uid=1000", "is owned by 1000:0, the spec's by 0:0"},
+		{"the spec's owner", specWith("uid=1000", "gid=1000"), "uid=1000,gid=1000", ""},
+		{"a bad option", specWith(), "size=lots", "option \"size=lots\""},
+	} {
+		if c.name == "the node's default, in percent" && half == 0 {
+			continue
+		}
+		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, with(c.image)), c.spec)
+		switch {
+		case c.refuse == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.name, err)
+		case c.refuse != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.refuse)):
+			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
+		}
+	}
+	// In a user namespace the kernel shows the owner in its ids; one it
+	// does not show is the node's root.
+	userns := clonesSpec()
+	userns.Linux.Namespaces = append(userns.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+	for _, c := range []struct {
+		name   string
+		mounts []*mnt.MntEntry
+		refuse bool
+	}{{"the namespace's root", usernsMounts(), false}, {"the node's root", donorMounts(), true}} {
+		r := mountRules{byDest: map[string]specs.Mount{}, userns: true, memPages: nodeMemPages()}
+		for _, m := range userns.Mounts {
+			r.byDest[m.Destination] = m
+		}
+		var err error
+		for _, m := range c.mounts {
+			if m.GetMountpoint() == "/dev" {
+				err = r.allowed(m, c.mounts)
+			}
+		}
+		if (err != nil) != c.refuse || c.refuse && !strings.Contains(err.Error(), "owned by the node's root") {
+			t.Errorf("in a user namespace, %s: %v", c.name, err)
+		}
+	}
+	// Fresh file systems only at the spec's mounts of their type: a tmpfs
+	// where the spec binds a volume would hide it.
+	s := clonesSpec()
+	s.Mounts[3] = specs.Mount{Destination: "/dev/shm", Type: "bind", Source: "/run/shm", Options: []string{"rbind"}}
+	err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, donorMounts()), s)
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "/dev/shm is a tmpfs mount, the spec mounts a bind of /run/shm there") {
+		t.Errorf("a tmpfs at a bind's place: %v", err)
+	}
+}
+
+func TestMemSize(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		of   uint64
+		want uint64
+		bad  bool
+	}{
+		{"4096", 0, 4096, false}, {"4k", 0, 4096, false}, {"64M", 0, 64 << 20, false}, {"1g", 0, 1 << 30, false},
+		{"0x10", 0, 16, false}, {"50%", 1000, 500, false}, {"50%", 0, 0, true}, {"", 0, 0, true},
+		{"k", 0, 0, true}, {"16777216t", 0, 0, true}, {"-1", 0, 0, true},
+	} {
+		got, err := memSize(c.in, c.of)
+		if (err != nil) != c.bad || got != c.want {
+			t.Errorf("memSize(%q, %d) = %d, %v", c.in, c.of, got, err)
 		}
 	}
 }

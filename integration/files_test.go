@@ -761,18 +761,20 @@ func main() {
 }
 `
 
-// TestUnixSocketInRunRestoresForItsUser restores a donor listening on
-// /run/app/app.sock, in a directory of nobody's on /run, a tmpfs in
-// containerd's default spec, its images edited to run as nobody, into a
-// clone that runs as nobody: the name is looked up in the tmpfs's
-// contents, which are the checkpoint's, and the clone restores.
-func TestUnixSocketInRunRestoresForItsUser(t *testing.T) {
+// TestUnixSocketInTmpfsRestoresForItsUser restores a donor listening on
+// /dev/shm/app/app.sock, in a directory of nobody's on /dev/shm, a tmpfs
+// in containerd's default spec that anyone may write to, its images
+// edited to run as nobody, into a clone that runs as nobody: the name is
+// looked up in the tmpfs's contents, which are the checkpoint's, and the
+// clone restores. (A directory of nobody's on /run, root's, is one
+// nobody could not make: see TestTmpfsContentsNeedTheSpecsUser.)
+func TestUnixSocketInTmpfsRestoresForItsUser(t *testing.T) {
 	requireShim(t)
 	program, flags := buildProgram(t, "unixsock", unixSocketProgram)
-	script := "mkdir -p /run/app 2>/dev/null; chown 65534:65534 /run/app 2>/dev/null; " + program + " /run/app/app.sock"
+	script := "mkdir -p /dev/shm/app; chown 65534:65534 /dev/shm/app 2>/dev/null; " + program + " /dev/shm/app/app.sock"
 	donor, donorLog := startScriptClone(t, "", script, flags...)
 	waitCount(t, donorLog, 5)
-	ck := packAndPush(t, donor, registryAddr+"/it/crafted:unixsock-run", packOptions{tamper: asNobodyWithSocket("/run/app/app.sock")})
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:unixsock-shm", packOptions{tamper: asNobodyWithSocket("/dev/shm/app/app.sock")})
 	offset := containerdLogOffset()
 	clone, cloneLog := startScriptClone(t, ck.Ref, script, append(append([]string{"--user", "65534:65534"}, dropAll...), flags...)...)
 	expectRestored(t, offset, clone, cloneLog)

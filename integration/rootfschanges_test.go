@@ -55,3 +55,41 @@ func TestRootfsChangesNeedTheSpecsUser(t *testing.T) {
 		})
 	}
 }
+
+// TestTmpfsContentsNeedTheSpecsUser restores checkpoints of a root donor,
+// edited to run as nobody, into clones that run as nobody without
+// capabilities. In one the donor made a sudo timestamp in /run, a tmpfs
+// CRIU fills from the checkpoint as root: a setuid sudo of the image would
+// take it for a password just given. The previous build restored it. A
+// file nobody could make (its own, in /dev/shm) restores.
+func TestTmpfsContentsNeedTheSpecsUser(t *testing.T) {
+	requireShim(t)
+	const count = `i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done`
+	for i, c := range []struct {
+		name, change, file, refusal string
+	}{
+		{"nobody's file in /dev/shm", `echo mine > /dev/shm/mine; chown 65534:65534 /dev/shm/mine; `, "/dev/shm/mine", ""},
+		{"root's sudo timestamp in /run", `mkdir -p -m 700 /run/sudo/ts; echo mine > /run/sudo/ts/nobody; `, "/run/sudo/ts/nobody",
+			"the checkpoint's tmpfs at /run holds /run/sudo (d0755, owner 0:0), which the spec's user (65534) could not make: it may not make files in its directory"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			donor, donorLog := startScriptClone(t, "", c.change+count)
+			waitCount(t, donorLog, 5)
+			ck := packAndPush(t, donor, registryAddr+"/it/crafted:tmpfs-"+fmt.Sprint(i), packOptions{tamper: asNobody})
+			offset := containerdLogOffset()
+			clone, cloneLog := startScriptClone(t, ck.Ref, count, append([]string{"--user", "65534:65534"}, dropAll...)...)
+			if c.refusal == "" {
+				expectRestored(t, offset, clone, cloneLog)
+				if got := readFile(fmt.Sprintf("/proc/%d/root%s", taskPID(t, clone), c.file)); got != "mine\n" {
+					t.Errorf("the clone's %s: %q", c.file, got)
+				}
+				return
+			}
+			waitCount(t, cloneLog, 3) // restored or cold-started
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d/root%s", taskPID(t, clone), c.file)); err == nil {
+				t.Errorf("the clone has the checkpoint's %s", c.file)
+			}
+			expectSpecFallback(t, offset, clone, cloneLog, c.refusal)
+		})
+	}
+}

@@ -185,6 +185,9 @@ func apply(imagesDir, workDir string, spec *specs.Spec, host hostState, hostHas 
 	if err := checkNamespaces(imagesDir, names, spec); err != nil {
 		return nil, err
 	}
+	if err := checkNodePIDs(spec, m); err != nil {
+		return nil, err
+	}
 	mountImages, err := checkMounts(imagesDir, names, spec, hostHas)
 	if err != nil {
 		return nil, err

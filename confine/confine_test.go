@@ -11,6 +11,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v7/crit"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/creds"
 	criucore "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/inventory"
 	"github.com/checkpoint-restore/go-criu/v7/crit/images/seccomp"
 	"github.com/checkpoint-restore/go-criu/v7/magic"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -81,11 +82,19 @@ func writeImages(t *testing.T, tasks ...task) string {
 		f.Close()
 	}
 	os.WriteFile(filepath.Join(dir, "pages-1.img"), []byte("memory"), 0o600)
+	// In a PID namespace of their own, as spec's.
+	writeImage(t, filepath.Join(dir, "inventory.img"), "INVENTORY", &inventory.InventoryEntry{ImgVersion: proto.Uint32(2), RootIds: hostIDs()})
+	for i := range tasks {
+		ids := hostIDs()
+		ids.PidNsId = containerIDs().PidNsId
+		writeImage(t, filepath.Join(dir, "ids-"+string(rune('1'+i))+".img"), "IDS", ids)
+	}
 	return dir
 }
 
 func spec(uid uint32, caps []string, seccomp bool) *specs.Spec {
-	s := &specs.Spec{Process: &specs.Process{User: specs.User{UID: uid, GID: uid}}, Linux: &specs.Linux{}}
+	s := &specs.Spec{Process: &specs.Process{User: specs.User{UID: uid, GID: uid}},
+		Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{{Type: specs.PIDNamespace}}}}
 	if caps != nil {
 		s.Process.Capabilities = &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps}
 	}
@@ -256,5 +265,51 @@ func TestIDMappedMountsRefused(t *testing.T) {
 		if err := checkIDMappedMounts(s); errors.Is(err, ErrRefused) != c.refuse {
 			t.Errorf("%s: got %v", c.name, err)
 		}
+	}
+}
+
+// Without a PID namespace of its own a clone gets the checkpoint's PIDs in
+// the node's, which only CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN could
+// choose.
+func TestNodePIDsNeedTheirCapabilities(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		caps   []string
+		userns bool
+		refuse bool
+	}{
+		{"no capabilities", nil, false, true},
+		{"the default ones", []string{"CAP_CHOWN", "CAP_KILL", "CAP_SETUID", "CAP_SETGID"}, false, true},
+		{"CAP_CHECKPOINT_RESTORE", []string{"CAP_CHECKPOINT_RESTORE"}, false, false},
+		{"CAP_SYS_ADMIN", []string{"CAP_SYS_ADMIN"}, false, false},
+		{"CAP_SYS_ADMIN in a user namespace", []string{"CAP_SYS_ADMIN"}, true, true},
+	} {
+		s := spec(1000, c.caps, false)
+		s.Linux.Namespaces = nil
+		if c.userns {
+			s.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.UserNamespace}}
+		}
+		m, err := specMasks(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = checkNodePIDs(s, m)
+		if c.refuse != errors.Is(err, ErrRefused) || c.refuse && !strings.Contains(err.Error(), "the checkpoint's PIDs in the node's") {
+			t.Errorf("%s: %v", c.name, err)
+		}
+	}
+	if err := checkNodePIDs(spec(1000, nil, false), masks{}); err != nil {
+		t.Errorf("a PID namespace of its own: %v", err)
+	}
+	// Joined by path: the node's, or another (a pod's).
+	joined := spec(1000, nil, false)
+	joined.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace, Path: "/proc/self/ns/pid"}}
+	if err := checkNodePIDs(joined, masks{}); !errors.Is(err, ErrRefused) {
+		t.Errorf("the node's, joined by path: %v", err)
+	}
+	nodePIDNS = "/proc/self/ns/net" // stands for another PID namespace
+	defer func() { nodePIDNS = "/proc/self/ns/pid" }()
+	if err := checkNodePIDs(joined, masks{}); err != nil {
+		t.Errorf("another, joined by path: %v", err)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/snapboot/snapboot/restorehook"
 )
 
 // nsID reads one namespace's id from a task's ids; ok is false when the
@@ -112,6 +114,41 @@ func checkNamespaces(imagesDir string, names []string, spec *specs.Spec) error {
 		return fmt.Errorf("%w: no task namespace ids (ids-*.img) in the checkpoint", ErrRefused)
 	}
 	return nil
+}
+
+// checkNodePIDs refuses a spec without a PID namespace of its own, which
+// restores in the node's, unless its capabilities could choose PIDs
+// there: CRIU gives each restored process its image's PID, where a cold
+// start gets the next free one. A process with a chosen PID could take
+// over a node daemon's pid file, or another container's place in the
+// node's process tree, once its process is gone; the kernel lets only
+// CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN in the PID namespace's user
+// namespace, the node's, choose them (clone3's set_tid, ns_last_pid).
+//
+// A spec that joins a PID namespace by path joins the node's where the path
+// names the shim's own (nodePIDNS).
+func checkNodePIDs(spec *specs.Spec, m masks) error {
+	if ns, ok := restorehook.SpecNamespace(spec, specs.PIDNamespace); ok && (ns.Path == "" || !sameNamespace(ns.Path, nodePIDNS)) {
+		return nil
+	}
+	caps, nodeCaps := grantedCaps(spec, m)
+	if nodeCaps && caps&(1<<unix.CAP_CHECKPOINT_RESTORE|1<<unix.CAP_SYS_ADMIN) != 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: the spec has no PID namespace of its own, and CRIU would give the restored processes the checkpoint's PIDs in the node's, which the spec's capabilities (no CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN on the node) could not choose", ErrRefused)
+}
+
+// nodePIDNS names the node's PID namespace: the shim's.
+var nodePIDNS = "/proc/self/ns/pid"
+
+// sameNamespace reports whether the namespace files a and b are the same
+// namespace. One that cannot be read is not.
+func sameNamespace(a, b string) bool {
+	var sa, sb unix.Stat_t
+	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 // checkUserNSMaps refuses a user namespace whose uid or gid map is not the

@@ -175,3 +175,37 @@ func TestNerdctlSysctls(t *testing.T) {
 		t.Fatalf("the restored clone's sysctls: %s, want its spec's 1001 9001", got)
 	}
 }
+
+// TestNodePIDsNeedTheirCapabilities restores a checkpoint of a donor that
+// ran in the node's PID namespace (`nerdctl run --pid host`, a spec without
+// a PID namespace, as a Kubernetes hostPID pod's) into a clone there with
+// the default capabilities. CRIU would give the clone's processes the
+// checkpoint's PIDs, chosen in the node's PID namespace, which the clone
+// could not do: a cold start gets the next free ones. The previous build
+// restored it with the donor's PID; the clone must cold-start.
+func TestNodePIDsNeedTheirCapabilities(t *testing.T) {
+	requireShim(t)
+	suffix := runToken
+	donorName, cloneName := "nerd-hostpid-donor-"+suffix, "nerd-hostpid-clone-"+suffix
+	flags := []string{"--net", "host", "--pid", "host"}
+	donor := nerdctlRun(t, donorName, "", flags...)
+	nerdctlCount(t, donorName, 5)
+	donorPID := taskPID(t, donor)
+	ref := registryAddr + "/it/nerdctl:hostpid"
+	mustSnapboot(t, "checkpoint", "--exit", donor, ref)
+	mustNerdctl(t, "rm", "-f", donorName)
+
+	offset := containerdLogOffset()
+	clone := nerdctlRun(t, cloneName, ref, flags...)
+	ns := nerdctlCount(t, cloneName, 3) // restored or cold-started
+	if pid := taskPID(t, clone); pid == donorPID {
+		t.Errorf("the clone has the donor's PID %d in the node's PID namespace", pid)
+	}
+	line := logLine(t, offset, "snapboot.fallback", clone, 60*time.Second)
+	if !strings.Contains(line, "CRIU would give the restored processes the checkpoint's PIDs in the node's") || !strings.Contains(line, "reason_kind=spec") {
+		t.Errorf("fallback reason:\n%s", line)
+	}
+	if ns[0] != 1 {
+		t.Errorf("the cold start counted from %d", ns[0])
+	}
+}

@@ -231,7 +231,10 @@ func bundle(t *testing.T, annotations map[string]string) string {
 	dir := t.TempDir()
 	// Root with CAP_DAC_OVERRIDE, as containerd's default spec has it:
 	// confine does not look into the test's rootfs, which is not there.
-	caps := []string{"CAP_DAC_OVERRIDE"}
+	// The spec has none of its own namespaces (the test's images have no
+	// namespace ids): CAP_CHECKPOINT_RESTORE lets it keep the checkpoint's
+	// PIDs in the node's.
+	caps := []string{"CAP_DAC_OVERRIDE", "CAP_CHECKPOINT_RESTORE"}
 	process := map[string]any{"args": []string{"/bin/sh"}, "capabilities": map[string]any{"bounding": caps, "effective": caps, "permitted": caps}}
 	spec := map[string]any{"ociVersion": "1.2.0", "process": process, "annotations": annotations, "x-unknown": 7}
 	b, _ := json.Marshal(spec)

@@ -611,12 +611,7 @@ func TestMountsKeepTheSpecsFlags(t *testing.T) {
 		{"a bind without nosuid", with(nosuid|msNoexec|msNodev, ro|msNodev), "/data is not nosuid"},
 	} {
 		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, c.mounts), s)
-		switch {
-		case c.refuse == "" && err != nil:
-			t.Errorf("%s: refused: %v", c.name, err)
-		case c.refuse != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.refuse)):
-			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
-		}
+		wantRefusal(t, c.name, err, c.refuse)
 	}
 }
 
@@ -662,12 +657,7 @@ func TestMountsKeepTheSpecsPropagation(t *testing.T) {
 		{"a mask a slave, rprivate", specWith("rprivate"), with("/proc/keys", 0, 7, false), "/proc/keys is a slave"},
 	} {
 		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, c.mounts), c.spec)
-		switch {
-		case c.refuse == "" && err != nil:
-			t.Errorf("%s: refused: %v", c.name, err)
-		case c.refuse != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.refuse)):
-			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
-		}
+		wantRefusal(t, c.name, err, c.refuse)
 	}
 }
 
@@ -715,12 +705,7 @@ func TestTmpfsOptionsAreTheSpecs(t *testing.T) {
 			continue
 		}
 		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, with(c.image)), c.spec)
-		switch {
-		case c.refuse == "" && err != nil:
-			t.Errorf("%s: refused: %v", c.name, err)
-		case c.refuse != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), c.refuse)):
-			t.Errorf("%s: %v, want a refusal about %q", c.name, err, c.refuse)
-		}
+		wantRefusal(t, c.name, err, c.refuse)
 	}
 	// In a user namespace the kernel shows the owner in its ids; one it
 	// does not show is the node's root.
@@ -770,5 +755,17 @@ func TestMemSize(t *testing.T) {
 		if (err != nil) != c.bad || got != c.want {
 			t.Errorf("memSize(%q, %d) = %d, %v", c.in, c.of, got, err)
 		}
+	}
+}
+
+// wantRefusal checks err, a check's result in the case name: a refusal
+// saying refuse, or none where refuse is empty.
+func wantRefusal(t *testing.T, name string, err error, refuse string) {
+	t.Helper()
+	switch {
+	case refuse == "" && err != nil:
+		t.Errorf("%s: refused: %v", name, err)
+	case refuse != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), refuse)):
+		t.Errorf("%s: %v, want a refusal about %q", name, err, refuse)
 	}
 }

@@ -19,7 +19,6 @@ import (
 // in /tmp) restores.
 func TestRootfsChangesNeedTheSpecsUser(t *testing.T) {
 	requireShim(t)
-	const count = `i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done`
 	for i, c := range []struct {
 		name, change, refusal string
 	}{
@@ -28,11 +27,7 @@ func TestRootfsChangesNeedTheSpecsUser(t *testing.T) {
 			"the checkpoint's rootfs changes /etc/shadow (-rw-------, owner 0:0), which the spec's user (65534) could not: it may not write the image's file"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			donor, donorLog := startScriptClone(t, "", c.change+count)
-			waitCount(t, donorLog, 5)
-			ck := packAndPush(t, donor, registryAddr+"/it/crafted:rootfs-"+fmt.Sprint(i), packOptions{tamper: asNobody})
-			offset := containerdLogOffset()
-			clone, cloneLog := startScriptClone(t, ck.Ref, count, append([]string{"--user", "65534:65534"}, dropAll...)...)
+			clone, cloneLog, offset := nobodyClone(t, c.change, "rootfs-"+fmt.Sprint(i))
 			shadow := func() string {
 				data, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/etc/shadow", taskPID(t, clone)))
 				if err != nil {
@@ -64,7 +59,6 @@ func TestRootfsChangesNeedTheSpecsUser(t *testing.T) {
 // file nobody could make (its own, in /dev/shm) restores.
 func TestTmpfsContentsNeedTheSpecsUser(t *testing.T) {
 	requireShim(t)
-	const count = `i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done`
 	for i, c := range []struct {
 		name, change, file, refusal string
 	}{
@@ -73,11 +67,7 @@ func TestTmpfsContentsNeedTheSpecsUser(t *testing.T) {
 			"the checkpoint's tmpfs at /run holds /run/sudo (d0755, owner 0:0), which the spec's user (65534) could not make: it may not make files in its directory"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			donor, donorLog := startScriptClone(t, "", c.change+count)
-			waitCount(t, donorLog, 5)
-			ck := packAndPush(t, donor, registryAddr+"/it/crafted:tmpfs-"+fmt.Sprint(i), packOptions{tamper: asNobody})
-			offset := containerdLogOffset()
-			clone, cloneLog := startScriptClone(t, ck.Ref, count, append([]string{"--user", "65534:65534"}, dropAll...)...)
+			clone, cloneLog, offset := nobodyClone(t, c.change, "tmpfs-"+fmt.Sprint(i))
 			if c.refusal == "" {
 				expectRestored(t, offset, clone, cloneLog)
 				if got := readFile(fmt.Sprintf("/proc/%d/root%s", taskPID(t, clone), c.file)); got != "mine\n" {
@@ -92,4 +82,21 @@ func TestTmpfsContentsNeedTheSpecsUser(t *testing.T) {
 			expectSpecFallback(t, offset, clone, cloneLog, c.refusal)
 		})
 	}
+}
+
+// countLoop counts, one number a line, ten a second.
+const countLoop = `i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done`
+
+// nobodyClone starts a root donor that first runs change, checkpoints it
+// with its images edited to run as nobody (tagged tag), and starts a clone
+// of it that runs as nobody without capabilities. offset is containerd's
+// log's before the clone.
+func nobodyClone(t *testing.T, change, tag string) (clone, cloneLog string, offset int64) {
+	t.Helper()
+	donor, donorLog := startScriptClone(t, "", change+countLoop)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:"+tag, packOptions{tamper: asNobody})
+	offset = containerdLogOffset()
+	clone, cloneLog = startScriptClone(t, ck.Ref, countLoop, append([]string{"--user", "65534:65534"}, dropAll...)...)
+	return clone, cloneLog, offset
 }

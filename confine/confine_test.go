@@ -312,4 +312,8 @@ func TestNodePIDsNeedTheirCapabilities(t *testing.T) {
 	if err := checkNodePIDs(joined, masks{}); err != nil {
 		t.Errorf("another, joined by path: %v", err)
 	}
+	joined.Linux.Namespaces[0].Path = "/proc/self/ns/missing"
+	if err := checkNodePIDs(joined, masks{}); !errors.Is(err, ErrRefused) {
+		t.Errorf("a path that cannot be read: %v", err)
+	}
 }

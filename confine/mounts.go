@@ -186,6 +186,9 @@ func (r *mountRules) check(entries []*mnt.MntEntry) error {
 	if err := r.rootProp.allowsRoot(root, "the spec's rootfs propagation"); err != nil {
 		return fmt.Errorf("%s: %w", r.imageName, err)
 	}
+	if err := checkAliases(entries, root); err != nil {
+		return fmt.Errorf("%s: %w", r.imageName, err)
+	}
 	// CRIU remounts the root with the image's flags.
 	if r.rootRO && !isReadOnly(root) {
 		return fmt.Errorf("%s: the root is read-write, the spec makes it read-only", r.imageName)
@@ -349,6 +352,43 @@ func (r *mountRules) external(e *mnt.MntEntry) error {
 		return at()
 	}
 	return fmt.Errorf("%s is an external mount %q that the spec does not have", where, e.GetExtKey())
+}
+
+// checkAliases refuses a mount CRIU would bind from the root or from an
+// external mount instead of mounting it anew: CRIU takes two mounts of the
+// same device (root_dev) for views of one file system, and binds the one
+// whose root is within the other's from it, whatever its type. A tmpfs of
+// the spec's could so become a writable view of a read-only volume, or a
+// slave of the node's mount (CRIU copies an external's peer group to the
+// mounts bound from it). Nor may a mount CRIU makes anew be a slave of a
+// peer group the images do not have: CRIU would look for it outside.
+func checkAliases(entries []*mnt.MntEntry, root *mnt.MntEntry) error {
+	groups := map[uint32]bool{}
+	for _, e := range entries {
+		if e.GetSharedId() != 0 {
+			groups[e.GetSharedId()] = true
+		}
+	}
+	for _, e := range entries {
+		if e == root || e.ExtKey != nil {
+			continue
+		}
+		for _, x := range entries {
+			if (x == root || x.ExtKey != nil) && x.GetRootDev() == e.GetRootDev() && isSubPath(e.GetRoot(), x.GetRoot()) {
+				return fmt.Errorf("%s has the device of %s (%d), from which CRIU would bind it", e.GetMountpoint(), x.GetMountpoint(), e.GetRootDev())
+			}
+		}
+		if m := e.GetMasterId(); m != 0 && !groups[m] {
+			return fmt.Errorf("%s is a slave of peer group %d, which no mount of the checkpoint is in", e.GetMountpoint(), m)
+		}
+	}
+	return nil
+}
+
+// isSubPath reports whether p is base or below it (both clean and
+// absolute).
+func isSubPath(p, base string) bool {
+	return p == base || base == "/" || strings.HasPrefix(p, base+"/")
 }
 
 // bindsForKey returns the spec's bind mounts (byDest, by destination) an

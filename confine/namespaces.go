@@ -126,9 +126,12 @@ func checkNamespaces(imagesDir string, names []string, spec *specs.Spec) error {
 // namespace, the node's, choose them (clone3's set_tid, ns_last_pid).
 //
 // A spec that joins a PID namespace by path joins the node's where the path
-// names the shim's own (nodePIDNS).
+// names the shim's own (nodePIDNS), or cannot be read. In another one (a
+// pod's shared one) the restored processes get their PIDs in it, which a
+// cold start could not choose either; CRIU fails where one is taken, and
+// the README says what is left.
 func checkNodePIDs(spec *specs.Spec, m masks) error {
-	if ns, ok := restorehook.SpecNamespace(spec, specs.PIDNamespace); ok && (ns.Path == "" || !sameNamespace(ns.Path, nodePIDNS)) {
+	if ns, ok := restorehook.SpecNamespace(spec, specs.PIDNamespace); ok && (ns.Path == "" || !mayBeSameNamespace(ns.Path, nodePIDNS)) {
 		return nil
 	}
 	caps, nodeCaps := grantedCaps(spec, m)
@@ -141,12 +144,12 @@ func checkNodePIDs(spec *specs.Spec, m masks) error {
 // nodePIDNS names the node's PID namespace: the shim's.
 var nodePIDNS = "/proc/self/ns/pid"
 
-// sameNamespace reports whether the namespace files a and b are the same
-// namespace. One that cannot be read is not.
-func sameNamespace(a, b string) bool {
+// mayBeSameNamespace reports whether the namespace files a and b may be
+// the same namespace: they are, or one cannot be read.
+func mayBeSameNamespace(a, b string) bool {
 	var sa, sb unix.Stat_t
 	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
-		return false
+		return true
 	}
 	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }

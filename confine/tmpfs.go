@@ -190,10 +190,11 @@ func tarMode(m int64) os.FileMode {
 
 // paxKeys are the PAX records a member may have: those GNU tar writes, in
 // its posix format (a distribution's default), for times, ids and sizes
-// that do not fit the header. Any other (a path, a link's target, a sparse
-// file's name) is refused: GNU tar and Go's archive/tar pick names
+// that do not fit the header, but not user or group names (see
+// memberPath). Any other (a path, a link's target, a sparse file's name)
+// is refused: GNU tar and Go's archive/tar pick names
 // differently where they meet other headers.
-var paxKeys = map[string]bool{"atime": true, "ctime": true, "mtime": true, "uid": true, "gid": true, "uname": true, "gname": true, "size": true}
+var paxKeys = map[string]bool{"atime": true, "ctime": true, "mtime": true, "uid": true, "gid": true, "size": true}
 
 // memberPath returns a member's path from the tmpfs's root, refusing any
 // header CRIU's tar does not make.
@@ -205,6 +206,12 @@ func memberPath(h *tar.Header) (string, error) {
 		if !paxKeys[key] {
 			return "", fmt.Errorf("member %q has a PAX record %q, which snapboot does not read as GNU tar would", h.Name, key)
 		}
+	}
+	// CRIU's tar extracts without --numeric-owner: a member's user and
+	// group names, where the node has them, would win over its ids. CRIU
+	// packs with --numeric-owner, which leaves them out.
+	if h.Uname != "" || h.Gname != "" {
+		return "", fmt.Errorf("member %q has a user or group name (%q, %q), which CRIU's tar would take over its ids", h.Name, h.Uname, h.Gname)
 	}
 	name := h.Name
 	if len(name) > maxPathLen || strings.ContainsRune(name, 0) {

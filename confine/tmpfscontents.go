@@ -65,9 +65,7 @@ func (a *fileAccess) checkTmpfsContents(spec *specs.Spec) error {
 	if a.cwd != "" {
 		t.mountPoints = append(t.mountPoints, a.cwd)
 	}
-	if spec.Process != nil && spec.Process.Terminal {
-		t.mountPoints = append(t.mountPoints, "/dev/console")
-	}
+	t.console = spec.Process != nil && spec.Process.Terminal
 	for _, m := range a.mounts {
 		if mnt.Fstype(m.GetFstype()) != mnt.Fstype_TMPFS || m.ExtKey != nil || m.GetRoot() != "/" {
 			continue
@@ -112,6 +110,7 @@ type tmpfsRules struct {
 	byDest      map[string]specs.Mount
 	devices     map[string]specs.LinuxDevice // by path
 	mountPoints []string                     // every place runc may mount on or make
+	console     bool                         // runc binds a pty on /dev/console
 }
 
 func (t *tmpfsRules) has(c int) bool { return t.caps&(1<<uint(c)) != 0 }
@@ -170,7 +169,7 @@ func (t *tmpfsRules) madeByRunc(p string, e tmpfsEntry) bool {
 			// runc binds the node's device on an empty file.
 			return e.kind == tar.TypeReg && e.size == 0 && rootOwned && plain
 		}
-		kind := map[string]byte{"c": tar.TypeChar, "u": tar.TypeChar, "b": tar.TypeBlock}[d.Type]
+		kind := map[string]byte{"c": tar.TypeChar, "u": tar.TypeChar, "b": tar.TypeBlock, "p": tar.TypeFifo}[d.Type]
 		perm := os.FileMode(0o666)
 		if d.FileMode != nil {
 			perm = d.FileMode.Perm()
@@ -183,6 +182,10 @@ func (t *tmpfsRules) madeByRunc(p string, e tmpfsEntry) bool {
 			gid = *d.GID
 		}
 		return e.kind == kind && e.major == d.Major && e.minor == d.Minor && e.uid == uid && e.gid == gid && plain && e.mode.Perm()&^perm == 0
+	}
+	if p == "/dev/console" && t.console {
+		// The pty's mount point, made 0666 less the umask.
+		return rootOwned && plain && e.kind == tar.TypeReg && e.size == 0
 	}
 	if !rootOwned || !plain || e.mode.Perm()&0o022 != 0 {
 		return false

@@ -124,6 +124,11 @@ func TestTmpfsContentsNeedTheSpecsUser(t *testing.T) {
 			f.Gid = 0
 			return with(79, f)
 		}(), "it would be owned by 1000:0"},
+		{"a user's file named for root", userSpec(), func() map[int][]*tar.Header {
+			f := file("./a", 0o4755, 1000)
+			f.Uname, f.Gname = "root", "root"
+			return with(79, f)
+		}(), "has a user or group name (\"root\", \"root\"), which CRIU's tar would take over its ids"},
 		{"a masked directory with contents", userSpec(), with(55, file("./x", 0o644, 1000)), "runc masks the directory with an empty read-only tmpfs"},
 		{"a directory the user may not search", userSpec(), with(79, dir("./d/", 0o700, 0), file("./d/f", 0o644, 1000)), "/dev/shm/d (d0700, owner 0:0)"},
 	} {

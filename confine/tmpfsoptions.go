@@ -2,6 +2,7 @@ package confine
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -53,11 +54,19 @@ func checkTmpfsOptions(e *mnt.MntEntry, m specs.Mount, userns bool, memPages uin
 	case image.uid != spec.uid || image.gid != spec.gid:
 		return fmt.Errorf("the tmpfs at %s is owned by %s, the spec's by %d:%d", where, ownerIDs(image.uid, image.gid), spec.uid, spec.gid)
 	case spec.hasPages && image.pages > spec.pages:
-		return fmt.Errorf("the tmpfs at %s may hold %d pages, the spec's %d", where, image.pages, spec.pages)
+		return fmt.Errorf("the tmpfs at %s may hold %s pages, the spec's %s", where, bound(image.pages), bound(spec.pages))
 	case spec.hasInodes && image.inodes > spec.inodes:
-		return fmt.Errorf("the tmpfs at %s may hold %d inodes, the spec's %d", where, image.inodes, spec.inodes)
+		return fmt.Errorf("the tmpfs at %s may hold %s inodes, the spec's %s", where, bound(image.inodes), bound(spec.inodes))
 	}
 	return nil
+}
+
+// bound names a tmpfs bound.
+func bound(n uint64) string {
+	if n == math.MaxUint64 {
+		return "any number of"
+	}
+	return strconv.FormatUint(n, 10)
 }
 
 // ownerIDs names an owner in the container's ids.
@@ -103,19 +112,27 @@ func (l *tmpfsLimits) parse(options []string, memPages uint64) {
 		case "size":
 			var bytes uint64
 			if bytes, err = memSize(value, memPages*pageSize); err == nil {
-				l.pages, l.hasPages = (bytes+pageSize-1)/pageSize, true
+				l.pages, l.hasPages = unlimitedIfZero((bytes+pageSize-1)/pageSize), true
 			}
 		case "nr_blocks":
 			l.pages, err = memSize(value, 0)
-			l.hasPages = err == nil
+			l.pages, l.hasPages = unlimitedIfZero(l.pages), err == nil
 		case "nr_inodes":
 			l.inodes, err = memSize(value, 0)
-			l.hasInodes = err == nil
+			l.inodes, l.hasInodes = unlimitedIfZero(l.inodes), err == nil
 		}
 		if err != nil && l.parseError == nil {
 			l.parseError = fmt.Errorf("option %q: %w", o, err)
 		}
 	}
+}
+
+// unlimitedIfZero is a tmpfs bound as the kernel takes it: 0 for none.
+func unlimitedIfZero(n uint64) uint64 {
+	if n == 0 {
+		return math.MaxUint64
+	}
+	return n
 }
 
 // pageSize is the node's page size.

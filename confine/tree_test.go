@@ -700,6 +700,10 @@ func TestTmpfsOptionsAreTheSpecs(t *testing.T) {
 		{"another owner", specWith(), "uid=1000", "is owned by 1000:0, the spec's by 0:0"},
 		{"the spec's owner", specWith("uid=1000", "gid=1000"), "uid=1000,gid=1000", ""},
 		{"a bad option", specWith(), "size=lots", "option \"size=lots\""},
+		{"no bound, spelled 0", specWith("size=64m"), "size=0k", "may hold any number of pages, the spec's 16384"},
+		{"no bound, spelled 0%", specWith("size=64m"), "size=0%", "may hold any number of pages"},
+		{"no inode bound", specWith("nr_inodes=1k"), "nr_inodes=0", "may hold any number of inodes, the spec's 1024"},
+		{"no bound in the spec either", specWith("size=0"), "size=0k", ""},
 	} {
 		if c.name == "the node's default, in percent" && half == 0 {
 			continue
@@ -767,5 +771,52 @@ func wantRefusal(t *testing.T, name string, err error, refuse string) {
 		t.Errorf("%s: refused: %v", name, err)
 	case refuse != "" && (!errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), refuse)):
 		t.Errorf("%s: %v, want a refusal about %q", name, err, refuse)
+	}
+}
+
+// A mount of the images with the device of the root or of an external
+// mount is one CRIU would bind from it, not make anew: a tmpfs of the
+// spec's would become a writable view of a read-only volume.
+func TestMountsCRIUWouldBindFromAnother(t *testing.T) {
+	with := func(edit func(run, data *mnt.MntEntry)) []*mnt.MntEntry {
+		ms := donorMounts()
+		var run, data *mnt.MntEntry
+		for _, m := range ms {
+			switch m.GetMountpoint() {
+			case "/run":
+				run = m
+			case "/data":
+				data = m
+			}
+		}
+		edit(run, data)
+		return ms
+	}
+	for _, c := range []struct {
+		name   string
+		mounts []*mnt.MntEntry
+		refuse string
+	}{
+		{"as dumped", donorMounts(), ""},
+		{"/run with the volume's device", with(func(run, data *mnt.MntEntry) { run.RootDev = proto.Uint32(data.GetRootDev()) }),
+			"/run has the device of /data (83), from which CRIU would bind it"},
+		{"/run with the root's device", with(func(run, _ *mnt.MntEntry) { run.RootDev = proto.Uint32(74) }), "/run has the device of / (74)"},
+		{"/run with the device of a mask's /dev/null, another root", with(func(run, data *mnt.MntEntry) {
+			run.RootDev, data.Root = proto.Uint32(data.GetRootDev()), proto.String("/null")
+		}), ""},
+		{"/run a slave of a group not in the images", with(func(run, _ *mnt.MntEntry) { run.MasterId = proto.Uint32(4242) }),
+			"/run is a slave of peer group 4242, which no mount of the checkpoint is in"},
+		{"/run a slave of /dev's group", with(func(run, _ *mnt.MntEntry) { run.MasterId = proto.Uint32(9) }), ""},
+	} {
+		ms := c.mounts
+		if c.name == "/run a slave of /dev's group" {
+			for _, m := range ms {
+				if m.GetMountpoint() == "/dev" {
+					m.SharedId = proto.Uint32(9)
+				}
+			}
+		}
+		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, ms), clonesSpec())
+		wantRefusal(t, c.name, err, c.refuse)
 	}
 }

@@ -125,3 +125,62 @@ func mountinfoAt(t *testing.T, pid int, at string) (string, bool) {
 	}
 	return "", false
 }
+
+// TestCraftedTmpfsIsNoViewOfAVolume restores a checkpoint whose /run
+// tmpfs was edited to have the device of a read-only volume, a tmpfs of
+// the node's (as a Kubernetes emptyDir in memory is), and the volume's
+// entry the /run tmpfs's options: CRIU takes the two for views of one file
+// system and binds /run from the volume, writable, instead of mounting a
+// tmpfs. The previous build restored it so, the node's volume at /run; the
+// clone must cold-start.
+func TestCraftedTmpfsIsNoViewOfAVolume(t *testing.T) {
+	requireShim(t)
+	volume := testDir(t)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "node-volume", volume).CombinedOutput(); err != nil {
+		t.Fatalf("mount a tmpfs at %s: %v: %s", volume, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "--lazy", volume).Run() })
+	if err := os.WriteFile(filepath.Join(volume, "marker"), []byte("the node's\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	flags := []string{"--mount", "type=bind,src=" + volume + ",dst=/data,options=rbind:ro"}
+	donor, donorLog := startScriptClone(t, "", counterScript, flags...)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:run-alias", packOptions{tamper: func(t *testing.T, dir string) {
+		aliasMount(t, dir, "/run", "/data")
+	}})
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ck.Ref, counterScript, flags...)
+	waitCount(t, cloneLog, 3) // restored or cold-started
+	run := fmt.Sprintf("/proc/%d/root/run", taskPID(t, clone))
+	if _, err := os.Stat(filepath.Join(run, "marker")); err == nil {
+		t.Errorf("the clone's /run is the node's volume %s", volume)
+	}
+	// What the clone writes in /run stays out of the read-only volume.
+	_ = os.WriteFile(filepath.Join(run, "written"), []byte("the clone's\n"), 0o644)
+	if _, err := os.Stat(filepath.Join(volume, "written")); err == nil {
+		t.Errorf("a file written in the clone's /run is in the node's read-only volume %s", volume)
+	}
+	expectSpecFallback(t, offset, clone, cloneLog, "/run has the device of /data")
+}
+
+// aliasMount gives the mount at at in the images of dir the device of the
+// mount at of, and that one its options.
+func aliasMount(t *testing.T, dir, at, of string) {
+	t.Helper()
+	editImages(t, dir, "mountpoints-*.img", &mnt.MntEntry{}, func(img *crit.CriuImage) {
+		var target, source *mnt.MntEntry
+		for _, e := range img.Entries {
+			switch m := e.Message.(*mnt.MntEntry); m.GetMountpoint() {
+			case at:
+				target = m
+			case of:
+				source = m
+			}
+		}
+		if target == nil || source == nil {
+			t.Fatalf("no mounts at %s and %s in the donor's mount tree", at, of)
+		}
+		target.RootDev, source.Options = proto.Uint32(source.GetRootDev()), proto.String(target.GetOptions())
+	})
+}

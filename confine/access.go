@@ -527,11 +527,18 @@ func (a *fileAccess) allows(e entry, need uint32) bool {
 			return false // an ACL this does not read: not granted
 		}
 	}
-	perm := uint32(fi.Mode().Perm())
+	return bitsGrant(fi.Mode(), st.Uid, st.Gid, a.uid, a.gids, need)
+}
+
+// bitsGrant reports whether a file's permission bits (mode), with its
+// owner and group, grant need to the user uid with groups gids: the
+// owner's class, else the group's, else the others'.
+func bitsGrant(mode os.FileMode, owner, group, uid uint32, gids []uint32, need uint32) bool {
+	perm := uint32(mode.Perm())
 	switch {
-	case st.Uid == a.uid:
+	case owner == uid:
 		perm >>= 6
-	case slices.Contains(a.gids, st.Gid):
+	case slices.Contains(gids, group):
 		perm >>= 3
 	}
 	return perm&need == need

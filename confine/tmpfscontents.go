@@ -246,14 +246,7 @@ func (t *tmpfsRules) permits(e tmpfsEntry, need uint32) bool {
 	if t.has(unix.CAP_DAC_READ_SEARCH) && e.kind == tar.TypeDir {
 		need &^= wantRead | wantExec
 	}
-	perm := uint32(e.mode.Perm())
-	switch {
-	case e.uid == t.uid:
-		perm >>= 6
-	case slices.Contains(t.gids, e.gid):
-		perm >>= 3
-	}
-	return perm&need == need
+	return bitsGrant(e.mode, e.uid, e.gid, t.uid, t.gids, need)
 }
 
 // specOptions are a spec mount's options, each comma-separated list split.

@@ -183,6 +183,9 @@ func (r *mountRules) check(entries []*mnt.MntEntry) error {
 	if root == nil || root.GetMountpoint() != "/" || root.GetRoot() != "/" {
 		return fmt.Errorf("%s: no root mount at /", r.imageName)
 	}
+	if root.GetExtMount() || root.GetDeleted() || root.ExtKey != nil {
+		return fmt.Errorf("%s: the root mount is external or deleted", r.imageName)
+	}
 	if err := r.rootProp.allowsRoot(root, "the spec's rootfs propagation"); err != nil {
 		return fmt.Errorf("%s: %w", r.imageName, err)
 	}
@@ -222,6 +225,15 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 	}
 	if e.GetWithPlugin() {
 		return fmt.Errorf("%s is restored by a CRIU plugin", where)
+	}
+	// CRIU's older external flag takes the entry's root for a key runc
+	// maps, past the checks of external mounts; and a deleted mount's
+	// root CRIU makes and removes as root.
+	if e.GetExtMount() {
+		return fmt.Errorf("%s is an external mount in CRIU's older form (ext_mount), keyed by its root %q", where, e.GetRoot())
+	}
+	if e.GetDeleted() {
+		return fmt.Errorf("%s is a mount whose root was deleted", where)
 	}
 	if e.ExtKey != nil {
 		// CRIU binds the host path runc maps the key to.
@@ -376,6 +388,12 @@ func checkAliases(entries []*mnt.MntEntry, root *mnt.MntEntry) error {
 		for _, x := range entries {
 			if (x == root || x.ExtKey != nil) && x.GetRootDev() == e.GetRootDev() && isSubPath(e.GetRoot(), x.GetRoot()) {
 				return fmt.Errorf("%s has the device of %s (%d), from which CRIU would bind it", e.GetMountpoint(), x.GetMountpoint(), e.GetRootDev())
+			}
+			// CRIU groups mounts with an external one by device and
+			// options alone, and binds one of the group from another
+			// whatever their types: a mask's tmpfs from a fresh proc.
+			if x != root && x.ExtKey == nil && x.GetRootDev() == e.GetRootDev() && (x.GetFstype() != e.GetFstype() || x.GetSource() != e.GetSource()) {
+				return fmt.Errorf("%s (%s) has the device of %s (%s), from which CRIU could bind it", e.GetMountpoint(), mnt.Fstype(e.GetFstype()), x.GetMountpoint(), mnt.Fstype(x.GetFstype()))
 			}
 		}
 		if m := e.GetMasterId(); m != 0 && !groups[m] {

@@ -807,13 +807,20 @@ func TestMountsCRIUWouldBindFromAnother(t *testing.T) {
 		{"/run a slave of a group not in the images", with(func(run, _ *mnt.MntEntry) { run.MasterId = proto.Uint32(4242) }),
 			"/run is a slave of peer group 4242, which no mount of the checkpoint is in"},
 		{"/run a slave of /dev's group", with(func(run, _ *mnt.MntEntry) { run.MasterId = proto.Uint32(9) }), ""},
+		{"a mask's tmpfs with proc's device", with(func(_, _ *mnt.MntEntry) {}), "/proc (PROC) has the device of /proc/acpi (TMPFS)"},
+		{"an old-style external mount", with(func(run, _ *mnt.MntEntry) { run.ExtMount = proto.Bool(true) }), "/run is an external mount in CRIU's older form"},
+		{"a deleted mount root", with(func(run, _ *mnt.MntEntry) { run.Deleted = proto.Bool(true) }), "/run is a mount whose root was deleted"},
+		{"a deleted root", with(func(_, _ *mnt.MntEntry) {}), "the root mount is external or deleted"},
 	} {
 		ms := c.mounts
-		if c.name == "/run a slave of /dev's group" {
-			for _, m := range ms {
-				if m.GetMountpoint() == "/dev" {
-					m.SharedId = proto.Uint32(9)
-				}
+		for _, m := range ms {
+			switch {
+			case c.name == "/run a slave of /dev's group" && m.GetMountpoint() == "/dev":
+				m.SharedId = proto.Uint32(9)
+			case c.name == "a mask's tmpfs with proc's device" && m.GetMountpoint() == "/proc/acpi":
+				m.RootDev = proto.Uint32(76) // /proc's
+			case c.name == "a deleted root" && m.GetMountpoint() == "/":
+				m.Deleted = proto.Bool(true)
 			}
 		}
 		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, ms), clonesSpec())

@@ -184,3 +184,49 @@ func aliasMount(t *testing.T, dir, at, of string) {
 		target.RootDev, source.Options = proto.Uint32(source.GetRootDev()), proto.String(target.GetOptions())
 	})
 }
+
+// TestCraftedMaskIsNoViewOfSysfs restores a checkpoint whose /sys/firmware
+// mask (an empty read-only tmpfs) was edited to have the device and
+// options of the clone's sysfs, as was the /dev/null bound over
+// /proc/keys: CRIU groups mounts with an external one by device and
+// options alone, and binds the mask from the fresh sysfs instead of
+// mounting a tmpfs, so /sys/firmware shows the whole of sysfs. The
+// previous build restored it so; the clone must cold-start.
+func TestCraftedMaskIsNoViewOfSysfs(t *testing.T) {
+	requireShim(t)
+	donor, donorLog := startCounterDonor(t)
+	waitCount(t, donorLog, 5)
+	ck := packAndPush(t, donor, registryAddr+"/it/crafted:mask-alias", packOptions{tamper: func(t *testing.T, dir string) {
+		editImages(t, dir, "mountpoints-*.img", &mnt.MntEntry{}, func(img *crit.CriuImage) {
+			var sys *mnt.MntEntry
+			for _, e := range img.Entries {
+				if m := e.Message.(*mnt.MntEntry); m.GetMountpoint() == "/sys" {
+					sys = m
+				}
+			}
+			var rest, keys []*crit.CriuEntry
+			for _, e := range img.Entries {
+				switch m := e.Message.(*mnt.MntEntry); m.GetMountpoint() {
+				case "/sys/firmware", "/proc/keys":
+					m.RootDev, m.Options = proto.Uint32(sys.GetRootDev()), proto.String(sys.GetOptions())
+					if m.GetMountpoint() == "/proc/keys" {
+						keys = append(keys, e)
+						continue
+					}
+				}
+				rest = append(rest, e)
+			}
+			if sys == nil || len(keys) != 1 {
+				t.Fatal("no /sys or /proc/keys mask in the donor's mount tree")
+			}
+			img.Entries = append(rest, keys...) // last: CRIU reads the list backwards
+		})
+	}})
+	offset := containerdLogOffset()
+	clone, cloneLog := startCounterClone(t, ck.Ref)
+	waitCount(t, cloneLog, 3) // restored or cold-started
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/root/sys/firmware/kernel", taskPID(t, clone))); err == nil {
+		t.Errorf("the clone's /sys/firmware mask shows the whole of sysfs")
+	}
+	expectSpecFallback(t, offset, clone, cloneLog, "from which CRIU could bind it")
+}

@@ -129,9 +129,6 @@ func (d *demo) compare(ctx context.Context, cs []contender) error {
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
-			if err := d.waitCached(ctx, c.ref); err != nil {
-				return err
-			}
 			time.Sleep(time.Second) // the empty-cache start's shim exits
 			w, _, err := d.snapbootByClient(ctx, "compare-warm", c.ref, "")
 			if err != nil {

@@ -80,7 +80,7 @@ func (d *demo) floor(ctx context.Context, ref string) (time.Duration, float64, e
 		}
 		return nil
 	}
-	t, cpu, err := d.clientStart(ctx, id, "io.containerd.runc.v2", nil, map[string]string{criuconf.RuncAnnotation: conf}, copyRootfs,
+	t, cpu, err := d.clientStart(ctx, id, "io.containerd.runc.v2", nil, map[string]string{criuconf.RuncAnnotation: conf}, copyRootfs, nil,
 		containerd.WithRestoreImagePath(filepath.Join(unpacked, "criu")), containerd.WithRestoreWorkPath(work))
 	if err != nil {
 		return 0, 0, fmt.Errorf("floor: %w; CRIU: %s", err, criulog.Errors(filepath.Join(work, "restore.log")))
@@ -98,7 +98,11 @@ func (d *demo) snapbootByClient(ctx context.Context, kind, ref, nodeConfig strin
 	if nodeConfig != "" {
 		opts = &runtimeoptions.Options{ConfigPath: nodeConfig}
 	}
-	t, cpu, err := d.clientStart(ctx, id, "io.containerd.snapboot.v1", opts, map[string]string{"snapboot.dev/checkpoint": ref}, nil)
+	// The container stays until its restore has filled the cache: the
+	// shim of a container removed at once has containerd's shutdown
+	// timeout (3 s) to end the fill, and a slow disk can take longer.
+	filled := func(ctx context.Context) error { return d.waitCached(ctx, ref) }
+	t, cpu, err := d.clientStart(ctx, id, "io.containerd.snapboot.v1", opts, map[string]string{"snapboot.dev/checkpoint": ref}, nil, filled)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -112,9 +116,10 @@ func (d *demo) snapbootByClient(ctx context.Context, kind, ref, nodeConfig strin
 // client with the spec `ctr run --net-host --env ...` gives the donor, and
 // returns the time to its first 200. The time spent in between (a function
 // run after the container is created and before its task is) is not
-// counted. The container is removed before it returns.
+// counted, nor is after's (run after the first 200, if not nil). The
+// container is removed before it returns.
 func (d *demo) clientStart(ctx context.Context, id, runtime string, runtimeOpts any, annotations map[string]string,
-	between func(context.Context, *containerd.Client) error, taskOpts ...containerd.NewTaskOpts) (_ time.Duration, cpu float64, _ error) {
+	between func(context.Context, *containerd.Client) error, after func(context.Context) error, taskOpts ...containerd.NewTaskOpts) (_ time.Duration, cpu float64, _ error) {
 	client, err := containerd.New(d.s.containerd)
 	if err != nil {
 		return 0, 0, err
@@ -165,6 +170,11 @@ func (d *demo) clientStart(ctx context.Context, id, runtime string, runtimeOpts 
 	cpu += cpuBusy() - cpu0
 	say("%s (%s): container %.3fs, task create %.3fs, task start %.3fs, first 200 after %.3fs; total %.3fs, %.2f CPU-seconds busy on this machine",
 		id, runtime, created.Seconds(), tasked.Seconds(), (started - tasked).Seconds(), (total - created - started).Seconds(), total.Seconds(), cpu)
+	if after != nil {
+		if err := after(ctx); err != nil {
+			return 0, 0, err
+		}
+	}
 	return total, cpu, nil
 }
 

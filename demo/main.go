@@ -386,10 +386,12 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 		r.FirstBody = body
 		say("restored (cold cache) to first 200: %.2fs (pull %.2fs, unpack %.2fs, runc restore %.2fs while the page images downloaded for %.2fs more); it answered %q",
 			t.Seconds(), tm["pull_s"], tm["unpack_s"], tm["restore_s"], tm["streamed_s"], tail(body, 1))
-		d.s.removeContainer(ctx, id)
+		// Removed once its restore has filled the cache (see
+		// snapbootByClient).
 		if err := d.waitCached(ctx, ref); err != nil {
 			return nil, err
 		}
+		d.s.removeContainer(ctx, id)
 
 		say("run %d/%d: restore again, cache warm", i+1, d.o.runs)
 		id = d.newID("restored-warm-cache")
@@ -463,18 +465,14 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 	return r, nil
 }
 
-// emptyCacheStart empties the node cache, starts the app from ref as
-// snapbootByClient does, and waits until the restore has filled the cache
-// again (so that what comes next does not compete with the fill).
+// emptyCacheStart empties the node cache and starts the app from ref as
+// snapbootByClient does, which waits until the restore has filled the
+// cache again (so that what comes next does not compete with the fill).
 func (d *demo) emptyCacheStart(ctx context.Context, kind, ref, config string) (time.Duration, float64, error) {
 	if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
 		return 0, 0, err
 	}
-	t, cpu, err := d.snapbootByClient(ctx, kind, ref, config)
-	if err != nil {
-		return 0, 0, err
-	}
-	return t, cpu, d.waitCached(ctx, ref)
+	return d.snapbootByClient(ctx, kind, ref, config)
 }
 
 // checkpointStats is what snapboot checkpoint --json reports.

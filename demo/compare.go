@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 )
 
 // shimBinary is the shim's file name; containerd finds it on its PATH.
@@ -129,7 +128,6 @@ func (d *demo) compare(ctx context.Context, cs []contender) error {
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
-			time.Sleep(time.Second) // the empty-cache start's shim exits
 			w, _, err := d.snapbootByClient(ctx, "compare-warm", c.ref, "")
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)

@@ -392,6 +392,7 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 			return nil, err
 		}
 		d.s.removeContainer(ctx, id)
+		time.Sleep(time.Second) // its shim exits before the warm start
 
 		say("run %d/%d: restore again, cache warm", i+1, d.o.runs)
 		id = d.newID("restored-warm-cache")

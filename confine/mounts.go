@@ -312,9 +312,12 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 // runc does not map fails the restore.
 func (r *mountRules) external(e *mnt.MntEntry) error {
 	where, key := e.GetMountpoint(), path.Clean(e.GetExtKey())
+	binds := bindsForKey(r.byDest, key)
+	if err := r.keyPropagation(key, binds, e); err != nil {
+		return err
+	}
 	if key == nullKey {
-		// runc's /dev/null, bound over a masked file
-		return r.rootProp.allows(e, "the spec's rootfs propagation")
+		return nil // runc's /dev/null, bound over a masked file
 	}
 	// runc keys a mount by its destination with the rootfs's links
 	// resolved, when it dumps as when it restores, and CRIU mounts it at
@@ -328,14 +331,10 @@ func (r *mountRules) external(e *mnt.MntEntry) error {
 		return nil
 	}
 	if r.devices[key] {
-		if err := r.rootProp.allows(e, "the spec's rootfs propagation"); err != nil {
-			return err
-		}
 		return at()
 	}
 	// Read-only if any of the binds the key may stand for is. (A key runc
 	// does not have fails the restore in CRIU.)
-	binds := bindsForKey(r.byDest, key)
 	ro := false
 	for _, m := range binds {
 		ro = ro || slices.Contains(m.Options, "ro")
@@ -348,18 +347,12 @@ func (r *mountRules) external(e *mnt.MntEntry) error {
 			if err := keepsFlags(e, m.Options, key); err != nil {
 				return err
 			}
-			if err := r.bindPropagation(m).allows(e, "the spec's propagation of "+m.Destination); err != nil {
-				return err
-			}
 		}
 		return at()
 	}
 	if dest, m, ok := r.cgroupMount(key); ok {
 		if slices.Contains(m.Options, "ro") && !isReadOnly(e) {
 			return fmt.Errorf("%s binds cgroup %s read-write, the spec mounts %s read-only", where, key, dest)
-		}
-		if err := r.rootProp.allows(e, "the spec's rootfs propagation"); err != nil {
-			return err
 		}
 		return at()
 	}

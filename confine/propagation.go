@@ -59,6 +59,22 @@ func (r *mountRules) bindPropagation(m specs.Mount) propagation {
 	return p
 }
 
+// keyPropagation checks e, an external mount with key: the spec's binds
+// the key may stand for (binds) each allow its propagation, and any other
+// key (runc's device nodes, /dev/null over masked files, cgroup v1
+// hierarchies) the root's.
+func (r *mountRules) keyPropagation(key string, binds []specs.Mount, e *mnt.MntEntry) error {
+	if key == nullKey || r.devices[key] || len(binds) == 0 {
+		return r.rootProp.allows(e, "the spec's rootfs propagation")
+	}
+	for _, m := range binds {
+		if err := r.bindPropagation(m).allows(e, "the spec's propagation of "+m.Destination); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // allows checks that e, an external mount CRIU binds from the node, does
 // not share more with the node's mounts than what, the spec's option,
 // gives a cold start. CRIU makes a peer group of the images' own

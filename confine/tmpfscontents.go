@@ -133,8 +133,7 @@ func (t *tmpfsRules) check(m *mnt.MntEntry, specMount specs.Mount, inSpec bool) 
 			if !inSpec {
 				continue
 			}
-			want := tmpfsLimits{mode: 0o1777}
-			want.parse(specOptions(specMount), 0)
+			want := specTmpfs(specMount, 0)
 			switch {
 			case (e.uid != want.uid || e.gid != want.gid) && !t.has(unix.CAP_CHOWN):
 				return refuse(rel, e, fmt.Sprintf("the spec's tmpfs is owned by %d:%d", want.uid, want.gid))

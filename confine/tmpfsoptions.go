@@ -40,10 +40,7 @@ func checkTmpfsOptions(e *mnt.MntEntry, m specs.Mount, userns bool, memPages uin
 		image.uid, image.gid = unmappedID, unmappedID
 	}
 	image.parse(strings.Split(e.GetOptions(), ","), memPages)
-	// runc mounts it as the container's root, which owns it unless the
-	// options say otherwise.
-	spec := tmpfsLimits{mode: 0o1777}
-	spec.parse(specOptions(m), memPages)
+	spec := specTmpfs(m, memPages)
 	where := e.GetMountpoint()
 	if err := firstErr(image.parseError, spec.parseError); err != nil {
 		return fmt.Errorf("the tmpfs at %s: %w", where, err)
@@ -75,6 +72,15 @@ func ownerIDs(uid, gid uint32) string {
 		return "the node's root, which the user namespace does not map"
 	}
 	return fmt.Sprintf("%d:%d", uid, gid)
+}
+
+// specTmpfs is the tmpfs runc mounts for m: as the container's root, which
+// owns it unless the options say otherwise, with the kernel's mode where
+// they give none.
+func specTmpfs(m specs.Mount, memPages uint64) tmpfsLimits {
+	l := tmpfsLimits{mode: 0o1777}
+	l.parse(specOptions(m), memPages)
+	return l
 }
 
 func firstErr(errs ...error) error {

@@ -212,13 +212,11 @@ func (r *mountRules) check(entries []*mnt.MntEntry) error {
 // allowed checks one mount that is not the root.
 func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 	where := e.GetMountpoint()
-	specMount, inSpec := r.byDest[where]
-	// runc holds cgroup v1 hierarchies in a tmpfs it leaves writable.
-	v1Holder := isCgroup(specMount) && mnt.Fstype(e.GetFstype()) == mnt.Fstype_TMPFS
-	if inSpec && slices.Contains(specMount.Options, "ro") && !isReadOnly(e) && !v1Holder {
+	specMount, inSpec := runcMountOf(r.byDest, e)
+	if inSpec && slices.Contains(specMount.Options, "ro") && !isReadOnly(e) {
 		return fmt.Errorf("%s is read-write, the spec mounts it read-only", where)
 	}
-	if inSpec && !v1Holder && !isCgroup(specMount) {
+	if inSpec && !isCgroup(specMount) {
 		if err := keepsFlags(e, specMount.Options, "it"); err != nil {
 			return err
 		}
@@ -259,11 +257,11 @@ func (r *mountRules) allowed(e *mnt.MntEntry, entries []*mnt.MntEntry) error {
 		if !inSpec && !slices.Contains(r.masked, where) {
 			return fmt.Errorf("%s is a %s mount the spec does not have", where, mnt.Fstype(e.GetFstype()))
 		}
-		if inSpec && !v1Holder && specMount.Type != fsTypeNames[fs] {
+		if inSpec && specMount.Type != fsTypeNames[fs] {
 			return fmt.Errorf("%s is a %s mount, the spec mounts %s there", where, fsTypeNames[fs], describeType(specMount))
 		}
 		// CRIU mounts it with the image's options.
-		if inSpec && fs == mnt.Fstype_TMPFS && !v1Holder {
+		if inSpec && fs == mnt.Fstype_TMPFS {
 			return checkTmpfsOptions(e, specMount, r.userns, r.memPages)
 		}
 		return nil
@@ -491,6 +489,20 @@ func describeType(m specs.Mount) string {
 }
 
 func isCgroup(m specs.Mount) bool { return m.Type == "cgroup" || m.Type == "cgroup2" }
+
+// runcMountOf returns the mount runc makes where the image has e, from
+// the spec's mounts by destination: the spec's mount there, or for a
+// tmpfs where the spec mounts a cgroup file system, the tmpfs runc holds
+// cgroup v1 hierarchies in (runc's mountCgroupV1: its default flags and
+// mode 755, no bounds, left writable).
+func runcMountOf(byDest map[string]specs.Mount, e *mnt.MntEntry) (specs.Mount, bool) {
+	m, ok := byDest[e.GetMountpoint()]
+	if ok && isCgroup(m) && mnt.Fstype(e.GetFstype()) == mnt.Fstype_TMPFS {
+		return specs.Mount{Destination: m.Destination, Type: "tmpfs", Source: "tmpfs",
+			Options: []string{"nosuid", "noexec", "nodev", "mode=755"}}, true
+	}
+	return m, ok
+}
 
 func isBind(m specs.Mount) bool {
 	return m.Type == "bind" || slices.Contains(m.Options, "bind") || slices.Contains(m.Options, "rbind")

@@ -33,8 +33,10 @@ import (
 //     kernel would keep them, and no device node without CAP_MKNOD (none
 //     in a user namespace).
 //
-// The masked directories' read-only tmpfs mounts must be empty; the tmpfs
-// runc holds cgroup v1 hierarchies in is left as it is.
+// The masked directories' read-only tmpfs mounts must be empty. In the
+// tmpfs runc holds cgroup v1 hierarchies in, runc makes their mount points
+// and, for each controller of a co-mounted hierarchy, a link to it (cpu to
+// cpu,cpuacct).
 func (a *fileAccess) checkTmpfsContents(spec *specs.Spec) error {
 	t := tmpfsRules{a: a, caps: a.caps | a.nsCaps, byDest: map[string]specs.Mount{}, devices: map[string]specs.LinuxDevice{}}
 	if t.has(unix.CAP_DAC_OVERRIDE) || t.has(unix.CAP_SETUID) && t.has(unix.CAP_SETGID) {
@@ -70,10 +72,7 @@ func (a *fileAccess) checkTmpfsContents(spec *specs.Spec) error {
 		if mnt.Fstype(m.GetFstype()) != mnt.Fstype_TMPFS || m.ExtKey != nil || m.GetRoot() != "/" {
 			continue
 		}
-		specMount, inSpec := t.byDest[m.GetMountpoint()]
-		if inSpec && isCgroup(specMount) {
-			continue // runc's holder of the cgroup v1 hierarchies
-		}
+		specMount, inSpec := runcMountOf(t.byDest, m)
 		if err := t.check(m, specMount, inSpec); err != nil {
 			return err
 		}
@@ -182,6 +181,9 @@ func (t *tmpfsRules) madeByRunc(p string, e tmpfsEntry) bool {
 		}
 		return e.kind == kind && e.major == d.Major && e.minor == d.Minor && e.uid == uid && e.gid == gid && plain && e.mode.Perm()&^perm == 0
 	}
+	if e.kind == tar.TypeSymlink && rootOwned && t.cgroupLink(p, e.target) {
+		return true
+	}
 	if p == "/dev/console" && t.console {
 		// The pty's mount point, made 0666 less the umask.
 		return rootOwned && plain && e.kind == tar.TypeReg && e.size == 0
@@ -198,6 +200,18 @@ func (t *tmpfsRules) madeByRunc(p string, e tmpfsEntry) bool {
 		}
 	}
 	return false
+}
+
+// cgroupLink reports whether a link at p to target is one runc makes for a
+// co-mounted cgroup v1 controller: in the spec's cgroup mount, named for
+// one of the controllers of the sibling hierarchy it points to, which is
+// mounted there.
+func (t *tmpfsRules) cgroupLink(p, target string) bool {
+	dir := path.Dir(p)
+	if m, ok := t.byDest[dir]; !ok || !isCgroup(m) || strings.Contains(target, "/") || target == path.Base(p) {
+		return false
+	}
+	return slices.Contains(strings.Split(target, ","), path.Base(p)) && slices.Contains(t.mountPoints, path.Join(dir, target))
 }
 
 // userMade returns why the user could not have made the entry at rel

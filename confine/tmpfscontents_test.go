@@ -7,7 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/checkpoint-restore/go-criu/v7/crit/images/mnt"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"google.golang.org/protobuf/proto"
 )
 
 // What CRIU puts in a tmpfs must be what runc makes there, or what the
@@ -30,9 +32,11 @@ func TestTmpfsContentsNeedTheSpecsUser(t *testing.T) {
 	}
 	// As runc made them for clonesSpec, by the mounts' devices in
 	// donorMounts: /dev (77), /dev/shm (79), /run (82), the masks /proc/acpi
-	// (55) and /sys/firmware (60).
+	// (55) and /sys/firmware (60); and the holder of the cgroup v1
+	// hierarchies (101) in mounts.
 	runcs := func() map[int][]*tar.Header {
 		return map[int][]*tar.Header{
+			101: {dir("./", 0o755, 0), dir("./cpu,cpuacct/", 0o755, 0), link("./cpu", "cpu,cpuacct"), link("./cpuacct", "cpu,cpuacct"), dir("./memory/", 0o755, 0)},
 			77: {dir("./", 0o755, 0), link("./fd", "/proc/self/fd"), link("./ptmx", "pts/ptmx"), device("./null", 1, 3, 0),
 				device("./tty", 5, 0, 0), dir("./pts/", 0o755, 0), dir("./shm/", 0o755, 0), dir("./mqueue/", 0o755, 0)},
 			79: {dir("./", 0o1777, 0)},
@@ -48,9 +52,17 @@ func TestTmpfsContentsNeedTheSpecsUser(t *testing.T) {
 		s.Mounts[1].Options = []string{"nosuid", "mode=755", "size=65536k"}  // /dev
 		s.Mounts[3].Options = []string{"nosuid", "mode=1777", "size=65536k"} // /dev/shm
 		s.Mounts[6].Options = []string{"nosuid", "mode=755"}                 // /run
-		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/run/secrets/app", Type: "bind", Source: "/srv/secrets", Options: []string{"rbind", "ro"}})
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/run/secrets/app", Type: "bind", Source: "/srv/secrets", Options: []string{"rbind", "ro"}},
+			specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "ro"}})
 		return s
 	}
+	mounts := donorMounts()
+	for i, at := range []string{"/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/memory"} {
+		m := mount(uint32(102+i), 101, mnt.Fstype_CGROUP, "/x", at, ro)
+		m.ExtKey = proto.String(at)
+		mounts = append(mounts, m)
+	}
+	mounts = append(mounts, cgroupHolder(101, 81))
 	check := func(t *testing.T, s *specs.Spec, tars map[int][]*tar.Header) error {
 		t.Helper()
 		d := t.TempDir()
@@ -64,7 +76,7 @@ func TestTmpfsContentsNeedTheSpecsUser(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		a := newFileAccess(s, m, donorMounts(), nil)
+		a := newFileAccess(s, m, mounts, nil)
 		a.tmpfs = &tmpfsTrees{imagesDir: d, names: names}
 		return a.checkTmpfsContents(s)
 	}
@@ -130,6 +142,20 @@ func TestTmpfsContentsNeedTheSpecsUser(t *testing.T) {
 			return with(79, f)
 		}(), "has a user or group name (\"root\", \"root\"), which CRIU's tar would take over its ids"},
 		{"a masked directory with contents", userSpec(), with(55, file("./x", 0o644, 1000)), "runc masks the directory with an empty read-only tmpfs"},
+		{"a root's file in the cgroup hierarchies' tmpfs", userSpec(), with(101, file("./x", 0o644, 0)),
+			"/sys/fs/cgroup/x (-0644, owner 0:0), which the spec's user (1000) could not make: it may not make files in its directory"},
+		{"a controller's link out of the cgroup hierarchies", userSpec(), func() map[int][]*tar.Header {
+			tars := runcs()
+			tars[101][2] = link("./cpu", "/etc")
+			return tars
+		}(), "/sys/fs/cgroup/cpu (l0777, owner 0:0)"},
+		{"a link named for no controller of its hierarchy", userSpec(), with(101, link("./memory.x", "cpu,cpuacct")), "/sys/fs/cgroup/memory.x (l0777"},
+		{"a link to no hierarchy", userSpec(), with(101, link("./net_cls", "net_cls,net_prio")), "/sys/fs/cgroup/net_cls (l0777"},
+		{"the cgroup hierarchies' tmpfs writable by all", userSpec(), func() map[int][]*tar.Header {
+			tars := runcs()
+			tars[101][0] = dir("./", 0o1777, 0)
+			return tars
+		}(), "the spec's tmpfs has mode 0755"},
 		{"a directory the user may not search", userSpec(), with(79, dir("./d/", 0o700, 0), file("./d/f", 0o644, 1000)), "/dev/shm/d (d0700, owner 0:0)"},
 	} {
 		err := check(t, c.spec, c.tars)

@@ -58,6 +58,14 @@ const (
 	nosuid = msNosuid
 )
 
+// cgroupHolder is the tmpfs runc holds cgroup v1 hierarchies in, as CRIU
+// dumped it (runc's default flags, mode 755).
+func cgroupHolder(id, parent uint32) *mnt.MntEntry {
+	m := mount(id, parent, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid|msNodev|msNoexec)
+	m.Options = proto.String("mode=755")
+	return m
+}
+
 // donorMounts is the mount tree runc gave a ctr container, as CRIU dumped
 // it (mountpoints-13.img of a real dump, bind mount of /data added).
 func donorMounts() []*mnt.MntEntry {
@@ -386,7 +394,7 @@ func TestMountsTheSpecAllows(t *testing.T) {
 			return out
 		}(), clonesSpec()},
 		"cgroup v1 hierarchies under the spec's cgroup mount": {append(donorMounts(),
-			mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid), memory, hierarchy), cgroupSpec},
+			cgroupHolder(101, 81), memory, hierarchy), cgroupSpec},
 
 		"a device node of the spec": {append(donorMounts(), fuse), cgroupSpec},
 	}
@@ -412,7 +420,7 @@ func TestCgroupFileSystems(t *testing.T) {
 	withNS := clonesSpec()
 	withNS.Mounts = noNS.Mounts
 	withNS.Linux.Namespaces = append(withNS.Linux.Namespaces, specs.LinuxNamespace{Type: specs.CgroupNamespace})
-	tmpfs := mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid)
+	tmpfs := cgroupHolder(101, 81)
 	for _, c := range []struct {
 		name   string
 		fs     mnt.Fstype
@@ -485,7 +493,7 @@ func TestRebindCgroups(t *testing.T) {
 		return m
 	}
 	tree := func(extra ...*mnt.MntEntry) map[string]*crit.CriuImage {
-		mounts := append(donorMounts(), mount(101, 81, mnt.Fstype_TMPFS, "/", "/sys/fs/cgroup", nosuid))
+		mounts := append(donorMounts(), cgroupHolder(101, 81))
 		dir := writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, append(mounts, extra...))
 		names, _ := imageNames(dir)
 		imgs := map[string]*crit.CriuImage{}
@@ -609,6 +617,34 @@ func TestMountsKeepTheSpecsFlags(t *testing.T) {
 		{"as runc made them", with(nosuid|msNoexec|msNodev, ro|nosuid|msNodev), ""},
 		{"a tmpfs without noexec", with(nosuid|msNodev, ro|nosuid|msNodev), "/dev/shm is not noexec"},
 		{"a bind without nosuid", with(nosuid|msNoexec|msNodev, ro|msNodev), "/data is not nosuid"},
+	} {
+		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, c.mounts), s)
+		wantRefusal(t, c.name, err, c.refuse)
+	}
+}
+
+// The tmpfs runc holds cgroup v1 hierarchies in is runc's own mount, not
+// the spec's cgroup mount: mounted with runc's flags and mode 755, and
+// left writable.
+func TestCgroupV1HolderIsRuncs(t *testing.T) {
+	s := clonesSpec()
+	s.Mounts = append(s.Mounts, specs.Mount{Destination: "/sys/fs/cgroup", Type: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "ro"}})
+	memory := mount(102, 101, mnt.Fstype_CGROUP, "/snapboot/x", "/sys/fs/cgroup/memory", ro|nosuid|msNodev|msNoexec)
+	memory.ExtKey = proto.String("/sys/fs/cgroup/memory")
+	with := func(edit func(*mnt.MntEntry)) []*mnt.MntEntry {
+		holder := cgroupHolder(101, 81)
+		edit(holder)
+		return append(donorMounts(), holder, memory)
+	}
+	for _, c := range []struct {
+		name   string
+		mounts []*mnt.MntEntry
+		refuse string
+	}{
+		{"as runc made it", with(func(*mnt.MntEntry) {}), ""},
+		{"without noexec", with(func(m *mnt.MntEntry) { m.Flags = proto.Uint32(nosuid | msNodev) }), "/sys/fs/cgroup is not noexec"},
+		{"writable by all", with(func(m *mnt.MntEntry) { m.Options = proto.String("") }), "the tmpfs at /sys/fs/cgroup has mode 1777, the spec's is 0755"},
+		{"owned by a user", with(func(m *mnt.MntEntry) { m.Options = proto.String("mode=755,uid=1000") }), "is owned by 1000:0"},
 	} {
 		err := checkTree(writeTree(t, []*criucore.TaskKobjIdsEntry{containerIDs()}, c.mounts), s)
 		wantRefusal(t, c.name, err, c.refuse)

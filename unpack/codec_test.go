@@ -110,7 +110,7 @@ func TestLZ4Borrow(t *testing.T) {
 	defer fr.Close()
 	var got []byte
 	for len(got) < len(want) {
-		b, release, err := fr.Borrow(1 << 20)
+		b, release, err := fr.Borrow(outBufSize)
 		if err != nil {
 			t.Fatal(err)
 		}

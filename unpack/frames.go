@@ -314,9 +314,11 @@ func (f *frameReader) Read(p []byte) (int, error) {
 	}
 }
 
-// Borrow returns up to n bytes of the output without copying them, and a
-// function to call once they are no longer used: until then they stay as
-// they are. It returns bytes or an error, not both.
+// Borrow returns up to n bytes of the output, without copying them where
+// they are most of a decoded frame's buffer, and a function to call once
+// they are no longer used: until then they stay as they are. What a
+// borrower holds is thus at most 4/3 of the bytes it was lent. It returns
+// bytes or an error, not both.
 func (f *frameReader) Borrow(n int) ([]byte, func(), error) {
 	for {
 		switch {
@@ -332,8 +334,18 @@ func (f *frameReader) Borrow(n int) ([]byte, func(), error) {
 			return nil, nil, err
 		case f.cur != nil && f.off < len(*f.cur.b):
 			k := min(n, len(*f.cur.b)-f.off)
-			b := (*f.cur.b)[f.off : f.off+k]
+			b := (*f.cur.b)[f.off : f.off+k : f.off+k]
 			f.off += k
+			if 4*k < 3*cap(*f.cur.b) {
+				// A small part of its buffer: lent as a copy. A borrower
+				// counts what it holds by the bytes it was lent, and a
+				// frame's buffer is up to maxFrameOutput: a crafted
+				// archive of 1-byte files, each at the end of a large
+				// frame, would otherwise hold a buffer per byte counted.
+				// Whole frames (pack.FrameSize, the buffers' size) are
+				// lent; a file's first and last part are copied.
+				return bytes.Clone(b), func() {}, nil
+			}
 			o := f.cur
 			o.refs.Add(1)
 			var once sync.Once

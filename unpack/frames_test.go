@@ -188,6 +188,59 @@ func TestBorrowedFramesReused(t *testing.T) {
 	}
 }
 
+// A loan of a small part of a frame is a copy: a borrower counts what it
+// holds by the bytes lent, and each 1-byte file at the end of a frame
+// held on to would otherwise hold the frame's whole buffer.
+func TestSmallLoansHoldNoFrame(t *testing.T) {
+	var allocs atomic.Int32
+	prev := newOutBuf
+	newOutBuf = func() *[]byte { allocs.Add(1); return prev() }
+	t.Cleanup(func() { newOutBuf = prev })
+
+	const count = 40
+	var chunks [][]byte
+	for i := range count {
+		chunks = append(chunks, randomish(outBufSize, int64(i)))
+	}
+	const workers = 1
+	fr := newFrameReader(bytes.NewReader(frames(t, chunks...)), Options{Workers: workers}).(*frameReader)
+	defer fr.Close()
+	var held [][]byte
+	for i, c := range chunks {
+		// Most of the frame read (a tar header, say), its last byte lent
+		// and kept.
+		if _, err := io.ReadFull(fr, make([]byte, len(c)-1)); err != nil {
+			t.Fatal(err)
+		}
+		b, release, err := fr.Borrow(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) != 1 || b[0] != c[len(c)-1] {
+			t.Fatalf("frame %d: lent %v, want its last byte", i, b)
+		}
+		if (*fr.cur.b)[len(c)-1] = ^b[0]; b[0] != c[len(c)-1] {
+			t.Fatalf("frame %d: the loan is the frame's buffer, not a copy", i)
+		}
+		defer release()
+		held = append(held, b)
+	}
+	if n, most := allocs.Load(), int32(workers*3+2+1); n > most {
+		t.Fatalf("%d frame buffers made for %d frames, 1 byte of each held: want at most %d", n, count, most)
+	}
+	// A whole frame is lent as it is.
+	fr2 := newFrameReader(bytes.NewReader(frames(t, chunks[0])), Options{Workers: workers}).(*frameReader)
+	defer fr2.Close()
+	b, release, err := fr2.Borrow(outBufSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if &b[0] != &(*fr2.cur.b)[0] {
+		t.Fatal("a whole frame was lent as a copy")
+	}
+}
+
 // Without a number of decoders, a large node still runs at most eight
 // (their frames are held in memory); a small one runs one per CPU.
 func TestDefaultWorkers(t *testing.T) {

@@ -206,8 +206,48 @@ func atime(hdr *tar.Header) time.Time {
 // writerOnly hides (*os.File).ReadFrom so that io.CopyBuffer uses our buffer.
 type writerOnly struct{ io.Writer }
 
-// preallocateFrom is the size from which files are preallocated.
-const preallocateFrom = 1 << 20
+const (
+	// preallocateFrom is the size from which files are preallocated.
+	preallocateFrom = 1 << 20
+	// preallocateStep is how far ahead of its writes a file's extents are
+	// reserved: a header alone, whatever size it claims, reserves no more.
+	preallocateStep = 64 << 20
+)
+
+// preallocator reserves a file's extents ahead of its writes, a step at a
+// time, up to the size its header gives.
+type preallocator struct {
+	f        *os.File
+	size     int64
+	written  int64
+	reserved int64
+}
+
+func (p *preallocator) Write(b []byte) (int, error) {
+	if end := p.written + int64(len(b)); end > p.reserved && p.reserved < p.size {
+		next := min(p.size, max(end, p.reserved+preallocateStep))
+		// Not every filesystem can; the writes work all the same.
+		_ = unix.Fallocate(int(p.f.Fd()), 0, p.reserved, next-p.reserved)
+		p.reserved = next
+	}
+	n, err := p.f.Write(b)
+	p.written += int64(n)
+	return n, err
+}
+
+// checkFreeSpace refuses a file of size bytes that the filesystem of the
+// extraction directory, f's, has no room for: writing it would fill the
+// disk that containerd and the node's other users share before failing.
+func checkFreeSpace(f *os.File, name string, size int64) error {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
+		return nil // not known: the writes find out
+	}
+	if avail := int64(st.Bavail) * st.Bsize; size > avail {
+		return fmt.Errorf("entry %q: %d bytes, and its filesystem has %d free: %w", name, size, avail, ErrTooLarge)
+	}
+	return nil
+}
 
 func (x *extractor) file(hdr *tar.Header, name string, r io.Reader) error {
 	if name == "." {
@@ -238,9 +278,13 @@ func (x *extractor) file(hdr *tar.Header, name string, r io.Reader) error {
 		}
 	}
 	if _, toFile := w.(writerOnly); toFile && hdr.Size >= preallocateFrom {
-		// Reserving the file's extents up front halves the cost of writing
-		// a large page image on ext4. Not every filesystem can.
-		_ = unix.Fallocate(int(f.Fd()), 0, 0, hdr.Size)
+		if err := checkFreeSpace(f, hdr.Name, hdr.Size); err != nil {
+			f.Close()
+			return err
+		}
+		// Reserving the file's extents ahead of the writes halves the cost
+		// of writing a large page image on ext4.
+		w = writerOnly{&preallocator{f: f, size: hdr.Size}}
 	}
 	var n int64
 	if a, ok := w.(Adopter); ok && x.lender != nil && lendable(hdr) {

@@ -802,3 +802,63 @@ func TestSharedBudget(t *testing.T) {
 		}
 	}
 }
+
+// A header alone reserves no disk space past a step ahead of what was
+// written: a layer that claims a huge file and stalls holds no more.
+func TestClaimedSizeIsNotReservedUpFront(t *testing.T) {
+	needRoot(t)
+	const claimed, sent = 1 << 30, 2 << 20
+	var head bytes.Buffer
+	w := tar.NewWriter(&head)
+	if err := w.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "pages-1.img", Mode: 0o600, Size: claimed}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(make([]byte, sent)); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	go func() { _, _ = pw.Write(head.Bytes()) }() // then it stalls
+	out := t.TempDir()
+	done := make(chan error, 1)
+	go func() {
+		_, err := Tar(context.Background(), pr, out, Options{Mode: CRIUImages})
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	var st unix.Stat_t
+	for {
+		if err := unix.Stat(filepath.Join(out, "pages-1.img"), &st); err == nil && st.Blocks*512 >= sent {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the file's first bytes were not written")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // what else a header would reserve
+	if err := unix.Stat(filepath.Join(out, "pages-1.img"), &st); err != nil {
+		t.Fatal(err)
+	}
+	pw.CloseWithError(errors.New("stalled"))
+	if err := <-done; err == nil {
+		t.Fatal("a stream cut short: no error")
+	}
+	if most := int64(sent + preallocateStep); st.Blocks*512 > most {
+		t.Fatalf("%d bytes reserved for %d written, %d claimed: want at most %d", st.Blocks*512, sent, claimed, most)
+	}
+}
+
+// A file larger than its filesystem's free space is refused before it is
+// written.
+func TestFileLargerThanTheDiskRefused(t *testing.T) {
+	needRoot(t)
+	var buf bytes.Buffer
+	w := tar.NewWriter(&buf)
+	if err := w.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "pages-1.img", Mode: 0o600, Size: 1 << 50}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Tar(context.Background(), &buf, t.TempDir(), Options{Mode: CRIUImages, MaxBytes: 1 << 62})
+	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "its filesystem has") {
+		t.Fatalf("a 1 PiB file: %v, want ErrTooLarge for the free space", err)
+	}
+}

@@ -3,9 +3,12 @@ package restore
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/snapboot/snapboot/oci"
+	"github.com/snapboot/snapboot/unpack"
 	"oras.land/oras-go/v2/content"
 )
 
@@ -40,7 +43,7 @@ type headFirst struct {
 }
 
 func (h headFirst) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
-	b := &headBody{head: h.head, skip: int64(len(h.head)), arrived: make(chan struct{})}
+	b := &headBody{head: h.head, want: h.head, arrived: make(chan struct{})}
 	go func() {
 		b.rc, b.err = h.src.Fetch(ctx, d)
 		close(b.arrived)
@@ -48,12 +51,13 @@ func (h headFirst) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadClos
 	return b, nil
 }
 
-// headBody is headFirst's reader. The download's own copy of the head is
-// read and dropped: what is read from head was checked against the first
-// frame's digest, and the rest of the stream is checked frame by frame.
+// headBody is headFirst's reader. What is read from head was checked
+// against the first frame's digest, and the rest of the stream is checked
+// frame by frame; the download's own copy of the head must be the same
+// bytes, or the layer the manifest names is not the content restored.
 type headBody struct {
-	head    []byte
-	skip    int64
+	head    []byte        // not read yet
+	want    []byte        // the download's first bytes, not yet compared
 	arrived chan struct{} // the download's response (rc or err)
 	rc      io.ReadCloser
 	err     error
@@ -69,14 +73,20 @@ func (b *headBody) Read(p []byte) (int, error) {
 	if b.err != nil {
 		return 0, b.err
 	}
-	if b.skip > 0 {
-		n, err := io.CopyN(io.Discard, b.rc, b.skip)
-		b.skip -= n
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		if err != nil {
-			return 0, err
+	if len(b.want) > 0 {
+		got := make([]byte, min(len(b.want), 64<<10))
+		for len(b.want) > 0 {
+			n, err := io.ReadFull(b.rc, got[:min(len(got), len(b.want))])
+			if !bytes.Equal(got[:n], b.want[:n]) {
+				return 0, fmt.Errorf("the layer's download differs from the first frame the manifest carries (%s): %w", oci.AnnotationHead, unpack.ErrCorrupt)
+			}
+			b.want = b.want[n:]
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil {
+				return 0, err
+			}
 		}
 	}
 	return b.rc.Read(p)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/snapboot/snapboot/unpack"
 )
 
 // blobFetcher serves one blob, or an error, after an optional wait.
@@ -65,9 +66,7 @@ func TestLayerSource(t *testing.T) {
 		}
 	})
 	t.Run("head first, then the download past it", func(t *testing.T) {
-		// The download's own first bytes are dropped, whatever they are.
-		other := append([]byte("FIRST FRAME|"), blob[12:]...)
-		src := &blobFetcher{blob: other, wait: make(chan struct{})}
+		src := &blobFetcher{blob: blob, wait: make(chan struct{})}
 		rc, err := layerSource(src, desc, head).Fetch(ctx, desc)
 		if err != nil {
 			t.Fatal(err)
@@ -81,6 +80,15 @@ func TestLayerSource(t *testing.T) {
 		rest, err := io.ReadAll(rc)
 		if err != nil || string(rest) != string(blob[12:]) {
 			t.Fatalf("rest: %q, %v", rest, err)
+		}
+	})
+	t.Run("a download whose first frame is not the manifest's", func(t *testing.T) {
+		// The restore would run what the manifest carries, the blob the
+		// manifest names holding something else.
+		other := append([]byte("FIRST FRAME|"), blob[12:]...)
+		got, err := readAll(&blobFetcher{blob: other}, desc, head)
+		if !errors.Is(err, unpack.ErrCorrupt) || !bytes.Equal(got, head) {
+			t.Fatalf("got %q, %v; want the head, then ErrCorrupt", got, err)
 		}
 	})
 	t.Run("download shorter than the head", func(t *testing.T) {

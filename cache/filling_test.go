@@ -112,3 +112,41 @@ func TestDetach(t *testing.T) {
 		t.Fatalf("a released, stale detached directory stayed: %v", err)
 	}
 }
+
+// A Commit that fails leaves the unpack under way, its directory as it
+// was: a running container's rootfs may stack on it, and its owner decides
+// to Detach or Abort.
+func TestFailedCommitRemovesNothing(t *testing.T) {
+	c, _ := Open(t.TempDir())
+	ctx := context.Background()
+	key := digest.FromString("commit fails")
+	_, f, err := c.BeginUnpack(ctx, key)
+	if err != nil || f == nil {
+		t.Fatalf("BeginUnpack: %v %v", f, err)
+	}
+	if err := os.WriteFile(filepath.Join(f.Dir, "rootfs"), []byte("in use"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Something in the way of the rename.
+	if err := os.MkdirAll(filepath.Join(f.final, "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Commit(); err == nil {
+		t.Fatal("Commit over a directory in the way: no error")
+	}
+	if b, err := os.ReadFile(filepath.Join(f.Dir, "rootfs")); err != nil || string(b) != "in use" {
+		t.Fatalf("after the failed Commit: %q, %v", b, err)
+	}
+	if c.IsUnpacked(key) {
+		t.Fatal("marked unpacked")
+	}
+	dir, release, err := f.Detach(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "rootfs")); err != nil || string(b) != "in use" {
+		t.Fatalf("detached: %q, %v", b, err)
+	}
+	os.RemoveAll(dir)
+	release()
+}

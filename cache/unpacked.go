@@ -51,7 +51,11 @@ func (c *Cache) Unpack(ctx context.Context, key digest.Digest, fill func(dir str
 		f.Abort()
 		return nil, err
 	}
-	return f.Commit()
+	u, err = f.Commit()
+	if err != nil {
+		f.Abort()
+	}
+	return u, err
 }
 
 // Filling is an unpack in progress. Its owner fills Dir, then calls Commit
@@ -116,23 +120,23 @@ func (c *Cache) BeginUnpack(ctx context.Context, key digest.Digest) (*Unpacked, 
 }
 
 // Commit moves the filled directory into place and returns it, held in use.
+// If it fails, the unpack is still under way, its directory as it was: the
+// caller ends it with Abort, or with Detach when something still uses the
+// directory.
 func (f *Filling) Commit() (*Unpacked, error) {
 	if f.ended {
 		return nil, errors.New("cache: unpack already committed or aborted")
 	}
+	marker := filepath.Join(f.Dir, completeMarker)
+	if err := os.WriteFile(marker, nil, 0o600); err != nil {
+		return nil, fmt.Errorf("mark unpacked checkpoint complete: %w", err)
+	}
+	if err := os.Rename(f.Dir, f.final); err != nil {
+		os.Remove(marker)
+		return nil, fmt.Errorf("move unpacked checkpoint into place: %w", err)
+	}
 	f.ended = true
-	defer f.unlock()
-	err := os.WriteFile(filepath.Join(f.Dir, completeMarker), nil, 0o600)
-	if err == nil {
-		if err = os.Rename(f.Dir, f.final); err != nil {
-			err = fmt.Errorf("move unpacked checkpoint into place: %w", err)
-		}
-	}
-	if err != nil {
-		os.RemoveAll(f.Dir)
-		f.inUse()
-		return nil, err
-	}
+	f.unlock()
 	return &Unpacked{Dir: f.final, release: f.inUse, Created: true}, nil
 }
 
@@ -141,13 +145,12 @@ func (f *Filling) Commit() (*Unpacked, error) {
 // path returned. The caller removes it and then calls release, once nothing
 // uses it (a running container's rootfs may be stacked on it). Until then
 // Prune leaves it alone.
+// If it fails, the unpack is still under way, and the caller may end it
+// with Abort once nothing uses the directory.
 func (f *Filling) Detach(ctx context.Context) (dir string, release func(), err error) {
 	if f.ended {
 		return "", nil, errors.New("cache: unpack already committed or aborted")
 	}
-	f.ended = true
-	defer f.inUse()
-	defer f.unlock()
 	dir = filepath.Join(filepath.Dir(f.Dir), detachedPrefix+filepath.Base(f.Dir))
 	unlock, err := f.c.holdShared(ctx, "use-"+filepath.Base(dir))
 	if err != nil {
@@ -158,6 +161,9 @@ func (f *Filling) Detach(ctx context.Context) (dir string, release func(), err e
 		release()
 		return "", nil, err
 	}
+	f.ended = true
+	f.unlock()
+	f.inUse()
 	return dir, release, nil
 }
 

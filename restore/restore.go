@@ -458,6 +458,7 @@ func (r *Restorer) fetch(ctx context.Context, refStr string, streaming bool) (*F
 			return nil, err
 		}
 		if u, err = filling.Commit(); err != nil {
+			filling.Abort()
 			return nil, err
 		}
 		f.PulledBytes, f.Timings.Pull, f.Timings.Unpack = st.PulledBytes, st.Pull, st.Unpack

@@ -240,13 +240,14 @@ type streamPull struct {
 // abandon set (the restore failed or was given up), a download still under
 // way is stopped first and nothing is kept. Otherwise, or when the download
 // had already ended well, the checkpoint is unpacked into the cache in the
-// background. Either way done is called once, with the
-// cached checkpoint or nil.
+// background. Either way done is called once, with what ends the plan's
+// hold on what is left (the cached checkpoint, or the directory of a fill
+// that failed under a rootfs stacked on it), or nil.
 // It returns why the download failed, if it did. When it failed after a
 // restore whose rootfs is stacked on the directory (keep), that directory
 // is moved out of the cache's way and returned, for the caller to remove
 // when the container is gone.
-func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(*cache.Unpacked)) (*detached, error) {
+func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(free func())) (*detached, error) {
 	if abandon {
 		select {
 		case <-s.done:
@@ -278,16 +279,7 @@ func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(*cach
 	case s.err != nil:
 		log.G(ctx).WithError(s.err).Warn("snapboot: the checkpoint's download failed after the restore had read what it needed; it is not cached")
 		done(nil)
-		if !keep {
-			s.filling.Abort()
-			return nil, s.err
-		}
-		dir, release, err := s.filling.Detach(ctx)
-		if err != nil {
-			log.G(ctx).WithError(err).Warn("snapboot: could not move the failed download aside; the restored container's rootfs changes may go")
-			return nil, s.err
-		}
-		return &detached{dir: dir, release: release}, s.err
+		return s.endUncached(ctx, keep), s.err
 	}
 	go func() {
 		ctx := context.WithoutCancel(ctx)
@@ -295,15 +287,37 @@ func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(*cach
 		u, err := s.fillCache(ctx)
 		if err != nil {
 			log.G(ctx).WithError(err).Warn("snapboot: the streamed checkpoint could not be cached")
+			done(s.endUncached(ctx, keep).remove)
+			return
 		}
-		done(u)
+		done(u.Release)
 	}()
 	return nil, nil
 }
 
+// endUncached ends a restore's unpack that is not to be cached. When the
+// restored container's rootfs stacks on its directory (keep), the
+// directory is moved out of the cache's way and returned, for the caller
+// to remove when the container is gone; otherwise it is removed at once.
+func (s *stream) endUncached(ctx context.Context, keep bool) *detached {
+	if !keep {
+		s.filling.Abort()
+		return nil
+	}
+	dir, release, err := s.filling.Detach(ctx)
+	if err != nil {
+		// Kept where it is, and the unpack with it, until the container
+		// is gone.
+		log.G(ctx).WithError(err).Warn("snapboot: could not move the uncached checkpoint aside; it stays in the cache's tmp until the container is deleted")
+		return &detached{release: s.filling.Abort}
+	}
+	return &detached{dir: dir, release: release}
+}
+
 // fillCache unpacks the whole CRIU images layer, from the kept copy,
 // beside the images unpacked while streaming, swaps it in and moves the
-// checkpoint into the cache.
+// checkpoint into the cache. If it fails, the unpack is still under way:
+// the restored container's rootfs may stack on its directory.
 func (s *stream) fillCache(ctx context.Context) (*cache.Unpacked, error) {
 	defer pullCPUs(2)() // this goroutine and its decoder, both lowered
 	dir := filepath.Join(s.filling.Dir, "criu")
@@ -329,7 +343,6 @@ func (s *stream) fillCache(ctx context.Context) (*cache.Unpacked, error) {
 		err = os.Rename(full, dir)
 	}
 	if err != nil {
-		s.filling.Abort()
 		return nil, err
 	}
 	return s.filling.Commit()
@@ -453,20 +466,24 @@ func linkImages(unpacked, dir string, s *stream, tail []oci.TailFile) error {
 // while a container's rootfs stacks on it).
 type cached struct {
 	mu       sync.Mutex
-	u        *cache.Unpacked
+	free     func() // ends the hold on what the fill left, or nil
 	released bool
 	done     chan struct{}
 }
 
 func newCached() *cached { return &cached{done: make(chan struct{})} }
 
-// set hands over the fill's result; it is released at once if the plan was.
-func (c *cached) set(u *cache.Unpacked) {
+// set hands over what ends the hold on the fill's result (the cached
+// checkpoint, or the directory of a failed fill the rootfs stacks on), or
+// nil; it is called at once if the plan was released.
+func (c *cached) set(free func()) {
 	c.mu.Lock()
 	if c.released {
-		u.Release()
+		if free != nil {
+			defer free()
+		}
 	} else {
-		c.u = u
+		c.free = free
 	}
 	c.mu.Unlock()
 	close(c.done)
@@ -478,8 +495,10 @@ func (c *cached) release() {
 	}
 	c.mu.Lock()
 	c.released = true
-	u := c.u
-	c.u = nil
+	free := c.free
+	c.free = nil
 	c.mu.Unlock()
-	u.Release()
+	if free != nil {
+		free()
+	}
 }

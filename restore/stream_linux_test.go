@@ -830,3 +830,48 @@ func prepareInBackground(t *testing.T, e *env, ref string) <-chan prepared {
 	}()
 	return done
 }
+
+// A cache fill that fails after a restore whose rootfs stacks on the
+// checkpoint's rootfs changes leaves them in place, out of the cache's
+// way, until the container is gone: the fill used to remove them from
+// under the running container.
+func TestFailedCacheFillKeepsTheRootfs(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	t.Cleanup(func() { detachMountsUnder(e.cfg.Cache.Root) })
+	e.reg.addStreamedLayers(t, "v1", randomPages(9<<20), true)
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.Release()
+	if plan.stream == nil || !plan.NeedsCache() {
+		t.Fatalf("streamed %v, rootfs on the cache %v: want both", plan.stream != nil, plan.NeedsCache())
+	}
+	// The fill cannot make its directory (as on a full disk).
+	if err := os.Mkdir(filepath.Join(plan.stream.filling.Dir, "criu.full"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := plan.FinishStream(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-plan.CacheFilled():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the cache fill did not end")
+	}
+	if openCache(t, e).IsUnpacked(plan.Digest) {
+		t.Fatal("cached, though the fill failed")
+	}
+	kept := filepath.Join(e.cfg.Cache.Root, "tmp", "detached-*", "rootfs", "etc", "app.log")
+	if m, _ := filepath.Glob(kept); len(m) != 1 {
+		t.Fatalf("the rootfs changes the container stacks on: %v, want them kept aside", m)
+	}
+	plan.Release()
+	if m, _ := filepath.Glob(kept); len(m) != 0 {
+		t.Fatalf("kept after the container was gone: %v", m)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "tmp")); len(ents) != 0 {
+		t.Fatalf("left in tmp: %v", ents)
+	}
+}

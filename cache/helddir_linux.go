@@ -112,8 +112,8 @@ func (c *Cache) removeDeadDir(name string) bool {
 	}
 	defer c.dropLock(unlock, "use-"+name)
 	if mountDir {
-		_ = unix.Unmount(path, unix.MNT_DETACH) // EINVAL when nothing is mounted
-		os.Remove(path)                         // an empty directory; never recursive into a mount
+		_ = unix.Unmount(path, unix.MNT_FORCE|unix.MNT_DETACH) // EINVAL when nothing is mounted; FORCE ends a FUSE connection
+		os.Remove(path)                                        // an empty directory; never recursive into a mount
 	} else if !isMountPoint(path) {
 		os.RemoveAll(path)
 	}

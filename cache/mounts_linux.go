@@ -28,7 +28,7 @@ func unmountDead(path string, statErr error) bool {
 	if !errors.Is(statErr, unix.ENOTCONN) {
 		return false
 	}
-	if unix.Unmount(path, unix.MNT_DETACH) == nil {
+	if unix.Unmount(path, unix.MNT_FORCE|unix.MNT_DETACH) == nil { // FORCE ends the FUSE connection
 		os.Remove(path)
 	}
 	return true

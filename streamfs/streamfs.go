@@ -28,6 +28,7 @@ import (
 	"os"
 	"path"
 	"sort"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -142,6 +143,12 @@ func Mount(mountpoint string, files []File, spillDir string) (*FS, error) {
 	}
 	root := &rootNode{s: s}
 	timeout := time.Hour // nothing changes but content, and sizes are known
+	// go-fuse's direct mount opens /dev/fuse without O_CLOEXEC (v2.12.1):
+	// runc, CRIU and the tasks CRIU restores would inherit it, and a
+	// shim that died mid-stream would then leave the connection open, its
+	// readers waiting for pages no one sends, past SIGKILL. No process
+	// starts between the open and the flag set below.
+	syscall.ForkLock.RLock()
 	server, err := fs.Mount(mountpoint, root, &fs.Options{
 		EntryTimeout: &timeout,
 		AttrTimeout:  &timeout,
@@ -155,13 +162,19 @@ func Mount(mountpoint string, files []File, spillDir string) (*FS, error) {
 			Logger:            log.New(io.Discard, "", 0),
 		},
 	})
+	cloexecErr := closeFuseOnExec()
+	syscall.ForkLock.RUnlock()
 	if err != nil {
 		// go-fuse returns a failed handshake without unmounting: the
 		// mount may be there, served by no one.
-		_ = unix.Unmount(mountpoint, unix.MNT_DETACH)
+		_ = unix.Unmount(mountpoint, unix.MNT_FORCE|unix.MNT_DETACH)
 		return nil, fmt.Errorf("streamfs: mount %s: %w", mountpoint, err)
 	}
 	s.server = server
+	if cloexecErr != nil {
+		s.Close()
+		return nil, fmt.Errorf("streamfs: mount %s: %w", mountpoint, cloexecErr)
+	}
 	// Out of mount propagation. Under a shared mount (systemd makes / one)
 	// the new mount joins its parent's peer group, and a CRIU restoring
 	// another container clones the host's mounts into a new namespace and
@@ -172,6 +185,29 @@ func Mount(mountpoint string, files []File, spillDir string) (*FS, error) {
 		return nil, fmt.Errorf("streamfs: make %s private: %w", mountpoint, err)
 	}
 	return s, nil
+}
+
+// closeFuseOnExec sets close-on-exec on every /dev/fuse descriptor of the
+// process: each is a streamfs mount's connection, which only this process
+// may hold.
+func closeFuseOnExec() error {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("list descriptors: %w", err)
+	}
+	for _, d := range fds {
+		fd, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + d.Name()); err != nil || target != "/dev/fuse" {
+			continue
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && !errors.Is(err, unix.EBADF) {
+			return fmt.Errorf("close-on-exec on /dev/fuse (%d): %w", fd, err)
+		}
+	}
+	return nil
 }
 
 // Writer returns the writer of name's content. Its writes append, and

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -518,5 +519,20 @@ func TestStalledWriterSpills(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("%s: read %d bytes, differing from the %d written", name, len(got), len(want))
 		}
+	}
+}
+
+// A process started while a stream is mounted does not hold its FUSE
+// connection: runc, CRIU and the restored tasks would otherwise keep it
+// open past the shim's death, and a read waiting for a page would wait
+// past SIGKILL.
+func TestConnectionNotInherited(t *testing.T) {
+	mount(t, File{Name: "pages-1.img", Size: 1})
+	out, err := exec.Command("ls", "-l", "/proc/self/fd/").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if strings.Contains(string(out), "/dev/fuse") {
+		t.Fatalf("a child holds the FUSE connection:\n%s", out)
 	}
 }

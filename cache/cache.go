@@ -33,6 +33,7 @@ import (
 //	ingest/             downloads in progress
 //	unpacked/HEX/       unpacked checkpoints, by manifest digest: criu/, rootfs/
 //	refs/HASH.json      the descriptor a tag last resolved to
+//	refs/HASH.source    a repository, as one node configuration reaches it, served a manifest
 //	locks/              lock files
 //	tmp/                unpacking in progress
 type Cache struct {
@@ -337,6 +338,38 @@ type refRecord struct {
 func (c *Cache) refPath(ref string) string {
 	h := sha256.Sum256([]byte(ref))
 	return filepath.Join(c.root, "refs", hex.EncodeToString(h[:])+".json")
+}
+
+// sourcePath is where RememberSource records that source served d.
+func (c *Cache) sourcePath(source string, d digest.Digest) string {
+	h := sha256.Sum256([]byte(source + "\x00" + d.String()))
+	return filepath.Join(c.root, "refs", hex.EncodeToString(h[:])+".source")
+}
+
+// RememberSource records that source (a registry repository, as one node
+// configuration reaches it) served the manifest with digest d. The cache
+// holds content by digest, whatever repository it came from: a cached
+// checkpoint is restored for a reference only from a source that served
+// it (SourceServed).
+func (c *Cache) RememberSource(source string, d digest.Digest) error {
+	if err := d.Validate(); err != nil {
+		return err
+	}
+	path := c.sourcePath(source, d)
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	return writeFileAtomic(path, []byte(source+" "+d.String()+"\n"))
+}
+
+// SourceServed reports whether RememberSource recorded that source served
+// the manifest with digest d.
+func (c *Cache) SourceServed(source string, d digest.Digest) bool {
+	if d.Validate() != nil {
+		return false
+	}
+	data, err := os.ReadFile(c.sourcePath(source, d))
+	return err == nil && string(data) == source+" "+d.String()+"\n"
 }
 
 // RememberRef records what a tag resolved to.

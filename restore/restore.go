@@ -3,10 +3,14 @@ package restore
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +25,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry"
+	"oras.land/oras-go/v2/registry/remote/errcode"
 
 	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/compat"
@@ -581,15 +586,21 @@ func (r *Restorer) policy(ref registry.Reference) error {
 	return nil
 }
 
-// resolve finds the manifest descriptor. A digest reference whose manifest
-// is cached needs no registry. A tag is resolved at the registry; if the
-// registry can't be reached (not: says the tag is gone), the tag's last
-// resolution on this node is used, so cached checkpoints restore with the
-// registry down.
+// resolve finds the manifest descriptor. The cache holds checkpoints by
+// digest, whichever repository they came from; one is used for ref only if
+// ref's repository served it to this node configuration (its allow list
+// and credentials) before: another repository, or another configuration's,
+// could otherwise name a checkpoint it has no access to by its digest. So
+// a digest reference needs no registry only when its repository served the
+// cached manifest. A tag is resolved at the registry; if the registry
+// cannot be reached (not: it answered, with the tag gone or access
+// refused), the tag's last resolution here is used, so cached checkpoints
+// restore with the registry down.
 func (r *Restorer) resolve(ctx context.Context, c *cache.Cache, src Source, ref registry.Reference) (ocispec.Descriptor, error) {
+	source := r.sourceOf(ref)
 	if oci.Pinned(ref) {
 		d := digest.Digest(ref.Reference)
-		if fi, err := os.Stat(c.BlobPath(d)); err == nil {
+		if fi, err := os.Stat(c.BlobPath(d)); err == nil && c.SourceServed(source, d) {
 			return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: d, Size: fi.Size()}, nil
 		}
 	}
@@ -605,11 +616,15 @@ func (r *Restorer) resolve(ctx context.Context, c *cache.Cache, src Source, ref 
 			return ocispec.Descriptor{}, fmt.Errorf("registry resolved %s to %s", ref.Reference, desc.Digest)
 		}
 		if body != nil {
-			// Verified against the digest as it is stored; read only if
-			// this node lacks it.
-			if _, err := c.StoreBlob(ctx, desc, body); err != nil {
+			// The registry shows it holds the manifest, not just its
+			// digest: verified as it is stored, or read and verified here
+			// if this node has it already.
+			if err := storeManifest(ctx, c, desc, body); err != nil {
 				return ocispec.Descriptor{}, fmt.Errorf("manifest: %w", err)
 			}
+		}
+		if err := c.RememberSource(source, desc.Digest); err != nil {
+			log.G(ctx).WithError(err).Warn("snapboot: could not record which repository served the manifest")
 		}
 		if !oci.Pinned(ref) {
 			if err := c.RememberRef(ref.String(), desc); err != nil {
@@ -618,16 +633,67 @@ func (r *Restorer) resolve(ctx context.Context, c *cache.Cache, src Source, ref 
 		}
 		return desc, nil
 	}
-	if errors.Is(err, errdef.ErrNotFound) || oci.Pinned(ref) || ctx.Err() != nil {
+	if oci.Pinned(ref) || ctx.Err() != nil || !registryUnreachable(err) {
 		return ocispec.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, err)
 	}
 	cached, when, ok := c.LookupRef(ref.String())
-	if !ok || !c.HasBlob(ctx, cached) {
+	if !ok || !c.HasBlob(ctx, cached) || !c.SourceServed(source, cached.Digest) {
 		return ocispec.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, err)
 	}
 	log.G(ctx).WithError(err).WithFields(log.Fields{"ref": ref.String(), "digest": cached.Digest, "resolved_at": when}).
 		Warn("snapboot: registry unreachable, using the tag's cached resolution")
 	return cached, nil
+}
+
+// sourceOf names ref's repository as this node configuration reaches it,
+// for the cache's record of which repositories served a manifest.
+func (r *Restorer) sourceOf(ref registry.Reference) string {
+	config := r.ConfigPath
+	if abs, err := filepath.Abs(config); err == nil {
+		config = abs
+	}
+	return "config=" + config + " repository=" + ref.Registry + "/" + ref.Repository
+}
+
+// storeManifest stores the manifest desc from body in the cache, verified;
+// if the cache has it, body is read and verified all the same.
+func storeManifest(ctx context.Context, c *cache.Cache, desc ocispec.Descriptor, body io.Reader) error {
+	if !c.HasBlob(ctx, desc) {
+		_, err := c.StoreBlob(ctx, desc, body)
+		return err
+	}
+	v := desc.Digest.Verifier()
+	n, err := io.Copy(v, io.LimitReader(body, desc.Size+1))
+	if err != nil {
+		return err
+	}
+	if n != desc.Size || !v.Verified() {
+		return fmt.Errorf("%w: the registry's manifest does not match its digest %s", oci.ErrInvalidArtifact, desc.Digest)
+	}
+	return nil
+}
+
+// registryUnreachable reports whether err is the registry not answering
+// (a connection refused or cut, a timeout, a server error), as opposed to
+// an answer: the tag or repository gone, access refused, or a certificate
+// the node does not trust.
+func registryUnreachable(err error) bool {
+	var resp *errcode.ErrorResponse
+	if errors.As(err, &resp) {
+		return resp.StatusCode >= http.StatusInternalServerError
+	}
+	if errors.Is(err, errdef.ErrNotFound) {
+		return false
+	}
+	var certErr *tls.CertificateVerificationError
+	var unknownAuthority x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	if errors.As(err, &certErr) || errors.As(err, &unknownAuthority) || errors.As(err, &hostname) || errors.As(err, &invalid) {
+		return false
+	}
+	var netErr net.Error
+	return errors.As(err, &netErr)
 }
 
 // resolveRemote resolves reference at the registry. A source that can

@@ -4,14 +4,20 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"io"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +33,7 @@ import (
 	"oras.land/oras-go/v2/content/memory"
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry"
+	"oras.land/oras-go/v2/registry/remote/errcode"
 
 	"github.com/snapboot/snapboot/compat"
 	"github.com/snapboot/snapboot/nodeconfig"
@@ -41,12 +48,16 @@ type fakeRegistry struct {
 	layerFetch  atomic.Int32
 	configFetch atomic.Int32
 	offline     bool
+	refuse      error // every request's answer, when set
 	corruptWhat digest.Digest
 }
 
-var errOffline = errors.New("dial tcp 127.0.0.1:5000: connect: connection refused")
+var errOffline error = &net.OpError{Op: "dial", Net: "tcp", Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5000}, Err: syscall.ECONNREFUSED}
 
 func (f *fakeRegistry) Resolve(ctx context.Context, ref string) (ocispec.Descriptor, error) {
+	if f.refuse != nil {
+		return ocispec.Descriptor{}, f.refuse
+	}
 	if f.offline {
 		return ocispec.Descriptor{}, errOffline
 	}
@@ -59,6 +70,9 @@ func (f *fakeRegistry) Resolve(ctx context.Context, ref string) (ocispec.Descrip
 }
 
 func (f *fakeRegistry) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	if f.refuse != nil {
+		return nil, f.refuse
+	}
 	if f.offline {
 		return nil, errOffline
 	}
@@ -360,6 +374,86 @@ func TestPrepareByDigestOffline(t *testing.T) {
 	plan.Release()
 }
 
+// The cache holds checkpoints by digest. A cached one is restored for a
+// reference only if the reference's repository served it to this node
+// configuration: by its digest, another repository (or a runtime with
+// another configuration, sharing the cache) would restore a checkpoint it
+// has no access to, every memory page of its donor included.
+func TestCachedCheckpointNeedsItsRepository(t *testing.T) {
+	e := newEnv(t)
+	m, _ := e.reg.add(t, "v1", testArtifact{})
+	empty := &fakeRegistry{store: memory.New(), manifests: map[digest.Digest]ocispec.Descriptor{}}
+	e.restorer.NewSource = func(ref registry.Reference) (Source, error) {
+		if ref.Repository == "apps/web" {
+			return e.reg, nil
+		}
+		return empty, nil
+	}
+	plan, err := e.prepare(t, "reg.test/apps/web@"+m.Digest.String(), overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.Release()
+	if _, err := e.prepare(t, "reg.test/apps/other@"+m.Digest.String(), overlayRootfs); err == nil || !strings.Contains(err.Error(), "resolve") {
+		t.Fatalf("another repository, which does not have it, named the cached checkpoint: %v", err)
+	}
+	// Another runtime's configuration, on the same cache, allowing only
+	// its own repository; its registry has nothing.
+	cfg, err := nodeconfig.Parse([]byte(`allow = ["reg.test/tenant-b/"]` + "\n[cache]\nroot = \"" + e.cfg.Cache.Root + "\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := New(cfg, nil)
+	b.ConfigPath = "/etc/snapboot/tenant-b.toml"
+	b.NewSource = func(registry.Reference) (Source, error) { return empty, nil }
+	b.DetectNode = e.restorer.DetectNode
+	req := Request{ContainerID: "c2", Bundle: bundle(t, map[string]string{AnnotationCheckpoint: "reg.test/tenant-b/x@" + m.Digest.String()}), Rootfs: overlayRootfs}
+	if _, err := b.Prepare(context.Background(), req); err == nil {
+		t.Fatal("another configuration restored the cached checkpoint from a repository that never served it")
+	}
+	// The repository that served it, with the registry down: restored.
+	e.reg.offline = true
+	plan, err = e.prepare(t, "reg.test/apps/web@"+m.Digest.String(), overlayRootfs)
+	if err != nil {
+		t.Fatalf("from the repository that served it, registry down: %v", err)
+	}
+	plan.Release()
+}
+
+// A tag's last resolution is used only when the registry does not answer:
+// one that answers that access is refused, or with a certificate the node
+// does not trust, revokes it.
+func TestTagFallbackOnlyWhenUnreachable(t *testing.T) {
+	e := newEnv(t)
+	e.reg.add(t, "v1", testArtifact{})
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.Release()
+	for _, c := range []struct {
+		name   string
+		answer error
+		falls  bool
+	}{
+		{"connection refused", errOffline, true},
+		{"server error", &errcode.ErrorResponse{Method: http.MethodGet, StatusCode: http.StatusServiceUnavailable}, true},
+		{"access refused", &errcode.ErrorResponse{Method: http.MethodGet, StatusCode: http.StatusUnauthorized}, false},
+		{"forbidden", &errcode.ErrorResponse{Method: http.MethodGet, StatusCode: http.StatusForbidden}, false},
+		{"untrusted certificate", &url.Error{Op: "Get", URL: "https://reg.test/v2/", Err: x509.UnknownAuthorityError{}}, false},
+		{"gone", fmt.Errorf("reg.test/apps/web:v1: %w", errdef.ErrNotFound), false},
+	} {
+		e.reg.refuse = c.answer
+		plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+		if err == nil {
+			plan.Release()
+		}
+		if (err == nil) != c.falls {
+			t.Errorf("%s: %v; want the cached resolution used: %v", c.name, err, c.falls)
+		}
+	}
+}
+
 func TestPrepareRefusals(t *testing.T) {
 	e := newEnv(t)
 	e.reg.add(t, "good", testArtifact{rootfs: true})
@@ -581,6 +675,19 @@ func TestPrepareTamperedManifestWithTag(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "ingest")); len(ents) != 0 {
 		t.Fatalf("left in ingest: %v", ents)
 	}
+	// The tag back on the manifest the node has: a body that is not that
+	// manifest is refused all the same (the registry must hold it, not
+	// just name its digest).
+	e.reg.add(t, "v1", testArtifact{})
+	if _, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs); err == nil || !strings.Contains(err.Error(), "does not match its digest") {
+		t.Fatalf("tampered manifest the node has: %v", err)
+	}
+	reg.tamperManifest = false
+	plan, err = e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.Release()
 }
 
 // Inspect shows a checkpoint the node's policy denies, with the reason,

@@ -150,3 +150,59 @@ func TestFailedCommitRemovesNothing(t *testing.T) {
 	os.RemoveAll(dir)
 	release()
 }
+
+// Another unpack of a checkpoint that one holds for longer than
+// UnpackWait gets a private copy, used in place and removed when
+// released; the first still goes into the cache.
+func TestBeginUnpackPrivateAfterWait(t *testing.T) {
+	prev := UnpackWait
+	UnpackWait = 50 * time.Millisecond
+	t.Cleanup(func() { UnpackWait = prev })
+	c, _ := Open(t.TempDir())
+	ctx := context.Background()
+	key := digest.FromString("held long")
+	_, first, err := c.BeginUnpack(ctx, key)
+	if err != nil || first == nil || first.Private() {
+		t.Fatalf("first BeginUnpack: %v %v", first, err)
+	}
+	_, second, err := c.BeginUnpack(ctx, key)
+	if err != nil || second == nil || !second.Private() || second.Dir == first.Dir {
+		t.Fatalf("second BeginUnpack while the first holds it: %+v %v, want a private copy", second, err)
+	}
+	if err := os.WriteFile(filepath.Join(second.Dir, "criu"), []byte("own"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u2, err := second.Commit()
+	if err != nil || u2.Dir != second.Dir || c.IsUnpacked(key) {
+		t.Fatalf("private Commit: %v %v, cached %v", u2, err, c.IsUnpacked(key))
+	}
+	u2.Release()
+	if _, err := os.Stat(second.Dir); !os.IsNotExist(err) {
+		t.Fatalf("private copy left after release: %v", err)
+	}
+	_, third, err := c.BeginUnpack(ctx, key)
+	if err != nil || !third.Private() {
+		t.Fatalf("third: %+v %v", third, err)
+	}
+	third.Abort()
+	if _, err := os.Stat(third.Dir); !os.IsNotExist(err) {
+		t.Fatalf("private copy left after Abort: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(first.Dir, "criu"), []byte("cached"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u1, err := first.Commit()
+	if err != nil || !c.IsUnpacked(key) {
+		t.Fatalf("first Commit: %v, cached %v", err, c.IsUnpacked(key))
+	}
+	u1.Release()
+	// A caller whose own context ends first gets its error, not a copy.
+	_, f, _ := c.BeginUnpack(ctx, digest.FromString("another"))
+	defer f.Abort()
+	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancel()
+	if _, g, err := c.BeginUnpack(short, digest.FromString("another")); err == nil {
+		g.Abort()
+		t.Fatal("a caller out of time got a private copy")
+	}
+}

@@ -63,17 +63,32 @@ func (c *Cache) Unpack(ctx context.Context, key digest.Digest, fill func(dir str
 type Filling struct {
 	Dir string
 
-	c      *Cache
-	final  string
-	unlock func()
-	inUse  func()
-	ended  bool
+	c       *Cache
+	final   string
+	unlock  func()
+	inUse   func()
+	ended   bool
+	private func() // removes Dir: a private copy, not to be cached
 }
+
+// UnpackWait is how long BeginUnpack waits for another unpack of the same
+// checkpoint before it unpacks a private copy. A streamed restore holds
+// its unpack through the restore and the cache fill after it; the same
+// checkpoint's next restores would otherwise wait for all of that, or
+// until their pull deadline and then cold-start.
+var UnpackWait = 10 * time.Second
+
+// Private reports whether the directory is a private copy that Commit
+// does not put in the cache (another unpack of the checkpoint was under
+// way for longer than BeginUnpack waits).
+func (f *Filling) Private() bool { return f.private != nil }
 
 // BeginUnpack returns the unpacked checkpoint with manifest digest key if
 // it is in the cache, and otherwise an empty directory to unpack it into.
 // Unlike Unpack, it lets the caller use the directory while it is still
-// being filled (a restore can start before the page images are in).
+// being filled (a restore can start before the page images are in). While
+// another process unpacks the same checkpoint it waits, for up to
+// UnpackWait; then the directory is a private copy (Filling.Private).
 func (c *Cache) BeginUnpack(ctx context.Context, key digest.Digest) (*Unpacked, *Filling, error) {
 	if err := key.Validate(); err != nil {
 		return nil, nil, err
@@ -87,7 +102,21 @@ func (c *Cache) BeginUnpack(ctx context.Context, key digest.Digest) (*Unpacked, 
 		touch(final)
 		return &Unpacked{Dir: final, release: inUse}, nil, nil
 	}
-	unlock, err := c.lock(ctx, "unpack-"+key.Encoded())
+	waitCtx, cancel := context.WithTimeout(ctx, UnpackWait)
+	unlock, err := c.lock(waitCtx, "unpack-"+key.Encoded())
+	cancel()
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		if complete(final) {
+			touch(final)
+			return &Unpacked{Dir: final, release: inUse}, nil, nil
+		}
+		dir, release, err := c.ScratchDir("unpack-" + key.Encoded()[:16])
+		if err != nil {
+			inUse()
+			return nil, nil, err
+		}
+		return nil, &Filling{Dir: dir, c: c, unlock: func() {}, inUse: inUse, private: release}, nil
+	}
 	if err != nil {
 		inUse()
 		return nil, nil, err
@@ -127,6 +156,11 @@ func (f *Filling) Commit() (*Unpacked, error) {
 	if f.ended {
 		return nil, errors.New("cache: unpack already committed or aborted")
 	}
+	if f.private != nil {
+		// Used where it is, and removed when released.
+		f.ended = true
+		return &Unpacked{Dir: f.Dir, release: func() { f.private(); f.inUse() }}, nil
+	}
 	marker := filepath.Join(f.Dir, completeMarker)
 	if err := os.WriteFile(marker, nil, 0o600); err != nil {
 		return nil, fmt.Errorf("mark unpacked checkpoint complete: %w", err)
@@ -150,6 +184,10 @@ func (f *Filling) Commit() (*Unpacked, error) {
 func (f *Filling) Detach(ctx context.Context) (dir string, release func(), err error) {
 	if f.ended {
 		return "", nil, errors.New("cache: unpack already committed or aborted")
+	}
+	if f.private != nil {
+		f.ended = true
+		return f.Dir, func() { f.private(); f.inUse() }, nil
 	}
 	dir = filepath.Join(filepath.Dir(f.Dir), detachedPrefix+filepath.Base(f.Dir))
 	unlock, err := f.c.holdShared(ctx, "use-"+filepath.Base(dir))
@@ -177,8 +215,12 @@ func (f *Filling) Abort() {
 		return
 	}
 	f.ended = true
-	os.RemoveAll(f.Dir)
-	f.unlock()
+	if f.private != nil {
+		f.private()
+	} else {
+		os.RemoveAll(f.Dir)
+		f.unlock()
+	}
 	f.inUse()
 }
 

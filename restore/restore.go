@@ -446,6 +446,9 @@ func (r *Restorer) fetch(ctx context.Context, refStr string, streaming bool) (*F
 	}
 	if filling != nil {
 		f.Cached = false
+		if filling.Private() {
+			log.G(ctx).WithField("digest", a.desc.Digest).Info("snapboot: another restore has been unpacking this checkpoint into the cache for too long; this one downloads a copy of its own, not cached")
+		}
 		if streaming && a.ck.Stream != nil && r.cfg.Pull.Streaming() {
 			s, err := r.startStream(ctx, a, filling, f)
 			if err != nil {

@@ -280,6 +280,13 @@ func (s *stream) finish(ctx context.Context, abandon, keep bool, done func(free 
 		log.G(ctx).WithError(s.err).Warn("snapboot: the checkpoint's download failed after the restore had read what it needed; it is not cached")
 		done(nil)
 		return s.endUncached(ctx, keep), s.err
+	case s.filling.Private():
+		// A copy of its own, which another unpack of the checkpoint
+		// fills the cache for.
+		s.compressed.Close()
+		os.Remove(s.compressed.Name())
+		done(s.endUncached(ctx, keep).remove)
+		return nil, nil
 	}
 	go func() {
 		ctx := context.WithoutCancel(ctx)

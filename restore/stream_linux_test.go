@@ -875,3 +875,49 @@ func TestFailedCacheFillKeepsTheRootfs(t *testing.T) {
 		t.Fatalf("left in tmp: %v", ents)
 	}
 }
+
+// A restore of a checkpoint that another restore has been streaming into
+// the cache for longer than cache.UnpackWait streams a private copy: it
+// restores, fills no cache, and leaves nothing once released.
+func TestStreamedPrepareBesideAnother(t *testing.T) {
+	needFUSE(t)
+	prev := cache.UnpackWait
+	cache.UnpackWait = 100 * time.Millisecond
+	t.Cleanup(func() { cache.UnpackWait = prev })
+	e := newEnv(t)
+	t.Cleanup(func() { detachMountsUnder(e.cfg.Cache.Root) })
+	pages := randomPages(9 << 20)
+	e.reg.addStreamedLayers(t, "v1", pages, false)
+	first, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Release()
+	second, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatalf("beside a restore holding the checkpoint's unpack: %v", err)
+	}
+	if second.stream == nil || !second.stream.filling.Private() {
+		t.Fatal("not a streamed private copy")
+	}
+	if b, err := os.ReadFile(filepath.Join(second.ImagesDir, "pages-1.img")); err != nil || !bytes.Equal(b, pages) {
+		t.Fatalf("the private copy's page image: %d bytes, %v", len(b), err)
+	}
+	dir := second.stream.filling.Dir
+	if err := second.FinishStream(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-second.CacheFilled():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the private copy's end did not come")
+	}
+	if openCache(t, e).IsUnpacked(second.Digest) {
+		t.Fatal("the private copy went into the cache")
+	}
+	second.Release()
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the private copy is left: %v", err)
+	}
+	finishCached(t, e, first, pages)
+}

@@ -359,11 +359,32 @@ const fallbackReserve = 15 * time.Second
 // time left when less than twice that is left.
 func pullContext(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
 	deadline := time.Now().Add(timeout)
-	if callers, ok := ctx.Deadline(); ok {
-		reserve := min(fallbackReserve, time.Until(callers)/2)
-		deadline = minTime(deadline, callers.Add(-reserve))
+	if before, ok := fallbackDeadline(ctx); ok {
+		deadline = minTime(deadline, before)
 	}
 	return context.WithDeadline(ctx, deadline)
+}
+
+// RestoreContext bounds runc's restore at Start the same way: it ends
+// early enough for the cold start that follows a failed restore to fit in
+// the caller's deadline. Without a caller's deadline it is ctx.
+func RestoreContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if before, ok := fallbackDeadline(ctx); ok {
+		return context.WithDeadline(ctx, before)
+	}
+	return context.WithCancel(ctx)
+}
+
+// fallbackDeadline is when a pull or a restore must end for a cold start
+// to fit in ctx's deadline: fallbackReserve before it, or halfway when
+// less than twice that is left.
+func fallbackDeadline(ctx context.Context) (time.Time, bool) {
+	callers, ok := ctx.Deadline()
+	if !ok {
+		return time.Time{}, false
+	}
+	reserve := min(fallbackReserve, time.Until(callers)/2)
+	return callers.Add(-reserve), true
 }
 
 func minTime(a, b time.Time) time.Time {

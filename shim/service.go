@@ -12,6 +12,8 @@ import (
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/pkg/oom"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"google.golang.org/protobuf/proto"
@@ -62,6 +64,13 @@ type service struct {
 	// replaced: container ID -> closed when the Start fallback has replaced
 	// the failed restore's init process with a cold one (see Wait).
 	replaced map[string]chan struct{}
+	// fallingBack: container ID -> closed when the Start fallback, which
+	// deletes the failed restore and creates the container again, has
+	// ended. Meanwhile the container is not there: Delete, Kill and State
+	// wait for it instead of finding none (containerd takes a Delete's
+	// "not found" for done, and would forget a container the fallback
+	// then makes).
+	fallingBack map[string]chan struct{}
 	// filling counts the cache work after restores (a streamed restore's
 	// fill, then the cache limits) still running: the shim does not exit
 	// before it ends.
@@ -89,6 +98,7 @@ func newService(inner taskAPI.TTRPCTaskService, publisher *filteringPublisher, r
 		running:          map[string]*restore.Plan{},
 		restored:         map[string]bool{},
 		replaced:         map[string]chan struct{}{},
+		fallingBack:      map[string]chan struct{}{},
 	}
 }
 
@@ -154,7 +164,11 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return s.TTRPCTaskService.Start(ctx, r)
 	}
 	began := time.Now()
-	resp, err := s.TTRPCTaskService.Start(ctx, r)
+	// runc is killed at the end of the restore's context: time is kept
+	// for the cold start, should the restore fail.
+	restoreCtx, cancel := restore.RestoreContext(ctx)
+	resp, err := s.TTRPCTaskService.Start(restoreCtx, r)
+	cancel()
 	// A streamed restore's download ends with the restore: CRIU has read
 	// the page images, so what is left is the end of the layer.
 	streamErr := p.plan.FinishStream(ctx, err == nil)
@@ -217,6 +231,8 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if cerr := s.clearAbortedFn(cleanupCtx, p.original.Bundle, r.ID); cerr != nil {
 		log.G(ctx).WithError(cerr).Warn("snapboot: the failed restore's runc state may not be removable")
 	}
+	fallenBack := s.beginFallback(r.ID)
+	defer fallenBack() // the cold create's outcome is there to find
 	s.publisher.suppressRecreate(r.ID)
 	if _, derr := s.TTRPCTaskService.Delete(cleanupCtx, &taskAPI.DeleteRequest{ID: r.ID}); derr != nil {
 		s.publisher.cancelSuppress(r.ID, "delete", "create")
@@ -238,7 +254,59 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	}
 	logFallback(ctx, p.restorer, r.ID, p.plan.Ref, restoreErr, p.plan.Timings.Total()+time.Since(began))
 	s.endReplacement(r.ID)
+	fallenBack()
 	return s.TTRPCTaskService.Start(ctx, r)
+}
+
+// beginFallback marks container id as being deleted and created again by
+// the Start fallback; the returned function, safe to call twice, ends
+// that.
+func (s *service) beginFallback(id string) func() {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.fallingBack[id] = ch
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			delete(s.fallingBack, id)
+			s.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
+// afterFallback waits until container id is not in the Start fallback.
+func (s *service) afterFallback(ctx context.Context, id string) error {
+	s.mu.Lock()
+	ch := s.fallingBack[id]
+	s.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return errgrpc.ToGRPC(fmt.Errorf("waiting for the cold start that replaces the failed restore of %s: %w", id, errdefs.ErrUnavailable))
+	}
+}
+
+// Kill waits for a Start fallback under way (see fallingBack).
+func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
+	if err := s.afterFallback(ctx, r.ID); err != nil {
+		return nil, err
+	}
+	return s.TTRPCTaskService.Kill(ctx, r)
+}
+
+// State waits for a Start fallback under way (see fallingBack).
+func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
+	if err := s.afterFallback(ctx, r.ID); err != nil {
+		return nil, err
+	}
+	return s.TTRPCTaskService.State(ctx, r)
 }
 
 // endReplacement ends the Start fallback of container id: Waits issued
@@ -305,7 +373,11 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 
 // Delete releases the container's hold on its checkpoint in the cache (the
 // rootfs changes stay mounted as a lower layer while the container exists).
+// It waits for a Start fallback under way (see fallingBack).
 func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	if err := s.afterFallback(ctx, r.ID); err != nil {
+		return nil, err
+	}
 	resp, err := s.TTRPCTaskService.Delete(ctx, r)
 	if err == nil && r.ExecID == "" {
 		s.mu.Lock()

@@ -17,6 +17,8 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types"
 	"github.com/containerd/containerd/v2/core/events"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 
 	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/metrics"
@@ -48,6 +50,12 @@ type fakeTasks struct {
 	// comes, if upper is set.
 	upper             string
 	upperAtColdCreate []string
+	// coldCreating, when set, is sent to as a cold create begins, which
+	// then waits for coldCreateGate.
+	coldCreating   chan struct{}
+	coldCreateGate chan struct{}
+	// startDeadlines are the deadlines the Starts had.
+	startDeadlines []time.Time
 }
 
 // Wait blocks, as a Wait on an init process that never runs does, until
@@ -64,6 +72,10 @@ func (f *fakeTasks) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.
 }
 
 func (f *fakeTasks) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	if r.Checkpoint == "" && f.coldCreating != nil {
+		f.coldCreating <- struct{}{}
+		<-f.coldCreateGate
+	}
 	f.calls = append(f.calls, "create")
 	if r.Checkpoint == "" && f.failColdCreate {
 		return nil, errors.New("cold create failed")
@@ -83,6 +95,9 @@ func (f *fakeTasks) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*
 
 func (f *fakeTasks) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
 	f.calls = append(f.calls, "start")
+	if d, ok := ctx.Deadline(); ok {
+		f.startDeadlines = append(f.startDeadlines, d)
+	}
 	if f.checkpointed && f.failRestoreStart {
 		if f.endRequest != nil {
 			f.endRequest()
@@ -318,6 +333,75 @@ func TestWaitReturnsWhenTheFallbackFails(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Wait still blocked after the fallback failed")
+	}
+}
+
+// While the Start fallback deletes the failed restore and creates the
+// container again, a Delete waits for it, instead of finding no container
+// (which containerd would take for done, and forget the container the
+// fallback then makes); one whose request ends first says so.
+func TestDeleteWaitsForTheFallback(t *testing.T) {
+	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu", Cached: true}}
+	s, inner, _ := setup(prep, true)
+	inner.coldCreating, inner.coldCreateGate = make(chan struct{}), make(chan struct{})
+	ctx := context.Background()
+	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b"}); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() {
+		_, err := s.Start(ctx, &taskAPI.StartRequest{ID: "c1"})
+		started <- err
+	}()
+	<-inner.coldCreating
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.Delete(short, &taskAPI.DeleteRequest{ID: "c1"}); !errdefs.IsUnavailable(errgrpc.ToNative(err)) {
+		t.Fatalf("Delete whose request ended during the fallback: %v, want unavailable", err)
+	}
+	deleted := make(chan error, 1)
+	go func() {
+		_, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "c1"})
+		deleted <- err
+	}()
+	select {
+	case err := <-deleted:
+		t.Fatalf("Delete returned during the fallback: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(inner.coldCreateGate)
+	if err := <-deleted; err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	got := join(inner.calls)
+	if !strings.HasPrefix(got, "create start clear-aborted delete arm-dump create ") || !strings.HasSuffix(got, " delete") && !strings.Contains(got, "create delete") {
+		t.Fatalf("calls %q: the Delete should come after the cold create", got)
+	}
+}
+
+// The restore at Start ends early enough for the cold start after it, if
+// it fails, to fit in the caller's deadline; the cold start has the rest.
+func TestRestoreLeavesTimeForTheFallback(t *testing.T) {
+	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu", Cached: true}}
+	s, inner, _ := setup(prep, true)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	callers, _ := ctx.Deadline()
+	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Start(ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(inner.startDeadlines) != 2 {
+		t.Fatalf("deadlines %v, want the restore's and the cold start's", inner.startDeadlines)
+	}
+	if restoreEnds := inner.startDeadlines[0]; restoreEnds.After(callers.Add(-10 * time.Second)) {
+		t.Fatalf("the restore may run until %v, %v before the caller's deadline: no time left for the cold start", restoreEnds, callers.Sub(restoreEnds))
+	}
+	if coldEnds := inner.startDeadlines[1]; !coldEnds.Equal(callers) {
+		t.Fatalf("the cold start's deadline %v, want the caller's %v", coldEnds, callers)
 	}
 }
 

@@ -6,10 +6,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/urfave/cli/v3"
@@ -50,7 +53,7 @@ var inspectCommand = &cli.Command{
 				return err
 			}
 		} else {
-			printInspection(in)
+			printInspection(os.Stdout, in)
 		}
 		if in.Allowed != nil {
 			return in.Allowed
@@ -59,34 +62,38 @@ var inspectCommand = &cli.Command{
 	},
 }
 
-func printInspection(in *restore.Inspection) {
+// printInspection prints in as a table. Every string from the checkpoint
+// (its metadata, its manifest) or naming it is shown through shown: a
+// checkpoint is untrusted, and its strings could hold a terminal's control
+// sequences.
+func printInspection(out io.Writer, in *restore.Inspection) {
 	m := in.Metadata
-	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "reference\t%s\n", in.Ref)
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "reference\t%s\n", shown(in.Ref))
 	fmt.Fprintf(w, "digest\t%s\n", in.Descriptor.Digest)
 	if !m.Created.IsZero() {
 		fmt.Fprintf(w, "created\t%s\n", m.Created.UTC().Format(time.RFC3339))
 	}
 	fmt.Fprintf(w, "format\tv%d\n", m.FormatVersion)
-	fmt.Fprintf(w, "criu\t%s\n", m.CRIU.Version)
+	fmt.Fprintf(w, "criu\t%s\n", shown(m.CRIU.Version))
 	if m.Runc.Version != "" {
-		fmt.Fprintf(w, "runc\t%s\n", m.Runc.Version)
+		fmt.Fprintf(w, "runc\t%s\n", shown(m.Runc.Version))
 	}
-	fmt.Fprintf(w, "architecture\t%s\n", m.Host.Architecture)
+	fmt.Fprintf(w, "architecture\t%s\n", shown(m.Host.Architecture))
 	if m.Host.Kernel != "" {
-		fmt.Fprintf(w, "kernel\t%s\n", m.Host.Kernel)
+		fmt.Fprintf(w, "kernel\t%s\n", shown(m.Host.Kernel))
 	}
 	if m.Host.CPU.Model != "" {
-		fmt.Fprintf(w, "cpu\t%s (%d flags)\n", m.Host.CPU.Model, len(m.Host.CPU.Flags))
+		fmt.Fprintf(w, "cpu\t%s (%d flags)\n", shown(m.Host.CPU.Model), len(m.Host.CPU.Flags))
 	}
 	if m.Source.Image != "" {
-		fmt.Fprintf(w, "source image\t%s %s\n", m.Source.Image, m.Source.ImageDigest)
+		fmt.Fprintf(w, "source image\t%s %s\n", shown(m.Source.Image), shown(m.Source.ImageDigest))
 	}
 	if m.Source.Container != "" {
-		fmt.Fprintf(w, "source container\t%s\n", m.Source.Container)
+		fmt.Fprintf(w, "source container\t%s\n", shown(m.Source.Container))
 	}
 	if len(m.DumpOptions) > 0 {
-		fmt.Fprintf(w, "dump options\t%s\n", strings.Join(m.DumpOptions, ", "))
+		fmt.Fprintf(w, "dump options\t%s\n", shown(strings.Join(m.DumpOptions, ", ")))
 	}
 	if s := in.Checkpoint.Manifest.Subject; s != nil {
 		fmt.Fprintf(w, "subject\t%s\n", s.Digest)
@@ -102,14 +109,24 @@ func printInspection(in *restore.Inspection) {
 	case in.Compatible != nil:
 		verdict = "no: " + in.Compatible.Error()
 	}
-	fmt.Fprintf(w, "restorable here\t%s\n", verdict)
+	fmt.Fprintf(w, "restorable here\t%s\n", shown(verdict))
 	w.Flush()
-	fmt.Println("layers:")
-	w = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(out, "layers:")
+	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	for _, l := range in.Checkpoint.Layers() {
-		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", l.MediaType, human(l.Size), l.Digest, layerNote(in, l))
+		fmt.Fprintf(w, "  %s\t%s\t%s\t%s\n", shown(l.MediaType), human(l.Size), l.Digest, layerNote(in, l))
 	}
 	w.Flush()
+}
+
+// shown is s as printed in a table: quoted, with escapes, if it holds a
+// character that is not printable (a control sequence, a tab or a line
+// break that would make a row of its own).
+func shown(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
 }
 
 // layerNote says how a node gets layer l: whether it comes in the manifest,

@@ -117,6 +117,15 @@ func cleanName(name string) (clean, problem string) {
 	return path.Clean(name), ""
 }
 
+// owner returns the owner an entry gets: hdr's in a rootfs diff; root in
+// CRIU images, which CRIU (as root) reads, and which no one else should own.
+func (x *extractor) owner(hdr *tar.Header) (uid, gid int) {
+	if x.mode == CRIUImages {
+		return 0, 0
+	}
+	return hdr.Uid, hdr.Gid
+}
+
 // perm returns the permission bits from hdr that the mode allows. A
 // checkpoint is untrusted: no file in it is setuid or setgid, which would
 // let a process of the clone run with the file owner's ids (root's) where
@@ -163,7 +172,8 @@ func (x *extractor) dir(hdr *tar.Header, name string) error {
 		err = x.root.Mkdir(name, 0o755)
 	}
 	if err == nil {
-		err = x.root.Lchown(name, hdr.Uid, hdr.Gid)
+		uid, gid := x.owner(hdr)
+		err = x.root.Lchown(name, uid, gid)
 	}
 	if err != nil {
 		return failed(hdr.Name, err)
@@ -300,7 +310,8 @@ func (x *extractor) file(hdr *tar.Header, name string, r io.Reader) error {
 		err = io.ErrUnexpectedEOF
 	}
 	if err == nil {
-		err = f.Chown(hdr.Uid, hdr.Gid)
+		uid, gid := x.owner(hdr)
+		err = f.Chown(uid, gid)
 	}
 	if err == nil {
 		err = f.Chmod(x.perm(hdr)) // after Chown, which clears setuid and setgid
@@ -351,7 +362,8 @@ func (x *extractor) symlink(hdr *tar.Header, name string) error {
 		err = x.root.Symlink(target, name)
 	}
 	if err == nil {
-		err = x.root.Lchown(name, hdr.Uid, hdr.Gid)
+		uid, gid := x.owner(hdr)
+		err = x.root.Lchown(name, uid, gid)
 	}
 	if err != nil {
 		return failed(hdr.Name, err)

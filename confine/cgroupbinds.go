@@ -34,7 +34,7 @@ type cgroupHierarchy struct {
 // cold start binds the container's. So each such mount gets a key of
 // snapboot's own, and the CRIU config maps it (external mnt[KEY]:PATH) to
 // the container's cgroup in the host's hierarchy of the same name, which
-// runc has made by the time CRIU mounts (see runcCgroupPath for where
+// runc has made by the time CRIU mounts (see RuncCgroupPath for where
 // that is). With a cgroups path runc would not put there, or in a
 // hierarchy runc makes no cgroup in, the mounts stay runc's.
 //
@@ -45,7 +45,7 @@ func rebindCgroups(mountImages map[string]*crit.CriuImage, spec *specs.Spec, nod
 	if spec.Linux == nil || nodeHierarchies == nil {
 		return nil, nil, nil
 	}
-	cgPath, ok := runcCgroupPath(spec.Linux.CgroupsPath)
+	cgPath, ok := RuncCgroupPath(spec.Linux.CgroupsPath)
 	if !ok || !criuconf.Word(cgPath) {
 		return nil, nil, nil
 	}
@@ -102,7 +102,7 @@ func rebindCgroups(mountImages map[string]*crit.CriuImage, spec *specs.Spec, nod
 	return rewritten, external, nil
 }
 
-// runcCgroupPath is where, below each cgroup v1 hierarchy's mount point,
+// RuncCgroupPath is where, below each cgroup v1 hierarchy's mount point,
 // runc makes the cgroup of a container whose spec has cgroupsPath:
 //   - a cgroupfs path (absolute, as containerd gives one): that path;
 //   - a systemd path, slice:prefix:name (containerd's CRI plugin with
@@ -117,7 +117,7 @@ func rebindCgroups(mountImages map[string]*crit.CriuImage, spec *specs.Spec, nod
 // the cgroupfs driver (which runc would take as a relative path) maps to a
 // directory that runc did not make; CRIU then fails to mount it, and the
 // container cold-starts.
-func runcCgroupPath(cgroupsPath string) (string, bool) {
+func RuncCgroupPath(cgroupsPath string) (string, bool) {
 	if path.IsAbs(cgroupsPath) {
 		return cgroupsPath, !strings.Contains(cgroupsPath, ":") && path.Clean(cgroupsPath) == cgroupsPath
 	}

@@ -22,7 +22,7 @@ func TestRuncCgroupPath(t *testing.T) {
 		"machine.slice:x:kubepods-a.slice":                             "/machine.slice/kubepods-a.slice",
 		"user-1000.slice:app:web":                                      "/user.slice/user-1000.slice/app-web.scope",
 	} {
-		if got, ok := runcCgroupPath(in); !ok || got != want {
+		if got, ok := RuncCgroupPath(in); !ok || got != want {
 			t.Errorf("%q: got %q, %v; want %q", in, got, ok, want)
 		}
 	}
@@ -32,7 +32,7 @@ func TestRuncCgroupPath(t *testing.T) {
 		"a--b.slice:p:n", "-a.slice:p:n", ".slice:p:n", "a/b.slice:p:n",
 		"system.slice:p/q:n", "system.slice:p:a/b", "system.slice:p:",
 	} {
-		if got, ok := runcCgroupPath(in); ok {
+		if got, ok := RuncCgroupPath(in); ok {
 			t.Errorf("%q: got %q, want refused", in, got)
 		}
 	}

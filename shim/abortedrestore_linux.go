@@ -20,6 +20,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"golang.org/x/sys/unix"
+
+	"github.com/snapboot/snapboot/confine"
 )
 
 // clearAbortedRestore undoes what a runc restore that never returned leaves
@@ -49,18 +51,88 @@ func clearAbortedRestore(ctx context.Context, bundle, id string) error {
 	}
 	// runc records a restored container (state.json) only once CRIU is
 	// done, but makes its cgroup when CRIU starts. Without the record,
-	// runc's delete removes the state directory and leaves the cgroup; the
-	// systemd driver's scope goes by itself once empty.
-	if _, err := os.Stat(filepath.Join(state, "state.json")); !errors.Is(err, os.ErrNotExist) || (opts != nil && opts.SystemdCgroup) {
+	// runc's delete removes the state directory and leaves the cgroup.
+	if _, err := os.Stat(filepath.Join(state, "state.json")); !errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	spec, err := oci.ReadSpec(filepath.Join(bundle, oci.ConfigFilename))
 	if err != nil || spec.Linux == nil {
 		return nil // no spec, no cgroup of its own
 	}
+	if opts != nil && opts.SystemdCgroup {
+		// The scope goes by itself once empty: what is left in it is
+		// killed, in a scope of the container's own (slice:prefix:ID).
+		parts := strings.Split(spec.Linux.CgroupsPath, ":")
+		scope, ok := confine.RuncCgroupPath(spec.Linux.CgroupsPath)
+		if !ok || len(parts) != 3 || parts[2] != id {
+			return nil
+		}
+		return killScope(cgroupRoots(), scope)
+	}
 	// Its processes are killed only in a cgroup of the container's own
 	// (named after it, as containerd and CRI name them).
 	return removeCgroup(cgroupRoots(), spec.Linux.CgroupsPath, path.Base(spec.Linux.CgroupsPath) == id)
+}
+
+// killScope kills the processes left in the systemd scope at cgPath (a
+// path in the cgroup hierarchy) and the cgroups below it, in every
+// hierarchy, and waits for them to go, for up to cgroupGrace: systemd
+// removes the scope once it is empty, and runc's cold create makes one of
+// the same name. A process that stays is reported.
+func killScope(roots []string, cgPath string) error {
+	if !filepath.IsAbs(cgPath) || filepath.Clean(cgPath) == "/" {
+		return nil
+	}
+	var dirs []string
+	for _, root := range roots {
+		filepath.WalkDir(filepath.Join(root, filepath.Clean(cgPath)), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+	}
+	deadline := time.Now().Add(cgroupGrace)
+	for {
+		var left []string
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if livePIDs(dirs[i]) {
+				killCgroup(dirs[i])
+				left = append(left, dirs[i])
+			}
+		}
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("processes of the aborted restore stay in %s", strings.Join(left, ", "))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// livePIDs reports whether the cgroup dir lists a process that is still
+// there and not a zombie.
+func livePIDs(dir string) bool {
+	procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return false
+	}
+	for _, f := range strings.Fields(string(procs)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil || pid <= 1 {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue // gone
+		}
+		// The state follows the command's closing parenthesis.
+		if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && i+2 < len(stat) && stat[i+2] != 'Z' {
+			return true
+		}
+	}
+	return false
 }
 
 // cgroupRoots lists the cgroup hierarchies: the unified one, or each v1

@@ -4,7 +4,9 @@ package shim
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -98,5 +100,48 @@ func TestRemoveCgroup(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(roots[0], "ns", "c2")); !os.IsNotExist(err) {
 		t.Errorf("the cgroup that could go stayed: %v", err)
+	}
+}
+
+// On the systemd driver the processes an aborted restore left in the
+// container's scope, and below it, are killed (systemd then removes the
+// scope); another scope's are not.
+func TestKillScope(t *testing.T) {
+	dir := t.TempDir()
+	roots := []string{filepath.Join(dir, "pids"), filepath.Join(dir, "memory")}
+	scope := "/system.slice/cri-containerd-c1.scope"
+	start := func(cgroup string) *exec.Cmd {
+		t.Helper()
+		cmd := exec.Command("sleep", "60")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		if err := os.MkdirAll(cgroup, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(cgroup, "cgroup.procs"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	inScope := start(filepath.Join(roots[0], scope))
+	below := start(filepath.Join(roots[1], scope, "sub"))
+	other := start(filepath.Join(roots[0], "/system.slice/cri-containerd-c2.scope"))
+	if err := killScope(roots, scope); err != nil {
+		t.Fatal(err)
+	}
+	for name, cmd := range map[string]*exec.Cmd{"in the scope": inScope, "below it": below} {
+		if err := cmd.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
+			t.Errorf("the process %s: %v, want killed", name, err)
+		}
+	}
+	if err := unix.Kill(other.Process.Pid, 0); err != nil {
+		t.Errorf("another scope's process: %v", err)
+	}
+	for _, r := range roots {
+		if _, err := os.Stat(filepath.Join(r, scope)); err != nil {
+			t.Errorf("the scope's cgroup is systemd's to remove: %v", err)
+		}
 	}
 }

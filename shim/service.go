@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
 
@@ -234,7 +235,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	fallenBack := s.beginFallback(r.ID)
 	defer fallenBack() // the cold create's outcome is there to find
 	s.publisher.suppressRecreate(r.ID)
-	if _, derr := s.TTRPCTaskService.Delete(cleanupCtx, &taskAPI.DeleteRequest{ID: r.ID}); derr != nil {
+	if derr := s.deleteFailedRestore(cleanupCtx, r.ID); derr != nil {
 		s.publisher.cancelSuppress(r.ID, "delete", "create")
 		s.endReplacement(r.ID)
 		return nil, fmt.Errorf("%v; removing the failed restore also failed: %w", restoreErr, derr)
@@ -257,6 +258,34 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	fallenBack()
 	return s.TTRPCTaskService.Start(ctx, r)
 }
+
+// deleteFailedRestore deletes the failed restore of container id. A
+// restore that runc completed before a later step of Start failed (the
+// container's stdin, its console, its pid file) left the restored process
+// running, which runc's delete (not forced) refuses: it is killed, and
+// the delete tried again.
+func (s *service) deleteFailedRestore(ctx context.Context, id string) error {
+	_, err := s.TTRPCTaskService.Delete(ctx, &taskAPI.DeleteRequest{ID: id})
+	if err == nil {
+		return nil
+	}
+	if _, kerr := s.TTRPCTaskService.Kill(ctx, &taskAPI.KillRequest{ID: id, Signal: uint32(unix.SIGKILL), All: true}); kerr != nil {
+		return err
+	}
+	log.G(ctx).WithError(err).Warn("snapboot: the failed restore's processes were running; killed them")
+	deadline := time.Now().Add(deleteGrace)
+	for {
+		_, derr := s.TTRPCTaskService.Delete(ctx, &taskAPI.DeleteRequest{ID: id})
+		if derr == nil || time.Now().After(deadline) {
+			return derr
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// deleteGrace is how long deleteFailedRestore waits for killed processes
+// to go.
+var deleteGrace = 2 * time.Second
 
 // beginFallback marks container id as being deleted and created again by
 // the Start fallback; the returned function, safe to call twice, ends

@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/metrics"
@@ -56,6 +57,17 @@ type fakeTasks struct {
 	coldCreateGate chan struct{}
 	// startDeadlines are the deadlines the Starts had.
 	startDeadlines []time.Time
+	// restoredThenFailed: the failing restore's process runs (a step of
+	// Start after runc's restore failed); a delete is refused until it is
+	// killed.
+	restoredThenFailed bool
+	running            bool
+}
+
+func (f *fakeTasks) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
+	f.calls = append(f.calls, "kill")
+	f.running = false
+	return &emptypb.Empty{}, nil
 }
 
 // Wait blocks, as a Wait on an init process that never runs does, until
@@ -99,6 +111,7 @@ func (f *fakeTasks) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAP
 		f.startDeadlines = append(f.startDeadlines, d)
 	}
 	if f.checkpointed && f.failRestoreStart {
+		f.running = f.restoredThenFailed
 		if f.endRequest != nil {
 			f.endRequest()
 		}
@@ -116,6 +129,10 @@ func (f *fakeTasks) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*task
 	if ctx.Err() != nil {
 		f.calls = append(f.calls, "delete-on-ended-request")
 		return nil, ctx.Err()
+	}
+	if f.running {
+		f.calls = append(f.calls, "delete-refused")
+		return nil, errors.New("cannot delete container that is not stopped: running")
 	}
 	f.calls = append(f.calls, "delete")
 	f.deleted.Store(true)
@@ -402,6 +419,25 @@ func TestRestoreLeavesTimeForTheFallback(t *testing.T) {
 	}
 	if coldEnds := inner.startDeadlines[1]; !coldEnds.Equal(callers) {
 		t.Fatalf("the cold start's deadline %v, want the caller's %v", coldEnds, callers)
+	}
+}
+
+// A restore whose process runs though Start failed after it (its stdin,
+// console or pid file) is killed so that it can be deleted, and the
+// container starts cold; it is not left running beside a failed Start.
+func TestFallbackKillsARestoreThatRuns(t *testing.T) {
+	prep := &fakePreparer{plan: &restore.Plan{Ref: "r/a:v1", ImagesDir: "/cache/criu", Cached: true}}
+	s, inner, _ := setup(prep, true)
+	inner.restoredThenFailed = true
+	ctx := context.Background()
+	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "c1", Bundle: "/b"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Start(ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if got := join(inner.calls); got != "create start clear-aborted delete-refused kill delete arm-dump create start" {
+		t.Fatalf("calls %q", got)
 	}
 }
 

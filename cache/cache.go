@@ -200,15 +200,21 @@ func (c *Cache) FetchBlobTo(ctx context.Context, src content.Fetcher, desc ocisp
 	if c.HasBlob(ctx, desc) {
 		return fromCache()
 	}
-	unlock, err := c.lock(ctx, "blob-"+desc.Digest.Encoded())
-	if err != nil {
-		return false, err
+	if opts.Keep {
+		// One download stores it; the others wait, then read the cache.
+		// Without Keep nothing is stored, and downloads of the same blob
+		// need not wait for each other (a restore that unpacks a copy of
+		// its own, beside another's, would wait for its whole download).
+		unlock, err := c.lock(ctx, "blob-"+desc.Digest.Encoded())
+		if err != nil {
+			return false, err
+		}
+		defer unlock()
+		if c.HasBlob(ctx, desc) {
+			return fromCache()
+		}
+		c.removeIngest(desc.Digest)
 	}
-	defer unlock()
-	if c.HasBlob(ctx, desc) {
-		return fromCache()
-	}
-	c.removeIngest(desc.Digest)
 	rc, err := src.Fetch(ctx, desc)
 	if err != nil {
 		return false, fmt.Errorf("fetch %s: %w", desc.Digest, err)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -300,5 +301,37 @@ func TestOpenMakesCachePrivate(t *testing.T) {
 	}
 	if _, err := Open(bad); err == nil {
 		t.Fatal("a file named tmp in the cache root: no error")
+	}
+}
+
+// Downloads of one blob that store nothing do not wait for each other: a
+// restore that unpacks a copy of its own, beside another's that holds the
+// checkpoint's unpack, would otherwise wait for that one's whole download.
+func TestFetchBlobToWithoutKeepingDoesNotWait(t *testing.T) {
+	c, _ := Open(t.TempDir())
+	ctx := context.Background()
+	src, ds := newSource("the layer")
+	held := make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.FetchBlobTo(ctx, src, ds[0], FetchOptions{ConsumerVerifies: true}, func(r io.Reader) error {
+			<-held // the first download, still going on
+			_, err := io.Copy(io.Discard, r)
+			return err
+		})
+		first <- err
+	}()
+	for src.fetches.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var got []byte
+	if _, err := c.FetchBlobTo(short, src, ds[0], FetchOptions{ConsumerVerifies: true}, func(r io.Reader) (err error) { got, err = io.ReadAll(r); return err }); err != nil || string(got) != "the layer" {
+		t.Fatalf("a second download while the first goes on: %q, %v", got, err)
+	}
+	close(held)
+	if err := <-first; err != nil {
+		t.Fatal(err)
 	}
 }

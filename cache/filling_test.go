@@ -161,11 +161,11 @@ func TestBeginUnpackPrivateAfterWait(t *testing.T) {
 	c, _ := Open(t.TempDir())
 	ctx := context.Background()
 	key := digest.FromString("held long")
-	_, first, err := c.BeginUnpack(ctx, key)
+	_, first, err := c.BeginUnpackOrCopy(ctx, key)
 	if err != nil || first == nil || first.Private() {
 		t.Fatalf("first BeginUnpack: %v %v", first, err)
 	}
-	_, second, err := c.BeginUnpack(ctx, key)
+	_, second, err := c.BeginUnpackOrCopy(ctx, key)
 	if err != nil || second == nil || !second.Private() || second.Dir == first.Dir {
 		t.Fatalf("second BeginUnpack while the first holds it: %+v %v, want a private copy", second, err)
 	}
@@ -180,9 +180,16 @@ func TestBeginUnpackPrivateAfterWait(t *testing.T) {
 	if _, err := os.Stat(second.Dir); !os.IsNotExist(err) {
 		t.Fatalf("private copy left after release: %v", err)
 	}
-	_, third, err := c.BeginUnpack(ctx, key)
+	_, third, err := c.BeginUnpackOrCopy(ctx, key)
 	if err != nil || !third.Private() {
 		t.Fatalf("third: %+v %v", third, err)
+	}
+	// BeginUnpack (snapboot pull) waits for the unpack instead.
+	short, stop := context.WithTimeout(ctx, 3*UnpackWait)
+	defer stop()
+	if _, f, err := c.BeginUnpack(short, key); err == nil {
+		f.Abort()
+		t.Fatal("BeginUnpack did not wait for the unpack under way")
 	}
 	third.Abort()
 	if _, err := os.Stat(third.Dir); !os.IsNotExist(err) {
@@ -201,7 +208,7 @@ func TestBeginUnpackPrivateAfterWait(t *testing.T) {
 	defer f.Abort()
 	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
 	defer cancel()
-	if _, g, err := c.BeginUnpack(short, digest.FromString("another")); err == nil {
+	if _, g, err := c.BeginUnpackOrCopy(short, digest.FromString("another")); err == nil {
 		g.Abort()
 		t.Fatal("a caller out of time got a private copy")
 	}

@@ -87,9 +87,20 @@ func (f *Filling) Private() bool { return f.private != nil }
 // it is in the cache, and otherwise an empty directory to unpack it into.
 // Unlike Unpack, it lets the caller use the directory while it is still
 // being filled (a restore can start before the page images are in). While
-// another process unpacks the same checkpoint it waits, for up to
-// UnpackWait; then the directory is a private copy (Filling.Private).
+// another process unpacks the same checkpoint it waits, until ctx ends.
 func (c *Cache) BeginUnpack(ctx context.Context, key digest.Digest) (*Unpacked, *Filling, error) {
+	return c.beginUnpack(ctx, key, false)
+}
+
+// BeginUnpackOrCopy is BeginUnpack for a restore, which must not wait
+// long: while another process unpacks the same checkpoint it waits for up
+// to UnpackWait, and then returns a private copy's directory
+// (Filling.Private), which is not put in the cache.
+func (c *Cache) BeginUnpackOrCopy(ctx context.Context, key digest.Digest) (*Unpacked, *Filling, error) {
+	return c.beginUnpack(ctx, key, true)
+}
+
+func (c *Cache) beginUnpack(ctx context.Context, key digest.Digest, mayCopy bool) (*Unpacked, *Filling, error) {
 	if err := key.Validate(); err != nil {
 		return nil, nil, err
 	}
@@ -102,10 +113,13 @@ func (c *Cache) BeginUnpack(ctx context.Context, key digest.Digest) (*Unpacked, 
 		touch(final)
 		return &Unpacked{Dir: final, release: inUse}, nil, nil
 	}
-	waitCtx, cancel := context.WithTimeout(ctx, UnpackWait)
+	waitCtx, cancel := ctx, context.CancelFunc(func() {})
+	if mayCopy {
+		waitCtx, cancel = context.WithTimeout(ctx, UnpackWait)
+	}
 	unlock, err := c.lock(waitCtx, "unpack-"+key.Encoded())
 	cancel()
-	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+	if err != nil && mayCopy && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 		if complete(final) {
 			touch(final)
 			return &Unpacked{Dir: final, release: inUse}, nil, nil

@@ -461,7 +461,11 @@ func (r *Restorer) fetch(ctx context.Context, refStr string, streaming bool) (*F
 	f := &Fetched{Ref: refStr, Digest: a.desc.Digest, Checkpoint: a.ck, Metadata: a.meta, Cached: true, cache: a.cache}
 	f.Timings.Resolve = time.Since(began)
 
-	u, filling, err := a.cache.BeginUnpack(ctx, a.desc.Digest)
+	begin := a.cache.BeginUnpack // snapboot pull: fills the cache, or waits for who does
+	if streaming {
+		begin = a.cache.BeginUnpackOrCopy
+	}
+	u, filling, err := begin(ctx, a.desc.Digest)
 	if err != nil {
 		return nil, err
 	}

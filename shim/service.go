@@ -223,7 +223,6 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		// What CRIU could not read never arrived: that is the reason.
 		restoreErr = fmt.Errorf("%w; the page images' download failed: %w", restoreErr, streamErr)
 	}
-	p.plan.Release()
 
 	// The failed restore is removed even when the request has ended (a
 	// CRI timeout, containerd restarting): that is what killed runc, and
@@ -235,7 +234,11 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	fallenBack := s.beginFallback(r.ID)
 	defer fallenBack() // the cold create's outcome is there to find
 	s.publisher.suppressRecreate(r.ID)
-	if derr := s.deleteFailedRestore(cleanupCtx, r.ID); derr != nil {
+	derr := s.deleteFailedRestore(cleanupCtx, r.ID)
+	// Only now, with no process of the restore left, may the cache let go
+	// of the checkpoint a restored rootfs stacked on.
+	p.plan.Release()
+	if derr != nil {
 		s.publisher.cancelSuppress(r.ID, "delete", "create")
 		s.endReplacement(r.ID)
 		return nil, fmt.Errorf("%v; removing the failed restore also failed: %w", restoreErr, derr)
@@ -262,22 +265,18 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 // deleteFailedRestore deletes the failed restore of container id. A
 // restore that runc completed before a later step of Start failed (the
 // container's stdin, its console, its pid file) left the restored process
-// running, which runc's delete (not forced) refuses: it is killed, and
-// the delete tried again.
+// running, which runc's delete (not forced) refuses, and whose output the
+// runc task service's delete would wait for: its processes are killed
+// first (runc's kill fails, harmlessly, when the restore left none).
 func (s *service) deleteFailedRestore(ctx context.Context, id string) error {
-	_, err := s.TTRPCTaskService.Delete(ctx, &taskAPI.DeleteRequest{ID: id})
-	if err == nil {
-		return nil
+	if _, err := s.TTRPCTaskService.Kill(ctx, &taskAPI.KillRequest{ID: id, Signal: uint32(unix.SIGKILL), All: true}); err == nil {
+		log.G(ctx).Info("snapboot: killed what the failed restore left running")
 	}
-	if _, kerr := s.TTRPCTaskService.Kill(ctx, &taskAPI.KillRequest{ID: id, Signal: uint32(unix.SIGKILL), All: true}); kerr != nil {
-		return err
-	}
-	log.G(ctx).WithError(err).Warn("snapboot: the failed restore's processes were running; killed them")
 	deadline := time.Now().Add(deleteGrace)
 	for {
-		_, derr := s.TTRPCTaskService.Delete(ctx, &taskAPI.DeleteRequest{ID: id})
-		if derr == nil || time.Now().After(deadline) {
-			return derr
+		_, err := s.TTRPCTaskService.Delete(ctx, &taskAPI.DeleteRequest{ID: id})
+		if err == nil || time.Now().After(deadline) {
+			return err
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -5,6 +5,7 @@ package shim
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,6 +34,7 @@ type fakeTasks struct {
 	taskAPI.TTRPCTaskService
 	pub *filteringPublisher
 
+	mu               sync.Mutex // calls, from Start and a test's goroutine
 	calls            []string
 	creates          []*taskAPI.CreateTaskRequest
 	failRestoreStart bool
@@ -65,9 +67,29 @@ type fakeTasks struct {
 }
 
 func (f *fakeTasks) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
-	f.calls = append(f.calls, "kill")
-	f.running = false
+	name := fmt.Sprintf("kill-%d", r.Signal)
+	if r.All {
+		name += "-all"
+	}
+	f.record(name)
+	if r.Signal == 9 && r.All {
+		f.running = false
+	}
 	return &emptypb.Empty{}, nil
+}
+
+// record notes a call.
+func (f *fakeTasks) record(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, name)
+}
+
+// called lists the calls so far.
+func (f *fakeTasks) called() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return strings.Join(f.calls, " ")
 }
 
 // Wait blocks, as a Wait on an init process that never runs does, until
@@ -88,7 +110,7 @@ func (f *fakeTasks) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*
 		f.coldCreating <- struct{}{}
 		<-f.coldCreateGate
 	}
-	f.calls = append(f.calls, "create")
+	f.record("create")
 	if r.Checkpoint == "" && f.failColdCreate {
 		return nil, errors.New("cold create failed")
 	}
@@ -106,7 +128,7 @@ func (f *fakeTasks) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*
 }
 
 func (f *fakeTasks) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
-	f.calls = append(f.calls, "start")
+	f.record("start")
 	if d, ok := ctx.Deadline(); ok {
 		f.startDeadlines = append(f.startDeadlines, d)
 	}
@@ -127,14 +149,14 @@ func (f *fakeTasks) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAP
 
 func (f *fakeTasks) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
 	if ctx.Err() != nil {
-		f.calls = append(f.calls, "delete-on-ended-request")
+		f.record("delete-on-ended-request")
 		return nil, ctx.Err()
 	}
 	if f.running {
-		f.calls = append(f.calls, "delete-refused")
+		f.record("delete-refused")
 		return nil, errors.New("cannot delete container that is not stopped: running")
 	}
-	f.calls = append(f.calls, "delete")
+	f.record("delete")
 	f.deleted.Store(true)
 	f.pub.Publish(ctx, "/tasks/delete", &eventstypes.TaskDelete{ContainerID: r.ID})
 	return &taskAPI.DeleteResponse{}, nil
@@ -179,11 +201,11 @@ func setup(prep *fakePreparer, failStart bool) (*service, *fakeTasks, *recording
 	inner := &fakeTasks{pub: pub, failRestoreStart: failStart}
 	s := newService(inner, pub, func(string) preparer { return prep })
 	s.armDumpFn = func(bundle string) error {
-		inner.calls = append(inner.calls, "arm-dump")
+		inner.record("arm-dump")
 		return nil
 	}
 	s.clearAbortedFn = func(_ context.Context, bundle, id string) error {
-		inner.calls = append(inner.calls, "clear-aborted")
+		inner.record("clear-aborted")
 		return nil
 	}
 	return s, inner, rec
@@ -214,7 +236,7 @@ func TestRestoreSucceeds(t *testing.T) {
 	if err != nil || resp.Pid != 42 {
 		t.Fatalf("Start: %v %v", resp, err)
 	}
-	if got := join(inner.calls); got != "create start arm-dump" {
+	if got := inner.called(); got != "create start arm-dump" {
 		t.Fatalf("calls %q", got)
 	}
 	if got := join(rec.topics); got != "/tasks/create /tasks/start" {
@@ -235,7 +257,7 @@ func TestFailedPrepareColdStarts(t *testing.T) {
 	if _, err := s.Create(context.Background(), req); err != nil {
 		t.Fatal(err)
 	}
-	if got := join(inner.calls); got != "arm-dump create" {
+	if got := inner.called(); got != "arm-dump create" {
 		t.Fatalf("calls %q", got)
 	}
 	if len(inner.creates) != 1 || inner.creates[0] != req || inner.creates[0].Checkpoint != "" {
@@ -255,7 +277,7 @@ func TestFailedRestoreFallsBackWithoutStrayEvents(t *testing.T) {
 	if err != nil || resp.Pid != 42 {
 		t.Fatalf("fallback Start: %v %v", resp, err)
 	}
-	if got := join(inner.calls); got != "create start clear-aborted delete arm-dump create start" {
+	if got := inner.called(); got != "create start clear-aborted kill-9-all delete arm-dump create start" {
 		t.Fatalf("calls %q", got)
 	}
 	if last := inner.creates[len(inner.creates)-1]; last != orig || last.Checkpoint != "" {
@@ -317,7 +339,7 @@ func TestFailedRestoreRemovedAfterTheRequestEnded(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	inner.endRequest = cancel
 	s.Start(ctx, &taskAPI.StartRequest{ID: "c1"})
-	if got := join(inner.calls); !strings.HasPrefix(got+" ", "create start clear-aborted delete ") {
+	if got := inner.called(); !strings.HasPrefix(got+" ", "create start clear-aborted kill-9-all delete ") {
 		t.Fatalf("calls %q: the failed restore was not deleted", got)
 	}
 }
@@ -391,8 +413,8 @@ func TestDeleteWaitsForTheFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-started
-	got := join(inner.calls)
-	if !strings.HasPrefix(got, "create start clear-aborted delete arm-dump create ") || !strings.HasSuffix(got, " delete") && !strings.Contains(got, "create delete") {
+	got := inner.called()
+	if !strings.HasPrefix(got, "create start clear-aborted kill-9-all delete arm-dump create ") || !strings.HasSuffix(got, " delete") && !strings.Contains(got, "create delete") {
 		t.Fatalf("calls %q: the Delete should come after the cold create", got)
 	}
 }
@@ -436,7 +458,7 @@ func TestFallbackKillsARestoreThatRuns(t *testing.T) {
 	if _, err := s.Start(ctx, &taskAPI.StartRequest{ID: "c1"}); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	if got := join(inner.calls); got != "create start clear-aborted delete-refused kill delete arm-dump create start" {
+	if got := inner.called(); got != "create start clear-aborted kill-9-all delete arm-dump create start" {
 		t.Fatalf("calls %q", got)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containerd/containerd/api/types"
@@ -701,10 +702,12 @@ func storeManifest(ctx context.Context, c *cache.Cache, desc ocispec.Descriptor,
 	return nil
 }
 
-// registryUnreachable reports whether err is the registry not answering
-// (a connection refused or cut, a timeout, a server error), as opposed to
-// an answer: the tag or repository gone, access refused, or a certificate
-// the node does not trust.
+// registryUnreachable reports whether err is the registry not answering:
+// no connection (refused, unreachable, a name that does not resolve), one
+// cut or timed out, or a server error (5xx). An answer is not: the tag or
+// repository gone, access refused (401, 403, or a TLS alert refusing the
+// node's client certificate), a certificate the node does not trust, or a
+// response the node cannot use (plain HTTP where it expects HTTPS).
 func registryUnreachable(err error) bool {
 	var resp *errcode.ErrorResponse
 	if errors.As(err, &resp) {
@@ -713,15 +716,26 @@ func registryUnreachable(err error) bool {
 	if errors.Is(err, errdef.ErrNotFound) {
 		return false
 	}
+	var alert tls.AlertError
+	var recordHeader tls.RecordHeaderError
 	var certErr *tls.CertificateVerificationError
 	var unknownAuthority x509.UnknownAuthorityError
 	var hostname x509.HostnameError
 	var invalid x509.CertificateInvalidError
-	if errors.As(err, &certErr) || errors.As(err, &unknownAuthority) || errors.As(err, &hostname) || errors.As(err, &invalid) {
+	if errors.As(err, &alert) || errors.As(err, &recordHeader) || errors.As(err, &certErr) ||
+		errors.As(err, &unknownAuthority) || errors.As(err, &hostname) || errors.As(err, &invalid) {
 		return false
 	}
+	var dnsErr *net.DNSError
+	var opErr *net.OpError
 	var netErr net.Error
-	return errors.As(err, &netErr)
+	switch {
+	case errors.As(err, &dnsErr), errors.As(err, &opErr):
+		return true
+	case errors.As(err, &netErr) && netErr.Timeout():
+		return true
+	}
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // resolveRemote resolves reference at the registry. A source that can

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -441,6 +442,11 @@ func TestTagFallbackOnlyWhenUnreachable(t *testing.T) {
 		{"access refused", &errcode.ErrorResponse{Method: http.MethodGet, StatusCode: http.StatusUnauthorized}, false},
 		{"forbidden", &errcode.ErrorResponse{Method: http.MethodGet, StatusCode: http.StatusForbidden}, false},
 		{"untrusted certificate", &url.Error{Op: "Get", URL: "https://reg.test/v2/", Err: x509.UnknownAuthorityError{}}, false},
+		{"client certificate refused", &url.Error{Op: "Get", URL: "https://reg.test/v2/", Err: &net.OpError{Op: "remote error", Err: tls.AlertError(42)}}, false},
+		{"plain HTTP", &url.Error{Op: "Get", URL: "https://reg.test/v2/", Err: errors.New("http: server gave HTTP response to HTTPS client")}, false},
+		{"name not found", &url.Error{Op: "Get", URL: "https://reg.test/v2/", Err: &net.OpError{Op: "dial", Err: &net.DNSError{Err: "no such host", Name: "reg.test", IsNotFound: true}}}, true},
+		{"timeout", &url.Error{Op: "Get", URL: "https://reg.test/v2/", Err: context.DeadlineExceeded}, true},
+		{"connection cut", &url.Error{Op: "Get", URL: "https://reg.test/v2/", Err: io.ErrUnexpectedEOF}, true},
 		{"gone", fmt.Errorf("reg.test/apps/web:v1: %w", errdef.ErrNotFound), false},
 	} {
 		e.reg.refuse = c.answer

@@ -335,3 +335,30 @@ func TestFetchBlobToWithoutKeepingDoesNotWait(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Which repositories served a manifest is remembered until the checkpoint
+// is removed from the cache, for that manifest only.
+func TestSourcesForgottenWithTheCheckpoint(t *testing.T) {
+	c, _ := Open(t.TempDir())
+	ctx := context.Background()
+	a, b := digest.FromString("a"), digest.FromString("b")
+	for _, d := range []digest.Digest{a, b} {
+		if err := c.RememberSource("config=/etc/snapboot/config.toml repository=reg.test/apps/web", d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !c.SourceServed("config=/etc/snapboot/config.toml repository=reg.test/apps/web", a) ||
+		c.SourceServed("config=/etc/snapboot/config.toml repository=reg.test/apps/other", a) ||
+		c.SourceServed("config=/etc/snapboot/other.toml repository=reg.test/apps/web", a) {
+		t.Fatal("a source is remembered for its repository and configuration only")
+	}
+	if err := c.Remove(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if c.SourceServed("config=/etc/snapboot/config.toml repository=reg.test/apps/web", a) {
+		t.Fatal("remembered after the checkpoint was removed")
+	}
+	if !c.SourceServed("config=/etc/snapboot/config.toml repository=reg.test/apps/web", b) {
+		t.Fatal("another checkpoint's source forgotten")
+	}
+}

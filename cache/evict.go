@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -183,7 +184,23 @@ func (c *Cache) Remove(ctx context.Context, d digest.Digest) error {
 			}
 		}
 	}
+	c.forgetSources(d)
 	return nil
+}
+
+// forgetSources removes RememberSource's records of the manifest d.
+func (c *Cache) forgetSources(d digest.Digest) {
+	dir := filepath.Join(c.root, "refs")
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".source") {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if data, err := os.ReadFile(p); err == nil && strings.HasSuffix(string(data), " "+d.String()+"\n") {
+			os.Remove(p)
+		}
+	}
 }
 
 // PruneLimits bound the cache.

@@ -681,6 +681,9 @@ func (r *Restorer) sourceOf(ref registry.Reference) string {
 	if abs, err := filepath.Abs(config); err == nil {
 		config = abs
 	}
+	if real, err := filepath.EvalSymlinks(config); err == nil {
+		config = real // one file, however it is named
+	}
 	return "config=" + config + " repository=" + ref.Registry + "/" + ref.Repository
 }
 

@@ -83,17 +83,18 @@ func killScope(roots []string, cgPath string) error {
 	if !filepath.IsAbs(cgPath) || filepath.Clean(cgPath) == "/" {
 		return nil
 	}
-	var dirs []string
-	for _, root := range roots {
-		filepath.WalkDir(filepath.Join(root, filepath.Clean(cgPath)), func(p string, d fs.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-	}
 	deadline := time.Now().Add(cgroupGrace)
 	for {
+		// Walked again each time: a CRIU still running may make cgroups.
+		var dirs []string
+		for _, root := range roots {
+			filepath.WalkDir(filepath.Join(root, filepath.Clean(cgPath)), func(p string, d fs.DirEntry, err error) error {
+				if err == nil && d.IsDir() {
+					dirs = append(dirs, p)
+				}
+				return nil
+			})
+		}
 		var left []string
 		for i := len(dirs) - 1; i >= 0; i-- {
 			if livePIDs(dirs[i]) {

@@ -119,6 +119,21 @@ func printInspection(out io.Writer, in *restore.Inspection) {
 	w.Flush()
 }
 
+// escapeControls is s with each character that is not printable, but for
+// line breaks and tabs, escaped as in a Go string.
+func escapeControls(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r == '\n' || r == '\t' || unicode.IsPrint(r) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRune(r)
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
+}
+
 // shown is s as printed in a table: quoted, with escapes, if it holds a
 // character that is not printable (a control sequence, a tab or a line
 // break that would make a row of its own).

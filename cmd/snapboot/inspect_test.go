@@ -39,3 +39,12 @@ func TestInspectionShowsNoControlCharacters(t *testing.T) {
 		}
 	}
 }
+
+// A refusal printed as an error escapes the checkpoint's control
+// characters it quotes, and keeps its own line breaks.
+func TestErrorsEscapeControlCharacters(t *testing.T) {
+	got := escapeControls("checkpoint from kernel 6.18\x1b[2J\x07, CRIU 4.2\nsecond line\tend")
+	if strings.ContainsAny(got, "\x1b\x07") || got != `checkpoint from kernel 6.18\x1b[2J\a, CRIU 4.2`+"\nsecond line\tend" {
+		t.Fatalf("%q", got)
+	}
+}

@@ -61,7 +61,9 @@ func main() {
 	}
 	err := app.Run(ctx, os.Args)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "snapboot: %v\n", err)
+		// An error may quote a checkpoint's strings (its metadata, in a
+		// refusal): no control character of theirs reaches the terminal.
+		fmt.Fprintf(os.Stderr, "snapboot: %s\n", escapeControls(err.Error()))
 	}
 	os.Exit(exitCode(err))
 }

@@ -80,7 +80,7 @@ func (r *Result) Compressed() int64 { return r.CRIU.Compressed + r.Rootfs.Compre
 var ErrNotRunning = errors.New("container is not running")
 
 // Run checkpoints container id into ref.
-func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts Options) (*Result, error) {
+func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts Options) (_ *Result, retErr error) {
 	ref, err := oci.ParseReference(refStr)
 	if err != nil {
 		return nil, err
@@ -124,11 +124,33 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 		return nil, fmt.Errorf("describe this node: %w", err)
 	}
 
+	repo, err := oci.NewRepository(ref, opts.Remote)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Exit {
+		// The dump ends the donor: a push that would fail must fail
+		// before it (no credentials, no access, no registry).
+		if err := oci.CheckPush(ctx, repo); err != nil {
+			return nil, fmt.Errorf("push %s: %w (checked before the dump, which --exit makes the donor's end)", refStr, err)
+		}
+	}
+
 	work, err := os.MkdirTemp(opts.WorkDir, "checkpoint-"+id+"-")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work) // the images hold the donor's memory
+	// The images hold the donor's memory: removed, unless the dump ended
+	// the donor (--exit) and a later step failed. They are then all that
+	// is left of it.
+	donorExited := false
+	defer func() {
+		if donorExited && retErr != nil {
+			retErr = fmt.Errorf("%w; the donor exited with the dump: its CRIU images and rootfs changes are kept in %s (they hold its memory: remove the directory when done)", retErr, work)
+			return
+		}
+		os.RemoveAll(work)
+	}()
 	if err := os.Chmod(work, 0o700); err != nil {
 		return nil, err
 	}
@@ -149,13 +171,21 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 	defer done(context.WithoutCancel(ctx))
 	began := time.Now()
 	progress.Stage("dumping %s (CRIU through containerd)", id)
-	if status.Status == containerd.Running {
+	resumed := status.Status != containerd.Running // not ours to resume
+	if !resumed {
 		if err := task.Pause(ctx); err != nil {
 			return nil, fmt.Errorf("pause %s: %w", id, err)
 		}
-		if !opts.Exit {
-			defer task.Resume(context.WithoutCancel(ctx))
-		}
+		// On every failure while the donor lives (a failed dump too,
+		// after which CRIU leaves it frozen), it runs on.
+		defer func() {
+			if resumed || donorExited {
+				return
+			}
+			if err := resumeDonor(context.WithoutCancel(ctx), task); err != nil {
+				retErr = fmt.Errorf("%w; the donor stays PAUSED, resuming it failed (ctr task resume %s): %w", retErr, id, err)
+			}
+		}()
 	}
 	// The task service directly, not the client's Task.Checkpoint: for a
 	// runtime other than runc.v2, the client also builds a checkpoint image
@@ -178,14 +208,16 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 		}
 		return nil, fmt.Errorf("dump %s: %w", id, err)
 	}
+	donorExited = opts.Exit
 	rootfsTar := filepath.Join(work, "rootfs.tar.zst")
 	if res.Rootfs, err = rootfsChanges(ctx, client, info.Snapshotter, info.SnapshotKey, rootfsTar, opts.Compression); err != nil {
 		return nil, err
 	}
-	if !opts.Exit && status.Status == containerd.Running {
-		if err := task.Resume(ctx); err != nil {
+	if !resumed && !donorExited {
+		if err := resumeDonor(ctx, task); err != nil {
 			return nil, fmt.Errorf("resume %s after the dump: %w", id, err)
 		}
+		resumed = true
 	}
 	res.Dump = time.Since(began)
 
@@ -235,10 +267,6 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 
 	began = time.Now()
 	progress.Stage("pushing to %s", refStr)
-	repo, err := oci.NewRepository(ref, opts.Remote)
-	if err != nil {
-		return nil, err
-	}
 	layers := []oci.LayerFile{{MediaType: level.CRIUImagesMediaType(), Path: criuTar}}
 	if res.CRIU.Stream != nil {
 		layers[0].Annotations = res.CRIU.Stream.Annotations()
@@ -280,6 +308,22 @@ func rootfsChanges(ctx context.Context, client *containerd.Client, snapshotter, 
 		err = cerr
 	}
 	return sz, err
+}
+
+// resumeDonor resumes the donor task, trying again for a few seconds (a
+// containerd restarting, say).
+func resumeDonor(ctx context.Context, task containerd.Task) error {
+	var err error
+	for i := 0; i < 5; i++ {
+		if err = task.Resume(ctx); err == nil {
+			return nil
+		}
+		if st, serr := task.Status(ctx); serr == nil && st.Status == containerd.Running {
+			return nil
+		}
+		time.Sleep(time.Duration(i+1) * 200 * time.Millisecond)
+	}
+	return err
 }
 
 // dumpOptions are the CRIU options of the dump, for the record: the

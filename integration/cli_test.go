@@ -297,6 +297,15 @@ func TestCLIErrors(t *testing.T) {
 	if st := taskStatus(t, donor); st != "RUNNING" {
 		t.Errorf("after a failed push the donor should run on, it is %s", st)
 	}
+	// With --exit the dump ends the donor: a push that cannot work is
+	// found before it.
+	_, stderr, code = snapbootCLI("checkpoint", "--exit", donor, "127.0.0.1:1/it/errors:v1")
+	if code == 0 || !strings.Contains(stderr, "before the dump") {
+		t.Errorf("checkpoint --exit to an unreachable registry: exit %d, want non-zero, found before the dump:\n%s", code, stderr)
+	}
+	if st := taskStatus(t, donor); st != "RUNNING" {
+		t.Errorf("after checkpoint --exit failed to push, the donor should run on, it is %s", st)
+	}
 	// Usage errors.
 	if _, _, code = snapbootCLI("checkpoint", donor); code != 2 {
 		t.Errorf("checkpoint with one argument: exit %d, want 2", code)

@@ -139,3 +139,16 @@ func pushFile(ctx context.Context, dst Target, l LayerFile, progress func(string
 	}
 	return d, nil
 }
+
+// CheckPush reports whether dst takes uploads, before there is anything to
+// upload: it pushes the OCI empty JSON blob ("{}", which an artifact's
+// config may be, so a registry keeps it as any other blob), without first
+// asking whether dst has it (that takes only pull access).
+func CheckPush(ctx context.Context, dst Target) error {
+	d := ocispec.DescriptorEmptyJSON
+	err := dst.Push(ctx, d, bytes.NewReader(d.Data))
+	if errors.Is(err, errdef.ErrAlreadyExists) {
+		return nil
+	}
+	return err
+}

@@ -3,9 +3,11 @@ package oci
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,4 +101,27 @@ type countingTarget struct {
 func (c *countingTarget) Push(ctx context.Context, d ocispec.Descriptor, r io.Reader) error {
 	c.pushed[d.Digest]++
 	return c.Target.Push(ctx, d, r)
+}
+
+// refusingTarget refuses every upload, as a registry does without push
+// access.
+type refusingTarget struct{ Target }
+
+func (refusingTarget) Push(context.Context, ocispec.Descriptor, io.Reader) error {
+	return errors.New("unauthorized: authentication required")
+}
+
+// CheckPush finds a target that takes no upload before anything is
+// dumped, and passes one that does, whether or not it has the blob.
+func TestCheckPush(t *testing.T) {
+	ctx := context.Background()
+	store := memory.New()
+	for i := 0; i < 2; i++ { // the second time, the blob is there
+		if err := CheckPush(ctx, store); err != nil {
+			t.Fatalf("push %d to a store that takes it: %v", i+1, err)
+		}
+	}
+	if err := CheckPush(ctx, refusingTarget{store}); err == nil || !strings.Contains(err.Error(), "unauthorized") {
+		t.Fatalf("a target that refuses uploads: %v", err)
+	}
 }

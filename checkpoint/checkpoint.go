@@ -43,6 +43,10 @@ type Options struct {
 	// WorkDir is a private scratch directory for the images (they hold the
 	// donor's memory); it is removed afterwards.
 	WorkDir string
+	// KeepDir is where the work directory goes when the dump ended the
+	// donor (Exit) and a later step failed: it is all that is left of
+	// the donor. "" leaves it in WorkDir.
+	KeepDir string
 	// Remote says how to reach the registry.
 	Remote oci.RemoteOptions
 	// Compression is how hard the layers are packed; "" is
@@ -146,7 +150,13 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 	donorExited := false
 	defer func() {
 		if donorExited && retErr != nil {
-			retErr = fmt.Errorf("%w; the donor exited with the dump: its CRIU images and rootfs changes are kept in %s (they hold its memory: remove the directory when done)", retErr, work)
+			kept := work
+			if opts.KeepDir != "" && os.MkdirAll(opts.KeepDir, 0o700) == nil {
+				if dst := filepath.Join(opts.KeepDir, filepath.Base(work)); os.Rename(work, dst) == nil {
+					kept = dst
+				}
+			}
+			retErr = fmt.Errorf("%w; the donor exited with the dump: its CRIU images and rootfs changes are kept in %s (they hold its memory: remove the directory when done)", retErr, kept)
 			return
 		}
 		os.RemoveAll(work)

@@ -15,6 +15,7 @@ import (
 	"github.com/docker/go-units"
 	"github.com/urfave/cli/v3"
 
+	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/checkpoint"
 	"github.com/snapboot/snapboot/oci"
 	"github.com/snapboot/snapboot/pack"
@@ -80,15 +81,24 @@ var checkpointCommand = &cli.Command{
 			progress.Stage("%s answered after %.1fs; %d warm-up requests sent", url, waited.Seconds(), cmd.Int("warm"))
 		}
 
-		work := filepath.Join(cfg.Cache.Root, "tmp")
-		if err := os.MkdirAll(work, 0o700); err != nil {
+		// The images go in a directory of the cache's, held while this
+		// process lives (no prune removes it under a long push), removed
+		// by the next shim or prune if it dies.
+		c, err := cache.Open(cfg.Cache.Root)
+		if err != nil {
 			return err
 		}
+		work, release, err := c.ScratchDir("checkpoint")
+		if err != nil {
+			return err
+		}
+		defer release()
 		res, err := checkpoint.Run(ctx, client, id, ref, checkpoint.Options{
 			Exit:        cmd.Bool("exit"),
 			Attach:      cmd.Bool("attach"),
 			Compression: level,
 			WorkDir:     work,
+			KeepDir:     filepath.Join(cfg.Cache.Root, "kept"),
 			Remote:      oci.RemoteOptions{PlainHTTP: cfg.Insecure(parsed.Registry), DockerConfig: cfg.DockerConfig, UserAgent: "snapboot/" + version},
 			Progress:    progress,
 		})

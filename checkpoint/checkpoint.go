@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/containerd/containerd/api/services/tasks/v1"
@@ -128,6 +129,14 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 		return nil, fmt.Errorf("describe this node: %w", err)
 	}
 
+	dumpOpts := dumpOptions(ctx, container, info.Runtime.Name)
+	if !opts.Exit && slices.Contains(dumpOpts, "link-remap") {
+		// CRIU removes the links it made for deleted open files when the
+		// donor runs on, before the rootfs changes are read: no restore
+		// would find them.
+		return nil, fmt.Errorf("checkpoint %s: %w", id, errdefs.ErrInvalidArgument.WithMessage(
+			"the container's CRIU options include link-remap, which works only with --exit (CRIU removes its links when the donor runs on, and the checkpoint could never restore)"))
+	}
 	repo, err := oci.NewRepository(ref, opts.Remote)
 	if err != nil {
 		return nil, err
@@ -258,7 +267,7 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 		Runc:          oci.Version{Version: runcVersion(ctx)},
 		Host:          node.Host(),
 		Source:        oci.Source{Image: info.Image, Container: id},
-		DumpOptions:   dumpOptions(ctx, container, info.Runtime.Name),
+		DumpOptions:   dumpOpts,
 	}
 	var subject *ocispec.Descriptor
 	if info.Image != "" {

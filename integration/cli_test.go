@@ -306,6 +306,18 @@ func TestCLIErrors(t *testing.T) {
 	if st := taskStatus(t, donor); st != "RUNNING" {
 		t.Errorf("after checkpoint --exit failed to push, the donor should run on, it is %s", st)
 	}
+	// link-remap without --exit: CRIU would remove its links before the
+	// rootfs changes are read, and the checkpoint could never restore.
+	remapper := uniqueID(t)
+	runDetachedOpts(t, remapper, runOptions{Runtime: snapbootRuntime, Annotations: map[string]string{"snapboot.dev/criu-options": "link-remap"},
+		Flags: []string{"--with-ns", "network:" + newNetns(t)}}, "/bin/sh", "-c", "sleep 300")
+	_, stderr, code = snapbootCLI("checkpoint", remapper, registryAddr+"/it/errors:v1")
+	if code == 0 || !strings.Contains(stderr, "link-remap") || !strings.Contains(stderr, "--exit") {
+		t.Errorf("checkpoint of a link-remap container without --exit: exit %d, want non-zero naming link-remap and --exit:\n%s", code, stderr)
+	}
+	if st := taskStatus(t, remapper); st != "RUNNING" {
+		t.Errorf("after the refused link-remap checkpoint the donor should run on, it is %s", st)
+	}
 	// Usage errors.
 	if _, _, code = snapbootCLI("checkpoint", donor); code != 2 {
 		t.Errorf("checkpoint with one argument: exit %d, want 2", code)

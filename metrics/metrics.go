@@ -81,31 +81,70 @@ func Open(dir string) (*Store, error) {
 	return &Store{path: filepath.Join(dir, "snapboot-metrics.json")}, nil
 }
 
-// update applies f to the state under an exclusive lock.
+// lockWait is how long update waits for the metrics file's lock. Restores
+// record their metrics on the way (Create, Start): a lock held for longer
+// (by a process that should not hold it) costs a record, not a start.
+var lockWait = time.Second
+
+// update applies f to the state under an exclusive lock. The lock file is
+// the owner's alone and no symbolic link; the state is written to a new
+// file and renamed into place, so no name in the directory is followed.
 func (s *Store) update(f func(*State)) error {
-	fd, err := os.OpenFile(s.path+".lock", os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o644)
+	fd, err := os.OpenFile(s.path+".lock", os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return err
+		return fmt.Errorf("metrics lock: %w", err)
 	}
 	defer fd.Close()
-	if err := unix.Flock(int(fd.Fd()), unix.LOCK_EX); err != nil {
-		return err
+	var st unix.Stat_t
+	if err := unix.Fstat(int(fd.Fd()), &st); err != nil {
+		return fmt.Errorf("metrics lock: %w", err)
 	}
-	st, err := s.Read()
+	if int(st.Uid) != os.Geteuid() || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("metrics lock %s is not a file of this user's (owner %d)", fd.Name(), st.Uid)
+	}
+	if st.Mode&0o077 != 0 {
+		if err := fd.Chmod(0o600); err != nil {
+			return fmt.Errorf("metrics lock: %w", err)
+		}
+	}
+	deadline := time.Now().Add(lockWait)
+	for {
+		err := unix.Flock(int(fd.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if err != unix.EWOULDBLOCK || time.Now().After(deadline) {
+			return fmt.Errorf("metrics lock %s: held for more than %v: %w", fd.Name(), lockWait, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	state, err := s.Read()
 	if err != nil {
 		return err
 	}
-	f(st)
-	st.LastModified = time.Now().UTC()
-	data, err := json.Marshal(st)
+	f(state)
+	state.LastModified = time.Now().UTC()
+	data, err := json.Marshal(state)
 	if err != nil {
 		return err
 	}
-	tmp := s.path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+	tmp, err := os.CreateTemp(filepath.Dir(s.path), ".snapboot-metrics-*.tmp")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, s.path)
+	defer os.Remove(tmp.Name()) // once renamed, nothing
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), s.path)
 }
 
 // Read returns the current state (empty when there is none yet).

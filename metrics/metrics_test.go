@@ -1,10 +1,14 @@
 package metrics
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestRecordAndRender(t *testing.T) {
@@ -52,5 +56,62 @@ func TestRecordAndRender(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)
 		}
+	}
+}
+
+// A lock on the metrics file held by someone else costs a record, not a
+// restore: update gives up after lockWait instead of waiting for ever. The
+// lock file is the owner's alone, and a symbolic link in its place is not
+// followed.
+func TestLockHeldElsewhere(t *testing.T) {
+	prev := lockWait
+	lockWait = 100 * time.Millisecond
+	t.Cleanup(func() { lockWait = prev })
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordFallback("pull"); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "snapboot-metrics.json.lock"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("lock file: %v, %v; want mode 0600", fi, err)
+	}
+	holder, err := os.Open(filepath.Join(dir, "snapboot-metrics.json.lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	if err := unix.Flock(int(holder.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.RecordFallback("pull") }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("recorded while another held the lock")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("update waited for a lock held elsewhere")
+	}
+	holder.Close()
+	st, _ := s.Read()
+	if st.Fallbacks["pull"] != 1 {
+		t.Fatalf("fallbacks %v, want the first one only", st.Fallbacks)
+	}
+	// A link where the lock goes.
+	other := filepath.Join(t.TempDir(), "victim")
+	os.Remove(filepath.Join(dir, "snapboot-metrics.json.lock"))
+	if err := os.Symlink(other, filepath.Join(dir, "snapboot-metrics.json.lock")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordFallback("pull"); err == nil {
+		t.Fatal("recorded through a symbolic link")
+	}
+	if _, err := os.Lstat(other); !os.IsNotExist(err) {
+		t.Fatalf("the link's target was made: %v", err)
 	}
 }

@@ -118,17 +118,36 @@ runc_uses_systemd_cgroup() {
 }
 
 # imports_covers FILE: the top-level imports of FILE include $DROPIN (by
-# path or glob).
+# path or glob). As containerd matches them (Go's filepath.Glob): a glob's
+# `*` and `?` do not match `/`, so each path element is matched alone; a
+# relative entry is relative to FILE's directory.
 imports_covers() {
   local line entry
   line=$(grep -E '^[[:space:]]*imports[[:space:]]*=' "$1" | head -n1) || return 1
   while read -r entry; do
     entry=${entry//\"/}
     entry=${entry//\'/}
-    # shellcheck disable=SC2053 # the entry may be a glob
-    [[ $DROPIN == $entry ]] && return 0
+    case $entry in
+      /*) ;;
+      *) entry=$(dirname "${1#"$HOST_ROOT"}")/$entry ;;
+    esac
+    glob_matches_path "$entry" "$DROPIN" && return 0
   done < <(grep -oE "\"[^\"]*\"|'[^']*'" <<<"$line")
   return 1
+}
+
+# glob_matches_path GLOB PATH: GLOB matches PATH element by element.
+glob_matches_path() {
+  local -a globs paths
+  local i
+  IFS=/ read -ra globs <<<"$1"
+  IFS=/ read -ra paths <<<"$2"
+  [ "${#globs[@]}" -eq "${#paths[@]}" ] || return 1
+  for i in "${!globs[@]}"; do
+    # shellcheck disable=SC2053 # the element may be a glob
+    [[ ${paths[$i]} == ${globs[$i]} ]] || return 1
+  done
+  return 0
 }
 
 # add_import: makes $CONTAINERD_CONFIG import $DROPIN. Prints "changed" if

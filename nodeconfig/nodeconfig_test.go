@@ -79,6 +79,9 @@ func TestParseRejects(t *testing.T) {
 		"relative root":     "[cache]\nroot = \"var/lib\"",
 		"bad duration":      "[pull]\ntimeout = \"soon\"",
 		"bad size":          "[cache]\nmax_size = \"lots\"",
+		"NaN size":          "[cache]\nmax_size = \"NaN\"",
+		"infinite size":     "[pull]\nmax_unpacked_size = \"Inf GiB\"",
+		"size past 2^63":    "[pull]\nmax_unpacked_size = \"9e9 GiB\"",
 		"negative duration": "[pull]\ntimeout = \"-1s\"",
 		"not toml":          `allow = [`,
 	} {

@@ -2,6 +2,7 @@ package nodeconfig
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -49,8 +50,12 @@ func ParseByteSize(s string) (ByteSize, error) {
 		}
 	}
 	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v < 0 {
+	if err != nil || v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
 		return 0, fmt.Errorf("size %q: want a number with an optional unit (KiB, MiB, GiB, TiB, KB, MB, GB, TB)", s)
+	}
+	// Past 2^63 bytes a limit would wrap around to a negative one.
+	if v*mult >= math.MaxInt64 {
+		return 0, fmt.Errorf("size %q: too large", s)
 	}
 	return ByteSize(v * mult), nil
 }

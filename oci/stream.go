@@ -39,7 +39,9 @@ const (
 const (
 	MaxFrameSize = 16 << 20 // compressed bytes in one frame
 	maxFrames    = 1 << 20
-	maxTail      = 1 << 12
+	// MaxTail bounds the page images a stream index lists (one per
+	// process of the checkpoint).
+	MaxTail = 1 << 12
 	// MaxEmbeddedHead bounds the first frame carried in AnnotationHead.
 	MaxEmbeddedHead = 64 << 10
 )
@@ -123,8 +125,8 @@ func StreamOf(layer ocispec.Descriptor) (*Stream, error) {
 	}
 	seen := map[string]bool{}
 	for i, tok := range strings.Fields(tailAnn) {
-		if i >= maxTail {
-			return nil, invalid("more than %d files in %s", maxTail, AnnotationTail)
+		if i >= MaxTail {
+			return nil, invalid("more than %d files in %s", MaxTail, AnnotationTail)
 		}
 		name, sz, ok := strings.Cut(tok, ":")
 		n, err := strconv.ParseInt(sz, 10, 64)

@@ -210,7 +210,9 @@ func TarDir(ctx context.Context, dir string, w io.Writer, level Level) (Sizes, e
 		return Sizes{}, fmt.Errorf("pack %s: %w", dir, err)
 	}
 	sizes := Sizes{Raw: raw.n, Compressed: cw.n}
-	if len(st.Tail) > 0 {
+	// An index of more page images than nodes take would make every node
+	// refuse the checkpoint: without one, it is pulled whole instead.
+	if len(st.Tail) > 0 && len(st.Tail) <= oci.MaxTail {
 		st.Frames = enc.Frames()
 		if first := st.Frames[0].Size; first <= int64(len(cw.head)) {
 			// Every image but the page images, small enough to go in

@@ -299,3 +299,22 @@ func TestLZ4(t *testing.T) {
 		t.Fatalf("rootfs changes at level lz4: %d bytes read as zstd, %v", len(got), err)
 	}
 }
+
+// More page images than a node takes in a stream index: the checkpoint
+// gets no index (it is pulled whole), not one every node refuses.
+func TestTooManyPageImagesNoIndex(t *testing.T) {
+	src := t.TempDir()
+	for i := 1; i <= oci.MaxTail+1; i++ {
+		if err := os.WriteFile(filepath.Join(src, fmt.Sprintf("pages-%d.img", i)), []byte{byte(i)}, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	sz, err := TarDir(context.Background(), src, &buf, "fastest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sz.Stream != nil {
+		t.Fatalf("a stream index of %d page images, which every node refuses", len(sz.Stream.Tail))
+	}
+}

@@ -158,7 +158,7 @@ func TarDir(ctx context.Context, dir string, w io.Writer, level Level) (Sizes, e
 			return err
 		}
 		defer f.Close()
-		_, err = io.Copy(tw, f)
+		_, err = io.Copy(tw, ctxReader{ctx, f}) // a page image may be GiBs
 		return err
 	}
 	st := &oci.Stream{}
@@ -244,6 +244,7 @@ func Zstd(ctx context.Context, r io.Reader, w io.Writer, level Level) (Sizes, er
 	return Sizes{Raw: n, Compressed: cw.n}, nil
 }
 
+// ctxReader reads from r until ctx ends.
 type ctxReader struct {
 	ctx context.Context
 	r   io.Reader

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -317,4 +318,37 @@ func TestTooManyPageImagesNoIndex(t *testing.T) {
 	if sz.Stream != nil {
 		t.Fatalf("a stream index of %d page images, which every node refuses", len(sz.Stream.Tail))
 	}
+}
+
+// A cancelled pack stops within a file, not only between files: a page
+// image may be GiBs.
+func TestTarDirStopsWithinAFile(t *testing.T) {
+	src := t.TempDir()
+	pages := make([]byte, 32<<20) // incompressible, so that it is written as it is read
+	rand.NewChaCha8([32]byte{2}).Read(pages)
+	if err := os.WriteFile(filepath.Join(src, "pages-1.img"), pages, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &cancelAfter{n: 1 << 20, cancel: cancel}
+	if _, err := TarDir(ctx, src, w, "fastest"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled pack: %v, want context.Canceled", err)
+	}
+	if w.written >= len(pages) {
+		t.Fatalf("%d bytes written after the cancel", w.written)
+	}
+}
+
+// cancelAfter calls cancel once n bytes are written.
+type cancelAfter struct {
+	n, written int
+	cancel     func()
+}
+
+func (c *cancelAfter) Write(p []byte) (int, error) {
+	c.written += len(p)
+	if c.written >= c.n {
+		c.cancel()
+	}
+	return len(p), nil
 }

@@ -46,6 +46,12 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		// After the first signal, which stops the work cleanly (a donor
+		// resumed, its images removed), a second one ends the CLI at once.
+		<-ctx.Done()
+		stop()
+	}()
 	app := &cli.Command{
 		Name:    "snapboot",
 		Usage:   "make, inspect and pre-pull snapboot checkpoints",

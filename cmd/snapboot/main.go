@@ -46,12 +46,8 @@ var version = "dev"
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	go func() {
-		// After the first signal, which stops the work cleanly (a donor
-		// resumed, its images removed), a second one ends the CLI at once.
-		<-ctx.Done()
-		stop()
-	}()
+	// A second signal does not end the CLI either: the first one's work
+	// (resuming a paused donor, removing its images) must not be cut.
 	app := &cli.Command{
 		Name:    "snapboot",
 		Usage:   "make, inspect and pre-pull snapboot checkpoints",

@@ -86,15 +86,7 @@ func killScope(roots []string, cgPath string) error {
 	deadline := time.Now().Add(cgroupGrace)
 	for {
 		// Walked again each time: a CRIU still running may make cgroups.
-		var dirs []string
-		for _, root := range roots {
-			filepath.WalkDir(filepath.Join(root, filepath.Clean(cgPath)), func(p string, d fs.DirEntry, err error) error {
-				if err == nil && d.IsDir() {
-					dirs = append(dirs, p)
-				}
-				return nil
-			})
-		}
+		dirs := cgroupDirs(roots, cgPath)
 		var left []string
 		for i := len(dirs) - 1; i >= 0; i-- {
 			if livePIDs(dirs[i]) {
@@ -163,15 +155,7 @@ func removeCgroup(roots []string, cgPath string, kill bool) error {
 	if !filepath.IsAbs(cgPath) || filepath.Clean(cgPath) == "/" {
 		return nil // relative to runc's own cgroup, or none
 	}
-	var dirs []string // every hierarchy's, parents before children
-	for _, root := range roots {
-		filepath.WalkDir(filepath.Join(root, filepath.Clean(cgPath)), func(p string, d fs.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-	}
+	dirs := cgroupDirs(roots, cgPath)
 	var errs []error
 	deadline := time.Now().Add(cgroupGrace)
 	for i := len(dirs) - 1; i >= 0; i-- {
@@ -189,6 +173,21 @@ func removeCgroup(roots []string, cgPath string, kill bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// cgroupDirs lists the cgroup at cgPath and those below it, in every
+// hierarchy of roots, parents before children.
+func cgroupDirs(roots []string, cgPath string) []string {
+	var dirs []string
+	for _, root := range roots {
+		filepath.WalkDir(filepath.Join(root, filepath.Clean(cgPath)), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+	}
+	return dirs
 }
 
 // cgroupGrace is how long removeCgroup waits for killed processes to go.

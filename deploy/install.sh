@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs snapboot on the node this runs on; the DaemonSet's container
+# Installs snapboot on the node this runs on; the DaemonSet's init container
 # (deploy/daemonset.yaml) runs it, privileged, with hostPID and the host's
 # /usr/local/bin, /etc/containerd and /etc/snapboot mounted under $HOST_ROOT.
 #
 #  1. checks that the node has CRIU >= 4.2 and containerd 2.x (nothing is
 #     changed on a node without them, unless SNAPBOOT_SKIP_CRIU_CHECK=true);
 #  2. installs containerd-shim-snapboot-v1 and snapboot into /usr/local/bin;
-#  3. writes /etc/snapboot/config.toml from the ConfigMap;
+#  3. writes /etc/snapboot/config.toml from the ConfigMap, once
+#     `snapboot config check` has parsed it;
 #  4. unless containerd already has a `snapboot` CRI runtime: writes the
 #     drop-in /etc/containerd/conf.d/snapboot.toml, imports it from
 #     /etc/containerd/config.toml, checks the result with
@@ -204,9 +205,18 @@ install() {
   check_criu
   check_containerd
 
-  local changed
+  local changed check
   for b in containerd-shim-snapboot-v1 snapboot; do
     [ -x "$SRC/$b" ] || die "$SRC/$b is missing from the installer image"
+  done
+  # A node configuration the shim cannot parse would make every restore
+  # on the node cold-start: checked before anything is installed.
+  if [ -f "$NODE_CONFIG_SRC" ]; then
+    check=$("$SRC/snapboot" --config "$NODE_CONFIG_SRC" config check 2>&1) ||
+      die "the ConfigMap's node configuration is not valid, nothing was installed: $check"
+    log "$check"
+  fi
+  for b in containerd-shim-snapboot-v1 snapboot; do
     changed=$(install_file "$SRC/$b" "$BIN_DIR/$b" 0755)
     [ -z "$changed" ] || log "installed $BIN_DIR/$b"
   done

@@ -329,6 +329,20 @@ func TestCLIErrors(t *testing.T) {
 	if st := taskStatus(t, donor); st != "RUNNING" {
 		t.Errorf("after a refused level the donor should run on, it is %s", st)
 	}
+	// The installer checks a node configuration with the CLI before it
+	// writes it.
+	dir := testDir(t)
+	good, bad := filepath.Join(dir, "good.toml"), filepath.Join(dir, "bad.toml")
+	os.WriteFile(good, []byte("allow = [\"reg.test/apps/\"]\n"), 0o600)
+	os.WriteFile(bad, []byte("alow = [\"reg.test/apps/\"]\n"), 0o600)
+	if out, stderr, code := snapbootCLI("--config", good, "config", "check"); code != 0 || !strings.Contains(out, "valid") {
+		t.Errorf("config check of a valid file: exit %d\n%s%s", code, out, stderr)
+	}
+	for _, path := range []string{bad, filepath.Join(dir, "absent.toml")} {
+		if _, stderr, code := snapbootCLI("--config", path, "config", "check"); code == 0 {
+			t.Errorf("config check of %s: exit 0\n%s", path, stderr)
+		}
+	}
 	if _, _, code = snapbootCLI("inspect", registryAddr+"/it/errors:missing"); code != 3 {
 		t.Errorf("inspect of a missing tag: exit %d, want 3", code)
 	}

@@ -57,7 +57,7 @@ func main() {
 			&cli.StringFlag{Name: "namespace", Aliases: []string{"n"}, Usage: "containerd namespace", Value: defaultNamespce, Sources: cli.EnvVars("CONTAINERD_NAMESPACE")},
 			&cli.StringFlag{Name: "config", Usage: "snapboot node configuration", Value: nodeconfig.DefaultPath, Sources: cli.EnvVars(nodeconfig.EnvPath)},
 		},
-		Commands:       []*cli.Command{checkpointCommand, inspectCommand, pullCommand, cacheCommand, metricsCommand},
+		Commands:       []*cli.Command{checkpointCommand, inspectCommand, pullCommand, cacheCommand, metricsCommand, configCommand},
 		OnUsageError:   func(_ context.Context, _ *cli.Command, err error, _ bool) error { return usageError{err} },
 		ExitErrHandler: func(context.Context, *cli.Command, error) {},
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	neturl "net/url"
 	"runtime"
 	"time"
 
@@ -20,6 +21,16 @@ import (
 // half-booted one. The URL is as seen from inside the container
 // (http://127.0.0.1:3000/).
 func WaitHTTP(ctx context.Context, pid uint32, url string, warm int, timeout time.Duration) (time.Duration, error) {
+	// A name would be resolved by the node's resolver, on other threads
+	// than the one in the container's namespace: not as the container
+	// sees it.
+	u, err := neturl.Parse(url)
+	if err != nil {
+		return 0, fmt.Errorf("--wait-http %s: %w", url, err)
+	}
+	if host := u.Hostname(); net.ParseIP(host) == nil && host != "localhost" {
+		return 0, fmt.Errorf("--wait-http %s: give an IP address (or localhost), as the container sees it, not a host name", url)
+	}
 	began := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()

@@ -129,6 +129,18 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 		return nil, fmt.Errorf("describe this node: %w", err)
 	}
 
+	// The container's image, for the record and for --attach: known
+	// before the dump, which --exit makes the donor's end.
+	var image *ocispec.Descriptor
+	if info.Image != "" {
+		if img, err := client.GetImage(ctx, info.Image); err == nil {
+			t := img.Target()
+			image = &ocispec.Descriptor{MediaType: t.MediaType, Digest: t.Digest, Size: t.Size}
+		}
+	}
+	if opts.Attach && image == nil {
+		return nil, fmt.Errorf("--attach: container %s has no image to attach the checkpoint to", id)
+	}
 	dumpOpts := dumpOptions(ctx, container, info.Runtime.Name)
 	if !opts.Exit && slices.Contains(dumpOpts, "link-remap") {
 		// CRIU removes the links it made for deleted open files when the
@@ -159,13 +171,12 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 	donorExited := false
 	defer func() {
 		if donorExited && retErr != nil {
-			kept := work
-			if opts.KeepDir != "" && os.MkdirAll(opts.KeepDir, 0o700) == nil {
-				if dst := filepath.Join(opts.KeepDir, filepath.Base(work)); os.Rename(work, dst) == nil {
-					kept = dst
-				}
+			kept, err := keep(work, opts.KeepDir)
+			if err != nil {
+				retErr = fmt.Errorf("%w; the donor exited with the dump, and its images could not be kept: %w", retErr, err)
+				return
 			}
-			retErr = fmt.Errorf("%w; the donor exited with the dump: its CRIU images and rootfs changes are kept in %s (they hold its memory: remove the directory when done)", retErr, kept)
+			retErr = fmt.Errorf("%w; the donor exited with the dump: what it left (its CRIU images, and what was written of its rootfs changes) is kept in %s (it holds its memory: remove the directory when done)", retErr, kept)
 			return
 		}
 		os.RemoveAll(work)
@@ -192,11 +203,9 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 	progress.Stage("dumping %s (CRIU through containerd)", id)
 	resumed := status.Status != containerd.Running // not ours to resume
 	if !resumed {
-		if err := task.Pause(ctx); err != nil {
-			return nil, fmt.Errorf("pause %s: %w", id, err)
-		}
 		// On every failure while the donor lives (a failed dump too,
-		// after which CRIU leaves it frozen), it runs on.
+		// after which CRIU leaves it frozen, and a pause cut short by
+		// Ctrl-C, which the shim completes all the same), it runs on.
 		defer func() {
 			if resumed || donorExited {
 				return
@@ -205,6 +214,9 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 				retErr = fmt.Errorf("%w; the donor stays PAUSED, resuming it failed (ctr task resume %s): %w", retErr, id, err)
 			}
 		}()
+		if err := task.Pause(ctx); err != nil {
+			return nil, fmt.Errorf("pause %s: %w", id, err)
+		}
 	}
 	// The task service directly, not the client's Task.Checkpoint: for a
 	// runtime other than runc.v2, the client also builds a checkpoint image
@@ -221,6 +233,11 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 	}
 	_, err = client.TaskService().Checkpoint(ctx, &tasks.CheckpointTaskRequest{ContainerID: id, Options: copts})
 	err = errgrpc.ToNative(err)
+	if err != nil && opts.Exit && !donorAlive(task) {
+		// The request failed (Ctrl-C, say) but the shim's dump went on and
+		// ended the donor: its images are all that is left of it.
+		donorExited = true
+	}
 	if err != nil {
 		if detail := criulog.Errors(filepath.Join(criuWork, "dump.log")); detail != "" {
 			return nil, fmt.Errorf("dump %s: %w; CRIU: %s", id, err, detail)
@@ -233,7 +250,7 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 		return nil, err
 	}
 	if !resumed && !donorExited {
-		if err := resumeDonor(ctx, task); err != nil {
+		if err := resumeDonor(context.WithoutCancel(ctx), task); err != nil {
 			return nil, fmt.Errorf("resume %s after the dump: %w", id, err)
 		}
 		resumed = true
@@ -269,19 +286,12 @@ func Run(ctx context.Context, client *containerd.Client, id, refStr string, opts
 		Source:        oci.Source{Image: info.Image, Container: id},
 		DumpOptions:   dumpOpts,
 	}
+	if image != nil {
+		meta.Source.ImageDigest = image.Digest.String()
+	}
 	var subject *ocispec.Descriptor
-	if info.Image != "" {
-		if img, err := client.GetImage(ctx, info.Image); err == nil {
-			t := img.Target()
-			meta.Source.ImageDigest = t.Digest.String()
-			subject = &ocispec.Descriptor{MediaType: t.MediaType, Digest: t.Digest, Size: t.Size}
-		}
-	}
-	if opts.Attach && subject == nil {
-		return nil, fmt.Errorf("--attach: container %s has no image to attach the checkpoint to", id)
-	}
-	if !opts.Attach {
-		subject = nil
+	if opts.Attach {
+		subject = image
 	}
 
 	began = time.Now()
@@ -330,19 +340,46 @@ func rootfsChanges(ctx context.Context, client *containerd.Client, snapshotter, 
 }
 
 // resumeDonor resumes the donor task, trying again for a few seconds (a
-// containerd restarting, say).
+// containerd restarting, say), unless it is running or gone.
 func resumeDonor(ctx context.Context, task containerd.Task) error {
 	var err error
 	for i := 0; i < 5; i++ {
 		if err = task.Resume(ctx); err == nil {
 			return nil
 		}
-		if st, serr := task.Status(ctx); serr == nil && st.Status == containerd.Running {
-			return nil
+		if st, serr := task.Status(ctx); serr == nil && st.Status != containerd.Paused && st.Status != containerd.Pausing {
+			if st.Status == containerd.Running {
+				return nil
+			}
+			return fmt.Errorf("%w (the task is %s)", err, st.Status)
 		}
 		time.Sleep(time.Duration(i+1) * 200 * time.Millisecond)
 	}
 	return err
+}
+
+// donorAlive reports whether the donor's task still runs or is paused.
+func donorAlive(task containerd.Task) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := task.Status(ctx)
+	return err != nil || st.Status == containerd.Running || st.Status == containerd.Paused || st.Status == containerd.Pausing
+}
+
+// keep moves the work directory into keepDir (if set), where no cache
+// cleaning removes it, and returns where it is.
+func keep(work, keepDir string) (string, error) {
+	if keepDir == "" {
+		return work, nil
+	}
+	if err := os.MkdirAll(keepDir, 0o700); err != nil {
+		return "", err
+	}
+	dst := filepath.Join(keepDir, filepath.Base(work))
+	if err := os.Rename(work, dst); err != nil {
+		return "", err
+	}
+	return dst, nil
 }
 
 // dumpOptions are the CRIU options of the dump, for the record: the

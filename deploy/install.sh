@@ -12,7 +12,8 @@
 #     drop-in /etc/containerd/conf.d/snapboot.toml, imports it from
 #     /etc/containerd/config.toml, checks the result with
 #     `containerd config dump`, and restarts containerd (systemd);
-#  5. sleeps, so that the DaemonSet's pod shows the node as done.
+#  5. sleeps, unless SNAPBOOT_SLEEP=false (the DaemonSet runs it as an init
+#     container, which must end).
 #
 # Idempotent: what is in place already is left alone, and containerd is
 # restarted only when its configuration changed. Host commands run in the
@@ -119,9 +120,10 @@ runc_uses_systemd_cgroup() {
 }
 
 # imports_covers FILE: the top-level imports of FILE include $DROPIN (by
-# path or glob). As containerd matches them (Go's filepath.Glob): a glob's
-# `*` and `?` do not match `/`, so each path element is matched alone; a
-# relative entry is relative to FILE's directory.
+# path or glob), as containerd resolves them (resolveImports): the entry
+# cleaned (Go's filepath.Clean), a relative one taken from FILE's
+# directory, and matched as a glob (Go's filepath.Glob: `*`, `?` and `[`
+# do not match `/`) only if it holds a `*`; otherwise it is a path.
 imports_covers() {
   local line entry
   line=$(grep -E '^[[:space:]]*imports[[:space:]]*=' "$1" | head -n1) || return 1
@@ -132,9 +134,30 @@ imports_covers() {
       /*) ;;
       *) entry=$(dirname "${1#"$HOST_ROOT"}")/$entry ;;
     esac
-    glob_matches_path "$entry" "$DROPIN" && return 0
+    entry=$(clean_path "$entry")
+    case $entry in
+      *'*'*) glob_matches_path "$entry" "$DROPIN" && return 0 ;;
+      *) [ "$entry" = "$DROPIN" ] && return 0 ;;
+    esac
   done < <(grep -oE "\"[^\"]*\"|'[^']*'" <<<"$line")
   return 1
+}
+
+# clean_path PATH: the absolute PATH as Go's filepath.Clean makes it (no
+# empty or `.` elements, `..` taken back).
+clean_path() {
+  local -a parts out=()
+  local p
+  IFS=/ read -ra parts <<<"$1"
+  for p in "${parts[@]}"; do
+    case $p in
+      '' | .) ;;
+      ..) [ "${#out[@]}" -eq 0 ] || unset 'out[${#out[@]}-1]' ;;
+      *) out+=("$p") ;;
+    esac
+  done
+  local IFS=/
+  printf '/%s\n' "${out[*]}"
 }
 
 # glob_matches_path GLOB PATH: GLOB matches PATH element by element.

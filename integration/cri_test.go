@@ -33,6 +33,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -97,9 +98,11 @@ func serveCmd(marker string) []string {
 
 // testCRIRestore: a donor pod serves a marker; the snapboot CLI checkpoints
 // its container (CRI container ID = containerd container ID, namespace
-// k8s.io) and pushes it; a new pod whose pod and container annotations name
-// the checkpoint is restored from it and serves the donor's marker on its
-// own IP, although its own command would serve another one.
+// k8s.io) and pushes it; a new pod whose annotations name the checkpoint
+// is restored from it and serves the donor's marker on its own IP, although
+// its own command would serve another one. As the kubelet does, the
+// annotation is the pod's only: the container's spec gets it through the
+// runtime's pod_annotations.
 func testCRIRestore(t *testing.T, e *criEnv) {
 	donorMarker := "donor-" + runToken
 	coldMarker := "cold-" + runToken
@@ -123,7 +126,7 @@ func testCRIRestore(t *testing.T, e *criEnv) {
 	ann := map[string]string{"snapboot.dev/checkpoint": ref}
 	t0 = time.Now()
 	clonePod, clonePodConf := e.runPod(t, "clone", ann)
-	clone := e.startContainer(t, clonePod, clonePodConf, "web", ann, serveCmd(coldMarker))
+	clone := e.startContainer(t, clonePod, clonePodConf, "web", nil, serveCmd(coldMarker))
 	line := e.waitLogLine(t, offset, "snapboot.restore", clone, 60*time.Second)
 	cloneIP := e.podIP(t, clonePod)
 	if cloneIP == donorIP {
@@ -167,6 +170,9 @@ func testCRIRestore(t *testing.T, e *criEnv) {
 	// with the one runc installs for the profile).
 	if got := statusField(t, pid, "Seccomp"); got != "2" {
 		t.Errorf("Seccomp of the restored container: %q, want 2 (filter)", got)
+	}
+	if got, want := statusField(t, pid, "Seccomp_filters"), statusField(t, e.containerPID(t, donor), "Seccomp_filters"); got != "1" || got != want {
+		t.Errorf("Seccomp_filters of the restored container: %q, the donor's %q: want 1, as runc installs one", got, want)
 	}
 	// Its cgroup v1 hierarchies (CRI mounts them; no cgroup namespace on
 	// v1) show its own cgroup, as the donor's show the donor's, not the
@@ -260,8 +266,6 @@ func testCRIRestoredOOM(t *testing.T, e *criEnv) {
 	e.waitHTTP(t, e.podIP(t, pod), "donor-oom", 10*time.Second)
 }
 
-// testCRICold: the same pod and container spec without the annotation
-// cold-starts, through the same runtime handler.
 // testCRISharedPID: pods with shareProcessNamespace (the sandbox's PID
 // namespace for every container). A container restored into such a pod
 // joins the sandbox's PID namespace, at the PID its process had in the
@@ -316,6 +320,8 @@ func testCRISharedPID(t *testing.T, e *criEnv) {
 	e.waitHTTP(t, e.podIP(t, clonePod), marker, 10*time.Second)
 }
 
+// testCRICold: the same pod and container spec without the annotation
+// cold-starts, through the same runtime handler.
 func testCRICold(t *testing.T, e *criEnv) {
 	coldMarker := "cold-" + runToken
 	offset := e.logOffset()
@@ -597,7 +603,10 @@ disabled_plugins = [%s]
 	cmd := exec.Command("containerd", "--config", confPath)
 	cmd.Dir = e.dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(envWithout(os.Environ(), "PATH", "SNAPBOOT_CONFIG", "TMPDIR"),
+	// No $HOME and no $DOCKER_CONFIG, as under containerd's systemd unit
+	// (systemd sets $HOME only for units with User=): the shims inherit
+	// this environment and must still reach the registry.
+	cmd.Env = append(envWithout(os.Environ(), "PATH", "SNAPBOOT_CONFIG", "TMPDIR", "HOME", "DOCKER_CONFIG"),
 		"PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"),
 		"SNAPBOOT_CONFIG="+e.nodeConf,
 		"TMPDIR="+filepath.Join(e.dir, "tmp"),
@@ -1184,10 +1193,12 @@ func (e *criEnv) waitLogLine(t *testing.T, offset int64, event, id string, timeo
 	}
 }
 
-// findLogLine returns the first line of log with event=EVENT and id=ID.
+// findLogLine returns the first line of log with the fields event=EVENT
+// and id=ID (whole fields: id X-1 does not match X-12's line).
 func findLogLine(log, event, id string) string {
 	for _, l := range strings.Split(log, "\n") {
-		if strings.Contains(l, "event="+event) && strings.Contains(l, "id="+id) {
+		fields := strings.Fields(l)
+		if slices.Contains(fields, "event="+event) && slices.Contains(fields, "id="+id) {
 			return l
 		}
 	}

@@ -72,9 +72,13 @@ type service struct {
 	// "not found" for done, and would forget a container the fallback
 	// then makes).
 	fallingBack map[string]chan struct{}
+	// live are the containers created and not deleted yet: while any is
+	// left, the runc task service's Shutdown does not end the shim, and
+	// snapboot's does not wait for cache fills.
+	live map[string]bool
 	// filling counts the cache work after restores (a streamed restore's
 	// fill, then the cache limits) still running: the shim does not exit
-	// before it ends.
+	// before it ends, if its Shutdown's deadline allows (see Shutdown).
 	filling sync.WaitGroup
 }
 
@@ -100,6 +104,7 @@ func newService(inner taskAPI.TTRPCTaskService, publisher *filteringPublisher, r
 		restored:         map[string]bool{},
 		replaced:         map[string]chan struct{}{},
 		fallingBack:      map[string]chan struct{}{},
+		live:             map[string]bool{},
 	}
 }
 
@@ -114,6 +119,16 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 // one, and cold-creates it otherwise or when anything about the checkpoint
 // is wrong.
 func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	resp, err := s.create(ctx, r)
+	if err == nil {
+		s.mu.Lock()
+		s.live[r.ID] = true
+		s.mu.Unlock()
+	}
+	return resp, err
+}
+
+func (s *service) create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
 	r, configPath, err := translateOptions(r)
 	if err != nil {
 		return nil, err
@@ -384,19 +399,50 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 	}
 }
 
-// Shutdown waits for the cache fills of streamed restores before the shim
-// goes: the next restore of the checkpoint on this node needs no download.
+// shutdownReserve is what Shutdown leaves of its caller's deadline after
+// waiting for cache fills, to answer in.
+const shutdownReserve = 500 * time.Millisecond
+
+// Shutdown, once the shim's last container is deleted, waits for the cache
+// fills of streamed restores before the shim goes, so that the next restore
+// of the checkpoint on this node needs no download. containerd calls it
+// after every task delete, with 3 s (io.containerd.timeout.shim.shutdown),
+// and fails the delete if it does not answer in time: the wait ends
+// shutdownReserve before the deadline, and a fill still running then is
+// given up (the next restore downloads again and clears what it left).
+// While containers are left (a pod's shim serves all of them), it does not
+// wait: the runc task service's Shutdown then returns at once.
 func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	s.mu.Lock()
+	left := len(s.live)
+	s.mu.Unlock()
+	if left == 0 && !s.waitFilling(ctx) {
+		log.G(ctx).Warn("snapboot: the shim is shutting down before its cache fill ended; the next restore of the checkpoint downloads it again")
+	}
+	return s.TTRPCTaskService.Shutdown(ctx, r)
+}
+
+// waitFilling waits for the cache work after restores, until ctx's deadline
+// less shutdownReserve; it reports whether that work ended.
+func (s *service) waitFilling(ctx context.Context) bool {
 	done := make(chan struct{})
 	go func() {
 		s.filling.Wait()
 		close(done)
 	}()
+	var giveUp <-chan time.Time
+	if deadline, ok := ctx.Deadline(); ok {
+		t := time.NewTimer(time.Until(deadline) - shutdownReserve)
+		defer t.Stop()
+		giveUp = t.C
+	}
 	select {
 	case <-done:
+		return true
+	case <-giveUp:
 	case <-ctx.Done():
 	}
-	return s.TTRPCTaskService.Shutdown(ctx, r)
+	return false
 }
 
 // Delete releases the container's hold on its checkpoint in the cache (the
@@ -419,6 +465,7 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		delete(s.running, r.ID)
 		delete(s.replaced, r.ID)
 		delete(s.restored, r.ID)
+		delete(s.live, r.ID)
 		s.mu.Unlock()
 		plan.Release()
 	}

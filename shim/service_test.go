@@ -162,6 +162,15 @@ func (f *fakeTasks) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*task
 	return &taskAPI.DeleteResponse{}, nil
 }
 
+func (f *fakeTasks) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*emptypb.Empty, error) {
+	if ctx.Err() != nil {
+		f.record("shutdown-on-ended-request")
+		return nil, ctx.Err()
+	}
+	f.record("shutdown")
+	return &emptypb.Empty{}, nil
+}
+
 type recordingPublisher struct {
 	mu     sync.Mutex
 	topics []string
@@ -504,5 +513,57 @@ func TestMetricsRecorded(t *testing.T) {
 	}
 	if st.Restores != 1 || st.Fallbacks["restore"] != 1 || st.Fallbacks["policy"] != 1 || st.CacheHits != 1 {
 		t.Fatalf("metrics %+v", st)
+	}
+}
+
+// Shutdown, which containerd calls after every task delete, waits for the
+// cache fills only once no container is left, and answers before its
+// caller's deadline even when a fill goes on.
+func TestShutdownWaitsForFillsOnlyWhenItEndsTheShim(t *testing.T) {
+	s, inner, _ := setup(&fakePreparer{err: restore.ErrNotRequested}, false)
+	for _, id := range []string{"pause", "web"} {
+		if _, err := s.Create(context.Background(), &taskAPI.CreateTaskRequest{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fillEnd := make(chan struct{})
+	s.filling.Go(func() { <-fillEnd; inner.record("fill-ended") })
+	shutdown := func(timeout time.Duration) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if _, err := s.Shutdown(ctx, &taskAPI.ShutdownRequest{}); err != nil {
+			t.Fatalf("Shutdown: %v (calls %q)", err, inner.called())
+		}
+	}
+
+	// A container is left: no wait at all, although the fill runs on.
+	if _, err := s.Delete(context.Background(), &taskAPI.DeleteRequest{ID: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	shutdown(20 * time.Second)
+	if waited := time.Since(began); waited > 10*time.Second {
+		t.Fatalf("Shutdown with a container left waited %v for the fill", waited)
+	}
+	if got := inner.called(); got != "create create delete shutdown" {
+		t.Fatalf("calls %q, want the shutdown passed on at once", got)
+	}
+
+	// The last container is gone: it waits, but answers before its
+	// caller's deadline, the fill still running.
+	if _, err := s.Delete(context.Background(), &taskAPI.DeleteRequest{ID: "pause"}); err != nil {
+		t.Fatal(err)
+	}
+	shutdown(shutdownReserve + 300*time.Millisecond)
+	if got := inner.called(); got != "create create delete shutdown delete shutdown" {
+		t.Fatalf("calls %q, want the shutdown passed on within its deadline", got)
+	}
+
+	// With time enough, the shim goes only after the fill.
+	go func() { time.Sleep(100 * time.Millisecond); close(fillEnd) }()
+	shutdown(time.Minute)
+	if got := inner.called(); got != "create create delete shutdown delete shutdown fill-ended shutdown" {
+		t.Fatalf("calls %q, want the fill's end before the last shutdown", got)
 	}
 }

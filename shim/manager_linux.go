@@ -3,14 +3,19 @@
 package shim
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
+	"github.com/containerd/containerd/api/types"
 	runcmanager "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/log"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // NewManager returns the snapboot runtime's shim manager: containerd's runc
@@ -45,4 +50,34 @@ func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		log.G(ctx).WithError(err).Warn("snapboot: could not clear what an aborted restore left")
 	}
 	return m.Shim.Stop(ctx, id)
+}
+
+// Info answers containerd's runtime introspection (the shim binary's -info
+// command, with the runtime's options on stdin) as the runc shim does, after
+// translating CRI's options for a runtime type containerd does not know
+// (runtimeoptions.Options, see translateOptions) into runc options: the runc
+// shim's Info refuses them, and CRI then knows none of the runtime's
+// features (user namespaces, recursive read-only mounts), so the kubelet
+// refuses pods that need them.
+func (m manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeInfo, error) {
+	data, err := io.ReadAll(optionsR)
+	if err != nil {
+		return nil, fmt.Errorf("runtime options: %w", err)
+	}
+	if len(data) > 0 {
+		var opts anypb.Any
+		if err := proto.Unmarshal(data, &opts); err != nil {
+			return nil, fmt.Errorf("runtime options: %w", err)
+		}
+		runc, _, err := runcOptions(&opts)
+		if err != nil {
+			return nil, err
+		}
+		if runc != &opts {
+			if data, err = proto.Marshal(runc); err != nil {
+				return nil, fmt.Errorf("runtime options: %w", err)
+			}
+		}
+	}
+	return m.Shim.Info(ctx, bytes.NewReader(data))
 }

@@ -3,12 +3,19 @@
 package shim
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
+	"github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/proto"
 )
 
 // fakeShim records the calls the snapboot manager passes on.
@@ -42,5 +49,46 @@ func TestManagerStopClearsAbortedRestoreFirst(t *testing.T) {
 		if len(calls) != 2 || calls[0] != want[0] || calls[1] != want[1] {
 			t.Fatalf("calls %q, want %q", calls, want)
 		}
+	}
+}
+
+// containerd's introspection of the runtime (the -info command), with the
+// options CRI sends a runtime type it does not know, gets runc's answer for
+// the runc settings in the table: the runc shim's Info alone refuses
+// runtimeoptions.Options, and CRI would then know none of the runtime's
+// features.
+func TestInfoTranslatesCRIOptions(t *testing.T) {
+	binary := "/bin/true" // its `features` fails: Info still answers
+	if runc, err := exec.LookPath("runc"); err == nil {
+		binary = runc
+	}
+	body := fmt.Sprintf("SystemdCgroup = true\nBinaryName = %q\nSnapbootConfigPath = \"/etc/snapboot/other.toml\"\n", binary)
+	generic, err := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte(body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := proto.Marshal(generic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := NewManager().Info(context.Background(), bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("Info with CRI's runtime options: %v", err)
+	}
+	v, err := typeurl.UnmarshalAny(info.Options)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, ok := v.(*options.Options)
+	if !ok || !o.SystemdCgroup || o.BinaryName != binary {
+		t.Fatalf("Info's options %#v, want runc options from the table", v)
+	}
+	if binary != "/bin/true" && info.Features == nil {
+		t.Fatalf("Info reports no features of %s", binary)
+	}
+
+	// No options, and runc options, reach runc's Info as they are.
+	if _, err := NewManager().Info(context.Background(), bytes.NewReader(nil)); err != nil {
+		t.Fatalf("Info without options: %v", err)
 	}
 }

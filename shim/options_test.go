@@ -34,6 +34,22 @@ func TestTranslateOptions(t *testing.T) {
 		t.Fatalf("translated to %#v", v)
 	}
 
+	// SnapbootConfigPath in the table names the node configuration and
+	// keeps the table's runc settings (containerd sends no table beside
+	// ConfigPath).
+	both, _ := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte("SystemdCgroup = true\nSnapbootConfigPath = \"/etc/snapboot/team.toml\"\n")})
+	r, path, err = translateOptions(&taskAPI.CreateTaskRequest{ID: "c", Options: both})
+	if err != nil || path != "/etc/snapboot/team.toml" {
+		t.Fatalf("SnapbootConfigPath: %q %v", path, err)
+	}
+	if v, _ := typeurl.UnmarshalAny(r.Options); !v.(*options.Options).SystemdCgroup {
+		t.Fatalf("SnapbootConfigPath lost the runc settings: %#v", v)
+	}
+	clash, _ := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigPath: "/a.toml", ConfigBody: []byte("SnapbootConfigPath = \"/b.toml\"\n")})
+	if _, _, err := translateOptions(&taskAPI.CreateTaskRequest{ID: "c", Options: clash}); err == nil {
+		t.Fatal("ConfigPath and SnapbootConfigPath naming two files: no error")
+	}
+
 	withPath, _ := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigPath: "/etc/snapboot/other.toml"})
 	if _, path, err := translateOptions(&taskAPI.CreateTaskRequest{ID: "c", Options: withPath}); err != nil || path != "/etc/snapboot/other.toml" {
 		t.Fatalf("ConfigPath: %q %v", path, err)

@@ -75,10 +75,22 @@ PREF
   criu --version | grep -q "Version: ${CRIU_MIN_VERSION}" || { echo "install-deps: criu is not ${CRIU_MIN_VERSION}.x" >&2; criu --version >&2; exit 1; }
 }
 
-# go_install BINARY VERSION-CHECK-CMD WANT PKG@VERSION [build flags]
+# has_version BINARY WANT [VERSION-ARGS...]: BINARY's version output (of
+# --version, or of VERSION-ARGS) names WANT. The output is read whole, not
+# piped into grep -q: with pipefail, a binary that writes on after grep has
+# matched and gone dies of SIGPIPE, and the check would fail at random.
+has_version() {
+  local bin=$1 want=$2; shift 2
+  [ $# -gt 0 ] || set -- --version
+  local out
+  [ -x "$BIN/$bin" ] && out=$("$BIN/$bin" "$@" 2>/dev/null) && [[ $out == *"${want#v}"* ]]
+}
+
+# go_install BINARY WANT PKG@VERSION [build flags]: go install PKG unless
+# BINARY is already WANT (VERSION_ARGS: how BINARY prints its version).
 go_install() {
   local bin=$1 want=$2 pkg=$3; shift 3
-  if [ -x "$BIN/$bin" ] && "$BIN/$bin" --version 2>/dev/null | grep -q -- "${want#v}"; then
+  if has_version "$bin" "$want" ${VERSION_ARGS:-}; then
     return 0
   fi
   log "go install $pkg"
@@ -94,12 +106,12 @@ go_install runc "$RUNC_VERSION" "github.com/opencontainers/runc@$RUNC_VERSION" -
 p2=$!
 wait $p1; wait $p2
 go_install ctr "$CONTAINERD_VERSION" "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
-if [ ! -x "$BIN/containerd-shim-runc-v2" ] || ! "$BIN/containerd-shim-runc-v2" -v 2>/dev/null | grep -q "${CONTAINERD_VERSION#v}"; then
+if ! has_version containerd-shim-runc-v2 "$CONTAINERD_VERSION" -v; then
   log "go install containerd-shim-runc-v2"
   go install "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
 fi
 go_install registry "$REGISTRY_VERSION" "github.com/distribution/distribution/v3/cmd/registry@$REGISTRY_VERSION"
-go_install oras "$ORAS_VERSION" "oras.land/oras/cmd/oras@$ORAS_VERSION"
+VERSION_ARGS=version go_install oras "$ORAS_VERSION" "oras.land/oras/cmd/oras@$ORAS_VERSION"
 
 # --- nerdctl from its Go module zip --------------------------------------------
 # `go install nerdctl@version` cannot take it here: the proxy refuses the
@@ -138,7 +150,15 @@ install_nerdctl
 bash "$(dirname "$0")/install-cri-deps.sh"
 
 # The demo's extras: PostgreSQL for the app, debootstrap for its image.
+# PostgreSQL needs locales, which (with libc-l10n) must be the version of the libc6 CRIU
+# brought from forky: bookworm's locales wants bookworm's libc-bin, and apt
+# would give up ("held broken packages") on a machine without locales.
 if [ "${SNAPBOOT_DEMO_DEPS:-}" = 1 ]; then
+  if ! dpkg-query -W -f='${Status}' locales 2>/dev/null | grep -q 'install ok installed'; then
+    libc_version=$(dpkg-query -W -f='${Version}' libc6)
+    log "apt-get install locales=$libc_version (the libc6's)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "locales=$libc_version" "libc-l10n=$libc_version" >/dev/null
+  fi
   apt_install postgresql debootstrap curl
 fi
 

@@ -343,7 +343,20 @@ func TestSignalledReadKeepsWaiting(t *testing.T) {
 		res <- result{n, err}
 	}()
 	tid := <-tids
-	time.Sleep(100 * time.Millisecond) // the read is waiting now
+	// The signal must come while the read waits in the kernel for the file
+	// system's answer, not before the read has started.
+	deadline := time.Now().Add(5 * time.Second)
+	for !blockedInSyscall(tid, unix.SYS_PREAD64) {
+		select {
+		case r := <-res:
+			t.Fatalf("the read ended before the bytes were written: %d, %v", r.n, r.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the read never waited in pread64: thread %d's syscall file says %q, wchan %q", tid, taskFile(tid, "syscall"), taskFile(tid, "wchan"))
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if err := unix.Tgkill(unix.Getpid(), tid, unix.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
@@ -364,6 +377,21 @@ func TestSignalledReadKeepsWaiting(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the signal was never delivered")
 	}
+}
+
+// blockedInSyscall reports whether thread tid of this process is blocked
+// in system call nr: the first field of /proc/self/task/<tid>/syscall is
+// the call's number while the thread sleeps in it ("running" while it runs,
+// -1 when it sleeps outside a system call).
+func blockedInSyscall(tid int, nr uintptr) bool {
+	f := strings.Fields(taskFile(tid, "syscall"))
+	return len(f) > 0 && f[0] == fmt.Sprint(nr)
+}
+
+// taskFile is /proc/self/task/<tid>/<name>, "" if unreadable.
+func taskFile(tid int, name string) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/%s", tid, name))
+	return strings.TrimSpace(string(b))
 }
 
 // streamOne mounts pages-1.img, writes data into it in the background

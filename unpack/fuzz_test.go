@@ -21,11 +21,20 @@ const (
 	fuzzMaxEntries = 256
 )
 
+// fuzzEscapeName is the name of the file the escaping seeds of FuzzTar try
+// to write: an input that gets out of the extraction directory, through a
+// symlink to / or with ".." components, leaves it in / or in a directory
+// above the extraction's, where noEscape looks for it.
+const fuzzEscapeName = "snapboot-unpack-fuzz-escaped"
+
 // FuzzTar feeds arbitrary bytes to Tar in both modes and checks that nothing
 // is written outside the extraction directory and that what is written
 // inside is of a kind the mode allows.
 func FuzzTar(f *testing.F) {
 	needRoot(f)
+	f.Add(archive(f, symlink("a", "/"), reg("a/"+fuzzEscapeName, "")))
+	f.Add(archive(f, reg("../../"+fuzzEscapeName, "")))
+	rootBefore := dirNames(f, "/")
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, mode := range bothModes {
 			tmp := t.TempDir()
@@ -36,9 +45,47 @@ func FuzzTar(f *testing.F) {
 			opts := Options{Mode: mode, MaxBytes: fuzzMaxBytes, MaxEntries: fuzzMaxEntries}
 			Tar(context.Background(), bytes.NewReader(data), out, opts)
 			onlyOut(t, tmp)
+			noEscape(t, out, rootBefore)
 			checkTree(t, mode, out)
 		}
 	})
+}
+
+// noEscape fails if the extraction into out left fuzzEscapeName in a
+// directory above out, up to /, or added a name to / (whose names were
+// rootBefore). onlyOut sees only out's parent: a write through a symlink
+// to / lands elsewhere. Both checks stay cheap enough for every input.
+func noEscape(t *testing.T, out string, rootBefore map[string]bool) {
+	t.Helper()
+	for d := filepath.Dir(out); ; d = filepath.Dir(d) {
+		p := filepath.Join(d, fuzzEscapeName)
+		if _, err := os.Lstat(p); err == nil {
+			os.RemoveAll(p) // the next input starts clean
+			t.Fatalf("extraction wrote outside its directory: %s", p)
+		}
+		if d == "/" {
+			break
+		}
+	}
+	for name := range dirNames(t, "/") {
+		if !rootBefore[name] {
+			t.Fatalf("extraction wrote outside its directory: /%s appeared", name)
+		}
+	}
+}
+
+// dirNames is the set of names in directory dir.
+func dirNames(t testing.TB, dir string) map[string]bool {
+	t.Helper()
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, d := range des {
+		names[d.Name()] = true
+	}
+	return names
 }
 
 // checkTree checks every file under out against what mode allows.

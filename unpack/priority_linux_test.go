@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"io"
 	"os"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -40,8 +41,32 @@ func TestLowerPriority(t *testing.T) {
 	}
 }
 
-// Frames decoded on lowered threads read the same.
+// Frames decoded on lowered threads read the same, and are decoded at the
+// nice value asked for: a decoding goroutine takes its frame's output
+// buffer on the thread it decodes on, right before decoding, so the
+// buffers it makes record that thread's nice value.
 func TestFrameReaderLowered(t *testing.T) {
+	nice := threadNice(t, unix.Gettid()) + 5 // unlike the process's, whatever that is
+	if nice > 19 {
+		t.Skipf("the test runs at nice %d: no lower priority to ask for", nice-5)
+	}
+	var mu sync.Mutex
+	var decoderNices []int
+	var niceErr error
+	prev := newOutBuf
+	newOutBuf = func() *[]byte {
+		p, err := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid()) // 20-nice, as in threadNice
+		mu.Lock()
+		if err != nil {
+			niceErr = err
+		} else {
+			decoderNices = append(decoderNices, 20-p)
+		}
+		mu.Unlock()
+		return prev()
+	}
+	t.Cleanup(func() { newOutBuf = prev })
+
 	var chunks [][]byte
 	var want []byte
 	for i := 0; i < 6; i++ {
@@ -49,11 +74,24 @@ func TestFrameReaderLowered(t *testing.T) {
 		chunks = append(chunks, c)
 		want = append(want, c...)
 	}
-	rc := newFrameReader(bytes.NewReader(frames(t, chunks...)), Options{Workers: 2, Nice: 10})
+	rc := newFrameReader(bytes.NewReader(frames(t, chunks...)), Options{Workers: 2, Nice: nice})
 	defer rc.Close()
 	got, err := io.ReadAll(rc)
 	if err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("decoded %d bytes (err %v), want the %d written", len(got), err, len(want))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if niceErr != nil {
+		t.Fatal(niceErr)
+	}
+	if len(decoderNices) == 0 {
+		t.Fatal("no frame buffer was made: nothing tells at what priority the frames were decoded")
+	}
+	for _, n := range decoderNices {
+		if n != nice {
+			t.Fatalf("frames decoded on threads at nice %v, want all at %d", decoderNices, nice)
+		}
 	}
 }
 

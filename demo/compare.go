@@ -124,11 +124,11 @@ func (d *demo) compare(ctx context.Context, cs []contender) error {
 			if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
 				return err
 			}
-			e, _, err := d.snapbootByClient(ctx, "compare-empty", c.ref, "")
+			e, _, err := d.snapbootByClient(ctx, "compare-empty", c.ref, "", false)
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
-			w, _, err := d.snapbootByClient(ctx, "compare-warm", c.ref, "")
+			w, _, err := d.snapbootByClient(ctx, "compare-warm", c.ref, "", true)
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}

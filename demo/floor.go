@@ -91,8 +91,10 @@ func (d *demo) floor(ctx context.Context, ref string) (time.Duration, float64, e
 // snapbootByClient restores the checkpoint with snapboot's shim, started
 // exactly as the floor is (same client, same spec, same wait for the first
 // 200), so that the two differ only in the runtime. A nodeConfig other
-// than "" is the node configuration the shim uses.
-func (d *demo) snapbootByClient(ctx context.Context, kind, ref, nodeConfig string) (time.Duration, float64, error) {
+// than "" is the node configuration the shim uses; cached is what the
+// shim's restore line must say of the cache (cached=true or false), so
+// that a start is never counted under the wrong cache.
+func (d *demo) snapbootByClient(ctx context.Context, kind, ref, nodeConfig string, cached bool) (time.Duration, float64, error) {
 	id := d.newID(kind)
 	var opts any
 	if nodeConfig != "" {
@@ -106,7 +108,7 @@ func (d *demo) snapbootByClient(ctx context.Context, kind, ref, nodeConfig strin
 	if err != nil {
 		return 0, 0, err
 	}
-	if _, err := d.restoreTimings(id); err != nil {
+	if _, err := d.cacheRestoreTimings(id, cached); err != nil {
 		return 0, 0, err
 	}
 	time.Sleep(time.Second) // the removed container's shim exits before what comes next

@@ -301,30 +301,71 @@ func (d *demo) rss(ctx context.Context, id string) int64 {
 	return total
 }
 
-// restoreTimings reads the shim's log line for a restored container.
-func (d *demo) restoreTimings(id string) (map[string]float64, error) {
-	data, err := os.ReadFile(d.s.logPath)
+// cacheRestoreTimings reads the shim's log line for a restored container,
+// a restore that was to find the checkpoint in the node cache (cached) or
+// not: the line's cached= field must say so, or the run did not measure
+// what it is reported as.
+func (d *demo) cacheRestoreTimings(id string, cached bool) (map[string]float64, error) {
+	line, err := d.restoreLine(id)
 	if err != nil {
 		return nil, err
 	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if !strings.Contains(l, "event=snapboot.restore") || !strings.Contains(l, "id="+id+" ") {
-			continue
-		}
-		out := map[string]float64{}
-		for _, k := range []string{"resolve_s", "pull_s", "streamed_s", "unpack_s", "restore_s", "total_s"} {
-			if m := regexp.MustCompile(k + `=([0-9.e-]+)`).FindStringSubmatch(l); m != nil {
-				out[k], _ = strconv.ParseFloat(m[1], 64)
-			}
-		}
-		return out, nil
+	if err := checkCached(line, cached); err != nil {
+		return nil, fmt.Errorf("%s: %w", id, err)
 	}
-	for _, l := range strings.Split(string(data), "\n") {
+	return restoreLineTimings(line), nil
+}
+
+// restoreLine is the shim's log line for the restore of container id.
+func (d *demo) restoreLine(id string) (string, error) {
+	data, err := os.ReadFile(d.s.logPath)
+	if err != nil {
+		return "", err
+	}
+	return findRestoreLine(string(data), id)
+}
+
+// findRestoreLine finds the restore log line of container id in log; it
+// fails with the fallback's line if the container was cold-started instead.
+func findRestoreLine(log, id string) (string, error) {
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "event=snapboot.restore") && strings.Contains(l, "id="+id+" ") {
+			return l, nil
+		}
+	}
+	for _, l := range strings.Split(log, "\n") {
 		if strings.Contains(l, "event=snapboot.fallback") && strings.Contains(l, "id="+id+" ") {
-			return nil, fmt.Errorf("%s was not restored: %s", id, l)
+			return "", fmt.Errorf("%s was not restored: %s", id, l)
 		}
 	}
-	return nil, fmt.Errorf("no restore log line for %s", id)
+	return "", fmt.Errorf("no restore log line for %s", id)
+}
+
+// restoreLineTimings is the durations, in seconds, of a restore log line.
+func restoreLineTimings(line string) map[string]float64 {
+	out := map[string]float64{}
+	for _, k := range []string{"resolve_s", "pull_s", "streamed_s", "unpack_s", "restore_s", "total_s"} {
+		if m := regexp.MustCompile(k + `=([0-9.e-]+)`).FindStringSubmatch(line); m != nil {
+			out[k], _ = strconv.ParseFloat(m[1], 64)
+		}
+	}
+	return out
+}
+
+// cachedField matches the cached= field of a restore log line: whether the
+// shim found the checkpoint in the node cache.
+var cachedField = regexp.MustCompile(`(?:^|\s)cached=(\S*)`)
+
+// checkCached fails unless the restore log line's cached= field is want.
+func checkCached(line string, want bool) error {
+	m := cachedField.FindStringSubmatch(line)
+	if m == nil {
+		return fmt.Errorf("the restore log line has no cached= field: %s", line)
+	}
+	if m[1] != strconv.FormatBool(want) {
+		return fmt.Errorf("restored with cached=%s, want cached=%t: %s", m[1], want, line)
+	}
+	return nil
 }
 
 func (d *demo) measure(ctx context.Context) (*results, error) {
@@ -377,7 +418,7 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 		if err != nil {
 			return nil, err
 		}
-		tm, err := d.restoreTimings(id)
+		tm, err := d.cacheRestoreTimings(id, false)
 		if err != nil {
 			return nil, err
 		}
@@ -400,7 +441,7 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 		if err != nil {
 			return nil, err
 		}
-		if _, err := d.restoreTimings(id); err != nil {
+		if _, err := d.cacheRestoreTimings(id, true); err != nil {
 			return nil, err
 		}
 		r.RestoreWarm = append(r.RestoreWarm, t.Seconds())
@@ -416,7 +457,7 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 			if err != nil {
 				return nil, err
 			}
-			warm, warmCPU, err := d.snapbootByClient(ctx, "client-warm-cache", ref, "")
+			warm, warmCPU, err := d.snapbootByClient(ctx, "client-warm-cache", ref, "", true)
 			if err != nil {
 				return nil, err
 			}
@@ -473,7 +514,7 @@ func (d *demo) emptyCacheStart(ctx context.Context, kind, ref, config string) (t
 	if _, err := d.s.snapboot(ctx, "cache", "prune", "--all"); err != nil {
 		return 0, 0, err
 	}
-	return d.snapbootByClient(ctx, kind, ref, config)
+	return d.snapbootByClient(ctx, kind, ref, config, false)
 }
 
 // checkpointStats is what snapboot checkpoint --json reports.

@@ -155,8 +155,9 @@ func TestCraftedCgroupHierarchyColdStart(t *testing.T) {
 // TestFallbackAfterCopyUp fails a restore after CRIU has opened a file of
 // the rootfs changes for writing (overlayfs copies it up into the
 // container's writable layer): the donor holds two log files open, and the
-// second is left out of the checkpoint. The cold start must not see the
-// copy.
+// second is left out of the checkpoint. The shim must have removed the
+// copy (it logs how many entries it removed, only when there were some),
+// and the cold start must not see it.
 func TestFallbackAfterCopyUp(t *testing.T) {
 	requireShim(t)
 	donor, donorLog := startScriptClone(t, "", `echo donor > /tmp/first.log; exec 3>>/tmp/first.log; exec 4>>/tmp/second.log; `+
@@ -169,12 +170,43 @@ func TestFallbackAfterCopyUp(t *testing.T) {
 	if !strings.Contains(line, "runc restore") {
 		t.Fatalf("the restore should fail in runc:\n%s", line)
 	}
+	// Logged before the fallback's line, by the same shim; without it
+	// nothing was copied up, and the checks below would pass regardless.
+	cleared := logLineWith(t, offset, "removed what the failed restore wrote", 5*time.Second)
+	if n, err := strconv.Atoi(logField(cleared, "entries")); err != nil || n < 1 {
+		t.Fatalf("the shim should have removed at least one entry of the failed restore from the writable layer:\n%s", cleared)
+	}
 	if ns := waitCount(t, cloneLog, 3); ns[0] != 1 {
 		t.Fatalf("cold start should count from 1, counted from %d", ns[0])
 	}
 	if _, ok := tarEntries(t, snapshotDiffTar(t, clone))["tmp/first.log"]; ok {
 		t.Fatal("the cold start's rootfs holds the donor's tmp/first.log, copied up by the failed restore")
 	}
+}
+
+// logLineWith waits for a line of containerd's log after offset that
+// contains substr, and returns the first such line.
+func logLineWith(t *testing.T, offset int64, substr string, timeout time.Duration) string {
+	t.Helper()
+	waitForLogSince(t, offset, substr, timeout)
+	for _, l := range strings.Split(containerdLog()[offset:], "\n") {
+		if strings.Contains(l, substr) {
+			return l
+		}
+	}
+	t.Fatalf("containerd log: no line with %q after offset %d", substr, offset)
+	return ""
+}
+
+// logField is the value of the field key=value of log line l, "" if it
+// has none (a quoted value is returned up to its first space).
+func logField(l, key string) string {
+	for _, f := range strings.Fields(l) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // TestCraftedNoNewPrivsSetAgain restores a checkpoint whose credentials

@@ -125,6 +125,10 @@ var (
 	teardownOnce sync.Once
 	// tornDown is set when the teardown starts; ctr helpers then fail fast.
 	tornDown atomic.Bool
+	// teardownLeaks is what the teardown found that the tests had left
+	// behind (containers, processes, mounts), one description each. A run
+	// whose tests all passed fails if there is any.
+	teardownLeaks []string
 )
 
 func TestMain(m *testing.M) {
@@ -170,6 +174,11 @@ func runMain(m *testing.M) (code int) {
 	code = m.Run()
 	signal.Stop(sigs)
 	teardown()
+	if code == 0 && len(teardownLeaks) > 0 {
+		fmt.Fprintf(os.Stderr, "\nFAIL: snapboot-it: every test passed, but they left %d thing(s) behind for the teardown to remove (\"left behind\" above): a test does not clean up after itself\n",
+			len(teardownLeaks))
+		return 1
+	}
 	return code
 }
 
@@ -913,15 +922,21 @@ func doTeardown() {
 		return
 	}
 	t0 := time.Now()
-	var problems []string
+	var problems, leaks []string
 	note := func(format string, args ...any) {
 		problems = append(problems, fmt.Sprintf(format, args...))
+	}
+	// What the tests should have removed themselves; stopping what setup
+	// started (containerd, the registry) is the teardown's normal work.
+	leak := func(format string, args ...any) {
+		leaks = append(leaks, fmt.Sprintf(format, args...))
 	}
 
 	// 1. Tasks and containers, through containerd.
 	if containerdProc != nil && !containerdProc.exited() {
 		if out, _, err := ctrExec("containers", "ls", "-q"); err == nil {
 			for _, id := range strings.Fields(out) {
+				leak("container %s", id)
 				if err := removeContainerNow(id); err != nil {
 					note("removing container %s: %v", id, err)
 				}
@@ -941,8 +956,8 @@ func doTeardown() {
 
 	// 3. Leftover shims (their command line names our socket) and container
 	//    processes (their cgroup path names one of our container IDs).
-	if n := killLeftovers(); n > 0 {
-		note("killed %d leftover process(es)", n)
+	for _, p := range killLeftovers() {
+		leak("process %s (killed)", p)
 	}
 
 	// 4. runc state, cgroups and shim sockets of our containers that
@@ -951,6 +966,9 @@ func doTeardown() {
 	cleanupShimSockets()
 
 	// 5. Mounts under tmpDir, deepest first.
+	for _, mp := range mountsUnder(tmpDir) {
+		leak("mount %s", mp)
+	}
 	for _, err := range unmountUnder(tmpDir) {
 		note("%v", err)
 	}
@@ -977,14 +995,51 @@ func doTeardown() {
 	for _, p := range problems {
 		fmt.Fprintf(os.Stderr, "snapboot-it: teardown: %s\n", p)
 	}
+	for _, l := range leaks {
+		fmt.Fprintf(os.Stderr, "snapboot-it: teardown: left behind: %s\n", l)
+	}
+	teardownLeaks = leaks
 	fmt.Fprintf(os.Stderr, "snapboot-it: teardown done in %v\n", time.Since(t0).Round(time.Millisecond))
 }
 
 // killLeftovers SIGKILLs processes that belong to this run and are still
 // alive: shims (command line mentions tmpDir, e.g. their -address) and
 // container processes (cgroup path /snapboot-it/<one of our IDs>). It returns
-// how many it found.
-func killLeftovers() int {
+// those it found (not zombies), as "<pid>: <command line>".
+func killLeftovers() []string {
+	// A shim that has just answered containerd's Shutdown (the last test's
+	// container was removed moments ago) exits on its own: it is not left
+	// over unless it is still there a little later.
+	pids := runProcesses()
+	for deadline := time.Now().Add(2 * time.Second); len(pids) > 0 && time.Now().Before(deadline); pids = runProcesses() {
+		time.Sleep(50 * time.Millisecond)
+	}
+	var found []string
+	for _, pid := range pids {
+		if !isZombie(pid) {
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			found = append(found, fmt.Sprintf("%d: %s", pid, strings.TrimSpace(strings.ReplaceAll(string(cmdline), "\x00", " "))))
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, pid := range pids {
+		for time.Now().Before(deadline) {
+			if err := syscall.Kill(pid, 0); err != nil {
+				break
+			}
+			if isZombie(pid) {
+				break // its parent (maybe init) reaps it
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return found
+}
+
+// runProcesses lists the processes of this run (see ownedByRun), zombies
+// included.
+func runProcesses() []int {
 	self := os.Getpid()
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
@@ -997,22 +1052,13 @@ func killLeftovers() int {
 			pids = append(pids, pid)
 		}
 	}
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for _, pid := range pids {
-		for time.Now().Before(deadline) {
-			if err := syscall.Kill(pid, 0); err != nil {
-				break
-			}
-			if st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); bytes.Contains(st, []byte(") Z ")) {
-				break // a zombie; its parent (maybe init) reaps it
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	return len(pids)
+	return pids
+}
+
+// isZombie reports whether process pid has exited and awaits its parent.
+func isZombie(pid int) bool {
+	st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return bytes.Contains(st, []byte(") Z "))
 }
 
 func ownedByRun(pid int) bool {

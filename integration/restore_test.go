@@ -116,7 +116,7 @@ func logLine(t *testing.T, offset int64, event, id string, timeout time.Duration
 			return false
 		}
 		for _, s := range strings.Split(l[offset:], "\n") {
-			if strings.Contains(s, "event="+event) && strings.Contains(s, "id="+id) {
+			if isEventLine(s, event, id) {
 				line = s
 				return true
 			}
@@ -124,6 +124,12 @@ func logLine(t *testing.T, offset int64, event, id string, timeout time.Duration
 		return false
 	})
 	return line
+}
+
+// isEventLine reports whether log line s has the fields event=event and
+// id=id, whole: the line of container X-12 is not that of X-1.
+func isEventLine(s, event, id string) bool {
+	return containsField(s, "event="+event) && containsField(s, "id="+id)
 }
 
 // startCounterClone starts a container from the busybox image with the

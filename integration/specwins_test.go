@@ -141,9 +141,6 @@ func cgroupMountRoots(mountinfo string) map[string]string {
 	return roots
 }
 
-// A restored container with cgroup v1 mounted (no cgroup namespace) sees
-// its own cgroup in each hierarchy, as a cold start does, not the one
-// runc's restore would bind (runc's own, the shim's).
 // A systemd cgroups path with runc's cgroupfs driver (which takes it as a
 // path relative to runc's own cgroup): the cgroup mounts are mapped to the
 // scope runc's systemd driver would make, which is not there, so CRIU
@@ -163,6 +160,9 @@ func TestMisplacedSystemdCgroupColdStarts(t *testing.T) {
 	}
 }
 
+// A restored container with cgroup v1 mounted (no cgroup namespace) sees
+// its own cgroup in each hierarchy, as a cold start does, not the one
+// runc's restore would bind (runc's own, the shim's).
 func TestRestoredCgroupMountsAreTheContainers(t *testing.T) {
 	donor := cgroupV1Donor(t)
 	cold := cgroupBinds(t, donor)

@@ -123,7 +123,7 @@ func testCRIRestore(t *testing.T, e *criEnv) {
 	e.waitHTTP(t, donorIP, donorMarker, 10*time.Second)
 
 	offset := e.logOffset()
-	ann := map[string]string{"snapboot.dev/checkpoint": ref}
+	ann := map[string]string{"snapboot.dev/checkpoint": ref, "snapboot.dev/container": "web"}
 	t0 = time.Now()
 	clonePod, clonePodConf := e.runPod(t, "clone", ann)
 	clone := e.startContainer(t, clonePod, clonePodConf, "web", nil, serveCmd(coldMarker))
@@ -226,6 +226,34 @@ func testCRIRestore(t *testing.T, e *criEnv) {
 	if ok {
 		if ppid := parentPID(pid); ppid != sandboxShim {
 			t.Errorf("restored container's init (pid %d) has parent %d, want the pod's shim %d", pid, ppid, sandboxShim)
+		}
+	}
+
+	// A sidecar gets the pod's annotations too: snapboot.dev/container
+	// names "web", so it starts cold without a pull or a fallback.
+	offset = e.logOffset()
+	sidecar := e.startContainer(t, clonePod, clonePodConf, "sidecar", nil, []string{"sleep", "3600"})
+	if line := e.waitLogLine(t, offset, "snapboot.skip", sidecar, 30*time.Second); !strings.Contains(line, "this is container") {
+		t.Errorf("the sidecar's skip line gives no reason naming the container:\n%s", line)
+	}
+	// The kubelet restarts "web" (a new container, attempt 1, its restart
+	// count in the annotations containerd passes on): it starts cold, and
+	// serves the cold marker in place of the restored one.
+	e.crictl(t, "stop", clone)
+	e.crictl(t, "rm", clone)
+	restarted := e.startContainerConfig(t, clonePod, clonePodConf, "web", map[string]string{"io.kubernetes.container.restartCount": "1"}, serveCmd(coldMarker), func(cfg map[string]any) {
+		cfg["metadata"].(map[string]any)["attempt"] = 1
+	})
+	if line := e.waitLogLine(t, offset, "snapboot.skip", restarted, 30*time.Second); !strings.Contains(line, "restart 1") {
+		t.Errorf("the restarted container's skip line gives no restart count:\n%s", line)
+	}
+	e.waitHTTP(t, cloneIP, coldMarker, 20*time.Second)
+	log = e.logSince(offset)
+	for _, id := range []string{sidecar, restarted} {
+		for _, ev := range []string{"snapboot.restore", "snapboot.fallback"} {
+			if l := findLogLine(log, ev, id); l != "" {
+				t.Errorf("container %s, not to be restored, went through the restore path:\n%s", id, l)
+			}
 		}
 	}
 }
@@ -589,7 +617,7 @@ disabled_plugins = [%s]
 	if err != nil {
 		t.Fatalf("containerd config dump: %v\n%s", err, dump)
 	}
-	for _, want := range []string{"runtimes.snapboot]", "runtime_type = 'io.containerd.snapboot.v1'", "pod_annotations = ['snapboot.dev/*']", "container_annotations = ['snapboot.dev/*']"} {
+	for _, want := range []string{"runtimes.snapboot]", "runtime_type = 'io.containerd.snapboot.v1'", "pod_annotations = ['snapboot.dev/*']", "container_annotations = ['snapboot.dev/*', 'io.kubernetes.container.restartCount']"} {
 		if !strings.Contains(string(dump), want) {
 			t.Fatalf("containerd config dump (importing %s) lacks %q:\n%s", snippet, want, dump)
 		}

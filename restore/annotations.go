@@ -11,4 +11,21 @@ const (
 	// AnnotationCRIUOptions adds allowlisted CRIU options to the restore,
 	// comma-separated (see criuconf.Allowlist).
 	AnnotationCRIUOptions = "snapboot.dev/criu-options"
+	// AnnotationContainer names the one container of a pod the checkpoint
+	// is for (its name in the pod spec): a pod's annotations reach all of
+	// its containers, init containers and sidecars included, and the others
+	// then start cold without trying.
+	AnnotationContainer = "snapboot.dev/container"
+)
+
+// Annotations Kubernetes and containerd's CRI put in a container's spec.
+const (
+	// criContainerName is the container's name in its pod (containerd's
+	// CRI sets it in every container's spec).
+	criContainerName = "io.kubernetes.cri.container-name"
+	// kubeletRestartCount is how many times the kubelet has restarted the
+	// container: the kubelet sets it in the CRI container's annotations,
+	// and containerd copies it into the spec if the runtime's
+	// container_annotations allow it (snapboot's drop-in does).
+	kubeletRestartCount = "io.kubernetes.container.restartCount"
 )

@@ -248,6 +248,10 @@ func (r *Restorer) Prepare(ctx context.Context, req Request) (*Plan, error) {
 		// too (containerd's pod_annotations); it is never restored.
 		return nil, ErrNotRequested
 	}
+	if why := notForThisStart(ann); why != "" {
+		log.G(ctx).WithFields(log.Fields{"event": "snapboot.skip", "id": req.ContainerID, "ref": refStr, "reason": why}).Info("snapboot: not restoring this container; it starts cold")
+		return nil, ErrNotRequested
+	}
 	plan, err := r.prepare(ctx, req, spec, refStr, ann[AnnotationCRIUOptions])
 	if err != nil {
 		return nil, &Error{Ref: refStr, Err: err}
@@ -1048,6 +1052,28 @@ var ErrConfig = errors.New("node configuration unusable")
 
 // isPodSandbox reports whether a spec's annotations mark a CRI pod sandbox
 // (pause) container: containerd's and CRI-O's markers.
+// notForThisStart says why a container whose spec names a checkpoint is
+// not restored: another container of the pod is the one snapboot.dev/container
+// names, or the kubelet is restarting it. A restored container that ended
+// (it crashed, failed its liveness probe, was OOM-killed) starts cold when
+// the kubelet restarts it, so that a checkpoint that fails after its
+// restore costs one restart, never a crash loop. "" means restore it.
+func notForThisStart(ann map[string]string) string {
+	if want, ok := ann[AnnotationContainer]; ok {
+		name, ok := ann[criContainerName]
+		switch {
+		case !ok:
+			return fmt.Sprintf("%s=%q, and the spec names no CRI container (%s)", AnnotationContainer, want, criContainerName)
+		case name != want:
+			return fmt.Sprintf("%s=%q, and this is container %q", AnnotationContainer, want, name)
+		}
+	}
+	if count, ok := ann[kubeletRestartCount]; ok && count != "0" {
+		return fmt.Sprintf("the kubelet's restart %s of the container (%s): restarts start cold", count, kubeletRestartCount)
+	}
+	return ""
+}
+
 func isPodSandbox(ann map[string]string) bool {
 	return ann["io.kubernetes.cri.container-type"] == "sandbox" || ann["io.kubernetes.cri-o.ContainerType"] == "sandbox"
 }

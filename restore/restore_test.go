@@ -558,6 +558,48 @@ func TestPodSandboxNeverRestored(t *testing.T) {
 	}
 }
 
+// A pod's annotations reach all its containers: only the one
+// snapboot.dev/container names is restored, and a container the kubelet
+// restarts starts cold, all without a download.
+func TestOnlyTheNamedContainersFirstStartRestores(t *testing.T) {
+	e := newEnv(t)
+	e.reg.add(t, "v1", testArtifact{})
+	pod := func(more map[string]string) map[string]string {
+		ann := map[string]string{AnnotationCheckpoint: "reg.test/apps/web:v1", AnnotationContainer: "web"}
+		for k, v := range more {
+			ann[k] = v
+		}
+		return ann
+	}
+	for _, tc := range []struct {
+		name string
+		ann  map[string]string
+	}{
+		{"sidecar", pod(map[string]string{criContainerName: "istio-proxy", kubeletRestartCount: "0"})},
+		{"init container", pod(map[string]string{criContainerName: "migrate"})},
+		{"not from CRI", pod(nil)},
+		{"restarted", pod(map[string]string{criContainerName: "web", kubeletRestartCount: "1"})},
+		{"restarted, no selector", map[string]string{AnnotationCheckpoint: "reg.test/apps/web:v1", kubeletRestartCount: "3"}},
+	} {
+		if _, err := e.restorer.Prepare(context.Background(), Request{ContainerID: "c", Bundle: bundle(t, tc.ann), Rootfs: overlayRootfs}); !errors.Is(err, ErrNotRequested) {
+			t.Fatalf("%s: got %v, want ErrNotRequested", tc.name, err)
+		}
+	}
+	if n := e.reg.layerFetch.Load(); n != 0 {
+		t.Fatalf("%d layer downloads for containers not to restore", n)
+	}
+	for _, ann := range []map[string]string{
+		pod(map[string]string{criContainerName: "web", kubeletRestartCount: "0"}),
+		{AnnotationCheckpoint: "reg.test/apps/web:v1", criContainerName: "any"},
+	} {
+		plan, err := e.restorer.Prepare(context.Background(), Request{ContainerID: "c", Bundle: bundle(t, ann), Rootfs: overlayRootfs})
+		if err != nil {
+			t.Fatalf("%v: %v, want a restore", ann, err)
+		}
+		plan.Release()
+	}
+}
+
 // refRegistry also serves a manifest by reference, as oras-go's remote
 // repository does: one GET resolves it and brings its content.
 type refRegistry struct {

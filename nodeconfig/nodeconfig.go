@@ -28,6 +28,14 @@ type Config struct {
 	// repository prefix ("registry.example.com/team/") allows that subtree,
 	// and a full repository ("registry.example.com/team/app") only that one.
 	Allow []string `toml:"allow"`
+	// Namespaces, when set, ties Kubernetes namespaces to repositories: a
+	// pod's container restores only from what its namespace's list allows
+	// (entries as in Allow), within Allow; a namespace without a list
+	// restores nothing. A checkpoint holds every page of its donor's memory,
+	// so on a node shared by teams this keeps one team's pods from
+	// restoring another's. Containers that are not a pod's (ctr, nerdctl:
+	// no CRI sandbox namespace in their spec) are bound by Allow alone.
+	Namespaces map[string][]string `toml:"namespaces"`
 	// RequireDigest refuses references by tag; only name@sha256:... restores.
 	RequireDigest bool `toml:"require_digest"`
 	// InsecureRegistries are reached over plain HTTP.
@@ -141,8 +149,18 @@ func (c *Config) applyDefaults() {
 
 func (c *Config) validate() error {
 	for _, a := range c.Allow {
-		if a == "" || strings.ContainsAny(a, " \t@") || strings.Contains(a, "://") {
+		if !validAllowEntry(a) {
 			return fmt.Errorf("snapboot config: allow entry %q: want host[:port][/repository[/]]", a)
+		}
+	}
+	for ns, list := range c.Namespaces {
+		if ns == "" {
+			return errors.New("snapboot config: namespaces: an empty namespace name")
+		}
+		for _, a := range list {
+			if !validAllowEntry(a) {
+				return fmt.Errorf("snapboot config: namespaces.%s entry %q: want host[:port][/repository[/]]", ns, a)
+			}
 		}
 	}
 	for _, h := range c.InsecureRegistries {
@@ -162,11 +180,31 @@ func (c *Config) validate() error {
 	return nil
 }
 
+func validAllowEntry(a string) bool {
+	return a != "" && !strings.ContainsAny(a, " \t@") && !strings.Contains(a, "://")
+}
+
 // Allowed reports whether a checkpoint in repository repo ("host[:port]/path")
 // may be restored on this node.
 func (c *Config) Allowed(registry, repository string) bool {
+	return matches(c.Allow, registry, repository)
+}
+
+// AllowedInNamespace reports whether a pod of Kubernetes namespace ns may
+// restore from the repository, as far as Namespaces goes (Allowed must
+// hold too); true when Namespaces is not set.
+func (c *Config) AllowedInNamespace(ns, registry, repository string) bool {
+	if len(c.Namespaces) == 0 {
+		return true
+	}
+	return matches(c.Namespaces[ns], registry, repository)
+}
+
+// matches reports whether an entry of list (see Config.Allow) covers the
+// repository.
+func matches(list []string, registry, repository string) bool {
 	full := registry + "/" + repository
-	for _, a := range c.Allow {
+	for _, a := range list {
 		switch {
 		case a == registry:
 			return true

@@ -69,21 +69,55 @@ stream = false
 	}
 }
 
+// namespaces ties Kubernetes namespaces to repositories, within allow.
+func TestNamespaces(t *testing.T) {
+	c, err := Parse([]byte(`
+allow = ["registry.example.com"]
+[namespaces]
+team-a = ["registry.example.com/team-a/"]
+team-b = ["registry.example.com/team-b/web", "registry.example.com/shared/"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		ns, repo string
+		want     bool
+	}{
+		{"team-a", "team-a/web", true},
+		{"team-a", "team-b/web", false},
+		{"team-b", "team-b/web", true},
+		{"team-b", "team-b/db", false},
+		{"team-b", "shared/base", true},
+		{"team-c", "team-a/web", false}, // a namespace without a list
+	} {
+		if got := c.AllowedInNamespace(tc.ns, "registry.example.com", tc.repo); got != tc.want {
+			t.Errorf("namespace %s, repository %s: allowed %v, want %v", tc.ns, tc.repo, got, tc.want)
+		}
+	}
+	open, _ := Parse([]byte(`allow = ["registry.example.com"]`))
+	if !open.AllowedInNamespace("any", "registry.example.com", "team-a/web") {
+		t.Error("without namespaces, a namespace is bound by allow alone")
+	}
+}
+
 func TestParseRejects(t *testing.T) {
 	for name, in := range map[string]string{
-		"unknown key":       `alow = ["x"]`,
-		"unknown section":   "[cahce]\nroot = \"/x\"",
-		"url in allow":      `allow = ["https://registry.example.com"]`,
-		"digest in allow":   `allow = ["r.example.com/app@sha256:00"]`,
-		"path in insecure":  `insecure_registries = ["r.example.com/app"]`,
-		"relative root":     "[cache]\nroot = \"var/lib\"",
-		"bad duration":      "[pull]\ntimeout = \"soon\"",
-		"bad size":          "[cache]\nmax_size = \"lots\"",
-		"NaN size":          "[cache]\nmax_size = \"NaN\"",
-		"infinite size":     "[pull]\nmax_unpacked_size = \"Inf GiB\"",
-		"size past 2^63":    "[pull]\nmax_unpacked_size = \"9e9 GiB\"",
-		"negative duration": "[pull]\ntimeout = \"-1s\"",
-		"not toml":          `allow = [`,
+		"unknown key":           `alow = ["x"]`,
+		"unknown section":       "[cahce]\nroot = \"/x\"",
+		"url in allow":          `allow = ["https://registry.example.com"]`,
+		"digest in allow":       `allow = ["r.example.com/app@sha256:00"]`,
+		"path in insecure":      `insecure_registries = ["r.example.com/app"]`,
+		"relative root":         "[cache]\nroot = \"var/lib\"",
+		"bad duration":          "[pull]\ntimeout = \"soon\"",
+		"bad size":              "[cache]\nmax_size = \"lots\"",
+		"NaN size":              "[cache]\nmax_size = \"NaN\"",
+		"infinite size":         "[pull]\nmax_unpacked_size = \"Inf GiB\"",
+		"size past 2^63":        "[pull]\nmax_unpacked_size = \"9e9 GiB\"",
+		"negative duration":     "[pull]\ntimeout = \"-1s\"",
+		"not toml":              `allow = [`,
+		"url in namespaces":     "[namespaces]\nteam = [\"https://r.example.com/team/\"]",
+		"namespaces not a list": "[namespaces]\nteam = \"r.example.com/team/\"",
 	} {
 		if _, err := Parse([]byte(in)); err == nil {
 			t.Errorf("%s: want an error", name)

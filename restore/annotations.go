@@ -23,6 +23,10 @@ const (
 	// criContainerName is the container's name in its pod (containerd's
 	// CRI sets it in every container's spec).
 	criContainerName = "io.kubernetes.cri.container-name"
+	// criSandboxNamespace is the Kubernetes namespace of the container's
+	// pod (containerd's CRI sets it; a pod's own annotations cannot, since
+	// only snapboot.dev/* pass through pod_annotations).
+	criSandboxNamespace = "io.kubernetes.cri.sandbox-namespace"
 	// kubeletRestartCount is how many times the kubelet has restarted the
 	// container: the kubelet sets it in the CRI container's annotations,
 	// and containerd copies it into the spec if the runtime's

@@ -252,11 +252,32 @@ func (r *Restorer) Prepare(ctx context.Context, req Request) (*Plan, error) {
 		log.G(ctx).WithFields(log.Fields{"event": "snapboot.skip", "id": req.ContainerID, "ref": refStr, "reason": why}).Info("snapboot: not restoring this container; it starts cold")
 		return nil, ErrNotRequested
 	}
+	if err := r.namespacePolicy(ann, refStr); err != nil {
+		return nil, &Error{Ref: refStr, Err: err}
+	}
 	plan, err := r.prepare(ctx, req, spec, refStr, ann[AnnotationCRIUOptions])
 	if err != nil {
 		return nil, &Error{Ref: refStr, Err: err}
 	}
 	return plan, nil
+}
+
+// namespacePolicy says why the node's configuration does not let the pod's
+// Kubernetes namespace restore from refStr (its namespaces table), or nil
+// when it does. Containers that are not a pod's are bound by policy alone.
+func (r *Restorer) namespacePolicy(ann map[string]string, refStr string) error {
+	ns, ok := ann[criSandboxNamespace]
+	if !ok || r.cfgErr != nil {
+		return nil // the configuration's error is reported by fetch
+	}
+	ref, err := oci.ParseReference(refStr)
+	if err != nil {
+		return err
+	}
+	if !r.cfg.AllowedInNamespace(ns, ref.Registry, ref.Repository) {
+		return fmt.Errorf("%w: pods of namespace %q may not restore from %s/%s (namespaces in %s)", ErrDenied, ns, ref.Registry, ref.Repository, r.ConfigPath)
+	}
+	return nil
 }
 
 func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, refStr, criuOptions string) (_ *Plan, retErr error) {

@@ -600,6 +600,39 @@ func TestOnlyTheNamedContainersFirstStartRestores(t *testing.T) {
 	}
 }
 
+// With the node's namespaces table, a pod restores only from its
+// namespace's repositories, and is refused before any download; a container
+// that is not a pod's is bound by allow alone.
+func TestNamespacePolicy(t *testing.T) {
+	e := newEnv(t)
+	e.reg.add(t, "v1", testArtifact{})
+	cfg, err := nodeconfig.Parse([]byte("allow = [\"reg.test/apps/\"]\n[namespaces]\nweb-team = [\"reg.test/apps/web\"]\nother = [\"reg.test/apps/other\"]\n[cache]\nroot = \"" + e.cfg.Cache.Root + "\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.restorer.cfg = cfg
+	ref := "reg.test/apps/web:v1"
+	for _, ns := range []string{"other", "unlisted"} {
+		_, err := e.restorer.Prepare(context.Background(), Request{ContainerID: "c", Bundle: bundle(t, map[string]string{AnnotationCheckpoint: ref, criSandboxNamespace: ns}), Rootfs: overlayRootfs})
+		if !errors.Is(err, ErrDenied) || !strings.Contains(err.Error(), ns) {
+			t.Fatalf("pod of namespace %s: got %v, want ErrDenied naming the namespace", ns, err)
+		}
+	}
+	if n := e.reg.layerFetch.Load(); n != 0 {
+		t.Fatalf("%d layer downloads for refused pods", n)
+	}
+	for _, ann := range []map[string]string{
+		{AnnotationCheckpoint: ref, criSandboxNamespace: "web-team"},
+		{AnnotationCheckpoint: ref},
+	} {
+		plan, err := e.restorer.Prepare(context.Background(), Request{ContainerID: "c", Bundle: bundle(t, ann), Rootfs: overlayRootfs})
+		if err != nil {
+			t.Fatalf("%v: %v, want a restore", ann, err)
+		}
+		plan.Release()
+	}
+}
+
 // refRegistry also serves a manifest by reference, as oras-go's remote
 // repository does: one GET resolves it and brings its content.
 type refRegistry struct {

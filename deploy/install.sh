@@ -316,7 +316,7 @@ uninstall() {
 case ${1:-install} in
   install)
     install
-    log "done: snapboot is installed; label the node snapboot.dev/node=true if it is not yet"
+    log "done: snapboot is installed; label the node snapboot.dev/node=true (the RuntimeClass's) if it is not yet"
     ;;
   uninstall)
     uninstall

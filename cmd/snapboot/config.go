@@ -26,7 +26,11 @@ var configCommand = &cli.Command{
 			if err != nil {
 				return err
 			}
-			fmt.Printf("%s: valid (%d entries in allow, cache at %s)\n", path, len(cfg.Allow), cfg.Cache.Root)
+			namespaces := "any Kubernetes namespace"
+			if n := len(cfg.Namespaces); n > 0 {
+				namespaces = fmt.Sprintf("%d Kubernetes namespaces", n)
+			}
+			fmt.Printf("%s: valid (%d entries in allow, for %s; cache at %s)\n", path, len(cfg.Allow), namespaces, cfg.Cache.Root)
 			return nil
 		},
 	}},

@@ -91,4 +91,18 @@ func TestInfoTranslatesCRIOptions(t *testing.T) {
 	if _, err := NewManager().Info(context.Background(), bytes.NewReader(nil)); err != nil {
 		t.Fatalf("Info without options: %v", err)
 	}
+	runcOpts, err := typeurl.MarshalAnyToProto(&options.Options{BinaryName: binary, Root: "/run/other-runc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data, err = proto.Marshal(runcOpts); err != nil {
+		t.Fatal(err)
+	}
+	info, err = NewManager().Info(context.Background(), bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("Info with runc options: %v", err)
+	}
+	if v, err := typeurl.UnmarshalAny(info.Options); err != nil || v.(*options.Options).Root != "/run/other-runc" {
+		t.Fatalf("Info's options %#v (%v), want the runc options as given", v, err)
+	}
 }

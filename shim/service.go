@@ -80,6 +80,10 @@ type service struct {
 	// fill, then the cache limits) still running: the shim does not exit
 	// before it ends, if its Shutdown's deadline allows (see Shutdown).
 	filling sync.WaitGroup
+	// ending is closed when Shutdown begins to end the shim: the cache
+	// trims' retries stop waiting then.
+	ending     chan struct{}
+	endingOnce sync.Once
 }
 
 // pendingRestore is a container created from a checkpoint and not started yet.
@@ -105,6 +109,7 @@ func newService(inner taskAPI.TTRPCTaskService, publisher *filteringPublisher, r
 		replaced:         map[string]chan struct{}{},
 		fallingBack:      map[string]chan struct{}{},
 		live:             map[string]bool{},
+		ending:           make(chan struct{}),
 	}
 }
 
@@ -220,7 +225,7 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 				if filled != nil {
 					<-filled
 				}
-				trimCache(trimCtx, p.restorer)
+				trimCache(trimCtx, p.restorer, s.ending)
 			})
 		} else {
 			// A node whose restores hit the cache also clears what dead
@@ -416,6 +421,9 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 	s.mu.Lock()
 	left := len(s.live)
 	s.mu.Unlock()
+	if left == 0 {
+		s.endingOnce.Do(func() { close(s.ending) })
+	}
 	if left == 0 && !s.waitFilling(ctx) {
 		log.G(ctx).Warn("snapboot: the shim is shutting down before its cache fill ended; the next restore of the checkpoint downloads it again")
 	}
@@ -453,6 +461,13 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return nil, err
 	}
 	resp, err := s.TTRPCTaskService.Delete(ctx, r)
+	if err != nil && r.ExecID == "" && errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		// Gone already: a Start fallback whose cold create failed after
+		// it had deleted the failed restore. It is not left.
+		s.mu.Lock()
+		delete(s.live, r.ID)
+		s.mu.Unlock()
+	}
 	if err == nil && r.ExecID == "" {
 		s.mu.Lock()
 		var plan *restore.Plan
@@ -475,8 +490,8 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 // trimCache evicts checkpoints beyond the node's cache limits after a
 // restore made the cache grow, off the restore path. Checkpoints other
 // restores still hold are skipped, so it tries again a few times while the
-// cache stays over its limit.
-func trimCache(ctx context.Context, r preparer) {
+// cache stays over its limit, until ending is closed.
+func trimCache(ctx context.Context, r preparer, ending <-chan struct{}) {
 	for wait := time.Second; ; wait *= 2 {
 		evicted, over, err := r.EnforceCacheLimits(ctx)
 		if err != nil {
@@ -492,7 +507,11 @@ func trimCache(ctx context.Context, r preparer) {
 		if !over || wait > 16*time.Second {
 			return
 		}
-		time.Sleep(wait)
+		select {
+		case <-time.After(wait):
+		case <-ending:
+			return // the shim is ending: the next restore's trim goes on
+		}
 	}
 }
 

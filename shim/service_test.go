@@ -64,6 +64,8 @@ type fakeTasks struct {
 	// killed.
 	restoredThenFailed bool
 	running            bool
+	// gone: the container is not there (Delete answers NotFound).
+	gone bool
 }
 
 func (f *fakeTasks) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
@@ -148,6 +150,10 @@ func (f *fakeTasks) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAP
 }
 
 func (f *fakeTasks) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	if f.gone {
+		f.record("delete-not-found")
+		return nil, errgrpc.ToGRPC(fmt.Errorf("container %s: %w", r.ID, errdefs.ErrNotFound))
+	}
 	if ctx.Err() != nil {
 		f.record("delete-on-ended-request")
 		return nil, ctx.Err()
@@ -190,6 +196,10 @@ type fakePreparer struct {
 	metrics *metrics.Store
 
 	deadDirsRemoved atomic.Int32
+	// overLimit: the cache stays over its limits; trims counts the
+	// evictions asked for.
+	overLimit bool
+	trims     atomic.Int32
 }
 
 func (f *fakePreparer) Prepare(context.Context, restore.Request) (*restore.Plan, error) {
@@ -201,7 +211,8 @@ func (f *fakePreparer) Metrics() *metrics.Store { return f.metrics }
 func (f *fakePreparer) RemoveDeadDirs() { f.deadDirsRemoved.Add(1) }
 
 func (f *fakePreparer) EnforceCacheLimits(context.Context) ([]cache.Entry, bool, error) {
-	return nil, false, nil
+	f.trims.Add(1)
+	return nil, f.overLimit, nil
 }
 
 func setup(prep *fakePreparer, failStart bool) (*service, *fakeTasks, *recordingPublisher) {
@@ -565,5 +576,46 @@ func TestShutdownWaitsForFillsOnlyWhenItEndsTheShim(t *testing.T) {
 	shutdown(time.Minute)
 	if got := inner.called(); got != "create create delete shutdown delete shutdown fill-ended shutdown" {
 		t.Fatalf("calls %q, want the fill's end before the last shutdown", got)
+	}
+}
+
+// A container the runc task service no longer has (a fallback whose cold
+// create failed) is not left once containerd deletes it: the shim's last
+// Shutdown still waits for the fills.
+func TestDeletedContainerNotFoundIsNotLeft(t *testing.T) {
+	s, inner, _ := setup(&fakePreparer{err: restore.ErrNotRequested}, false)
+	if _, err := s.Create(context.Background(), &taskAPI.CreateTaskRequest{ID: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	inner.gone = true
+	if _, err := s.Delete(context.Background(), &taskAPI.DeleteRequest{ID: "web"}); err == nil {
+		t.Fatal("Delete of a container that is gone: no error")
+	}
+	s.mu.Lock()
+	left := len(s.live)
+	s.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d containers left after the last one's delete answered NotFound", left)
+	}
+}
+
+// The trims' retries, while the cache stays over its limit, end when the
+// shim is ending instead of holding its Shutdown.
+func TestTrimStopsWhenTheShimEnds(t *testing.T) {
+	prep := &fakePreparer{overLimit: true}
+	ending := make(chan struct{})
+	done := make(chan struct{})
+	go func() { trimCache(context.Background(), prep, ending); close(done) }()
+	for prep.trims.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	close(ending)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second): // its retries take 31 s
+		t.Fatal("the trim went on retrying after the shim began to end")
+	}
+	if n := prep.trims.Load(); n != 1 {
+		t.Fatalf("%d evictions asked for, want 1", n)
 	}
 }

@@ -125,6 +125,17 @@ func Parse(data []byte) (*Config, error) {
 	if err := dec.Decode(c); err != nil {
 		return Default(), fmt.Errorf("parse snapboot config: %w", err)
 	}
+	// A [namespaces] table with no entries (all commented out) still
+	// means the table is set, and allows no namespace: the decoder leaves
+	// the map nil for it, so look for the key itself.
+	if c.Namespaces == nil {
+		var keys map[string]any
+		if err := toml.Unmarshal(data, &keys); err == nil {
+			if _, ok := keys["namespaces"]; ok {
+				c.Namespaces = map[string][]string{}
+			}
+		}
+	}
 	if err := c.validate(); err != nil {
 		return Default(), err
 	}
@@ -194,8 +205,8 @@ func (c *Config) Allowed(registry, repository string) bool {
 // restore from the repository, as far as Namespaces goes (Allowed must
 // hold too); true when Namespaces is not set.
 func (c *Config) AllowedInNamespace(ns, registry, repository string) bool {
-	if len(c.Namespaces) == 0 {
-		return true
+	if c.Namespaces == nil {
+		return true // no [namespaces] table; an empty one allows none
 	}
 	return matches(c.Namespaces[ns], registry, repository)
 }

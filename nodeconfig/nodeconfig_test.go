@@ -99,6 +99,14 @@ team-b = ["registry.example.com/team-b/web", "registry.example.com/shared/"]
 	if !open.AllowedInNamespace("any", "registry.example.com", "team-a/web") {
 		t.Error("without namespaces, a namespace is bound by allow alone")
 	}
+	// A table whose entries are all commented out allows no namespace.
+	empty, err := Parse([]byte("allow = [\"registry.example.com\"]\n[namespaces]\n# team-a = [\"registry.example.com/team-a/\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if empty.AllowedInNamespace("team-a", "registry.example.com", "team-a/web") {
+		t.Error("an empty [namespaces] table let a namespace restore")
+	}
 }
 
 func TestParseRejects(t *testing.T) {

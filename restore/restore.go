@@ -579,6 +579,10 @@ type Inspection struct {
 	Compatible error
 	// Unpacked reports whether the checkpoint is ready in the node cache.
 	Unpacked bool
+	// Namespaces are the Kubernetes namespaces whose pods may restore it,
+	// when the node's configuration has a [namespaces] table (sorted; empty
+	// when none may); nil without the table.
+	Namespaces []string
 }
 
 // Inspect reads a checkpoint's manifest and metadata (never its layers) and
@@ -618,6 +622,15 @@ func (r *Restorer) Inspect(ctx context.Context, refStr string) (*Inspection, err
 	}
 	defer a.release()
 	in := &Inspection{Ref: refStr, Descriptor: a.desc, Checkpoint: a.ck, Metadata: a.meta, Allowed: allowed}
+	if r.cfg.Namespaces != nil {
+		in.Namespaces = []string{}
+		for ns := range r.cfg.Namespaces {
+			if r.cfg.AllowedInNamespace(ns, ref.Registry, ref.Repository) {
+				in.Namespaces = append(in.Namespaces, ns)
+			}
+		}
+		slices.Sort(in.Namespaces)
+	}
 	in.Node, err = r.nodeInfo()
 	if err != nil {
 		in.Compatible = fmt.Errorf("describe this node: %w", err)
@@ -1071,8 +1084,6 @@ var ErrRestoreFailed = errors.New("runc restore failed")
 // ErrConfig is wrapped when the node configuration is unusable.
 var ErrConfig = errors.New("node configuration unusable")
 
-// isPodSandbox reports whether a spec's annotations mark a CRI pod sandbox
-// (pause) container: containerd's and CRI-O's markers.
 // notForThisStart says why a container whose spec names a checkpoint is
 // not restored: another container of the pod is the one snapboot.dev/container
 // names, or the kubelet is restarting it. A restored container that ended
@@ -1095,6 +1106,8 @@ func notForThisStart(ann map[string]string) string {
 	return ""
 }
 
+// isPodSandbox reports whether a spec's annotations mark a CRI pod sandbox
+// (pause) container: containerd's and CRI-O's markers.
 func isPodSandbox(ann map[string]string) bool {
 	return ann["io.kubernetes.cri.container-type"] == "sandbox" || ann["io.kubernetes.cri-o.ContainerType"] == "sandbox"
 }

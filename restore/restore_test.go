@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -620,6 +621,13 @@ func TestNamespacePolicy(t *testing.T) {
 	}
 	if n := e.reg.layerFetch.Load(); n != 0 {
 		t.Fatalf("%d layer downloads for refused pods", n)
+	}
+	in, err := e.restorer.Inspect(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(in.Namespaces, []string{"web-team"}) {
+		t.Fatalf("inspection: namespaces %q, want [web-team]", in.Namespaces)
 	}
 	for _, ann := range []map[string]string{
 		{AnnotationCheckpoint: ref, criSandboxNamespace: "web-team"},

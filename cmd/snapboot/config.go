@@ -27,7 +27,7 @@ var configCommand = &cli.Command{
 				return err
 			}
 			namespaces := "any Kubernetes namespace"
-			if n := len(cfg.Namespaces); n > 0 {
+			if n := len(cfg.Namespaces); cfg.Namespaces != nil {
 				namespaces = fmt.Sprintf("%d Kubernetes namespaces", n)
 			}
 			fmt.Printf("%s: valid (%d entries in allow, for %s; cache at %s)\n", path, len(cfg.Allow), namespaces, cfg.Cache.Root)

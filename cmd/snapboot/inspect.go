@@ -44,6 +44,9 @@ var inspectCommand = &cli.Command{
 			if in.Allowed != nil {
 				out["allowedReason"] = in.Allowed.Error()
 			}
+			if in.Namespaces != nil {
+				out["namespaces"] = in.Namespaces
+			}
 			if in.Compatible != nil {
 				out["compatibleReason"] = in.Compatible.Error()
 			}
@@ -110,6 +113,13 @@ func printInspection(out io.Writer, in *restore.Inspection) {
 		verdict = "no: " + in.Compatible.Error()
 	}
 	fmt.Fprintf(w, "restorable here\t%s\n", shown(verdict))
+	if in.Namespaces != nil {
+		pods := "none ([namespaces] lists no namespace for this repository)"
+		if len(in.Namespaces) > 0 {
+			pods = strings.Join(in.Namespaces, ", ")
+		}
+		fmt.Fprintf(w, "for pods of namespaces\t%s\n", shown(pods))
+	}
 	w.Flush()
 	fmt.Fprintln(out, "layers:")
 	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

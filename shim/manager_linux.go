@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
+	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	"github.com/containerd/containerd/api/types"
 	runcmanager "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/manager"
 	"github.com/containerd/containerd/v2/pkg/shim"
@@ -80,4 +81,30 @@ func (m manager) Info(ctx context.Context, optionsR io.Reader) (*types.RuntimeIn
 		}
 	}
 	return m.Shim.Info(ctx, bytes.NewReader(data))
+}
+
+// Start starts the shim as the runc shim manager does, with CRI's options
+// for a runtime type containerd does not know (runtimeoptions.Options, an
+// extension of the bootstrap parameters) translated into runc options:
+// the runc manager looks only for runc options there (ShimCgroup, which
+// puts the shim in a cgroup of the operator's).
+func (m manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (*bootapi.BootstrapResult, error) {
+	var exts []*bootapi.Extension
+	translated := false
+	for _, ext := range params.GetExtensions() {
+		runc, _, err := runcOptions(ext.GetValue())
+		if err != nil {
+			return nil, err
+		}
+		if runc != ext.GetValue() {
+			ext = &bootapi.Extension{Value: runc}
+			translated = true
+		}
+		exts = append(exts, ext)
+	}
+	if translated {
+		params = proto.Clone(params).(*bootapi.BootstrapParams)
+		params.Extensions = exts
+	}
+	return m.Shim.Start(ctx, params)
 }

@@ -11,17 +11,29 @@ import (
 	"path/filepath"
 	"testing"
 
+	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
 	"github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // fakeShim records the calls the snapboot manager passes on.
 type fakeShim struct {
 	shim.Shim
 	calls *[]string
+}
+
+func (f fakeShim) Start(ctx context.Context, params *bootapi.BootstrapParams) (*bootapi.BootstrapResult, error) {
+	var runc options.Options
+	found, err := params.FindExtension(&runc)
+	if err != nil {
+		return nil, err
+	}
+	*f.calls = append(*f.calls, fmt.Sprintf("start runc-options=%v shim-cgroup=%s", found, runc.ShimCgroup))
+	return &bootapi.BootstrapResult{}, nil
 }
 
 func (f fakeShim) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
@@ -104,5 +116,33 @@ func TestInfoTranslatesCRIOptions(t *testing.T) {
 	}
 	if v, err := typeurl.UnmarshalAny(info.Options); err != nil || v.(*options.Options).Root != "/run/other-runc" {
 		t.Fatalf("Info's options %#v (%v), want the runc options as given", v, err)
+	}
+}
+
+// The runc manager's Start finds runc options (ShimCgroup) among the
+// bootstrap parameters' extensions, where containerd puts the runtime's
+// options: CRI's for snapboot are runtimeoptions.Options, translated.
+func TestStartTranslatesCRIOptions(t *testing.T) {
+	var calls []string
+	m := manager{Shim: fakeShim{calls: &calls}}
+	generic, err := anypb.New(&runtimeoptions.Options{ConfigBody: []byte("ShimCgroup = \"/snapboot-shims\"\nSystemdCgroup = false\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	params := &bootapi.BootstrapParams{InstanceID: "c1"}
+	if err := params.AddExtension(generic); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Start(context.Background(), params); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Start(context.Background(), &bootapi.BootstrapParams{InstanceID: "c2"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(calls), "[start runc-options=true shim-cgroup=/snapboot-shims start runc-options=false shim-cgroup=]"; got != want {
+		t.Fatalf("calls %s, want %s", got, want)
+	}
+	if !params.GetExtensions()[0].GetValue().MessageIs(&runtimeoptions.Options{}) {
+		t.Fatal("the caller's parameters were changed")
 	}
 }

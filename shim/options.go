@@ -42,16 +42,15 @@ type snapbootOptions struct {
 // containerd gave: runc options from a runtimeoptions.Options' table, the
 // options themselves otherwise; and the node configuration they name.
 func runcOptions(opts *anypb.Any) (*anypb.Any, string, error) {
-	if opts == nil || !typeurl.Is(opts, &runtimeoptions.Options{}) {
+	// MessageIs takes the type URL with or without a host part
+	// (typeurl's "runtimeoptions.v1.Options", anypb's
+	// "type.googleapis.com/runtimeoptions.v1.Options").
+	if opts == nil || !opts.MessageIs(&runtimeoptions.Options{}) {
 		return opts, "", nil
 	}
-	v, err := typeurl.UnmarshalAny(opts)
-	if err != nil {
+	ro := &runtimeoptions.Options{}
+	if err := opts.UnmarshalTo(ro); err != nil {
 		return nil, "", fmt.Errorf("runtime options: %w", err)
-	}
-	ro, ok := v.(*runtimeoptions.Options)
-	if !ok {
-		return nil, "", fmt.Errorf("runtime options: unexpected %T", v)
 	}
 	var runc options.Options
 	configPath := ro.ConfigPath

@@ -329,6 +329,10 @@ func TestCLIErrors(t *testing.T) {
 	if st := taskStatus(t, donor); st != "RUNNING" {
 		t.Errorf("after a refused level the donor should run on, it is %s", st)
 	}
+	_, stderr, code = snapbootCLI("checkpoint", "--warm", "20", donor, registryAddr+"/it/errors:v1")
+	if code != 2 || !strings.Contains(stderr, "--wait-http") {
+		t.Errorf("checkpoint --warm without --wait-http: exit %d, want 2 naming --wait-http:\n%s", code, stderr)
+	}
 	// The installer checks a node configuration with the CLI before it
 	// writes it.
 	dir := testDir(t)

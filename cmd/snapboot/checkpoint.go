@@ -44,6 +44,11 @@ var checkpointCommand = &cli.Command{
 		if cmd.Bool("exit") && cmd.IsSet("leave-running") && cmd.Bool("leave-running") {
 			return usageError{fmt.Errorf("--exit and --leave-running exclude each other")}
 		}
+		for _, f := range []string{"warm", "wait-timeout"} {
+			if cmd.IsSet(f) && cmd.String("wait-http") == "" {
+				return usageError{fmt.Errorf("--%s works with --wait-http, which is not given", f)}
+			}
+		}
 		level, err := pack.ParseLevel(cmd.String("compression"))
 		if err != nil {
 			return usageError{err}

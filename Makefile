@@ -27,7 +27,7 @@ BENCH_RUNS ?= 5
 demo: demo-deps build
 	$(GO) run ./demo -models $(DEMO_MODELS)
 
-## bench: every measurement BENCH_RUNS times, plus the runc restore floor; writes bench/results.{json,md}
+## bench: every measurement BENCH_RUNS times, plus the runc restore floor; writes bench/results.{json,md,png}
 bench: demo-deps build
 	$(GO) run ./demo -models $(DEMO_MODELS) -runs $(BENCH_RUNS) -bench bench
 

@@ -31,8 +31,9 @@ import (
 // runc delete of the failed restore then cannot remove the state directory,
 // and the cold create that follows fails with "container with given ID
 // already exists". Nothing happens when there is no such mount. When runc
-// never recorded the container, the cgroup its restore made is removed too.
-func clearAbortedRestore(ctx context.Context, bundle, id string) error {
+// never recorded the container, the cgroup its restore made is removed too,
+// and then the cgroup yard of a CRIU killed mid-restore (clearCgroupYards).
+func clearAbortedRestore(ctx context.Context, bundle, id string) (retErr error) {
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
 		return err
@@ -49,6 +50,9 @@ func clearAbortedRestore(ctx context.Context, bundle, id string) error {
 	if err := unmountLeftover(filepath.Join(state, "criu-root")); err != nil {
 		return err
 	}
+	// Last, once what the cgroup removal below kills (CRIU among them)
+	// is gone: a killed CRIU leaves its cgroup yard mounted.
+	defer func() { retErr = errors.Join(retErr, clearCgroupYards(filepath.Join(bundle, "work"))) }()
 	// runc records a restored container (state.json) only once CRIU is
 	// done, but makes its cgroup when CRIU starts. Without the record,
 	// runc's delete removes the state directory and leaves the cgroup.
@@ -214,6 +218,35 @@ func killCgroup(dir string) {
 }
 
 // unmountLeftover detaches the mount at path, if path is a mount point.
+// clearCgroupYards unmounts and removes the cgroup yards a CRIU killed
+// mid-restore left in its work directory (runc's --work-path, the bundle's
+// work/, a link to containerd's task directory): CRIU mounts a tmpfs at
+// .criu.cgyard.XXXXXX there, with each cgroup hierarchy below it, and
+// unmounts it only when it ends. Left, the mounts stay on the node and
+// containerd cannot remove the task directory. A detached unmount of the
+// yard takes the hierarchies below it along.
+func clearCgroupYards(work string) error {
+	dir, err := filepath.EvalSymlinks(work)
+	if err != nil {
+		return nil // no work directory: no CRIU ran there
+	}
+	yards, err := filepath.Glob(filepath.Join(dir, ".criu.cgyard.*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, yard := range yards {
+		if err := unmountLeftover(yard); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := os.Remove(yard); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove the cgroup yard %s left by the aborted restore: %w", yard, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func unmountLeftover(path string) error {
 	err := unix.Unmount(path, unix.MNT_DETACH)
 	if err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {

@@ -64,6 +64,60 @@ func TestUnmountLeftover(t *testing.T) {
 	}
 }
 
+// The cgroup yard a killed CRIU leaves in its work directory (a tmpfs with
+// the hierarchies mounted below it) is unmounted, the hierarchies with it,
+// and removed; the work directory's other entries stay.
+func TestClearCgroupYards(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount")
+	}
+	dir := t.TempDir()
+	task := filepath.Join(dir, "task")
+	yard := filepath.Join(task, ".criu.cgyard.AbC123")
+	for _, d := range []string{yard, filepath.Join(task, "keep")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bundle := filepath.Join(dir, "bundle")
+	if err := os.Mkdir(bundle, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(task, filepath.Join(bundle, "work")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("none", yard, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount the yard: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(yard, unix.MNT_DETACH) })
+	memory := filepath.Join(yard, "memory")
+	if err := os.Mkdir(memory, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("none", memory, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mount below the yard: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(memory, unix.MNT_DETACH) })
+
+	if err := clearCgroupYards(filepath.Join(bundle, "work")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{yard, memory} {
+		if isMountPoint(t, p) {
+			t.Errorf("%s is still mounted", p)
+		}
+	}
+	if _, err := os.Stat(yard); !os.IsNotExist(err) {
+		t.Errorf("the yard directory is still there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(task, "keep")); err != nil {
+		t.Errorf("the work directory's other entry went: %v", err)
+	}
+	if err := clearCgroupYards(filepath.Join(dir, "no-bundle", "work")); err != nil {
+		t.Errorf("a bundle without a work directory: %v", err)
+	}
+}
+
 // The cgroup an aborted restore made goes from every hierarchy, with the
 // cgroups below it, and nothing above it; a cgroup that cannot go (here a
 // directory with a file) is reported; a relative path (below runc's own

@@ -138,7 +138,7 @@ func writeBench(dir string, r *results) error {
 	}
 	var md strings.Builder
 	printTable(&md, r)
-	fmt.Fprintf(&md, "\nMedian (min–max) of %d runs. Targets: restored vs cold at least 20x (empty cache) and 30x (warm cache); snapboot over the floor at most 1.5x (empty cache) and 1.15x (warm cache). The ratios over the floor pair each floor run with the snapboot runs just before it, both started through the containerd client; the rows above them start the app with `ctr run`, as a user would.\n", r.Runs)
+	fmt.Fprintf(&md, "\nMedian (min–max) of %d runs. Targets: restored vs cold at least 20x (empty cache) and 30x (warm cache); snapboot over the floor at most 1.5x (empty cache) and 1.15x (warm cache). Each speed-up pairs a round's cold start with that round's restore. The ratios over the floor pair each floor run with the snapboot runs just before it, both started through the containerd client; the rows above them start the app with `ctr run`, as a user would.\n", r.Runs)
 	if err := os.WriteFile(filepath.Join(dir, "results.md"), []byte(md.String()), 0o644); err != nil {
 		return err
 	}

@@ -84,6 +84,12 @@ func TestRatiosPairRuns(t *testing.T) {
 	if got, want := ratios([]float64{1.1}, []float64{1.0, 2.0}), "1.10x"; got != want {
 		t.Errorf("unequal lengths: ratios = %q, want %q", got, want)
 	}
+	// Each round's cold start over that round's restore, not the medians'
+	// quotient (22/1 = 22.0x).
+	cold, restored := []float64{20, 22, 30}, []float64{1, 0.5, 1.5}
+	if got, want := speedups(cold, restored), "20.0x (20.0–44.0)"; got != want {
+		t.Errorf("speedups = %q, want %q", got, want)
+	}
 }
 
 func TestCPUBusy(t *testing.T) {

@@ -95,23 +95,14 @@ func printTable(w io.Writer, r *results) {
 
 // speedups pairs each cold start with the restore of the same round and
 // gives the median (min–max) of cold/restored.
-func speedups(cold, restored []float64) string {
-	var q []float64
-	for i := range min(len(cold), len(restored)) {
-		if restored[i] > 0 {
-			q = append(q, cold[i]/restored[i])
-		}
-	}
-	s := stats(q)
-	if s.Min == s.Max {
-		return fmt.Sprintf("%.1fx", s.Median)
-	}
-	return fmt.Sprintf("%.1fx (%.1f–%.1f)", s.Median, s.Min, s.Max)
-}
+func speedups(cold, restored []float64) string { return pairedRatios(cold, restored, 1) }
 
 // ratios pairs a[i] with b[i] (measured moments apart) and gives the
 // median (min–max) of a[i]/b[i].
-func ratios(a, b []float64) string {
+func ratios(a, b []float64) string { return pairedRatios(a, b, 2) }
+
+// pairedRatios is the median (min–max) of a[i]/b[i], with digits decimals.
+func pairedRatios(a, b []float64, digits int) string {
 	var q []float64
 	for i := range min(len(a), len(b)) {
 		if b[i] > 0 {
@@ -120,9 +111,9 @@ func ratios(a, b []float64) string {
 	}
 	s := stats(q)
 	if s.Min == s.Max {
-		return fmt.Sprintf("%.2fx", s.Median)
+		return fmt.Sprintf("%.*fx", digits, s.Median)
 	}
-	return fmt.Sprintf("%.2fx (%.2f–%.2f)", s.Median, s.Min, s.Max)
+	return fmt.Sprintf("%.*fx (%.*f–%.*f)", digits, s.Median, digits, s.Min, digits, s.Max)
 }
 
 func writeBench(dir string, r *results) error {

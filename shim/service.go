@@ -423,9 +423,9 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*em
 	s.mu.Unlock()
 	if left == 0 {
 		s.endingOnce.Do(func() { close(s.ending) })
-	}
-	if left == 0 && !s.waitFilling(ctx) {
-		log.G(ctx).Warn("snapboot: the shim is shutting down before its cache fill ended; the next restore of the checkpoint downloads it again")
+		if !s.waitFilling(ctx) {
+			log.G(ctx).Warn("snapboot: the shim is shutting down before its cache fill ended; the next restore of the checkpoint downloads it again")
+		}
 	}
 	return s.TTRPCTaskService.Shutdown(ctx, r)
 }
@@ -461,9 +461,9 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return nil, err
 	}
 	resp, err := s.TTRPCTaskService.Delete(ctx, r)
-	if err != nil && r.ExecID == "" && errdefs.IsNotFound(errgrpc.ToNative(err)) {
-		// Gone already: a Start fallback whose cold create failed after
-		// it had deleted the failed restore. It is not left.
+	if r.ExecID == "" && (err == nil || errdefs.IsNotFound(errgrpc.ToNative(err))) {
+		// Not left, also when gone already: a Start fallback whose cold
+		// create failed after it had deleted the failed restore.
 		s.mu.Lock()
 		delete(s.live, r.ID)
 		s.mu.Unlock()
@@ -480,7 +480,6 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		delete(s.running, r.ID)
 		delete(s.replaced, r.ID)
 		delete(s.restored, r.ID)
-		delete(s.live, r.ID)
 		s.mu.Unlock()
 		plan.Release()
 	}

@@ -7,26 +7,37 @@ import (
 	"time"
 )
 
-// link is a TCP proxy to the registry that carries the registry's answers
-// at a set rate, like a network link of that speed between a node and its
-// registry (no added latency). The bench restores through it to show what
-// the pull costs when it is not on loopback.
+// link is a TCP proxy to the registry that behaves like a network link
+// between a node and its registry: it carries the registry's answers at
+// the payload rate of an Ethernet link of a set speed and delays each
+// direction by half a round trip. The bench restores through it to show
+// what the pull costs when it is not on loopback. It does not model TCP's
+// slow start or losses.
 type link struct {
-	ln  net.Listener
-	to  string
-	bps float64 // bytes per second, registry to node
+	ln     net.Listener
+	to     string
+	bps    float64       // payload bytes per second, registry to node
+	oneWay time.Duration // half the round trip
 
 	mu   sync.Mutex
 	next time.Time // when the link is free again
 	wg   sync.WaitGroup
 }
 
-func startLink(to string, mbps int) (*link, error) {
+// ethernetPayload is the share of an Ethernet link's bits that is TCP
+// payload: 1448 bytes (a 1500-byte MTU less the IP and TCP headers with
+// timestamps) per 1538 on the wire (Ethernet header, FCS, preamble and the
+// gap between frames).
+const ethernetPayload = 1448.0 / 1538.0
+
+// startLink starts a link of mbps megabits per second and round trip rtt
+// to the TCP address to.
+func startLink(to string, mbps int, rtt time.Duration) (*link, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	l := &link{ln: ln, to: to, bps: float64(mbps) * 1e6 / 8}
+	l := &link{ln: ln, to: to, bps: float64(mbps) * 1e6 / 8 * ethernetPayload, oneWay: rtt / 2}
 	l.wg.Go(l.serve)
 	return l, nil
 }
@@ -56,19 +67,50 @@ func (l *link) proxy(c net.Conn) {
 	}
 	defer up.Close()
 	go func() {
-		io.Copy(up, c)
+		l.carry(up, c, false)
 		up.(*net.TCPConn).CloseWrite()
 	}()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := up.Read(buf)
-		if n > 0 {
-			l.pace(n)
-			if _, werr := c.Write(buf[:n]); werr != nil {
+	l.carry(c, up, true)
+}
+
+// chunk is what a link carries, and when it arrives at the other end.
+type chunk struct {
+	b   []byte
+	due time.Time
+}
+
+// carry copies src to dst as the link would: each chunk arrives half a
+// round trip after it was sent and, if paced, after the link had room for
+// it. Chunks in flight queue between a reader and a writer, so the delay
+// does not lower the rate.
+func (l *link) carry(dst io.Writer, src io.ReadCloser, paced bool) {
+	q := make(chan chunk, 256)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(q)
+		for {
+			buf := make([]byte, 64<<10)
+			n, err := src.Read(buf)
+			if n > 0 {
+				if paced {
+					l.pace(n)
+				}
+				q <- chunk{buf[:n], time.Now().Add(l.oneWay)}
+			}
+			if err != nil {
 				return
 			}
 		}
-		if err != nil {
+	})
+	defer wg.Wait()
+	for c := range q {
+		if d := time.Until(c.due); d > 0 {
+			time.Sleep(d)
+		}
+		if _, err := dst.Write(c.b); err != nil {
+			src.Close() // ends the reader's read
+			for range q {
+			}
 			return
 		}
 	}

@@ -91,8 +91,12 @@ type stack struct {
 	wholeConfigPath string
 }
 
-// linkMbps is the speed of the simulated link to the registry.
-const linkMbps = 1000
+// linkMbps and linkRTT are the speed and the round trip of the simulated
+// link to the registry: a registry in the node's data centre.
+const (
+	linkMbps = 1000
+	linkRTT  = time.Millisecond
+)
 
 func (s *stack) stop() {
 	if s.link != nil {
@@ -132,7 +136,7 @@ func newStack(dir, binDir string) (*stack, error) {
 		return nil, err
 	}
 	var err error
-	if s.link, err = startLink(s.registryAddr, linkMbps); err != nil {
+	if s.link, err = startLink(s.registryAddr, linkMbps, linkRTT); err != nil {
 		return nil, err
 	}
 	if err := s.startPostgres(); err != nil {

@@ -12,16 +12,20 @@
 #     drop-in /etc/containerd/conf.d/snapboot.toml, imports it from
 #     /etc/containerd/config.toml, checks the result with
 #     `containerd config dump`, and restarts containerd (systemd);
-#  5. sleeps, unless SNAPBOOT_SLEEP=false (the DaemonSet runs it as an init
+#  5. with SNAPBOOT_LABEL_NODE=true (the DaemonSet's setting), labels the
+#     node snapboot.dev/node=true through the API server, once containerd
+#     runs with the runtime: the RuntimeClass schedules pods by that label
+#     (deploy/rbac.yaml allows it);
+#  6. sleeps, unless SNAPBOOT_SLEEP=false (the DaemonSet runs it as an init
 #     container, which must end).
 #
 # Idempotent: what is in place already is left alone, and containerd is
 # restarted only when its configuration changed. Host commands run in the
 # host's mount namespace (nsenter into PID 1), as kata-deploy does.
 #
-# `install.sh uninstall` removes the drop-in and its import, the binaries and
-# the node config, and restarts containerd; pods of the snapboot runtime class
-# must be gone first.
+# `install.sh uninstall` removes the node's label (SNAPBOOT_LABEL_NODE=true),
+# the drop-in and its import, the binaries and the node config, and restarts
+# containerd; pods of the snapboot runtime class must be gone first.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -37,6 +41,9 @@ SKIP_CRIU_CHECK=${SNAPBOOT_SKIP_CRIU_CHECK:-false}
 RESTART=${SNAPBOOT_RESTART_CONTAINERD:-true}
 CONTAINERD_UNIT=${SNAPBOOT_CONTAINERD_UNIT:-containerd}
 NODE=${NODE_NAME:-$(uname -n)}
+LABEL_NODE=${SNAPBOOT_LABEL_NODE:-false}
+NODE_LABEL=${SNAPBOOT_NODE_LABEL:-snapboot.dev/node}   # the RuntimeClass's nodeSelector
+SA_DIR=${SNAPBOOT_SERVICEACCOUNT_DIR:-/var/run/secrets/kubernetes.io/serviceaccount}
 
 # host_exec runs a command in the host's mount namespace (its binaries, its
 # /etc). SNAPBOOT_HOST_EXEC overrides the prefix ("" runs it right here).
@@ -202,14 +209,16 @@ add_import() {
   echo changed
 }
 
+# restart_containerd restarts containerd; it returns 1 (and says why) when
+# it did not, so that containerd still runs without the runtime.
 restart_containerd() {
   if [ "$RESTART" != true ]; then
     log "containerd's configuration changed; restart containerd on this node to load the snapboot runtime (SNAPBOOT_RESTART_CONTAINERD=$RESTART)"
-    return 0
+    return 1
   fi
   if ! host_exec systemctl is-active --quiet "$CONTAINERD_UNIT" 2>/dev/null; then
     log "WARNING: containerd is not the active systemd unit $CONTAINERD_UNIT here; restart containerd yourself to load the snapboot runtime"
-    return 0
+    return 1
   fi
   log "restarting $CONTAINERD_UNIT (running containers keep running)"
   host_exec systemctl restart "$CONTAINERD_UNIT"
@@ -224,9 +233,72 @@ restart_containerd() {
   die "containerd did not come back within 60s after the restart: journalctl -u $CONTAINERD_UNIT on the node"
 }
 
+# containerd_started_after FILE...: the running containerd (the systemd
+# unit's main process) started after each FILE was last written, so it has
+# loaded them.
+containerd_started_after() {
+  local pid stat start_ticks hz btime started f
+  pid=$(host_exec systemctl show -p MainPID --value "$CONTAINERD_UNIT" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ "$pid" != 0 ] && [ -r "/proc/$pid/stat" ] || return 1
+  stat=$(<"/proc/$pid/stat")
+  stat=${stat##*) }                                  # the fields after the command name
+  start_ticks=$(awk '{print $20}' <<<"$stat")       # field 22, starttime
+  hz=$(getconf CLK_TCK)
+  btime=$(awk '$1 == "btime" {print $2}' /proc/stat)
+  started=$((btime + start_ticks / hz))
+  # Both times are whole seconds (btime is rounded), hence the second's
+  # slack: a file written in the second containerd started counts as loaded.
+  for f in "$@"; do
+    [ -e "$f" ] || continue
+    [ "$(stat -c %Y "$f")" -le $((started + 1)) ] || return 1
+  done
+}
+
+# check_label_access: what label_node needs is there (checked before
+# anything is changed).
+check_label_access() {
+  [ -n "${NODE_NAME:-}" ] || die "SNAPBOOT_LABEL_NODE=true needs NODE_NAME (the downward API's spec.nodeName)"
+  if [ ! -r "$SA_DIR/token" ] || [ ! -r "$SA_DIR/ca.crt" ] || [ -z "${KUBERNETES_SERVICE_HOST:-}" ]; then
+    die "SNAPBOOT_LABEL_NODE=true, but this pod has no service account token in $SA_DIR or no KUBERNETES_SERVICE_HOST; nothing was changed. Apply deploy/rbac.yaml and mount the token as deploy/daemonset.yaml does, or set SNAPBOOT_LABEL_NODE=false and label the node by hand (kubectl label node $NODE_NAME $NODE_LABEL=true)"
+  fi
+}
+
+# label_node VALUE: sets the node's $NODE_LABEL to "true", or removes it
+# (VALUE null), through the API server with the pod's service account
+# (deploy/rbac.yaml). The token goes to curl on its standard input, not on
+# its command line (the pod shares the node's PID namespace).
+label_node() {
+  local value=$1 token host body out
+  check_label_access
+  token=$(<"$SA_DIR/token")
+  host=$KUBERNETES_SERVICE_HOST
+  [[ $host != *:* ]] || host="[$host]"             # IPv6
+  if [ "$value" = null ]; then body="{\"metadata\":{\"labels\":{\"$NODE_LABEL\":null}}}"; else body="{\"metadata\":{\"labels\":{\"$NODE_LABEL\":\"true\"}}}"; fi
+  if ! out=$(printf 'header = "Authorization: Bearer %s"\n' "$token" |
+    curl --config - --silent --show-error --fail-with-body --max-time 30 --retry 3 \
+      --cacert "$SA_DIR/ca.crt" --request PATCH \
+      --header 'Content-Type: application/merge-patch+json' --data "$body" \
+      --output /dev/null --write-out '%{http_code}' \
+      "https://$host:${KUBERNETES_SERVICE_PORT:-443}/api/v1/nodes/$NODE_NAME" 2>&1); then
+    die "could not label node $NODE_NAME through the API server (${out}): does the service account have deploy/rbac.yaml's ClusterRole (nodes: get, patch)? Or set SNAPBOOT_LABEL_NODE=false and label the node by hand"
+  fi
+  if [ "$value" = null ]; then
+    log "removed the label $NODE_LABEL from node $NODE_NAME"
+  else
+    log "labelled node $NODE_NAME $NODE_LABEL=true: the snapboot RuntimeClass schedules pods here"
+  fi
+}
+
+# runtime_loaded: containerd runs with the snapboot runtime; labels the
+# node when SNAPBOOT_LABEL_NODE=true.
+runtime_loaded() {
+  [ "$LABEL_NODE" != true ] || label_node true
+}
+
 install() {
   check_criu
   check_containerd
+  [ "$LABEL_NODE" != true ] || check_label_access
 
   local changed check
   for b in containerd-shim-snapboot-v1 snapboot; do
@@ -239,6 +311,9 @@ install() {
       die "the ConfigMap's node configuration is not valid, nothing was installed: $check"
     log "$check"
   fi
+  local dump
+  dump=$(containerd_dump) || die "\`containerd config dump\` fails on this node before any change; nothing was installed:
+$dump"
   for b in containerd-shim-snapboot-v1 snapboot; do
     changed=$(install_file "$SRC/$b" "$BIN_DIR/$b" 0755)
     [ -z "$changed" ] || log "installed $BIN_DIR/$b"
@@ -250,11 +325,9 @@ install() {
     log "no node config at $NODE_CONFIG_SRC (ConfigMap): the shim's defaults deny every restore"
   fi
 
-  local dump
-  dump=$(containerd_dump) || die "\`containerd config dump\` fails on this node before any change:
-$dump"
   if has_snapboot_runtime "$dump" && [ ! -e "$HOST_ROOT$DROPIN" ]; then
     log "containerd already has a snapboot runtime (configured outside $DROPIN); leaving its configuration alone"
+    runtime_loaded
     return 0
   fi
 
@@ -281,6 +354,12 @@ EOF
   if [ -z "$c1$c2" ]; then
     rm -f "$cfg.snapboot-tmp" "$HOST_ROOT$DROPIN.snapboot-tmp"
     log "containerd's configuration is up to date"
+    if [ "$LABEL_NODE" = true ] && ! containerd_started_after "$cfg" "$HOST_ROOT$DROPIN"; then
+      # An earlier run wrote it without a restart (SNAPBOOT_RESTART_CONTAINERD=false).
+      log "containerd has not been restarted since its configuration was written: the node is not labelled $NODE_LABEL=true"
+      return 0
+    fi
+    runtime_loaded
     return 0
   fi
   if ! dump=$(containerd_dump) || ! has_snapboot_runtime "$dump"; then
@@ -293,11 +372,19 @@ $dump"
   rm -f "$cfg.snapboot-tmp" "$HOST_ROOT$DROPIN.snapboot-tmp"
   [ -z "$c1" ] || log "wrote $DROPIN"
   [ -z "$c2" ] || log "$CONTAINERD_CONFIG imports $DROPIN"
-  restart_containerd
+  if restart_containerd; then
+    runtime_loaded
+  elif [ "$LABEL_NODE" = true ]; then
+    log "the node is not labelled $NODE_LABEL=true until containerd runs with the runtime: run this again after the restart"
+  fi
 }
 
 uninstall() {
   local cfg=$HOST_ROOT$CONTAINERD_CONFIG changed=
+  # First, so that no new snapboot pod is scheduled here.
+  if [ "$LABEL_NODE" = true ]; then
+    label_node null
+  fi
   if [ -e "$HOST_ROOT$DROPIN" ]; then
     rm -f "$HOST_ROOT$DROPIN"
     changed=1
@@ -309,14 +396,18 @@ uninstall() {
   rm -f "$HOST_ROOT$BIN_DIR/containerd-shim-snapboot-v1" "$HOST_ROOT$BIN_DIR/snapboot" "$HOST_ROOT$NODE_CONFIG"
   log "removed the binaries, $NODE_CONFIG and the containerd drop-in (the cache under /var/lib/snapboot stays)"
   if [ -n "$changed" ]; then
-    restart_containerd
+    restart_containerd || true
   fi
 }
 
 case ${1:-install} in
   install)
     install
-    log "done: snapboot is installed; label the node snapboot.dev/node=true (the RuntimeClass's) if it is not yet"
+    if [ "$LABEL_NODE" = true ]; then
+      log "done"
+    else
+      log "done: snapboot is installed; label the node $NODE_LABEL=true (the RuntimeClass's) once containerd runs with it, if it is not yet"
+    fi
     ;;
   uninstall)
     uninstall

@@ -97,7 +97,7 @@ go_install() {
   go install "$@" "$pkg"
 }
 
-apt_install ca-certificates iptables nftables libseccomp-dev pkg-config busybox-static iproute2 zstd lz4 tar
+apt_install ca-certificates iptables nftables libseccomp-dev pkg-config busybox-static iproute2 zstd lz4 tar curl
 install_criu
 
 go_install containerd "$CONTAINERD_VERSION" "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" &
@@ -159,7 +159,7 @@ if [ "${SNAPBOOT_DEMO_DEPS:-}" = 1 ]; then
     log "apt-get install locales=$libc_version (the libc6's)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "locales=$libc_version" "libc-l10n=$libc_version" >/dev/null
   fi
-  apt_install postgresql debootstrap curl
+  apt_install postgresql debootstrap
 fi
 
 log "ok: containerd $("$BIN/containerd" --version | awk '{print $3}'), runc $("$BIN/runc" --version | awk 'NR==1{print $3}'), criu $(criu --version | awk '/Version/{print $2}'), registry $("$BIN/registry" --version | awk '{print $3}'), oras $("$BIN/oras" version | awk '/Version/{print $2}'), $("$BIN/nerdctl" --version)"

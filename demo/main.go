@@ -434,8 +434,8 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 		r.Pull = append(r.Pull, tm["pull_s"]+tm["streamed_s"])
 		r.PullBeforeRestore, r.CRIU = append(r.PullBeforeRestore, tm["pull_s"]), append(r.CRIU, tm["restore_s"])
 		r.FirstBody = body
-		say("restored (cold cache) to first 200: %.2fs (pull %.2fs, unpack %.2fs, runc restore %.2fs while the page images downloaded for %.2fs more); it answered %q",
-			t.Seconds(), tm["pull_s"], tm["unpack_s"], tm["restore_s"], tm["streamed_s"], tail(body, 1))
+		say("restored (cold cache) to first 200: %.2fs (download %.2fs: %.2fs before the runc restore, the rest during its %.2fs); it answered %q",
+			t.Seconds(), tm["pull_s"]+tm["streamed_s"], tm["pull_s"], tm["restore_s"], tail(body, 1))
 		// Removed once its restore has filled the cache (see
 		// snapbootByClient).
 		if err := d.waitCached(ctx, ref); err != nil {

@@ -221,7 +221,8 @@ restart_containerd() {
     return 1
   fi
   log "restarting $CONTAINERD_UNIT (running containers keep running)"
-  host_exec systemctl restart "$CONTAINERD_UNIT"
+  # Called where errexit does not hold (if, ||): a failure must end here.
+  host_exec systemctl restart "$CONTAINERD_UNIT" || die "systemctl restart $CONTAINERD_UNIT failed: journalctl -u $CONTAINERD_UNIT on the node"
   local _
   for _ in $(seq 1 60); do
     if host_exec systemctl is-active --quiet "$CONTAINERD_UNIT"; then
@@ -233,25 +234,42 @@ restart_containerd() {
   die "containerd did not come back within 60s after the restart: journalctl -u $CONTAINERD_UNIT on the node"
 }
 
-# containerd_started_after FILE...: the running containerd (the systemd
-# unit's main process) started after each FILE was last written, so it has
-# loaded them.
-containerd_started_after() {
+# containerd_loaded FILE...: whether the running containerd (the systemd
+# unit's main process) started after each FILE was last written, and so has
+# loaded them. Returns 0 if it did, 1 if it did not (it is older than a
+# file), 2 if it cannot tell (no such unit, or its process is gone).
+containerd_loaded() {
   local pid stat start_ticks hz btime started f
-  pid=$(host_exec systemctl show -p MainPID --value "$CONTAINERD_UNIT" 2>/dev/null) || return 1
-  [ -n "$pid" ] && [ "$pid" != 0 ] && [ -r "/proc/$pid/stat" ] || return 1
-  stat=$(<"/proc/$pid/stat")
+  pid=$(host_exec systemctl show -p MainPID --value "$CONTAINERD_UNIT" 2>/dev/null) || return 2
+  [[ $pid =~ ^[0-9]+$ ]] && [ "$pid" != 0 ] || return 2
+  read -r stat <"/proc/$pid/stat" 2>/dev/null || return 2
   stat=${stat##*) }                                  # the fields after the command name
   start_ticks=$(awk '{print $20}' <<<"$stat")       # field 22, starttime
-  hz=$(getconf CLK_TCK)
-  btime=$(awk '$1 == "btime" {print $2}' /proc/stat)
+  hz=$(getconf CLK_TCK 2>/dev/null) || return 2
+  btime=$(awk '$1 == "btime" {print $2}' /proc/stat 2>/dev/null) || return 2
+  [[ $start_ticks =~ ^[0-9]+$ && $hz =~ ^[1-9][0-9]*$ && $btime =~ ^[0-9]+$ ]] || return 2
   started=$((btime + start_ticks / hz))
-  # Both times are whole seconds (btime is rounded), hence the second's
-  # slack: a file written in the second containerd started counts as loaded.
+  # Both are whole seconds (btime truncated, the start rounded down), so
+  # the true start is started or the second after: a file written in that
+  # second counts as loaded.
   for f in "$@"; do
     [ -e "$f" ] || continue
     [ "$(stat -c %Y "$f")" -le $((started + 1)) ] || return 1
   done
+  return 0
+}
+
+# label_if_loaded FILE...: labels the node if containerd has loaded FILE...
+# (containerd_loaded); otherwise says why not. Returns 0 either way.
+label_if_loaded() {
+  [ "$LABEL_NODE" = true ] || return 0
+  local rc=0
+  containerd_loaded "$@" || rc=$?
+  case $rc in
+    0) label_node true ;;
+    1) log "containerd has not been restarted since its configuration was written: the node is not labelled $NODE_LABEL=true. Restart containerd, then delete this pod (the DaemonSet makes a new one, which labels the node)" ;;
+    *) log "WARNING: cannot tell whether containerd runs with the snapboot runtime (no main process for the systemd unit $CONTAINERD_UNIT; set SNAPBOOT_CONTAINERD_UNIT): the node is not labelled $NODE_LABEL=true. Once containerd runs with it, label the node by hand (kubectl label node $NODE $NODE_LABEL=true)" ;;
+  esac
 }
 
 # check_label_access: what label_node needs is there (checked before
@@ -268,31 +286,29 @@ check_label_access() {
 # (deploy/rbac.yaml). The token goes to curl on its standard input, not on
 # its command line (the pod shares the node's PID namespace).
 label_node() {
-  local value=$1 token host body out
+  local value=$1 token host body out answer
   check_label_access
   token=$(<"$SA_DIR/token")
   host=$KUBERNETES_SERVICE_HOST
   [[ $host != *:* ]] || host="[$host]"             # IPv6
   if [ "$value" = null ]; then body="{\"metadata\":{\"labels\":{\"$NODE_LABEL\":null}}}"; else body="{\"metadata\":{\"labels\":{\"$NODE_LABEL\":\"true\"}}}"; fi
+  answer=$(mktemp)
   if ! out=$(printf 'header = "Authorization: Bearer %s"\n' "$token" |
     curl --config - --silent --show-error --fail-with-body --max-time 30 --retry 3 \
       --cacert "$SA_DIR/ca.crt" --request PATCH \
       --header 'Content-Type: application/merge-patch+json' --data "$body" \
-      --output /dev/null --write-out '%{http_code}' \
+      --output "$answer" \
       "https://$host:${KUBERNETES_SERVICE_PORT:-443}/api/v1/nodes/$NODE_NAME" 2>&1); then
-    die "could not label node $NODE_NAME through the API server (${out}): does the service account have deploy/rbac.yaml's ClusterRole (nodes: get, patch)? Or set SNAPBOOT_LABEL_NODE=false and label the node by hand"
+    out="$out; the API server answered: $(head -c 2048 "$answer")"
+    rm -f "$answer"
+    die "could not label node $NODE_NAME through the API server ($out). Does the service account have deploy/rbac.yaml's ClusterRole (nodes: patch), and does deploy/own-node-policy.yaml allow it? Or set SNAPBOOT_LABEL_NODE=false and label the node by hand"
   fi
+  rm -f "$answer"
   if [ "$value" = null ]; then
     log "removed the label $NODE_LABEL from node $NODE_NAME"
   else
     log "labelled node $NODE_NAME $NODE_LABEL=true: the snapboot RuntimeClass schedules pods here"
   fi
-}
-
-# runtime_loaded: containerd runs with the snapboot runtime; labels the
-# node when SNAPBOOT_LABEL_NODE=true.
-runtime_loaded() {
-  [ "$LABEL_NODE" != true ] || label_node true
 }
 
 install() {
@@ -327,7 +343,7 @@ $dump"
 
   if has_snapboot_runtime "$dump" && [ ! -e "$HOST_ROOT$DROPIN" ]; then
     log "containerd already has a snapboot runtime (configured outside $DROPIN); leaving its configuration alone"
-    runtime_loaded
+    label_if_loaded "$HOST_ROOT$CONTAINERD_CONFIG"
     return 0
   fi
 
@@ -354,12 +370,8 @@ EOF
   if [ -z "$c1$c2" ]; then
     rm -f "$cfg.snapboot-tmp" "$HOST_ROOT$DROPIN.snapboot-tmp"
     log "containerd's configuration is up to date"
-    if [ "$LABEL_NODE" = true ] && ! containerd_started_after "$cfg" "$HOST_ROOT$DROPIN"; then
-      # An earlier run wrote it without a restart (SNAPBOOT_RESTART_CONTAINERD=false).
-      log "containerd has not been restarted since its configuration was written: the node is not labelled $NODE_LABEL=true"
-      return 0
-    fi
-    runtime_loaded
+    # An earlier run may have written it without a restart.
+    label_if_loaded "$cfg" "$HOST_ROOT$DROPIN"
     return 0
   fi
   if ! dump=$(containerd_dump) || ! has_snapboot_runtime "$dump"; then
@@ -373,9 +385,9 @@ $dump"
   [ -z "$c1" ] || log "wrote $DROPIN"
   [ -z "$c2" ] || log "$CONTAINERD_CONFIG imports $DROPIN"
   if restart_containerd; then
-    runtime_loaded
+    [ "$LABEL_NODE" != true ] || label_node true
   elif [ "$LABEL_NODE" = true ]; then
-    log "the node is not labelled $NODE_LABEL=true until containerd runs with the runtime: run this again after the restart"
+    log "the node is not labelled $NODE_LABEL=true until containerd runs with the runtime: restart containerd, then delete this pod (the DaemonSet makes a new one, which labels the node)"
   fi
 }
 

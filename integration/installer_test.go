@@ -39,6 +39,9 @@ type fakeAPIServer struct {
 	mu      sync.Mutex
 	status  int // answer to every request; 200 unless set
 	patches []nodePatch
+	// restarts counts containerd's restarts on the node being tested, for
+	// RestartsBefore.
+	restarts func() int
 }
 
 type nodePatch struct {
@@ -48,6 +51,9 @@ type nodePatch struct {
 	// while the request was made (the installer's pod shares the node's
 	// PID namespace: any process there could read it).
 	TokenInCmdline string
+	// RestartsBefore is how many times containerd had been restarted when
+	// the request came.
+	RestartsBefore int
 }
 
 // tokenInCmdline returns a process whose command line holds token, if one
@@ -66,7 +72,7 @@ func tokenInCmdline(token string) string {
 }
 
 func newFakeAPIServer(t *testing.T) *fakeAPIServer {
-	a := &fakeAPIServer{status: http.StatusOK}
+	a := &fakeAPIServer{status: http.StatusOK, restarts: func() int { return 0 }}
 	a.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		var doc struct {
@@ -82,8 +88,15 @@ func newFakeAPIServer(t *testing.T) *fakeAPIServer {
 		}
 		a.patches = append(a.patches, nodePatch{Path: r.URL.Path, Auth: r.Header.Get("Authorization"),
 			ContentType: r.Header.Get("Content-Type"), Labels: doc.Metadata.Labels,
-			TokenInCmdline: tokenInCmdline(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "))})
+			TokenInCmdline: tokenInCmdline(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")),
+			RestartsBefore: a.restarts()})
+		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(a.status)
+		if a.status != http.StatusOK {
+			// What a refusal by RBAC says.
+			fmt.Fprintf(w, `{"kind":"Status","status":"Failure","message":"nodes \"node-a\" is forbidden: User \"system:serviceaccount:kube-system:snapboot-installer\" cannot patch resource \"nodes\"","reason":"Forbidden","code":%d}`, a.status)
+			return
+		}
 		fmt.Fprint(w, `{"kind":"Node"}`)
 	}))
 	a.srv.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
@@ -121,13 +134,21 @@ type installerNode struct {
 
 // fakeSystemctl stands in for the node's systemd: is-active says yes, a
 // restart starts a process and makes it the unit's main process, and show
-// prints that process (0 before any restart).
+// prints that process (0 before any restart). With FAKE_NOT_SYSTEMD=1 there
+// is no such unit: is-active fails and show prints 0, as systemd does.
 const fakeSystemctl = `#!/bin/sh
 echo "$*" >>"$FAKE_SYSTEMCTL_LOG"
+if [ "${FAKE_NOT_SYSTEMD:-}" = 1 ]; then
+  case "$1" in
+    is-active) exit 3 ;;
+    show) echo 0 ;;
+  esac
+  exit 0
+fi
 case "$1" in
   is-active) exit 0 ;;
-  restart) sleep 600 </dev/null >/dev/null 2>&1 & echo $! >"$FAKE_MAIN_PID" ;;
-  show) if [ -s "$FAKE_MAIN_PID" ]; then cat "$FAKE_MAIN_PID"; else echo 0; fi ;;
+  restart) sleep 600 </dev/null >/dev/null 2>&1 & echo $! >>"$FAKE_MAIN_PID" ;;
+  show) if [ -s "$FAKE_MAIN_PID" ]; then tail -n 1 "$FAKE_MAIN_PID"; else echo 0; fi ;;
 esac
 `
 
@@ -186,7 +207,8 @@ func newInstallerNode(t *testing.T, api *fakeAPIServer) *installerNode {
 		"FAKE_SYSTEMCTL_LOG":          n.systemctlLog,
 		"FAKE_MAIN_PID":               n.mainPIDFile,
 	}
-	t.Cleanup(n.stopMainProcess)
+	t.Cleanup(n.stopMainProcesses)
+	api.restarts = n.restarts
 	return n
 }
 
@@ -207,16 +229,50 @@ func repoFile(t *testing.T, elem ...string) string {
 	return p
 }
 
-// stopMainProcess stops the stand-in containerd main process, if any.
-func (n *installerNode) stopMainProcess() {
+// stopMainProcesses stops every stand-in containerd main process the
+// restarts started.
+func (n *installerNode) stopMainProcesses() {
 	b, err := os.ReadFile(n.mainPIDFile)
 	if err != nil {
 		return
 	}
-	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 	_ = os.Remove(n.mainPIDFile)
+}
+
+// startMainProcess starts a process and makes it containerd's main
+// process, as a restart by hand would.
+func (n *installerNode) startMainProcess() {
+	n.t.Helper()
+	p := exec.Command("sleep", "600")
+	if err := p.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	go func() { _ = p.Wait() }()
+	f, err := os.OpenFile(n.mainPIDFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer f.Close()
+	fmt.Fprintln(f, p.Process.Pid)
+}
+
+// age sets the modification time of the node's containerd configuration
+// files to d from now (negative: in the past).
+func (n *installerNode) age(d time.Duration) {
+	n.t.Helper()
+	when := time.Now().Add(d)
+	for _, p := range []string{n.containerdConf, n.dropin} {
+		if exists(p) {
+			if err := os.Chtimes(p, when, when); err != nil {
+				n.t.Fatal(err)
+			}
+		}
+	}
 }
 
 // run runs install.sh with args and the node's environment plus extra
@@ -373,7 +429,11 @@ func TestInstaller(t *testing.T) {
 		if n.restarts() != 1 {
 			t.Fatalf("containerd restarted %d times, want 1:\n%s", n.restarts(), out)
 		}
-		wantLabel(t, api.takePatches(), "true")
+		p := api.takePatches()
+		wantLabel(t, p, "true")
+		if p[0].RestartsBefore != 1 {
+			t.Fatal("the node was labelled before containerd was restarted")
+		}
 
 		// Again: nothing to change, containerd not restarted; the node is
 		// labelled again (containerd started after its configuration).
@@ -384,7 +444,11 @@ func TestInstaller(t *testing.T) {
 		wantLabel(t, api.takePatches(), "true")
 
 		out = n.mustRun("uninstall")
-		wantLabel(t, api.takePatches(), "")
+		p = api.takePatches()
+		wantLabel(t, p, "")
+		if p[0].RestartsBefore != 1 {
+			t.Fatal("the label was removed after containerd was restarted without the runtime")
+		}
 		for _, p := range []string{n.dropin, filepath.Join(n.binDir, shimBinaryName), filepath.Join(n.binDir, cliBinaryName), n.nodeConf} {
 			if exists(p) {
 				t.Fatalf("uninstall left %s:\n%s", p, out)
@@ -430,20 +494,17 @@ imports = [%q]
 			t.Fatalf("the snapboot runtime does not use the systemd cgroup driver as runc does:\n%s", dump)
 		}
 
-		// Run again: containerd (its main process, PID 1 here, started
-		// before the files) still has not loaded the runtime.
-		writeFileT(t, n.mainPIDFile, "1\n")
+		// Run again: containerd's main process started before the files
+		// were last written (10 s before), so it has not loaded them.
+		n.startMainProcess()
+		n.age(10 * time.Second)
 		out = n.mustRun("install", "SNAPBOOT_RESTART_CONTAINERD=false")
 		if p := api.takePatches(); len(p) != 0 || !strings.Contains(out, "not been restarted") {
 			t.Fatalf("node labelled though containerd was not restarted (%d patches):\n%s", len(p), out)
 		}
-		// Once containerd has been restarted, the next run labels the node.
-		sleep := exec.Command("sleep", "600")
-		if err := sleep.Start(); err != nil {
-			t.Fatal(err)
-		}
-		writeFileT(t, n.mainPIDFile, strconv.Itoa(sleep.Process.Pid))
-		go func() { _ = sleep.Wait() }()
+		// Once containerd has been restarted after them, the next run
+		// labels the node.
+		n.age(-10 * time.Second)
 		n.mustRun("install", "SNAPBOOT_RESTART_CONTAINERD=false")
 		wantLabel(t, api.takePatches(), "true")
 	})
@@ -455,11 +516,19 @@ imports = [%q]
   runtime_type = "io.containerd.snapboot.v1"
 `
 		writeFileT(t, n.containerdConf, orig)
+		n.startMainProcess()
+		n.age(-10 * time.Second)
 		out := n.mustRun("install")
 		if readFileT(t, n.containerdConf) != orig || exists(n.dropin) || n.restarts() != 0 || !strings.Contains(out, "leaving its configuration alone") {
 			t.Fatalf("a snapboot runtime configured elsewhere was changed (restarts %d):\n%s", n.restarts(), out)
 		}
 		wantLabel(t, api.takePatches(), "true")
+		// Configured, but containerd not restarted since: not labelled.
+		n.age(10 * time.Second)
+		out = n.mustRun("install")
+		if p := api.takePatches(); len(p) != 0 || !strings.Contains(out, "not been restarted") {
+			t.Fatalf("node labelled though containerd was not restarted since its config changed (%d patches):\n%s", len(p), out)
+		}
 	})
 
 	t.Run("bad inputs change nothing", func(t *testing.T) {
@@ -488,6 +557,23 @@ imports = [%q]
 		}
 	})
 
+	t.Run("containerd not a systemd unit", func(t *testing.T) {
+		n := newInstallerNode(t, api)
+		out := n.mustRun("install", "FAKE_NOT_SYSTEMD=1")
+		if !exists(n.dropin) || !strings.Contains(out, "restart containerd yourself") || !strings.Contains(out, "not labelled") {
+			t.Fatalf("install beside a containerd systemd does not run:\n%s", out)
+		}
+		// Again: up to date, and no way to tell whether containerd has the
+		// runtime now.
+		out = n.mustRun("install", "FAKE_NOT_SYSTEMD=1")
+		if !strings.Contains(out, "cannot tell whether containerd runs with the snapboot runtime") {
+			t.Fatalf("second install beside a containerd systemd does not run:\n%s", out)
+		}
+		if p := api.takePatches(); len(p) != 0 {
+			t.Fatalf("node labelled though containerd may not have the runtime: %+v", p)
+		}
+	})
+
 	t.Run("labelling", func(t *testing.T) {
 		// Refused by the API server (no RBAC): the install fails, so that
 		// the init container retries and its state shows it.
@@ -495,7 +581,8 @@ imports = [%q]
 		api.setStatus(http.StatusForbidden)
 		code, out := n.run("install")
 		api.setStatus(http.StatusOK)
-		if code == 0 || !strings.Contains(out, "could not label node node-a") || !strings.Contains(out, "rbac.yaml") {
+		if code == 0 || !strings.Contains(out, "could not label node node-a") || !strings.Contains(out, "rbac.yaml") ||
+			!strings.Contains(out, `cannot patch resource \"nodes\"`) {
 			t.Fatalf("refused label: exit %d:\n%s", code, out)
 		}
 		api.takePatches()

@@ -24,7 +24,8 @@ const (
 )
 
 // MountDir makes an empty private directory in tmp/ for a mount point
-// (a streamed restore's page images), held by this process until release:
+// (a restore's page images, streamed or served from the cache), held by
+// this process until release:
 // release unmounts nothing, the caller unmounts and removes the directory
 // first. The directory of a process that died holding it is unmounted and
 // removed.

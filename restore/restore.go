@@ -94,6 +94,7 @@ type Plan struct {
 	scratch     func()    // removes the per-container files, needed until runc has restored
 	mountsCache bool      // the rootfs mounts a directory of the cache
 	stream      *stream   // the download still going on, for a streamed restore
+	served      *served   // the cached page images' mount, for a restore from the cache
 	detached    *detached // a failed download's directory the rootfs still stacks on
 	fill        *cached   // a streamed restore's cache fill, once the restore is done
 }
@@ -102,10 +103,15 @@ type Plan struct {
 // returned. If restored is true, the checkpoint then goes into the cache in
 // the background; otherwise the download is stopped and nothing is kept. It
 // returns why the download failed, if it did (a failed download fails the
-// restore: CRIU gets EIO for what did not arrive). It does nothing for a
-// restore that was not streamed.
+// restore: CRIU gets EIO for what did not arrive). For a restore from the
+// cache it unmounts the page images servePages served.
 func (p *Plan) FinishStream(ctx context.Context, restored bool) error {
-	if p == nil || p.stream == nil {
+	if p == nil {
+		return nil
+	}
+	p.served.close()
+	p.served = nil
+	if p.stream == nil {
 		return nil
 	}
 	s := p.stream
@@ -313,10 +319,28 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 		return nil, err
 	}
 	plan.scratch = removeScratch
-	if plan.stream != nil {
+	switch {
+	case plan.stream != nil:
 		linked := filepath.Join(scratch, "images")
-		if err := linkImages(plan.ImagesDir, linked, plan.stream, f.Checkpoint.Stream.Tail); err != nil {
+		if err := linkImages(plan.ImagesDir, linked, plan.stream.mountpoint, f.Checkpoint.Stream.Tail); err != nil {
 			return nil, fmt.Errorf("images directory for a streamed restore: %w", err)
+		}
+		plan.ImagesDir = linked
+	case f.Checkpoint.Stream != nil && len(f.Checkpoint.Stream.Tail) > 0:
+		// From the cache: the page images through a streamfs mount too
+		// (servePages says why), or from the files if it cannot mount.
+		sv, err := servePages(f.cache, plan.ImagesDir, f.Checkpoint.Stream.Tail)
+		if err != nil {
+			if !errors.Is(err, errNoStreamfs) {
+				return nil, fmt.Errorf("serving the cached page images: %w", err)
+			}
+			log.G(ctx).WithError(err).Debug("snapboot: the cached page images are read from their files")
+			break
+		}
+		plan.served = sv
+		linked := filepath.Join(scratch, "images")
+		if err := linkImages(plan.ImagesDir, linked, sv.mountpoint, f.Checkpoint.Stream.Tail); err != nil {
+			return nil, fmt.Errorf("images directory for a cached restore: %w", err)
 		}
 		plan.ImagesDir = linked
 	}

@@ -685,7 +685,7 @@ func TestLinkImages(t *testing.T) {
 	s := &stream{mountpoint: mnt}
 	tail := []oci.TailFile{{Name: "pages-1.img", Size: int64(len("pages-1.img"))}}
 	dir := filepath.Join(t.TempDir(), "images")
-	if err := linkImages(unpacked, dir, s, tail); err != nil {
+	if err := linkImages(unpacked, dir, s.mountpoint, tail); err != nil {
 		t.Fatal(err)
 	}
 	ents, err := os.ReadDir(dir)
@@ -708,7 +708,7 @@ func TestLinkImages(t *testing.T) {
 	if err := unix.Mkfifo(filepath.Join(unpacked, "fifo"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := linkImages(unpacked, filepath.Join(t.TempDir(), "images"), s, tail); !errors.Is(err, oci.ErrInvalidArtifact) {
+	if err := linkImages(unpacked, filepath.Join(t.TempDir(), "images"), s.mountpoint, tail); !errors.Is(err, oci.ErrInvalidArtifact) {
 		t.Fatalf("a fifo among the images: %v, want ErrInvalidArtifact", err)
 	}
 }
@@ -920,4 +920,74 @@ func TestStreamedPrepareBesideAnother(t *testing.T) {
 		t.Fatalf("the private copy is left: %v", err)
 	}
 	finishCached(t, e, first, pages)
+}
+
+// A restore from the cache serves the page images through a streamfs mount
+// of their cached files, unmounted once the restore is done; without FUSE
+// it links the files.
+func TestCachedPrepareServesPages(t *testing.T) {
+	needFUSE(t)
+	e := newEnv(t)
+	pages := randomPages(9 << 20)
+	e.reg.addStreamedLayers(t, "v1", pages, false)
+	plan, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	finishCached(t, e, plan, pages)
+	plan.Release()
+
+	plan, err = e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.Release()
+	if !plan.Cached || plan.served == nil {
+		t.Fatalf("cached=%v served=%v: want the cached page images served", plan.Cached, plan.served != nil)
+	}
+	mountpoint := plan.served.mountpoint
+	link, err := os.Readlink(filepath.Join(plan.ImagesDir, "pages-1.img"))
+	if err != nil || filepath.IsAbs(link) || filepath.Join(plan.ImagesDir, link) != filepath.Join(mountpoint, "pages-1.img") {
+		t.Fatalf("pages-1.img should be a relative symlink into %s: %q, %v", mountpoint, link, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(plan.ImagesDir, "pages-1.img")); err != nil || !bytes.Equal(b, pages) {
+		t.Fatalf("served pages-1.img: %d bytes, %v", len(b), err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(plan.ImagesDir, "inventory.img")); string(b) != inventoryImage(t, "v1") {
+		t.Fatalf("inventory.img: %q", b)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); !strings.Contains(string(mi), mountpoint) {
+		t.Fatalf("nothing mounted on %s", mountpoint)
+	}
+	if err := plan.FinishStream(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), e.cfg.Cache.Root) {
+		t.Fatalf("still mounted after the restore:\n%s", mi)
+	}
+	if _, err := os.Stat(mountpoint); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("mountpoint left: %v", err)
+	}
+
+	// No FUSE: the files themselves.
+	setMount(t, func(string, []streamfs.File, string) (*streamfs.FS, error) {
+		return nil, errors.New("no FUSE here")
+	})
+	plan2, err := e.prepare(t, "reg.test/apps/web:v1", overlayRootfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan2.Release()
+	if !plan2.Cached || plan2.served != nil {
+		t.Fatalf("cached=%v served=%v: want the files", plan2.Cached, plan2.served != nil)
+	}
+	if fi, err := os.Lstat(filepath.Join(plan2.ImagesDir, "pages-1.img")); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("pages-1.img without FUSE: %v, %v", fi, err)
+	}
+	ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "tmp"))
+	for _, ent := range ents {
+		if strings.HasPrefix(ent.Name(), "mnt-serve") {
+			t.Fatalf("mountpoint left in tmp after a failed mount: %s", ent.Name())
+		}
+	}
 }

@@ -39,10 +39,13 @@ import (
 )
 
 // File is one file the file system serves: its name in the mount's root
-// directory and its final size.
+// directory and its final size. A file with Backing is served from that
+// file (its first Size bytes, read again as often as asked), spliced into
+// the replies, and has no Writer; the caller keeps it open until Close.
 type File struct {
-	Name string
-	Size int64
+	Name    string
+	Size    int64
+	Backing *os.File
 }
 
 // FS is a mounted stream file system.
@@ -78,6 +81,7 @@ type file struct {
 	gone    bool  // Close let go of the content
 	writer  bool  // Writer was called
 	readTo  int64 // the end of the furthest read so far
+	backing *os.File
 }
 
 // A chunk is a run of a file's content: a block of the file system's own
@@ -139,7 +143,11 @@ func Mount(mountpoint string, files []File, spillDir string) (*FS, error) {
 		if _, dup := s.files[f.Name]; dup {
 			return nil, fmt.Errorf("streamfs: file %q listed twice", f.Name)
 		}
-		s.files[f.Name] = &file{name: f.Name, size: f.Size}
+		nf := &file{name: f.Name, size: f.Size, backing: f.Backing}
+		if f.Backing != nil {
+			nf.written, nf.writer = f.Size, true
+		}
+		s.files[f.Name] = nf
 	}
 	root := &rootNode{s: s}
 	timeout := time.Hour // nothing changes but content, and sizes are known
@@ -219,6 +227,8 @@ func (s *FS) Writer(name string) (io.Writer, error) {
 	switch {
 	case f == nil:
 		return nil, fmt.Errorf("streamfs: no file %q", name)
+	case f.backing != nil:
+		return nil, fmt.Errorf("streamfs: file %q is served from a file", name)
 	case f.writer:
 		return nil, fmt.Errorf("streamfs: file %q written twice", name)
 	}
@@ -632,6 +642,11 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 func (n *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if off >= n.f.size || len(dest) == 0 {
 		return fuse.ReadResultData(nil), 0
+	}
+	if b := n.f.backing; b != nil {
+		// Spliced from the file: its pages go from the page cache into
+		// the reader's pages, which the kernel pins before the copy.
+		return fuse.ReadResultFd(b.Fd(), off, int(min(int64(len(dest)), n.f.size-off))), 0
 	}
 	data, errno := n.s.read(n.f, dest, off)
 	if errno != 0 {

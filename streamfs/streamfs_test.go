@@ -564,3 +564,44 @@ func TestConnectionNotInherited(t *testing.T) {
 		t.Fatalf("a child holds the FUSE connection:\n%s", out)
 	}
 }
+
+// A file with a backing file is served from it, whole, at any offset and
+// more than once, and takes no writer.
+func TestBackedFile(t *testing.T) {
+	data := randomBytes(9<<20 + 123)
+	path := filepath.Join(t.TempDir(), "pages-1.img")
+	if err := os.WriteFile(path, append(data, "beyond the size"...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	backing, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backing.Close()
+	s := mount(t, File{Name: "pages-1.img", Size: int64(len(data)), Backing: backing})
+	if _, err := s.Writer("pages-1.img"); err == nil {
+		t.Fatal("a backed file took a writer")
+	}
+	f, err := os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for pass := 0; pass < 2; pass++ {
+		got, err := io.ReadAll(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("pass %d: read %d bytes, differing from the file's first %d", pass, len(got), len(data))
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make([]byte, 5000)
+	n, err := f.ReadAt(got, 4<<20-17)
+	if err != nil || n != len(got) || !bytes.Equal(got, data[4<<20-17:4<<20-17+5000]) {
+		t.Fatalf("read at an offset: %d bytes, %v", n, err)
+	}
+}

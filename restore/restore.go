@@ -330,19 +330,21 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 		// From the cache: the page images through a streamfs mount too
 		// (servePages says why), or from the files if it cannot mount.
 		sv, err := servePages(f.cache, plan.ImagesDir, f.Checkpoint.Stream.Tail)
-		if err != nil {
-			if !errors.Is(err, errNoStreamfs) {
-				return nil, fmt.Errorf("serving the cached page images: %w", err)
+		if err == nil {
+			linked := filepath.Join(scratch, "images")
+			if err = linkImages(plan.ImagesDir, linked, sv.mountpoint, f.Checkpoint.Stream.Tail); err == nil {
+				plan.served = sv
+				plan.ImagesDir = linked
+				break
 			}
-			log.G(ctx).WithError(err).Debug("snapboot: the cached page images are read from their files")
-			break
+			sv.close()
+			os.RemoveAll(linked)
 		}
-		plan.served = sv
-		linked := filepath.Join(scratch, "images")
-		if err := linkImages(plan.ImagesDir, linked, sv.mountpoint, f.Checkpoint.Stream.Tail); err != nil {
-			return nil, fmt.Errorf("images directory for a cached restore: %w", err)
+		if errors.Is(err, oci.ErrInvalidArtifact) {
+			return nil, fmt.Errorf("serving the cached page images: %w", err)
 		}
-		plan.ImagesDir = linked
+		// CRIU reads the files, as it can; the mount is faster only.
+		log.G(ctx).WithError(err).Warn("snapboot: cannot serve the cached page images through FUSE; CRIU reads them from their files")
 	}
 	// The caller's spec wins: CRIU would restore the donor's credentials.
 	filter, err := seccompFilter()

@@ -517,7 +517,6 @@ type served struct {
 	fs         *streamfs.FS
 	mountpoint string
 	release    func()
-	files      []*os.File
 }
 
 // servePages mounts the page images tail lists, from the unpacked CRIU
@@ -537,17 +536,24 @@ func servePages(c *cache.Cache, criuDir string, tail []oci.TailFile) (_ *served,
 		}
 	}()
 	files := make([]streamfs.File, 0, len(tail))
+	defer func() {
+		// streamfs serves duplicates of the descriptors.
+		for _, f := range files {
+			f.Backing.Close()
+		}
+	}()
 	for _, t := range tail {
 		f, err := os.Open(filepath.Join(criuDir, t.Name))
 		if err != nil {
 			return nil, err
 		}
-		sv.files = append(sv.files, f)
 		fi, err := f.Stat()
 		if err != nil {
+			f.Close()
 			return nil, err
 		}
 		if !fi.Mode().IsRegular() {
+			f.Close()
 			return nil, fmt.Errorf("%w: %s in the cache is not a regular file", oci.ErrInvalidArtifact, t.Name)
 		}
 		files = append(files, streamfs.File{Name: t.Name, Size: fi.Size(), Backing: f})
@@ -561,7 +567,7 @@ func servePages(c *cache.Cache, criuDir string, tail []oci.TailFile) (_ *served,
 	return sv, nil
 }
 
-// close unmounts the page images and lets go of their files.
+// close unmounts the page images.
 func (sv *served) close() {
 	if sv == nil {
 		return
@@ -569,13 +575,10 @@ func (sv *served) close() {
 	if sv.fs != nil {
 		if err := sv.fs.Close(); err != nil {
 			log.L.WithError(err).Warn("snapboot: unmounting the cached page images failed")
-			sv.release = nil // held until the shim exits; Prune unmounts it then
+			return // held until the shim exits; Prune unmounts it then
 		}
 	}
-	for _, f := range sv.files {
-		f.Close()
-	}
-	if sv.mountpoint != "" && sv.release != nil {
+	if sv.mountpoint != "" {
 		os.Remove(sv.mountpoint)
 		sv.release()
 	}

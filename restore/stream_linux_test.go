@@ -516,7 +516,7 @@ func TestStreamedMountFails(t *testing.T) {
 	}
 	ents, _ := os.ReadDir(filepath.Join(e.cfg.Cache.Root, "tmp"))
 	for _, ent := range ents {
-		if strings.HasPrefix(ent.Name(), "stream") {
+		if strings.HasPrefix(ent.Name(), "mnt-stream") {
 			t.Fatalf("mountpoint left in tmp: %s", ent.Name())
 		}
 	}

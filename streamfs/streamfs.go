@@ -41,7 +41,9 @@ import (
 // File is one file the file system serves: its name in the mount's root
 // directory and its final size. A file with Backing is served from that
 // file (its first Size bytes, read again as often as asked), spliced into
-// the replies, and has no Writer; the caller keeps it open until Close.
+// the replies, and has no Writer. Mount serves a duplicate of Backing's
+// descriptor, closed once the kernel's connection has ended: the caller
+// may close Backing once Mount returns.
 type File struct {
 	Name    string
 	Size    int64
@@ -70,6 +72,8 @@ type FS struct {
 	spilled  int64 // bytes spilled, in all
 	// lastRead is when a read last got its bytes, from any file.
 	lastRead time.Time
+	// backing is the duplicates of the backed files' descriptors.
+	backing []*os.File
 }
 
 type file struct {
@@ -143,8 +147,15 @@ func Mount(mountpoint string, files []File, spillDir string) (*FS, error) {
 		if _, dup := s.files[f.Name]; dup {
 			return nil, fmt.Errorf("streamfs: file %q listed twice", f.Name)
 		}
-		nf := &file{name: f.Name, size: f.Size, backing: f.Backing}
+		nf := &file{name: f.Name, size: f.Size}
 		if f.Backing != nil {
+			fd, err := unix.FcntlInt(f.Backing.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				s.closeBacking()
+				return nil, fmt.Errorf("streamfs: %s: %w", f.Name, err)
+			}
+			nf.backing = os.NewFile(uintptr(fd), f.Backing.Name())
+			s.backing = append(s.backing, nf.backing)
 			nf.written, nf.writer = f.Size, true
 		}
 		s.files[f.Name] = nf
@@ -176,9 +187,16 @@ func Mount(mountpoint string, files []File, spillDir string) (*FS, error) {
 		// go-fuse returns a failed handshake without unmounting: the
 		// mount may be there, served by no one.
 		_ = unix.Unmount(mountpoint, unix.MNT_FORCE|unix.MNT_DETACH)
+		s.closeBacking()
 		return nil, fmt.Errorf("streamfs: mount %s: %w", mountpoint, err)
 	}
 	s.server = server
+	go func() {
+		// Until the connection ends, a reply may still splice from them.
+		server.Wait()
+		s.closeBacking()
+	}()
+
 	if cloexecErr != nil {
 		s.Close()
 		return nil, fmt.Errorf("streamfs: mount %s: %w", mountpoint, cloexecErr)
@@ -193,6 +211,16 @@ func Mount(mountpoint string, files []File, spillDir string) (*FS, error) {
 		return nil, fmt.Errorf("streamfs: make %s private: %w", mountpoint, err)
 	}
 	return s, nil
+}
+
+// closeBacking closes the duplicated descriptors of backed files.
+func (s *FS) closeBacking() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range s.backing {
+		f.Close()
+	}
+	s.backing = nil
 }
 
 // closeFuseOnExec sets close-on-exec on every /dev/fuse descriptor of the
@@ -644,8 +672,15 @@ func (n *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		return fuse.ReadResultData(nil), 0
 	}
 	if b := n.f.backing; b != nil {
+		n.s.mu.Lock()
+		failed := n.s.err != nil || n.f.gone
+		n.s.mu.Unlock()
+		if failed {
+			return nil, syscall.EIO // closed
+		}
 		// Spliced from the file: its pages go from the page cache into
-		// the reader's pages, which the kernel pins before the copy.
+		// the reader's pages, which the kernel pins before the copy. The
+		// descriptor stays open until the connection has ended.
 		return fuse.ReadResultFd(b.Fd(), off, int(min(int64(len(dest)), n.f.size-off))), 0
 	}
 	data, errno := n.s.read(n.f, dest, off)

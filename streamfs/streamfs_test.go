@@ -577,8 +577,8 @@ func TestBackedFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer backing.Close()
 	s := mount(t, File{Name: "pages-1.img", Size: int64(len(data)), Backing: backing})
+	backing.Close() // the mount serves its own duplicate
 	if _, err := s.Writer("pages-1.img"); err == nil {
 		t.Fatal("a backed file took a writer")
 	}
@@ -603,5 +603,54 @@ func TestBackedFile(t *testing.T) {
 	n, err := f.ReadAt(got, 4<<20-17)
 	if err != nil || n != len(got) || !bytes.Equal(got, data[4<<20-17:4<<20-17+5000]) {
 		t.Fatalf("read at an offset: %d bytes, %v", n, err)
+	}
+}
+
+// A backed file's reads fail once the file system is closed, even through
+// a file opened before (the mount is then detached, not gone), and its
+// descriptor is closed once the last such file is.
+func TestBackedFileAfterClose(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting FUSE needs root")
+	}
+	path := filepath.Join(t.TempDir(), "pages-1.img")
+	if err := os.WriteFile(path, randomBytes(1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	backing, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Mount(t.TempDir(), []File{{Name: "pages-1.img", Size: 1 << 20, Backing: backing}}, "")
+	backing.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closed before the test's end in any case: a file of this process's
+	// own mount left open at its exit would wait on a server gone with it.
+	defer f.Close()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ReadAt(make([]byte, 4096), 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read after Close: %v, want EIO", err)
+	}
+	f.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		open := len(s.backing)
+		s.mu.Unlock()
+		if open == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the backing descriptor is still open after the connection ended")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

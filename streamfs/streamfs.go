@@ -16,6 +16,10 @@
 // spill file on disk, in the directory Mount was given, instead of memory.
 // If the writer gives up, it says why (Fail): every read waiting then, and
 // every later one, gets EIO.
+//
+// A file may instead be served whole from a file on disk (File.Backing):
+// snapboot serves a cached checkpoint's page images so, since a FUSE read
+// fills the reader's new memory more cheaply than a read from the file.
 package streamfs
 
 import (

@@ -108,8 +108,8 @@ type results struct {
 	// the runc restore began (pull_s).
 	Pull              []float64 `json:"pullSeconds"`
 	PullBeforeRestore []float64 `json:"pullBeforeRestoreSeconds"`
-	CRIU        []float64 `json:"runcRestoreSeconds"`
-	Floor       []float64 `json:"floorSeconds,omitempty"` // bare runc restore from local disk
+	CRIU              []float64 `json:"runcRestoreSeconds"`
+	Floor             []float64 `json:"floorSeconds,omitempty"` // bare runc restore from local disk
 	// snapboot started exactly as the floor is (containerd client, not ctr)
 	ClientCold []float64 `json:"snapbootByClientColdCacheSeconds,omitempty"`
 	ClientWarm []float64 `json:"snapbootByClientWarmCacheSeconds,omitempty"`

@@ -146,9 +146,11 @@ func Mount(mountpoint string, files []File, spillDir string) (*FS, error) {
 	s := &FS{Mountpoint: mountpoint, files: map[string]*file{}, changed: make(chan struct{}), mounted: now, lastRead: now, spillDir: spillDir}
 	for _, f := range files {
 		if f.Name == "" || f.Name != path.Base(f.Name) || f.Name == "." || f.Name == ".." || f.Size < 0 {
+			s.closeBacking()
 			return nil, fmt.Errorf("streamfs: bad file %q (%d bytes)", f.Name, f.Size)
 		}
 		if _, dup := s.files[f.Name]; dup {
+			s.closeBacking()
 			return nil, fmt.Errorf("streamfs: file %q listed twice", f.Name)
 		}
 		nf := &file{name: f.Name, size: f.Size}
@@ -200,7 +202,6 @@ func Mount(mountpoint string, files []File, spillDir string) (*FS, error) {
 		server.Wait()
 		s.closeBacking()
 	}()
-
 	if cloexecErr != nil {
 		s.Close()
 		return nil, fmt.Errorf("streamfs: mount %s: %w", mountpoint, cloexecErr)

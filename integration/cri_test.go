@@ -502,13 +502,7 @@ func startCRIEnv(t *testing.T) *criEnv {
 	if e.cniBinDir == "" {
 		t.Fatalf("CNI plugins bridge, host-local and loopback are in neither /usr/lib/cni nor /opt/cni/bin: run `bash hack/install-cri-deps.sh` as root")
 	}
-	snippet, err := filepath.Abs(filepath.Join("..", "deploy", "containerd-config.toml"))
-	if err == nil && moduleRoot != "" {
-		snippet = filepath.Join(moduleRoot, "deploy", "containerd-config.toml")
-	}
-	if _, err := os.Stat(snippet); err != nil {
-		t.Fatalf("deploy/containerd-config.toml: %v", err)
-	}
+	snippet := repoFile(t, "deploy", "containerd-config.toml")
 
 	e.sock = filepath.Join(e.dir, "containerd.sock")
 	e.logPath = filepath.Join(e.dir, "containerd.log")
@@ -525,7 +519,7 @@ func startCRIEnv(t *testing.T) *criEnv {
 			t.Fatal(err)
 		}
 	}
-	_, err = os.Stat("/var/lib/cni")
+	_, err := os.Stat("/var/lib/cni")
 	e.hadVarLibCNI = err == nil
 	_, err = os.Stat("/run/containerd/runc/" + criNamespace)
 	e.hadRuncK8s = err == nil

@@ -56,8 +56,13 @@ const (
 	maxDefaultWorkers = 8
 )
 
-// newOutBuf makes a decoded frame's buffer; tests count the calls.
-var newOutBuf = func() *[]byte { b := make([]byte, 0, outBufSize); return &b }
+// newOutBuf makes a decoded frame's buffer, in huge pages where the kernel
+// has them (see adviseHugePages); tests count the calls.
+var newOutBuf = func() *[]byte {
+	b := make([]byte, 0, outBufSize)
+	adviseHugePages(b)
+	return &b
+}
 
 var errFrameTooLarge = errors.New("frame too large for parallel decoding")
 

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -29,6 +30,7 @@ func TestDemoReduced(t *testing.T) {
 	}
 	root := filepath.Dir(strings.TrimSpace(string(gomod)))
 	out := testDir(t)
+	runBefore := runMounts(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "run", "./demo", "-models", "150", "-runs", "1", "-warm", "3",
@@ -59,8 +61,44 @@ func TestDemoReduced(t *testing.T) {
 	if r.FirstBody == "" {
 		t.Fatalf("the restored app's first answer is empty: %s", data)
 	}
+	// Where /run is not a tmpfs, the demo's containerd gets one in a mount
+	// namespace of its own; this machine's /run is left as it was.
+	if after := runMounts(t); after != runBefore {
+		t.Errorf("the mounts on /run were %q before the demo and are %q after it", runBefore, after)
+	}
+	if !strings.Contains(string(output), "tmpfs on /run") {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs("/run", &st); err == nil && st.Type != tmpfsMagic {
+			t.Errorf("/run is not a tmpfs here, and the demo did not say that its containerd got one:\n%s", tail(string(output), 60))
+		}
+	}
 	t.Logf("cold %.1fs, restored (empty cache) %.2fs, (warm cache) %.2fs, floor %.2fs; first answer %q",
 		r.Cold[0], r.RestoredColdCache[0], r.RestoredWarmCache[0], r.Floor[0], r.FirstBody)
+}
+
+// tmpfsMagic is a tmpfs's statfs(2) f_type.
+const tmpfsMagic = 0x01021994
+
+// runMounts lists this mount namespace's mounts on /run or beneath it, as
+// /proc/self/mountinfo gives them (mount point and file system type).
+func runMounts(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(data), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 1 {
+			continue
+		}
+		if f[4] == "/run" || strings.HasPrefix(f[4], "/run/") {
+			out = append(out, f[4]+" "+g[0])
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func tail(s string, n int) string {

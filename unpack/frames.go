@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 
@@ -56,12 +57,47 @@ const (
 	maxDefaultWorkers = 8
 )
 
-// newOutBuf makes a decoded frame's buffer, in huge pages where the kernel
-// has them (see adviseHugePages); tests count the calls.
-var newOutBuf = func() *[]byte {
-	b := make([]byte, 0, outBufSize)
-	adviseHugePages(b)
+// newOutBuf makes a decoded frame's buffer, carved from s; tests count the
+// calls.
+var newOutBuf = func(s *bufSlab) *[]byte {
+	b := s.take()
 	return &b
+}
+
+// A bufSlab carves decoded frames' buffers from slabs aligned to 2 MiB,
+// each advised to be backed by huge pages (see adviseHugePages). A
+// buffer allocated on its own is rarely aligned: only its one 2 MiB page
+// that falls whole inside it can be a huge page, the rest stays in 4 KiB
+// pages. Writing 30 new 4 MiB buffers took 260–380 ms that way (half of
+// them in huge pages), 21 ms carved from aligned slabs (all of them),
+// on the bench's VM. A slab is a few frames, so that a small layer does
+// not hold much more than it needs; its memory goes when the last frame
+// carved from it does. Each frame reader has its own.
+type bufSlab struct {
+	mu   sync.Mutex
+	rest []byte
+}
+
+const (
+	hugePageSize = 2 << 20
+	// slabFrames is how many frames' buffers a slab holds: the 2 MiB
+	// spent aligning it is an eighth of its size.
+	slabFrames = 4
+)
+
+// take returns a new buffer of capacity outBufSize and length 0.
+func (s *bufSlab) take() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cap(s.rest) < outBufSize {
+		raw := make([]byte, slabFrames*outBufSize+hugePageSize)
+		off := int(-uintptr(unsafe.Pointer(unsafe.SliceData(raw))) & (hugePageSize - 1))
+		s.rest = raw[off : off+slabFrames*outBufSize]
+		adviseHugePages(s.rest)
+	}
+	b := s.rest[:0:outBufSize]
+	s.rest = s.rest[outBufSize:]
+	return b
 }
 
 var errFrameTooLarge = errors.New("frame too large for parallel decoding")
@@ -242,11 +278,12 @@ func newFrameReader(r io.Reader, opts Options) io.ReadCloser {
 	workers := defaultWorkers(opts.Workers)
 	// Every frame in flight holds a buffer of each kind.
 	inflight := workers*3 + 2
+	slab := new(bufSlab)
 	fr := &frameReader{
 		// Its capacity bounds the frames in flight, and so the memory.
 		results:  make(chan chan piece, workers*2),
 		inBufs:   newFreeList(inflight, func() *[]byte { return new([]byte) }),
-		outBufs:  newFreeList(inflight+maxLent, func() *[]byte { return newOutBuf() }),
+		outBufs:  newFreeList(inflight+maxLent, func() *[]byte { return newOutBuf(slab) }),
 		stop:     make(chan struct{}),
 		frames:   opts.Frames,
 		nice:     opts.Nice,

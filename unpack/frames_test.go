@@ -148,7 +148,7 @@ func TestFrameChecksums(t *testing.T) {
 func TestBorrowedFramesReused(t *testing.T) {
 	var allocs atomic.Int32
 	prev := newOutBuf
-	newOutBuf = func() *[]byte { allocs.Add(1); return prev() }
+	newOutBuf = func(s *bufSlab) *[]byte { allocs.Add(1); return prev(s) }
 	t.Cleanup(func() { newOutBuf = prev })
 
 	const held = 30
@@ -194,7 +194,7 @@ func TestBorrowedFramesReused(t *testing.T) {
 func TestSmallLoansHoldNoFrame(t *testing.T) {
 	var allocs atomic.Int32
 	prev := newOutBuf
-	newOutBuf = func() *[]byte { allocs.Add(1); return prev() }
+	newOutBuf = func(s *bufSlab) *[]byte { allocs.Add(1); return prev(s) }
 	t.Cleanup(func() { newOutBuf = prev })
 
 	const count = 40

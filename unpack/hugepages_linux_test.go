@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -46,8 +47,9 @@ func vmFlags(t *testing.T, addr uintptr) []string {
 	return nil
 }
 
-// A decoded frame's buffer is advised to be backed by huge pages (VmFlags
-// "hg"), all of it.
+// Decoded frames' buffers are carved from 2 MiB-aligned slabs advised to
+// be backed by huge pages (VmFlags "hg"): each buffer starts on a 2 MiB
+// boundary, is advised whole, and cannot grow into the next one.
 func TestOutBufHugePages(t *testing.T) {
 	// A mapping of its own, so that the probe's advice is not on the heap.
 	probe, err := unix.Mmap(-1, 0, 4<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
@@ -59,14 +61,30 @@ func TestOutBufHugePages(t *testing.T) {
 	if err != nil {
 		t.Skipf("this kernel takes no MADV_HUGEPAGE: %v", err)
 	}
-	b := *newOutBuf()
-	if cap(b) != outBufSize {
-		t.Fatalf("capacity %d, want %d", cap(b), outBufSize)
-	}
-	start := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
-	for _, addr := range []uintptr{start, start + uintptr(cap(b)) - 1} {
-		if flags := vmFlags(t, addr); !strings.Contains(" "+strings.Join(flags, " ")+" ", " hg ") {
-			t.Errorf("the mapping at %s has VmFlags %v, without hg", fmt.Sprintf("%#x", addr), flags)
+	slab := new(bufSlab)
+	var prevEnd uintptr
+	for i := range 2*slabFrames + 1 { // three slabs
+		b := *newOutBuf(slab)
+		if len(b) != 0 || cap(b) != outBufSize {
+			t.Fatalf("buffer %d: length %d, capacity %d; want 0 and %d", i, len(b), cap(b), outBufSize)
+		}
+		start := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+		if start%hugePageSize != 0 {
+			t.Errorf("buffer %d starts at %#x, not on a 2 MiB boundary", i, start)
+		}
+		if i%slabFrames != 0 && start != prevEnd {
+			t.Errorf("buffer %d starts at %#x, not where the one before it in its slab ended (%#x)", i, start, prevEnd)
+		}
+		prevEnd = start + uintptr(cap(b))
+		for _, addr := range []uintptr{start, prevEnd - 1} {
+			if flags := vmFlags(t, addr); !slices.Contains(flags, "hg") {
+				t.Errorf("buffer %d: the mapping at %s has VmFlags %v, without hg", i, fmt.Sprintf("%#x", addr), flags)
+			}
+		}
+		// A frame that decodes larger grows into a buffer of its own,
+		// never into the next one.
+		if grown := append(b[:outBufSize], 1); uintptr(unsafe.Pointer(unsafe.SliceData(grown))) == start {
+			t.Errorf("buffer %d grew in place past its %d bytes", i, outBufSize)
 		}
 	}
 }

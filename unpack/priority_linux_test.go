@@ -54,7 +54,7 @@ func TestFrameReaderLowered(t *testing.T) {
 	var decoderNices []int
 	var niceErr error
 	prev := newOutBuf
-	newOutBuf = func() *[]byte {
+	newOutBuf = func(s *bufSlab) *[]byte {
 		p, err := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid()) // 20-nice, as in threadNice
 		mu.Lock()
 		if err != nil {
@@ -63,7 +63,7 @@ func TestFrameReaderLowered(t *testing.T) {
 			decoderNices = append(decoderNices, 20-p)
 		}
 		mu.Unlock()
-		return prev()
+		return prev(s)
 	}
 	t.Cleanup(func() { newOutBuf = prev })
 

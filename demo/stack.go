@@ -240,7 +240,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 	s.logPath = filepath.Join(s.dir, "logs", "containerd.log")
 	env := []string{"PATH=" + s.binDir + ":" + os.Getenv("PATH"), "SNAPBOOT_CONFIG=" + s.configPath}
 	argv := []string{"containerd", "--config", conf}
-	if !runIsTmpfs() {
+	ownRun := !runIsTmpfs()
+	if ownRun {
 		// As on a node that boots with systemd, /run is a tmpfs where the
 		// stack's containerd, its shims, runc and CRIU run: in a mount
 		// namespace of their own, where /run is one. CRIU keeps its probe
@@ -248,7 +249,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 		// every CRIU run probes again, floor and snapboot alike (about
 		// 60 ms and three runs of iptables on the bench's VM, whose /run
 		// is on its root disk). unshare execs containerd in its own
-		// process, so that the stack stops it by that PID.
+		// process, so that the stack stops it by that PID. What they keep
+		// in /run (runc's state, rootfs mounts, the iptables lock) is
+		// theirs alone and goes with the namespace once they are stopped
+		// (see stopLeftovers). On a machine whose /etc/resolv.conf links
+		// into /run (systemd's resolver), /run is a tmpfs already.
 		say("containerd runs with a tmpfs on /run, in a mount namespace of its own (this machine's /run is not one)")
 		argv = append([]string{"unshare", "--mount", "--propagation", "slave", "--", "sh", "-c",
 			`mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run && exec "$0" "$@"`}, argv...)
@@ -258,10 +263,37 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
 		return err
 	}
 	s.procs = append(s.procs, p)
-	return waitUntil(30*time.Second, "containerd", func() bool {
+	if err := waitUntil(30*time.Second, "containerd", func() bool {
+		select {
+		case <-p.done:
+			return true // it exited: said below
+		default:
+		}
 		_, err := s.ctr(context.Background(), "version")
 		return err == nil
-	})
+	}); err != nil {
+		return fmt.Errorf("%w (its log: %s)", err, s.logPath)
+	}
+	select {
+	case <-p.done:
+		return fmt.Errorf("containerd exited at start; its log, %s, ends: %s", s.logPath, logTail(s.logPath, 5))
+	default:
+	}
+	if ownRun {
+		// Seen from containerd's mount namespace, through its root.
+		var st unix.Statfs_t
+		if err := unix.Statfs(fmt.Sprintf("/proc/%d/root/run", p.cmd.Process.Pid), &st); err != nil || st.Type != unix.TMPFS_MAGIC {
+			return fmt.Errorf("containerd's /run is not a tmpfs (statfs: %v, type %#x)", err, st.Type)
+		}
+	}
+	return nil
+}
+
+// logTail is the last n lines of the file at path.
+func logTail(path string, n int) string {
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], " | ")
 }
 
 // ctr runs ctr against the demo's containerd.

@@ -65,17 +65,20 @@ var newOutBuf = func(s *bufSlab) *[]byte {
 }
 
 // A bufSlab carves decoded frames' buffers from slabs aligned to 2 MiB,
-// each advised to be backed by huge pages (see adviseHugePages). A
-// buffer allocated on its own is rarely aligned: only its one 2 MiB page
-// that falls whole inside it can be a huge page, the rest stays in 4 KiB
-// pages. Writing 30 new 4 MiB buffers took 260–380 ms that way (half of
-// them in huge pages), 21 ms carved from aligned slabs (all of them),
-// on the bench's VM. A slab is a few frames, so that a small layer does
-// not hold much more than it needs; its memory goes when the last frame
-// carved from it does. Each frame reader has its own.
+// each advised to be backed by huge pages while it lives (see
+// hugePagesWhileAlive). A buffer allocated on its own is rarely aligned:
+// only its one 2 MiB page that falls whole inside it can be a huge page,
+// the rest stays in 4 KiB pages. Writing 30 new 4 MiB buffers took
+// 260–415 ms that way (half of them in huge pages), 21–22 ms carved from
+// aligned slabs (all of them), on the bench's VM. A reader's first buffer
+// is allocated on its own, unadvised, so that a layer of one frame holds
+// one buffer; the later ones come in slabs of a few frames. A slab's
+// memory goes when the last frame carved from it does. Each frame reader
+// has its own.
 type bufSlab struct {
-	mu   sync.Mutex
-	rest []byte
+	mu    sync.Mutex
+	rest  []byte
+	taken int
 }
 
 const (
@@ -89,11 +92,15 @@ const (
 func (s *bufSlab) take() []byte {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.taken++
+	if s.taken == 1 {
+		return make([]byte, 0, outBufSize)
+	}
 	if cap(s.rest) < outBufSize {
 		raw := make([]byte, slabFrames*outBufSize+hugePageSize)
 		off := int(-uintptr(unsafe.Pointer(unsafe.SliceData(raw))) & (hugePageSize - 1))
-		s.rest = raw[off : off+slabFrames*outBufSize]
-		adviseHugePages(s.rest)
+		s.rest = raw[off : off+slabFrames*outBufSize : off+slabFrames*outBufSize]
+		hugePagesWhileAlive(raw, s.rest)
 	}
 	b := s.rest[:0:outBufSize]
 	s.rest = s.rest[outBufSize:]
@@ -359,8 +366,10 @@ func (f *frameReader) Read(p []byte) (int, error) {
 // Borrow returns up to n bytes of the output, without copying them where
 // they are most of a decoded frame's buffer, and a function to call once
 // they are no longer used: until then they stay as they are. What a
-// borrower holds is thus at most 4/3 of the bytes it was lent. It returns
-// bytes or an error, not both.
+// borrower holds is thus at most 4/3 of the bytes it was lent, counted in
+// frames' buffers; a buffer carved from a slab keeps the slab's memory
+// (four frames) until the slab's other frames are let go of too. It
+// returns bytes or an error, not both.
 func (f *frameReader) Borrow(n int) ([]byte, func(), error) {
 	for {
 		switch {

@@ -2,5 +2,5 @@
 
 package unpack
 
-// adviseHugePages does nothing here.
-func adviseHugePages([]byte) {}
+// hugePagesWhileAlive does nothing here.
+func hugePagesWhileAlive(alloc, b []byte) {}

@@ -9,9 +9,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestDemoReduced runs the main job on a small generated Rails app: a real
@@ -67,17 +68,14 @@ func TestDemoReduced(t *testing.T) {
 		t.Errorf("the mounts on /run were %q before the demo and are %q after it", runBefore, after)
 	}
 	if !strings.Contains(string(output), "tmpfs on /run") {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs("/run", &st); err == nil && st.Type != tmpfsMagic {
+		var st unix.Statfs_t
+		if err := unix.Statfs("/run", &st); err == nil && st.Type != unix.TMPFS_MAGIC {
 			t.Errorf("/run is not a tmpfs here, and the demo did not say that its containerd got one:\n%s", tail(string(output), 60))
 		}
 	}
 	t.Logf("cold %.1fs, restored (empty cache) %.2fs, (warm cache) %.2fs, floor %.2fs; first answer %q",
 		r.Cold[0], r.RestoredColdCache[0], r.RestoredWarmCache[0], r.Floor[0], r.FirstBody)
 }
-
-// tmpfsMagic is a tmpfs's statfs(2) f_type.
-const tmpfsMagic = 0x01021994
 
 // runMounts lists this mount namespace's mounts on /run or beneath it, as
 // /proc/self/mountinfo gives them (mount point and file system type).

@@ -209,23 +209,10 @@ func ioprioOf(t *testing.T, tid int) (prio int, ok bool) {
 	// its exit and the shell's wait) has no I/O context any more, and
 	// ioprio_get gives 0 for it: not the task's, so not counted. Checked
 	// after the read, so that a value read while it lived counts.
-	if zombie(tid) {
+	if _, err := os.Stat("/proc/" + strconv.Itoa(tid)); err != nil || isZombie(tid) {
 		return 0, false
 	}
 	return int(v), true
-}
-
-// zombie reports whether task tid has exited (or is gone).
-func zombie(tid int) bool {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/stat")
-	if err != nil {
-		return true
-	}
-	// The state follows the command name, which is in parentheses and may
-	// hold any character.
-	i := strings.LastIndexByte(string(stat), ')')
-	f := strings.Fields(string(stat[i+1:]))
-	return i < 0 || len(f) == 0 || f[0] == "Z" || f[0] == "X"
 }
 
 // TestSpecSchedulerAndIOPriority restores clones whose spec sets a

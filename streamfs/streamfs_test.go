@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/splice"
 	"golang.org/x/sys/unix"
 )
 
@@ -604,6 +605,82 @@ func TestBackedFile(t *testing.T) {
 	if err != nil || n != len(got) || !bytes.Equal(got, data[4<<20-17:4<<20-17+5000]) {
 		t.Fatalf("read at an offset: %d bytes, %v", n, err)
 	}
+}
+
+// Full-size reads of a backed file are spliced: go-fuse logs each reply
+// it could not splice and copied instead (with 1 MiB requests and 1 MiB
+// pipes, every full-size one).
+func TestBackedFileReadsSplice(t *testing.T) {
+	if 16+splicedRequest(splice.MaxPipeSize())+os.Getpagesize() > splice.MaxPipeSize() {
+		t.Skipf("pipes of at most %d bytes: replies are copied", splice.MaxPipeSize())
+	}
+	var logged syncBuffer
+	fuseLog = &logged
+	defer func() { fuseLog = io.Discard }()
+	data := randomBytes(9<<20 + 123)
+	path := filepath.Join(t.TempDir(), "pages-1.img")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	backing, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := mount(t, File{Name: "pages-1.img", Size: int64(len(data)), Backing: backing})
+	backing.Close()
+	f, err := os.Open(filepath.Join(s.Mountpoint, "pages-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Reads as CRIU makes them: large, into new memory, from a page
+	// boundary that is not the file's start.
+	got := make([]byte, len(data)-4096)
+	if n, err := io.ReadFull(f, make([]byte, 4096)); err != nil || n != 4096 {
+		t.Fatalf("first page: %d bytes, %v", n, err)
+	}
+	if n, err := io.ReadFull(f, got); err != nil || !bytes.Equal(got[:n], data[4096:]) {
+		t.Fatalf("read %d bytes, %v, or they differ from the file's", n, err)
+	}
+	if strings.Contains(logged.String(), "trySplice") {
+		t.Fatalf("replies were copied, not spliced:\n%s", logged.String())
+	}
+}
+
+func TestSplicedRequest(t *testing.T) {
+	page := os.Getpagesize()
+	for _, c := range []struct{ pipe, want int }{
+		{1 << 20, 1<<20 - 2*page}, // the kernel's default pipe-max-size
+		{1<<20 + 2*page, maxRequest},
+		{4 << 20, maxRequest},
+		{64 << 10, maxRequest}, // too small to be worth it: copied
+	} {
+		if got := splicedRequest(c.pipe); got != c.want {
+			t.Errorf("splicedRequest(%d) = %d, want %d", c.pipe, got, c.want)
+		}
+		// header (16 bytes) + data + a page must fit, as go-fuse asks
+		if got := splicedRequest(c.pipe); got != maxRequest && 16+got+page > c.pipe {
+			t.Errorf("splicedRequest(%d) = %d: a reply does not fit the pipe", c.pipe, got)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for go-fuse's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // A backed file's reads fail once the file system is closed, even through

@@ -137,21 +137,25 @@ func splicedRequest(maxPipe int) int {
 	return min(n, maxRequest)
 }
 
-// A writer waits while it is maxAhead ahead of its file's reader, so that
-// decoders faster than CRIU (many cores, a fast registry) do not hold a
-// whole page image in memory. The wait ends as soon as the reader moves.
-// (On 2 CPUs the decoders got about 100 MiB ahead of CRIU restoring the
-// demo app, while CRIU set up; with a 64 MiB window that restore was
-// 0.04 s slower at the median of 8 rounds, so the window is well above
-// that.)
-// It never lasts longer than readerStall without any read on the file
-// system: a reader may be waiting for another file, or for something else
-// first, and must not wait for this writer in turn.
 // fuseLog is where go-fuse's own messages go (a test reads them).
 var fuseLog io.Writer = io.Discard
 
+// A writer waits while it is maxAhead ahead of its file's reader, so that
+// decoders faster than CRIU (many cores, a fast registry) do not hold a
+// whole page image in memory. The wait ends as soon as the reader moves.
+// What the decoders write ahead is new memory, and new memory is dear on
+// some VMs: on session 26's (about 1 ms a MiB, zeroing huge pages the host
+// backs anew) a 256 MiB window let them decode far ahead while
+// CRIU set up, and the demo app's empty-cache restore took 1.20 s and 2.16
+// CPU-s against 1.13 s and 1.89 CPU-s with 32 MiB (8 rounds; faster in 7).
+// (Before the decoded frames had huge pages, 64 MiB had been 0.04 s slower
+// than 256.) Over a slow link the download then waits while CRIU sets up,
+// once this window and the frames in flight are full.
+// It never lasts longer than readerStall without any read on the file
+// system: a reader may be waiting for another file, or for something else
+// first, and must not wait for this writer in turn.
 var (
-	maxAhead    int64 = 256 << 20
+	maxAhead    int64 = 32 << 20
 	readerStall       = time.Second
 	// maxInMemory bounds the content held in memory when Mount was given a
 	// spill directory: twice the window, so only a writer that outran a

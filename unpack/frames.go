@@ -45,8 +45,9 @@ const (
 	outBufSize = 4 << 20
 	// maxLent is how many decoded frames, beyond those in flight, go back
 	// to the free list once a consumer that borrowed them (Borrow) lets
-	// them go, instead of to the GC. A streamed restore holds up to about
-	// 270 MiB of them ahead of and just behind CRIU; when the free list
+	// them go, instead of to the GC. A streamed restore held up to about
+	// 270 MiB of them ahead of and just behind CRIU (with a 256 MiB
+	// window, now 32 MiB: see package streamfs); when the free list
 	// kept only 8 of those it let go of, the next frames were decoded into
 	// new buffers (72 of the 91 MB a restoring shim allocated).
 	maxLent = 64

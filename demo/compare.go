@@ -54,6 +54,10 @@ func (d *demo) compareShims(ctx context.Context, current, other string) error {
 	if err := d.donorCheckpoints(ctx, []string{ref}, []string{d.o.compareCompression}); err != nil {
 		return err
 	}
+	if d.o.compareLink {
+		// The same repository, through the link (see linkMbps).
+		ref = d.s.link.addr() + "/demo/rails:checkpoint"
+	}
 	dst := filepath.Join(d.s.binDir, shimBinary)
 	var cs []contender
 	for _, shim := range []string{current, other} {

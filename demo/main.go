@@ -35,6 +35,8 @@ type options struct {
 	compareCompression string
 	// compareLevels are two compression levels to compare, "a,b".
 	compareLevels string
+	// compareLink: -compare-shim's restores download through the link.
+	compareLink bool
 }
 
 func main() {
@@ -49,6 +51,7 @@ func main() {
 	flag.BoolVar(&o.quiet, "quiet", false, "no progress lines")
 	flag.StringVar(&o.compare, "compare-shim", "", "instead of the demo, compare this shim binary with the one in -bin: empty and warm cache, the two alternating, -runs rounds, each with the floor")
 	flag.StringVar(&o.compareCompression, "compression", "", "with -compare-shim: snapboot checkpoint --compression for the checkpoint both shims restore (default: the CLI's default)")
+	flag.BoolVar(&o.compareLink, "compare-link", false, fmt.Sprintf("with -compare-shim: restore through the %d Mbit/s link to the registry, not loopback", linkMbps))
 	flag.StringVar(&o.compareLevels, "compare-levels", "", "instead of the demo, compare restoring checkpoints packed at two compression levels (\"default,best\"), like -compare-shim")
 	flag.Parse()
 	port, err := freePort()

@@ -14,7 +14,7 @@ import (
 // Create waited for the images before the pages. While streamed pulls run,
 // the collector waits instead for the heap to reach pullHeadroom more than
 // the runtime held when the first began: more than a pull holds at once
-// (the decoded frames ahead of CRIU, at most 256 MiB a page image, and
+// (the decoded frames ahead of CRIU, at most 32 MiB a page image, and
 // those in flight).
 const pullHeadroom = 384 << 20
 

@@ -160,9 +160,12 @@ var (
 	maxAhead    int64 = 32 << 20
 	readerStall       = time.Second
 	// maxInMemory bounds the content held in memory when Mount was given a
-	// spill directory: twice the window, so only a writer that outran a
-	// stalled reader spills.
-	maxInMemory int64 = 2 * maxAhead
+	// spill directory, well above the window, so that only a writer that
+	// outran a stalled reader spills: each page image CRIU has finished
+	// keeps its last keepBehind in memory, so a restore of many processes
+	// holds several of those beside the window. (It was twice the window
+	// when that was 256 MiB.)
+	maxInMemory int64 = 512 << 20
 )
 
 // Mount serves files, all empty so far, in mountpoint (an empty

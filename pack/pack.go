@@ -12,6 +12,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -111,6 +114,12 @@ func (l Level) CRIUImagesMediaType() string {
 	return oci.MediaTypeCRIUImages
 }
 
+// pageNumber is N in a page image's path, .../pages-N.img.
+func pageNumber(path string) int {
+	n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(path), "pages-"), ".img"))
+	return n
+}
+
 // TarDir writes dir's regular files and directories as a tar compressed at
 // level (zstd, or LZ4 for LZ4) to w, with the page images (pages-N.img, at the top) last: a node can
 // start restoring from the other images while the page images still
@@ -182,6 +191,11 @@ func TarDir(ctx context.Context, dir string, w io.Writer, level Level) (Sizes, e
 		}
 		return add(path, info, nil)
 	})
+	// In the order of their numbers, not of their names: CRIU numbers
+	// them as it dumps the tree, parents first, and restores a parent's
+	// memory before it forks the children, so a streamed restore reads
+	// pages-2 before pages-10.
+	sort.SliceStable(pages, func(i, j int) bool { return pageNumber(pages[i]) < pageNumber(pages[j]) })
 	for _, path := range pages {
 		if err != nil {
 			break

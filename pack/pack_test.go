@@ -105,7 +105,8 @@ func TestLevels(t *testing.T) {
 	}
 }
 
-// The page images come last, and the stream index describes the frames
+// The page images come last, in the order of their numbers (CRIU's dump
+// order, parents first), and the stream index describes the frames
 // actually written and the page images in the order they were packed.
 func TestPageImagesLastAndIndexed(t *testing.T) {
 	src := t.TempDir()
@@ -113,6 +114,7 @@ func TestPageImagesLastAndIndexed(t *testing.T) {
 		"core-1.img":    []byte("core"),
 		"pages-1.img":   bytes.Repeat([]byte{1, 2, 3, 4, 5, 6, 7}, 1<<20),
 		"pages-2.img":   {},
+		"pages-10.img":  []byte("a child's pages"),
 		"pagemap-1.img": []byte("pagemap"),
 		"zz-last.img":   []byte("lexically after the pages"),
 	}
@@ -129,7 +131,7 @@ func TestPageImagesLastAndIndexed(t *testing.T) {
 	if sz.Stream == nil {
 		t.Fatal("no stream index")
 	}
-	want := []oci.TailFile{{Name: "pages-1.img", Size: 7 << 20}, {Name: "pages-2.img", Size: 0}}
+	want := []oci.TailFile{{Name: "pages-1.img", Size: 7 << 20}, {Name: "pages-2.img", Size: 0}, {Name: "pages-10.img", Size: 15}}
 	if !reflect.DeepEqual(sz.Stream.Tail, want) {
 		t.Fatalf("tail %+v, want %+v", sz.Stream.Tail, want)
 	}
@@ -176,7 +178,7 @@ func TestPageImagesLastAndIndexed(t *testing.T) {
 		t.Fatalf("annotations decode to %+v, %v", back, err)
 	}
 
-	if got := strings.Join(tarNames(t, zstdReader(t, data)), " "); got != "core-1.img pagemap-1.img zz-last.img pages-1.img pages-2.img" {
+	if got := strings.Join(tarNames(t, zstdReader(t, data)), " "); got != "core-1.img pagemap-1.img zz-last.img pages-1.img pages-2.img pages-10.img" {
 		t.Fatalf("tar order: %s", got)
 	}
 }

@@ -77,6 +77,9 @@ type FS struct {
 	spilled  int64 // bytes spilled, in all
 	// lastRead is when a read last got its bytes, from any file.
 	lastRead time.Time
+	// waiting is how many reads wait for bytes not written yet, of any
+	// file.
+	waiting int
 	// backing is the duplicates of the backed files' descriptors.
 	backing []*os.File
 }
@@ -90,6 +93,7 @@ type file struct {
 	gone    bool  // Close let go of the content
 	writer  bool  // Writer was called
 	readTo  int64 // the end of the furthest read so far
+	waiting int   // reads waiting for bytes of this file not written yet
 	backing *os.File
 }
 
@@ -499,8 +503,17 @@ func (s *FS) Spilled() int64 {
 // reads are happening, until a read or a failure, or until reads have
 // stalled for readerStall. It reports whether it waited. Called with s.mu
 // held; it lets go of it while it waits.
+//
+// It does not wait for a file no one has read yet while a read of another
+// file waits for bytes: snapboot writes the page images one after another,
+// so those bytes come after f's, and f's reader may not even exist yet
+// (CRIU restores a parent's memory before it forks the children). Holding
+// back then would stall the restore for readerStall.
 func (s *FS) waitForReader(f *file) bool {
 	if f.written-f.readTo < maxAhead || s.err != nil {
+		return false
+	}
+	if f.readTo == 0 && f.waiting == 0 && s.waiting > 0 {
 		return false
 	}
 	stalled := readerStall - time.Since(s.lastRead)
@@ -579,22 +592,39 @@ func (s *FS) Close() error {
 // dest or in place, and drops the blocks the read has moved well past.
 func (s *FS) read(f *file, dest []byte, off int64) ([]byte, syscall.Errno) {
 	end := min(off+int64(len(dest)), f.size)
-	for {
-		s.mu.Lock()
-		if f.written >= end {
-			break
-		}
-		err, changed := s.err, s.changed
-		s.mu.Unlock()
-		if err != nil {
+	s.mu.Lock()
+	counted := false
+	for f.written < end {
+		if s.err != nil {
+			if counted {
+				f.waiting--
+				s.waiting--
+			}
+			s.mu.Unlock()
 			return nil, syscall.EIO
 		}
+		if !counted {
+			// Counted until the bytes come, and a writer holding back for
+			// its own file's reader looks again: this read may need bytes
+			// that come after that file.
+			f.waiting++
+			s.waiting++
+			counted = true
+			s.notify()
+		}
+		changed := s.changed
+		s.mu.Unlock()
 		// Not ctx: the kernel interrupts a read when the reader gets any
 		// signal, and CRIU, which gets SIGCHLD while it restores, takes a
 		// failed read as a failed restore. A reader that is killed stops
 		// waiting by itself; this waits until the bytes come or the
 		// writer fails.
 		<-changed
+		s.mu.Lock()
+	}
+	if counted {
+		f.waiting--
+		s.waiting--
 	}
 	defer s.mu.Unlock()
 	if f.gone {

@@ -991,3 +991,11 @@ func TestCachedPrepareServesPages(t *testing.T) {
 		}
 	}
 }
+
+// While a pull runs, the collector waits for more than streamfs may hold
+// in memory before it spills, with the free decoded frames beside it.
+func TestPullHeadroomAboveStreamMemory(t *testing.T) {
+	if pullHeadroom < streamfs.MaxInMemory+256<<20 {
+		t.Fatalf("pullHeadroom is %d MiB, below streamfs's %d MiB and 256 MiB of free frames", pullHeadroom>>20, streamfs.MaxInMemory>>20)
+	}
+}

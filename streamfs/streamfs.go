@@ -169,8 +169,12 @@ var (
 	// keeps its last keepBehind in memory, so a restore of many processes
 	// holds several of those beside the window. (It was twice the window
 	// when that was 256 MiB.)
-	maxInMemory int64 = 512 << 20
+	maxInMemory int64 = MaxInMemory
 )
+
+// MaxInMemory is the most content a mount given a spill directory holds
+// in memory (tests lower it).
+const MaxInMemory = 512 << 20
 
 // Mount serves files, all empty so far, in mountpoint (an empty
 // directory). The mount lets other users than the caller's in (CRIU may

@@ -36,7 +36,7 @@ COMPARE_RUNS ?= 8
 ## compare: compare the shim in bin/ with another build of it (SHIM=path; COMPRESSION=lz4 to pack their checkpoint so; LINK=1 to restore through the bench's link to the registry), or checkpoints packed at two levels (LEVELS=default,best), alternating in one stack, COMPARE_RUNS rounds
 compare: demo-deps build
 	@test -n "$(SHIM)$(LEVELS)" || { echo "usage: make compare SHIM=/path/to/other/containerd-shim-snapboot-v1 | LEVELS=default,best"; exit 2; }
-	$(GO) run ./demo -models $(DEMO_MODELS) -runs $(COMPARE_RUNS) $(if $(SHIM),-compare-shim $(SHIM) $(if $(COMPRESSION),-compression $(COMPRESSION)) $(if $(LINK),-compare-link),-compare-levels $(LEVELS))
+	$(GO) run ./demo -models $(DEMO_MODELS) -runs $(COMPARE_RUNS) $(if $(SHIM),-compare-shim $(SHIM) $(if $(COMPRESSION),-compression $(COMPRESSION)) $(if $(filter 1 yes true,$(LINK)),-compare-link),-compare-levels $(LEVELS))
 
 ## build: build the shim and the CLI into bin/, statically linked (no cgo), as
 ## deploy/Dockerfile and containerd's own shims are: no dynamic loader or libc

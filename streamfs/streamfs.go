@@ -113,7 +113,9 @@ func (c *chunk) end() int64 { return c.start + c.size }
 
 const (
 	// maxRequest is the largest read the kernel sends in one request to
-	// a mount of files without a backing file.
+	// a mount of files without a backing file: their replies are written
+	// from memory, not spliced, so they keep 1 MiB requests whatever the
+	// pipes' size (splicedRequest is for backed files).
 	maxRequest = 1 << 20
 	// blockSize is the unit content is kept and dropped in.
 	blockSize = 1 << 20

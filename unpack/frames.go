@@ -45,11 +45,13 @@ const (
 	outBufSize = 4 << 20
 	// maxLent is how many decoded frames, beyond those in flight, go back
 	// to the free list once a consumer that borrowed them (Borrow) lets
-	// them go, instead of to the GC. A streamed restore held up to about
-	// 270 MiB of them ahead of and just behind CRIU (with a 256 MiB
-	// window, now 32 MiB: see package streamfs); when the free list
-	// kept only 8 of those it let go of, the next frames were decoded into
-	// new buffers (72 of the 91 MB a restoring shim allocated).
+	// them go, instead of to the GC. A streamed restore holds some of them
+	// ahead of CRIU and just behind it (about 50 MiB with streamfs's 32
+	// MiB window, up to its spill threshold past a stalled CRIU); when
+	// the free list kept only 8 of those it let go of (with a 256 MiB
+	// window then), the next frames were decoded into new buffers (72 of
+	// the 91 MB a restoring shim allocated). The list keeps only frames
+	// that were lent, so a small window keeps it small too.
 	maxLent = 64
 	// maxDefaultWorkers bounds the decoders when Options.Workers is 0:
 	// each holds up to three frames in memory (of up to maxFrameOutput

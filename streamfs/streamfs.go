@@ -7,13 +7,16 @@
 //
 // Content lives in memory. Each file is written once, in order (Writer),
 // into blocks of the file system's own or by handing over buffers that it
-// serves as they are (Adopt, which saves a copy of every page), and read
-// once, in order, as CRIU's restorer reads a page image: what a reader has
-// moved well past is dropped, and a writer that is maxAhead ahead of its
-// file's reader waits for it, so memory holds a bounded window of each
-// file. A writer stops waiting when reads stall (the reader may need
-// another file first); past maxInMemory, what it writes then goes to a
-// spill file on disk, in the directory Mount was given, instead of memory.
+// serves as they are (Adopt, which saves a copy of every page), and each
+// byte is read once, as CRIU reads a page image: mostly in order, but in
+// two passes for a process whose children share some of its memory (the
+// pages it maps before it forks them, then the restorer's, behind). What
+// has been read is dropped, and a writer that is maxAhead ahead of its
+// file's furthest read waits for it, so memory holds a bounded window of
+// each file. A writer stops waiting when reads stall (the reader may need
+// another file first) or when a read of another file waits for bytes;
+// past maxInMemory, what it writes then goes to a spill file on disk, in
+// the directory Mount was given, instead of memory.
 // If the writer gives up, it says why (Fail): every read waiting then, and
 // every later one, gets EIO.
 //
@@ -80,6 +83,10 @@ type FS struct {
 	// waiting is how many reads wait for bytes not written yet, of any
 	// file.
 	waiting int
+	// stalls counts the times a writer went on because reads had stalled
+	// (the last at stalledAt, the lastRead then).
+	stalls    int
+	stalledAt time.Time
 	// backing is the duplicates of the backed files' descriptors.
 	backing []*os.File
 }
@@ -90,6 +97,9 @@ type file struct {
 	written int64
 	chunks  []chunk // the content in order; chunks[:dropped] are gone
 	dropped int
+	// read is the runs of the file read so far, in order, merged, from
+	// the first chunk not gone on.
+	read    []span
 	gone    bool  // Close let go of the content
 	writer  bool  // Writer was called
 	readTo  int64 // the end of the furthest read so far
@@ -107,9 +117,16 @@ type chunk struct {
 	data    []byte // nil for a chunk in the spill file
 	diskOff int64  // where a spilled chunk is in the spill file
 	release func() // called under FS.mu once the chunk is dropped
+	unread  int64  // bytes no read has asked for yet
+	// replies is how many replies are being written from data.
+	replies int
+	dropped bool // released: a read of it fails
 }
 
 func (c *chunk) end() int64 { return c.start + c.size }
+
+// A span is the bytes [from, to) of a file.
+type span struct{ from, to int64 }
 
 const (
 	// maxRequest is the largest read the kernel sends in one request to
@@ -119,9 +136,6 @@ const (
 	maxRequest = 1 << 20
 	// blockSize is the unit content is kept and dropped in.
 	blockSize = 1 << 20
-	// keepBehind is how far behind a read blocks are kept: the kernel may
-	// have a few requests of one read in flight at once.
-	keepBehind = 16 << 20
 )
 
 // splicedRequest is the largest read request whose reply go-fuse can
@@ -167,10 +181,10 @@ var (
 	readerStall       = time.Second
 	// maxInMemory bounds the content held in memory when Mount was given a
 	// spill directory, well above the window, so that only a writer that
-	// outran a stalled reader spills: each page image CRIU has finished
-	// keeps its last keepBehind in memory, so a restore of many processes
-	// holds several of those beside the window. (It was twice the window
-	// when that was 256 MiB.)
+	// outran a stalled reader spills, or one that went on while CRIU left
+	// the pages for a process's restorer behind (its first pass over a
+	// process tree's page images holds those until the restorers run).
+	// (It was twice the window when that was 256 MiB.)
 	maxInMemory int64 = MaxInMemory
 )
 
@@ -369,7 +383,7 @@ func (w *writer) ReadFrom(r io.Reader) (int64, error) {
 			} else {
 				blk := s.block()
 				s.held += blockSize
-				f.chunks = append(f.chunks, chunk{start: f.written, size: size, data: blk[:size],
+				f.chunks = append(f.chunks, chunk{start: f.written, size: size, data: blk[:size], unread: size,
 					release: func() { s.free = append(s.free, blk); s.held -= blockSize }})
 			}
 		}
@@ -432,9 +446,19 @@ func (w *writer) Adopt(b []byte, release func()) error {
 	if n := len(f.chunks); n > 0 {
 		// A block filled part way ends where the adopted content starts.
 		c := &f.chunks[n-1]
+		c.unread -= c.end() - f.written // never written, so never read
 		c.size = f.written - c.start
-		if c.data != nil {
+		if c.data != nil && !c.dropped {
 			c.data = c.data[:c.size]
+		}
+		if c.size == 0 && !c.dropped {
+			// Empty (ReadFrom makes a block before it finds its reader
+			// at EOF): gone, or a read's range would run into it.
+			c.release()
+			f.chunks = f.chunks[:n-1]
+			f.dropped = min(f.dropped, n-1)
+		} else {
+			s.dropIfRead(f, n-1)
 		}
 	}
 	size := int64(len(b))
@@ -459,7 +483,7 @@ func (w *writer) Adopt(b []byte, release func()) error {
 		f.chunks = append(f.chunks, c)
 	} else {
 		s.held += size
-		f.chunks = append(f.chunks, chunk{start: f.written, size: size, data: b, release: func() { s.held -= size; release() }})
+		f.chunks = append(f.chunks, chunk{start: f.written, size: size, data: b, unread: size, release: func() { s.held -= size; release() }})
 	}
 	f.written += size
 	s.notify()
@@ -492,7 +516,7 @@ func (s *FS) spillChunk(start, size int64) (chunk, error) {
 	s.spillEnd += size
 	s.spilled += size
 	spill := s.spill
-	return chunk{start: start, size: size, diskOff: off, release: func() {
+	return chunk{start: start, size: size, diskOff: off, unread: size, release: func() {
 		// Give the disk space back.
 		_ = unix.Fallocate(int(spill.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, size)
 	}}, nil
@@ -510,20 +534,22 @@ func (s *FS) Spilled() int64 {
 // stalled for readerStall. It reports whether it waited. Called with s.mu
 // held; it lets go of it while it waits.
 //
-// It does not wait for a file no one has read yet while a read of another
-// file waits for bytes: snapboot writes the page images one after another,
-// so those bytes come after f's, and f's reader may not even exist yet
-// (CRIU restores a parent's memory before it forks the children). Holding
-// back then would stall the restore for readerStall.
+// It does not wait while a read of another file waits for bytes:
+// snapboot writes the page images one after another, so those bytes come
+// after f's, and f's reader may not read on before they come. CRIU maps a
+// process's memory before it forks the children, which then read their own
+// page images; the pages it does not map then are read by the restorer,
+// once every process is mapped. So a reader may not even exist yet, or may
+// have stopped part way for now. Holding back then would stall the restore
+// for readerStall, and the window bounds memory no longer: past
+// maxInMemory, the writer spills.
 func (s *FS) waitForReader(f *file) bool {
-	if f.written-f.readTo < maxAhead || s.err != nil {
-		return false
-	}
-	if f.readTo == 0 && f.waiting == 0 && s.waiting > 0 {
+	if f.written-f.readTo < maxAhead || s.err != nil || s.waiting > f.waiting {
 		return false
 	}
 	stalled := readerStall - time.Since(s.lastRead)
 	if stalled <= 0 {
+		s.countStall()
 		return false
 	}
 	changed := s.changed
@@ -531,11 +557,32 @@ func (s *FS) waitForReader(f *file) bool {
 	t := time.NewTimer(stalled)
 	select {
 	case <-changed:
+		t.Stop()
+		s.mu.Lock()
 	case <-t.C:
+		s.mu.Lock()
+		if time.Since(s.lastRead) >= readerStall {
+			s.countStall()
+		}
 	}
-	t.Stop()
-	s.mu.Lock()
 	return true
+}
+
+// countStall counts a writer going on because reads stalled, once for
+// each stall. Called with s.mu held.
+func (s *FS) countStall() {
+	if !s.stalledAt.Equal(s.lastRead) {
+		s.stalledAt = s.lastRead
+		s.stalls++
+	}
+}
+
+// Stalls is how many times a writer went on past its window because no
+// read came for readerStall.
+func (s *FS) Stalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stalls
 }
 
 // block returns a block, reused if one was dropped. Called with s.mu held.
@@ -596,7 +643,7 @@ func (s *FS) Close() error {
 
 // read returns f's bytes [off, off+len(dest)) once they are written, in
 // dest or in place, and drops the blocks the read has moved well past.
-func (s *FS) read(f *file, dest []byte, off int64) ([]byte, syscall.Errno) {
+func (s *FS) read(f *file, dest []byte, off int64) (out []byte, done func(), errno syscall.Errno) {
 	end := min(off+int64(len(dest)), f.size)
 	s.mu.Lock()
 	counted := false
@@ -607,7 +654,7 @@ func (s *FS) read(f *file, dest []byte, off int64) ([]byte, syscall.Errno) {
 				s.waiting--
 			}
 			s.mu.Unlock()
-			return nil, syscall.EIO
+			return nil, nil, syscall.EIO
 		}
 		if !counted {
 			// Counted until the bytes come, and a writer holding back for
@@ -634,36 +681,46 @@ func (s *FS) read(f *file, dest []byte, off int64) ([]byte, syscall.Errno) {
 	}
 	defer s.mu.Unlock()
 	if f.gone {
-		return nil, syscall.EIO // closed
+		return nil, nil, syscall.EIO // closed
 	}
 	live := f.chunks[f.dropped:]
 	if len(live) == 0 || off < live[0].start {
-		return nil, syscall.EIO // read again, far behind: the content is gone
+		return nil, nil, syscall.EIO // read again: the content is gone
 	}
-	i := sort.Search(len(live), func(i int) bool { return live[i].end() > off })
-	var out []byte
-	if c := &live[i]; end <= c.end() && c.data != nil {
-		// Within one chunk: the reply is written from it directly. It is
-		// not let go of before the reader is keepBehind further on.
+	first := f.dropped + sort.Search(len(live), func(i int) bool { return live[i].end() > off })
+	for i, p := first, off; p < end; i++ {
+		if f.chunks[i].dropped {
+			return nil, nil, syscall.EIO // read again: the content is gone
+		}
+		p = f.chunks[i].end()
+	}
+	if c := &f.chunks[first]; end <= c.end() && c.data != nil {
+		// Within one chunk: the reply is written from it directly, and
+		// the chunk is kept until it has been.
 		out = c.data[off-c.start : end-c.start]
+		c.replies++
+		done = func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if !f.gone {
+				f.chunks[first].replies--
+				s.dropIfRead(f, first)
+			}
+		}
 	} else {
 		out = dest[:end-off]
-		for p := off; p < end; i++ {
-			c := &live[i]
+		for i, p := first, off; p < end; i++ {
+			c := &f.chunks[i]
 			to := out[p-off : min(end, c.end())-off]
 			if c.data != nil {
 				copy(to, c.data[p-c.start:])
 			} else if _, err := s.spill.ReadAt(to, c.diskOff+p-c.start); err != nil {
-				return nil, syscall.EIO
+				return nil, nil, syscall.EIO
 			}
 			p += int64(len(to))
 		}
 	}
-	for f.dropped < len(f.chunks) && f.chunks[f.dropped].end() <= off-keepBehind {
-		f.chunks[f.dropped].release()
-		f.chunks[f.dropped] = chunk{}
-		f.dropped++
-	}
+	s.markRead(f, first, off, end)
 	s.lastRead = time.Now()
 	if end > f.readTo {
 		f.readTo = end
@@ -671,7 +728,74 @@ func (s *FS) read(f *file, dest []byte, off int64) ([]byte, syscall.Errno) {
 			s.notify() // a writer waiting for this reader may go on
 		}
 	}
-	return out, 0
+	return out, done, 0
+}
+
+// markRead counts the bytes [off, end) as read, from f.chunks[first] on,
+// and drops every chunk that has then been read whole. A byte read again
+// counts once. Called with s.mu held.
+func (s *FS) markRead(f *file, first int, off, end int64) {
+	// The runs of [off, end) not read before.
+	var fresh []span
+	i := sort.Search(len(f.read), func(i int) bool { return f.read[i].to >= off })
+	j := i
+	p := off
+	for ; j < len(f.read) && f.read[j].from <= end; j++ {
+		if f.read[j].from > p {
+			fresh = append(fresh, span{p, f.read[j].from})
+		}
+		p = max(p, f.read[j].to)
+	}
+	if p < end {
+		fresh = append(fresh, span{p, end})
+	}
+	// [off, end) and the runs it touches become one.
+	merged := span{off, end}
+	if i < j {
+		merged = span{min(off, f.read[i].from), max(end, f.read[j-1].to)}
+	}
+	f.read = append(f.read[:i], append([]span{merged}, f.read[j:]...)...)
+	k := first
+	for _, r := range fresh {
+		for k < len(f.chunks) && f.chunks[k].end() <= r.from {
+			k++
+		}
+		for ; k < len(f.chunks) && f.chunks[k].start < r.to; k++ {
+			c := &f.chunks[k]
+			c.unread -= min(r.to, c.end()) - max(r.from, c.start)
+			s.dropIfRead(f, k)
+			if c.end() > r.to {
+				break
+			}
+		}
+	}
+	// The runs before the first chunk left matter no more.
+	if f.dropped < len(f.chunks) {
+		front := f.chunks[f.dropped].start
+		n := 0
+		for n < len(f.read) && f.read[n].to <= front {
+			n++
+		}
+		f.read = f.read[n:]
+	}
+}
+
+// dropIfRead lets go of f.chunks[i] once every byte of it has been read
+// and no reply is being written from it. CRIU reads each byte of a page
+// image once, but not in order: it reads the pages it maps before it forks
+// a process's children, and then the restorer reads the rest, behind.
+// Called with s.mu held.
+func (s *FS) dropIfRead(f *file, i int) {
+	c := &f.chunks[i]
+	if c.dropped || c.unread > 0 || c.replies > 0 || c.end() > f.written {
+		return
+	}
+	c.release()
+	f.chunks[i] = chunk{start: c.start, size: c.size, dropped: true}
+	for f.dropped < len(f.chunks) && f.chunks[f.dropped].dropped {
+		f.chunks[f.dropped] = chunk{}
+		f.dropped++
+	}
 }
 
 type rootNode struct {
@@ -763,9 +887,28 @@ func (n *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off 
 		// descriptor stays open until the connection has ended.
 		return fuse.ReadResultFd(b.Fd(), off, int(min(int64(len(dest)), n.f.size-off))), 0
 	}
-	data, errno := n.s.read(n.f, dest, off)
+	data, done, errno := n.s.read(n.f, dest, off)
 	if errno != 0 {
 		return nil, errno
 	}
-	return fuse.ReadResultData(data), 0
+	return &reply{data: data, done: done}, 0
+}
+
+// A reply is a read's bytes, written to the kernel as they are (one
+// writev: go-fuse's Slices path, with no attempt to splice them), and done,
+// if set, is called once they have been.
+type reply struct {
+	data []byte
+	done func()
+}
+
+func (r *reply) Bytes([]byte) ([]byte, fuse.Status) { return r.data, fuse.OK }
+func (r *reply) Size() int                          { return len(r.data) }
+func (r *reply) Slices() ([][]byte, fuse.Status)    { return [][]byte{r.data}, fuse.OK }
+
+func (r *reply) Done() {
+	if r.done != nil {
+		r.done()
+		r.done = nil
+	}
 }

@@ -14,10 +14,11 @@ import (
 // Create waited for the images before the pages. While streamed pulls run,
 // the collector waits instead for the heap to reach pullHeadroom more than
 // the runtime held when the first began: more than a pull holds at once.
-// That is usually some 100 MiB (the decoded frames up to 32 MiB ahead of
-// CRIU and 16 MiB behind it in each page image, those in flight, and the
-// free ones kept for reuse), but a writer that went on past a stalled
-// CRIU holds up to streamfs.MaxInMemory (512 MiB) before it spills, with
+// That is usually under 100 MiB (the decoded frames up to 32 MiB ahead of
+// CRIU, those in flight, and the free ones kept for reuse), but a writer
+// that went on past a stalled CRIU, or past the pages CRIU leaves for a
+// process's restorer, holds up to streamfs.MaxInMemory (512 MiB) before it
+// spills, with
 // up to 64 free frames (256 MiB) beside it. Below that, the collector
 // would run over and over, finding nothing to free, while CRIU waits for
 // the decoders.

@@ -89,6 +89,11 @@ type Plan struct {
 	// NarrowedTasks counts tasks whose capabilities were cut to the spec's.
 	NarrowedTasks int
 	Timings       Timings
+	// StreamStalls and SpilledBytes are a streamed restore's: how many
+	// times the download went on past CRIU because it had read nothing for
+	// a second, and how much of the page images went to disk then.
+	StreamStalls int
+	SpilledBytes int64
 
 	unpacked    *cache.Unpacked
 	scratch     func()    // removes the per-container files, needed until runc has restored
@@ -116,6 +121,7 @@ func (p *Plan) FinishStream(ctx context.Context, restored bool) error {
 	}
 	s := p.stream
 	p.stream = nil
+	p.StreamStalls, p.SpilledBytes = s.flowStats()
 	p.fill = newCached()
 	det, err := s.finish(ctx, !restored, p.mountsCache, p.fill.set)
 	p.detached = det

@@ -355,6 +355,21 @@ func (s *stream) fillCache(ctx context.Context) (*cache.Unpacked, error) {
 	return s.filling.Commit()
 }
 
+// flowStats is the page images' mount's Stalls and Spilled, once runc's
+// restore has returned (CRIU has read them all, or given up).
+func (s *stream) flowStats() (stalls int, spilled int64) {
+	select {
+	case <-s.mount.done:
+	default:
+		return 0, 0 // not mounted yet
+	}
+	sfs, err := s.mount.wait()
+	if err != nil {
+		return 0, 0
+	}
+	return sfs.Stalls(), sfs.Spilled()
+}
+
 // close unmounts the page images.
 func (s *stream) close() {
 	s.cancel()

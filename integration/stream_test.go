@@ -264,3 +264,90 @@ func mustJSON(t *testing.T, v any) []byte {
 	}
 	return b
 }
+
+// treeScript forks eleven children, three of them holding 40 MB each (more
+// than streamfs's window of a page image), and counts. Every child writes
+// its string's length and a tick to /tmp/child-N twice a second.
+const treeScript = `for i in 1 2 3 4 5 6 7 8 9 10 11; do size=1; [ $i -le 3 ] && size=40000000; ` +
+	`(big=$(head -c $size /dev/zero | tr '\0' x); n=0; while true; do n=$((n+1)); echo "${#big} $n" > /tmp/child-$i; sleep 0.5; done) & done; ` +
+	counterScript
+
+// A streamed restore of a process tree: a page image per process, more
+// than ten, packed in the order of their numbers (CRIU's, parents first)
+// and read by CRIU while they download (CRIU reads a page image in two
+// passes, the restorer's behind the first). Every child comes back with its
+// memory and goes on; and again from the cache the streamed restore filled.
+func TestStreamedRestoreOfAProcessTree(t *testing.T) {
+	requireShim(t)
+	donor, donorLog := startScriptClone(t, "", treeScript)
+	waitCount(t, donorLog, 20) // the children have built their strings
+	ref := registryAddr + "/it/stream-tree:v1"
+	mustSnapboot(t, "checkpoint", donor, ref)
+	lastBeforeDump := numbers(donorLog)[len(numbers(donorLog))-1]
+	_, ck := fetchCheckpoint(t, ref)
+	if ck.Stream == nil || len(ck.Stream.Tail) < 12 {
+		t.Fatalf("want a page image for each of the 12 processes or more in the stream index: %+v", ck.Stream)
+	}
+	var nums []int
+	for _, f := range ck.Stream.Tail {
+		n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(f.Name, "pages-"), ".img"))
+		if err != nil {
+			t.Fatalf("page image %q", f.Name)
+		}
+		nums = append(nums, n)
+	}
+	if !slices.IsSorted(nums) {
+		t.Errorf("page images packed in the order %v, not of their numbers", nums)
+	}
+
+	for _, want := range [][2]string{{"cached=false", "streamed=true"}, {"cached=true", "streamed=false"}} {
+		t.Run(want[0], func(t *testing.T) { checkTreeRestore(t, ref, lastBeforeDump, want) })
+	}
+}
+
+// checkTreeRestore starts a clone of treeScript's donor from ref, checks
+// that the restore says want, and that every child goes on with its memory.
+// It removes the clone, after its shim has filled the cache.
+func checkTreeRestore(t *testing.T, ref string, lastBeforeDump int, want [2]string) {
+	offset := containerdLogOffset()
+	clone, cloneLog := startScriptClone(t, ref, treeScript)
+	defer func() {
+		if err := removeContainer(clone); err != nil {
+			t.Error(err)
+		}
+	}()
+	line := logLine(t, offset, "snapboot.restore", clone, 60*time.Second)
+	t.Log(line)
+	if !strings.Contains(line, want[0]) || !strings.Contains(line, want[1]) {
+		t.Errorf("restore should say %s %s:\n%s", want[0], want[1], line)
+	}
+	if cs := waitCount(t, cloneLog, lastBeforeDump+3); cs[0] <= 5 || cs[0] > lastBeforeDump+1 {
+		t.Fatalf("clone counted from %d; the donor was at %d when the dump ended", cs[0], lastBeforeDump)
+	}
+	ticks := func(exec string) map[int][2]int {
+		out := ctr(t, "task", "exec", "--fifo-dir", fifoDir, "--exec-id", exec, clone, "/bin/sh", "-c",
+			// A child truncates its file before it writes: read again then.
+			`for i in 1 2 3 4 5 6 7 8 9 10 11; do l=; while [ -z "$l" ]; do l=$(cat /tmp/child-$i); done; echo "$i $l"; done`)
+		m := map[int][2]int{}
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			var i, size, n int
+			if _, err := fmt.Sscan(l, &i, &size, &n); err != nil {
+				t.Fatalf("child line %q: %v", l, err)
+			}
+			m[i] = [2]int{size, n}
+		}
+		return m
+	}
+	before := ticks("ticks1")
+	time.Sleep(2 * time.Second)
+	after := ticks("ticks2")
+	for i := 1; i <= 11; i++ {
+		size := 1
+		if i <= 3 {
+			size = 40000000
+		}
+		if after[i][0] != size || after[i][1] <= before[i][1] {
+			t.Errorf("child %d: string of %d bytes, ticks %d then %d; want %d bytes, ticking", i, after[i][0], before[i][1], after[i][1], size)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -138,6 +139,15 @@ type results struct {
 	LZ4ClientColdCPU []float64 `json:"lz4SnapbootByClientColdCacheCPUSeconds,omitempty"`
 	LZ4LinkStreamed  []float64 `json:"lz4LinkColdCacheStreamedSeconds,omitempty"`
 	FirstBody        string    `json:"firstRestoredResponse"`
+	// The shim's peak resident memory (VmHWM) for each `ctr run` restore:
+	// from the registry, once its cache fill is done too, and from the
+	// cache. And what the restore's log line says of the stream: the
+	// times the download went on past CRIU after a second without a read,
+	// and the bytes it spilled to disk then.
+	ShimPeakCold []int64 `json:"shimPeakRSSColdCacheBytes,omitempty"`
+	ShimPeakWarm []int64 `json:"shimPeakRSSWarmCacheBytes,omitempty"`
+	StreamStalls []int   `json:"streamStalls,omitempty"`
+	SpilledBytes []int64 `json:"streamSpilledBytes,omitempty"`
 }
 
 func run(ctx context.Context, o options) (*results, error) {
@@ -309,6 +319,34 @@ func (d *demo) rss(ctx context.Context, id string) int64 {
 	return total
 }
 
+// shimPeakRSS is the peak resident memory (VmHWM) of container id's
+// snapboot shim (the one whose arguments name it), or 0 if there is none.
+func shimPeakRSS(id string) int64 {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	var peak int64
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if filepath.Base(args[0]) != "containerd-shim-snapboot-v1" || !slices.Contains(args, id) {
+			continue
+		}
+		status, err := os.ReadFile(filepath.Join(filepath.Dir(p), "status"))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				peak = max(peak, kb*1024)
+			}
+		}
+	}
+	return peak
+}
+
 // cacheRestoreTimings reads the shim's log line for a restored container,
 // a restore that was to find the checkpoint in the node cache (cached) or
 // not: the line's cached= field must say so, or the run did not measure
@@ -352,7 +390,7 @@ func findRestoreLine(log, id string) (string, error) {
 // restoreLineTimings is the durations, in seconds, of a restore log line.
 func restoreLineTimings(line string) map[string]float64 {
 	out := map[string]float64{}
-	for _, k := range []string{"resolve_s", "pull_s", "streamed_s", "unpack_s", "restore_s", "total_s"} {
+	for _, k := range []string{"resolve_s", "pull_s", "streamed_s", "unpack_s", "restore_s", "total_s", "stalls", "spilled_bytes"} {
 		if m := regexp.MustCompile(k + `=([0-9.e-]+)`).FindStringSubmatch(line); m != nil {
 			out[k], _ = strconv.ParseFloat(m[1], 64)
 		}
@@ -437,13 +475,16 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 		r.Pull = append(r.Pull, tm["pull_s"]+tm["streamed_s"])
 		r.PullBeforeRestore, r.CRIU = append(r.PullBeforeRestore, tm["pull_s"]), append(r.CRIU, tm["restore_s"])
 		r.FirstBody = body
-		say("restored (cold cache) to first 200: %.2fs (download %.2fs: %.2fs before the runc restore, the rest during its %.2fs); it answered %q",
-			t.Seconds(), tm["pull_s"]+tm["streamed_s"], tm["pull_s"], tm["restore_s"], tail(body, 1))
+		r.StreamStalls = append(r.StreamStalls, int(tm["stalls"]))
+		r.SpilledBytes = append(r.SpilledBytes, int64(tm["spilled_bytes"]))
+		say("restored (cold cache) to first 200: %.2fs (download %.2fs: %.2fs before the runc restore, the rest during its %.2fs; %d stalls, %s spilled); it answered %q",
+			t.Seconds(), tm["pull_s"]+tm["streamed_s"], tm["pull_s"], tm["restore_s"], int(tm["stalls"]), human(int64(tm["spilled_bytes"])), tail(body, 1))
 		// Removed once its restore has filled the cache (see
 		// snapbootByClient).
 		if err := d.waitCached(ctx, ref); err != nil {
 			return nil, err
 		}
+		r.ShimPeakCold = append(r.ShimPeakCold, shimPeakRSS(id))
 		d.s.removeContainer(ctx, id)
 		time.Sleep(time.Second) // its shim exits before the warm start
 
@@ -457,6 +498,7 @@ func (d *demo) measure(ctx context.Context) (*results, error) {
 			return nil, err
 		}
 		r.RestoreWarm = append(r.RestoreWarm, t.Seconds())
+		r.ShimPeakWarm = append(r.ShimPeakWarm, shimPeakRSS(id))
 		say("restored (warm cache) to first 200: %.2fs", t.Seconds())
 		d.s.removeContainer(ctx, id)
 		time.Sleep(time.Second) // its shim exits before what comes next

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // restoreLogLine is a shim's restore log line as containerd's log holds it
@@ -60,5 +64,38 @@ func TestCheckCached(t *testing.T) {
 	}
 	if err := checkCached(strings.Replace(noField, "ref=", "precached=false ref=", 1), false); err == nil {
 		t.Error("another field's value taken for the cached= field")
+	}
+}
+
+// shimPeakRSS finds a shim by its name and the container id among its
+// arguments, and no other process.
+func TestShimPeakRSS(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep")
+	}
+	bin := filepath.Join(t.TempDir(), "containerd-shim-snapboot-v1")
+	data, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The "id" is one more duration to sleep (sleep adds them up).
+	cmd := exec.Command(bin, "30", "4242")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	var peak int64
+	for deadline := time.Now().Add(5 * time.Second); peak == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		peak = shimPeakRSS("4242")
+	}
+	if peak <= 0 {
+		t.Fatal("the shim's peak RSS was not found")
+	}
+	if other := shimPeakRSS("4243"); other != 0 {
+		t.Fatalf("another container's shim: %d bytes", other)
 	}
 }

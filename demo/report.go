@@ -61,6 +61,13 @@ func printTable(w io.Writer, r *results) {
 	fmt.Fprintf(w, "| cold start to first 200 | %s |\n", cold)
 	fmt.Fprintf(w, "| restored start to first 200, empty cache | %s |\n", rc)
 	fmt.Fprintf(w, "| restored start to first 200, warm cache | %s |\n", rw)
+	if len(r.ShimPeakCold) > 0 {
+		fmt.Fprintf(w, "| the shim's peak RSS, empty cache (with its cache fill after the restore) / warm cache | %s / %s |\n",
+			humanMedian(r.ShimPeakCold), humanMedian(r.ShimPeakWarm))
+	}
+	if len(r.StreamStalls) > 0 {
+		fmt.Fprintf(w, "| empty cache: one-second stalls of the stream / bytes spilled to disk, all runs | %d / %s |\n", sum(r.StreamStalls), human(sum(r.SpilledBytes)))
+	}
 	fmt.Fprintf(w, "| speed-up, empty cache | %s |\n", speedups(r.Cold, r.RestoreCold))
 	fmt.Fprintf(w, "| speed-up, warm cache | %s |\n", speedups(r.Cold, r.RestoreWarm))
 	if len(r.Floor) > 0 {
@@ -91,6 +98,27 @@ func printTable(w io.Writer, r *results) {
 		}
 	}
 	fmt.Fprintf(w, "\nThe first request to the restored app answered 200: %q\n", tail(r.FirstBody, 1))
+}
+
+// humanMedian is the median of sizes, with its range.
+func humanMedian(v []int64) string {
+	f := make([]float64, len(v))
+	for i, n := range v {
+		f[i] = float64(n)
+	}
+	s := stats(f)
+	if s.Min == s.Max {
+		return human(int64(s.Median))
+	}
+	return fmt.Sprintf("%s (%s–%s)", human(int64(s.Median)), human(int64(s.Min)), human(int64(s.Max)))
+}
+
+func sum[T int | int64](v []T) T {
+	var t T
+	for _, n := range v {
+		t += n
+	}
+	return t
 }
 
 // speedups pairs each cold start with the restore of the same round and

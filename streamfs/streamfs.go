@@ -534,9 +534,11 @@ func (s *FS) Spilled() int64 {
 // stalled for readerStall. It reports whether it waited. Called with s.mu
 // held; it lets go of it while it waits.
 //
-// It does not wait while a read of another file waits for bytes:
-// snapboot writes the page images one after another, so those bytes come
-// after f's, and f's reader may not read on before they come. CRIU maps a
+// It does not wait while any read waits for bytes: one of f's needs bytes
+// only this writer can write (CRIU skipped ahead, leaving pages for the
+// restorer), and snapboot writes the page images one after another, so
+// another file's come after f's, and f's reader may not read on before
+// they come. CRIU maps a
 // process's memory before it forks the children, which then read their own
 // page images; the pages it does not map then are read by the restorer,
 // once every process is mapped. So a reader may not even exist yet, or may
@@ -544,7 +546,7 @@ func (s *FS) Spilled() int64 {
 // for readerStall, and the window bounds memory no longer: past
 // maxInMemory, the writer spills.
 func (s *FS) waitForReader(f *file) bool {
-	if f.written-f.readTo < maxAhead || s.err != nil || s.waiting > f.waiting {
+	if f.written-f.readTo < maxAhead || s.err != nil || s.waiting > 0 {
 		return false
 	}
 	stalled := readerStall - time.Since(s.lastRead)
@@ -769,15 +771,6 @@ func (s *FS) markRead(f *file, first int, off, end int64) {
 			}
 		}
 	}
-	// The runs before the first chunk left matter no more.
-	if f.dropped < len(f.chunks) {
-		front := f.chunks[f.dropped].start
-		n := 0
-		for n < len(f.read) && f.read[n].to <= front {
-			n++
-		}
-		f.read = f.read[n:]
-	}
 }
 
 // dropIfRead lets go of f.chunks[i] once every byte of it has been read
@@ -791,10 +784,22 @@ func (s *FS) dropIfRead(f *file, i int) {
 		return
 	}
 	c.release()
+	// Its place kept, and not zeroed: markRead and Adopt look at the
+	// chunks by index, and at their starts and sizes.
 	f.chunks[i] = chunk{start: c.start, size: c.size, dropped: true}
 	for f.dropped < len(f.chunks) && f.chunks[f.dropped].dropped {
-		f.chunks[f.dropped] = chunk{}
 		f.dropped++
+	}
+	// The runs read before the first chunk left matter no more.
+	if f.dropped < len(f.chunks) {
+		front := f.chunks[f.dropped].start
+		n := 0
+		for n < len(f.read) && f.read[n].to <= front {
+			n++
+		}
+		f.read = f.read[n:]
+	} else {
+		f.read = nil
 	}
 }
 

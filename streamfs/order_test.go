@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -222,4 +224,59 @@ func TestWriterGoesOnForASkipAheadRead(t *testing.T) {
 	}
 	s.Fail(errors.New("test over")) // the writer stops, its rest unread
 	<-done
+}
+
+// A file read through the page cache gets few requests for many one-page
+// reads (the kernel reads ahead), and every byte right; the kernel asks for
+// each byte once, so the content is dropped all the same.
+func TestReadThroughPageCache(t *testing.T) {
+	data := randomBytes(8 << 20)
+	s := mount(t, File{Name: "pages-2.img", Size: int64(len(data))})
+	if err := s.ReadThroughPageCache([]string{"pages-2.img"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReadThroughPageCache([]string{"pages-9.img"}); err == nil {
+		t.Fatal("a file the mount does not serve: no error")
+	}
+	w, err := s.Writer("pages-2.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w.Write(data)
+	f, err := os.Open(filepath.Join(s.Mountpoint, "pages-2.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	page := make([]byte, 4096)
+	pages := len(data) / len(page)
+	// The second half page by page, then the first: as CRIU compares a
+	// child's shared maps page by page, and its restorer reads the rest,
+	// behind.
+	for h, half := range [][2]int{{pages / 2, pages}, {0, pages / 2}} {
+		if h == 1 {
+			// Opened again, as by another process: what the page cache
+			// holds stays (the kernel would ask again for the second
+			// half, dropped here).
+			f.Close()
+			if f, err = os.Open(filepath.Join(s.Mountpoint, "pages-2.img")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.ReadAt(page, int64(pages-1)*int64(len(page))); err != nil {
+				t.Fatalf("the last page again: %v", err)
+			}
+		}
+		for i := half[0]; i < half[1]; i++ {
+			if _, err := f.ReadAt(page, int64(i*len(page))); err != nil || !bytes.Equal(page, data[i*len(page):(i+1)*len(page)]) {
+				t.Fatalf("page %d: %v, or it differs", i, err)
+			}
+		}
+	}
+	s.mu.Lock()
+	requests := s.requests
+	s.mu.Unlock()
+	if requests > pages/8 {
+		t.Fatalf("%d requests for %d one-page reads: not read through the page cache", requests, pages)
+	}
+	allDropped(t, s, s.files["pages-2.img"])
 }

@@ -87,6 +87,7 @@ type FS struct {
 	// (the last at stalledAt, the lastRead then).
 	stalls    int
 	stalledAt time.Time
+	requests  int // read requests served, for tests
 	// backing is the duplicates of the backed files' descriptors.
 	backing []*os.File
 }
@@ -105,6 +106,8 @@ type file struct {
 	readTo  int64 // the end of the furthest read so far
 	waiting int   // reads waiting for bytes of this file not written yet
 	backing *os.File
+	// buffered: read through the page cache (ReadThroughPageCache).
+	buffered bool
 }
 
 // A chunk is a run of a file's content: a block of the file system's own
@@ -579,6 +582,26 @@ func (s *FS) countStall() {
 	}
 }
 
+// ReadThroughPageCache makes the named files, when opened from now on, read
+// through the kernel's page cache, not with direct I/O: for a reader that
+// reads a page at a time (CRIU comparing a child's pages with its
+// parent's, package cowpages), each read is otherwise a request to this
+// server. Their content is still dropped once the kernel has asked for
+// it: a page the kernel let go of from its page cache before the reader
+// read it would then fail with EIO.
+func (s *FS) ReadThroughPageCache(names []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, name := range names {
+		f, ok := s.files[name]
+		if !ok {
+			return fmt.Errorf("streamfs: no file %q", name)
+		}
+		f.buffered = true
+	}
+	return nil
+}
+
 // Stalls is how many times a writer went on past its window because no
 // read came for readerStall.
 func (s *FS) Stalls() int {
@@ -723,6 +746,7 @@ func (s *FS) read(f *file, dest []byte, off int64) (out []byte, done func(), err
 		}
 	}
 	s.markRead(f, first, off, end)
+	s.requests++
 	s.lastRead = time.Now()
 	if end > f.readTo {
 		f.readTo = end
@@ -870,6 +894,17 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
 		return nil, 0, syscall.EROFS
+	}
+	n.s.mu.Lock()
+	buffered := n.f.buffered
+	n.s.mu.Unlock()
+	if buffered {
+		// Through the page cache: the kernel asks for runs of the file
+		// ahead of the reads (readahead), each once, and answers a read of
+		// a page from what it holds. Kept when the file is opened again
+		// (by default the kernel drops it then, and asks anew for content
+		// that is gone).
+		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	// Direct I/O: reads come straight to Read, in the reader's order, and
 	// nothing is kept in the page cache.

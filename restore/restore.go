@@ -31,6 +31,7 @@ import (
 	"github.com/snapboot/snapboot/cache"
 	"github.com/snapboot/snapboot/compat"
 	"github.com/snapboot/snapboot/confine"
+	"github.com/snapboot/snapboot/cowpages"
 	"github.com/snapboot/snapboot/criuconf"
 	"github.com/snapboot/snapboot/metrics"
 	"github.com/snapboot/snapboot/nodeconfig"
@@ -89,6 +90,10 @@ type Plan struct {
 	// NarrowedTasks counts tasks whose capabilities were cut to the spec's.
 	NarrowedTasks int
 	Timings       Timings
+	// PageByPage counts the page images CRIU reads a page at a time,
+	// which it reads through the page cache (streamed) or from their
+	// files (from the cache), not with direct I/O through FUSE.
+	PageByPage int
 	// StreamStalls and SpilledBytes are a streamed restore's: how many
 	// times the download went on past CRIU because it had read nothing for
 	// a second, and how much of the page images went to disk then.
@@ -325,20 +330,41 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 		return nil, err
 	}
 	plan.scratch = removeScratch
+	// The page images CRIU reads a page at a time: not one request to the
+	// FUSE server a page (package cowpages).
+	var pageByPage []string
+	if plan.stream != nil || f.Checkpoint.Stream != nil && len(f.Checkpoint.Stream.Tail) > 0 {
+		if pageByPage, err = cowpages.PageByPage(plan.ImagesDir); err != nil {
+			log.G(ctx).WithError(err).Warn("snapboot: cannot tell which page images CRIU reads a page at a time; it reads all of them with direct I/O")
+			pageByPage = nil
+		}
+		plan.PageByPage = len(pageByPage)
+	}
 	switch {
 	case plan.stream != nil:
+		if sfs, err := plan.stream.mount.wait(); err == nil {
+			if err := sfs.ReadThroughPageCache(pageByPage); err != nil {
+				return nil, fmt.Errorf("page images read a page at a time: %w", err)
+			}
+		}
 		linked := filepath.Join(scratch, "images")
-		if err := linkImages(plan.ImagesDir, linked, plan.stream.mountpoint, f.Checkpoint.Stream.Tail); err != nil {
+		if err := linkImages(plan.ImagesDir, linked, plan.stream.mountpoint, f.Checkpoint.Stream.Tail, nil); err != nil {
 			return nil, fmt.Errorf("images directory for a streamed restore: %w", err)
 		}
 		plan.ImagesDir = linked
 	case f.Checkpoint.Stream != nil && len(f.Checkpoint.Stream.Tail) > 0:
 		// From the cache: the page images through a streamfs mount too
-		// (servePages says why), or from the files if it cannot mount.
+		// (servePages says why), or from the files if it cannot mount;
+		// those CRIU reads a page at a time from their files, in the
+		// page cache if they were read lately.
 		sv, err := servePages(f.cache, plan.ImagesDir, f.Checkpoint.Stream.Tail)
 		if err == nil {
 			linked := filepath.Join(scratch, "images")
-			if err = linkImages(plan.ImagesDir, linked, sv.mountpoint, f.Checkpoint.Stream.Tail); err == nil {
+			fromFiles := map[string]bool{}
+			for _, name := range pageByPage {
+				fromFiles[name] = true
+			}
+			if err = linkImages(plan.ImagesDir, linked, sv.mountpoint, f.Checkpoint.Stream.Tail, fromFiles); err == nil {
 				plan.served = sv
 				plan.ImagesDir = linked
 				break

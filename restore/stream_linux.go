@@ -444,13 +444,17 @@ func (d *detached) remove() {
 // images unpacked so far, and for each page image a relative symlink into
 // the streamfs mount at mountpoint. Relative, because CRIU opens the page
 // images after it has entered the container's mount namespace, through its
-// descriptor of the images directory.
-func linkImages(unpacked, dir, mountpoint string, tail []oci.TailFile) error {
+// descriptor of the images directory. The page images in fromFiles are
+// linked as the other images are, from unpacked, where they must be.
+func linkImages(unpacked, dir, mountpoint string, tail []oci.TailFile, fromFiles map[string]bool) error {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return err
 	}
 	skip := map[string]bool{}
 	for _, t := range tail {
+		if fromFiles[t.Name] {
+			continue
+		}
 		skip[t.Name] = true
 		rel, err := filepath.Rel(dir, filepath.Join(mountpoint, t.Name))
 		if err != nil {

@@ -685,7 +685,7 @@ func TestLinkImages(t *testing.T) {
 	s := &stream{mountpoint: mnt}
 	tail := []oci.TailFile{{Name: "pages-1.img", Size: int64(len("pages-1.img"))}}
 	dir := filepath.Join(t.TempDir(), "images")
-	if err := linkImages(unpacked, dir, s.mountpoint, tail); err != nil {
+	if err := linkImages(unpacked, dir, s.mountpoint, tail, nil); err != nil {
 		t.Fatal(err)
 	}
 	ents, err := os.ReadDir(dir)
@@ -705,10 +705,31 @@ func TestLinkImages(t *testing.T) {
 		}
 	}
 
+	// A page image CRIU reads a page at a time, from the cache: linked
+	// from its file, not from the mount.
+	if err := os.WriteFile(filepath.Join(unpacked, "pages-2.img"), []byte("cached pages-2.img"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	two := append(tail, oci.TailFile{Name: "pages-2.img", Size: int64(len("cached pages-2.img"))})
+	dir = filepath.Join(t.TempDir(), "images")
+	if err := linkImages(unpacked, dir, s.mountpoint, two, map[string]bool{"pages-2.img": true}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, "pages-2.img")); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("pages-2.img: %v, %v; want a link to the cached file", fi, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "pages-2.img")); string(b) != "cached pages-2.img" {
+		t.Fatalf("pages-2.img reads %q", b)
+	}
+	if fi, err := os.Lstat(filepath.Join(dir, "pages-1.img")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("pages-1.img: %v, %v; want a symlink into the mount", fi, err)
+	}
+	os.Remove(filepath.Join(unpacked, "pages-2.img"))
+
 	if err := unix.Mkfifo(filepath.Join(unpacked, "fifo"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := linkImages(unpacked, filepath.Join(t.TempDir(), "images"), s.mountpoint, tail); !errors.Is(err, oci.ErrInvalidArtifact) {
+	if err := linkImages(unpacked, filepath.Join(t.TempDir(), "images"), s.mountpoint, tail, nil); !errors.Is(err, oci.ErrInvalidArtifact) {
 		t.Fatalf("a fifo among the images: %v, want ErrInvalidArtifact", err)
 	}
 }

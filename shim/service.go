@@ -566,6 +566,7 @@ func logRestored(ctx context.Context, r preparer, id string, plan *restore.Plan)
 		"cached":        plan.Cached,
 		"streamed":      plan.Timings.Streamed > 0,
 		"stalls":        plan.StreamStalls,
+		"page_by_page":  plan.PageByPage,
 		"spilled_bytes": plan.SpilledBytes,
 		"narrowed":      plan.NarrowedTasks,
 		"pulled_bytes":  plan.PulledBytes,

@@ -265,17 +265,20 @@ func mustJSON(t *testing.T, v any) []byte {
 	return b
 }
 
-// treeScript forks eleven children, three of them holding 40 MB each (more
-// than streamfs's window of a page image), and counts. Every child writes
-// its string's length and a tick to /tmp/child-N twice a second.
-const treeScript = `for i in 1 2 3 4 5 6 7 8 9 10 11; do size=1; [ $i -le 3 ] && size=40000000; ` +
+// treeScript builds a string of 16 MB, which its children inherit, then
+// forks eleven children, three of them holding 40 MB more each (more than
+// streamfs's window of a page image), and counts. Every child writes its
+// string's length and a tick to /tmp/child-N twice a second.
+const treeScript = `shared=$(head -c 16000000 /dev/zero | tr '\0' y); ` +
+	`for i in 1 2 3 4 5 6 7 8 9 10 11; do size=1; [ $i -le 3 ] && size=40000000; ` +
 	`(big=$(head -c $size /dev/zero | tr '\0' x); n=0; while true; do n=$((n+1)); echo "${#big} $n" > /tmp/child-$i; sleep 0.5; done) & done; ` +
 	counterScript
 
 // A streamed restore of a process tree: a page image per process, more
 // than ten, packed in the order of their numbers (CRIU's, parents first)
 // and read by CRIU while they download (CRIU reads a page image in two
-// passes, the restorer's behind the first). Every child comes back with its
+// passes, the restorer's behind the first, and compares the pages a child
+// shares with its parent one at a time). Every child comes back with its
 // memory and goes on; and again from the cache the streamed restore filled.
 func TestStreamedRestoreOfAProcessTree(t *testing.T) {
 	requireShim(t)
@@ -321,6 +324,12 @@ func checkTreeRestore(t *testing.T, ref string, lastBeforeDump int, want [2]stri
 	if !strings.Contains(line, want[0]) || !strings.Contains(line, want[1]) {
 		t.Errorf("restore should say %s %s:\n%s", want[0], want[1], line)
 	}
+	// The children's page images are mostly the string they share with
+	// the shell, which CRIU compares page by page: read through the page
+	// cache, or from the cached files.
+	if m := regexp.MustCompile(`page_by_page=(\d+)`).FindStringSubmatch(line); m == nil || atoi(m[1]) < 8 {
+		t.Errorf("restore should read the children's page images page by page (page_by_page=8 or more):\n%s", line)
+	}
 	if cs := waitCount(t, cloneLog, lastBeforeDump+3); cs[0] <= 5 || cs[0] > lastBeforeDump+1 {
 		t.Fatalf("clone counted from %d; the donor was at %d when the dump ended", cs[0], lastBeforeDump)
 	}
@@ -350,4 +359,9 @@ func checkTreeRestore(t *testing.T, ref string, lastBeforeDump int, want [2]stri
 			t.Errorf("child %d: string of %d bytes, ticks %d then %d; want %d bytes, ticking", i, after[i][0], before[i][1], after[i][1], size)
 		}
 	}
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }

@@ -38,6 +38,10 @@ type options struct {
 	compareLevels string
 	// compareLink: -compare-shim's restores download through the link.
 	compareLink bool
+	// pumaWorkers > 0 runs the app in puma's cluster mode, the app loaded
+	// before the workers fork: a process tree whose children share
+	// memory with their parent.
+	pumaWorkers int
 }
 
 func main() {
@@ -50,6 +54,7 @@ func main() {
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.IntVar(&o.warm, "warm", 20, "warm-up requests before the checkpoint")
 	flag.BoolVar(&o.quiet, "quiet", false, "no progress lines")
+	flag.IntVar(&o.pumaWorkers, "puma-workers", 0, "run puma in cluster mode with this many workers, forked after the app is loaded (--preload), instead of single mode")
 	flag.StringVar(&o.compare, "compare-shim", "", "instead of the demo, compare this shim binary with the one in -bin: empty and warm cache, the two alternating, -runs rounds, each with the floor")
 	flag.StringVar(&o.compareCompression, "compression", "", "with -compare-shim: snapboot checkpoint --compression for the checkpoint both shims restore (default: the CLI's default)")
 	flag.BoolVar(&o.compareLink, "compare-link", false, fmt.Sprintf("with -compare-shim: restore through the %d Mbit/s link to the registry, not loopback", linkMbps))
@@ -251,6 +256,9 @@ func (d *demo) runContainer(ctx context.Context, id string, annotations ...strin
 		args = append(args, "--annotation", a)
 	}
 	args = append(args, d.image, id)
+	if d.o.pumaWorkers > 0 {
+		args = append(args, "/usr/bin/puma", "-C", "/app/config/puma.rb", "--workers", strconv.Itoa(d.o.pumaWorkers), "--preload")
+	}
 	// A clean node has no writeback pending from what ran before (the
 	// donor's dump and push): flush it, so it does not slow the measurement.
 	syscall.Sync()

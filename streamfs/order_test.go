@@ -254,7 +254,7 @@ func TestReadThroughPageCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { f.Close() }() // f is opened again below
 	page := make([]byte, 4096)
 	pages := len(data) / len(page)
 	// The second half page by page, then the first: as CRIU compares a

@@ -54,14 +54,27 @@ const minShare = 8
 // images, those before the page images at least) of which CRIU compares
 // an eighth of the pages or more one at a time. Images it cannot read
 // are an error; the caller then reads every page image as before.
-func PageByPage(imagesDir string) ([]string, error) {
+func PageByPage(imagesDir string) (names []string, err error) {
+	// The images are untrusted, and go-criu decodes by their magic, not by
+	// the message asked for: whatever it does with a crafted one is an
+	// error here, not a shim brought down.
+	defer func() {
+		if r := recover(); r != nil {
+			names, err = nil, fmt.Errorf("decoding the images: %v", r)
+		}
+	}()
 	tree, err := decode(filepath.Join(imagesDir, "pstree.img"), &pstree.PstreeEntry{})
 	if err != nil {
 		return nil, err
 	}
 	parent := map[uint32]uint32{}
+	var tasks []*pstree.PstreeEntry
 	for _, e := range tree.Entries {
-		t := e.Message.(*pstree.PstreeEntry)
+		t, ok := e.Message.(*pstree.PstreeEntry)
+		if !ok {
+			return nil, fmt.Errorf("pstree.img: not a process tree")
+		}
+		tasks = append(tasks, t)
 		parent[t.GetPid()] = t.GetPpid()
 	}
 	maps := map[uint32][]*vma.VmaEntry{}
@@ -80,14 +93,16 @@ func PageByPage(imagesDir string) ([]string, error) {
 		if len(img.Entries) != 1 {
 			return nil, fmt.Errorf("mm-%d.img: %d entries, want 1", pid, len(img.Entries))
 		}
-		v := img.Entries[0].Message.(*mm.MmEntry).GetVmas()
+		m, ok := img.Entries[0].Message.(*mm.MmEntry)
+		if !ok {
+			return nil, fmt.Errorf("mm-%d.img: not a memory map image", pid)
+		}
+		v := m.GetVmas()
 		sort.Slice(v, func(i, j int) bool { return v[i].GetStart() < v[j].GetStart() })
 		maps[pid] = v
 		return v, nil
 	}
-	var names []string
-	for _, e := range tree.Entries {
-		t := e.Message.(*pstree.PstreeEntry)
+	for _, t := range tasks {
 		ppid := t.GetPpid()
 		if _, inTree := parent[ppid]; ppid == 0 || !inTree {
 			continue // the root: nothing to share with

@@ -143,6 +143,19 @@ func TestPageByPageBadImages(t *testing.T) {
 	if _, err := PageByPage(dir); err == nil {
 		t.Fatal("a bad pstree.img: no error")
 	}
+	// go-criu decodes by the file's magic: a pstree.img, or an mm image,
+	// that says PAGEMAP decodes as pagemap entries (a review found the
+	// shim panicked then).
+	writeImage(t, filepath.Join(dir, "pstree.img"), "PAGEMAP", &pagemap.PagemapHead{PagesId: proto.Uint32(1)})
+	if _, err := PageByPage(dir); err == nil {
+		t.Fatal("a pstree.img of pagemap entries: no error")
+	}
+	tree := writeTree(t, task{pid: 1, pagesID: 1, maps: []*vma.VmaEntry{anon(0x1000, 0x2000)}},
+		task{pid: 2, ppid: 1, pagesID: 2, maps: []*vma.VmaEntry{anon(0x1000, 0x2000)}, present: [][2]uint64{{0x1000, 1}}})
+	writeImage(t, filepath.Join(tree, "mm-2.img"), "PAGEMAP", &pagemap.PagemapHead{PagesId: proto.Uint32(2)})
+	if _, err := PageByPage(tree); err == nil {
+		t.Fatal("an mm image of pagemap entries: no error")
+	}
 }
 
 // CRIU 4 writes an entry's page count in field 5, which go-criu's proto

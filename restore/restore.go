@@ -343,8 +343,16 @@ func (r *Restorer) prepare(ctx context.Context, req Request, spec *specs.Spec, r
 	switch {
 	case plan.stream != nil:
 		if sfs, err := plan.stream.mount.wait(); err == nil {
-			if err := sfs.ReadThroughPageCache(pageByPage); err != nil {
-				return nil, fmt.Errorf("page images read a page at a time: %w", err)
+			// Only the page images the checkpoint lists: the pagemaps'
+			// names for them are the images' own, untrusted.
+			var listed []string
+			for _, t := range f.Checkpoint.Stream.Tail {
+				if slices.Contains(pageByPage, t.Name) {
+					listed = append(listed, t.Name)
+				}
+			}
+			if err := sfs.ReadThroughPageCache(listed); err != nil {
+				log.G(ctx).WithError(err).Warn("snapboot: page images read a page at a time stay on direct I/O")
 			}
 		}
 		linked := filepath.Join(scratch, "images")
